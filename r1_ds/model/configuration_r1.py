@@ -1,0 +1,161 @@
+"""Configuration of the R1 hierarchical-attention language model.
+
+Only architecture lives here (it is serialised into ``config.json``); training settings live in
+``r1_ds.config``. Every field is checked in ``validate()``, and each error names the field, the
+value, the rule and a fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PretrainedConfig
+
+# Named sizes. Parameter counts are for vocab 50304 with tied embeddings (see docs/architecture.md).
+PRESETS: dict[str, dict] = {
+    # CPU tests and the demo: runs a training step in milliseconds.
+    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, level_heads=(2, 4, 8),
+                 local_window=16, paragraph_size=8, document_size=32, route_top_k=2,
+                 max_position_embeddings=256, vocab_size=512),
+    "125m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, level_heads=(6, 12, 24),
+                 max_position_embeddings=2048),
+    "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, level_heads=(8, 16, 32),
+                 max_position_embeddings=2048),
+    "1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, level_heads=(8, 16, 32),
+                 max_position_embeddings=2048),
+}
+
+
+class R1ConfigError(ValueError):
+    """A config field breaks a rule; the message names the field, the value, the rule and a fix."""
+
+
+class R1Config(PretrainedConfig):
+    r"""Architecture of an R1 model.
+
+    Hierarchical attention has three levels over token groups (see docs/architecture.md):
+      L1 short range: causal sliding window of ``local_window`` tokens, ``level_heads[0]`` heads;
+      L2 paragraph range: summaries (mean-pooled keys/values) of the last ``document_size //
+         paragraph_size`` complete paragraphs of ``paragraph_size`` tokens, plus the tokens of up to
+         ``route_top_k`` earlier paragraphs chosen by entropy-based routing, ``level_heads[1]`` heads;
+      L3 document range: summaries of every complete document group of ``document_size`` tokens,
+         ``level_heads[2]`` heads.
+    A sigmoid gate ``alpha = sigmoid(W_g [h_L1; h_L2; h_L3] + b_g)`` weighs the levels per token.
+    """
+
+    model_type = "r1_ds"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 50304,  # tokenizer size (padded to a multiple of 64 for fast matmuls)
+        hidden_size: int = 1024,  # model width d
+        intermediate_size: int = 2816,  # SwiGLU hidden width
+        num_hidden_layers: int = 24,  # decoder blocks
+        level_heads: tuple[int, int, int] | list[int] = (8, 16, 32),  # heads of L1/L2/L3; each divides d
+        local_window: int = 128,  # L1: tokens a query sees at full resolution, itself included
+        paragraph_size: int = 64,  # L2: tokens per paragraph (summary and routing unit)
+        document_size: int = 512,  # L3: tokens per document group; a multiple of paragraph_size
+        route_top_k: int = 4,  # L2: most paragraphs routed to at token resolution per query block
+        max_position_embeddings: int = 2048,  # longest context trained on (RoPE works beyond it)
+        rope_theta: float = 10000.0,  # RoPE base
+        rms_norm_eps: float = 1e-6,  # RMSNorm epsilon
+        initializer_range: float = 0.02,  # std of the "normal" init scheme
+        init_scheme: str = "depth_scaled",  # "depth_scaled": Var(W_l) = 1/(fan_in * 2^l); "normal": N(0, initializer_range^2)
+        label_smoothing: float = 0.1,  # causal-LM loss label smoothing
+        drop_path_rate: float = 0.0,  # DropPath rate now; the trainer raises it during training
+        tie_word_embeddings: bool = True,  # share embedding and LM-head weights
+        use_cache: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.level_heads = list(level_heads)
+        self.local_window = local_window
+        self.paragraph_size = paragraph_size
+        self.document_size = document_size
+        self.route_top_k = route_top_k
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.init_scheme = init_scheme
+        self.label_smoothing = label_smoothing
+        self.drop_path_rate = drop_path_rate
+        self.use_cache = use_cache
+        # HF generic code looks for this name (e.g. to size caches); it is the widest level's count.
+        self.num_attention_heads = max(self.level_heads) if self.level_heads else 1
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "R1Config":
+        """A named size ("tiny", "125m", "350m", "1.3b"), with any field overridden."""
+        if name not in PRESETS:
+            raise R1ConfigError(
+                f"model preset {name!r} is unknown; choose one of {sorted(PRESETS)} "
+                "or pass the fields yourself (R1Config(hidden_size=..., ...))."
+            )
+        return cls(**{**PRESETS[name], **overrides})
+
+    def validate(self) -> None:
+        def fail(field, value, rule, fix):
+            raise R1ConfigError(f"R1Config.{field}={value!r}: {rule}. Fix: {fix}.")
+
+        d = self.hidden_size
+        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                      "local_window", "paragraph_size", "document_size", "max_position_embeddings"):
+            v = getattr(self, field)
+            if not isinstance(v, int) or v <= 0:
+                fail(field, v, "must be a positive integer", f"set {field} to a positive integer")
+        if len(self.level_heads) != 3:
+            fail("level_heads", self.level_heads, "needs exactly three head counts (L1, L2, L3)",
+                 "pass e.g. level_heads=[8, 16, 32]")
+        for i, h in enumerate(self.level_heads):
+            if not isinstance(h, int) or h <= 0 or d % h:
+                fail("level_heads", self.level_heads,
+                     f"level {i + 1} has {h} heads, which must be a positive divisor of hidden_size={d}",
+                     f"use a head count that divides {d}")
+            if (d // h) % 2:
+                fail("level_heads", self.level_heads,
+                     f"level {i + 1} head size {d}/{h}={d // h} must be even for rotary embeddings",
+                     "choose head counts giving an even head size")
+        if self.document_size % self.paragraph_size:
+            fail("document_size", self.document_size,
+                 f"must be a multiple of paragraph_size={self.paragraph_size} (documents are made of whole paragraphs)",
+                 f"use e.g. document_size={self.paragraph_size * max(1, round(self.document_size / self.paragraph_size))}")
+        if self.local_window > self.max_position_embeddings:
+            fail("local_window", self.local_window,
+                 f"must not exceed the context, max_position_embeddings={self.max_position_embeddings}",
+                 "use a window no larger than the context, or raise max_position_embeddings")
+        if self.paragraph_size > self.max_position_embeddings:
+            fail("paragraph_size", self.paragraph_size,
+                 f"must not exceed the context, max_position_embeddings={self.max_position_embeddings}",
+                 "use paragraphs shorter than the context")
+        if not isinstance(self.route_top_k, int) or self.route_top_k < 0:
+            fail("route_top_k", self.route_top_k, "must be an integer >= 0 (0 turns routing off)",
+                 "use e.g. route_top_k=4")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            fail("label_smoothing", self.label_smoothing, "must be in [0, 1)", "use e.g. 0.1")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            fail("drop_path_rate", self.drop_path_rate, "must be in [0, 1)", "use e.g. 0.1")
+        if self.init_scheme not in ("depth_scaled", "normal"):
+            fail("init_scheme", self.init_scheme, "must be 'depth_scaled' or 'normal'", "pick one of the two")
+        if self.rope_theta <= 0 or not math.isfinite(self.rope_theta):
+            fail("rope_theta", self.rope_theta, "must be a positive finite number", "use e.g. 10000.0")
+
+    @property
+    def head_dims(self) -> list[int]:
+        """Head size of each level (hidden_size // heads)."""
+        return [self.hidden_size // h for h in self.level_heads]

@@ -1,0 +1,302 @@
+"""The R1 model: a decoder-only transformer with hierarchical attention, as Hugging Face modules.
+
+Plain torch + transformers (no DeepSpeed, no ranks): parallelism is applied from outside by
+r1_ds.parallel. Read docs/architecture.md beside this file's formulas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+
+from .configuration_r1 import R1Config
+
+# transformers 5.24 renamed `past_key_values` to `cache` (arguments and output fields); 5.17, on the
+# GPU image, still uses the old name. Accept both, emit whichever this version's outputs define.
+_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _take_cache(past_key_values, kwargs):
+    cache = kwargs.pop("cache", None)
+    return cache if cache is not None else past_key_values
+from .hierarchical_attention import hierarchical_attention_eager, hierarchical_attention_flex
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.1,
+                   num_items_in_batch: int | torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+    """Label-smoothed next-token cross entropy. logits (B, T, V), labels (B, T) unshifted (HF style)."""
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:].to(logits.device)
+    reduction = "sum" if num_items_in_batch is not None else "mean"
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction=reduction)
+    if num_items_in_batch is not None:  # gradient accumulation: normalise by the tokens of all micro-batches
+        loss = loss / num_items_in_batch
+    return loss
+
+
+class R1RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a residual branch for whole samples with probability `rate` (training
+    only) and rescales the kept ones by 1/(1-rate). The trainer raises `rate` over training."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(keep)
+        return x * mask / keep
+
+
+class R1MLP(nn.Module):
+    def __init__(self, config: R1Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class R1HierarchicalAttention(nn.Module):
+    """Three attention levels over one q/k/v projection, weighed per token by a sigmoid gate:
+        alpha = sigmoid(W_g [h_L1; h_L2; h_L3] + b_g)          alpha: (B, T, 3)
+        out   = W_o (h_L1 + sum_i alpha_i h_Li)                  (residual path to the L1 features)
+    """
+
+    def __init__(self, config: R1Config, layer_idx: int):
+        super().__init__()
+        d = config.hidden_size
+        self.config = config
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        self.gate = nn.Linear(3 * d, 3, bias=True)  # W_g, b_g
+
+    def kernel_kwargs(self) -> dict:
+        c = self.config
+        return dict(level_heads=tuple(c.level_heads), window=c.local_window, paragraph_size=c.paragraph_size,
+                    document_size=c.document_size, top_k=c.route_top_k, rope_theta=c.rope_theta)
+
+    def levels(self, x: torch.Tensor, past_key_values: Cache | None = None):
+        """The three level outputs (B, T, d) each, before gating."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, d)
+        past = 0
+        if past_key_values is not None:
+            # The cache holds [k | q] as "keys" and v as "values", shaped (B, 1, T, .): routing needs
+            # the history of queries too, and one head axis keeps any HF cache helper working.
+            past = past_key_values.get_seq_length(self.layer_idx)
+            kq, v_all = past_key_values.update(torch.cat([k, q], -1)[:, None], v[:, None], self.layer_idx)
+            k_all, q_all = kq[:, 0].split(k.shape[-1], dim=-1)
+            v_all = v_all[:, 0]
+        else:
+            k_all, q_all, v_all = k, q, v
+        impl = self.config._attn_implementation
+        if past == 0 and impl == "flex_attention":
+            return hierarchical_attention_flex(q, k, v, **self.kernel_kwargs())
+        q_pos = torch.arange(past, past + x.shape[1], device=x.device)
+        return hierarchical_attention_eager(q, k_all, v_all, q_all, q_pos, **self.kernel_kwargs())
+
+    def fuse(self, h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = torch.sigmoid(self.gate(torch.cat([h1, h2, h3], dim=-1)))  # (B, T, 3)
+        fused = h1 + alpha[..., 0:1] * h1 + alpha[..., 1:2] * h2 + alpha[..., 2:3] * h3
+        return self.o_proj(fused), alpha
+
+    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
+        out, _ = self.fuse(*self.levels(hidden_states, past_key_values))
+        return out
+
+
+class R1DecoderLayer(nn.Module):
+    """Pre-norm block: x + DropPath(attn(norm(x))), then x + DropPath(mlp(norm(x)))."""
+
+    def __init__(self, config: R1Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.input_layernorm = R1RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = R1HierarchicalAttention(config, layer_idx)
+        self.post_attention_layernorm = R1RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = R1MLP(config)
+        self.drop_path = DropPath(0.0)
+
+    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
+        h = hidden_states + self.drop_path(self.self_attn(self.input_layernorm(hidden_states), past_key_values))
+        return h + self.drop_path(self.mlp(self.post_attention_layernorm(h)))
+
+
+class R1PreTrainedModel(PreTrainedModel):
+    config_class = R1Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["R1DecoderLayer"]
+    _supports_flex_attn = True
+    _supports_sdpa = False  # no SDPA variant: "eager" is the reference, "flex_attention" the fast path
+    _supports_flash_attn = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Depth-scaled init (config.init_scheme == "depth_scaled"): a linear layer inside decoder
+        block l (l = 1 .. L, counted from the input) gets Var(W) = 1 / (fan_in * 2^l); everything
+        outside the blocks, and every weight under "normal", gets N(0, initializer_range^2)."""
+        c = self.config
+        if isinstance(module, nn.Linear):
+            depth = getattr(module, "_r1_depth", None)
+            if c.init_scheme == "depth_scaled" and depth is not None:
+                std = 1.0 / math.sqrt(module.in_features * 2.0 ** depth)
+            else:
+                std = c.initializer_range
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=c.initializer_range)
+        elif isinstance(module, R1RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def set_drop_path_rate(self, rate: float) -> None:
+        """Set the DropPath rate (the trainer calls this as training progresses). Block l of L gets
+        rate * l / L, so deeper blocks are dropped more often (stochastic depth)."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate {rate!r} must be in [0, 1)")
+        self.config.drop_path_rate = rate
+        layers = [m for m in self.modules() if isinstance(m, R1DecoderLayer)]
+        for layer in layers:
+            layer.drop_path.rate = rate * (layer.layer_idx + 1) / len(layers)
+
+
+class R1Model(R1PreTrainedModel):
+    def __init__(self, config: R1Config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(R1DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = R1RMSNorm(config.hidden_size, config.rms_norm_eps)
+        for i, layer in enumerate(self.layers):  # depth tags read by _init_weights
+            for m in layer.modules():
+                if isinstance(m, nn.Linear):
+                    m._r1_depth = i + 1
+        self.gradient_checkpointing = False
+        self.post_init()
+        self.set_drop_path_rate(config.drop_path_rate)
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, past_key_values: Cache | None = None,
+                use_cache: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
+        past_key_values = _take_cache(past_key_values, kwargs)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("R1Model.forward: pass exactly one of input_ids and inputs_embeds")
+        if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask[:, 0].all()):
+            # A causal model ignores right padding (pads come after every real token); left padding
+            # would shift positions and groups, which R1 does not support.
+            raise ValueError("R1Model: left padding is not supported (attention_mask has 0 in column 0); "
+                             "pad on the right (tokenizer.padding_side = 'right') or generate one prompt at a time")
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = DynamicCache(config=self.config)
+        if not use_cache:
+            past_key_values = None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                h = self._gradient_checkpointing_func(layer.__call__, h, None)
+            else:
+                h = layer(h, past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), **{_CACHE_FIELD: past_key_values})
+
+
+class R1ForCausalLM(R1PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: R1Config):
+        super().__init__(config)
+        self.model = R1Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+                past_key_values: Cache | None = None, use_cache: bool | None = None,
+                logits_to_keep: int = 0, num_items_in_batch=None, **kwargs) -> CausalLMOutputWithPast:
+        past_key_values = _take_cache(past_key_values, kwargs)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                         past_key_values=past_key_values, use_cache=use_cache)
+        h = out.last_hidden_state
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, self.config.label_smoothing, num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})
+
+
+class R1ForSequenceClassification(R1PreTrainedModel):
+    """Classification / regression head on the last non-pad token (GLUE)."""
+
+    def __init__(self, config: R1Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = R1Model(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **kwargs) -> SequenceClassifierOutputWithPast:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                         use_cache=False)
+        logits = self.score(out.last_hidden_state)  # (B, T, C)
+        B, T = logits.shape[:2]
+        if attention_mask is not None:
+            last = attention_mask.long().sum(-1) - 1
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            is_tok = (input_ids != self.config.pad_token_id).long()
+            last = (is_tok * torch.arange(T, device=logits.device)).argmax(-1)
+        else:
+            last = torch.full((B,), T - 1, device=logits.device)
+        pooled = logits[torch.arange(B, device=logits.device), last]
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(pooled.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(pooled.float(), labels.view(-1))
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled)

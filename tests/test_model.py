@@ -1,0 +1,275 @@
+"""The R1 model as a Hugging Face model: formulas, causality, fast path == reference, caching, I/O."""
+
+import ast
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from r1_ds.model import R1Config, R1ConfigError, R1ForCausalLM, R1ForSequenceClassification, causal_lm_loss
+from r1_ds.model.hierarchical_attention import (
+    hierarchical_attention_eager,
+    hierarchical_attention_flex,
+    route_paragraphs,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny(**overrides) -> R1Config:
+    # A larger init than the depth-scaled default so that every level contributes visibly.
+    return R1Config.from_preset("tiny", **{"init_scheme": "normal", "initializer_range": 0.2, **overrides})
+
+
+def model(seed=0, **overrides) -> R1ForCausalLM:
+    torch.manual_seed(seed)
+    return R1ForCausalLM(tiny(**overrides)).eval()
+
+
+def kernel_kwargs(cfg):
+    return dict(level_heads=tuple(cfg.level_heads), window=cfg.local_window, paragraph_size=cfg.paragraph_size,
+                document_size=cfg.document_size, top_k=cfg.route_top_k, rope_theta=cfg.rope_theta)
+
+
+def test_model_code_knows_nothing_of_deepspeed():
+    for path in (ROOT / "r1_ds" / "model").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith("deepspeed"), f"{path.name} imports {name}"
+                assert not name.startswith("torch.distributed"), f"{path.name} imports {name}"
+
+
+def test_every_level_and_routing_is_causal():
+    cfg = tiny()
+    T, t = 96, 61  # 12 paragraphs, 3 document groups: every level and routing is active
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, T, cfg.hidden_size) for _ in range(3))
+    pos = torch.arange(T)
+    base = hierarchical_attention_eager(q, k, v, q, pos, **kernel_kwargs(cfg))
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    for x in (q2, k2, v2):
+        x[:, t + 1:] = torch.randn_like(x[:, t + 1:]) * 5
+    changed = hierarchical_attention_eager(q2, k2, v2, q2, pos, **kernel_kwargs(cfg))
+    for level, (a, b) in enumerate(zip(base, changed), start=1):
+        assert torch.equal(a[:, : t + 1], b[:, : t + 1]), f"level {level} output at <= {t} saw the future"
+        assert not torch.equal(a[:, t + 1:], b[:, t + 1:]), f"level {level} ignores its inputs"
+    # The routing decision for every paragraph that contains a position <= t is unchanged too.
+    kw = dict(n_heads=cfg.level_heads[1], paragraph_size=cfg.paragraph_size, top_k=cfg.route_top_k,
+              first_block=0, n_blocks=t // cfg.paragraph_size + 1)
+    r1, r2 = route_paragraphs(q, k, **kw), route_paragraphs(q2, k2, **kw)
+    assert torch.equal(r1[0] * r1[1], r2[0] * r2[1]) and torch.equal(r1[1], r2[1])
+
+
+def test_whole_model_is_causal():
+    m = model()
+    x = torch.randint(0, m.config.vocab_size, (1, 80))
+    y = x.clone()
+    y[:, 50:] = torch.randint(0, m.config.vocab_size, (1, 30))
+    with torch.no_grad():
+        a, b = m(x, use_cache=False).logits, m(y, use_cache=False).logits
+    assert torch.allclose(a[:, :50], b[:, :50], atol=0, rtol=0)
+    assert not torch.allclose(a[:, 50:], b[:, 50:])
+
+
+def test_routing_uses_entropy_for_the_number_of_paths():
+    torch.manual_seed(0)
+    g, H, d = 4, 1, 8
+    k = torch.randn(1, 10 * g, d)
+    q = torch.zeros(1, 10 * g, d)  # zero router: uniform p over candidates -> exp(H) = candidates
+    idx, valid, ent = route_paragraphs(q, k, n_heads=H, paragraph_size=g, top_k=3, first_block=0, n_blocks=10)
+    n_cand = torch.arange(10).clamp(max=10)  # block b has b candidates (paragraphs 0 .. b-1)
+    assert valid.sum(-1)[0, 0].tolist() == n_cand.clamp(max=3).tolist()
+    assert torch.allclose(ent[0, 0, 1:], torch.log(n_cand[1:].float()), atol=1e-5)
+    # A router that points hard at one paragraph: entropy ~ 0 -> exactly one path, the right one.
+    k = torch.zeros(1, 10 * g, d)
+    k[:, 2 * g: 3 * g] = 50.0
+    q = torch.ones(1, 10 * g, d)
+    idx, valid, ent = route_paragraphs(q, k, n_heads=H, paragraph_size=g, top_k=3, first_block=9, n_blocks=1)
+    assert valid.sum().item() == 1 and idx[0, 0, 0, 0].item() == 2 and ent.item() < 1e-3
+    # Every routed paragraph lies strictly before the query paragraph.
+    idx, valid, _ = route_paragraphs(torch.randn(1, 40, d), torch.randn(1, 40, d), n_heads=2, paragraph_size=g,
+                                     top_k=3, first_block=0, n_blocks=10)
+    blocks = torch.arange(10)[None, None, :, None].expand_as(idx)
+    assert bool(((idx < blocks) | ~valid).all())
+
+
+@pytest.mark.parametrize("T", [96, 77, 5])
+def test_flex_fast_path_equals_reference(T):
+    cfg = tiny()
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, T, cfg.hidden_size) for _ in range(3))
+    ref = hierarchical_attention_eager(q, k, v, q, torch.arange(T), **kernel_kwargs(cfg))
+    fast = hierarchical_attention_flex(q, k, v, **kernel_kwargs(cfg))
+    for level, (a, b) in enumerate(zip(ref, fast), start=1):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4, msg=f"level {level}")
+
+
+def test_model_flex_equals_eager():
+    m = model()
+    x = torch.randint(0, m.config.vocab_size, (2, 72))
+    with torch.no_grad():
+        ref = m(x, use_cache=False).logits
+        m.config._attn_implementation = "flex_attention"
+        fast = m(x, use_cache=False).logits
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_gate_formula():
+    m = model()
+    attn = m.model.layers[0].self_attn
+    x = torch.randn(2, 40, m.config.hidden_size)
+    with torch.no_grad():
+        h1, h2, h3 = attn.levels(x)
+        out, alpha = attn.fuse(h1, h2, h3)
+        W, b = attn.gate.weight, attn.gate.bias  # (3, 3d), (3,)
+        expect_alpha = torch.sigmoid(torch.cat([h1, h2, h3], -1) @ W.T + b)
+        expect = attn.o_proj(h1 + expect_alpha[..., :1] * h1 + expect_alpha[..., 1:2] * h2 + expect_alpha[..., 2:] * h3)
+    torch.testing.assert_close(alpha, expect_alpha)
+    torch.testing.assert_close(out, expect)
+    assert alpha.shape == (2, 40, 3) and bool(((alpha > 0) & (alpha < 1)).all())
+    assert h2.abs().sum() > 0 and h3.abs().sum() > 0  # every level contributes at this length
+
+
+def test_cached_generation_equals_uncached():
+    m = model(seed=3)
+    prompt = torch.randint(0, m.config.vocab_size, (2, 37))  # decoding crosses paragraph and document edges
+    with torch.no_grad():
+        a = m.generate(prompt, max_new_tokens=40, do_sample=False, use_cache=True, pad_token_id=0)
+        b = m.generate(prompt, max_new_tokens=40, do_sample=False, use_cache=False, pad_token_id=0)
+    assert a.shape == (2, 77)
+    assert torch.equal(a, b)
+
+
+def test_label_smoothing_matches_torch():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 9, 31)
+    labels = torch.randint(0, 31, (2, 9))
+    labels[0, 3] = -100
+    ours = causal_lm_loss(logits, labels, 0.1)
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 31), labels[:, 1:].reshape(-1), label_smoothing=0.1,
+                          ignore_index=-100)
+    torch.testing.assert_close(ours, ref)
+    m = model()
+    x = torch.randint(0, m.config.vocab_size, (2, 20))
+    out = m(x, labels=x, use_cache=False)
+    torch.testing.assert_close(out.loss, causal_lm_loss(out.logits, x, m.config.label_smoothing))
+    assert m.config.label_smoothing == 0.1
+
+
+def test_depth_scaled_init_variances():
+    torch.manual_seed(0)
+    cfg = R1Config(hidden_size=256, intermediate_size=512, num_hidden_layers=6, level_heads=(4, 8, 16),
+                   vocab_size=128, local_window=16, paragraph_size=8, document_size=32, max_position_embeddings=64)
+    m = R1ForCausalLM(cfg)
+    for l, layer in enumerate(m.model.layers, start=1):
+        for lin in (layer.self_attn.q_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            expected = 1.0 / (lin.in_features * 2**l)
+            measured = lin.weight.float().var().item()
+            assert abs(measured / expected - 1) < 0.05, (l, lin, measured, expected)
+    normal = R1ForCausalLM(R1Config(**{**cfg.to_diff_dict(), "init_scheme": "normal", "initializer_range": 0.02}))
+    for layer in normal.model.layers:
+        assert abs(layer.mlp.up_proj.weight.std().item() / 0.02 - 1) < 0.05
+
+
+def test_drop_path_schedule_and_eval():
+    m = model()
+    m.set_drop_path_rate(0.4)
+    rates = [layer.drop_path.rate for layer in m.model.layers]
+    assert rates == pytest.approx([0.2, 0.4])
+    x = torch.randint(0, m.config.vocab_size, (1, 20))
+    with torch.no_grad():
+        a, b = m(x, use_cache=False).logits, m(x, use_cache=False).logits
+    assert torch.equal(a, b)  # eval: off
+    dp = m.model.layers[1].drop_path
+    dp.train()
+    y = dp(torch.ones(4000, 1, 1))
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.6) < 0.05 and torch.allclose(y[y != 0], torch.tensor(1 / 0.6))
+    with pytest.raises(ValueError, match="drop path rate"):
+        m.set_drop_path_rate(1.5)
+
+
+def test_save_load_round_trip(tmp_path):
+    m = model()
+    m.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model_type"] == "r1_ds" and "AutoModelForCausalLM" in cfg["auto_map"]
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, R1ForCausalLM) and isinstance(AutoConfig.from_pretrained(tmp_path), R1Config)
+    x = torch.randint(0, m.config.vocab_size, (1, 50))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, m(x).logits, atol=0, rtol=0)
+        (tmp_path / "logits.pt").write_bytes(b"")
+        torch.save({"x": x, "logits": m(x).logits}, tmp_path / "logits.pt")
+    # A fresh process that never imports r1_ds loads it through the copied code (trust_remote_code).
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
+        "assert 'r1_ds' not in sys.modules, 'r1_ds was imported'\n"
+        f"d = torch.load({str(tmp_path / 'logits.pt')!r})\n"
+        "with torch.no_grad(): out = m(d['x']).logits\n"
+        "print(type(m).__module__, (out - d['logits']).abs().max().item())\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    module, diff = res.stdout.split()[-2:]
+    assert "transformers_modules" in module and float(diff) == 0.0
+
+
+def test_sequence_classification_head():
+    torch.manual_seed(0)
+    m = R1ForSequenceClassification(tiny(num_labels=3, pad_token_id=0)).eval()
+    x = torch.randint(1, m.config.vocab_size, (2, 12))
+    mask = torch.ones_like(x)
+    mask[1, 8:] = 0
+    x[1, 8:] = 0
+    out = m(x, attention_mask=mask, labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and out.loss.ndim == 0
+    alone = m(x[1:, :8]).logits  # right padding does not change the pooled token
+    torch.testing.assert_close(out.logits[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, field, shown", [
+    (dict(level_heads=(3, 4, 8)), "level_heads", "[3, 4, 8]"),
+    (dict(document_size=20), "document_size", "20"),
+    (dict(local_window=512), "local_window", "512"),
+    (dict(route_top_k=-1), "route_top_k", "-1"),
+    (dict(init_scheme="xavier"), "init_scheme", "'xavier'"),
+    (dict(label_smoothing=1.0), "label_smoothing", "1.0"),
+])
+def test_config_validation_names_field_value_rule(overrides, field, shown):
+    with pytest.raises(R1ConfigError) as err:
+        R1Config.from_preset("tiny", **overrides)
+    msg = str(err.value)
+    assert f"R1Config.{field}={shown}:" in msg and "must" in msg and "Fix:" in msg, msg
+
+
+def test_unknown_preset():
+    with pytest.raises(R1ConfigError, match="unknown"):
+        R1Config.from_preset("7b")
+
+
+def test_presets_have_their_sizes():
+    from r1_ds.model.configuration_r1 import PRESETS
+
+    expected = {"125m": 124e6, "350m": 360e6, "1.3b": 1.32e9}
+    for name, target in expected.items():
+        c = R1Config.from_preset(name)
+        d, L, V, I = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
+        n = V * d + L * (4 * d * d + 3 * d * 3 + 3 + 3 * d * I + 2 * d) + d
+        assert abs(n / target - 1) < 0.05, (name, n)
+    assert set(PRESETS) >= {"tiny", "125m", "350m", "1.3b"}
+    m = R1ForCausalLM(R1Config.from_preset("tiny", tie_word_embeddings=True))
+    c = m.config
+    formula = c.vocab_size * c.hidden_size + c.num_hidden_layers * (
+        4 * c.hidden_size**2 + 9 * c.hidden_size + 3 + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
+    ) + c.hidden_size
+    assert sum(p.numel() for p in m.parameters()) == formula
