@@ -111,6 +111,44 @@ def test_flex_fast_path_equals_reference(T):
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4, msg=f"level {level}")
 
 
+def _kernel_view(block_mask, B, H, Q, KV):
+    """The element mask the fused GPU kernel applies: full blocks whole, partial blocks through
+    mask_mod, other blocks skipped. (The CPU path applies mask_mod everywhere, so equality with the
+    reference on CPU proves the GPU result only if the block tables agree with mask_mod.)"""
+    from torch.nn.attention.flex_attention import create_mask
+
+    bq, bk = block_mask.BLOCK_SIZE
+
+    def table(num, idx):
+        n_kb = -(-KV // bk)
+        t = torch.zeros(*idx.shape[:3], n_kb + 1, dtype=torch.bool)  # last column takes unused slots
+        used = torch.arange(idx.shape[-1]) < num[..., None]
+        t.scatter_(-1, torch.where(used, idx.long(), n_kb), True)
+        return t[..., :n_kb].expand(B, H, -1, -1).repeat_interleave(bq, 2).repeat_interleave(bk, 3)[:, :, :Q, :KV]
+
+    partial = table(block_mask.kv_num_blocks, block_mask.kv_indices)
+    full = table(block_mask.full_kv_num_blocks, block_mask.full_kv_indices)
+    dense = create_mask(block_mask.mask_mod, B, H, Q, KV, device="cpu")
+    return full | (partial & dense), dense, full & ~dense
+
+
+@pytest.mark.parametrize("T, window, g", [(96, 16, 8), (64, 24, 8), (128, 8, 16)])
+def test_flex_block_tables_agree_with_mask(T, window, g):
+    from r1_ds.model.hierarchical_attention import _window_block_mask, paragraph_block_mask
+
+    kernel, dense, wrong_full = _kernel_view(_window_block_mask(T, window, g, "cpu"), 1, 1, T, T)
+    assert torch.equal(kernel, dense) and not wrong_full.any()
+    torch.manual_seed(0)
+    B, H, span = 2, 4, 4
+    idx, valid, _ = route_paragraphs(torch.randn(B, T, 32), torch.randn(B, T, 32), n_heads=H, paragraph_size=g,
+                                     top_k=3, first_block=0, n_blocks=T // g)
+    assert valid.any()
+    bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
+    KV = bm.seq_lengths[1]
+    kernel, dense, wrong_full = _kernel_view(bm, B, H, T, KV)
+    assert torch.equal(kernel, dense) and not wrong_full.any()
+
+
 def test_model_flex_equals_eager():
     m = model()
     x = torch.randint(0, m.config.vocab_size, (2, 72))

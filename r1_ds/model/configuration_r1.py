@@ -13,16 +13,17 @@ from transformers import PretrainedConfig
 
 # Named sizes. Parameter counts are for vocab 50304 with tied embeddings (see docs/architecture.md).
 PRESETS: dict[str, dict] = {
+    # GPU sizes use 128-token paragraphs: one paragraph is one FlexAttention tile on Hopper.
     # CPU tests and the demo: runs a training step in milliseconds.
     "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, level_heads=(2, 4, 8),
                  local_window=16, paragraph_size=8, document_size=32, route_top_k=2,
                  max_position_embeddings=256, vocab_size=512),
     "125m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, level_heads=(6, 12, 24),
-                 max_position_embeddings=2048),
+                 paragraph_size=128, document_size=1024, max_position_embeddings=2048),
     "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, level_heads=(8, 16, 32),
-                 max_position_embeddings=2048),
+                 paragraph_size=128, document_size=1024, max_position_embeddings=2048),
     "1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, level_heads=(8, 16, 32),
-                 max_position_embeddings=2048),
+                 paragraph_size=128, document_size=1024, max_position_embeddings=2048),
 }
 
 

@@ -202,24 +202,158 @@ def _compiled_flex():
 def _flex(q, k, v, block_mask, scale):
     from torch.nn.attention.flex_attention import flex_attention
 
-    fn = _compiled_flex() if q.is_cuda else flex_attention
-    return fn(q, k, v, block_mask=block_mask, scale=scale)
+    if not q.is_cuda:
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
+    options = None
+    block = block_mask.BLOCK_SIZE[0]
+    if block < 128:  # the kernel's default tiles (128) must divide the mask's blocks
+        options = {name: block for name in ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")}
+    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, kernel_options=options)
+
+
+def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (..., n_q_blocks, n_kv_blocks) bool table -> flex's (counts, indices with used ones first)."""
+    num = need.sum(-1).to(torch.int32)
+    idx = torch.argsort((~need).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return num, idx
 
 
 @functools.lru_cache(maxsize=32)
 def _window_block_mask(T: int, window: int, block: int, device: str):
-    """L1 mask, built once per (length, window, block, device): q - window < kv <= q."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    """L1 mask, built once per (length, window, block, device) straight from block tables (no
+    T x T evaluation): q - window < kv <= q. Blocks wholly inside the window are "full" (no
+    element-wise mask in the kernel); the diagonal and the window's far edge are partial."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    n = T // block
+    qb = torch.arange(n, device=device)[:, None]
+    kb = torch.arange(n, device=device)[None, :]
+    q_lo, q_hi = qb * block, qb * block + block - 1
+    k_lo, k_hi = kb * block, kb * block + block - 1
+    any_ = (k_lo <= q_hi) & (k_hi > q_lo - window)  # some pair (q, kv) of the blocks is visible
+    all_ = (k_hi <= q_lo) & (k_lo > q_hi - window)  # every pair is visible
+    num, idx = _as_indices(any_ & ~all_)
+    full_num, full_idx = _as_indices(all_)
 
     def mask_mod(b, h, q, kv):
         return (kv <= q) & (kv > q - window)
 
-    return create_block_mask(mask_mod, None, None, T, T, device=device, BLOCK_SIZE=block)
+    return BlockMask.from_kv_blocks(num[None, None], idx[None, None], full_num[None, None], full_idx[None, None],
+                                    BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(T, T))
 
 
 def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
     """Zero-pad (B, T, d) to length n on the right (future positions: invisible to real queries)."""
     return x if x.shape[1] == n else F.pad(x, (0, 0, 0, n - x.shape[1]))
+
+
+def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, length: int, paragraph_size: int,
+                         span: int):
+    """L2 block mask over keys laid out as [null, n_par summaries, pad to a block | `length` tokens].
+
+    Query paragraph b reads (partial blocks, masked element-wise) the summary blocks that hold the
+    null key and summaries b - span .. b - 1 (kv index 1 + j), and (full blocks) the token blocks
+    of its routed paragraphs idx[..., b, :valid]. Flex blocks are one paragraph long.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    g = paragraph_size
+    B, H, n_qb, _ = idx.shape
+    dev = idx.device
+    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks
+    n_sb = S // g
+    qb = torch.arange(n_qb, device=dev)
+    lo = (1 + (qb - span).clamp(min=0)) // g
+    hi = qb // g  # kv index of summary b - 1 is b
+    sb = torch.arange(n_sb, device=dev)
+    n_kv = n_sb + length // g
+    # Block tables span every kv block (flex expects index rows as wide as the kv block count).
+    need = torch.zeros(n_qb, n_kv, dtype=torch.bool, device=dev)
+    need[:, :n_sb] = (sb[None] == 0) | ((sb[None] >= lo[:, None]) & (sb[None] <= hi[:, None]))
+    kv_num, kv_idx = _as_indices(need)
+    if idx.shape[-1] == 0:  # nothing routable (short sequence or top_k = 0)
+        idx = torch.zeros(B, H, n_qb, 1, dtype=torch.long, device=dev)
+        valid = torch.zeros_like(idx, dtype=torch.bool)
+    # routed paragraph j is token block n_sb + j; unused slots land in a spare last column
+    full = torch.zeros(B, H, n_qb, n_kv + 1, dtype=torch.bool, device=dev)
+    full.scatter_(-1, torch.where(valid, idx + n_sb, n_kv), True)
+    full_num, full_idx = _as_indices(full[..., :n_kv])
+    # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
+    # fused kernel applies it to partial blocks; full (routed) blocks skip it.
+    routed = full[..., n_sb:n_kv].contiguous()  # (B, H, n_qb, n_qb): paragraph j routed for query paragraph b
+
+    def mask_mod(b, h, q_idx, kv_idx_):
+        j = kv_idx_ - 1
+        qpar = q_idx // g
+        summary = (kv_idx_ == 0) | ((kv_idx_ < S) & (j < n_par) & (j < qpar) & (j >= qpar - span))
+        tok_par = ((kv_idx_ - S) // g).clamp(0, n_qb - 1)
+        token = (kv_idx_ >= S) & routed[b, h, qpar, tok_par]
+        return summary | token
+
+    return BlockMask.from_kv_blocks(
+        kv_num[None, None].expand(B, H, -1).contiguous(), kv_idx[None, None].expand(B, H, -1, -1).contiguous(),
+        full_num, full_idx, BLOCK_SIZE=g, mask_mod=mask_mod, seq_lengths=(length, S + length))
+
+
+def _compiled_on_cuda(fn):
+    """fn, but through torch.compile when its first argument is on a GPU: the glue around the
+    attention kernels (rotary, pooling, key concatenation) is memory-bound, and left eager it costs
+    several times the kernels themselves (measured: benchmarks/results/attention.md)."""
+    compiled = None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal compiled
+        if not args[0].is_cuda:
+            return fn(*args, **kwargs)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=False)
+        return compiled(*args, **kwargs)
+
+    return wrapper
+
+
+@_compiled_on_cuda
+def _level1_inputs(q, k, v, n_heads: int, rope_theta: float):
+    pos = torch.arange(q.shape[1], device=q.device)
+    return (rotary(split_heads(q, n_heads), pos, rope_theta), rotary(split_heads(k, n_heads), pos, rope_theta),
+            split_heads(v, n_heads))
+
+
+@_compiled_on_cuda
+def _level2_inputs(q, k, v, n_heads: int, paragraph_size: int, n_par: int, summary_len: int, rope_theta: float):
+    """Queries, and keys/values laid out as [null, summaries, pad | tokens] (see paragraph_block_mask).
+    q, k, v are padded to whole paragraphs; summaries come from the n_par complete ones."""
+    B, Tp, _ = q.shape
+    g = paragraph_size
+    pos = torch.arange(Tp, device=q.device)
+    ks = rotary(split_heads(pool_groups(k[:, : n_par * g], g), n_heads), summary_positions(n_par, g, q.device),
+                rope_theta)
+    vs = split_heads(pool_groups(v[:, : n_par * g], g), n_heads)
+    kt = rotary(split_heads(k, n_heads), pos, rope_theta)
+    vt = split_heads(v, n_heads)
+    pad = summary_len - 1 - n_par
+    keys = torch.cat([_null(kt), ks, kt.new_zeros(B, n_heads, pad, kt.shape[-1]), kt], dim=2)
+    values = torch.cat([_null(vt), vs, vt.new_zeros(B, n_heads, pad, vt.shape[-1]), vt], dim=2)
+    return rotary(split_heads(q, n_heads), pos, rope_theta), keys, values
+
+
+@_compiled_on_cuda
+def _level3(q, k, v, n_heads: int, document_size: int, rope_theta: float):
+    """Document level: few keys (T / G), so SDPA with a dense (T, 1 + T/G) mask is cheap."""
+    B, T, d = q.shape
+    G = document_size
+    n_doc = T // G
+    ks = rotary(split_heads(pool_groups(k, G), n_heads), summary_positions(n_doc, G, q.device), rope_theta)
+    vs = split_heads(pool_groups(v, G), n_heads)
+    keys = torch.cat([_null(ks), ks], dim=2)
+    values = torch.cat([_null(vs), vs], dim=2)
+    tpos = torch.arange(T, device=q.device)
+    jd = torch.arange(n_doc, device=q.device)
+    mask = torch.cat([torch.ones(T, 1, dtype=torch.bool, device=q.device), jd[None] < (tpos // G)[:, None]], -1)
+    o = F.scaled_dot_product_attention(rotary(split_heads(q, n_heads), tpos, rope_theta), keys, values,
+                                       attn_mask=mask, scale=(d // n_heads) ** -0.5)
+    return merge_heads(o)
 
 
 def hierarchical_attention_flex(
@@ -233,85 +367,23 @@ def hierarchical_attention_flex(
     paragraph the summary blocks it needs (partial blocks, masked element-wise) and its routed
     paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are one paragraph.
     """
-    from torch.nn.attention.flex_attention import BlockMask
-
     B, T, d = q.shape
-    g, G = paragraph_size, document_size
-    dev = q.device
+    g = paragraph_size
     Tp = -(-T // g) * g  # padded to whole paragraphs
     qp, kp, vp = _pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp)
-    pos = torch.arange(Tp, device=dev)
-    n_qb = Tp // g
-    outs = []
 
-    # L1
     H = level_heads[0]
-    mask = _window_block_mask(Tp, window, g, str(dev))
-    o = _flex(rotary(split_heads(qp, H), pos, rope_theta), rotary(split_heads(kp, H), pos, rope_theta),
-              split_heads(vp, H), mask, (d // H) ** -0.5)
-    outs.append(merge_heads(o)[:, :T])
+    o1 = _flex(*_level1_inputs(qp, kp, vp, H, rope_theta), _window_block_mask(Tp, window, g, str(q.device)),
+               (d // H) ** -0.5)
 
-    # L2
     H = level_heads[1]
-    span = G // g
     n_par = T // g
-    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks
-    n_sb = S // g
-    ks = rotary(split_heads(pool_groups(k, g), H), summary_positions(n_par, g, dev), rope_theta)
-    vs = split_heads(pool_groups(v, g), H)
-    kt = rotary(split_heads(kp, H), pos, rope_theta)
-    vt = split_heads(vp, H)
-    pad = S - 1 - n_par
-    keys = torch.cat([_null(kt), ks, kt.new_zeros(B, H, pad, kt.shape[-1]), kt], dim=2)
-    values = torch.cat([_null(vt), vs, vt.new_zeros(B, H, pad, vt.shape[-1]), vt], dim=2)
-    # summary blocks each query paragraph b needs: the one holding the null key (block 0) and those
-    # holding summaries b - span .. b - 1 (kv index 1 + j); masked element-wise by mask_mod.
-    qb = torch.arange(n_qb, device=dev)
-    lo = (1 + (qb - span).clamp(min=0)) // g
-    hi = qb // g  # kv index of summary b - 1 is b
-    sb = torch.arange(n_sb, device=dev)
-    need = (sb[None] == 0) | ((sb[None] >= lo[:, None]) & (sb[None] <= hi[:, None]))  # (n_qb, n_sb)
-    kv_num = need.sum(-1).to(torch.int32)
-    kv_idx = torch.argsort((~need).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks (as in paragraph_block_mask)
     idx, valid, _ = route_paragraphs(q, k, n_heads=H, paragraph_size=g, top_k=top_k, first_block=0,
-                                     n_blocks=n_qb)
-    if idx.shape[-1] == 0:  # nothing routable (short sequence or top_k = 0): one dummy, unused slot
-        idx = torch.zeros(B, H, n_qb, 1, dtype=torch.long, device=dev)
-        valid = torch.zeros_like(idx, dtype=torch.bool)
-    full_num = valid.sum(-1).to(torch.int32)
-    full_idx = (idx + n_sb).to(torch.int32)  # routed paragraph j is token block j after the summaries
+                                     n_blocks=Tp // g)
+    block_mask = paragraph_block_mask(idx, valid, n_par=n_par, length=Tp, paragraph_size=g,
+                                      span=document_size // g)
+    o2 = _flex(*_level2_inputs(qp, kp, vp, H, g, n_par, S, rope_theta), block_mask, (d // H) ** -0.5)
 
-    # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
-    # fused kernel applies it to partial blocks; full (routed) blocks skip it.
-    routed = torch.zeros(B, H, n_qb, n_qb + 1, dtype=torch.bool, device=dev)
-    routed.scatter_(-1, torch.where(valid, idx, n_qb), True)
-
-    def mask_mod(b, h, q_idx, kv_idx_):
-        j = kv_idx_ - 1
-        qpar = q_idx // g
-        summary = (kv_idx_ == 0) | ((kv_idx_ < S) & (j < n_par) & (j < qpar) & (j >= qpar - span))
-        tok_par = ((kv_idx_ - S) // g).clamp(0, n_qb - 1)
-        token = (kv_idx_ >= S) & routed[b, h, qpar, tok_par]
-        return summary | token
-
-    block_mask = BlockMask.from_kv_blocks(
-        kv_num[None, None].expand(B, H, -1).contiguous(),
-        kv_idx[None, None].expand(B, H, -1, -1).contiguous(),
-        full_num, full_idx, BLOCK_SIZE=g, mask_mod=mask_mod, seq_lengths=(Tp, S + Tp))
-    o = _flex(rotary(split_heads(qp, H), pos, rope_theta), keys, values, block_mask, (d // H) ** -0.5)
-    outs.append(merge_heads(o)[:, :T])
-
-    # L3: few keys (T / G); SDPA with a dense (T, 1 + T/G) mask.
-    H = level_heads[2]
-    n_doc = T // G
-    ks = rotary(split_heads(pool_groups(k, G), H), summary_positions(n_doc, G, dev), rope_theta)
-    vs = split_heads(pool_groups(v, G), H)
-    keys = torch.cat([_null(ks), ks], dim=2)
-    values = torch.cat([_null(vs), vs], dim=2)
-    tpos = torch.arange(T, device=dev)
-    jd = torch.arange(n_doc, device=dev)
-    mask = torch.cat([torch.ones(T, 1, dtype=torch.bool, device=dev), jd[None] < (tpos // G)[:, None]], -1)
-    o = F.scaled_dot_product_attention(rotary(split_heads(q, H), tpos, rope_theta), keys, values,
-                                       attn_mask=mask, scale=(d // H) ** -0.5)
-    outs.append(merge_heads(o))
-    return outs[0], outs[1], outs[2]
+    h3 = _level3(q, k, v, level_heads[2], document_size, rope_theta)
+    return merge_heads(o1)[:, :T], merge_heads(o2)[:, :T], h3
