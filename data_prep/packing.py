@@ -1,0 +1,112 @@
+"""Tokenize kept documents and pack them into fixed-length rows: the training shards ``r1-ds train`` reads.
+
+Documents are concatenated in a fixed order, each followed by ``<|endoftext|>``, and the token stream is cut into
+rows of ``seq_len``. The last row is padded with ``<|endoftext|>`` (pad = eos) so no text is lost. Each shard
+``shard_NNNNN.bin`` is a raw little-endian C-order array (rows, seq_len) of uint16 (vocab <= 65536) or uint32,
+written atomically; ``meta.json`` is written last. A resumed run re-tokenizes (deterministic) and skips shards
+whose file already has the right size, so shards are neither duplicated nor lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from data_prep.atomic import atomic_write_bytes, atomic_write_json
+from data_prep.faults import maybe_crash
+from data_prep.tokenizer_train import EOS
+
+log = logging.getLogger(__name__)
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.bin"
+
+
+def pack_documents(
+    texts: Iterable[str],
+    tokenizer_dir: Path,
+    shards_dir: Path,
+    *,
+    seq_len: int,
+    shard_rows: int,
+    batch_docs: int = 256,
+) -> dict[str, Any]:
+    """Write shards + meta.json into ``shards_dir``; returns the meta. Idempotent when meta.json already exists."""
+    from tokenizers import Tokenizer
+
+    shards_dir = Path(shards_dir)
+    meta_path = shards_dir / "meta.json"
+    if meta_path.is_file():
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    tok.encode_special_tokens = True  # a literal "<|endoftext|>" inside a document is text, not a separator
+    eos = tok.token_to_id(EOS)
+    vocab_size = tok.get_vocab_size()
+    dtype = np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+    rows_per_shard_tokens = shard_rows * seq_len
+
+    shards: list[dict[str, Any]] = []
+    buf: list[int] = []
+    n_docs = n_tokens = 0
+
+    def emit(tokens: list[int]) -> None:
+        arr = np.asarray(tokens, dtype=dtype).reshape(-1, seq_len)  # (rows, seq_len)
+        name = shard_name(len(shards))
+        path = shards_dir / name
+        if not (path.is_file() and path.stat().st_size == arr.nbytes):
+            atomic_write_bytes(path, arr.tobytes(order="C"))
+        shards.append({"file": name, "num_sequences": int(arr.shape[0])})
+        maybe_crash("pack", len(shards))
+
+    batch: list[str] = []
+
+    def flush_batch() -> None:
+        nonlocal n_docs, n_tokens
+        for enc in tok.encode_batch(batch, add_special_tokens=False):
+            buf.extend(enc.ids)
+            buf.append(eos)
+            n_tokens += len(enc.ids) + 1
+        n_docs += len(batch)
+        batch.clear()
+        while len(buf) >= rows_per_shard_tokens:
+            emit(buf[:rows_per_shard_tokens])
+            del buf[:rows_per_shard_tokens]
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) >= batch_docs:
+            flush_batch()
+    if batch:
+        flush_batch()
+    padding = (-len(buf)) % seq_len
+    if buf:
+        emit(buf + [eos] * padding)
+
+    meta = {
+        "seq_len": seq_len,
+        "dtype": "uint16" if dtype.itemsize == 2 else "uint32",
+        "vocab_size": vocab_size,
+        "eos_token_id": eos,
+        "num_sequences": sum(s["num_sequences"] for s in shards),
+        "shards": shards,
+        "tokenizer": "../tokenizer",
+        "num_documents": n_docs,
+        "num_tokens": n_tokens,
+        "padding_tokens": padding,
+        "separator": EOS,
+    }
+    atomic_write_json(meta_path, meta)
+    log.info(
+        "packing: %d documents, %d tokens -> %d rows of %d in %d shards",
+        n_docs,
+        n_tokens,
+        meta["num_sequences"],
+        seq_len,
+        len(shards),
+    )
+    return meta
