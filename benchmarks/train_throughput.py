@@ -1,0 +1,180 @@
+"""Training throughput on one GPU: R1 against a Hugging Face LlamaForCausalLM of the same size,
+both under the same DeepSpeed config, in the same run.
+
+    python benchmarks/train_throughput.py                          # 350m and 1.3b, 2k and 8k tokens
+    python benchmarks/train_throughput.py --sizes 350m --seq-lens 2048 --steps 10
+    OUT=results python benchmarks/train_throughput.py              # also writes $OUT/train_throughput.json
+
+For every (size, sequence length, model): build the model on the GPU (seed 0), `deepspeed.initialize`
+with ds_configs/single_gpu_bf16.json (bf16, fp32 master weights and gradient accumulation, fused
+AdamW, clipping 1.0; micro-batch and accumulation overridden so one step = one micro-batch of
+`--tokens` tokens), run `--warmup` steps (FlexAttention compiles here), then time `--steps` full
+training steps (forward, backward, clipping, optimizer). Reports tokens/s, MFU (model FLOPs of
+r1_ds/flops.py: matmuls of forward + backward, no recomputation, attention per visible key; peak
+989 TFLOP/s bf16 dense for H100/H200) and peak memory. R1 uses attn_implementation
+"flex_attention"; Llama uses "sdpa" (flash / cuDNN kernels), the same width, depth, SwiGLU width,
+vocabulary and tied embeddings, and as many heads as R1's widest-but-one level (head size 64/128).
+Prints a table last. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import gc
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from r1_ds.flops import dense_flops_per_token, flops_per_token, peak_flops  # noqa: E402
+from r1_ds.model import R1Config, R1ForCausalLM  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", default=["350m", "1.3b"], help="R1 presets")
+    p.add_argument("--seq-lens", nargs="+", type=int, default=[2048, 8192])
+    p.add_argument("--models", nargs="+", default=["r1", "llama"], choices=["r1", "llama"])
+    p.add_argument("--tokens", type=int, default=16384, help="tokens per step (micro-batch = tokens // seq_len)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, allocator)")
+    p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (both models)")
+    p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
+    return p.parse_args(argv)
+
+
+def r1_model(preset: str, seq_len: int) -> torch.nn.Module:
+    config = R1Config.from_preset(preset, max_position_embeddings=max(seq_len, 2048))
+    model = R1ForCausalLM(config)
+    model.config._attn_implementation = "flex_attention"
+    return model
+
+
+def llama_model(preset: str, seq_len: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    r1 = R1Config.from_preset(preset)
+    heads = r1.level_heads[1]
+    config = LlamaConfig(vocab_size=r1.vocab_size, hidden_size=r1.hidden_size, intermediate_size=r1.intermediate_size,
+                         num_hidden_layers=r1.num_hidden_layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=max(seq_len, 2048), rms_norm_eps=r1.rms_norm_eps,
+                         tie_word_embeddings=True, attn_implementation="sdpa")
+    return LlamaForCausalLM(config)
+
+
+def model_flops(name: str, preset: str, seq_len: int) -> float:
+    c = R1Config.from_preset(preset, max_position_embeddings=max(seq_len, 2048))
+    if name == "r1":
+        return flops_per_token(c, seq_len)
+    return dense_flops_per_token(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                                 num_layers=c.num_hidden_layers, vocab_size=c.vocab_size, seq_len=seq_len)
+
+
+def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict:
+    import deepspeed
+
+    micro = max(1, args.tokens // seq_len)
+    ds = copy.deepcopy(ds_base)
+    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1, train_batch_size=micro)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    row = {"model": name, "size": preset, "seq_len": seq_len, "micro_batch": micro}
+    try:
+        with torch.device("cuda"):
+            model = r1_model(preset, seq_len) if name == "r1" else llama_model(preset, seq_len)
+        if args.activation_checkpointing:
+            model.gradient_checkpointing_enable()
+        row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        ids = torch.randint(0, model.config.vocab_size, (micro, seq_len), device="cuda", generator=gen)
+
+        def step():
+            loss = engine(input_ids=ids, labels=ids).loss
+            engine.backward(loss)
+            engine.step()
+            return loss
+
+        for _ in range(args.warmup):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        tok_s = micro * seq_len * args.steps / dt
+        peak = peak_flops("bf16")
+        row.update(tokens_per_s=tok_s, step_s=dt / args.steps, loss=float(loss),
+                   mfu=model_flops(name, preset, seq_len) * tok_s / peak if peak else None,
+                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2 ** 30)
+    except torch.OutOfMemoryError:
+        row["error"] = "out of memory"
+    finally:
+        engine = model = None  # noqa: F841  (free before the next model)
+        gc.collect()
+        torch.cuda.empty_cache()
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'size':>5} {'seq':>6} {'model':>6} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs llama"
+    lines = [head, "-" * len(head)]
+    llama = {(r["size"], r["seq_len"]): r.get("tokens_per_s") for r in rows if r["model"] == "llama"}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['size']:>5} {r['seq_len']:>6} {r['model']:>6} {r['micro_batch']:>5}  {r['error']}")
+            continue
+        base = llama.get((r["size"], r["seq_len"]))
+        ratio = f"{r['tokens_per_s'] / base:.2f}x" if base and r["model"] == "r1" else ""
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        lines.append(f"{r['size']:>5} {r['seq_len']:>6} {r['model']:>6} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
+                     f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f}  {ratio}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("train_throughput: needs a CUDA GPU (R1 runs its FlexAttention path there)", file=sys.stderr)
+        return 2
+    from r1_ds.train import init_distributed
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    init_distributed()  # a world of one process
+    with open(args.deepspeed_config) as f:
+        ds_base = json.load(f)
+    rows = []
+    for preset in args.sizes:
+        for seq_len in args.seq_lens:
+            for name in args.models:
+                row = bench_one(name, preset, seq_len, args, ds_base)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    result = {"benchmark": "train_throughput", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+              "deepspeed_config": os.path.relpath(args.deepspeed_config, ROOT), "tokens_per_step": args.tokens,
+              "steps": args.steps, "warmup": args.warmup, "activation_checkpointing": args.activation_checkpointing,
+              "rows": rows}
+    path = args.json or (os.path.join(os.environ["OUT"], "train_throughput.json") if os.environ.get("OUT") else None)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    print()
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

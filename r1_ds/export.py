@@ -1,0 +1,44 @@
+"""`r1-ds export CKPT OUT`: a DeepSpeed checkpoint of `r1-ds train` (pipeline or not) -> a Hugging
+Face folder (config.json, model.safetensors, the R1 model code, the run's tokenizer).
+
+    r1-ds export runs/tiny/checkpoints runs/tiny/hf          # the latest checkpoint
+    r1-ds export runs/tiny/checkpoints/global_step200 out/   # one tag
+
+The folder loads with `AutoModelForCausalLM.from_pretrained(OUT)` after `import r1_ds`, or with
+`trust_remote_code=True` in a process that never imported r1_ds, and gives the training model's logits.
+The weights keep the training dtype unless --dtype says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("r1_ds.export")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint folder (with `latest`) or one of its global_step* folders")
+    p.add_argument("out", help="output folder for the Hugging Face model")
+    p.add_argument("--tag", help="checkpoint tag to export (default: the one `latest` names)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="cast the weights (default: training dtype)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError, export_hf
+
+    try:
+        export_hf(args.checkpoint, args.out, tag=args.tag, dtype=args.dtype)
+    except CheckpointError as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m r1_ds.export", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(run(parser.parse_args()))

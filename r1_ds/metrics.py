@@ -1,0 +1,87 @@
+"""Rank-0 logging, the metrics file (metrics.jsonl), TensorBoard and the progress bar.
+
+Library code logs through `log0` only; every other rank stays quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+log = logging.getLogger("r1_ds")
+
+
+def global_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def log0(msg: str, *args, level: int = logging.INFO) -> None:
+    """Log on global rank 0 only."""
+    if global_rank() == 0:
+        log.log(level, msg, *args)
+
+
+class MetricsWriter:
+    """metrics.jsonl (one JSON object per logged step), TensorBoard scalars and a tqdm bar, on rank 0."""
+
+    def __init__(self, out_dir: str, *, total_steps: int, start_step: int, tensorboard: bool = True,
+                 progress: bool = True, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        self._file = open(self.path, "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+            except ImportError:  # tensorboard not installed: the JSONL file still has everything
+                log.warning("tensorboard is not installed; writing metrics.jsonl only")
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = record["step"]
+            for key, value in record.items():
+                if key not in ("step", "time") and isinstance(value, (int, float)) and value is not None:
+                    self._tb.add_scalar(f"train/{key}", value, step)
+
+    def progress(self, steps: int, postfix: dict) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+            self._bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The records of a metrics.jsonl; when a resumed run rewrote steps, the last record of a step wins."""
+    by_step: dict[int, dict] = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rec = json.loads(line)
+                by_step[rec["step"]] = rec
+    return [by_step[s] for s in sorted(by_step)]

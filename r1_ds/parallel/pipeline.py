@@ -1,0 +1,236 @@
+"""R1 as a DeepSpeed `PipelineModule`, cut from an ordinary `R1ForCausalLM`.
+
+The pipeline is a flat list of the model's own Hugging Face modules; nothing is re-implemented:
+
+    pipe layer   module                          HF key prefix          pipe in -> out
+    0            model.embed_tokens (tied: "embed")  model.embed_tokens.   ids (B, T) -> h (B, T, d)
+    1 .. L       model.layers[i]  (R1DecoderLayer)   model.layers.{i}.     h -> h
+    L + 1        model.norm                          model.norm.           h -> h
+    L + 2        lm_head, or the tied embedding      lm_head.              h -> logits (B, T, V)
+
+Every stage passes one contiguous float tensor, so no adapter has to pack or unpack tuples. The
+layer files DeepSpeed writes (`layer_XX-model_YY-model_states.pt`, keys relative to the module)
+therefore map to HF keys by prefix: `hf_key = PIPE_PREFIXES[XX] + key` (see `pipe_layer_prefixes`).
+The tied LM head has no file: it is a function of the embedding (DeepSpeed skips callables).
+
+Weights come from the model passed in, so a pipeline run starts from exactly the weights a
+single-process run would start from (the parity tests rely on it). Each rank builds the whole
+model once on the CPU and keeps only its stage's modules.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import R1Config, R1ForCausalLM, causal_lm_loss
+from ..model.modeling_r1 import R1DecoderLayer
+from .topology import ParallelDims
+
+TIED_KEY = "embed"  # DeepSpeed tie key of the embedding / LM-head weight
+DEFAULT_PARTITION = "type:R1DecoderLayer"  # balance decoder layers; embed/norm/head ride on the end stages
+
+
+def pipe_layer_prefixes(config: R1Config) -> list[str | None]:
+    """HF key prefix of each pipeline layer, by global layer index. None: the layer has no weights
+    of its own (the tied LM head)."""
+    L = config.num_hidden_layers
+    head = None if config.tie_word_embeddings else "lm_head."
+    return ["model.embed_tokens.", *[f"model.layers.{i}." for i in range(L)], "model.norm.", head]
+
+
+class CausalLMLoss:
+    """Pipeline loss: label-smoothed next-token cross entropy on (logits, unshifted labels)."""
+
+    __name__ = "CausalLMLoss"
+
+    def __init__(self, label_smoothing: float):
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return causal_lm_loss(logits, labels, self.label_smoothing)
+
+
+def tied_lm_head(embedding: nn.Embedding, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head of a tied model: h (B, T, d) @ E^T (d, V) -> logits (B, T, V)."""
+    # --- tensor parallel (issue 4): a vocabulary-parallel embedding gives this rank's (B, T, V / tp) logits;
+    # h enters the tensor region first, so that its gradient is summed over the vocabulary shards
+    if getattr(embedding, "group", None) is not None:
+        from .tp_layers import copy_to_tp
+
+        hidden = copy_to_tp(hidden, embedding.group)
+    # --- end tensor parallel
+    return F.linear(hidden, embedding.weight)
+
+
+class _ModelParts:
+    """Hands the model's modules to the layer specs while the PipelineModule is built, then lets
+    go of the model so that the other stages' modules can be freed."""
+
+    def __init__(self, model: R1ForCausalLM):
+        self._model = model
+
+    def get(self, name: str) -> nn.Module:
+        if self._model is None:
+            raise RuntimeError("pipeline layer spec built after its source model was released")
+        m = self._model
+        if name == "embed":
+            return m.model.embed_tokens
+        if name == "norm":
+            return m.model.norm
+        if name == "head":
+            return m.lm_head
+        return m.model.layers[int(name)]
+
+    def release(self) -> None:
+        self._model = None
+
+
+def _specs(parts: _ModelParts, config: R1Config) -> list:
+    """The layer specs; `build()` hands out the model's module instead of constructing a new one."""
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    class ModuleSpec(LayerSpec):
+        def __init__(self, typename, name):
+            super().__init__(typename)
+            self.name = name
+
+        def build(self, log=False):
+            return parts.get(self.name)
+
+        def __repr__(self):
+            return f"{self.typename.__name__}({self.name})"
+
+    class TiedModuleSpec(TiedLayerSpec):
+        def __init__(self, key, typename, name, **kw):
+            super().__init__(key, typename, **kw)
+            self.name = name
+
+        def build(self, log=False):
+            return parts.get(self.name)
+
+        def __repr__(self):
+            return f"Tied[{self.key}]{self.typename.__name__}({self.name})"
+
+    L = config.num_hidden_layers
+    tied = config.tie_word_embeddings
+    embed = (TiedModuleSpec(TIED_KEY, nn.Embedding, "embed", tied_weight_attr=["weight"]) if tied
+             else ModuleSpec(nn.Embedding, "embed"))
+    head = (TiedModuleSpec(TIED_KEY, nn.Embedding, "embed", forward_fn=tied_lm_head, tied_weight_attr=["weight"])
+            if tied else ModuleSpec(nn.Linear, "head"))
+    return [embed, *[ModuleSpec(R1DecoderLayer, str(i)) for i in range(L)], ModuleSpec(type(parts.get("norm")), "norm"),
+            head]
+
+
+def shard_for_tensor_parallel(model: R1ForCausalLM, dims: ParallelDims) -> None:
+    """Hook for the tensor-parallel plan (r1_ds.parallel.tensor_parallel): shard the full model in
+    place, before the pipeline is cut and before `deepspeed.initialize`. Tensor size 1 needs nothing."""
+    # --- tensor parallel (issue 4): the declared plan R1_TP_PLAN, over this rank's tensor group
+    if dims.tensor > 1:
+        if not dims.pipeline_enabled:
+            # without a PipelineModule, DeepSpeed needs an mpu (PipelineParallelGrid(topology=dims.topology())) in
+            # deepspeed.initialize, or it averages gradients over the tensor ranks too: refuse until the trainer does
+            raise NotImplementedError(
+                f"parallel.tensor={dims.tensor} with parallel.pipe=1 is not wired into the trainer yet. Fix: use "
+                "parallel.pipe >= 2 with tensor parallelism, or parallel.tensor=1.")
+        from .tensor_parallel import apply_tensor_parallel, tensor_parallel_group
+
+        apply_tensor_parallel(model, tensor_parallel_group(dims))
+    # --- end tensor parallel
+
+
+def build_pipeline(model: R1ForCausalLM, dims: ParallelDims, *, partition_method: str = DEFAULT_PARTITION,
+                   activation_checkpoint_interval: int = 0):
+    """Cut `model` into a PipelineModule over `dims` (pipe x tensor x data). Call after
+    `deepspeed.init_distributed`; afterwards only this rank's stage is referenced."""
+    from deepspeed.pipe import PipelineModule
+
+    config = model.config
+    dims.check_model(num_hidden_layers=config.num_hidden_layers, level_heads=config.level_heads)
+    shard_for_tensor_parallel(model, dims)
+    from .tensor_parallel import tensor_parallel_loss_fn  # tensor parallel (issue 4)
+
+    parts = _ModelParts(model)
+    try:
+        module = PipelineModule(
+            layers=_specs(parts, config),
+            topology=dims.topology(),
+            loss_fn=(CausalLMLoss(config.label_smoothing) if dims.tensor == 1  # tensor parallel (issue 4): the
+                     else tensor_parallel_loss_fn(model.lm_head, config.label_smoothing)),  # vocab-split logits
+            partition_method=partition_method,
+            activation_checkpoint_interval=activation_checkpoint_interval,
+            checkpointable_layers=["R1DecoderLayer"],
+        )
+    finally:
+        parts.release()
+    module.r1_config = config  # read by the trainer (drop path, FLOPs, checkpoint metadata)
+    return module
+
+
+def decoder_layers(module: nn.Module) -> list[R1DecoderLayer]:
+    return [m for m in module.modules() if isinstance(m, R1DecoderLayer)]
+
+
+def set_drop_path_rate(module: nn.Module, rate: float, num_hidden_layers: int) -> None:
+    """Set DropPath on the decoder layers this rank holds: layer i of L gets rate * (i + 1) / L, the
+    same rule as `R1PreTrainedModel.set_drop_path_rate` (a test checks that they agree)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop path rate {rate!r} must be in [0, 1)")
+    for layer in decoder_layers(module):
+        layer.drop_path.rate = rate * (layer.layer_idx + 1) / num_hidden_layers
+
+
+def patch_fp32_grad_clipping(engine) -> None:
+    """fp32 (ZeRO-0) gradient clipping that counts every stage's gradients and records the norm.
+
+    DeepSpeed's fp32 path (`clip_grad_norm_(..., mpu=grid)`) counts a parameter on a rank whose
+    grid "model-parallel rank" is not 0 only when it is marked model-parallel. On a pipeline grid that
+    rank is the position among all pipe x tensor ranks of the replica, so stages > 0 would drop out of
+    the global norm and clip with the wrong factor (the pipeline parity test catches it). Here every
+    stage counts its own parameters once: pipeline-tied copies (`ds_pipe_replicated`) are skipped, and
+    tensor-replicated parameters are counted on tensor rank 0 only. It also keeps the norm for
+    `engine.get_global_grad_norm()`, which DeepSpeed's fp32 path leaves empty. bf16 (BF16_Optimizer)
+    and ZeRO compute the norm themselves and need neither."""
+    from deepspeed import comm as dist
+
+    grid = engine.mpu if getattr(engine, "is_pipe_parallel", False) else None
+
+    def clip_fp32_gradients(self):
+        tensor_rank = grid.get_slice_parallel_rank() if grid is not None else 0
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        counted = [p for p in params if not getattr(p, "ds_pipe_replicated", False)
+                   and (tensor_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+        sq = torch.zeros(1, dtype=torch.float32, device=params[0].device if params else "cpu")
+        for p in counted:
+            sq += p.grad.detach().float().pow(2).sum()
+        if grid is not None:
+            dist.all_reduce(sq, group=grid.get_model_parallel_group())  # every stage and shard of this replica
+        total = sq.sqrt()
+        coef = torch.clamp(self.gradient_clipping() / (total + 1e-6), max=1.0)
+        for p in params:
+            p.grad.detach().mul_(coef.to(p.grad.dtype))
+        self._global_grad_norm = float(total)
+        return total
+
+    engine.clip_fp32_gradients = types.MethodType(clip_fp32_gradients, engine)
+
+
+def needs_fp32_clip_patch(engine) -> bool:
+    """True where DeepSpeed clips through `clip_fp32_gradients` (fp32, no ZeRO, clipping on)."""
+    return (engine.gradient_clipping() > 0.0 and getattr(engine, "torch_autocast_z0_gradscaler", None) is None
+            and not (engine.fp16_enabled() or engine.bfloat16_enabled() or engine.zero_optimization()))
+
+
+def pipeline_param_count(module: nn.Module) -> int:
+    """Parameters this rank holds, tied copies counted once over the pipeline."""
+    return sum(p.numel() for p in module.parameters() if not getattr(p, "ds_pipe_replicated", False))
+
+
+__all__ = [
+    "CausalLMLoss", "DEFAULT_PARTITION", "TIED_KEY", "build_pipeline", "decoder_layers",
+    "needs_fp32_clip_patch", "patch_fp32_grad_clipping", "pipe_layer_prefixes", "pipeline_param_count",
+    "set_drop_path_rate", "shard_for_tensor_parallel", "tied_lm_head",
+]

@@ -1,0 +1,474 @@
+"""`r1-ds train` / `python -m r1_ds.train`: train an R1 model with DeepSpeed.
+
+    parse -> init distributed -> settings check -> build model -> pipeline or not
+          -> deepspeed.initialize -> resume -> loop (progressive stages, LR, DropPath, metrics,
+             checkpoints) -> final checkpoint
+
+Launch with any of (docs/training.md, "Launchers"):
+    deepspeed --num_gpus 8 -m r1_ds.train --config run.yaml
+    deepspeed --hostfile hostfile --launcher openmpi -m r1_ds.train ...   (MPI ranks via mpi4py)
+    torchrun --nproc_per_node 8 -m r1_ds.train ...
+    accelerate launch --use_deepspeed --deepspeed_config_file ds.json -m r1_ds.train ...  (no pipeline)
+    python -m r1_ds.train ...                                                (one process)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .config import ConfigError, TrainConfig, load_train_config, parse_set, read_mapping, resolve_batch
+from .data import ProgressiveSampler, Stage, batch_iterator, open_dataset
+from .metrics import MetricsWriter, log0
+
+log = logging.getLogger("r1_ds.train")
+
+# ----------------------------------------------------------------------------- command line
+
+_FLAGS = {  # --flag -> dotted training-config key (the CLI is the top of the precedence order)
+    "deepspeed_config": "deepspeed_config", "output_dir": "output_dir", "seed": "seed",
+    "preset": "model.preset", "data": "data.path", "seq_len": "data.seq_len", "micro_batch": "data.micro_batch",
+    "global_batch": "schedule.global_batch", "grad_accum": "schedule.grad_accum", "steps": "schedule.steps",
+    "lr": "schedule.lr", "warmup_steps": "schedule.warmup_steps", "pipe": "parallel.pipe",
+    "tensor": "parallel.tensor", "save_every": "checkpoint.every", "checkpoint_dir": "checkpoint.dir",
+    "resume": "checkpoint.resume", "log_every": "log.every",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="training config (YAML or JSON); see docs/training.md")
+    p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
+                   help="DeepSpeed JSON (default: the training config's, else ds_configs/tiny_cpu.json)")
+    p.add_argument("--output-dir", dest="output_dir", help="run folder: metrics, TensorBoard, checkpoints")
+    p.add_argument("--preset", help="model size: tiny, 125m, 350m, 1.3b")
+    p.add_argument("--data", help="packed shard folder (default: synthetic sample data)")
+    p.add_argument("--seq-len", dest="seq_len", type=int)
+    p.add_argument("--micro-batch", dest="micro_batch", type=int, help="sequences per rank per micro-step")
+    p.add_argument("--global-batch", dest="global_batch", type=int, help="sequences per optimizer step")
+    p.add_argument("--grad-accum", dest="grad_accum", type=int, help="micro-steps per optimizer step")
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    p.add_argument("--pipe", type=int, help="pipeline stages")
+    p.add_argument("--tensor", type=int, help="tensor-parallel size")
+    p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps (0: at the end)")
+    p.add_argument("--checkpoint-dir", dest="checkpoint_dir")
+    p.add_argument("--resume", help='"auto" (default), "none", or a checkpoint folder')
+    p.add_argument("--log-every", dest="log_every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any training-config field, e.g. --set schedule.drop_path_max=0.1 (repeatable)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    # Launchers append these; DeepSpeed reads LOCAL_RANK from the environment anyway.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+
+
+def cli_overrides(args: argparse.Namespace) -> dict:
+    out = {key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "progress", None) is False:
+        out["log.progress"] = False
+    for item in args.set:
+        key, value = parse_set(item)
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- distributed start-up
+
+
+_MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+_TORCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+
+
+def init_distributed() -> None:
+    """Join the process group however we were launched: deepspeed / torchrun / accelerate set the
+    torch variables; mpirun (deepspeed --launcher openmpi/mpich, srun with PMI) is discovered through
+    mpi4py; a bare `python -m r1_ds.train` becomes a world of one."""
+    import deepspeed
+
+    if all(k in os.environ for k in _TORCH_ENV):
+        deepspeed.init_distributed(auto_mpi_discovery=False)
+    elif any(k in os.environ for k in _MPI_ENV):
+        deepspeed.init_distributed(auto_mpi_discovery=True)  # sets RANK, LOCAL_RANK, ... from MPI
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", str(port))):
+            os.environ.setdefault(key, value)
+        deepspeed.init_distributed(auto_mpi_discovery=False)
+
+
+def find_ds_config(path: str) -> str:
+    """`path` as given, else relative to the repository (so the default ds_configs/ works anywhere)."""
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    repo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+    return repo if os.path.isfile(repo) else path
+
+
+def under_accelerate() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+# ----------------------------------------------------------------------------- settings -> DeepSpeed JSON
+
+
+def resolve_stages(cfg: TrainConfig, first_batch: int) -> list[Stage]:
+    """Progressive stages with explicit starts; no stages = one stage over the whole run."""
+    s = cfg.schedule
+    if not s.stages:
+        return [Stage(start=0, steps=s.steps, global_batch=first_batch, data_fraction=1.0)]
+    out, start = [], 0
+    for i, st in enumerate(s.stages):
+        steps = s.steps - start if i == len(s.stages) - 1 else st.steps
+        out.append(Stage(start=start, steps=steps, global_batch=st.global_batch, data_fraction=st.data_fraction))
+        start += steps
+    return out
+
+
+def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_type: str):
+    """The DeepSpeed dict to initialise with, plus (dims, batch plan, notes, r1_compression section)."""
+    from .precision import resolve_precision
+
+    ds = dict(ds_json)
+    compression = ds.pop("r1_compression", None)
+    ds, notes = resolve_precision(ds, dtype=cfg.precision.dtype, apex=cfg.precision.apex, device_type=device_type)
+    s = cfg.schedule
+    if s.stages and s.global_batch is not None:
+        raise ConfigError(f"schedule.global_batch={s.global_batch} and schedule.stages are both set: each stage has "
+                          "its own global_batch. Fix: remove schedule.global_batch.")
+    first = s.stages[0].global_batch if s.stages else s.global_batch
+    dims, plan = resolve_batch(world_size=world_size, pipe=cfg.parallel.pipe, tensor=cfg.parallel.tensor,
+                               data=cfg.parallel.data, ds_config=ds, micro_batch=cfg.data.micro_batch,
+                               global_batch=first, grad_accum=s.grad_accum,
+                               stage_batches=tuple(st.global_batch for st in s.stages[1:]))
+    ds.update(train_batch_size=plan.global_batch, train_micro_batch_size_per_gpu=plan.micro_batch,
+              gradient_accumulation_steps=plan.grad_accum)
+    if "scheduler" in ds:
+        notes.append(f"DeepSpeed JSON scheduler {ds['scheduler'].get('type')!r} ignored: r1-ds uses schedule.* "
+                     "(linear warm-up + cosine)")
+        ds.pop("scheduler")
+    opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    params = opt.setdefault("params", {})
+    if s.lr is not None:
+        params["lr"] = s.lr
+    params.setdefault("lr", 3e-4)
+    if dims.pipeline_enabled:
+        stage = ds.get("zero_optimization", {}).get("stage", 0)
+        if stage >= 2:
+            raise ConfigError(f"parallel.pipe={dims.pipe} with zero_optimization.stage={stage}: DeepSpeed's pipeline "
+                              "engine supports ZeRO stage 0 or 1 only. Fix: set zero_optimization.stage to 1, or "
+                              "parallel.pipe to 1.")
+    return ds, dims, plan, notes, compression
+
+
+class WarmupCosine:
+    """LR multiplier of optimizer step t: linear warm-up over `warmup` steps to 1, then cosine to
+    `min_ratio` at step `total`. An object (not a lambda) so the scheduler's state dict keeps it."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float):
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            return (t + 1) / self.warmup
+        progress = min(1.0, (t - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (linear weights, embeddings); not norms and biases."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def build_model(cfg: TrainConfig, device_type: str):
+    from .model import R1Config, R1ForCausalLM
+
+    impl = cfg.model.attn_implementation
+    if impl == "auto":
+        impl = "flex_attention" if device_type == "cuda" else "eager"
+    if cfg.model.init_from:  # weights (and architecture) of a Hugging Face folder, e.g. an export
+        model = R1ForCausalLM.from_pretrained(cfg.model.init_from, dtype=torch.float32)
+        log0("initialised from %s (model.preset and model.overrides are not used)", cfg.model.init_from)
+    else:
+        config = R1Config.from_preset(cfg.model.preset, **cfg.model.overrides)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank, whatever the layout
+        model = R1ForCausalLM(config)
+    model.config._attn_implementation = impl
+    return model
+
+
+def step_seed(seed: int, step: int, data_rank: int, pipe_rank: int) -> int:
+    """Randomness of one step (DropPath masks) as a function of (seed, step, rank): a resumed run draws
+    the same masks, and tensor peers agree."""
+    return int(np.random.SeedSequence([seed, step, data_rank, pipe_rank]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------- one optimizer step
+
+
+def train_step_pipeline(engine, batches) -> float:
+    """One optimizer step on the pipeline engine: gas micro-batches, mean loss over the global batch."""
+    return float(engine.train_batch(data_iter=batches))
+
+
+def train_step_data_parallel(engine, batches, gas: int) -> float:
+    """One optimizer step without a pipeline. The accumulation boundary is set explicitly, so the
+    step stays correct when a progressive stage changes gas."""
+    from deepspeed import comm as dist
+
+    losses = []
+    for m, (x, y) in enumerate(batches):
+        engine.set_gradient_accumulation_boundary(m == gas - 1)
+        out = engine(input_ids=x.to(engine.device), labels=y.to(engine.device))
+        engine.backward(out.loss)
+        engine.step()
+        losses.append(out.loss.detach().float())
+    if len(losses) != gas:
+        raise RuntimeError(f"expected {gas} micro-batches, got {len(losses)}")
+    loss = torch.stack(losses).mean()
+    dist.all_reduce(loss)  # tensor peers hold the same loss, so the world mean is the data-parallel mean
+    return float(loss) / dist.get_world_size()
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .parallel.topology import LayoutError
+    from .precision import PrecisionError
+
+    return ConfigError, DataError, PrecisionError, CheckpointError, LayoutError
+
+
+def run(args: argparse.Namespace) -> int:
+    """`r1-ds train`: settings from file + command line, then `train`. Bad settings exit with code 2
+    and one readable message instead of a traceback."""
+    try:
+        cfg = load_train_config(args.config, cli_overrides(args))
+        acc_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        explicit = "deepspeed_config" in cli_overrides(args) or (args.config and "deepspeed_config" in
+                                                                 read_mapping(args.config))
+        if under_accelerate() and acc_file and not explicit:
+            cfg.deepspeed_config = acc_file  # the JSON accelerate was given
+        train(cfg)
+    except user_errors() as err:  # the same on every rank: say it once
+        log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s: %s",
+                type(err).__name__, err)
+        return 2
+    return 0
+
+
+def train(cfg: TrainConfig):
+    """Train per `cfg`; returns the DeepSpeed engine (tests and notebooks inspect it)."""
+    if under_accelerate() and cfg.parallel.pipe > 1:
+        raise ConfigError(
+            f"parallel.pipe={cfg.parallel.pipe} under `accelerate launch`: accelerate drives DeepSpeed's "
+            "forward/backward/step, which the pipeline engine does not offer. Fix: set parallel.pipe=1 (data "
+            "parallel + ZeRO), or launch pipelines with `deepspeed` or `torchrun`.")
+
+    # ---- distributed start-up
+    from deepspeed.accelerator import get_accelerator
+
+    init_distributed()
+    import deepspeed
+    from deepspeed import comm as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device_type = get_accelerator().device_name()
+
+    # ---- settings: DeepSpeed JSON + ours, one check of batch and layout
+    ds_json = read_mapping(find_ds_config(cfg.deepspeed_config))
+    ds_config, dims, plan, notes, compression = build_ds_config(cfg, ds_json, world_size=world,
+                                                                device_type=device_type)
+    for note in notes:
+        log0("precision/settings: %s", note)
+    coords = dims.coords(rank)
+    log0("layout %s; batch: global %d = micro %d x grad_accum %d x data %d", dims.describe(), plan.global_batch,
+         plan.micro_batch, plan.grad_accum, plan.data_parallel)
+    out_dir = cfg.output_dir
+    ckpt_dir = cfg.checkpoint.dir or os.path.join(out_dir, "checkpoints")
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "train_config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+        with open(os.path.join(out_dir, "ds_config.json"), "w") as f:
+            json.dump(ds_config, f, indent=2)
+
+    # ---- model and data
+    model = build_model(cfg, device_type)
+    config = model.config
+    dataset, seq_len = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=config.vocab_size,
+                                    synthetic_sequences=cfg.data.synthetic_sequences, seed=cfg.seed)
+    stages = resolve_stages(cfg, plan.global_batch)
+    sampler = ProgressiveSampler(len(dataset), stages, cfg.seed)
+    weight_decay = ds_config["optimizer"]["params"].get("weight_decay", 0.0)
+
+    # ---- parallelize
+    if dims.pipeline_enabled:
+        from .parallel.pipeline import build_pipeline, set_drop_path_rate
+
+        module = build_pipeline(model, dims, partition_method=cfg.parallel.partition,
+                                activation_checkpoint_interval=cfg.model.activation_checkpoint_interval)
+        del model
+
+        def drop_path(rate):
+            set_drop_path_rate(module, rate, config.num_hidden_layers)
+    else:
+        from .parallel.pipeline import shard_for_tensor_parallel
+
+        dims.check_model(num_hidden_layers=config.num_hidden_layers, level_heads=config.level_heads)
+        shard_for_tensor_parallel(model, dims)
+        if cfg.model.activation_checkpoint_interval:
+            model.gradient_checkpointing_enable()
+        module = model
+        drop_path = module.set_drop_path_rate
+
+    schedule = WarmupCosine(cfg.schedule.warmup_steps, cfg.schedule.steps, cfg.schedule.min_lr_ratio)
+    engine, *_ = deepspeed.initialize(
+        model=module, model_parameters=param_groups(module, weight_decay), config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+    pipeline = dims.pipeline_enabled
+    from .parallel.pipeline import needs_fp32_clip_patch, patch_fp32_grad_clipping
+
+    if needs_fp32_clip_patch(engine):
+        patch_fp32_grad_clipping(engine)
+    if cfg.precision.loss_scale_policy:
+        from .precision import ExponentLossScalePolicy, install_loss_scale_policy
+
+        install_loss_scale_policy(engine, ExponentLossScalePolicy.from_config(cfg.precision.loss_scale_policy))
+    reducer = install_compression(engine, {**ds_config, "r1_compression": compression}) if compression else None
+    if engine.checkpoint_engine.is_decoupled():
+        raise ConfigError("a decoupled (asynchronous) DeepSpeed checkpoint engine cannot be saved atomically by "
+                          "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON.")
+
+    # ---- resume
+    from . import checkpoint as ckpt
+
+    start = 0
+    found = ckpt.find_resume(ckpt_dir, cfg.checkpoint.resume)
+    if found:
+        client = ckpt.load(engine, *found)
+        start = engine.global_steps
+        sampler.check_resume(client.get("r1_sampler"), start)
+        if reducer is not None and client.get("r1_compression") is not None:
+            reducer.load_state_dict(client["r1_compression"])
+
+    # ---- loop
+    from .flops import flops_per_token, peak_flops
+    from .precision import training_dtype
+
+    fpt = flops_per_token(config, seq_len)
+    peak = cfg.log.peak_tflops * 1e12 if cfg.log.peak_tflops else peak_flops(training_dtype(ds_config))
+    total = cfg.schedule.steps
+    metrics = MetricsWriter(out_dir, total_steps=total, start_step=start, tensorboard=cfg.log.tensorboard,
+                            progress=cfg.log.progress, enabled=rank == 0)
+    loads_data = not pipeline or engine.is_first_stage() or engine.is_last_stage()
+    stage_idx = None
+    t_last, steps_since, tokens_since = time.perf_counter(), 0, 0
+    t_start = time.perf_counter()
+
+    if dims.tensor > 1:  # ds_to_universal must know how to merge the tensor shards
+        from .parallel.tensor_parallel import universal_checkpoint_info
+
+        universal_info = universal_checkpoint_info(config, dims.tensor, pipeline=pipeline)
+    else:
+        universal_info = ckpt.UNIVERSAL_INFO
+
+    def client_state(step: int) -> dict:
+        state = {"universal_checkpoint_info": universal_info, "r1_sampler": sampler.state_dict(step),
+                 "r1_model_config": config.to_dict(), "r1_tokenizer_dir": dataset.tokenizer_dir,
+                 "r1_train_config": cfg.to_dict()}
+        if reducer is not None:
+            state["r1_compression"] = reducer.state_dict()
+        return state
+
+    for step in range(start, total):
+        i = sampler.stage_index(step)
+        if i != stage_idx:
+            stage = sampler.stages[i]
+            if engine.train_batch_size() != stage.global_batch:
+                engine.set_train_batch_size(stage.global_batch)  # same micro-batch, new grad-accumulation steps
+            if len(sampler.stages) > 1:
+                log0("progressive stage %d/%d starts at step %d: global batch %d (grad_accum %d), first %.0f%% of "
+                     "the data (%d sequences)", i + 1, len(sampler.stages), step, stage.global_batch,
+                     engine.gradient_accumulation_steps(), 100 * stage.data_fraction, sampler.stage_size(i))
+            stage_idx = i
+        gas = engine.gradient_accumulation_steps()
+        lr = engine.get_lr()[0]
+        rate = cfg.schedule.drop_path_max * step / max(1, total - 1)
+        drop_path(rate)
+        torch.manual_seed(step_seed(cfg.seed, step, coords.data, coords.pipe))
+        micro = sampler.micro_batches(step, data_rank=coords.data, data_size=dims.data,
+                                      micro_batch=engine.train_micro_batch_size_per_gpu())
+        batches = batch_iterator(dataset, micro, seq_len) if loads_data else None
+        if pipeline:
+            loss = train_step_pipeline(engine, batches)
+        else:
+            loss = train_step_data_parallel(engine, batches, gas)
+        done = step + 1
+        steps_since += 1
+        tokens_since += engine.train_batch_size() * seq_len
+        if done % cfg.log.every == 0 or done == total:
+            now = time.perf_counter()
+            tok_s = tokens_since / max(now - t_last, 1e-9)
+            mfu = fpt * tok_s / (peak * world) if peak else None
+            norm = engine.get_global_grad_norm()
+            scaler = getattr(engine.optimizer, "loss_scaler", None)
+            record = {"step": done, "loss": loss, "lr": lr, "global_batch": engine.train_batch_size(),
+                      "grad_accum": gas, "stage": i + 1, "drop_path": rate, "tokens_per_s": tok_s,
+                      "mfu": mfu, "grad_norm": float(norm) if norm is not None else None,
+                      "loss_scale": float(scaler.cur_scale) if scaler is not None and hasattr(scaler, "cur_scale")
+                      else None, "elapsed_s": now - t_start}
+            if reducer is not None:
+                record.update({f"compression/{k}": v for k, v in (reducer.last_stats() or {}).items()})
+            metrics.write(record)
+            metrics.progress(steps_since, {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}",
+                                           "MFU": f"{mfu:.1%}" if mfu is not None else None})
+            t_last, steps_since, tokens_since = now, 0, 0
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done != total:
+            ckpt.save(engine, ckpt_dir, done, client_state(done), keep=cfg.checkpoint.keep)
+    if start < total or not found:
+        ckpt.save(engine, ckpt_dir, total, client_state(total), keep=cfg.checkpoint.keep)
+    metrics.close()
+    log0("done: %d steps, checkpoints in %s, metrics in %s", total, ckpt_dir, metrics.path)
+    return engine
+
+
+def install_compression(engine, ds_config: dict):
+    """The compressed gradient reduction of r1_ds.parallel (imported only when the section is set)."""
+    try:
+        from .parallel.comm_hook import install_compression as install
+    except ImportError as err:
+        raise ConfigError(
+            f"the DeepSpeed JSON has an \"r1_compression\" section but r1_ds.parallel.comm_hook cannot be imported "
+            f"({err}). Fix: remove the section, or install the compression module.") from err
+    return install(engine, ds_config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m r1_ds.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Small training runs shared by test_train.py and test_export.py (each runs once per session).
+
+All runs: tiny preset, fp32 (ds_configs/tiny_cpu.json), seq 64, 4 steps, a checkpoint
+at step 2, 2 gloo ranks. Each returns per-rank results: the parameters it holds (HF names), the
+logits of a fixed probe batch from the trained engine, and the run folder. The data-parallel run reads
+packed shards with a tokenizer (written here in data_prep's format); the pipeline run synthetic data.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from tests.dist import run_distributed
+
+
+@functools.lru_cache(maxsize=None)
+def _tmp() -> str:
+    """One scratch folder per test session (created lazily: the spawned ranks import this module too)."""
+    path = tempfile.mkdtemp(prefix="r1_ds_train_runs_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+BASE = {
+    "deepspeed_config": "ds_configs/tiny_cpu.json", "model.preset": "tiny", "data.seq_len": 64,
+    "schedule.steps": 4, "schedule.warmup_steps": 1, "schedule.drop_path_max": 0.2, "checkpoint.every": 2,
+    "log.progress": False, "log.tensorboard": False, "seed": 7,
+}
+
+
+def probe_ids() -> torch.Tensor:
+    return torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(123))
+
+
+def _train_body(overrides: dict) -> dict:
+    """Runs on every rank: train, then report what the tests compare."""
+    from r1_ds.config import load_train_config
+    from r1_ds.parallel.pipeline import pipe_layer_prefixes
+    from r1_ds.train import train
+
+    engine = train(load_train_config(None, overrides))
+    module = engine.module
+    ids = probe_ids()
+    out = {"rank": int(os.environ["RANK"]), "params": {}, "logits": None,
+           "optimizer_steps": engine.global_steps}
+    if getattr(engine, "is_pipe_parallel", False):
+        prefixes = pipe_layer_prefixes(module.r1_config)
+        for local, layer in enumerate(module.forward_funcs):
+            prefix = prefixes[local + module._local_start]
+            if prefix and hasattr(layer, "state_dict"):
+                out["params"].update({prefix + k: v.detach().clone() for k, v in layer.state_dict().items()})
+        if "embed" in module.tied_modules:  # the tied copy on the last stage has no prefix of its own
+            out["params"]["model.embed_tokens.weight"] = module.tied_modules["embed"].weight.detach().clone()
+        result = engine.eval_batch(iter([(ids, ids)]), return_logits=True, num_micro_batches=1)
+        if engine.is_last_stage():
+            out["logits"] = result[1].detach().clone()
+    else:
+        out["params"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.eval()
+        with torch.no_grad():
+            out["logits"] = module(input_ids=ids).logits.detach().clone()
+    return out
+
+
+def _run(name: str, overrides: dict, world_size: int = 2) -> dict:
+    out_dir = os.path.join(_tmp(), name)
+    ranks = run_distributed(_train_body, world_size, {**BASE, "output_dir": out_dir, **overrides}, timeout=240)
+    return {"dir": out_dir, "ranks": ranks, "metrics": read_metrics(out_dir)}
+
+
+def read_metrics(out_dir: str) -> dict[int, dict]:
+    recs = {}
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            recs[r["step"]] = r
+    return recs
+
+
+def _resume_from_step2(src: dict, name: str, overrides: dict) -> dict:
+    """A fresh run folder holding only the source run's step-2 checkpoint, resumed to the end."""
+    dst = os.path.join(_tmp(), name, "checkpoints")
+    os.makedirs(dst)
+    shutil.copytree(os.path.join(src["dir"], "checkpoints", "global_step2"), os.path.join(dst, "global_step2"))
+    with open(os.path.join(dst, "latest"), "w") as f:
+        f.write("global_step2")
+    return _run(name, overrides)
+
+
+def write_packed_shards(base: str, *, num_sequences: int = 96, seq_len: int = 64, vocab_size: int = 512) -> str:
+    """A packed shard folder in data_prep's format (2 uint16 shards) with a word-level tokenizer at
+    ../tokenizer; returns the shard folder."""
+    import numpy as np
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token="t1").save_pretrained(
+        os.path.join(base, "tokenizer"))
+    shards_dir = os.path.join(base, "shards")
+    os.makedirs(shards_dir)
+    rng = np.random.default_rng(0)
+    shards = []
+    for i, n in enumerate((num_sequences // 2, num_sequences - num_sequences // 2)):
+        rows = np.stack([np.resize(rng.integers(2, vocab_size, size=int(rng.integers(3, 9))), seq_len)
+                         for _ in range(n)]).astype(np.uint16)
+        rows.tofile(os.path.join(shards_dir, f"shard_{i:05d}.bin"))
+        shards.append({"file": f"shard_{i:05d}.bin", "num_sequences": n})
+    meta = {"seq_len": seq_len, "dtype": "uint16", "vocab_size": vocab_size, "eos_token_id": 1,
+            "num_sequences": num_sequences, "shards": shards, "tokenizer": "../tokenizer"}
+    with open(os.path.join(shards_dir, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    return shards_dir
+
+
+@functools.lru_cache(maxsize=None)
+def packed_data() -> str:
+    return write_packed_shards(os.path.join(_tmp(), "data"))
+
+
+def _dp() -> dict:
+    return {"schedule.global_batch": 4, "data.path": packed_data()}  # micro 2 (tiny_cpu.json) x data 2 -> gas 1
+PP = {"parallel.pipe": 2, "schedule.stages": [{"steps": 2, "global_batch": 4, "data_fraction": 0.5},
+                                              {"global_batch": 8}]}
+
+
+@functools.lru_cache(maxsize=None)
+def data_parallel() -> dict:
+    return _run("dp", _dp())
+
+
+@functools.lru_cache(maxsize=None)
+def data_parallel_resumed() -> dict:
+    return _resume_from_step2(data_parallel(), "dp_resumed", _dp())
+
+
+@functools.lru_cache(maxsize=None)
+def pipeline() -> dict:
+    return _run("pp", PP)
+
+
+@functools.lru_cache(maxsize=None)
+def pipeline_resumed() -> dict:
+    return _resume_from_step2(pipeline(), "pp_resumed", PP)
