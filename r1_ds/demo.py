@@ -1,0 +1,71 @@
+"""`r1-ds demo` (what `make demo` runs): the whole path on the built-in sample data, on CPU.
+
+    1. r1-ds prep       the sample corpus (Python docs, standard-library sources, generated images)
+                        -> cleaned text/code, a BPE tokenizer, packed training shards, triples
+    2. deepspeed        train the tiny R1 model as a 2-stage DeepSpeed pipeline (2 CPU processes, gloo)
+    3. r1-ds export     the pipeline checkpoint -> a Hugging Face folder
+    4. r1-ds generate   text from the exported folder, through AutoModelForCausalLM
+    5. r1-ds plot       the loss curve
+
+Each step is the same command a user would type; the demo prints them as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+
+log = logging.getLogger("r1_ds.demo")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="outputs/demo", help="folder for everything the demo writes (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=120, help="training steps (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per training row (default: %(default)s)")
+    p.add_argument("--processes", type=int, default=2, help="training processes = pipeline stages (default: 2)")
+
+
+def _run(cmd: list[str], env: dict) -> None:
+    log.info("$ %s", shlex.join(cmd))
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"r1-ds demo: this step failed with exit code {proc.returncode}: {shlex.join(cmd)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bindir = pathlib.Path(sys.executable).parent
+    py = sys.executable
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    data, run_dir, hf = out / "data", out / "run", out / "hf"
+
+    _run([py, "-m", "data_prep", "--out", str(data), "--vocab-size", str(args.vocab_size),
+          "--seq-len", str(args.seq_len)], env)
+    meta = json.loads((data / "shards" / "meta.json").read_text())
+    log.info("prep: %s packed rows of %s tokens, vocabulary %s", meta["num_sequences"], meta["seq_len"],
+             meta["vocab_size"])
+
+    _run([str(bindir / "deepspeed"), "--num_gpus", str(args.processes), "--module", "r1_ds.train",
+          "--preset", "tiny", "--set", f"model.overrides.vocab_size={meta['vocab_size']}",
+          "--set", f"model.overrides.max_position_embeddings={max(256, meta['seq_len'])}",
+          "--data", str(data / "shards"), "--pipe", str(args.processes), "--steps", str(args.steps),
+          "--warmup-steps", str(max(1, args.steps // 10)), "--lr", "3e-3", "--save-every", str(max(1, args.steps // 2)),
+          "--output-dir", str(run_dir), "--resume", "none", "--no-progress"], env)
+
+    _run([py, "-m", "r1_ds.cli", "export", str(run_dir / "checkpoints"), str(hf)], env)
+    _run([py, "-m", "r1_ds.cli", "generate", str(hf), "--prompt", "def ", "--max-new-tokens", "48", "--temperature", "0.8"], env)
+    _run([py, "-m", "r1_ds.cli", "plot", str(run_dir)], env)
+
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    log.info("loss %.3f -> %.3f over %d steps; Hugging Face folder: %s; curve: %s", losses[0], losses[-1],
+             len(losses), hf, run_dir)
+    return 0
