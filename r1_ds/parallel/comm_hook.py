@@ -403,10 +403,13 @@ class CompressedReducer:
 
     # -- dense path -----------------------------------------------------------------------------------------------
 
+    def _comm_elem_size(self) -> int:
+        """Bytes per element of DeepSpeed's dense all-reduce (its communication_data_type)."""
+        return torch.tensor([], dtype=self._engine.communication_data_type).element_size()
+
     def _dense_bytes(self, numel: int) -> tuple[float, float]:
         """(wire bytes of DeepSpeed's all-reduce in its communication dtype, the same in fp32) for `numel`."""
-        size = torch.tensor([], dtype=self._engine.communication_data_type).element_size()
-        return (_ring_bytes("all_reduce", numel * size, self.dp_size),
+        return (_ring_bytes("all_reduce", numel * self._comm_elem_size(), self.dp_size),
                 _ring_bytes("all_reduce", numel * 4, self.dp_size))
 
     def _reduce_dense(self, pairs, elements_per_buffer: int) -> dict[str, Any]:
@@ -429,9 +432,8 @@ class CompressedReducer:
         comm_s = time.perf_counter() - t0
         numel = sum(g.numel() for _, g in pairs)
         dense, dense32 = self._dense_bytes(numel)
-        return dict(bytes_sent=dense, payload_bytes=numel * torch.tensor([], dtype=self._engine.communication_data_type
-                                                                          ).element_size(),
-                    dense_bytes=dense, dense_fp32_bytes=dense32, elements=numel, selected=numel, comm_s=comm_s)
+        return dict(bytes_sent=dense, payload_bytes=numel * self._comm_elem_size(), dense_bytes=dense,
+                    dense_fp32_bytes=dense32, elements=numel, selected=numel, comm_s=comm_s)
 
     # -- compressed path ------------------------------------------------------------------------------------------
 
@@ -454,7 +456,10 @@ class CompressedReducer:
             if b.dense:
                 dense_grads.extend(gs)
                 continue
-            x = C.add_error(torch.cat([g.reshape(-1) for g in gs]), self.errors.get(b.key))  # (n,) fp32
+            # C.add_error without its copy: x is our own fp32 concatenation, (n,)
+            x = torch.cat([g.reshape(-1).float() for g in gs])
+            if b.key in self.errors:
+                x += self.errors[b.key]
             if self.cfg.mode == "leader":
                 out, err = self._leader_reduce(b, x, acc)
             else:
@@ -467,8 +472,8 @@ class CompressedReducer:
                 offset += g.numel()
         if dense_grads:
             numel = sum(g.numel() for g in dense_grads)
-            size = torch.tensor([], dtype=self._engine.communication_data_type).element_size()
-            self._comm(acc, "all_reduce", numel * size, self._engine._reduce_non_expert_gradients, dense_grads,
+            self._comm(acc, "all_reduce", numel * self._comm_elem_size(), self._engine._reduce_non_expert_gradients,
+                       dense_grads,
                        elements_per_buffer)
             acc["selected"] += numel
         numel = sum(g.numel() for _, g in pairs)
@@ -515,7 +520,9 @@ class CompressedReducer:
         p = C.padded_length(c, world * chunk)  # every owner gets `part` values, a whole number of chunks
         part = p // world
         q, scales = C.quantize_int8(F.pad(x[idx], (0, p - c)), chunk)  # (p,), (p // chunk,)
-        err = C.residual(x, idx, C.dequantize_int8(q, scales, chunk)[:c]) if self.cfg.error_feedback else None
+        # x is not needed after this: it becomes the error buffer
+        err = C.residual(x, idx, C.dequantize_int8(q, scales, chunk)[:c], inplace=True) if self.cfg.error_feedback \
+            else None
         recv_q, recv_s = torch.empty_like(q), torch.empty_like(scales)
         self._comm(acc, "all_to_all", q.numel(), dist.all_to_all_single, recv_q, q, group=group)
         self._comm(acc, "all_to_all", 4 * scales.numel(), dist.all_to_all_single, recv_s, scales, group=group)
@@ -551,7 +558,8 @@ class CompressedReducer:
         counts_l = counts.tolist()
         p = C.padded_length(max(counts_l), chunk)
         q, scales = C.quantize_int8(F.pad(x[idx], (0, p - c)), chunk)
-        err = C.residual(x, idx, C.dequantize_int8(q, scales, chunk)[:c]) if self.cfg.error_feedback else None
+        err = C.residual(x, idx, C.dequantize_int8(q, scales, chunk)[:c], inplace=True) if self.cfg.error_feedback \
+            else None
         if fmt == "bitmap":
             ibuf = C.pack_bitmap(idx, n)
         else:
@@ -606,8 +614,9 @@ class CompressedReducer:
         With strict=False a different data-parallel size resets the error buffers (with a warning) instead of raising.
         """
         if sd.get("version") != STATE_VERSION:
-            raise ValueError(f"{SECTION} state version={sd.get('version')!r}: expected {STATE_VERSION}; this checkpoint "
-                             "was written by another r1_ds version. Load with strict=False to reset the buffers.")
+            raise ValueError(f"{SECTION} state version={sd.get('version')!r}: expected {STATE_VERSION}; this "
+                             "checkpoint was written by another r1_ds version. Drop client_state['r1_compression'] "
+                             "to resume with empty buffers.")
         self.step = int(sd["step"])
         self.decision = sd.get("decision")
         self.probe = dict(sd.get("probe", {}))

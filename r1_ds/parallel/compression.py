@@ -185,11 +185,12 @@ def add_error(grad: torch.Tensor, error: torch.Tensor | None) -> torch.Tensor:
     return x
 
 
-def residual(x: torch.Tensor, indices: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
+def residual(x: torch.Tensor, indices: torch.Tensor, sent: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """Error feedback, part 2: the new error, x minus what was sent (`sent` (c,) are the decoded values at `indices`).
+    With inplace=True, x itself becomes the error (saves a gradient-sized copy when x is no longer needed).
 
     Invariant (tested): residual + decompress(message) == x, elementwise, up to one fp32 rounding.
     """
-    err = x.clone()
+    err = x if inplace else x.clone()
     err[indices] -= sent
     return err

@@ -126,16 +126,14 @@ def _specs(parts: _ModelParts, config: R1Config) -> list:
 
 
 def shard_for_tensor_parallel(model: R1ForCausalLM, dims: ParallelDims) -> None:
-    """Hook for the tensor-parallel plan (r1_ds.parallel.tensor_parallel): shard the full model in
-    place, before the pipeline is cut and before `deepspeed.initialize`. Tensor size 1 needs nothing."""
+    """Shard the full model in place with the tensor-parallel plan (r1_ds.parallel.tensor_parallel),
+    before the pipeline is cut and before `deepspeed.initialize`. Tensor size 1 needs nothing.
+
+    Without a pipeline the caller must also hand DeepSpeed the grid as `mpu`
+    (`PipelineParallelGrid(topology=dims.topology())`, as `r1_ds.train` does): otherwise DeepSpeed
+    averages gradients over all ranks, tensor ranks included."""
     # --- tensor parallel (issue 4): the declared plan R1_TP_PLAN, over this rank's tensor group
     if dims.tensor > 1:
-        if not dims.pipeline_enabled:
-            # without a PipelineModule, DeepSpeed needs an mpu (PipelineParallelGrid(topology=dims.topology())) in
-            # deepspeed.initialize, or it averages gradients over the tensor ranks too: refuse until the trainer does
-            raise NotImplementedError(
-                f"parallel.tensor={dims.tensor} with parallel.pipe=1 is not wired into the trainer yet. Fix: use "
-                "parallel.pipe >= 2 with tensor parallelism, or parallel.tensor=1.")
         from .tensor_parallel import apply_tensor_parallel, tensor_parallel_group
 
         apply_tensor_parallel(model, tensor_parallel_group(dims))
@@ -149,7 +147,9 @@ def build_pipeline(model: R1ForCausalLM, dims: ParallelDims, *, partition_method
     from deepspeed.pipe import PipelineModule
 
     config = model.config
-    dims.check_model(num_hidden_layers=config.num_hidden_layers, level_heads=config.level_heads)
+    dims.check_model(num_hidden_layers=config.num_hidden_layers, level_heads=config.level_heads,
+                     hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+                     vocab_size=config.vocab_size)
     shard_for_tensor_parallel(model, dims)
     from .tensor_parallel import tensor_parallel_loss_fn  # tensor parallel (issue 4)
 
@@ -193,10 +193,12 @@ def patch_fp32_grad_clipping(engine) -> None:
     stage counts its own parameters once: pipeline-tied copies (`ds_pipe_replicated`) are skipped, and
     tensor-replicated parameters are counted on tensor rank 0 only. It also keeps the norm for
     `engine.get_global_grad_norm()`, which DeepSpeed's fp32 path leaves empty. bf16 (BF16_Optimizer)
-    and ZeRO compute the norm themselves and need neither."""
+    and ZeRO compute the norm themselves and need neither. The grid is DeepSpeed's `mpu`: the
+    pipeline's own, or the one a tensor x data run passes to `deepspeed.initialize` (there the
+    model-parallel group is the tensor group); without one, every parameter is this rank's alone."""
     from deepspeed import comm as dist
 
-    grid = engine.mpu if getattr(engine, "is_pipe_parallel", False) else None
+    grid = getattr(engine, "mpu", None)
 
     def clip_fp32_gradients(self):
         tensor_rank = grid.get_slice_parallel_rank() if grid is not None else 0

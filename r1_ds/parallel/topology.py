@@ -32,7 +32,7 @@ class ParallelDims:
     """Sizes of the three axes; `pipe * tensor * data` equals the world size."""
 
     pipe: int = 1  # pipeline stages (DeepSpeed PipelineEngine when > 1)
-    tensor: int = 1  # tensor-parallel shards per stage (r1_ds.parallel tensor plan, next issue)
+    tensor: int = 1  # tensor-parallel shards per stage (r1_ds.parallel.tensor_parallel, R1_TP_PLAN)
     data: int = 1  # data-parallel replicas
 
     @classmethod
@@ -87,9 +87,12 @@ class ParallelDims:
 
         return PipeModelDataParallelTopology(num_pp=self.pipe, num_mp=self.tensor, num_dp=self.data)
 
-    def check_model(self, *, num_hidden_layers: int, level_heads, pipe_layers: int | None = None) -> None:
+    def check_model(self, *, num_hidden_layers: int, level_heads, pipe_layers: int | None = None,
+                    hidden_size: int | None = None, intermediate_size: int | None = None,
+                    vocab_size: int | None = None) -> None:
         """Refuse layouts the model cannot be cut into: every stage needs a decoder layer, and every
-        attention level's heads must split evenly over the tensor shards."""
+        size that tensor parallelism splits (each attention level's heads; with the sizes given, also
+        hidden_size, intermediate_size and vocab_size) must divide evenly over the tensor shards."""
         if self.pipe > num_hidden_layers:
             raise LayoutError(
                 f"parallel.pipe={self.pipe} stages but the model has num_hidden_layers={num_hidden_layers}: every "
@@ -103,6 +106,14 @@ class ParallelDims:
                     f"parallel.tensor={self.tensor} does not divide the {heads} heads of attention level L{level} "
                     f"(level_heads={list(level_heads)}). Fix: choose a tensor size that divides every level's head "
                     "count.")
+        sizes = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "vocab_size": vocab_size}
+        if self.tensor > 1 and all(v is not None for v in sizes.values()):
+            from .tensor_parallel import TensorParallelError, check_tensor_parallel  # lazy: imports the model
+
+            try:
+                check_tensor_parallel(tensor=self.tensor, level_heads=level_heads, **sizes)
+            except TensorParallelError as err:
+                raise LayoutError(f"parallel.tensor={self.tensor} ({self.describe()}): {err}") from None
 
     def describe(self) -> str:
         return f"pipe={self.pipe} x tensor={self.tensor} x data={self.data} = {self.world_size} ranks"
