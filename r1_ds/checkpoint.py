@@ -12,6 +12,10 @@ Atomic save: every rank writes into `CKPT/.tmp-<tag>`; when all are done rank 0 
 `CKPT/<tag>` and then replaces `latest` (write a temp file, fsync, os.replace). A crash at any
 point leaves the previous tag complete and named by `latest`; a leftover `.tmp-*` is removed by
 the next save. Needs one file system shared by all ranks (as DeepSpeed itself does).
+
+Resume with another layout (pipe x tensor x data): `check_resume_layout` decides, before DeepSpeed
+loads anything, whether the saved files fit this run, and otherwise says how to convert them
+(`ds_to_universal`) or export them. Export merges tensor-parallel shards into one HF state dict.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 
 import torch
 
@@ -147,6 +152,97 @@ def load(engine, load_dir: str, tag: str) -> dict:
     return client_state or {}
 
 
+# ----------------------------------------------------------------------------- resume with another layout
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """What a checkpoint folder says about the run that wrote it (read before loading it)."""
+
+    path: str  # the tag folder
+    layout: tuple[int, int, int] | None  # (pipe, tensor, data) of the run that saved it; None: unknown
+    universal: bool  # a ds_to_universal output (zero/<param>/fp32.pt): loads into any layout of its kind
+    optimizer_shards: bool  # *_optim_states.pt files (ZeRO >= 1 or bf16): ds_to_universal can convert it
+
+
+def _layout_str(layout) -> str:
+    pipe, tensor, data = layout
+    return f"pipe={pipe} x tensor={tensor} x data={data}"
+
+
+def read_saved_checkpoint(load_dir: str, tag: str) -> SavedCheckpoint:
+    """The saved layout (client state `r1_layout`; older checkpoints: the saved training config and
+    DeepSpeed's dp_world_size) from mp_rank_00_model_states.pt, memory-mapped so that a large
+    non-pipeline module is not read."""
+    path = os.path.join(load_dir, tag)
+    first = os.path.join(path, "mp_rank_00_model_states.pt")
+    layout = None
+    if os.path.isfile(first):
+        try:
+            state = torch.load(first, map_location="cpu", mmap=True, weights_only=False)
+        except RuntimeError:  # saved without the zip format: no memory map
+            state = torch.load(first, map_location="cpu", weights_only=False)
+        if isinstance(state.get("r1_layout"), dict):
+            layout = tuple(int(state["r1_layout"][k]) for k in ("pipe", "tensor", "data"))
+        elif isinstance(state.get("r1_train_config"), dict) and "dp_world_size" in state:
+            par = state["r1_train_config"].get("parallel", {})
+            layout = (int(par.get("pipe", 1)), int(par.get("tensor", 1)), int(state["dp_world_size"]))
+    return SavedCheckpoint(path=path, layout=layout, universal=os.path.isdir(os.path.join(path, "zero")),
+                           optimizer_shards=bool(glob.glob(os.path.join(path, "*optim_states.pt"))))
+
+
+def check_resume_layout(saved: SavedCheckpoint, *, pipe: int, tensor: int, data: int, zero_stage: int) -> None:
+    """Refuse, with both layouts and the fix, a resume DeepSpeed cannot do correctly:
+
+    - a universal checkpoint loads into any layout of its kind (pipeline or not: the parameter names
+      differ) when this run uses ZeRO stage >= 1 (DeepSpeed restores it through the ZeRO optimizer);
+    - a regular checkpoint loads into its own layout, or into another `data` size when it has no
+      optimizer shards (fp32/fp16 without ZeRO keep the optimizer state per pipe x tensor rank);
+    - anything else goes through `ds_to_universal` (checkpoints with optimizer shards) or export.
+    """
+    now = (pipe, tensor, data)
+    if saved.layout is None:
+        log0("resume: %s does not record its parallel layout; loading it as %s", saved.path, _layout_str(now),
+             level=logging.WARNING)
+        return
+    was, here = _layout_str(saved.layout), _layout_str(now)
+    export_fix = (f"export it (`r1-ds export {saved.path} <hf_dir>`) and start a new run with model.init_from=<hf_dir> "
+                  "(weights only: the optimizer restarts)")
+    if saved.universal:
+        if (saved.layout[0] > 1) != (pipe > 1):
+            kind = "pipeline" if saved.layout[0] > 1 else "non-pipeline"
+            raise CheckpointError(
+                f"resume: the universal checkpoint {saved.path} comes from a {kind} "
+                f"run ({was}) and this run is {here}: universal checkpoints keep DeepSpeed's parameter names, which "
+                f"differ between pipeline and non-pipeline runs. Fix: keep parallel.pipe "
+                f"{'> 1' if saved.layout[0] > 1 else '= 1'}, or {export_fix}.")
+        if zero_stage < 1:
+            raise CheckpointError(
+                f"resume: {saved.path} is a universal checkpoint and this run ({here}) uses ZeRO stage {zero_stage}; "
+                "DeepSpeed restores universal checkpoints through the ZeRO optimizer only. Fix: set "
+                '"zero_optimization": {"stage": 1} in the DeepSpeed JSON.')
+        return
+    if saved.layout == now or (saved.layout[:2] == now[:2] and not saved.optimizer_shards):
+        return
+    if saved.optimizer_shards and (saved.layout[0] > 1) == (pipe > 1):
+        tag = os.path.basename(saved.path)
+        fix = (f"convert it to a universal checkpoint and resume from that:\n"
+               f"    python -m deepspeed.checkpoint.ds_to_universal --input_folder {saved.path} "
+               f"--output_folder <new_dir>/{tag}\n"
+               f"    echo {tag} > <new_dir>/latest\n"
+               f"and set checkpoint.resume=<new_dir> (r1-ds then loads it with DeepSpeed's load_universal; this run "
+               f"needs ZeRO stage >= 1); or resume with the saved layout {was}")
+    elif saved.optimizer_shards:
+        fix = f"{export_fix}; or resume with the saved layout {was}"
+    else:
+        fix = (f"resume with the saved layout {was}, or change only parallel.data; or {export_fix}. (Checkpoints "
+               "without optimizer shards, i.e. fp32/fp16 without ZeRO, cannot be converted by ds_to_universal: train "
+               "with ZeRO stage 1 to be able to change the layout later)")
+    raise CheckpointError(f"resume: {saved.path} was saved by a run with layout {was}; this run is {here}, and "
+                          "DeepSpeed cannot reshard that checkpoint's weights and optimizer state on load. "
+                          f"Fix: {fix}.")
+
+
 # ----------------------------------------------------------------------------- export to Hugging Face
 
 
@@ -173,10 +269,38 @@ def _load_pt(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
-    """(HF state dict in the training dtype, engine client state) from a tag folder, pipeline or not."""
-    from .parallel.pipeline import pipe_layer_prefixes
+def _model_config(engine_state: dict, where: str):
     from .model import R1Config
+
+    if "r1_model_config" not in engine_state:
+        raise CheckpointError(f"{where} has no r1_model_config: it was not written by `r1-ds train`. Fix: export "
+                              "checkpoints of r1-ds runs only.")
+    return R1Config(**{k: v for k, v in engine_state["r1_model_config"].items()
+                       if k not in ("architectures", "model_type", "transformers_version", "auto_map")})
+
+
+def merge_tensor_ranks(per_rank: dict[int, dict], where: str) -> dict:
+    """One full HF state dict from {tensor rank: that rank's HF state dict} (R1_TP_PLAN's shards)."""
+    ranks = sorted(per_rank)
+    if ranks != list(range(len(ranks))):
+        raise CheckpointError(f"{where}: tensor-parallel shards {ranks} found, expected 0..{len(ranks) - 1}. Fix: "
+                              "export a complete checkpoint folder (one file per tensor rank).")
+    if len(ranks) == 1:
+        return per_rank[0]
+    from .parallel.tensor_parallel import TensorParallelError, merge_tensor_parallel_state_dicts
+
+    try:
+        return merge_tensor_parallel_state_dicts([per_rank[r] for r in ranks])
+    except TensorParallelError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+
+
+def hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
+    """(HF state dict in the training dtype, engine client state) from a tag folder: non-pipeline
+    (mp_rank_XX_model_states.pt hold tensor rank XX's module), pipeline (layer_LL-model_XX-model_states.pt:
+    pipe layer LL, tensor rank XX), or a ds_to_universal output (fp32 masters, tensor shards merged).
+    Tensor-parallel shards are merged with R1_TP_PLAN."""
+    from .parallel.pipeline import pipe_layer_prefixes
 
     states = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
     if not states:
@@ -184,53 +308,52 @@ def hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
     engine_state = _load_pt(states[0])
     if os.path.isdir(os.path.join(tag_dir, "zero")):  # a ds_to_universal output folder: fp32 master weights
         return _universal_state_dict(tag_dir, engine_state), engine_state
-    if "r1_model_config" not in engine_state:
-        raise CheckpointError(f"{states[0]} has no r1_model_config: it was not written by `r1-ds train`. Fix: export "
-                              "checkpoints of r1-ds runs only.")
-    config = R1Config(**{k: v for k, v in engine_state["r1_model_config"].items()
-                         if k not in ("architectures", "model_type", "transformers_version", "auto_map")})
-    if engine_state.get("module") is not None:  # not a pipeline: the whole module, HF keys
-        module = engine_state["module"]
+    config = _model_config(engine_state, states[0])
+    if engine_state.get("module") is not None:  # not a pipeline: mp_rank_XX holds tensor rank XX's module
         if engine_state.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) == 3:
+            if len(states) > 1:
+                raise CheckpointError(f"{tag_dir}: a ZeRO-3 checkpoint with {len(states)} tensor ranks; r1-ds does "
+                                      "not train tensor parallel with ZeRO-3, so this folder is not one of its runs.")
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             module = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(tag_dir), os.path.basename(tag_dir))
-        return dict(module), engine_state
+            return dict(module), engine_state
+        per_rank = {0: dict(engine_state["module"])}
+        for path in states[1:]:
+            rank = int(re.search(r"mp_rank_(\d+)_model_states\.pt$", path).group(1))
+            per_rank[rank] = dict(_load_pt(path)["module"])
+        return merge_tensor_ranks(per_rank, tag_dir), engine_state
     prefixes = pipe_layer_prefixes(config)
-    sd = {}
+    per_rank: dict[int, dict] = {}
     for path in sorted(glob.glob(os.path.join(tag_dir, "layer_*-model_states.pt"))):
         m = re.match(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt$", os.path.basename(path))
         if not m:
             continue
         layer, shard = int(m.group(1)), int(m.group(2) or 0)
-        if shard > 0:
-            raise CheckpointError(f"{path}: tensor-parallel shard {shard}; merging tensor shards is not supported by "
-                                  "this exporter yet. Fix: convert with ds_to_universal first, or export a tensor=1 run.")
         if layer >= len(prefixes) or prefixes[layer] is None:
             raise CheckpointError(f"{path}: pipeline layer {layer} has no HF name for this model config")
+        part = per_rank.setdefault(shard, {})
         for key, value in _load_pt(path).items():
-            sd[prefixes[layer] + key] = value
-    if not sd:
+            part[prefixes[layer] + key] = value
+    if not per_rank:
         raise CheckpointError(f"{tag_dir} has neither a module in {os.path.basename(states[0])} nor layer_*-"
                               "model_states.pt files")
-    return sd, engine_state
+    return merge_tensor_ranks(per_rank, tag_dir), engine_state
 
 
 def _universal_state_dict(tag_dir: str, engine_state: dict) -> dict:
-    """HF state dict from `ds_to_universal` output: zero/<param name>/fp32.pt per parameter. Pipeline
-    names ("3.self_attn.q_proj.weight", "tied_modules.embed.weight") map through the layer prefixes."""
-    from .model import R1Config
+    """HF state dict from `ds_to_universal` output: zero/<param name>/fp32.pt per parameter (tensor
+    shards already merged). Pipeline names ("3.self_attn.q_proj.weight", "tied_modules.embed.weight") map
+    through the layer prefixes. A tied `lm_head.weight` is skipped: ds_to_universal writes it from the
+    module state of tensor rank 0 (it has no optimizer state of its own), i.e. as a vocabulary shard."""
     from .parallel.pipeline import TIED_KEY, pipe_layer_prefixes
 
-    if "r1_model_config" not in engine_state:
-        raise CheckpointError(f"{tag_dir}: no r1_model_config in the universal checkpoint's model states")
-    config = R1Config(**{k: v for k, v in engine_state["r1_model_config"].items()
-                         if k not in ("architectures", "model_type", "transformers_version", "auto_map")})
+    config = _model_config(engine_state, f"{tag_dir} (universal checkpoint)")
     prefixes = pipe_layer_prefixes(config)
     sd = {}
     for name in sorted(os.listdir(os.path.join(tag_dir, "zero"))):
         path = os.path.join(tag_dir, "zero", name, "fp32.pt")
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) or (name == "lm_head.weight" and config.tie_word_embeddings):
             continue
         value = _load_pt(path)["param"]
         if name.startswith(f"tied_modules.{TIED_KEY}."):
@@ -248,17 +371,23 @@ def _universal_state_dict(tag_dir: str, engine_state: dict) -> dict:
 
 def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None = None) -> str:
     """Write a Hugging Face folder (config.json, model.safetensors, model code, tokenizer when the run
-    had one) that `AutoModelForCausalLM.from_pretrained` loads; returns `out`."""
-    from .model import R1Config, R1ForCausalLM
+    had one) that `AutoModelForCausalLM.from_pretrained` loads; returns `out`. Any layout (pipe x tensor
+    x data) gives one folder: tensor shards are merged, data replicas are one copy."""
+    from .model import R1ForCausalLM
 
     tag_dir = resolve_tag_dir(ckpt, tag)
     sd, engine_state = hf_state_dict(tag_dir)
-    cfg_dict = {k: v for k, v in engine_state["r1_model_config"].items()
-                if k not in ("architectures", "model_type", "transformers_version", "auto_map")}
-    config = R1Config(**cfg_dict)
+    config = _model_config(engine_state, tag_dir)
     train_dtype = next(iter(sd.values())).dtype
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: train_dtype}[dtype]
     model = R1ForCausalLM(config)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(shapes[k])})" for k, v in sd.items() if k in shapes
+             and v.shape != shapes[k]]
+    if wrong:
+        raise CheckpointError(f"{tag_dir}: weights do not have the model's shapes: {wrong[:4]}. Tensor-parallel "
+                              "shards that were not merged look like this. Fix: export the original checkpoint "
+                              "folder (all mp_rank_*/layer_* files), not a partial copy.")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     allowed_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - allowed_missing or unexpected:

@@ -13,7 +13,7 @@ import sys
 COMMANDS = {
     "prep": ("data_prep.cli", "clean, label and augment a text/image/code corpus; train a tokenizer; pack shards"),
     "train": ("r1_ds.train", "train an R1 model with DeepSpeed (launch with deepspeed, torchrun or accelerate)"),
-    "export": ("r1_ds.export", "convert a DeepSpeed checkpoint (pipeline or not) to a Hugging Face folder"),
+    "export": ("r1_ds.export", "convert a DeepSpeed checkpoint (any parallel layout) to one Hugging Face folder"),
     "generate": ("r1_ds.generate", "generate text from a Hugging Face folder"),
     "plot": ("r1_ds.plot", "plot the loss curve of a run from its metrics.jsonl"),
     "demo": ("r1_ds.demo", "the end-to-end demo on the built-in sample data (what `make demo` runs)"),

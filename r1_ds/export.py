@@ -1,5 +1,6 @@
-"""`r1-ds export CKPT OUT`: a DeepSpeed checkpoint of `r1-ds train` (pipeline or not) -> a Hugging
-Face folder (config.json, model.safetensors, the R1 model code, the run's tokenizer).
+"""`r1-ds export CKPT OUT`: a DeepSpeed checkpoint of `r1-ds train` (any pipe x tensor x data layout,
+or its ds_to_universal conversion) -> one Hugging Face folder (config.json, model.safetensors, the R1
+model code, the run's tokenizer); tensor-parallel shards are merged.
 
     r1-ds export runs/tiny/checkpoints runs/tiny/hf          # the latest checkpoint
     r1-ds export runs/tiny/checkpoints/global_step200 out/   # one tag

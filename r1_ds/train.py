@@ -164,8 +164,13 @@ def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_
     if s.lr is not None:
         params["lr"] = s.lr
     params.setdefault("lr", 3e-4)
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if dims.tensor > 1 and stage >= 3:
+        raise ConfigError(f"parallel.tensor={dims.tensor} with zero_optimization.stage={stage}: ZeRO-3 would partition "
+                          "the tensor shards again, which r1-ds neither tests nor exports (the ZeRO-3 export reads "
+                          "tensor rank 0 only). Fix: set zero_optimization.stage to 0, 1 or 2, or parallel.tensor "
+                          "to 1.")
     if dims.pipeline_enabled:
-        stage = ds.get("zero_optimization", {}).get("stage", 0)
         if stage >= 2:
             raise ConfigError(f"parallel.pipe={dims.pipe} with zero_optimization.stage={stage}: DeepSpeed's pipeline "
                               "engine supports ZeRO stage 0 or 1 only. Fix: set zero_optimization.stage to 1, or "
@@ -304,6 +309,21 @@ def train(cfg: TrainConfig):
          plan.micro_batch, plan.grad_accum, plan.data_parallel)
     out_dir = cfg.output_dir
     ckpt_dir = cfg.checkpoint.dir or os.path.join(out_dir, "checkpoints")
+
+    # ---- which checkpoint to resume from, and whether its layout loads into this one (before DeepSpeed
+    # reads it); a ds_to_universal folder is loaded with DeepSpeed's load_universal, set here to match
+    from . import checkpoint as ckpt
+
+    found = ckpt.find_resume(ckpt_dir, cfg.checkpoint.resume)
+    if found:
+        saved = ckpt.read_saved_checkpoint(*found)
+        ckpt.check_resume_layout(saved, pipe=dims.pipe, tensor=dims.tensor, data=dims.data,
+                                 zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0))
+        section = ds_config.setdefault("checkpoint", {})
+        if bool(section.get("load_universal", False)) != saved.universal:
+            log0("checkpoint.load_universal set to %s in the DeepSpeed config: %s %s a universal checkpoint",
+                 saved.universal, saved.path, "is" if saved.universal else "is not")
+        section["load_universal"] = saved.universal
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "train_config.json"), "w") as f:
@@ -321,6 +341,7 @@ def train(cfg: TrainConfig):
     weight_decay = ds_config["optimizer"]["params"].get("weight_decay", 0.0)
 
     # ---- parallelize
+    mpu = None
     if dims.pipeline_enabled:
         from .parallel.pipeline import build_pipeline, set_drop_path_rate
 
@@ -333,8 +354,17 @@ def train(cfg: TrainConfig):
     else:
         from .parallel.pipeline import shard_for_tensor_parallel
 
-        dims.check_model(num_hidden_layers=config.num_hidden_layers, level_heads=config.level_heads)
+        dims.check_model(num_hidden_layers=config.num_hidden_layers, level_heads=config.level_heads,
+                         hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+                         vocab_size=config.vocab_size)
         shard_for_tensor_parallel(model, dims)
+        if dims.tensor > 1:
+            # DeepSpeed's grid as mpu: gradients are reduced over the data group only, and the gradient norm
+            # counts sharded parameters on every tensor rank and replicated ones once (a PipelineModule
+            # brings its own grid)
+            from deepspeed.runtime.pipe.topology import PipelineParallelGrid
+
+            mpu = PipelineParallelGrid(topology=dims.topology())
         if cfg.model.activation_checkpoint_interval:
             model.gradient_checkpointing_enable()
         module = model
@@ -342,7 +372,7 @@ def train(cfg: TrainConfig):
 
     schedule = WarmupCosine(cfg.schedule.warmup_steps, cfg.schedule.steps, cfg.schedule.min_lr_ratio)
     engine, *_ = deepspeed.initialize(
-        model=module, model_parameters=param_groups(module, weight_decay), config=ds_config,
+        model=module, model_parameters=param_groups(module, weight_decay), config=ds_config, mpu=mpu,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
     pipeline = dims.pipeline_enabled
     from .parallel.pipeline import needs_fp32_clip_patch, patch_fp32_grad_clipping
@@ -359,10 +389,7 @@ def train(cfg: TrainConfig):
                           "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON.")
 
     # ---- resume
-    from . import checkpoint as ckpt
-
     start = 0
-    found = ckpt.find_resume(ckpt_dir, cfg.checkpoint.resume)
     if found:
         client = ckpt.load(engine, *found)
         start = engine.global_steps
@@ -384,15 +411,15 @@ def train(cfg: TrainConfig):
     t_last, steps_since, tokens_since = time.perf_counter(), 0, 0
     t_start = time.perf_counter()
 
-    if dims.tensor > 1:  # ds_to_universal must know how to merge the tensor shards
-        from .parallel.tensor_parallel import universal_checkpoint_info
+    # what ds_to_universal needs to merge (and a later load to re-split) the tensor shards; also at tensor 1,
+    # so that a universal checkpoint of a tensor-1 run knows how to split for a tensor-parallel one
+    from .parallel.tensor_parallel import universal_checkpoint_info
 
-        universal_info = universal_checkpoint_info(config, dims.tensor, pipeline=pipeline)
-    else:
-        universal_info = ckpt.UNIVERSAL_INFO
+    universal_info = universal_checkpoint_info(config, dims.tensor, pipeline=pipeline)
 
     def client_state(step: int) -> dict:
         state = {"universal_checkpoint_info": universal_info, "r1_sampler": sampler.state_dict(step),
+                 "r1_layout": {"pipe": dims.pipe, "tensor": dims.tensor, "data": dims.data},
                  "r1_model_config": config.to_dict(), "r1_tokenizer_dir": dataset.tokenizer_dir,
                  "r1_train_config": cfg.to_dict()}
         if reducer is not None:

@@ -67,7 +67,11 @@ def test_checkpoints_are_complete_and_latest_is_atomic():
     assert sorted(d for d in os.listdir(ckpt)) == ["global_step2", "global_step4", "latest"]  # no .tmp-* left
     assert open(os.path.join(ckpt, "latest")).read() == "global_step4"
     state = torch.load(os.path.join(ckpt, "global_step4", "mp_rank_00_model_states.pt"), weights_only=False)
-    assert state["universal_checkpoint_info"]["universal_checkpoint_version"] == 0.2  # for ds_to_universal
+    # for ds_to_universal: the tensor-parallel pattern lists even at tensor 1 (a universal checkpoint can then
+    # resume tensor parallel), and the layout, which a resume checks
+    info = state["universal_checkpoint_info"]
+    assert info["universal_checkpoint_version"] >= 0.2 and info["parameter_with_row_parallelism_patterns"]
+    assert state["r1_layout"] == {"pipe": 1, "tensor": 1, "data": 2}
     assert state["r1_sampler"]["step"] == 4 and state["r1_model_config"]["hidden_size"] == 64
     saved = json.load(open(os.path.join(run["dir"], "ds_config.json")))
     assert saved["train_batch_size"] == 4 and saved["gradient_accumulation_steps"] == 1

@@ -1,0 +1,63 @@
+"""`python -m r1_ds.train`, then a probe of the trained model: for the 3D training tests.
+
+    torchrun --nproc_per_node 4 -m tests.train_probe <the arguments of python -m r1_ds.train>
+
+Runs the real entry point, `r1_ds.train.main` (argument parsing, settings, launch detection,
+training, checkpoints), keeps the engine it trains, and then has every rank write the trained
+model's logits of `probe_ids()` to `<output_dir>/probe/rank<R>.pt` (`None` on ranks that hold no
+logits: pipeline stages before the last). Without a pipeline the engine is called directly; with one,
+`engine.eval_batch`. With tensor parallelism each rank's logits are its vocabulary shard (B, T, V / tensor).
+
+Like tests/dist.py, it switches off DeepSpeed's CPU shared-memory op (never used by training; it would
+be built on first use and leak a /dev/shm file per rank and port).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+
+def probe_ids() -> torch.Tensor:
+    return torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(123))
+
+
+def probe(engine, out_dir: str) -> None:
+    ids = probe_ids()
+    logits = None
+    if getattr(engine, "is_pipe_parallel", False):
+        result = engine.eval_batch(iter([(ids, ids)]), return_logits=True, num_micro_batches=1)
+        if engine.is_last_stage():
+            logits = result[1].detach().clone()
+    else:
+        engine.module.eval()
+        with torch.no_grad():
+            logits = engine.module(input_ids=ids.to(engine.device)).logits.detach().cpu().clone()
+    os.makedirs(os.path.join(out_dir, "probe"), exist_ok=True)
+    torch.save(logits, os.path.join(out_dir, "probe", f"rank{os.environ.get('RANK', '0')}.pt"))
+
+
+def main(argv: list[str]) -> int:
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    import r1_ds.train as entry
+
+    trained = []
+    train = entry.train
+
+    def keep_engine(cfg):
+        trained.append((train(cfg), cfg.output_dir))
+        return trained[-1][0]
+
+    entry.train = keep_engine  # run() looks `train` up in the module at call time
+    code = entry.main(argv)
+    if code == 0:
+        probe(*trained[0])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
