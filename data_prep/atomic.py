@@ -17,7 +17,7 @@ from typing import IO, Any, Iterator
 TMP_PREFIX = ".tmp-"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike) -> None:
     # Persist the rename itself; not possible on every platform/filesystem, so best effort.
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -43,7 +43,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -85,7 +85,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from data_prep.atomic import fsync_dir  # the one implementation of atomic-write helpers
+
 from .metrics import log0
 
 log = logging.getLogger("r1_ds.checkpoint")
@@ -45,19 +47,6 @@ def tag_for(step: int) -> str:
     return f"global_step{step}"
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_latest(save_dir: str, tag: str) -> None:
     """Point `latest` at `tag`, atomically (readers see the old or the new tag, never a partial file)."""
     tmp = os.path.join(save_dir, f"{TMP_PREFIX}latest")
@@ -66,7 +55,7 @@ def write_latest(save_dir: str, tag: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(save_dir, "latest"))
-    _fsync_dir(save_dir)
+    fsync_dir(save_dir)
 
 
 def read_latest(save_dir: str) -> str | None:
@@ -104,11 +93,11 @@ def save(engine, save_dir: str, step: int, client_state: dict, *, keep: int = 0)
     dist.barrier()  # every rank's files are in the temp folder
     final = os.path.join(save_dir, tag)
     if rank0:
-        _fsync_dir(os.path.join(save_dir, tmp_tag))
+        fsync_dir(os.path.join(save_dir, tmp_tag))
         if os.path.isdir(final):  # saving the same step again (e.g. the end of a resumed, finished run)
             shutil.rmtree(final)
         os.rename(os.path.join(save_dir, tmp_tag), final)
-        _fsync_dir(save_dir)
+        fsync_dir(save_dir)
         write_latest(save_dir, tag)
         if keep > 0:
             for old in list_tags(save_dir)[:-keep]:

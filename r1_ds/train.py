@@ -94,6 +94,14 @@ def init_distributed() -> None:
     torch variables; mpirun (deepspeed --launcher openmpi/mpich, srun with PMI) is discovered through
     mpi4py; a bare `python -m r1_ds.train` becomes a world of one."""
     import deepspeed
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        # DeepSpeed's CPU backend loads a shared-memory all-reduce op (`deepspeed_shm_comm`) at init: a JIT
+        # build on first use, and a 66 MB /dev/shm file per process that 0.19.8 never unlinks. Training never
+        # uses it (only inference_all_reduce does; gloo does our collectives), so it stays off.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
     if all(k in os.environ for k in _TORCH_ENV):
         deepspeed.init_distributed(auto_mpi_discovery=False)
@@ -462,7 +470,7 @@ def train(cfg: TrainConfig):
                       "grad_accum": gas, "stage": i + 1, "drop_path": rate, "tokens_per_s": tok_s,
                       "mfu": mfu, "grad_norm": float(norm) if norm is not None else None,
                       "loss_scale": float(scaler.cur_scale) if scaler is not None and hasattr(scaler, "cur_scale")
-                      else None, "elapsed_s": now - t_start}
+                      else None, "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib()}
             if reducer is not None:
                 record.update({f"compression/{k}": v for k, v in (reducer.last_stats() or {}).items()})
             metrics.write(record)
@@ -476,6 +484,15 @@ def train(cfg: TrainConfig):
     metrics.close()
     log0("done: %d steps, checkpoints in %s, metrics in %s", total, ckpt_dir, metrics.path)
     return engine
+
+
+def peak_memory_gib() -> float:
+    """Peak memory of this rank so far: allocated GPU memory on CUDA, the process's peak RSS on CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def install_compression(engine, ds_config: dict):

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from r1_ds.parallel.tp_layers import copy_to_tp, reduce_from_tp
 from tests.dist import run_distributed
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -324,35 +325,6 @@ def _check_pipe(results: list[dict]) -> None:
 # tensor parallel 2 x DP 2 (one pipeline stage): TP-replicated parameters must stay identical on both TP ranks
 
 
-class _CopyToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        import deepspeed.comm as dist
-
-        grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
-class _ReduceFromTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        import deepspeed.comm as dist
-
-        x = x.clone()
-        dist.all_reduce(x, group=group)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
 class _TPMLP(nn.Module):
     """Column-parallel fc (rows sharded) -> GELU -> row-parallel proj (columns sharded), Megatron style."""
 
@@ -367,8 +339,8 @@ class _TPMLP(nn.Module):
         self.group = group
 
     def forward(self, x):
-        h = F.gelu(F.linear(_CopyToTP.apply(x, self.group), self.fc))
-        return x + _ReduceFromTP.apply(F.linear(h, self.proj), self.group)
+        h = F.gelu(F.linear(copy_to_tp(x, self.group), self.fc))
+        return x + reduce_from_tp(F.linear(h, self.proj), self.group)
 
 
 class _Embed(nn.Module):
