@@ -26,7 +26,11 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPRESSION = {"enabled": True, "topk_ratio": 0.05, "bits": 8, "error_feedback": True}
+sys.path.insert(0, ROOT)
+
+from r1_ds.metrics import read_metrics  # noqa: E402
+# auto_fallback off: the "with compression" run compresses every step after warm-up, even where dense is faster
+COMPRESSION = {"enabled": True, "topk_ratio": 0.05, "bits": 8, "error_feedback": True, "auto_fallback": False}
 
 
 def parse_layout(text: str) -> tuple[int, int, int]:
@@ -40,14 +44,16 @@ def parse_layout(text: str) -> tuple[int, int, int]:
 def train(args, name: str, layout: tuple[int, int, int], compress: bool, work: str) -> dict:
     pipe, tensor, data = layout
     nproc = pipe * tensor * data
-    ds = json.load(open(args.deepspeed_config))
+    with open(args.deepspeed_config) as f:
+        ds = json.load(f)
     if compress:
         ds["r1_compression"] = {**COMPRESSION, "warmup_steps": args.compression_warmup}
     ds_path = os.path.join(work, f"{name}.json")
-    json.dump(ds, open(ds_path, "w"))
+    with open(ds_path, "w") as f:
+        json.dump(ds, f)
     out = os.path.join(work, name)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(29600 + hash(name) % 300), "-m", "r1_ds.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "r1_ds.train",
            "--preset", args.preset, "--pipe", str(pipe), "--tensor", str(tensor), "--steps", str(args.steps),
            "--seq-len", str(args.seq_len), "--global-batch", str(args.global_batch),
            "--micro-batch", str(args.micro_batch), "--deepspeed_config", ds_path, "--output-dir", out,
@@ -60,12 +66,12 @@ def train(args, name: str, layout: tuple[int, int, int], compress: bool, work: s
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         return {"name": name, "error": (proc.stdout + proc.stderr)[-2000:]}
-    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    records = read_metrics(os.path.join(out, "metrics.jsonl"))
     timed = [r for r in records if r["step"] > args.steps // 4] or records  # skip compile / warm-up steps
     row = {
         "name": name, "layout": f"{pipe}x{tensor}x{data}", "procs": nproc, "compression": compress,
         "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed),
-        "mfu": timed[-1].get("mfu"), "peak_mem_gib": max(r.get("peak_mem_gib") or 0 for r in records),
+        "mfu": sum(r["mfu"] for r in timed) / len(timed) if all(r.get("mfu") is not None for r in timed) else None, "peak_mem_gib": max(r.get("peak_mem_gib") or 0 for r in records),
         "final_loss": records[-1]["loss"], "curve": [(r["step"], r["loss"]) for r in records],
         "compression_ratio": records[-1].get("compression/ratio_vs_fp32"),
     }

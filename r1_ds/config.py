@@ -199,8 +199,25 @@ def _build(cls, data: dict, where: str):
             value = [_build(StageSettings, v, f"{path}[{i}]") for i, v in enumerate(value)]
         elif sub is not None:
             value = _build(sub, value or {}, path)
+        else:
+            _check_type(path, value, fields[name])
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_type(path: str, value: Any, field: dataclasses.Field) -> None:
+    """A scalar setting must have its field's type (ints may stand for floats; None where allowed)."""
+    hint = str(field.type)
+    if value is None:
+        if "None" not in hint:
+            raise ConfigError(f"{path}=null: a value is required ({hint}). Fix: give a value or remove the key.")
+        return
+    for name, types in (("bool", (bool,)), ("int", (int,)), ("float", (int, float)), ("str", (str,))):
+        if hint.split(" |")[0] == name:
+            if not isinstance(value, types) or (name != "bool" and isinstance(value, bool)):
+                raise ConfigError(f"{path}={value!r}: must be of type {name}. Fix: write e.g. {path}="
+                                  f"{ {'bool': 'true', 'int': '100', 'float': '0.1', 'str': 'text'}[name]}.")
+            return
 
 
 _SECTIONS = {
@@ -231,6 +248,18 @@ def parse_set(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
+def _model_fields() -> set[str]:
+    """Fields an R1 model override may set: R1Config's own and PretrainedConfig's generic ones."""
+    import inspect
+
+    from transformers import PretrainedConfig
+
+    from .model.configuration_r1 import R1Config
+
+    own = set(inspect.signature(R1Config.__init__).parameters) - {"self", "kwargs"}
+    return own | set(PretrainedConfig().to_dict())
+
+
 def load_train_config(path: str | None = None, overrides: dict | None = None) -> TrainConfig:
     """File (if any), then dotted overrides (CLI), into a TrainConfig."""
     data = read_mapping(path) if path else {}
@@ -244,6 +273,13 @@ def load_train_config(path: str | None = None, overrides: dict | None = None) ->
 def validate(cfg: TrainConfig) -> None:
     def fail(name, value, rule, fix):
         raise ConfigError(f"{name}={value!r}: {rule}. Fix: {fix}.")
+
+    unknown = sorted(set(cfg.model.overrides) - _model_fields())
+    if unknown:  # R1Config, like any PretrainedConfig, would keep a typo as a stray attribute and ignore it
+        fail("model.overrides", unknown, "names fields R1Config does not have",
+             "spell them as in docs/architecture.md (e.g. num_hidden_layers, hidden_size, level_heads)")
+    if cfg.checkpoint.keep < 0:
+        fail("checkpoint.keep", cfg.checkpoint.keep, "must be >= 0 (0 keeps every checkpoint)", "use e.g. 3")
 
     s = cfg.schedule
     if not isinstance(s.steps, int) or s.steps < 1:

@@ -151,6 +151,10 @@ def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_
 
     ds = dict(ds_json)
     compression = ds.pop("r1_compression", None)
+    if compression is not None:  # checked now, not after deepspeed.initialize
+        from .parallel.comm_hook import CompressionConfig
+
+        CompressionConfig.from_dict(compression)
     ds, notes = resolve_precision(ds, dtype=cfg.precision.dtype, apex=cfg.precision.apex, device_type=device_type)
     s = cfg.schedule
     if s.stages and s.global_batch is not None:
@@ -264,10 +268,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .model import R1ConfigError
+    from .parallel.comm_hook import CompressionConfigError
     from .parallel.topology import LayoutError
     from .precision import PrecisionError
 
-    return ConfigError, DataError, PrecisionError, CheckpointError, LayoutError
+    return ConfigError, DataError, PrecisionError, CheckpointError, LayoutError, R1ConfigError, CompressionConfigError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -337,7 +343,7 @@ def train(cfg: TrainConfig):
         with open(os.path.join(out_dir, "train_config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
         with open(os.path.join(out_dir, "ds_config.json"), "w") as f:
-            json.dump(ds_config, f, indent=2)
+            json.dump({**ds_config, **({"r1_compression": compression} if compression else {})}, f, indent=2)
 
     # ---- model and data
     model = build_model(cfg, device_type)
@@ -403,7 +409,9 @@ def train(cfg: TrainConfig):
         start = engine.global_steps
         sampler.check_resume(client.get("r1_sampler"), start)
         if reducer is not None and client.get("r1_compression") is not None:
-            reducer.load_state_dict(client["r1_compression"])
+            # error buffers are per data rank: a run with another data size starts them empty (with a warning)
+            same_data = saved.layout is None or saved.layout[2] == dims.data
+            reducer.load_state_dict(client["r1_compression"], strict=same_data)
 
     # ---- loop
     from .flops import flops_per_token, peak_flops

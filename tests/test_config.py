@@ -183,3 +183,24 @@ def test_model_flops_count_every_matmul_weight():
     assert attention_keys_per_token(config, 64) == sum(
         min(t + 1, 16) + 1 + min(t // 8, 4) + 8 * min(t // 8, 2) + 1 + t // 32 for t in range(64)) / 64
     assert peak_flops("bf16", "NVIDIA H200") == 989e12 and peak_flops("bf16", "cpu") is None
+
+
+@pytest.mark.parametrize("overrides, shown", [
+    ({"log.every": "abc"}, "log.every='abc': must be of type int"),
+    ({"schedule.drop_path_max": True}, "schedule.drop_path_max=True: must be of type float"),
+    ({"model.overrides": {"num_layers": 4}}, "model.overrides=['num_layers']: names fields R1Config does not have"),
+    ({"checkpoint.keep": -3}, "checkpoint.keep=-3: must be >= 0"),
+])
+def test_bad_settings_name_the_setting_the_rule_and_the_fix(overrides, shown):
+    with pytest.raises(ConfigError) as err:
+        load_train_config(None, overrides)
+    assert shown in str(err.value) and "Fix:" in str(err.value), str(err.value)
+
+
+def test_a_bad_compression_section_is_refused_at_start_up():
+    from r1_ds.parallel.comm_hook import CompressionConfigError
+
+    ds = {**json.load(open(os.path.join(ROOT, "ds_configs", "tiny_cpu.json"))),
+          "r1_compression": {"enabled": True, "topk_ratio": 2}}
+    with pytest.raises(CompressionConfigError, match=r"r1_compression.topk_ratio=2: must be in \(0, 1\]"):
+        build_ds_config(load_train_config(None, {}), ds, world_size=1, device_type="cpu")

@@ -30,6 +30,11 @@ import torch.nn.functional as F
 from r1_ds.parallel import compression as C
 
 SECTION = "r1_compression"
+
+
+class CompressionConfigError(ValueError):
+    """The r1_compression section, or the engine it is installed into, breaks a rule; the message names the
+    field or setting, the rule and the fix."""
 STATE_VERSION = 1
 _GATHER_SLICE = 1 << 26  # elements per all-gather when saving error buffers (bounds the temporary memory)
 
@@ -88,19 +93,19 @@ class CompressionConfig:
     def from_dict(cls, section: dict) -> "CompressionConfig":
         """Validate a config section; errors name the field, the value, the rule and the fix."""
         if not isinstance(section, dict):
-            raise TypeError(f"{SECTION}={section!r}: must be a JSON object; write e.g. "
+            raise CompressionConfigError(f"{SECTION}={section!r}: must be a JSON object; write e.g. "
                             f'"{SECTION}": {{"enabled": true, "topk_ratio": 0.05}}')
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(section) - set(known))
         if unknown:
-            raise ValueError(f"{SECTION}: unknown keys {unknown}; valid keys are {sorted(known)}")
+            raise CompressionConfigError(f"{SECTION}: unknown keys {unknown}; valid keys are {sorted(known)}")
         cfg = cls(**section)
         cfg._validate()
         return cfg
 
     def _validate(self) -> None:
-        def bad(name: str, rule: str, fix: str) -> ValueError:
-            return ValueError(f"{SECTION}.{name}={getattr(self, name)!r}: {rule}; {fix}")
+        def bad(name: str, rule: str, fix: str) -> CompressionConfigError:
+            return CompressionConfigError(f"{SECTION}.{name}={getattr(self, name)!r}: {rule}; {fix}")
 
         for name in ("enabled", "error_feedback", "dense_1d", "auto_fallback", "checkpoint_errors"):
             if not isinstance(getattr(self, name), bool):
@@ -153,24 +158,24 @@ def _check_engine(engine) -> None:
                            "against deepspeed==0.19.8. Install that version or disable the section.")
     stage = engine.zero_optimization_stage()
     if stage >= 2:
-        raise ValueError(f"{SECTION}: zero_optimization.stage={stage} is not supported: ZeRO-2/3 partition gradients "
+        raise CompressionConfigError(f"{SECTION}: zero_optimization.stage={stage} is not supported: ZeRO-2/3 partition gradients "
                          "and reduce them in per-parameter hooks on every micro-step, out of this hook's reach. "
                          "Set zero_optimization.stage to 0 or 1, or set r1_compression.enabled to false.")
     if stage == 1 and not isinstance(engine.optimizer, BF16_Optimizer):
-        raise ValueError(
+        raise CompressionConfigError(
             f"{SECTION}: ZeRO-1 with {type(engine.optimizer).__name__} is not supported: it reduce-scatters gradient "
             "slices to their owner ranks (reduce_gradients/average_tensor) in topology-dependent buckets, where top-k "
             "with per-rank error feedback has no stable place. Use bf16 with "
             '"data_types": {"grad_accum_dtype": "fp32"} (BF16_Optimizer, which also partitions the optimizer state '
             "like ZeRO-1), or zero_optimization.stage 0.")
     if engine.fp16_enabled():
-        raise ValueError(f"{SECTION}: fp16 is not supported: loss-scaled gradients put inf/NaN into the error buffers "
+        raise CompressionConfigError(f"{SECTION}: fp16 is not supported: loss-scaled gradients put inf/NaN into the error buffers "
                          "on overflow steps. Use bf16 (\"bf16\": {\"enabled\": true}).")
     if getattr(engine, "has_moe_layers", False):
-        raise ValueError(f"{SECTION}: models with MoE layers are not supported (expert gradients reduce over expert "
+        raise CompressionConfigError(f"{SECTION}: models with MoE layers are not supported (expert gradients reduce over expert "
                          "groups). Disable r1_compression for MoE models.")
     if getattr(engine, "sequence_parallel_size", 1) != 1:
-        raise ValueError(f"{SECTION}: sequence_parallel_size={engine.sequence_parallel_size} is not supported; "
+        raise CompressionConfigError(f"{SECTION}: sequence_parallel_size={engine.sequence_parallel_size} is not supported; "
                          "use sequence_parallel_size 1 or disable r1_compression.")
 
 
@@ -373,7 +378,7 @@ class CompressedReducer:
             if p.grad is None:  # every rank must reduce the same sizes (as DeepSpeed does)
                 p.grad = torch.zeros_like(p)
             if p.grad.is_sparse:
-                raise ValueError(f"{SECTION}: sparse gradients (nn.Embedding(sparse=True)) are not supported; "
+                raise CompressionConfigError(f"{SECTION}: sparse gradients (nn.Embedding(sparse=True)) are not supported; "
                                  "use dense embeddings or disable r1_compression.")
             pairs.append((p, p.grad.data))
         return pairs
@@ -614,7 +619,7 @@ class CompressedReducer:
         With strict=False a different data-parallel size resets the error buffers (with a warning) instead of raising.
         """
         if sd.get("version") != STATE_VERSION:
-            raise ValueError(f"{SECTION} state version={sd.get('version')!r}: expected {STATE_VERSION}; this "
+            raise CompressionConfigError(f"{SECTION} state version={sd.get('version')!r}: expected {STATE_VERSION}; this "
                              "checkpoint was written by another r1_ds version. Drop client_state['r1_compression'] "
                              "to resume with empty buffers.")
         self.step = int(sd["step"])
@@ -629,7 +634,7 @@ class CompressedReducer:
                    f"{self.dp_size}; they cannot be split differently. Resume with the same data-parallel size, or "
                    "call load_state_dict(sd, strict=False) to start with empty buffers.")
             if strict:
-                raise ValueError(msg)
+                raise CompressionConfigError(msg)
             from deepspeed.utils import logger
 
             logger.warning(msg + " Resetting them.")
@@ -644,7 +649,7 @@ class CompressedReducer:
         sizes = {b.key: b.numel for b in self._buckets if not b.dense}
         for key, e in self._pending_errors.items():
             if sizes.get(key) != e.numel():
-                raise ValueError(f"{SECTION}: checkpointed error buffer {key!r} has {e.numel()} elements, the model's "
+                raise CompressionConfigError(f"{SECTION}: checkpointed error buffer {key!r} has {e.numel()} elements, the model's "
                                  f"bucket has {sizes.get(key)}; the model or its parallel layout changed. Resume the "
                                  "same model and layout, or drop client_state['r1_compression'].")
         device = self._grad_device()
