@@ -149,11 +149,10 @@ def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_
     """The DeepSpeed dict to initialise with, plus (dims, batch plan, notes, r1_compression section)."""
     from .precision import resolve_precision
 
-    ds = dict(ds_json)
-    compression = ds.pop("r1_compression", None)
-    if compression is not None:  # checked now, not after deepspeed.initialize
-        from .parallel.comm_hook import CompressionConfig
+    from .parallel.comm_hook import CompressionConfig, split_r1_sections
 
+    ds, compression = split_r1_sections(ds_json)
+    if compression is not None:  # checked now, not after deepspeed.initialize
         CompressionConfig.from_dict(compression)
     ds, notes = resolve_precision(ds, dtype=cfg.precision.dtype, apex=cfg.precision.apex, device_type=device_type)
     s = cfg.schedule

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import R1Config, R1ForCausalLM, causal_lm_loss
+from ..model import R1Config, R1ForCausalLM
 from ..model.modeling_r1 import R1DecoderLayer
 from .topology import ParallelDims
 
@@ -40,18 +40,6 @@ def pipe_layer_prefixes(config: R1Config) -> list[str | None]:
     L = config.num_hidden_layers
     head = None if config.tie_word_embeddings else "lm_head."
     return ["model.embed_tokens.", *[f"model.layers.{i}." for i in range(L)], "model.norm.", head]
-
-
-class CausalLMLoss:
-    """Pipeline loss: label-smoothed next-token cross entropy on (logits, unshifted labels)."""
-
-    __name__ = "CausalLMLoss"
-
-    def __init__(self, label_smoothing: float):
-        self.label_smoothing = label_smoothing
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return causal_lm_loss(logits, labels, self.label_smoothing)
 
 
 def tied_lm_head(embedding: nn.Embedding, hidden: torch.Tensor) -> torch.Tensor:
@@ -158,8 +146,8 @@ def build_pipeline(model: R1ForCausalLM, dims: ParallelDims, *, partition_method
         module = PipelineModule(
             layers=_specs(parts, config),
             topology=dims.topology(),
-            loss_fn=(CausalLMLoss(config.label_smoothing) if dims.tensor == 1  # tensor parallel (issue 4): the
-                     else tensor_parallel_loss_fn(model.lm_head, config.label_smoothing)),  # vocab-split logits
+            # label-smoothed CE; the vocabulary-parallel one when tensor parallelism splits the head's logits
+            loss_fn=tensor_parallel_loss_fn(model.lm_head, config.label_smoothing),
             partition_method=partition_method,
             activation_checkpoint_interval=activation_checkpoint_interval,
             checkpointable_layers=["R1DecoderLayer"],
@@ -226,13 +214,8 @@ def needs_fp32_clip_patch(engine) -> bool:
             and not (engine.fp16_enabled() or engine.bfloat16_enabled() or engine.zero_optimization()))
 
 
-def pipeline_param_count(module: nn.Module) -> int:
-    """Parameters this rank holds, tied copies counted once over the pipeline."""
-    return sum(p.numel() for p in module.parameters() if not getattr(p, "ds_pipe_replicated", False))
-
-
 __all__ = [
-    "CausalLMLoss", "DEFAULT_PARTITION", "TIED_KEY", "build_pipeline", "decoder_layers",
-    "needs_fp32_clip_patch", "patch_fp32_grad_clipping", "pipe_layer_prefixes", "pipeline_param_count",
+    "DEFAULT_PARTITION", "TIED_KEY", "build_pipeline", "decoder_layers",
+    "needs_fp32_clip_patch", "patch_fp32_grad_clipping", "pipe_layer_prefixes",
     "set_drop_path_rate", "shard_for_tensor_parallel", "tied_lm_head",
 ]

@@ -333,7 +333,7 @@ def param_sharding(name: str, plan: dict[str, str] = R1_TP_PLAN, prefix: str = "
 
 # ----------------------------------------------------------------------------- groups
 
-_GROUPS: dict[tuple[int, int, int], object] = {}
+_GROUPS: dict[tuple[int, int, int, int], object] = {}
 
 
 def tensor_parallel_group(dims):
@@ -346,7 +346,8 @@ def tensor_parallel_group(dims):
 
     if dims.tensor == 1:
         return None
-    key = (dims.pipe, dims.tensor, dims.data)
+    # keyed by the world group too: a new process group (a second run in one process) needs new groups
+    key = (id(dist.group.WORLD), dims.pipe, dims.tensor, dims.data)
     if key not in _GROUPS:
         me = dist.get_rank()
         mine = None

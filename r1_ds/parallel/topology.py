@@ -87,7 +87,7 @@ class ParallelDims:
 
         return PipeModelDataParallelTopology(num_pp=self.pipe, num_mp=self.tensor, num_dp=self.data)
 
-    def check_model(self, *, num_hidden_layers: int, level_heads, pipe_layers: int | None = None,
+    def check_model(self, *, num_hidden_layers: int, level_heads,
                     hidden_size: int | None = None, intermediate_size: int | None = None,
                     vocab_size: int | None = None) -> None:
         """Refuse layouts the model cannot be cut into: every stage needs a decoder layer, and every
@@ -98,8 +98,6 @@ class ParallelDims:
                 f"parallel.pipe={self.pipe} stages but the model has num_hidden_layers={num_hidden_layers}: every "
                 f"stage needs at least one decoder layer. Fix: use parallel.pipe <= {num_hidden_layers} or a deeper "
                 "model.")
-        if pipe_layers is not None and self.pipe > pipe_layers:
-            raise LayoutError(f"parallel.pipe={self.pipe} stages for {pipe_layers} pipeline layers. Fix: fewer stages.")
         for level, heads in enumerate(level_heads, start=1):
             if heads % self.tensor:
                 raise LayoutError(
