@@ -11,7 +11,11 @@ Layout of a checkpoint folder (DeepSpeed's, plus an atomic `latest`):
 Atomic save: every rank writes into `CKPT/.tmp-<tag>`; when all are done rank 0 renames it to
 `CKPT/<tag>` and then replaces `latest` (write a temp file, fsync, os.replace). A crash at any
 point leaves the previous tag complete and named by `latest`; a leftover `.tmp-*` is removed by
-the next save. Needs one file system shared by all ranks (as DeepSpeed itself does).
+the next save. Saving a step that already exists (the end of a resumed, finished run) first renames
+the old folder aside (`.tmp-old-<tag>`) and deletes it only once the new one is in place; the next
+save puts an aside folder back if a crash left its tag missing. `keep` prunes only tags older than
+the one just saved, so resuming from an older tag never deletes the checkpoint `latest` names.
+Needs one file system shared by all ranks (as DeepSpeed itself does).
 
 Resume with another layout (pipe x tensor x data): `check_resume_layout` decides, before DeepSpeed
 loads anything, whether the saved files fit this run, and otherwise says how to convert them
@@ -29,13 +33,13 @@ from dataclasses import dataclass
 
 import torch
 
-from data_prep.atomic import fsync_dir  # the one implementation of atomic-write helpers
+from data_prep.atomic import TMP_PREFIX, atomic_write_text, fsync_dir  # the one implementation of atomic writes
 
 from .metrics import log0
 
 log = logging.getLogger("r1_ds.checkpoint")
 
-TMP_PREFIX = ".tmp-"
+ASIDE_PREFIX = TMP_PREFIX + "old-"  # an existing tag folder being replaced by a new save of the same step
 UNIVERSAL_INFO = {"universal_checkpoint_version": 0.2}  # what ds_to_universal requires in client_state
 
 
@@ -47,15 +51,13 @@ def tag_for(step: int) -> str:
     return f"global_step{step}"
 
 
+def step_of(tag: str) -> int:
+    return int(tag[len("global_step"):])
+
+
 def write_latest(save_dir: str, tag: str) -> None:
     """Point `latest` at `tag`, atomically (readers see the old or the new tag, never a partial file)."""
-    tmp = os.path.join(save_dir, f"{TMP_PREFIX}latest")
-    with open(tmp, "w") as f:
-        f.write(tag)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(save_dir, "latest"))
-    fsync_dir(save_dir)
+    atomic_write_text(os.path.join(save_dir, "latest"), tag)
 
 
 def read_latest(save_dir: str) -> str | None:
@@ -71,7 +73,31 @@ def list_tags(save_dir: str) -> list[str]:
     """Complete checkpoint tags in `save_dir`, oldest first (by step)."""
     tags = [d for d in os.listdir(save_dir) if re.fullmatch(r"global_step\d+", d)
             and os.path.isdir(os.path.join(save_dir, d))] if os.path.isdir(save_dir) else []
-    return sorted(tags, key=lambda t: int(t[len("global_step"):]))
+    return sorted(tags, key=step_of)
+
+
+def _clean_leftovers(save_dir: str) -> None:
+    """Remove a crashed save's `.tmp-*` leftovers; an aside folder whose tag is missing (a crash while
+    re-saving that step) is renamed back instead, so that `latest` names a complete folder again."""
+    for stale in glob.glob(os.path.join(save_dir, TMP_PREFIX + "*")):
+        name = os.path.basename(stale)
+        if name.startswith(ASIDE_PREFIX) and os.path.isdir(stale):
+            final = os.path.join(save_dir, name[len(ASIDE_PREFIX):])
+            if not os.path.exists(final):
+                os.rename(stale, final)
+                log0("restored %s from an interrupted re-save", final, level=logging.WARNING)
+                continue
+        shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
+    fsync_dir(save_dir)
+
+
+def _prune(save_dir: str, step: int, keep: int) -> None:
+    """Keep the `keep` newest tags up to `step` (the one just saved among them); tags newer than `step`
+    (an abandoned future after resuming from an older tag) are left alone, the one just saved is never
+    removed."""
+    older = [t for t in list_tags(save_dir) if step_of(t) < step]
+    for old in older[:max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
 
 
 def save(engine, save_dir: str, step: int, client_state: dict, *, keep: int = 0) -> str:
@@ -83,8 +109,7 @@ def save(engine, save_dir: str, step: int, client_state: dict, *, keep: int = 0)
     rank0 = dist.get_rank() == 0
     if rank0:
         os.makedirs(save_dir, exist_ok=True)
-        for stale in glob.glob(os.path.join(save_dir, TMP_PREFIX + "*")):  # a crashed save's leftovers
-            shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
+        _clean_leftovers(save_dir)
     dist.barrier()
     engine.save_checkpoint(save_dir, tag=tmp_tag, client_state={**client_state, "universal_checkpoint_info":
                                                                   client_state.get("universal_checkpoint_info",
@@ -94,14 +119,17 @@ def save(engine, save_dir: str, step: int, client_state: dict, *, keep: int = 0)
     final = os.path.join(save_dir, tag)
     if rank0:
         fsync_dir(os.path.join(save_dir, tmp_tag))
+        aside = None
         if os.path.isdir(final):  # saving the same step again (e.g. the end of a resumed, finished run)
-            shutil.rmtree(final)
+            aside = os.path.join(save_dir, ASIDE_PREFIX + tag)  # kept until the new folder is in place
+            os.rename(final, aside)
         os.rename(os.path.join(save_dir, tmp_tag), final)
         fsync_dir(save_dir)
         write_latest(save_dir, tag)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)  # a leftover is removed by the next save
         if keep > 0:
-            for old in list_tags(save_dir)[:-keep]:
-                shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
+            _prune(save_dir, step, keep)
         log0("saved checkpoint %s", final)
     dist.barrier()
     return final
@@ -118,17 +146,29 @@ def find_resume(save_dir: str, resume: str) -> tuple[str, str] | None:
         tag = read_latest(save_dir)
         if tag is None:
             return None
-        if not os.path.isdir(os.path.join(save_dir, tag)):
-            raise CheckpointError(f"{save_dir}/latest names {tag!r}, which does not exist. Fix: restore the folder, "
-                                  f"or write an existing tag ({list_tags(save_dir)}) into latest.")
-        return save_dir, tag
+        return save_dir, _existing_tag(save_dir, tag)
     path = os.path.abspath(resume)
     if os.path.isfile(os.path.join(path, "latest")):
-        return path, read_latest(path)
+        tag = read_latest(path)
+        if tag is None:
+            raise CheckpointError(f"checkpoint.resume={resume!r}: {path}/latest is empty. Fix: write an existing tag "
+                                  f"({list_tags(path)}) into latest, or pass a tag folder.")
+        return path, _existing_tag(path, tag)
     if os.path.isdir(path) and glob.glob(os.path.join(path, "mp_rank_*_model_states.pt")):
         return os.path.dirname(path), os.path.basename(path)
     raise CheckpointError(f"checkpoint.resume={resume!r} is neither a checkpoint folder (with a `latest` file) nor a "
                           "tag folder (with mp_rank_*_model_states.pt). Fix: pass one of those, \"auto\" or \"none\".")
+
+
+def _existing_tag(save_dir: str, tag: str) -> str:
+    """`tag` (read from `save_dir`/latest), or a CheckpointError when its folder is missing."""
+    if os.path.isdir(os.path.join(save_dir, tag)):
+        return tag
+    aside = os.path.join(save_dir, ASIDE_PREFIX + tag)
+    fix = (f"rename {aside} to {os.path.join(save_dir, tag)} (a re-save of that step was interrupted)"
+           if os.path.isdir(aside) else
+           f"restore the folder, or write an existing tag ({list_tags(save_dir)}) into latest")
+    raise CheckpointError(f"{save_dir}/latest names {tag!r}, which does not exist. Fix: {fix}.")
 
 
 def load(engine, load_dir: str, tag: str) -> dict:

@@ -400,7 +400,7 @@ def _tp_run(section: dict, naive: bool) -> dict:
 
 def _two_rank_suite(ckpt_dir: str) -> dict:
     """Everything that runs on 2 ranks, in one spawn (each spawn costs ~10 s of imports on 2 cores)."""
-    from benchmarks.compression_convergence import compression_section, train_tiny_lm
+    from tests.tiny_lm import compression_section, train_tiny_lm
 
     return {
         "leader": _plain_run(_section(mode="leader", selection="threshold")),

@@ -1,19 +1,18 @@
 """The trainer on 2 gloo ranks: data-parallel replicas stay identical, resume equals the
 uninterrupted run (data order, optimizer, LR, DropPath), progressive stages switch the batch inside
-one job, checkpoints are atomic. The runs live in tests/train_runs.py and are shared with test_export."""
+one job, checkpoints are atomic. The runs live in tests/train_runs.py and are shared with test_export.
+`checkpoint.save` itself (crash mid-save, pruning, re-saving a step) runs in one process with a stub engine."""
 
 import json
 import os
-import shutil
 
 import pytest
 import torch
 
 from tests import train_runs
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_data_parallel_replicas_stay_identical():
     run = train_runs.data_parallel()
     r0, r1 = run["ranks"]
@@ -27,6 +26,7 @@ def test_data_parallel_replicas_stay_identical():
     assert run["metrics"][4]["drop_path"] > 0  # DropPath was on, so resume below also checks its RNG
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run_data_parallel():
     full, resumed = train_runs.data_parallel(), train_runs.data_parallel_resumed()
     assert sorted(resumed["metrics"]) == [3, 4]
@@ -37,6 +37,7 @@ def test_resume_equals_uninterrupted_run_data_parallel():
         assert torch.equal(resumed["ranks"][0]["params"][name], value), name
 
 
+@pytest.mark.slow
 def test_pipeline_progressive_stages_switch_batch_without_restart():
     run = train_runs.pipeline()
     m = run["metrics"]
@@ -51,6 +52,7 @@ def test_pipeline_progressive_stages_switch_batch_without_restart():
                        run["ranks"][1]["params"]["model.embed_tokens.weight"])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run_pipeline_across_a_stage_switch():
     full, resumed = train_runs.pipeline(), train_runs.pipeline_resumed()
     for step in (3, 4):
@@ -61,6 +63,7 @@ def test_resume_equals_uninterrupted_run_pipeline_across_a_stage_switch():
             assert torch.equal(b["params"][name], value), name
 
 
+@pytest.mark.slow
 def test_checkpoints_are_complete_and_latest_is_atomic():
     run = train_runs.data_parallel()
     ckpt = os.path.join(run["dir"], "checkpoints")
@@ -77,17 +80,123 @@ def test_checkpoints_are_complete_and_latest_is_atomic():
     assert saved["train_batch_size"] == 4 and saved["gradient_accumulation_steps"] == 1
 
 
-def test_a_crash_mid_save_leaves_the_previous_checkpoint_latest(tmp_path):
-    """Simulate a save killed before its rename: the temp folder is ignored by resume and removed
-    by the next save; `latest` still names the complete checkpoint."""
+# ----------------------------------------------------------------------------- checkpoint.save, one process
+
+
+class _StubEngine:
+    """Stands in for a DeepSpeed engine: `save_checkpoint` writes one file into the tag folder it is given
+    (the temp folder `save` passes), then raises when `crash` is set, like a rank killed mid-save."""
+
+    def __init__(self, payload: bytes, crash: bool = False):
+        self.payload, self.crash = payload, crash
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest):
+        assert not save_latest  # `latest` is written by r1_ds.checkpoint, after the rename
+        os.makedirs(os.path.join(save_dir, tag), exist_ok=True)
+        with open(os.path.join(save_dir, tag, "mp_rank_00_model_states.pt"), "wb") as f:
+            f.write(self.payload)
+        if self.crash:
+            raise RuntimeError("killed mid-save")
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    """`checkpoint.save` on one process: rank 0, barriers that return at once."""
+    import deepspeed.comm
+
+    monkeypatch.setattr(deepspeed.comm, "get_rank", lambda: 0)
+    monkeypatch.setattr(deepspeed.comm, "barrier", lambda *args, **kwargs: None)
+
+
+def _payload(ckpt_dir, tag: str) -> bytes:
+    with open(os.path.join(ckpt_dir, tag, "mp_rank_00_model_states.pt"), "rb") as f:
+        return f.read()
+
+
+def _save(ckpt_dir, step: int, payload: bytes, *, keep: int = 0, crash: bool = False) -> str:
     from r1_ds import checkpoint as ckpt
 
-    src = os.path.join(train_runs.data_parallel()["dir"], "checkpoints", "global_step2")
-    shutil.copytree(src, tmp_path / "global_step2")
-    ckpt.write_latest(str(tmp_path), "global_step2")
-    (tmp_path / ".tmp-global_step4").mkdir()  # half-written
-    (tmp_path / ".tmp-global_step4" / "mp_rank_00_model_states.pt").write_bytes(b"truncated")
-    assert ckpt.find_resume(str(tmp_path), "auto") == (str(tmp_path), "global_step2")
+    return ckpt.save(_StubEngine(payload, crash), str(ckpt_dir), step, {}, keep=keep)
+
+
+def test_a_crash_mid_save_leaves_the_previous_checkpoint_latest(tmp_path, one_rank):
+    """A save that dies while writing: `latest` and the previous checkpoint are untouched, resume ignores
+    the temp folder, and the next save removes it and moves `latest`."""
+    from r1_ds import checkpoint as ckpt
+
+    _save(tmp_path, 2, b"step2")
+    with pytest.raises(RuntimeError, match="killed mid-save"):
+        _save(tmp_path, 4, b"half-written", crash=True)
+    assert ckpt.read_latest(str(tmp_path)) == "global_step2"
+    assert _payload(tmp_path, "global_step2") == b"step2"
+    assert _payload(tmp_path, ".tmp-global_step4") == b"half-written"  # the crash really left its files
     assert ckpt.list_tags(str(tmp_path)) == ["global_step2"]
+    assert ckpt.find_resume(str(tmp_path), "auto") == (str(tmp_path), "global_step2")
+
+    _save(tmp_path, 4, b"step4")
+    assert sorted(os.listdir(tmp_path)) == ["global_step2", "global_step4", "latest"]  # no .tmp-* left
+    assert ckpt.read_latest(str(tmp_path)) == "global_step4" and _payload(tmp_path, "global_step4") == b"step4"
+    assert _payload(tmp_path, "global_step2") == b"step2"
+
+
+def test_keep_prunes_only_older_tags_after_resuming_from_an_older_one(tmp_path, one_rank):
+    """A run resumed from global_step2 of a folder that also holds global_step6 saves step 4 with keep=1:
+    the new checkpoint stays and `latest` names it; the abandoned newer one is left alone."""
+    from r1_ds import checkpoint as ckpt
+
+    _save(tmp_path, 2, b"step2")
+    _save(tmp_path, 6, b"step6")
+    _save(tmp_path, 4, b"step4 resumed", keep=1)
+    assert ckpt.list_tags(str(tmp_path)) == ["global_step4", "global_step6"]
+    assert ckpt.find_resume(str(tmp_path), "auto") == (str(tmp_path), "global_step4")
+    assert _payload(tmp_path, "global_step4") == b"step4 resumed"
+    _save(tmp_path, 8, b"step8", keep=2)  # keep counts the new tag: one older one stays
+    assert ckpt.list_tags(str(tmp_path)) == ["global_step6", "global_step8"]
+
+
+def test_re_saving_a_step_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path, one_rank, monkeypatch):
+    from r1_ds import checkpoint as ckpt
+
+    _save(tmp_path, 4, b"first")
+    _save(tmp_path, 4, b"second")
+    assert sorted(os.listdir(tmp_path)) == ["global_step4", "latest"]
+    assert _payload(tmp_path, "global_step4") == b"second"
+
+    # a crash between moving the old folder aside and renaming the new one into place
+    rename, calls = os.rename, []
+
+    def rename_then_die(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError("killed between the renames")
+        rename(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "rename", rename_then_die)
+    with pytest.raises(OSError, match="between the renames"):
+        _save(tmp_path, 4, b"third")
+    monkeypatch.setattr(ckpt.os, "rename", rename)
+    assert calls[0] == (str(tmp_path / "global_step4"), str(tmp_path / ".tmp-old-global_step4"))
+    assert ckpt.read_latest(str(tmp_path)) == "global_step4" and not (tmp_path / "global_step4").exists()
+    with pytest.raises(ckpt.CheckpointError, match=r"latest names 'global_step4', which does not exist\. Fix: "
+                                                   r"rename .*\.tmp-old-global_step4"):
+        ckpt.find_resume(str(tmp_path), "auto")
+    _save(tmp_path, 5, b"step5")  # the next save puts the old folder back, then saves
+    assert _payload(tmp_path, "global_step4") == b"second"
+    assert sorted(os.listdir(tmp_path)) == ["global_step4", "global_step5", "latest"]
+
+
+def test_resume_from_a_checkpoint_folder_checks_its_latest(tmp_path):
+    from r1_ds import checkpoint as ckpt
+
+    (tmp_path / "global_step2").mkdir()
+    ckpt.write_latest(str(tmp_path), "global_step2")
+    assert ckpt.find_resume("unused", str(tmp_path)) == (str(tmp_path), "global_step2")
+    ckpt.write_latest(str(tmp_path), "global_step9")
+    with pytest.raises(ckpt.CheckpointError, match=r"latest names 'global_step9', which does not exist\. Fix: "
+                                                   r"restore the folder, or write an existing tag"):
+        ckpt.find_resume("unused", str(tmp_path))
+    ckpt.write_latest(str(tmp_path), "")
+    with pytest.raises(ckpt.CheckpointError, match=r"latest is empty\. Fix:"):
+        ckpt.find_resume("unused", str(tmp_path))
     with pytest.raises(ckpt.CheckpointError, match="neither a checkpoint folder"):
-        ckpt.find_resume(str(tmp_path), str(tmp_path / "no_such_checkpoint"))
+        ckpt.find_resume("unused", str(tmp_path / "no_such_checkpoint"))

@@ -8,17 +8,20 @@ rules, and the data split by data rank.
 Every run: tiny preset, fp32, synthetic data, seq 64, global batch 4 (micro 2), 3 steps, checkpoints
 at steps 2 and 3, DropPath off (its masks are drawn per data and pipe rank, so they differ between
 layouts). `tests/train_probe.py` runs `r1_ds.train.main` and then saves the trained model's logits of a
-fixed batch per rank. About 2 minutes on 2 idle cores, most of it process start-up.
+fixed batch per rank. About 2 minutes on 2 idle cores, most of it process start-up. Each launch has a time
+limit (240 s, 360 s for 8 processes, times R1_TEST_TIMEOUT_SCALE); one that runs over is killed with every
+process it started (torch elastic puts each worker in a session of its own).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +30,9 @@ import pytest
 import torch
 
 from r1_ds.checkpoint import CheckpointError, SavedCheckpoint, check_resume_layout
+from r1_ds.metrics import read_metrics
 from r1_ds.parallel.topology import LayoutError, ParallelDims
+from tests.train_runs import scaled_timeout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -60,31 +65,65 @@ def _ds_json(zero: int) -> str:
     return path
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _env() -> dict:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
 
 
-def _train(name: str, nproc: int, *extra: str, expect: int = 0, timeout: int = 240) -> dict:
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, read from /proc (psutil is not a dependency)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # "pid (comm) state ppid ..."
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _launch(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run `cmd` in a session of its own; past `timeout` seconds (times R1_TEST_TIMEOUT_SCALE) kill it and every
+    process it started (torchrun's workers sit in sessions of their own), then fail the test."""
+    timeout = scaled_timeout(timeout)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # an orphaned grandchild still holds the pipes
+            out, err = "", ""
+        pytest.fail(f"{' '.join(cmd)}\ndid not finish in {timeout:.0f} s and was killed with its workers. Fix: look "
+                    "for a hang in the output below, or raise R1_TEST_TIMEOUT_SCALE on a slow machine.\n"
+                    + out[-3000:] + err[-5000:])
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _train(name: str, nproc: int, *extra: str, expect: int = 0) -> dict:
     """`python -m r1_ds.train` (via tests.train_probe) on `nproc` processes; the run folder, metrics and
     each rank's probe logits."""
     out = os.path.join(_tmp(), name)
-    launcher = ([sys.executable] if nproc == 1 else
-                [os.path.join(BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_port", _free_port()])
-    proc = subprocess.run([*launcher, "-m", "tests.train_probe", *ARGS, *extra, "--output-dir", out], cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=timeout)
+    launcher = ([sys.executable] if nproc == 1 else  # --standalone: torchrun picks a free port itself
+                [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(nproc)])
+    proc = _launch([*launcher, "-m", "tests.train_probe", *ARGS, *extra, "--output-dir", out],
+                   timeout=360 if nproc >= 8 else 240)
     assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-5000:]
     if expect:
         return {"dir": out, "stderr": proc.stderr}
-    metrics = {}
-    for line in open(os.path.join(out, "metrics.jsonl")):
-        record = json.loads(line)
-        metrics[record["step"]] = record
+    metrics = {r["step"]: r for r in read_metrics(os.path.join(out, "metrics.jsonl"))}
     logits = [torch.load(os.path.join(out, "probe", f"rank{r}.pt")) for r in range(nproc)]
     return {"dir": out, "metrics": metrics, "logits": logits, "stderr": proc.stderr}
 
@@ -168,11 +207,10 @@ def test_3d_zero1_checkpoint_resumes_as_pipe_2_tensor_1_data_2_through_ds_to_uni
     src = layout_run("p2t2d2")
     universal = os.path.join(_tmp(), "resumed_3d", "checkpoints")
     os.makedirs(universal)
-    done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                           os.path.join(src["dir"], "checkpoints", "global_step2"), "--output_folder",
-                           os.path.join(universal, "global_step2"), "--num_extract_workers", "1",
-                           "--num_merge_workers", "1"], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=120)
+    done = _launch([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                    os.path.join(src["dir"], "checkpoints", "global_step2"), "--output_folder",
+                    os.path.join(universal, "global_step2"), "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                   timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     with open(os.path.join(universal, "latest"), "w") as f:
         f.write("global_step2")
@@ -259,20 +297,26 @@ def test_resume_layout_rules():
         check_resume_layout(_saved((1, 1, 2)), pipe=2, tensor=1, data=1, **ok)
 
 
-def test_tensor_peers_read_the_same_rows_and_data_ranks_disjoint_ones():
+def test_tensor_and_pipe_peers_read_the_same_rows_and_data_ranks_disjoint_ones():
+    """The trainer reads rows by `dims.coords(rank).data`; DeepSpeed's topology (which forms the gradient
+    all-reduce groups) must agree on which ranks are replicas of one data slice: those read identical rows,
+    different data ranks disjoint rows that together make the global batch."""
     from r1_ds.data import ProgressiveSampler, Stage
 
     dims = ParallelDims.build(8, pipe=2, tensor=2)
+    topo = dims.topology()
     sampler = ProgressiveSampler(64, [Stage(start=0, steps=4, global_batch=8, data_fraction=1.0)], seed=3)
     for step in range(4):
-        rows = {}
-        for rank in range(8):
-            c = dims.coords(rank)
-            rows[rank] = sampler.micro_batches(step, data_rank=c.data, data_size=dims.data, micro_batch=2)
-        for rank in range(8):
-            c = dims.coords(rank)
-            peer = dims.rank(pipe=0, data=c.data, tensor=0)
-            assert all((a == b).all() for a, b in zip(rows[rank], rows[peer]))  # tensor and pipe peers agree
-        by_data = [set().union(*map(set, rows[dims.rank(pipe=0, data=d)])) for d in range(dims.data)]
+        rows = {rank: sampler.micro_batches(step, data_rank=dims.coords(rank).data, data_size=dims.data, micro_batch=2)
+                for rank in range(8)}
+        by_data = []
+        for d in range(dims.data):
+            group = topo.filter_match(data=d)  # DeepSpeed's ranks of data slice d: every pipe x tensor peer
+            assert len(group) == dims.pipe * dims.tensor
+            first = rows[group[0]]
+            for rank in group[1:]:
+                assert len(rows[rank]) == len(first)
+                assert all((a == b).all() for a, b in zip(rows[rank], first)), (step, d, rank)
+            by_data.append(set().union(*map(set, first)))
         assert not by_data[0] & by_data[1]
         assert by_data[0] | by_data[1] == set(sampler.global_indices(step))

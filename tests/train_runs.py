@@ -17,7 +17,16 @@ import tempfile
 
 import torch
 
+from r1_ds.metrics import read_metrics
 from tests.dist import run_distributed
+from tests.train_probe import probe_ids  # noqa: F401  (also test_export's probe batch)
+
+TIMEOUT_SCALE = float(os.environ.get("R1_TEST_TIMEOUT_SCALE", "1.0"))  # > 1 on slow or busy machines
+
+
+def scaled_timeout(seconds: float) -> float:
+    """A run's time limit, times R1_TEST_TIMEOUT_SCALE."""
+    return seconds * TIMEOUT_SCALE
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,10 +41,6 @@ BASE = {
     "schedule.steps": 4, "schedule.warmup_steps": 1, "schedule.drop_path_max": 0.2, "checkpoint.every": 2,
     "log.progress": False, "log.tensorboard": False, "seed": 7,
 }
-
-
-def probe_ids() -> torch.Tensor:
-    return torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(123))
 
 
 def _train_body(overrides: dict) -> dict:
@@ -70,17 +75,10 @@ def _train_body(overrides: dict) -> dict:
 
 def _run(name: str, overrides: dict, world_size: int = 2) -> dict:
     out_dir = os.path.join(_tmp(), name)
-    ranks = run_distributed(_train_body, world_size, {**BASE, "output_dir": out_dir, **overrides}, timeout=240)
-    return {"dir": out_dir, "ranks": ranks, "metrics": read_metrics(out_dir)}
-
-
-def read_metrics(out_dir: str) -> dict[int, dict]:
-    recs = {}
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            recs[r["step"]] = r
-    return recs
+    ranks = run_distributed(_train_body, world_size, {**BASE, "output_dir": out_dir, **overrides},
+                            timeout=scaled_timeout(240))
+    metrics = {r["step"]: r for r in read_metrics(os.path.join(out_dir, "metrics.jsonl"))}
+    return {"dir": out_dir, "ranks": ranks, "metrics": metrics}
 
 
 def _resume_from_step2(src: dict, name: str, overrides: dict) -> dict:
