@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (both models)")
     p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, trace one step with torch.profiler and print the 25 costliest kernels")
     return p.parse_args(argv)
 
 
@@ -115,6 +117,12 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         dt = time.perf_counter() - t0
         tok_s = micro * seq_len * args.steps / dt
         peak = peak_flops("bf16")
+        if args.profile:  # where a step's time goes (a tuning aid; not part of the figures)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize()
+            print(f"profile of one {name} {preset} step at {seq_len} tokens:\n"
+                  + prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
         row.update(tokens_per_s=tok_s, step_s=dt / args.steps, loss=float(loss),
                    mfu=model_flops(name, preset, seq_len) * tok_s / peak if peak else None,
                    peak_mem_gib=torch.cuda.max_memory_allocated() / 2 ** 30)
