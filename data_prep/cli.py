@@ -105,6 +105,8 @@ def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--clip-threshold", type=float, default=0.75, help="CLIPScore cut (0.75 = cosine 0.30)")
     g.add_argument("--clip-keep-fraction", type=float, default=0.3, help="share kept in topk mode (default: 0.3)")
+    g.add_argument("--clip-decode-processes", action="store_true",
+                   help="decode images in worker processes, not threads (many-core GPU hosts)")
 
     g = parser.add_argument_group("augmentation and triples")
     g.add_argument("--image-views", type=int, default=2, help="augmented views per kept image (default: 2)")
@@ -165,6 +167,7 @@ def _config_from_args(args: argparse.Namespace):
         clip_mode=args.clip_mode,
         clip_threshold=args.clip_threshold,
         clip_keep_fraction=args.clip_keep_fraction,
+        clip_decode_processes=args.clip_decode_processes,
         python_compile=args.python_compile,
         image_views=args.image_views,
         image_crop_scale=tuple(args.image_crop_scale),

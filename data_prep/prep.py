@@ -89,6 +89,8 @@ class PrepConfig:
     """CLIPScore cut (0.75 = cosine 0.30, LAION-400M's ViT-B/32 threshold)."""
     clip_keep_fraction: float = 0.3
     """Share kept per part in topk mode."""
+    clip_decode_processes: bool = False
+    """Decode images in worker processes instead of threads (many cores: decoding holds the GIL in part)."""
     python_compile: bool = True
     """Also require compile() for Python files."""
     image_views: int = 2
@@ -120,7 +122,7 @@ class PrepConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for key in ("out", "device", "overwrite"):
+        for key in ("out", "device", "overwrite", "clip_decode_processes"):  # how, not what: free to change
             d.pop(key)
         d["image_crop_scale"] = list(d["image_crop_scale"])
         return d
@@ -330,6 +332,7 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
                 threshold=cfg.clip_threshold,
                 keep_fraction=cfg.clip_keep_fraction,
                 device=cfg.device,
+                decode_processes=cfg.clip_decode_processes,
             )
         else:
             skipped[IMAGE]["clip"] = (

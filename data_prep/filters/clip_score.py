@@ -39,6 +39,27 @@ def clipscore(cosine: float) -> float:
     return CLIPSCORE_WEIGHT * max(cosine, 0.0)
 
 
+def decode_to_uint8(data: bytes | None, size: int) -> Any:
+    """Fast path of the image side: decode, RGB, resize shortest side (bicubic), centre crop ->
+    (size, size, 3) uint8, or None when the bytes do not decode. A module-level function so that
+    worker processes can run it (decoding holds the GIL part of the time: threads stop scaling)."""
+    import numpy as np
+    from PIL import Image
+
+    s = size
+    try:
+        with Image.open(io.BytesIO(data or b"")) as im:
+            im = im.convert("RGB")
+        w, h = im.size
+        # torchvision's Resize(int) on a PIL image: short side -> s, long side -> int(s * long / short)
+        nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        im = im.resize((nw, nh), Image.BICUBIC)
+        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))  # torchvision's CenterCrop
+        return np.asarray(im.crop((left, top, left + s, top + s)))
+    except Exception:  # noqa: BLE001 - any decode failure is this pair's problem, not the run's
+        return None
+
+
 class ClipScoreFilter(BaseFilter):
     name = "clip"
     batched = True
@@ -54,6 +75,7 @@ class ClipScoreFilter(BaseFilter):
         device: str = "auto",
         workers: int | None = None,
         fast_preprocess: bool | None = None,
+        decode_processes: bool = False,
     ):
         if mode not in ("clipscore", "topk"):
             raise PrepError(f"--clip-mode {mode}: must be 'clipscore' (fixed CLIPScore cut) or 'topk' (keep top k%)")
@@ -77,6 +99,8 @@ class ClipScoreFilter(BaseFilter):
         self.fast_preprocess = fast_preprocess
         """Resize/crop to uint8 in the worker threads and normalise on the device (same numbers as open_clip's
         transform, tested); None: on for CUDA when the model uses the standard shortest-side bicubic transform."""
+        self.decode_processes = decode_processes
+        """Decode in `workers` processes instead of threads (fast path only): scales past the GIL on many cores."""
         self._model: Any = None
         if mode == "clipscore" and self.arch not in CALIBRATED_ARCHS:
             log.warning(
@@ -87,7 +111,8 @@ class ClipScoreFilter(BaseFilter):
             )
 
     def config(self) -> dict[str, Any]:
-        return {k: v for k, v in super().config().items() if k not in ("workers", "fast_preprocess")}
+        return {k: v for k, v in super().config().items()
+                if k not in ("workers", "fast_preprocess", "decode_processes")}
 
     def _load(self) -> None:
         if self._model is not None:
@@ -140,22 +165,7 @@ class ClipScoreFilter(BaseFilter):
         return size[0], tuple(cfg["mean"]), tuple(cfg["std"])
 
     def _prepare_uint8(self, doc: Document) -> Any:
-        """Fast path: decode, RGB, resize shortest side (bicubic), centre crop -> (S, S, 3) uint8, or None."""
-        import numpy as np
-        from PIL import Image
-
-        s = self._fast[0]
-        try:
-            with Image.open(io.BytesIO(doc.data or b"")) as im:
-                im = im.convert("RGB")
-            w, h = im.size
-            # torchvision's Resize(int) on a PIL image: short side -> s, long side -> int(s * long / short)
-            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
-            im = im.resize((nw, nh), Image.BICUBIC)
-            top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))  # torchvision's CenterCrop
-            return np.asarray(im.crop((left, top, left + s, top + s)))
-        except Exception:  # noqa: BLE001 - any decode failure is this pair's problem, not the run's
-            return None
+        return decode_to_uint8(doc.data, self._fast[0])
 
     def _to_pixels(self, arrays: list[Any]) -> Any:
         """uint8 (B, S, S, 3) on the host -> normalised float (B, 3, S, S) on the device."""
@@ -175,42 +185,67 @@ class ClipScoreFilter(BaseFilter):
         except Exception:  # noqa: BLE001 - any decode failure is this pair's problem, not the run's
             return None
 
+    def _decode_pool(self):
+        """Workers for the image side (made once, kept for later batches), or None for in-line decoding."""
+        if self._n_workers <= 1:
+            return None
+        if getattr(self, "_pool", None) is None:
+            import atexit
+
+            if self.decode_processes and self._fast is not None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                # spawn: the parent may hold CUDA state, which a forked child must not inherit
+                self._pool = ProcessPoolExecutor(self._n_workers, mp_context=multiprocessing.get_context("spawn"))
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self._n_workers)
+            atexit.register(self._pool.shutdown)
+        return self._pool
+
+    def _submit(self, pool, chunk: Sequence[Document]):
+        """Start preparing a chunk's images; returns something list() turns into the results, in order."""
+        if self._fast is not None:
+            size = self._fast[0]
+            if pool is None:
+                return (decode_to_uint8(d.data, size) for d in chunk)
+            chunksize = max(1, len(chunk) // (4 * self._n_workers)) if self.decode_processes else 1
+            return pool.map(decode_to_uint8, [d.data for d in chunk], [size] * len(chunk), chunksize=chunksize)
+        return pool.map(self._prepare, chunk) if pool is not None else (self._prepare(d) for d in chunk)
+
     def cosines(self, docs: Sequence[Document]) -> list[float | None]:
-        """Cosine(image, caption) per pair; None where the image cannot be decoded."""
+        """Cosine(image, caption) per pair; None where the image cannot be decoded. The images of the
+        next batch are prepared by the workers while the model runs on this one."""
         self._load()
         torch = self._torch
         out: list[float | None] = []
-        pool = None
-        if self._n_workers > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(self._n_workers)
-        try:
-            for start in range(0, len(docs), self.batch_size):
-                chunk = docs[start : start + self.batch_size]
-                prep = self._prepare_uint8 if self._fast is not None else self._prepare
-                pixels = list(pool.map(prep, chunk)) if pool else [prep(d) for d in chunk]
-                ok = [i for i, p in enumerate(pixels) if p is not None]
-                chunk_cos: list[float | None] = [None] * len(chunk)
-                if ok:
-                    if self._fast is not None:
-                        images = self._to_pixels([pixels[i] for i in ok])  # (B, 3, H, W)
-                    else:
-                        images = torch.stack([pixels[i] for i in ok]).to(
-                            self._device, non_blocking=True
-                        )  # (B, 3, H, W)
-                    texts = self._tokenizer([chunk[i].text for i in ok]).to(self._device)  # (B, 77)
-                    use_amp = self._device.startswith("cuda")
-                    with torch.inference_mode(), torch.autocast("cuda", enabled=use_amp, dtype=torch.float16):
-                        img = self._model.encode_image(images, normalize=True)  # (B, D)
-                        txt = self._model.encode_text(texts, normalize=True)  # (B, D)
-                        cos = (img.float() * txt.float()).sum(-1).cpu().tolist()
-                    for i, c in zip(ok, cos):
-                        chunk_cos[i] = c
-                out.extend(chunk_cos)
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        chunks = [docs[i : i + self.batch_size] for i in range(0, len(docs), self.batch_size)]
+        pool = self._decode_pool()
+        pending = self._submit(pool, chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            pixels = list(pending)
+            if k + 1 < len(chunks):
+                pending = self._submit(pool, chunks[k + 1])  # decode ahead while the model runs
+            ok = [i for i, p in enumerate(pixels) if p is not None]
+            chunk_cos: list[float | None] = [None] * len(chunk)
+            if ok:
+                if self._fast is not None:
+                    images = self._to_pixels([pixels[i] for i in ok])  # (B, 3, H, W)
+                else:
+                    images = torch.stack([pixels[i] for i in ok]).to(
+                        self._device, non_blocking=True
+                    )  # (B, 3, H, W)
+                texts = self._tokenizer([chunk[i].text for i in ok]).to(self._device)  # (B, 77)
+                use_amp = self._device.startswith("cuda")
+                with torch.inference_mode(), torch.autocast("cuda", enabled=use_amp, dtype=torch.float16):
+                    img = self._model.encode_image(images, normalize=True)  # (B, D)
+                    txt = self._model.encode_text(texts, normalize=True)  # (B, D)
+                    cos = (img.float() * txt.float()).sum(-1).cpu().tolist()
+                for i, c in zip(ok, cos):
+                    chunk_cos[i] = c
+            out.extend(chunk_cos)
         return out
 
     def filter_batch(self, docs: Sequence[Document]) -> list[FilterResult]:

@@ -170,3 +170,24 @@ def test_clip_fast_preprocess_matches_open_clip_transform(tiny_clip):
     assert got.shape == expected.shape == (4, 3, 32, 32)
     assert torch.allclose(got, expected, atol=1e-5)
     assert fast.cosines(docs) == pytest.approx(ref.cosines(docs), abs=1e-5)
+
+
+def test_clip_decode_in_processes_equals_threads(tiny_clip):
+    """Worker processes (past the GIL) prepare exactly what threads do, batches overlapping the model."""
+    import io
+    from concurrent.futures import ProcessPoolExecutor
+
+    from PIL import Image
+
+    docs = []
+    for i, size in enumerate([(48, 48), (90, 40), (37, 101), (64, 33), (40, 40)]):
+        buf = io.BytesIO()
+        Image.effect_noise(size, 40 + 10 * i).convert("RGB").save(buf, format="JPEG")
+        docs.append(pair(f"noise {i}", buf.getvalue()))
+    docs.insert(2, pair("broken", b"\xff\xd8 not a jpeg"))
+    kw = dict(mode="topk", device="cpu", fast_preprocess=True, workers=2, batch_size=2)
+    threads = ClipScoreFilter(tiny_clip, **kw)
+    procs = ClipScoreFilter(tiny_clip, decode_processes=True, **kw)
+    a, b = threads.cosines(docs), procs.cosines(docs)
+    assert isinstance(procs._pool, ProcessPoolExecutor) and not isinstance(threads._pool, ProcessPoolExecutor)
+    assert a == b and a[2] is None and all(c is not None for i, c in enumerate(a) if i != 2)
