@@ -26,7 +26,8 @@ log = logging.getLogger("r1_ds.demo")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="outputs/demo", help="folder for everything the demo writes (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=120, help="training steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default: %(default)s)")
+    p.add_argument("--global-batch", type=int, default=16, help="sequences per step (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per training row (default: %(default)s)")
     p.add_argument("--processes", type=int, default=2, help="training processes = pipeline stages (default: 2)")
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
           "--preset", "tiny", "--set", f"model.overrides.vocab_size={meta['vocab_size']}",
           "--set", f"model.overrides.max_position_embeddings={max(256, meta['seq_len'])}",
           "--data", str(data / "shards"), "--pipe", str(args.processes), "--steps", str(args.steps),
+          "--global-batch", str(args.global_batch),
           "--warmup-steps", str(max(1, args.steps // 10)), "--lr", "3e-3", "--save-every", str(max(1, args.steps // 2)),
           "--output-dir", str(run_dir), "--resume", "none", "--no-progress"], env)
 
