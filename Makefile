@@ -16,7 +16,6 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e ".[dev,quality,eval]"
-	$(BIN)/python -m r1_ds.ops_prebuild
 	@touch $(STAMP)
 
 install: $(STAMP)

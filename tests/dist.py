@@ -21,8 +21,7 @@ a JIT build on first use (~30 s on 2 cores, cached in ~/.cache/torch_extensions)
 /dev/shm that DeepSpeed 0.19.8 never unlinks (`shared_close` is never called), so every run leaks RAM until the
 machine runs out. Training never uses it (only `inference_all_reduce`, which falls back to the process group), so the
 harness turns it off: no build, no leak. Set R1_TEST_SHM_OP=1 to keep it (the harness then unlinks the run's files).
-Outside the harness (deepspeed/torchrun launches on CPU) pre-build it once with
-    DS_ACCELERATOR=cpu python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()"
+The trainer (`r1_ds.train.init_distributed`) turns it off the same way for deepspeed/torchrun launches on CPU.
 """
 
 from __future__ import annotations
