@@ -3,7 +3,8 @@
     python benchmarks/attention.py --device cuda                      # H200: 1k .. 64k tokens (and more)
     python benchmarks/attention.py --device cpu --lengths 1024 2048   # CPU, small sizes
 
-Both sides get the same projected q, k, v (B, T, d) and include their rotary embeddings; dense is
+Both sides get the same projected q, k, v (B, T, d) and include their rotary embeddings (compiled on
+GPU on both sides, from precomputed cos / sin tables); dense is
 `scaled_dot_product_attention(is_causal=True)` with d / dense_heads head size, timed on every
 backend that runs (cuDNN, flash, memory-efficient) and the best one kept. R1 runs the path the
 trainer uses on that device: the FlexAttention fast path on CUDA, the eager reference on CPU (no
@@ -24,11 +25,19 @@ import torch
 import torch.nn.functional as F
 
 from r1_ds.model.hierarchical_attention import (
+    compiled_on_cuda,
     hierarchical_attention_eager,
     hierarchical_attention_flex,
+    rope_table,
     rotary,
     split_heads,
 )
+
+
+@compiled_on_cuda
+def dense_inputs(q, k, v, cos, sin, heads: int):
+    """Dense side's rotary (per head of d / heads), compiled on GPU like R1's glue."""
+    return split_heads(rotary(q, cos, sin), heads), split_heads(rotary(k, cos, sin), heads), split_heads(v, heads)
 
 
 def attention_flops(T: int, *, d: int, window: int, paragraph: int, document: int, top_k: int) -> tuple[float, float]:
@@ -132,14 +141,13 @@ def main() -> None:
         q, k, v = (torch.randn(B, T, d, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
         grad = torch.randn(B, T, d, device=dev, dtype=dtype)
         pos = torch.arange(T, device=dev)
+        cos, sin = rope_table(pos, d // dense_heads, 10000.0)
         row = {"T": T, "batch": B}
 
         def dense_step(backend):
             def step():
                 with sdpa_kernel([backend]):
-                    o = F.scaled_dot_product_attention(
-                        rotary(split_heads(q, dense_heads), pos, 10000.0), rotary(split_heads(k, dense_heads), pos, 10000.0),
-                        split_heads(v, dense_heads), is_causal=True)
+                    o = F.scaled_dot_product_attention(*dense_inputs(q, k, v, cos, sin, dense_heads), is_causal=True)
                 o.transpose(1, 2).reshape(B, T, d).backward(grad)
             return step
 

@@ -1,32 +1,100 @@
-"""Profile one fwd+bwd of hierarchical attention on CUDA and print the top kernels (a tuning aid)."""
+"""Where hierarchical attention's time goes on CUDA: each part timed alone (fwd+bwd), wall time
+against GPU time, and the costliest kernels of one whole step. A tuning aid, not a benchmark.
+
+    python benchmarks/profile_attention.py --T 8192 --batch 8
+"""
 
 import argparse
+import time
 
 import torch
 
-from r1_ds.model.hierarchical_attention import hierarchical_attention_flex
+from r1_ds.model import hierarchical_attention as ha
 
 p = argparse.ArgumentParser()
 p.add_argument("--T", type=int, default=8192)
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--dim", type=int, default=2048)
 p.add_argument("--level-heads", type=int, nargs=3, default=(8, 16, 32))
+p.add_argument("--rows", type=int, default=30)
 args = p.parse_args()
+torch._dynamo.config.cache_size_limit = 64
 kw = dict(level_heads=tuple(args.level_heads), window=128, paragraph_size=128, document_size=1024, top_k=4,
           rope_theta=10000.0)
-q, k, v = (torch.randn(args.batch, args.T, args.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-           for _ in range(3))
+B, T, d = args.batch, args.T, args.dim
+H1, H2, H3 = args.level_heads
+q, k, v = (torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 g = torch.randn_like(q)
 
 
-def step():
-    torch.autograd.backward(hierarchical_attention_flex(q, k, v, **kw), (g, g, g))
+def timed(name, fn, n=10):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    s.record()
+    for _ in range(n):
+        fn()
+    e.record()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / n * 1e3
+    print(f"{name:<48} {s.elapsed_time(e) / n:8.2f} ms gpu {wall:8.2f} ms wall", flush=True)
 
+
+def whole():
+    torch.autograd.backward(ha.hierarchical_attention_flex(q, k, v, **kw), (g, g, g))
+
+
+def leaf(*xs):
+    return [x.detach().requires_grad_(True) for x in xs]
+
+
+timed("whole step fwd+bwd", whole)
+timed("whole step fwd only", lambda: ha.hierarchical_attention_flex(q, k, v, **kw))
+
+# the shared glue, then each level's kernel on ready inputs
+g_, G_ = 128, 1024
+n_par, n_doc = T // g_, T // G_
+S = -(-(1 + n_par) // g_) * g_
+r = ha.rope_size(d, (H1, H2, H3))
+grid = lambda n, step: ha._rope_grid(n, step, r, 1e4, "cuda", False)  # noqa: E731
+glue_args = (q, k, v, *grid(T, 1), *grid(n_par, g_), *grid(n_doc, G_), n_par, S, n_doc, g_, G_)
+outs = ha._flex_inputs(*glue_args)
+timed("glue (rotary, summaries, key layout) fwd+bwd",
+      lambda: torch.autograd.backward(ha._flex_inputs(*glue_args), [torch.ones_like(o) for o in outs]))
+qr, kbuf, vbuf, k3, v3 = leaf(*outs)
+m1 = ha._window_block_mask(T, 128, 128, "cuda")
+l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kbuf[:, S:], H1), ha.split_heads(vbuf[:, S:], H1))
+o1g = torch.randn(B, H1, T, d // H1, device="cuda", dtype=torch.bfloat16)
+timed(f"L1 flex kernel fwd+bwd (hd {d // H1})", lambda: ha._flex(*l1_in, m1, (d // H1) ** -0.5).backward(o1g))
+l1b = [x.detach().contiguous().view(B, H1, T, 2, d // H1 // 2).transpose(2, 3).reshape(B, 2 * H1, T, d // H1 // 2)
+       .requires_grad_(True) for x in l1_in]
+o1b = torch.randn(B, 2 * H1, T, d // H1 // 2, device="cuda", dtype=torch.bfloat16)
+timed(f"L1 flex kernel fwd+bwd at hd {d // H1 // 2} (same window)", lambda: ha._flex(*l1b, m1, 0.1).backward(o1b))
+
+
+def l2_mask():
+    with torch.no_grad():
+        idx, valid, _ = ha._route_compiled(q, k, n_heads=H2, paragraph_size=128, top_k=4, first_block=0,
+                                            n_blocks=T // 128)
+        return ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=128, span=8)
+
+
+timed("L2 routing + block mask", l2_mask)
+m2 = l2_mask()
+l2_in = leaf(ha.split_heads(qr, H2), ha.split_heads(kbuf, H2), ha.split_heads(vbuf, H2))
+o2g = torch.randn(B, H2, T, d // H2, device="cuda", dtype=torch.bfloat16)
+timed(f"L2 flex kernel fwd+bwd (hd {d // H2})", lambda: ha._flex(*l2_in, m2, (d // H2) ** -0.5).backward(o2g))
+timed("L3 fwd+bwd", lambda: ha._document_attention(qr, k3, v3, H3, G_, T).backward(g))
+timed("dense cuDNN SDPA fwd+bwd (16 x 128, no rotary)", lambda: torch.nn.functional.scaled_dot_product_attention(
+    *[ha.split_heads(x, 16) for x in (q, k, v)], is_causal=True).backward(torch.ones(B, 16, T, 128, device="cuda",
+                                                                                     dtype=torch.bfloat16)))
 
 for _ in range(3):
-    step()
+    whole()
 torch.cuda.synchronize()
 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
-    step()
+    whole()
     torch.cuda.synchronize()
-print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))

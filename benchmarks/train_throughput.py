@@ -118,11 +118,14 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         tok_s = micro * seq_len * args.steps / dt
         peak = peak_flops("bf16")
         if args.profile:  # where a step's time goes (a tuning aid; not part of the figures)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            acts = [torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+            with torch.profiler.profile(activities=acts) as prof:
+                t1 = time.perf_counter()
                 step()
                 torch.cuda.synchronize()
-            print(f"profile of one {name} {preset} step at {seq_len} tokens:\n"
-                  + prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+                t1 = time.perf_counter() - t1
+            print(f"profile of one {name} {preset} step at {seq_len} tokens ({t1 * 1e3:.0f} ms wall, profiled):\n"
+                  + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70))
         row.update(tokens_per_s=tok_s, step_s=dt / args.steps, loss=float(loss),
                    mfu=model_flops(name, preset, seq_len) * tok_s / peak if peak else None,
                    peak_mem_gib=torch.cuda.max_memory_allocated() / 2 ** 30)

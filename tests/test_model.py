@@ -166,13 +166,56 @@ def test_gate_formula():
     with torch.no_grad():
         h1, h2, h3 = attn.levels(x)
         out, alpha = attn.fuse(h1, h2, h3)
-        W, b = attn.gate.weight, attn.gate.bias  # (3, 3d), (3,)
+        W, b = attn.gate.weight[:3], attn.gate.bias[:3]  # W_g (3, 3d), b_g (3,): rows 3.. are alignment padding
         expect_alpha = torch.sigmoid(torch.cat([h1, h2, h3], -1) @ W.T + b)
         expect = attn.o_proj(h1 + expect_alpha[..., :1] * h1 + expect_alpha[..., 1:2] * h2 + expect_alpha[..., 2:] * h3)
     torch.testing.assert_close(alpha, expect_alpha)
     torch.testing.assert_close(out, expect)
     assert alpha.shape == (2, 40, 3) and bool(((alpha > 0) & (alpha < 1)).all())
     assert h2.abs().sum() > 0 and h3.abs().sum() > 0  # every level contributes at this length
+
+
+def test_gate_padding_rows_stay_zero_and_inert():
+    m = model()
+    gate = m.model.layers[0].self_attn.gate
+    assert gate.weight.shape[0] == 8 and bool((gate.weight[3:] == 0).all())
+    h = [torch.randn(2, 5, m.config.hidden_size, requires_grad=True) for _ in range(3)]
+    gate.bias.data[3:] = 7.0  # whatever the padding holds, the logits ignore it
+    logits = gate(*h)
+    expect = F.linear(torch.cat(h, -1), gate.weight[:3], gate.bias[:3])
+    torch.testing.assert_close(logits, expect)
+    torch.testing.assert_close(gate(torch.cat(h, -1)), expect)  # the concatenated (tensor-parallel) form
+    logits.sum().backward()
+    assert bool((gate.weight.grad[3:] == 0).all()) and bool((gate.bias.grad[3:] == 0).all())
+
+
+@pytest.mark.parametrize("preset", ["tiny", "125m", "350m", "1.3b"])
+def test_every_parameter_keeps_flat_buffers_aligned(preset):
+    # DeepSpeed packs parameters back to back into flat buffers: a parameter whose size is not a
+    # multiple of 8 elements leaves every later one off 16-byte alignment (slow cuBLAS kernels).
+    with torch.device("meta"):
+        m = R1ForCausalLM(R1Config.from_preset(preset))
+    odd = {n: p.numel() for n, p in m.named_parameters() if p.numel() % 8}
+    assert not odd
+
+
+def test_rotary_is_relative_for_every_level_head():
+    from r1_ds.model.hierarchical_attention import rope_size, rope_table, rotary, split_heads
+
+    cfg = tiny()
+    d, r = cfg.hidden_size, rope_size(cfg.hidden_size, cfg.level_heads)
+    assert r == d // max(cfg.level_heads)
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, d, dtype=torch.float64), torch.randn(1, 1, d, dtype=torch.float64)
+
+    def scores(pq, pk):
+        qr = rotary(q, *[t.double() for t in rope_table(torch.tensor([pq]), r, 1e4)])
+        kr = rotary(k, *[t.double() for t in rope_table(torch.tensor([pk]), r, 1e4)])
+        return [(split_heads(qr, H) * split_heads(kr, H)).sum(-1) for H in cfg.level_heads]
+
+    for a, b in zip(scores(10.0, 3.0), scores(107.0, 100.0)):  # same offset, other place: same scores
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # the tables are fp32
+    assert not torch.allclose(scores(10.0, 3.0)[0], scores(10.0, 4.0)[0])  # another offset: other scores
 
 
 def test_cached_generation_equals_uncached():
@@ -307,7 +350,8 @@ def test_presets_have_their_sizes():
     assert set(PRESETS) >= {"tiny", "125m", "350m", "1.3b"}
     m = R1ForCausalLM(R1Config.from_preset("tiny", tie_word_embeddings=True))
     c = m.config
+    # per layer: q, k, v, o; the level gate (3d -> 3, stored as 3d -> 8); SwiGLU; two norms
     formula = c.vocab_size * c.hidden_size + c.num_hidden_layers * (
-        4 * c.hidden_size**2 + 9 * c.hidden_size + 3 + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
+        4 * c.hidden_size**2 + 8 * 3 * c.hidden_size + 8 + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
     ) + c.hidden_size
     assert sum(p.numel() for p in m.parameters()) == formula

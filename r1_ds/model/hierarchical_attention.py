@@ -26,6 +26,28 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------- shared pieces
 
 
+def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
+    """fn, but through torch.compile when its first argument is on a GPU; on CPU, fn itself. The
+    memory-bound glue around the matmuls and attention kernels (rotary, pooling, key layout, norms,
+    gates) left eager costs several times the kernels themselves (benchmarks/results/attention.md).
+    dynamic=None lets shapes vary without a recompile each (element-wise pieces that see every
+    length in generation); the attention glue stays static (its shapes set the kernels' tiles)."""
+    if fn is None:
+        return functools.partial(compiled_on_cuda, dynamic=dynamic)
+    compiled = None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal compiled
+        if not args[0].is_cuda:
+            return fn(*args, **kwargs)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=dynamic)
+        return compiled(*args, **kwargs)
+
+    return wrapper
+
+
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(B, T, d) -> (B, H, T, d // H)"""
     B, T, d = x.shape
@@ -45,17 +67,34 @@ def pool_groups(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[:, : n * size].view(B, n, size, d).mean(dim=2)
 
 
-def rotary(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding of x (B, H, T, hd) at float positions pos (T,).
+def rope_size(d: int, level_heads) -> int:
+    """Channels per rotary chunk: the largest size that tiles every level's heads (their gcd)."""
+    return math.gcd(*(d // h for h in level_heads))
 
-    Summaries sit at the centre of their group (a fractional position), so positions are floats.
+
+def rope_table(pos: torch.Tensor, size: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (T, size / 2) fp32 of float positions pos (T,). Summaries sit at the centre of their
+    group (a fractional position), so positions are floats. Computed once per call, outside the
+    compiled glue, so a kernel reads the table instead of evaluating sin/cos per element."""
+    inv_freq = theta ** (-torch.arange(0, size, 2, device=pos.device, dtype=torch.float32) / size)
+    ang = pos.to(torch.float32)[:, None] * inv_freq[None, :]
+    return ang.cos(), ang.sin()
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x (B, T, d), applied to every chunk of r = 2 * cos.shape[-1]
+    channels (pairs (i, i + r/2) of a chunk rotate by pos * theta^(-2i/r)), in fp32.
+
+    One pass serves every level: r divides each level's head size, so a head of any level is a row
+    of whole chunks, and q.k within a head depends only on the relative position, which is all
+    rotary promises. (Per-head frequencies would need one rotary pass per level.)
     """
-    hd = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
-    ang = pos.to(torch.float32)[:, None] * inv_freq[None, :]  # (T, hd/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    B, T, d = x.shape
+    half = cos.shape[-1]
+    xc = x.float().view(B, T, d // (2 * half), 2 * half)
+    x1, x2 = xc[..., :half], xc[..., half:]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).view(B, T, d).to(x.dtype)
 
 
 def summary_positions(n: int, size: int, device) -> torch.Tensor:
@@ -132,26 +171,28 @@ def hierarchical_attention_eager(
     """
     B, T, d = k.shape
     g, G = paragraph_size, document_size
+    r = rope_size(d, level_heads)
     kpos = torch.arange(T, device=k.device)
     qp = q_pos[:, None]
+    # One rotary for every level: queries and token keys at their positions, summaries (below) at
+    # the centre of their group.
+    qr = rotary(q_new, *rope_table(q_pos, r, rope_theta))
+    kr = rotary(k, *rope_table(kpos, r, rope_theta))
     outs = []
 
     # L1: causal sliding window over tokens.
     H = level_heads[0]
-    qh = rotary(split_heads(q_new, H), q_pos, rope_theta)
-    kh = rotary(split_heads(k, H), kpos, rope_theta)
     mask = (kpos[None, :] <= qp) & (kpos[None, :] > qp - window)
-    outs.append(merge_heads(_masked_attention(qh, kh, split_heads(v, H), mask, (d // H) ** -0.5)))
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), split_heads(kr, H), split_heads(v, H), mask,
+                                              (d // H) ** -0.5)))
 
     # L2: null + last `span` paragraph summaries + routed paragraphs at token resolution.
     H = level_heads[1]
     span = G // g
     n_par = T // g
-    qh = rotary(split_heads(q_new, H), q_pos, rope_theta)
-    ks = rotary(split_heads(pool_groups(k, g), H), summary_positions(n_par, g, k.device), rope_theta)
+    ks = split_heads(rotary(pool_groups(k, g), *rope_table(summary_positions(n_par, g, k.device), r, rope_theta)), H)
     vs = split_heads(pool_groups(v, g), H)
-    kt = rotary(split_heads(k, H), kpos, rope_theta)
-    vt = split_heads(v, H)
+    kt, vt = split_heads(kr, H), split_heads(v, H)
     keys = torch.cat([_null(kt), ks, kt], dim=2)
     values = torch.cat([_null(vt), vs, vt], dim=2)
     qb = qp // g  # query paragraph (Tq, 1)
@@ -173,19 +214,18 @@ def hierarchical_attention_eager(
     mask = torch.cat([
         torch.ones(B, H, len(q_pos), 1, dtype=torch.bool, device=k.device),
         m_sum.expand(B, H, -1, -1), m_tok], dim=-1)
-    outs.append(merge_heads(_masked_attention(qh, keys, values, mask, (d // H) ** -0.5)))
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, (d // H) ** -0.5)))
 
     # L3: null + summaries of every complete document group before the query's group.
     H = level_heads[2]
     n_doc = T // G
-    qh = rotary(split_heads(q_new, H), q_pos, rope_theta)
-    ks = rotary(split_heads(pool_groups(k, G), H), summary_positions(n_doc, G, k.device), rope_theta)
+    ks = split_heads(rotary(pool_groups(k, G), *rope_table(summary_positions(n_doc, G, k.device), r, rope_theta)), H)
     vs = split_heads(pool_groups(v, G), H)
     keys = torch.cat([_null(ks), ks], dim=2)
     values = torch.cat([_null(vs), vs], dim=2)
     jd = torch.arange(n_doc, device=k.device)[None, :]
     mask = torch.cat([torch.ones(len(q_pos), 1, dtype=torch.bool, device=k.device), jd < qp // G], dim=-1)
-    outs.append(merge_heads(_masked_attention(qh, keys, values, mask, (d // H) ** -0.5)))
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, (d // H) ** -0.5)))
     return outs[0], outs[1], outs[2]
 
 
@@ -258,9 +298,33 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
     from torch.nn.attention.flex_attention import BlockMask
 
     g = paragraph_size
+    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks
+    n_qb = idx.shape[2]
+    kv_num, kv_idx, full_num, full_idx, routed = _paragraph_block_tables(idx, valid, n_par, length, g, span)
+
+    # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
+    # fused kernel applies it to partial blocks; full (routed) blocks skip it.
+    def mask_mod(b, h, q_idx, kv_idx_):
+        j = kv_idx_ - 1
+        qpar = q_idx // g
+        summary = (kv_idx_ == 0) | ((kv_idx_ < S) & (j < n_par) & (j < qpar) & (j >= qpar - span))
+        tok_par = ((kv_idx_ - S) // g).clamp(0, n_qb - 1)
+        token = (kv_idx_ >= S) & routed[b, h, qpar, tok_par]
+        return summary | token
+
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=g, mask_mod=mask_mod,
+                                    seq_lengths=(length, S + length))
+
+
+@compiled_on_cuda
+def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size: int, span: int):
+    """Block tables of paragraph_block_mask: (kv_num, kv_idx) partial summary blocks, (full_num,
+    full_idx) routed token blocks, and routed (B, H, n_qb, n_qb), paragraph j routed for query
+    paragraph b. One compiled graph on GPU (dozens of tiny kernels left eager)."""
+    g = paragraph_size
     B, H, n_qb, _ = idx.shape
     dev = idx.device
-    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks
+    S = -(-(1 + n_par) // g) * g
     n_sb = S // g
     qb = torch.arange(n_qb, device=dev)
     lo = (1 + (qb - span).clamp(min=0)) // g
@@ -278,82 +342,53 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
     full = torch.zeros(B, H, n_qb, n_kv + 1, dtype=torch.bool, device=dev)
     full.scatter_(-1, torch.where(valid, idx + n_sb, n_kv), True)
     full_num, full_idx = _as_indices(full[..., :n_kv])
-    # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
-    # fused kernel applies it to partial blocks; full (routed) blocks skip it.
-    routed = full[..., n_sb:n_kv].contiguous()  # (B, H, n_qb, n_qb): paragraph j routed for query paragraph b
-
-    def mask_mod(b, h, q_idx, kv_idx_):
-        j = kv_idx_ - 1
-        qpar = q_idx // g
-        summary = (kv_idx_ == 0) | ((kv_idx_ < S) & (j < n_par) & (j < qpar) & (j >= qpar - span))
-        tok_par = ((kv_idx_ - S) // g).clamp(0, n_qb - 1)
-        token = (kv_idx_ >= S) & routed[b, h, qpar, tok_par]
-        return summary | token
-
-    return BlockMask.from_kv_blocks(
-        kv_num[None, None].expand(B, H, -1).contiguous(), kv_idx[None, None].expand(B, H, -1, -1).contiguous(),
-        full_num, full_idx, BLOCK_SIZE=g, mask_mod=mask_mod, seq_lengths=(length, S + length))
+    routed = full[..., n_sb:n_kv].contiguous()
+    return (kv_num[None, None].expand(B, H, -1).contiguous(), kv_idx[None, None].expand(B, H, -1, -1).contiguous(),
+            full_num, full_idx, routed)
 
 
-def _compiled_on_cuda(fn):
-    """fn, but through torch.compile when its first argument is on a GPU: the glue around the
-    attention kernels (rotary, pooling, key concatenation) is memory-bound, and left eager it costs
-    several times the kernels themselves (measured: benchmarks/results/attention.md)."""
-    compiled = None
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        nonlocal compiled
-        if not args[0].is_cuda:
-            return fn(*args, **kwargs)
-        if compiled is None:
-            compiled = torch.compile(fn, dynamic=False)
-        return compiled(*args, **kwargs)
-
-    return wrapper
+@functools.lru_cache(maxsize=64)
+def _rope_grid(n: int, step: int, size: int, theta: float, device: str, inference: bool):
+    """rope_table at positions i * step + (step - 1) / 2, i < n (tokens: step 1; summaries: the group
+    centres), cached: every layer of a forward pass asks for the same tables. `inference` keys the
+    cache because tensors made under inference_mode cannot be saved for backward."""
+    pos = torch.arange(n, device=device, dtype=torch.float32) * step + (step - 1) / 2
+    return rope_table(pos, size, theta)
 
 
-@_compiled_on_cuda
-def _level1_inputs(q, k, v, n_heads: int, rope_theta: float):
-    pos = torch.arange(q.shape[1], device=q.device)
-    return (rotary(split_heads(q, n_heads), pos, rope_theta), rotary(split_heads(k, n_heads), pos, rope_theta),
-            split_heads(v, n_heads))
+_route_compiled = compiled_on_cuda(route_paragraphs)  # ~40 small kernels as one graph on GPU
 
 
-@_compiled_on_cuda
-def _level2_inputs(q, k, v, n_heads: int, paragraph_size: int, n_par: int, summary_len: int, rope_theta: float):
-    """Queries, and keys/values laid out as [null, summaries, pad | tokens] (see paragraph_block_mask).
-    q, k, v are padded to whole paragraphs; summaries come from the n_par complete ones."""
-    B, Tp, _ = q.shape
-    g = paragraph_size
-    pos = torch.arange(Tp, device=q.device)
-    ks = rotary(split_heads(pool_groups(k[:, : n_par * g], g), n_heads), summary_positions(n_par, g, q.device),
-                rope_theta)
-    vs = split_heads(pool_groups(v[:, : n_par * g], g), n_heads)
-    kt = rotary(split_heads(k, n_heads), pos, rope_theta)
-    vt = split_heads(v, n_heads)
-    pad = summary_len - 1 - n_par
-    keys = torch.cat([_null(kt), ks, kt.new_zeros(B, n_heads, pad, kt.shape[-1]), kt], dim=2)
-    values = torch.cat([_null(vt), vs, vt.new_zeros(B, n_heads, pad, vt.shape[-1]), vt], dim=2)
-    return rotary(split_heads(q, n_heads), pos, rope_theta), keys, values
+@compiled_on_cuda
+def _flex_inputs(q, k, v, cos, sin, cos_p, sin_p, cos_d, sin_d, n_par: int, summary_len: int, n_doc: int,
+                 paragraph_size: int, document_size: int):
+    """Every level's operands in one memory pass, all (B, ., d) with heads still folded:
+    rotated queries; L2 keys / values laid out as [null, n_par summaries, pad | tokens] (see
+    paragraph_block_mask), whose token part also serves L1; L3 keys / values [null, document summaries].
+    q, k, v are padded to whole paragraphs; summaries come from complete groups only."""
+    B, Tp, d = q.shape
+    g, G = paragraph_size, document_size
+    zero = k.new_zeros(B, 1, d)
+    pad = k.new_zeros(B, summary_len - 1 - n_par, d)
+    ks = rotary(pool_groups(k[:, : n_par * g], g), cos_p, sin_p)
+    kbuf = torch.cat([zero, ks, pad, rotary(k, cos, sin)], dim=1)
+    vbuf = torch.cat([zero, pool_groups(v[:, : n_par * g], g), pad, v], dim=1)
+    k3 = torch.cat([zero, rotary(pool_groups(k[:, : n_doc * G], G), cos_d, sin_d)], dim=1)
+    v3 = torch.cat([zero, pool_groups(v[:, : n_doc * G], G)], dim=1)
+    return rotary(q, cos, sin), kbuf, vbuf, k3, v3
 
 
-@_compiled_on_cuda
-def _level3(q, k, v, n_heads: int, document_size: int, rope_theta: float):
-    """Document level: few keys (T / G), so SDPA with a dense (T, 1 + T/G) mask is cheap."""
-    B, T, d = q.shape
-    G = document_size
-    n_doc = T // G
-    ks = rotary(split_heads(pool_groups(k, G), n_heads), summary_positions(n_doc, G, q.device), rope_theta)
-    vs = split_heads(pool_groups(v, G), n_heads)
-    keys = torch.cat([_null(ks), ks], dim=2)
-    values = torch.cat([_null(vs), vs], dim=2)
-    tpos = torch.arange(T, device=q.device)
-    jd = torch.arange(n_doc, device=q.device)
-    mask = torch.cat([torch.ones(T, 1, dtype=torch.bool, device=q.device), jd[None] < (tpos // G)[:, None]], -1)
-    o = F.scaled_dot_product_attention(rotary(split_heads(q, n_heads), tpos, rope_theta), keys, values,
+@compiled_on_cuda
+def _document_attention(qr, k3, v3, n_heads: int, document_size: int, length: int):
+    """L3: few keys (1 + T / G), so SDPA with a dense (T, 1 + T/G) mask is cheap. -> (B, length, d)"""
+    B, Tp, d = qr.shape
+    tpos = torch.arange(Tp, device=qr.device)
+    jd = torch.arange(k3.shape[1] - 1, device=qr.device)
+    mask = torch.cat([torch.ones(Tp, 1, dtype=torch.bool, device=qr.device),
+                      jd[None] < (tpos // document_size)[:, None]], -1)
+    o = F.scaled_dot_product_attention(split_heads(qr, n_heads), split_heads(k3, n_heads), split_heads(v3, n_heads),
                                        attn_mask=mask, scale=(d // n_heads) ** -0.5)
-    return merge_heads(o)
+    return merge_heads(o)[:, :length]
 
 
 def hierarchical_attention_flex(
@@ -363,27 +398,31 @@ def hierarchical_attention_flex(
     """Fast path for a whole causal sequence (training / prefill): same result as the eager
     reference with q_pos = arange(T), computed with FlexAttention block-sparse kernels.
 
-    L2's keys are laid out as [null, summaries, pad | tokens]; the block mask gives each query
+    One compiled pass rotates q and k once for all levels and writes L2's keys as [null, summaries,
+    pad | tokens]; L1 reads the token part of the same buffer. The block mask gives each query
     paragraph the summary blocks it needs (partial blocks, masked element-wise) and its routed
     paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are one paragraph.
     """
     B, T, d = q.shape
-    g = paragraph_size
+    g, G = paragraph_size, document_size
     Tp = -(-T // g) * g  # padded to whole paragraphs
-    qp, kp, vp = _pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp)
+    n_par, n_doc = T // g, T // G
+    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks (as in paragraph_block_mask)
+    r = rope_size(d, level_heads)
+    grid = functools.partial(_rope_grid, size=r, theta=float(rope_theta), device=str(q.device),
+                             inference=torch.is_inference_mode_enabled())
+    qr, kbuf, vbuf, k3, v3 = _flex_inputs(_pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp), *grid(Tp, 1),
+                                          *grid(n_par, g), *grid(n_doc, G), n_par, S, n_doc, g, G)
 
     H = level_heads[0]
-    o1 = _flex(*_level1_inputs(qp, kp, vp, H, rope_theta), _window_block_mask(Tp, window, g, str(q.device)),
-               (d // H) ** -0.5)
+    o1 = _flex(split_heads(qr, H), split_heads(kbuf[:, S:], H), split_heads(vbuf[:, S:], H),
+               _window_block_mask(Tp, window, g, str(q.device)), (d // H) ** -0.5)
 
     H = level_heads[1]
-    n_par = T // g
-    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks (as in paragraph_block_mask)
-    idx, valid, _ = route_paragraphs(q, k, n_heads=H, paragraph_size=g, top_k=top_k, first_block=0,
-                                     n_blocks=Tp // g)
-    block_mask = paragraph_block_mask(idx, valid, n_par=n_par, length=Tp, paragraph_size=g,
-                                      span=document_size // g)
-    o2 = _flex(*_level2_inputs(qp, kp, vp, H, g, n_par, S, rope_theta), block_mask, (d // H) ** -0.5)
+    idx, valid, _ = _route_compiled(q, k, n_heads=H, paragraph_size=g, top_k=top_k, first_block=0,
+                                    n_blocks=Tp // g)
+    block_mask = paragraph_block_mask(idx, valid, n_par=n_par, length=Tp, paragraph_size=g, span=G // g)
+    o2 = _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
 
-    h3 = _level3(q, k, v, level_heads[2], document_size, rope_theta)
+    h3 = _document_attention(qr, k3, v3, level_heads[2], G, T)
     return merge_heads(o1)[:, :T], merge_heads(o2)[:, :T], h3

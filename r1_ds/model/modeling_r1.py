@@ -20,6 +20,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_r1 import R1Config
+from .hierarchical_attention import compiled_on_cuda, hierarchical_attention_eager, hierarchical_attention_flex
 
 # transformers 5.24 renamed `past_key_values` to `cache` (arguments and output fields); 5.17, on the
 # GPU image, still uses the old name. Accept both, emit whichever this version's outputs define.
@@ -29,17 +30,62 @@ _CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields_
 def _take_cache(past_key_values, kwargs):
     cache = kwargs.pop("cache", None)
     return cache if cache is not None else past_key_values
-from .hierarchical_attention import hierarchical_attention_eager, hierarchical_attention_flex
+
+
+# Element-wise pieces of the block, compiled into single kernels on GPU (eager, and identical, on
+# CPU). Left eager they cost more than the matmuls around them: benchmarks/results/train_throughput.md.
+
+
+@compiled_on_cuda(dynamic=None)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+@compiled_on_cuda(dynamic=None)
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+@compiled_on_cuda(dynamic=None)
+def level_gate_logits(h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor) -> torch.Tensor:
+    """W_g [h1; h2; h3] + b_g (B, T, 3) in fp32, as three dot products per token and level. A matmul
+    with 3 output columns falls back to slow untiled GEMM kernels on GPU (measured: 38% of a 1.3B
+    training step); as a reduction it is one pass over h1, h2, h3."""
+    d = h1.shape[-1]
+    logits = bias.float()
+    for i, h in enumerate((h1, h2, h3)):
+        logits = logits + (h.float().unsqueeze(-2) * weight[:, i * d:(i + 1) * d].float()).sum(-1)
+    return logits
+
+
+@compiled_on_cuda(dynamic=None)
+def gated_sum(h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor, logits: torch.Tensor):
+    """alpha = sigmoid(logits); h1 + sum_i alpha_i h_i (the residual path keeps h1 whole)."""
+    alpha = torch.sigmoid(logits.float())
+    fused = h1.float() * (1 + alpha[..., 0:1]) + alpha[..., 1:2] * h2.float() + alpha[..., 2:3] * h3.float()
+    return fused.to(h1.dtype), alpha.to(h1.dtype)
+
+
+@compiled_on_cuda(dynamic=None)
+def _smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, ignore_index: int,
+                            reduction: str) -> torch.Tensor:
+    # Compiled, the fp32 upcast of the (B, T, V) logits never reaches memory.
+    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                           reduction=reduction)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.1,
                    num_items_in_batch: int | torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
     """Label-smoothed next-token cross entropy. logits (B, T, V), labels (B, T) unshifted (HF style)."""
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1]
     labels = labels[:, 1:].to(logits.device)
     reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=ignore_index,
-                           label_smoothing=label_smoothing, reduction=reduction)
+    loss = _smoothed_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), float(label_smoothing),
+                                   ignore_index, reduction)
     if num_items_in_batch is not None:  # gradient accumulation: normalise by the tokens of all micro-batches
         loss = loss / num_items_in_batch
     return loss
@@ -52,10 +98,7 @@ class R1RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class DropPath(nn.Module):
@@ -82,7 +125,25 @@ class R1MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class R1LevelGate(nn.Linear):
+    """W_g, b_g of the level gate: rows 0..2 of an nn.Linear(3d, 8) (so init, checkpoints and
+    tensor-parallel plans treat it as a plain linear layer). Rows 3..7 are zero and unused: they are
+    there so that every parameter has a multiple of 8 elements. DeepSpeed packs parameters back to
+    back into flat buffers, and one 3-element bias would leave every later weight 2 bytes off
+    16-byte alignment, which pushes cuBLAS onto its slow unaligned kernels (measured: a 1.3B step
+    ran 2.4x slower than Llama's) and breaks compiled kernels. It also takes the three levels apart,
+    skipping the concatenation."""
+
+    rows = 3  # levels
+
+    def forward(self, *levels: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3) logits, from [h1; h2; h3] or from h1, h2, h3 apart."""
+        if len(levels) == 1:
+            return super().forward(levels[0])[..., : self.rows]
+        return level_gate_logits(*levels, self.weight[: self.rows], self.bias[: self.rows])
 
 
 class R1HierarchicalAttention(nn.Module):
@@ -100,7 +161,7 @@ class R1HierarchicalAttention(nn.Module):
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
-        self.gate = nn.Linear(3 * d, 3, bias=True)  # W_g, b_g
+        self.gate = R1LevelGate(3 * d, 8, bias=True)  # W_g, b_g (3 rows used)
 
     def kernel_kwargs(self) -> dict:
         c = self.config
@@ -127,8 +188,11 @@ class R1HierarchicalAttention(nn.Module):
         return hierarchical_attention_eager(q, k_all, v_all, q_all, q_pos, **self.kernel_kwargs())
 
     def fuse(self, h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha = torch.sigmoid(self.gate(torch.cat([h1, h2, h3], dim=-1)))  # (B, T, 3)
-        fused = h1 + alpha[..., 0:1] * h1 + alpha[..., 1:2] * h2 + alpha[..., 2:3] * h3
+        if isinstance(self.gate, R1LevelGate):
+            logits = self.gate(h1, h2, h3)
+        else:  # a replaced gate (a tensor-parallel row shard) takes the concatenation
+            logits = self.gate(torch.cat([h1, h2, h3], dim=-1))[..., : R1LevelGate.rows]
+        fused, alpha = gated_sum(h1, h2, h3, logits)  # alpha: (B, T, 3)
         return self.o_proj(fused), alpha
 
     def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
@@ -177,6 +241,8 @@ class R1PreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+            if isinstance(module, R1LevelGate):
+                module.weight[module.rows:].zero_()  # the alignment padding stays inert
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=c.initializer_range)
         elif isinstance(module, R1RMSNorm):
