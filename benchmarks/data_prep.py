@@ -255,7 +255,7 @@ def gpu_rows(args) -> list[dict]:
 
     rows = []
     docs = image_docs(args.clip_pairs, size=256, fmt="JPEG")
-    for processes in (False, True):  # decode in threads (default), then in worker processes (past the GIL)
+    for processes in (False, True):  # decode in threads, then in worker processes (the CUDA default: past the GIL)
         clip = ClipScoreFilter(args.clip_arch, mode="topk", device=args.device, batch_size=args.clip_batch,
                                decode_processes=processes)
         clip.cosines(docs[: 2 * args.clip_batch])  # build + warm up (cuDNN autotune, allocator, worker start)

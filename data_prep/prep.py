@@ -89,8 +89,8 @@ class PrepConfig:
     """CLIPScore cut (0.75 = cosine 0.30, LAION-400M's ViT-B/32 threshold)."""
     clip_keep_fraction: float = 0.3
     """Share kept per part in topk mode."""
-    clip_decode_processes: bool = False
-    """Decode images in worker processes instead of threads (many cores: decoding holds the GIL in part)."""
+    clip_decode_processes: bool | None = None
+    """Decode images in worker processes (True) or threads (False); None: processes on CUDA, threads on CPU."""
     python_compile: bool = True
     """Also require compile() for Python files."""
     image_views: int = 2
