@@ -185,6 +185,10 @@ def test_gate_padding_rows_stay_zero_and_inert():
     expect = F.linear(torch.cat(h, -1), gate.weight[:3], gate.bias[:3])
     torch.testing.assert_close(logits, expect)
     torch.testing.assert_close(gate(torch.cat(h, -1)), expect)  # the concatenated (tensor-parallel) form
+    # the GPU form (a compiled reduction there; the same function runs eagerly here)
+    from r1_ds.model.modeling_r1 import level_gate_logits
+
+    torch.testing.assert_close(level_gate_logits(*h, gate.weight[:3], gate.bias[:3]), expect)
     logits.sum().backward()
     assert bool((gate.weight.grad[3:] == 0).all()) and bool((gate.bias.grad[3:] == 0).all())
 

@@ -184,7 +184,7 @@ def test_universal_checkpoint_patterns_classify_every_parameter_once(pipeline):
         assert kinds == expected, f"{ds} ({hf}) matched {kinds}, expected {expected}"
     assert used == {p for pats in lists.values() for p in pats}, "a pattern matches no parameter (strict mode fails)"
     (gate,) = info[C.PARAMETER_WITH_SUB_PARAMS]
-    assert gate["shape"] == (3, (64, 64, 64)) and gate["partition_dim"] == 1
+    assert gate["shape"] == (8, (64, 64, 64)) and gate["partition_dim"] == 1  # the gate: 8 stored rows
     assert info[C.SUB_PARAM_SHARD_WIDTHS][gate["patterns"][0]] == [[32, 32]] * 3
 
 
@@ -274,7 +274,7 @@ def test_tensor_2_equals_one_process_model():
     for rank, r in enumerate((r0, r1)):
         sliced = shard_state_dict(ref_init, rank, 2)
         assert all(torch.equal(sliced[k], r["init"][k]) for k in sliced)
-    assert r0["init"]["model.layers.0.self_attn.gate.weight"].shape == (3, 96)
+    assert r0["init"]["model.layers.0.self_attn.gate.weight"].shape == (8, 96)  # 3 gate rows + 5 alignment rows, the input split
 
     _assert_full_equal(merge_tensor_parallel_state_dicts([r0["grads"], r1["grads"]]), r0["ref_grads"],
                        atol=2e-5, what="gradients of step 1")

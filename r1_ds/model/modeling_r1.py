@@ -141,8 +141,9 @@ class R1LevelGate(nn.Linear):
 
     def forward(self, *levels: torch.Tensor) -> torch.Tensor:
         """(B, T, 3) logits, from [h1; h2; h3] or from h1, h2, h3 apart."""
-        if len(levels) == 1:
-            return super().forward(levels[0])[..., : self.rows]
+        if len(levels) == 1 or not levels[0].is_cuda:  # CPU: the plain matmul is fine there
+            x = levels[0] if len(levels) == 1 else torch.cat(levels, dim=-1)
+            return super().forward(x)[..., : self.rows]
         return level_gate_logits(*levels, self.weight[: self.rows], self.bias[: self.rows])
 
 

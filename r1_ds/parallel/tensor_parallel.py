@@ -278,7 +278,7 @@ STYLES: dict[str, tuple[Callable, dict[str, tuple[int, int]]]] = {
     "colwise": (_colwise, {"weight": (0, 1), "bias": (0, 1)}),
     # nn.Linear, input features split; partial outputs all-reduced, bias (replicated) added once
     "rowwise": (_rowwise, {"weight": (1, 1)}),
-    # the level gate nn.Linear(3d, 3): row-parallel over [h1; h2; h3] (3 blocks), bias once; its output
+    # the level gate nn.Linear(3d, 8) (3 rows used): row-parallel over [h1; h2; h3] (3 blocks), bias once; its output
     # weighs sharded heads, so its gradient is all-reduced in backward
     "gate": (_gate, {"weight": (1, 3)}),
     # nn.Embedding or LM-head nn.Linear, split by vocabulary rows; the head returns sharded logits
@@ -494,12 +494,13 @@ def universal_checkpoint_info(config, tensor: int, plan: dict[str, str] = R1_TP_
         elif how == (0, 1) and hf_name in ("model.embed_tokens.weight", "lm_head.weight"):
             vocab.append(pattern)
     d = config.hidden_size
+    gate_rows = full.model.layers[0].self_attn.gate.out_features  # 3 levels, stored padded to 8 rows
     return {
         C.UNIVERSAL_CHECKPOINT_VERSION_KEY: C.UNIVERSAL_CHECKPOINT_VERSION_VALUE,
         C.TP_REPLICATED_PARAMETER_PATTERNS: replicated,
         C.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: row,
         C.VOCABULARY_PARAMETER_PATTERNS: vocab,
         C.ORIGINAL_VOCAB_SIZE: config.vocab_size,
-        C.PARAMETER_WITH_SUB_PARAMS: [{"patterns": sub, "shape": (3, (d, d, d)), "partition_dim": 1}] if sub else [],
+        C.PARAMETER_WITH_SUB_PARAMS: [{"patterns": sub, "shape": (gate_rows, (d, d, d)), "partition_dim": 1}] if sub else [],
         C.SUB_PARAM_SHARD_WIDTHS: {p: [[d // tensor] * tensor] * 3 for p in sub},
     }
