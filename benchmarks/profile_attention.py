@@ -58,7 +58,7 @@ g_, G_ = 128, 1024
 n_par, n_doc = T // g_, T // G_
 S = -(-(1 + n_par) // g_) * g_
 r = ha.rope_size(d, (H1, H2, H3))
-grid = lambda n, step: ha._rope_grid(n, step, r, 1e4, "cuda", False)  # noqa: E731
+grid = lambda n, step: ha._rope_grid(n, step, r, 1e4, "cuda")  # noqa: E731
 glue_args = (q, k, v, *grid(T, 1), *grid(n_par, g_), *grid(n_doc, G_), n_par, S, n_doc, g_, G_)
 outs = ha._flex_inputs(*glue_args)
 timed("glue (rotary, summaries, key layout) fwd+bwd",

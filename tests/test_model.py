@@ -222,6 +222,18 @@ def test_rotary_is_relative_for_every_level_head():
     assert not torch.allclose(scores(10.0, 3.0)[0], scores(10.0, 4.0)[0])  # another offset: other scores
 
 
+def test_cached_tables_made_in_inference_mode_can_serve_training():
+    from r1_ds.model import hierarchical_attention as ha
+
+    with torch.inference_mode():  # the first caller (say, an HF pipeline) runs in inference mode
+        grid = ha._rope_grid(40, 1, 8, 1e4, "cpu")
+        mask = ha._window_block_mask(48, 16, 8, "cpu")
+    assert not any(t.is_inference() for t in (*grid, mask.kv_num_blocks, mask.kv_indices))
+    x = torch.randn(1, 40, 16, requires_grad=True)
+    ha.rotary(x, *grid).sum().backward()  # a training step can save them for backward
+    assert x.grad is not None
+
+
 def test_cached_generation_equals_uncached():
     m = model(seed=3)
     prompt = torch.randint(0, m.config.vocab_size, (2, 37))  # decoding crosses paragraph and document edges
@@ -324,6 +336,7 @@ def test_sequence_classification_head():
 
 @pytest.mark.parametrize("overrides, field, shown", [
     (dict(level_heads=(3, 4, 8)), "level_heads", "[3, 4, 8]"),
+    (dict(level_heads=(2, 4, 16)), "level_heads", "[2, 4, 16]"),  # head size 4: too few rotary frequencies
     (dict(document_size=20), "document_size", "20"),
     (dict(local_window=512), "local_window", "512"),
     (dict(route_top_k=-1), "route_top_k", "-1"),

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Sequence
 
 from data_prep.document import Document, FilterResult
@@ -191,6 +192,14 @@ class ClipScoreFilter(BaseFilter):
             return False
         return self._device.startswith("cuda") if self.decode_processes is None else self.decode_processes
 
+    def _fall_back_to_threads(self):
+        log.warning("clip: the image-decoding worker processes could not start (a script that spawns processes "
+                    "needs an `if __name__ == \"__main__\":` guard); decoding in threads instead")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        self.decode_processes = False
+        return self._decode_pool()
+
     def _decode_pool(self):
         """Workers for the image side (made once, kept for later batches), or None for in-line decoding."""
         if self._n_workers <= 1:
@@ -231,7 +240,11 @@ class ClipScoreFilter(BaseFilter):
         pool = self._decode_pool()
         pending = self._submit(pool, chunks[0]) if chunks else None
         for k, chunk in enumerate(chunks):
-            pixels = list(pending)
+            try:
+                pixels = list(pending)
+            except BrokenProcessPool:  # e.g. a script without `if __name__ == "__main__":` cannot spawn
+                pool = self._fall_back_to_threads()
+                pixels = list(self._submit(pool, chunk))
             if k + 1 < len(chunks):
                 pending = self._submit(pool, chunks[k + 1])  # decode ahead while the model runs
             ok = [i for i, p in enumerate(pixels) if p is not None]

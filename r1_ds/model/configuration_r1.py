@@ -132,6 +132,12 @@ class R1Config(PretrainedConfig):
                 fail("level_heads", self.level_heads,
                      f"level {i + 1} head size {d}/{h}={d // h} must be even for rotary embeddings",
                      "choose head counts giving an even head size")
+        rope = math.gcd(*(d // h for h in self.level_heads))
+        if rope < 8:
+            fail("level_heads", self.level_heads,
+                 f"the head sizes must share a factor of at least 8: rotary runs once over chunks of "
+                 f"gcd(head sizes) = {rope} channels, fewer than 4 rotary frequencies per head",
+                 "choose head counts whose head sizes share a factor of at least 8 (e.g. 8/16/32)")
         if self.document_size % self.paragraph_size:
             fail("document_size", self.document_size,
                  f"must be a multiple of paragraph_size={self.paragraph_size} (documents are made of whole paragraphs)",

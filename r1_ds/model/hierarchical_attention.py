@@ -26,6 +26,16 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------- shared pieces
 
 
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """The static attention glue compiles once per padded length; past dynamo's default limit (8
+    lengths, e.g. prefills of varied prompts) it would silently fall back to eager, and flex to its
+    unfused O(T^2) path. Raise the limit, never lower it."""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    if getattr(cfg, name) < limit:
+        setattr(cfg, name, limit)
+
+
 def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
     """fn, but through torch.compile when its first argument is on a GPU; on CPU, fn itself. The
     memory-bound glue around the matmuls and attention kernels (rotary, pooling, key layout, norms,
@@ -42,6 +52,7 @@ def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
         if not args[0].is_cuda:
             return fn(*args, **kwargs)
         if compiled is None:
+            _raise_recompile_limit()
             compiled = torch.compile(fn, dynamic=dynamic)
         return compiled(*args, **kwargs)
 
@@ -83,7 +94,7 @@ def rope_table(pos: torch.Tensor, size: int, theta: float) -> tuple[torch.Tensor
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of x (B, T, d), applied to every chunk of r = 2 * cos.shape[-1]
-    channels (pairs (i, i + r/2) of a chunk rotate by pos * theta^(-2i/r)), in fp32.
+    channels (pairs (i, i + r/2) of a chunk rotate by pos * theta^(-2i/r)), in fp32 (or fp64).
 
     One pass serves every level: r divides each level's head size, so a head of any level is a row
     of whole chunks, and q.k within a head depends only on the relative position, which is all
@@ -91,7 +102,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """
     B, T, d = x.shape
     half = cos.shape[-1]
-    xc = x.float().view(B, T, d // (2 * half), 2 * half)
+    xc = x.to(torch.promote_types(x.dtype, torch.float32)).view(B, T, d // (2 * half), 2 * half)
     x1, x2 = xc[..., :half], xc[..., half:]
     cos, sin = cos[:, None, :], sin[:, None, :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).view(B, T, d).to(x.dtype)
@@ -200,8 +211,8 @@ def hierarchical_attention_eager(
     m_sum = (j < qb) & (j >= qb - span)  # (Tq, n_par)
     b0 = int(q_pos[0]) // g
     n_qb = int(q_pos[-1]) // g - b0 + 1
-    idx, valid, _ = route_paragraphs(q_hist, k, n_heads=H, paragraph_size=g, top_k=top_k,
-                                     first_block=b0, n_blocks=n_qb)
+    idx, valid, _ = route_paragraphs(q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
+                                     first_block=b0, n_blocks=n_qb)  # routing carries no gradient
     routed = torch.zeros(B, H, n_qb, n_par + 1, dtype=torch.bool, device=k.device)
     routed.scatter_(-1, torch.where(valid, idx, n_par), True)  # unused slots land in a spare column
     routed = routed[..., :n_par]
@@ -258,8 +269,15 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return num, idx
 
 
-@functools.lru_cache(maxsize=32)
 def _window_block_mask(T: int, window: int, block: int, device: str):
+    """L1's BlockMask, cached per (length, window, block, device); built outside inference mode (see
+    _rope_grid)."""
+    with torch.inference_mode(False):
+        return _window_block_mask_cached(T, window, block, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _window_block_mask_cached(T: int, window: int, block: int, device: str):
     """L1 mask, built once per (length, window, block, device) straight from block tables (no
     T x T evaluation): q - window < kv <= q. Blocks wholly inside the window are "full" (no
     element-wise mask in the kernel); the diagonal and the window's far edge are partial."""
@@ -347,13 +365,14 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
             full_num, full_idx, routed)
 
 
-@functools.lru_cache(maxsize=64)
-def _rope_grid(n: int, step: int, size: int, theta: float, device: str, inference: bool):
+@functools.lru_cache(maxsize=16)
+def _rope_grid(n: int, step: int, size: int, theta: float, device: str):
     """rope_table at positions i * step + (step - 1) / 2, i < n (tokens: step 1; summaries: the group
-    centres), cached: every layer of a forward pass asks for the same tables. `inference` keys the
-    cache because tensors made under inference_mode cannot be saved for backward."""
-    pos = torch.arange(n, device=device, dtype=torch.float32) * step + (step - 1) / 2
-    return rope_table(pos, size, theta)
+    centres), cached: every layer of a forward pass asks for the same tables. Built outside
+    inference mode: an inference tensor in the cache could not be saved for a later backward."""
+    with torch.inference_mode(False):
+        pos = torch.arange(n, device=device, dtype=torch.float32) * step + (step - 1) / 2
+        return rope_table(pos, size, theta)
 
 
 _route_compiled = compiled_on_cuda(route_paragraphs)  # ~40 small kernels as one graph on GPU
@@ -409,8 +428,7 @@ def hierarchical_attention_flex(
     n_par, n_doc = T // g, T // G
     S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks (as in paragraph_block_mask)
     r = rope_size(d, level_heads)
-    grid = functools.partial(_rope_grid, size=r, theta=float(rope_theta), device=str(q.device),
-                             inference=torch.is_inference_mode_enabled())
+    grid = functools.partial(_rope_grid, size=r, theta=float(rope_theta), device=str(q.device))
     qr, kbuf, vbuf, k3, v3 = _flex_inputs(_pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp), *grid(Tp, 1),
                                           *grid(n_par, g), *grid(n_doc, G), n_par, S, n_doc, g, G)
 
@@ -419,8 +437,8 @@ def hierarchical_attention_flex(
                _window_block_mask(Tp, window, g, str(q.device)), (d // H) ** -0.5)
 
     H = level_heads[1]
-    idx, valid, _ = _route_compiled(q, k, n_heads=H, paragraph_size=g, top_k=top_k, first_block=0,
-                                    n_blocks=Tp // g)
+    idx, valid, _ = _route_compiled(q.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
+                                    first_block=0, n_blocks=Tp // g)  # routing carries no gradient
     block_mask = paragraph_block_mask(idx, valid, n_par=n_par, length=Tp, paragraph_size=g, span=G // g)
     o2 = _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
 

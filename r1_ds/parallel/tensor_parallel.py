@@ -14,7 +14,7 @@ q/k/v are column-parallel, so rank r holds the columns [r d/tp, (r+1) d/tp) of q
 with H heads views those columns as its heads [r H/tp, (r+1) H/tp), of unchanged size d/H, for all
 three levels at once; the kernels run unchanged on the local width with H/tp heads (per-head
 routing included). The gate reads [h1; h2; h3]: each rank multiplies its three column slices by
-the matching columns of W_g (a row-parallel layer over a 3-block input), the (B, T, 3)
+the matching columns of W_g (a row-parallel layer over a 3-block input), the (B, T, 8) (3 gate rows + 5 alignment rows)
 pre-activations are all-reduced and b_g added once, so alpha is the same on every rank. o_proj is
 row-parallel. Norms, b_g and the residual stream are replicated.
 """

@@ -191,3 +191,39 @@ def test_clip_decode_in_processes_equals_threads(tiny_clip):
     a, b = threads.cosines(docs), procs.cosines(docs)
     assert isinstance(procs._pool, ProcessPoolExecutor) and not isinstance(threads._pool, ProcessPoolExecutor)
     assert a == b and a[2] is None and all(c is not None for i, c in enumerate(a) if i != 2)
+
+
+def test_clip_falls_back_to_threads_when_processes_cannot_start(tiny_clip, monkeypatch, caplog):
+    """A process pool that breaks (a script without a __main__ guard cannot spawn) costs a warning, not the run."""
+    import concurrent.futures
+    import io
+    from concurrent.futures.process import BrokenProcessPool
+
+    from PIL import Image
+
+    class BrokenPool:
+        def __init__(self, *a, **k):
+            pass
+
+        def map(self, *a, **k):
+            def results():
+                raise BrokenProcessPool("A child process terminated abruptly")
+                yield
+
+            return results()
+
+        def shutdown(self, *a, **k):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", BrokenPool)
+    docs = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.effect_noise((40, 40), 40 + 10 * i).convert("RGB").save(buf, format="JPEG")
+        docs.append(pair(f"noise {i}", buf.getvalue()))
+    kw = dict(mode="topk", device="cpu", fast_preprocess=True, workers=2, batch_size=2)
+    got = ClipScoreFilter(tiny_clip, decode_processes=True, **kw)
+    with caplog.at_level("WARNING"):
+        cos = got.cosines(docs)
+    assert cos == ClipScoreFilter(tiny_clip, **kw).cosines(docs)
+    assert got.decode_processes is False and "decoding in threads instead" in caplog.text
