@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, allocator)")
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (both models)")
+    p.add_argument("--compile-blocks", action="store_true",
+                   help="torch.compile each decoder block in place (both models, torchtitan-style): how much of "
+                        "the gap is Python and kernel-launch overhead")
     p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
     p.add_argument("--profile", action="store_true",
                    help="after timing, trace one step with torch.profiler and print the 25 costliest kernels")
@@ -96,6 +99,9 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
             model = r1_model(preset, seq_len) if name == "r1" else llama_model(preset, seq_len)
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable()
+        if args.compile_blocks:
+            for layer in model.model.layers:
+                layer.compile()
         row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
         engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
         gen = torch.Generator(device="cuda").manual_seed(1)
@@ -176,6 +182,7 @@ def main(argv=None) -> int:
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
               "deepspeed_config": os.path.relpath(args.deepspeed_config, ROOT), "tokens_per_step": args.tokens,
               "steps": args.steps, "warmup": args.warmup, "activation_checkpointing": args.activation_checkpointing,
+              "compile_blocks": args.compile_blocks,
               "rows": rows}
     path = args.json or (os.path.join(os.environ["OUT"], "train_throughput.json") if os.environ.get("OUT") else None)
     if path:
