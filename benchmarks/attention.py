@@ -19,11 +19,13 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from r1_ds.flops import visible_keys
 from r1_ds.model.hierarchical_attention import (
     compiled_on_cuda,
     hierarchical_attention_eager,
@@ -43,15 +45,11 @@ def dense_inputs(q, k, v, cos, sin, heads: int):
 def attention_flops(T: int, *, d: int, window: int, paragraph: int, document: int, top_k: int) -> tuple[float, float]:
     """Forward FLOPs of the attention core (QK^T and PV: 4 * d per visible key) summed over T
     queries, dense causal vs R1, from the formulas in docs/architecture.md (routing included)."""
-    t = torch.arange(T, dtype=torch.float64)
-    dense = 4 * d * (t + 1).sum().item()
-    l1 = torch.clamp(t + 1, max=window)
-    par = t // paragraph
-    l2 = 1 + torch.clamp(par, max=document // paragraph) + paragraph * torch.clamp(par, max=top_k)
-    l3 = 1 + t // document
+    dense = 4 * d * (T * (T + 1) // 2)  # query t sees t + 1 keys
+    keys = visible_keys(T, window=window, paragraph_size=paragraph, document_size=document, top_k=top_k)
     n_par = T // paragraph
     routing = 2 * d * n_par * n_par / 2  # qbar . kbar over candidate paragraphs, all heads together
-    return dense, 4 * d * (l1 + l2 + l3).sum().item() + routing
+    return float(dense), 4 * d * keys + routing
 
 
 def time_fn(fn, device: str, repeats: int) -> float:
@@ -110,8 +108,6 @@ def main() -> None:
     tokens = args.tokens or (65536 if cuda else 4096)
     repeats = args.repeats or (10 if cuda else 3)
     dtype = torch.bfloat16 if cuda else torch.float32
-    if cuda:
-        torch._dynamo.config.cache_size_limit = 64
     kw = dict(level_heads=level_heads, window=args.window, paragraph_size=args.paragraph,
               document_size=args.document, top_k=args.top_k, rope_theta=10000.0)
 
@@ -125,7 +121,7 @@ def main() -> None:
         "torch": torch.__version__, "dtype": str(dtype), "d": d, "level_heads": level_heads,
         "dense_heads": dense_heads, "window": args.window, "paragraph": args.paragraph,
         "document": args.document, "top_k": args.top_k, "tokens_per_step": tokens,
-        "command": "python benchmarks/attention.py " + " ".join(os.sys.argv[1:]),
+        "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:]),
     }
     out = args.json or os.path.join(os.environ.get("OUT", "benchmarks/results"), f"attention_{dev}.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -189,11 +185,13 @@ def main() -> None:
         if cuda:
             torch.cuda.empty_cache()
 
+    def fmt(x, f):
+        return format(x, f) if isinstance(x, (int, float)) else "-"
+
     print(f"\nHierarchical attention vs dense causal SDPA, fwd+bwd, {meta['device']}, {dtype}, d={d}")
     print(f"{'T':>7} {'B':>3} {'dense ms':>9} {'backend':>18} {'R1 ms':>8} {'speedup':>8} "
           f"{'dense GiB':>9} {'R1 GiB':>7} {'FLOP ratio':>10}")
     for r in rows:
-        fmt = lambda x, f: format(x, f) if isinstance(x, (int, float)) else "-"  # noqa: E731
         print(f"{r['T']:>7} {r['batch']:>3} {fmt(r.get('dense_ms'), '9.2f')} {r.get('dense_backend', '-'):>18} "
               f"{fmt(r.get('r1_ms'), '8.2f')} {fmt(r.get('speedup'), '8.2f')} {fmt(r.get('dense_peak_gib'), '9.2f')} "
               f"{fmt(r.get('r1_peak_gib'), '7.2f')} {r['dense_fwd_gflop'] / r['r1_fwd_gflop']:>10.1f}")

@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-STEPS="${*:-attention train fp16 clip train_compiled}"
+STEPS="${*:-attention train train_compiled fp16 clip}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # DeepSpeed configs as shipped, but with torch's AdamW: FusedAdam's JIT build costs minutes of a lease

@@ -18,7 +18,6 @@ p.add_argument("--dim", type=int, default=2048)
 p.add_argument("--level-heads", type=int, nargs=3, default=(8, 16, 32))
 p.add_argument("--rows", type=int, default=30)
 args = p.parse_args()
-torch._dynamo.config.cache_size_limit = 64
 kw = dict(level_heads=tuple(args.level_heads), window=128, paragraph_size=128, document_size=1024, top_k=4,
           rope_theta=10000.0)
 B, T, d = args.batch, args.T, args.dim
@@ -54,9 +53,9 @@ timed("whole step fwd+bwd", whole)
 timed("whole step fwd only", lambda: ha.hierarchical_attention_flex(q, k, v, **kw))
 
 # the shared glue, then each level's kernel on ready inputs
-g_, G_ = 128, 1024
+g_, G_ = kw["paragraph_size"], kw["document_size"]
 n_par, n_doc = T // g_, T // G_
-S = -(-(1 + n_par) // g_) * g_
+S = ha.summary_len(n_par, g_)
 r = ha.rope_size(d, (H1, H2, H3))
 grid = lambda n, step: ha._rope_grid(n, step, r, 1e4, "cuda")  # noqa: E731
 glue_args = (q, k, v, *grid(T, 1), *grid(n_par, g_), *grid(n_doc, G_), n_par, S, n_doc, g_, G_)
@@ -64,7 +63,7 @@ outs = ha._flex_inputs(*glue_args)
 timed("glue (rotary, summaries, key layout) fwd+bwd",
       lambda: torch.autograd.backward(ha._flex_inputs(*glue_args), [torch.ones_like(o) for o in outs]))
 qr, kbuf, vbuf, k3, v3 = leaf(*outs)
-m1 = ha._window_block_mask(T, 128, 128, "cuda")
+m1 = ha._window_block_mask(T, kw["window"], g_, "cuda")
 l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kbuf[:, S:], H1), ha.split_heads(vbuf[:, S:], H1))
 o1g = torch.randn(B, H1, T, d // H1, device="cuda", dtype=torch.bfloat16)
 timed(f"L1 flex kernel fwd+bwd (hd {d // H1})", lambda: ha._flex(*l1_in, m1, (d // H1) ** -0.5).backward(o1g))
@@ -76,9 +75,9 @@ timed(f"L1 flex kernel fwd+bwd at hd {d // H1 // 2} (same window)", lambda: ha._
 
 def l2_mask():
     with torch.no_grad():
-        idx, valid, _ = ha._route_compiled(q, k, n_heads=H2, paragraph_size=128, top_k=4, first_block=0,
-                                            n_blocks=T // 128)
-        return ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=128, span=8)
+        idx, valid, _ = ha._route_compiled(q, k, n_heads=H2, paragraph_size=g_, top_k=kw["top_k"], first_block=0,
+                                            n_blocks=T // g_)
+        return ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_, span=G_ // g_)
 
 
 timed("L2 routing + block mask", l2_mask)

@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from r1_ds.metrics import read_metrics  # noqa: E402
+
 # auto_fallback off: the "with compression" run compresses every step after warm-up, even where dense is faster
 COMPRESSION = {"enabled": True, "topk_ratio": 0.05, "bits": 8, "error_feedback": True, "auto_fallback": False}
 
@@ -71,7 +72,8 @@ def train(args, name: str, layout: tuple[int, int, int], compress: bool, work: s
     row = {
         "name": name, "layout": f"{pipe}x{tensor}x{data}", "procs": nproc, "compression": compress,
         "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed),
-        "mfu": sum(r["mfu"] for r in timed) / len(timed) if all(r.get("mfu") is not None for r in timed) else None, "peak_mem_gib": max(r.get("peak_mem_gib") or 0 for r in records),
+        "mfu": sum(r["mfu"] for r in timed) / len(timed) if all(r.get("mfu") is not None for r in timed) else None,
+        "peak_mem_gib": max(r.get("peak_mem_gib") or 0 for r in records),
         "final_loss": records[-1]["loss"], "curve": [(r["step"], r["loss"]) for r in records],
         "compression_ratio": records[-1].get("compression/ratio_vs_fp32"),
     }
@@ -123,7 +125,7 @@ def main() -> None:
             train(args, "3d_compressed", layout, True, work)]
     ref = rows[0].get("final_loss")
     meta = {"date": datetime.date.today().isoformat(), "device": args.device, "host": platform.node(),
-            "command": "python benchmarks/run_3d.py " + " ".join(sys.argv[1:]), **{k: v for k, v in vars(args).items()}}
+            "command": "python benchmarks/run_3d.py " + " ".join(sys.argv[1:]), **vars(args)}
     out = args.json or os.path.join(os.environ.get("OUT", os.path.join(ROOT, "benchmarks", "results")),
                                     f"run_3d_{args.device}.json")
     with open(out, "w") as f:

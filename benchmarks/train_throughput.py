@@ -87,6 +87,8 @@ def model_flops(name: str, preset: str, seq_len: int) -> float:
 def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict:
     import deepspeed
 
+    from r1_ds.train import peak_memory_gib
+
     micro = max(1, args.tokens // seq_len)
     ds = copy.deepcopy(ds_base)
     ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1, train_batch_size=micro)
@@ -134,7 +136,7 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
                   + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70))
         row.update(tokens_per_s=tok_s, step_s=dt / args.steps, loss=float(loss),
                    mfu=model_flops(name, preset, seq_len) * tok_s / peak if peak else None,
-                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2 ** 30)
+                   peak_mem_gib=peak_memory_gib())
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"
     finally:

@@ -143,46 +143,16 @@ def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace):
+    """Every PrepConfig field has a flag whose ``dest`` is the field's name; a field without one fails here."""
+    import dataclasses
+
     from data_prep.prep import PrepConfig
 
-    return PrepConfig(
-        out=args.out,
-        text=list(args.text),
-        code=list(args.code),
-        images=list(args.images),
-        sample=args.sample,
-        sample_text_docs=args.sample_text_docs,
-        sample_code_files=args.sample_code_files,
-        sample_images=args.sample_images,
-        text_field=args.text_field,
-        id_field=args.id_field,
-        max_chars=args.max_chars,
-        entropy_threshold=args.entropy_threshold,
-        entropy_window=args.entropy_window,
-        quality_model=args.quality_model,
-        quality_labels=args.quality_labels,
-        quality_backbone=args.quality_backbone,
-        quality_threshold=args.quality_threshold,
-        quality_max_length=args.quality_max_length,
-        clip_model=args.clip_model,
-        clip_mode=args.clip_mode,
-        clip_threshold=args.clip_threshold,
-        clip_keep_fraction=args.clip_keep_fraction,
-        clip_decode_processes=args.clip_decode_processes,
-        python_compile=args.python_compile,
-        image_views=args.image_views,
-        image_crop_scale=tuple(args.image_crop_scale),
-        image_flip=args.image_flip,
-        docstring_pairs_per_file=args.docstring_pairs_per_file,
-        vocab_size=args.vocab_size,
-        seq_len=args.seq_len,
-        shard_rows=args.shard_rows,
-        part_size=args.part_size,
-        image_part_size=args.image_part_size,
-        seed=args.seed,
-        device=args.device,
-        overwrite=args.overwrite,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepConfig)}
+    for key in ("text", "code", "images"):
+        values[key] = list(values[key])
+    values["image_crop_scale"] = tuple(values["image_crop_scale"])
+    return PrepConfig(**values)
 
 
 def run_prep(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from data_prep.errors import PrepError
 from data_prep.filters.base import BaseFilter
 from data_prep.pipeline import Pipeline
 from data_prep.readers import check_paths
+from data_prep.tokenizer_train import MIN_VOCAB
 from data_prep.triples import build_triples, iter_kept
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,8 @@ def validate(cfg: PrepConfig) -> None:
     need(cfg.seq_len >= 2, f"--seq-len {cfg.seq_len}: must be at least 2 tokens; e.g. --seq-len 512")
     need(cfg.shard_rows >= 1, f"--shard-rows {cfg.shard_rows}: must be at least 1; e.g. --shard-rows 1024")
     need(
-        cfg.vocab_size >= 257,
-        f"--vocab-size {cfg.vocab_size}: byte-level BPE needs at least 257 (256 bytes + <|endoftext|>)",
+        cfg.vocab_size >= MIN_VOCAB,
+        f"--vocab-size {cfg.vocab_size}: byte-level BPE needs at least {MIN_VOCAB} (256 bytes + <|endoftext|>)",
     )
     need(cfg.vocab_size <= 1 << 32, f"--vocab-size {cfg.vocab_size}: must fit uint32")
     need(cfg.part_size >= 1 and cfg.image_part_size >= 1, "--part-size / --image-part-size: must be at least 1")
@@ -177,7 +178,7 @@ def validate(cfg: PrepConfig) -> None:
     if cfg.quality_labels:
         check_paths("--train-quality-head", [cfg.quality_labels], 'pass a JSONL of {"text", "score"} lines')
     need(
-        not (cfg.quality_labels and cfg.quality_model not in ("auto",)),
+        not (cfg.quality_labels and cfg.quality_model != "auto"),
         f"--train-quality-head with --quality-model {cfg.quality_model}: pass one of them (train a head, or use one)",
     )
     if cfg.quality_model not in ("auto", "none"):
@@ -222,7 +223,7 @@ def _quality_filter(cfg: PrepConfig, out: Path, sample_labels: Path | None) -> t
 
     if cfg.quality_model == "none":
         return None, "disabled with --quality-model none"
-    if cfg.quality_model not in ("auto", "none"):
+    if cfg.quality_model != "auto":  # a trained head's folder
         return QualityClassifierFilter(cfg.quality_model, threshold=cfg.quality_threshold, device=cfg.device), None
     labels = Path(cfg.quality_labels) if cfg.quality_labels else sample_labels
     if labels is None:
@@ -299,6 +300,12 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     configs: dict[str, list[dict[str, Any]]] = {}
 
+    def filter_modality(modality: str, filters: list[BaseFilter], docs: Iterator[Any], part_size: int, t0: float):
+        # t0: when the modality's block began, so its timing includes building the filters (e.g. head training)
+        results[modality] = Pipeline(modality, filters, out_dir=out, part_size=part_size).run(docs)
+        configs[modality] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
+        timings[modality] = time.perf_counter() - t0
+
     if text_in:
         t = time.perf_counter()
         quality, why = _quality_filter(cfg, out, sample_labels)
@@ -312,16 +319,11 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             quality=quality,
         )
         docs = iter_text_documents(text_in, text_field=cfg.text_field, id_field=cfg.id_field, exclude=exclude)
-        results[TEXT] = Pipeline(TEXT, filters, out_dir=out, part_size=cfg.part_size).run(docs)
-        configs[TEXT] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
-        timings["text"] = time.perf_counter() - t
+        filter_modality(TEXT, filters, docs, cfg.part_size, t)
     if code_in:
         t = time.perf_counter()
         filters = stages.code_filters(max_chars=cfg.max_chars, python_compile=cfg.python_compile)
-        docs = iter_code_documents(code_in, exclude=exclude)
-        results[CODE] = Pipeline(CODE, filters, out_dir=out, part_size=cfg.part_size).run(docs)
-        configs[CODE] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
-        timings["code"] = time.perf_counter() - t
+        filter_modality(CODE, filters, iter_code_documents(code_in, exclude=exclude), cfg.part_size, t)
     if image_in:
         t = time.perf_counter()
         clip = None
@@ -340,10 +342,7 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             )
             log.info("image: CLIP filter skipped: %s", skipped[IMAGE]["clip"])
         filters = stages.image_filters(clip=clip)
-        docs = iter_image_documents(image_in, exclude=exclude)
-        results[IMAGE] = Pipeline(IMAGE, filters, out_dir=out, part_size=cfg.image_part_size).run(docs)
-        configs[IMAGE] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
-        timings["image"] = time.perf_counter() - t
+        filter_modality(IMAGE, filters, iter_image_documents(image_in, exclude=exclude), cfg.image_part_size, t)
 
     t = time.perf_counter()
     triples = build_triples(out, cfg.augment())
@@ -351,7 +350,7 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
 
     tokenizer_info: dict[str, Any] | None = None
     shards_meta: dict[str, Any] | None = None
-    n_lm_docs = sum(results.get(m, {}).get(_last(results, m), {}).get("kept", 0) for m in (TEXT, CODE))
+    n_lm_docs = sum(_kept(results.get(m, {})) for m in (TEXT, CODE))
     if n_lm_docs == 0:
         log.warning("no text or code document was kept: no tokenizer and no shards are written")
     else:
@@ -377,9 +376,9 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     return stats
 
 
-def _last(results: dict[str, dict[str, Any]], modality: str) -> str | None:
-    stages_ = list(results.get(modality, {}))
-    return stages_[-1] if stages_ else None
+def _kept(stage_stats: dict[str, Any]) -> int:
+    """Documents that survived every stage: the last stage's kept count (stages are in pipeline order)."""
+    return stage_stats[next(reversed(stage_stats))]["kept"] if stage_stats else 0
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -401,10 +400,9 @@ def build_stats(
     """
     modalities: dict[str, Any] = {}
     for modality, stage_stats in results.items():
-        names = list(stage_stats)
-        n_in = stage_stats[names[0]]["in"] if names else 0
-        kept = stage_stats[names[-1]]["kept"] if names else 0
-        by_reason = {f"{name}/{r}": n for name in names for r, n in sorted(stage_stats[name]["reasons"].items())}
+        n_in = stage_stats[next(iter(stage_stats))]["in"] if stage_stats else 0
+        kept = _kept(stage_stats)
+        by_reason = {f"{name}/{r}": n for name, st in stage_stats.items() for r, n in sorted(st["reasons"].items())}
         modalities[modality] = {
             "input": n_in,
             "kept": kept,

@@ -27,20 +27,19 @@ def state_name(index: int) -> str:
 
 
 def kept_record(doc: Document, out_dir: Path) -> dict[str, Any]:
-    rec: dict[str, Any] = {"id": doc.id, "text": doc.text, "source": doc.source, "metadata": doc.metadata}
-    if doc.modality == IMAGE:
-        image_sha1 = hashlib.sha1(doc.data or b"").hexdigest()
-        rel = IMAGE_STORE / f"{image_sha1}{doc.metadata.get('image_ext') or '.img'}"
-        if not (out_dir / rel).exists():
-            atomic_write_bytes(out_dir / rel, doc.data or b"")
-        rec = {
-            "id": doc.id,
-            "caption": doc.text,
-            "image": rel.as_posix(),
-            "source": doc.source,
-            "metadata": {**doc.metadata, "image_sha1": image_sha1},
-        }
-    return rec
+    if doc.modality != IMAGE:
+        return {"id": doc.id, "text": doc.text, "source": doc.source, "metadata": doc.metadata}
+    image_sha1 = hashlib.sha1(doc.data or b"").hexdigest()
+    rel = IMAGE_STORE / f"{image_sha1}{doc.metadata.get('image_ext') or '.img'}"
+    if not (out_dir / rel).exists():
+        atomic_write_bytes(out_dir / rel, doc.data or b"")
+    return {
+        "id": doc.id,
+        "caption": doc.text,
+        "image": rel.as_posix(),
+        "source": doc.source,
+        "metadata": {**doc.metadata, "image_sha1": image_sha1},
+    }
 
 
 def reject_record(doc: Document, stage: str, reason: str) -> dict[str, Any]:

@@ -87,7 +87,10 @@ def _clean_leftovers(save_dir: str) -> None:
                 os.rename(stale, final)
                 log0("restored %s from an interrupted re-save", final, level=logging.WARNING)
                 continue
-        shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
+        if os.path.isdir(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.remove(stale)
     fsync_dir(save_dir)
 
 

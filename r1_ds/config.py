@@ -284,7 +284,7 @@ def validate(cfg: TrainConfig) -> None:
     s = cfg.schedule
     if not isinstance(s.steps, int) or s.steps < 1:
         fail("schedule.steps", s.steps, "must be an integer >= 1", "set the number of optimizer steps")
-    if s.warmup_steps < 0 or s.warmup_steps >= max(s.steps, 1) and s.warmup_steps:
+    if not 0 <= s.warmup_steps < s.steps:  # s.steps >= 1 here
         fail("schedule.warmup_steps", s.warmup_steps, f"must be in [0, schedule.steps={s.steps})",
              "use a shorter warm-up")
     if not 0.0 <= s.min_lr_ratio <= 1.0:

@@ -158,10 +158,6 @@ class ProgressiveSampler:
                     f"global batch of {s.global_batch}. Fix: raise data_fraction, lower global_batch, or add data "
                     f"({num_samples} sequences in all).")
 
-    @property
-    def total_steps(self) -> int:
-        return self.stages[-1].start + self.stages[-1].steps
-
     def stage_size(self, i: int) -> int:
         return int(self.num_samples * self.stages[i].data_fraction)
 
@@ -179,14 +175,18 @@ class ProgressiveSampler:
             self._perm_cache[key] = np.random.default_rng([self.seed, stage, epoch]).permutation(self.stage_size(stage))
         return self._perm_cache[key]
 
-    def global_indices(self, step: int) -> np.ndarray:
-        """The `global_batch` sequence indices of optimizer step `step` (0-based)."""
+    def _position(self, step: int) -> tuple[int, int, int]:
+        """(stage, epoch, batch number within the epoch) of optimizer step `step`."""
         i = self.stage_index(step)
         s = self.stages[i]
-        per_epoch = self.stage_size(i) // s.global_batch
-        local = step - s.start
-        epoch, pos = divmod(local, per_epoch)
-        return self._permutation(i, epoch)[pos * s.global_batch:(pos + 1) * s.global_batch]
+        epoch, pos = divmod(step - s.start, self.stage_size(i) // s.global_batch)
+        return i, epoch, pos
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """The `global_batch` sequence indices of optimizer step `step` (0-based)."""
+        i, epoch, pos = self._position(step)
+        b = self.stages[i].global_batch
+        return self._permutation(i, epoch)[pos * b:(pos + 1) * b]
 
     def micro_batches(self, step: int, *, data_rank: int, data_size: int, micro_batch: int) -> list[np.ndarray]:
         """This data rank's micro-batches of step `step`, in order: gas arrays of `micro_batch` indices."""
@@ -200,11 +200,9 @@ class ProgressiveSampler:
 
     def state_dict(self, step: int) -> dict:
         """What a checkpoint stores: enough to check that a resumed run reads the same data."""
-        i = self.stage_index(step)
-        s = self.stages[i]
-        epoch, pos = divmod(step - s.start, self.stage_size(i) // s.global_batch)
-        return {"step": step, "stage": i, "epoch": epoch, "position": pos * s.global_batch, "seed": self.seed,
-                "num_samples": self.num_samples,
+        i, epoch, pos = self._position(step)
+        return {"step": step, "stage": i, "epoch": epoch, "position": pos * self.stages[i].global_batch,
+                "seed": self.seed, "num_samples": self.num_samples,
                 "stages": [[s.start, s.steps, s.global_batch, s.data_fraction] for s in self.stages]}
 
     def check_resume(self, state: dict | None, step: int) -> None:

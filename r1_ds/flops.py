@@ -4,7 +4,8 @@ Counts matmul FLOPs of one forward + backward (3x forward), without activation r
 
     dense   6 * (linear weights inside the layers + the LM head d * V)     (2 FLOPs per MAC, x3)
     attn    per layer and token, 2 matmuls (q.k and p.v) of 2 * d FLOPs per visible key, x3, with the
-            visible keys of docs/architecture.md averaged over positions (as benchmarks/attention.py)
+            visible keys of docs/architecture.md averaged over positions (visible_keys, which
+            benchmarks/attention.py also uses)
 The embedding lookup is not a matmul and is not counted (as in PaLM / nanoGPT MFU).
 """
 
@@ -18,17 +19,23 @@ def dense_params(config) -> int:
     return L * per_layer + d * V
 
 
-def attention_keys_per_token(config, seq_len: int) -> float:
-    """Mean number of keys one query attends to, summed over the three levels (query t sees
+def visible_keys(seq_len: int, *, window: int, paragraph_size: int, document_size: int, top_k: int) -> int:
+    """Keys attended to by all seq_len queries together, summed over the three levels (query t sees
     min(t + 1, window) tokens in L1; 1 + min(p, span) summaries + g * min(p, top_k) routed tokens in
     L2, p = t // g its paragraph; 1 + t // G document summaries in L3)."""
-    T, w, g, G, k = seq_len, config.local_window, config.paragraph_size, config.document_size, config.route_top_k
+    g, G = paragraph_size, document_size
     span = G // g
     total = 0
-    for t in range(T):
+    for t in range(seq_len):
         p = t // g
-        total += min(t + 1, w) + 1 + min(p, span) + g * min(p, k) + 1 + t // G
-    return total / T
+        total += min(t + 1, window) + 1 + min(p, span) + g * min(p, top_k) + 1 + t // G
+    return total
+
+
+def attention_keys_per_token(config, seq_len: int) -> float:
+    """Mean number of keys one query attends to, summed over the three levels (see visible_keys)."""
+    return visible_keys(seq_len, window=config.local_window, paragraph_size=config.paragraph_size,
+                        document_size=config.document_size, top_k=config.route_top_k) / seq_len
 
 
 def flops_per_token(config, seq_len: int) -> float:

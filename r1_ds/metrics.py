@@ -57,7 +57,7 @@ class MetricsWriter:
         if self._tb is not None:
             step = record["step"]
             for key, value in record.items():
-                if key not in ("step", "time") and isinstance(value, (int, float)) and value is not None:
+                if key not in ("step", "time") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"train/{key}", value, step)
 
     def progress(self, steps: int, postfix: dict) -> None:

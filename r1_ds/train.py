@@ -181,11 +181,10 @@ def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_
                           "the tensor shards again, which r1-ds neither tests nor exports (the ZeRO-3 export reads "
                           "tensor rank 0 only). Fix: set zero_optimization.stage to 0, 1 or 2, or parallel.tensor "
                           "to 1.")
-    if dims.pipeline_enabled:
-        if stage >= 2:
-            raise ConfigError(f"parallel.pipe={dims.pipe} with zero_optimization.stage={stage}: DeepSpeed's pipeline "
-                              "engine supports ZeRO stage 0 or 1 only. Fix: set zero_optimization.stage to 1, or "
-                              "parallel.pipe to 1.")
+    if dims.pipeline_enabled and stage >= 2:
+        raise ConfigError(f"parallel.pipe={dims.pipe} with zero_optimization.stage={stage}: DeepSpeed's pipeline "
+                          "engine supports ZeRO stage 0 or 1 only. Fix: set zero_optimization.stage to 1, or "
+                          "parallel.pipe to 1.")
     return ds, dims, plan, notes, compression
 
 
@@ -236,16 +235,16 @@ def step_seed(seed: int, step: int, data_rank: int, pipe_rank: int) -> int:
 # ----------------------------------------------------------------------------- one optimizer step
 
 
-def train_step_pipeline(engine, batches) -> float:
-    """One optimizer step on the pipeline engine: gas micro-batches, mean loss over the global batch."""
-    return float(engine.train_batch(data_iter=batches))
+def train_step_pipeline(engine, batches) -> torch.Tensor:
+    """One optimizer step on the pipeline engine: gas micro-batches; the mean loss over the global
+    batch, as a device tensor (DeepSpeed has averaged it over the data ranks already)."""
+    return engine.train_batch(data_iter=batches)
 
 
-def train_step_data_parallel(engine, batches, gas: int) -> float:
-    """One optimizer step without a pipeline. The accumulation boundary is set explicitly, so the
-    step stays correct when a progressive stage changes gas."""
-    from deepspeed import comm as dist
-
+def train_step_data_parallel(engine, batches, gas: int) -> torch.Tensor:
+    """One optimizer step without a pipeline; this rank's mean loss, as a device tensor (`logged_loss`
+    averages it over the ranks). The accumulation boundary is set explicitly, so the step stays correct
+    when a progressive stage changes gas."""
     losses = []
     for m, (x, y) in enumerate(batches):
         engine.set_gradient_accumulation_boundary(m == gas - 1)
@@ -255,7 +254,16 @@ def train_step_data_parallel(engine, batches, gas: int) -> float:
         losses.append(out.loss.detach().float())
     if len(losses) != gas:
         raise RuntimeError(f"expected {gas} micro-batches, got {len(losses)}")
-    loss = torch.stack(losses).mean()
+    return torch.stack(losses).mean()
+
+
+def logged_loss(loss: torch.Tensor, *, pipeline: bool) -> float:
+    """The step's mean loss over the global batch, as a number. Called on logging steps only: it waits
+    for the device and, without a pipeline, is a collective (every rank logs at the same steps)."""
+    if pipeline:
+        return float(loss)
+    from deepspeed import comm as dist
+
     dist.all_reduce(loss)  # tensor peers hold the same loss, so the world mean is the data-parallel mean
     return float(loss) / dist.get_world_size()
 
@@ -279,12 +287,12 @@ def run(args: argparse.Namespace) -> int:
     """`r1-ds train`: settings from file + command line, then `train`. Bad settings exit with code 2
     and one readable message instead of a traceback."""
     try:
-        cfg = load_train_config(args.config, cli_overrides(args))
+        overrides = cli_overrides(args)
+        cfg = load_train_config(args.config, overrides)
         acc_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-        explicit = "deepspeed_config" in cli_overrides(args) or (args.config and "deepspeed_config" in
-                                                                 read_mapping(args.config))
-        if under_accelerate() and acc_file and not explicit:
-            cfg.deepspeed_config = acc_file  # the JSON accelerate was given
+        if under_accelerate() and acc_file and "deepspeed_config" not in overrides and not (
+                args.config and "deepspeed_config" in read_mapping(args.config)):
+            cfg.deepspeed_config = acc_file  # the JSON accelerate was given, unless the CLI or file names one
         train(cfg)
     except user_errors() as err:  # the same on every rank: say it once
         log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s: %s",
@@ -396,7 +404,11 @@ def train(cfg: TrainConfig):
         from .precision import ExponentLossScalePolicy, install_loss_scale_policy
 
         install_loss_scale_policy(engine, ExponentLossScalePolicy.from_config(cfg.precision.loss_scale_policy))
-    reducer = install_compression(engine, {**ds_config, "r1_compression": compression}) if compression else None
+    reducer = None
+    if compression:
+        from .parallel.comm_hook import install_compression
+
+        reducer = install_compression(engine, {**ds_config, "r1_compression": compression})
     if engine.checkpoint_engine.is_decoupled():
         raise ConfigError("a decoupled (asynchronous) DeepSpeed checkpoint engine cannot be saved atomically by "
                           "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON.")
@@ -461,13 +473,14 @@ def train(cfg: TrainConfig):
                                       micro_batch=engine.train_micro_batch_size_per_gpu())
         batches = batch_iterator(dataset, micro, seq_len) if loads_data else None
         if pipeline:
-            loss = train_step_pipeline(engine, batches)
+            step_loss = train_step_pipeline(engine, batches)
         else:
-            loss = train_step_data_parallel(engine, batches, gas)
+            step_loss = train_step_data_parallel(engine, batches, gas)
         done = step + 1
         steps_since += 1
         tokens_since += engine.train_batch_size() * seq_len
         if done % cfg.log.every == 0 or done == total:
+            loss = logged_loss(step_loss, pipeline=pipeline)
             now = time.perf_counter()
             tok_s = tokens_since / max(now - t_last, 1e-9)
             mfu = fpt * tok_s / (peak * world) if peak else None
@@ -500,17 +513,6 @@ def peak_memory_gib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def install_compression(engine, ds_config: dict):
-    """The compressed gradient reduction of r1_ds.parallel (imported only when the section is set)."""
-    try:
-        from .parallel.comm_hook import install_compression as install
-    except ImportError as err:
-        raise ConfigError(
-            f"the DeepSpeed JSON has an \"r1_compression\" section but r1_ds.parallel.comm_hook cannot be imported "
-            f"({err}). Fix: remove the section, or install the compression module.") from err
-    return install(engine, ds_config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,10 +198,9 @@ def test_bad_settings_name_the_setting_the_rule_and_the_fix(overrides, shown):
     assert shown in str(err.value) and "Fix:" in str(err.value), str(err.value)
 
 
-def test_a_bad_compression_section_is_refused_at_start_up():
+def test_a_bad_compression_section_is_refused_at_start_up(ds):
     from r1_ds.parallel.comm_hook import CompressionConfigError
 
-    ds = {**json.load(open(os.path.join(ROOT, "ds_configs", "tiny_cpu.json"))),
-          "r1_compression": {"enabled": True, "topk_ratio": 2}}
+    ds = {**ds, "r1_compression": {"enabled": True, "topk_ratio": 2}}
     with pytest.raises(CompressionConfigError, match=r"r1_compression.topk_ratio=2: must be in \(0, 1\]"):
         build_ds_config(load_train_config(None, {}), ds, world_size=1, device_type="cpu")

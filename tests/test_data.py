@@ -75,14 +75,12 @@ def test_resume_refuses_other_data():
 
 
 def test_plot_writes_a_png_and_smooths(tmp_path):
-    import json as _json
-
     from r1_ds.cli import main as cli_main
     from r1_ds.plot import smooth
 
     with open(tmp_path / "metrics.jsonl", "w") as f:
         for step in range(1, 9):
-            f.write(_json.dumps({"step": step, "loss": 6.0 / step, "stage": 1 + (step > 4)}) + "\n")
+            f.write(json.dumps({"step": step, "loss": 6.0 / step, "stage": 1 + (step > 4)}) + "\n")
     assert cli_main(["plot", str(tmp_path), "--smooth", "2"]) == 0
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert smooth([1.0, 3.0, 5.0], 2) == [1.0, 2.0, 4.0]

@@ -165,16 +165,17 @@ def test_universal_checkpoint_patterns_classify_every_parameter_once(pipeline):
         "sub": [p for s in info[C.PARAMETER_WITH_SUB_PARAMS] for p in s["patterns"]],
         "vocab": info[C.VOCABULARY_PARAMETER_PATTERNS],
     }
+    hf_names = [n for n, _ in full_model().named_parameters()]
     if pipeline:
         from r1_ds.parallel.pipeline import pipe_layer_prefixes
 
         names = {}
         for idx, prefix in enumerate(pipe_layer_prefixes(cfg)):
-            for hf in [n for n, _ in full_model().named_parameters() if prefix and n.startswith(prefix)]:
+            for hf in [n for n in hf_names if prefix and n.startswith(prefix)]:
                 names[hf] = f"{idx}.{hf[len(prefix):]}"
         names["model.embed_tokens.weight"] = "tied_modules.embed.weight"
     else:
-        names = {n: n for n, _ in full_model().named_parameters()}
+        names = {n: n for n in hf_names}
     want = {(0, 1): set(), (1, 1): {"row"}, (1, 3): {"sub"}, None: {"replicated"}}
     used = set()
     for hf, ds in names.items():

@@ -24,17 +24,19 @@ def probe_ids() -> torch.Tensor:
     return torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(123))
 
 
-def probe(engine, out_dir: str) -> None:
+def probe_logits(engine) -> torch.Tensor | None:
+    """The trained model's logits of `probe_ids()` on this rank (None on pipeline stages before the last)."""
     ids = probe_ids()
-    logits = None
     if getattr(engine, "is_pipe_parallel", False):
         result = engine.eval_batch(iter([(ids, ids)]), return_logits=True, num_micro_batches=1)
-        if engine.is_last_stage():
-            logits = result[1].detach().clone()
-    else:
-        engine.module.eval()
-        with torch.no_grad():
-            logits = engine.module(input_ids=ids.to(engine.device)).logits.detach().cpu().clone()
+        return result[1].detach().clone() if engine.is_last_stage() else None
+    engine.module.eval()
+    with torch.no_grad():
+        return engine.module(input_ids=ids.to(engine.device)).logits.detach().cpu().clone()
+
+
+def probe(engine, out_dir: str) -> None:
+    logits = probe_logits(engine)
     os.makedirs(os.path.join(out_dir, "probe"), exist_ok=True)
     torch.save(logits, os.path.join(out_dir, "probe", f"rank{os.environ.get('RANK', '0')}.pt"))
 

@@ -15,11 +15,9 @@ import os
 import shutil
 import tempfile
 
-import torch
-
 from r1_ds.metrics import read_metrics
 from tests.dist import run_distributed
-from tests.train_probe import probe_ids  # noqa: F401  (also test_export's probe batch)
+from tests.train_probe import probe_ids, probe_logits  # noqa: F401  (probe_ids: test_export's probe batch)
 
 TIMEOUT_SCALE = float(os.environ.get("R1_TEST_TIMEOUT_SCALE", "1.0"))  # > 1 on slow or busy machines
 
@@ -36,6 +34,7 @@ def _tmp() -> str:
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
+
 BASE = {
     "deepspeed_config": "ds_configs/tiny_cpu.json", "model.preset": "tiny", "data.seq_len": 64,
     "schedule.steps": 4, "schedule.warmup_steps": 1, "schedule.drop_path_max": 0.2, "checkpoint.every": 2,
@@ -51,9 +50,7 @@ def _train_body(overrides: dict) -> dict:
 
     engine = train(load_train_config(None, overrides))
     module = engine.module
-    ids = probe_ids()
-    out = {"rank": int(os.environ["RANK"]), "params": {}, "logits": None,
-           "optimizer_steps": engine.global_steps}
+    out = {"rank": int(os.environ["RANK"]), "params": {}, "optimizer_steps": engine.global_steps}
     if getattr(engine, "is_pipe_parallel", False):
         prefixes = pipe_layer_prefixes(module.r1_config)
         for local, layer in enumerate(module.forward_funcs):
@@ -62,14 +59,9 @@ def _train_body(overrides: dict) -> dict:
                 out["params"].update({prefix + k: v.detach().clone() for k, v in layer.state_dict().items()})
         if "embed" in module.tied_modules:  # the tied copy on the last stage has no prefix of its own
             out["params"]["model.embed_tokens.weight"] = module.tied_modules["embed"].weight.detach().clone()
-        result = engine.eval_batch(iter([(ids, ids)]), return_logits=True, num_micro_batches=1)
-        if engine.is_last_stage():
-            out["logits"] = result[1].detach().clone()
     else:
         out["params"] = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        module.eval()
-        with torch.no_grad():
-            out["logits"] = module(input_ids=ids).logits.detach().clone()
+    out["logits"] = probe_logits(engine)  # after the parameters: the probe runs the model
     return out
 
 
@@ -125,6 +117,8 @@ def packed_data() -> str:
 
 def _dp() -> dict:
     return {"schedule.global_batch": 4, "data.path": packed_data()}  # micro 2 (tiny_cpu.json) x data 2 -> gas 1
+
+
 PP = {"parallel.pipe": 2, "schedule.stages": [{"steps": 2, "global_batch": 4, "data_fraction": 0.5},
                                               {"global_batch": 8}]}
 

@@ -147,7 +147,7 @@ class ClipScoreFilter(BaseFilter):
         use_fast = self._device.startswith("cuda") if self.fast_preprocess is None else self.fast_preprocess
         self._fast = self._fast_spec() if use_fast else None
         if self._fast is not None:
-            size, mean, std = self._fast
+            _, mean, std = self._fast
             self._mean = torch.tensor(mean, device=self._device).view(1, 3, 1, 1)
             self._std = torch.tensor(std, device=self._device).view(1, 3, 1, 1)
 

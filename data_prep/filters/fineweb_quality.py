@@ -43,10 +43,11 @@ class FineWebQualityFilter(BaseFilter):
             return False, "line_punct_ratio"
         if sum(1 for line in lines if len(line) <= self.short_line_length) / n > self.short_line_thr:
             return False, "short_line_ratio"
-        n_chars = len(text) - text.count("\n")
+        n_newlines = text.count("\n")
+        n_chars = len(text) - n_newlines
         if _text.find_duplicates(lines)[1] / max(n_chars, 1) > self.char_duplicates_ratio:
             return False, "char_dup_ratio"
         n_words = len(_text.split_words(text))
-        if text.count("\n") / max(n_words, 1) > self.new_line_ratio:
+        if n_newlines / max(n_words, 1) > self.new_line_ratio:
             return False, "list_ratio"
         return True

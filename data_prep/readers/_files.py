@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from data_prep.atomic import TMP_PREFIX
+
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".tox", ".mypy_cache"})
 BINARY_SNIFF_BYTES = 8192
 
@@ -22,7 +24,7 @@ def walk_files(root: Path, exclude: tuple[Path, ...] = ()) -> Iterator[Path]:
             d
             for d in dirnames
             if d not in SKIP_DIRS
-            and not d.startswith(".tmp-")
+            and not d.startswith(TMP_PREFIX)  # a crashed atomic write's leftovers
             and (not excluded or (Path(dirpath) / d).resolve() not in excluded)
         )
         for name in sorted(filenames):

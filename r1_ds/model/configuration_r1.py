@@ -132,7 +132,7 @@ class R1Config(PretrainedConfig):
                 fail("level_heads", self.level_heads,
                      f"level {i + 1} head size {d}/{h}={d // h} must be even for rotary embeddings",
                      "choose head counts giving an even head size")
-        rope = math.gcd(*(d // h for h in self.level_heads))
+        rope = math.gcd(*self.head_dims)
         if rope < 8:
             fail("level_heads", self.level_heads,
                  f"the head sizes must share a factor of at least 8: rotary runs once over chunks of "

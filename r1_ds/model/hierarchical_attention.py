@@ -108,6 +108,11 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).view(B, T, d).to(x.dtype)
 
 
+def summary_len(n_par: int, paragraph_size: int) -> int:
+    """Length of L2's summary region [null, n_par summaries, pad], padded to whole paragraph blocks."""
+    return -(-(1 + n_par) // paragraph_size) * paragraph_size
+
+
 def summary_positions(n: int, size: int, device) -> torch.Tensor:
     """Position of each group summary: the centre of its tokens."""
     return torch.arange(n, device=device, dtype=torch.float32) * size + (size - 1) / 2
@@ -269,35 +274,30 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return num, idx
 
 
-def _window_block_mask(T: int, window: int, block: int, device: str):
-    """L1's BlockMask, cached per (length, window, block, device); built outside inference mode (see
-    _rope_grid)."""
-    with torch.inference_mode(False):
-        return _window_block_mask_cached(T, window, block, device)
-
-
 @functools.lru_cache(maxsize=32)
-def _window_block_mask_cached(T: int, window: int, block: int, device: str):
+def _window_block_mask(T: int, window: int, block: int, device: str):
     """L1 mask, built once per (length, window, block, device) straight from block tables (no
     T x T evaluation): q - window < kv <= q. Blocks wholly inside the window are "full" (no
-    element-wise mask in the kernel); the diagonal and the window's far edge are partial."""
+    element-wise mask in the kernel); the diagonal and the window's far edge are partial. Built
+    outside inference mode (see _rope_grid)."""
     from torch.nn.attention.flex_attention import BlockMask
-
-    n = T // block
-    qb = torch.arange(n, device=device)[:, None]
-    kb = torch.arange(n, device=device)[None, :]
-    q_lo, q_hi = qb * block, qb * block + block - 1
-    k_lo, k_hi = kb * block, kb * block + block - 1
-    any_ = (k_lo <= q_hi) & (k_hi > q_lo - window)  # some pair (q, kv) of the blocks is visible
-    all_ = (k_hi <= q_lo) & (k_lo > q_hi - window)  # every pair is visible
-    num, idx = _as_indices(any_ & ~all_)
-    full_num, full_idx = _as_indices(all_)
 
     def mask_mod(b, h, q, kv):
         return (kv <= q) & (kv > q - window)
 
-    return BlockMask.from_kv_blocks(num[None, None], idx[None, None], full_num[None, None], full_idx[None, None],
-                                    BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(T, T))
+    with torch.inference_mode(False):
+        n = T // block
+        qb = torch.arange(n, device=device)[:, None]
+        kb = torch.arange(n, device=device)[None, :]
+        q_lo, q_hi = qb * block, qb * block + block - 1
+        k_lo, k_hi = kb * block, kb * block + block - 1
+        any_ = (k_lo <= q_hi) & (k_hi > q_lo - window)  # some pair (q, kv) of the blocks is visible
+        all_ = (k_hi <= q_lo) & (k_lo > q_hi - window)  # every pair is visible
+        num, idx = _as_indices(any_ & ~all_)
+        full_num, full_idx = _as_indices(all_)
+        return BlockMask.from_kv_blocks(num[None, None], idx[None, None], full_num[None, None],
+                                        full_idx[None, None], BLOCK_SIZE=block, mask_mod=mask_mod,
+                                        seq_lengths=(T, T))
 
 
 def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -316,7 +316,7 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
     from torch.nn.attention.flex_attention import BlockMask
 
     g = paragraph_size
-    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks
+    S = summary_len(n_par, g)
     n_qb = idx.shape[2]
     kv_num, kv_idx, full_num, full_idx, routed = _paragraph_block_tables(idx, valid, n_par, length, g, span)
 
@@ -342,8 +342,7 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
     g = paragraph_size
     B, H, n_qb, _ = idx.shape
     dev = idx.device
-    S = -(-(1 + n_par) // g) * g
-    n_sb = S // g
+    n_sb = summary_len(n_par, g) // g
     qb = torch.arange(n_qb, device=dev)
     lo = (1 + (qb - span).clamp(min=0)) // g
     hi = qb // g  # kv index of summary b - 1 is b
@@ -371,8 +370,7 @@ def _rope_grid(n: int, step: int, size: int, theta: float, device: str):
     centres), cached: every layer of a forward pass asks for the same tables. Built outside
     inference mode: an inference tensor in the cache could not be saved for a later backward."""
     with torch.inference_mode(False):
-        pos = torch.arange(n, device=device, dtype=torch.float32) * step + (step - 1) / 2
-        return rope_table(pos, size, theta)
+        return rope_table(summary_positions(n, step, device), size, theta)
 
 
 _route_compiled = compiled_on_cuda(route_paragraphs)  # ~40 small kernels as one graph on GPU
@@ -426,7 +424,7 @@ def hierarchical_attention_flex(
     g, G = paragraph_size, document_size
     Tp = -(-T // g) * g  # padded to whole paragraphs
     n_par, n_doc = T // g, T // G
-    S = -(-(1 + n_par) // g) * g  # summary region, padded to whole blocks (as in paragraph_block_mask)
+    S = summary_len(n_par, g)
     r = rope_size(d, level_heads)
     grid = functools.partial(_rope_grid, size=r, theta=float(rope_theta), device=str(q.device))
     qr, kbuf, vbuf, k3, v3 = _flex_inputs(_pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp), *grid(Tp, 1),

@@ -30,11 +30,6 @@ import torch.nn.functional as F
 from r1_ds.parallel import compression as C
 
 SECTION = "r1_compression"
-
-
-class CompressionConfigError(ValueError):
-    """The r1_compression section, or the engine it is installed into, breaks a rule; the message names the
-    field or setting, the rule and the fix."""
 STATE_VERSION = 1
 _GATHER_SLICE = 1 << 26  # elements per all-gather when saving error buffers (bounds the temporary memory)
 
@@ -45,6 +40,11 @@ __all__ = [
     "split_r1_sections",
     "SECTION",
 ]
+
+
+class CompressionConfigError(ValueError):
+    """The r1_compression section, or the engine it is installed into, breaks a rule; the message names the
+    field or setting, the rule and the fix."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ class CompressionConfig:
         """Validate a config section; errors name the field, the value, the rule and the fix."""
         if not isinstance(section, dict):
             raise CompressionConfigError(f"{SECTION}={section!r}: must be a JSON object; write e.g. "
-                            f'"{SECTION}": {{"enabled": true, "topk_ratio": 0.05}}')
+                                         f'"{SECTION}": {{"enabled": true, "topk_ratio": 0.05}}')
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(section) - set(known))
         if unknown:
@@ -158,9 +158,10 @@ def _check_engine(engine) -> None:
                            "against deepspeed==0.19.8. Install that version or disable the section.")
     stage = engine.zero_optimization_stage()
     if stage >= 2:
-        raise CompressionConfigError(f"{SECTION}: zero_optimization.stage={stage} is not supported: ZeRO-2/3 partition gradients "
-                         "and reduce them in per-parameter hooks on every micro-step, out of this hook's reach. "
-                         "Set zero_optimization.stage to 0 or 1, or set r1_compression.enabled to false.")
+        raise CompressionConfigError(
+            f"{SECTION}: zero_optimization.stage={stage} is not supported: ZeRO-2/3 partition gradients "
+            "and reduce them in per-parameter hooks on every micro-step, out of this hook's reach. "
+            "Set zero_optimization.stage to 0 or 1, or set r1_compression.enabled to false.")
     if stage == 1 and not isinstance(engine.optimizer, BF16_Optimizer):
         raise CompressionConfigError(
             f"{SECTION}: ZeRO-1 with {type(engine.optimizer).__name__} is not supported: it reduce-scatters gradient "
@@ -169,14 +170,17 @@ def _check_engine(engine) -> None:
             '"data_types": {"grad_accum_dtype": "fp32"} (BF16_Optimizer, which also partitions the optimizer state '
             "like ZeRO-1), or zero_optimization.stage 0.")
     if engine.fp16_enabled():
-        raise CompressionConfigError(f"{SECTION}: fp16 is not supported: loss-scaled gradients put inf/NaN into the error buffers "
-                         "on overflow steps. Use bf16 (\"bf16\": {\"enabled\": true}).")
+        raise CompressionConfigError(
+            f"{SECTION}: fp16 is not supported: loss-scaled gradients put inf/NaN into the error buffers "
+            "on overflow steps. Use bf16 (\"bf16\": {\"enabled\": true}).")
     if getattr(engine, "has_moe_layers", False):
-        raise CompressionConfigError(f"{SECTION}: models with MoE layers are not supported (expert gradients reduce over expert "
-                         "groups). Disable r1_compression for MoE models.")
+        raise CompressionConfigError(
+            f"{SECTION}: models with MoE layers are not supported (expert gradients reduce over expert "
+            "groups). Disable r1_compression for MoE models.")
     if getattr(engine, "sequence_parallel_size", 1) != 1:
-        raise CompressionConfigError(f"{SECTION}: sequence_parallel_size={engine.sequence_parallel_size} is not supported; "
-                         "use sequence_parallel_size 1 or disable r1_compression.")
+        raise CompressionConfigError(
+            f"{SECTION}: sequence_parallel_size={engine.sequence_parallel_size} is not supported; "
+            "use sequence_parallel_size 1 or disable r1_compression.")
 
 
 def install_compression(engine, ds_config: dict | str | None) -> "CompressedReducer | None":
@@ -378,8 +382,9 @@ class CompressedReducer:
             if p.grad is None:  # every rank must reduce the same sizes (as DeepSpeed does)
                 p.grad = torch.zeros_like(p)
             if p.grad.is_sparse:
-                raise CompressionConfigError(f"{SECTION}: sparse gradients (nn.Embedding(sparse=True)) are not supported; "
-                                 "use dense embeddings or disable r1_compression.")
+                raise CompressionConfigError(
+                    f"{SECTION}: sparse gradients (nn.Embedding(sparse=True)) are not supported; "
+                    "use dense embeddings or disable r1_compression.")
             pairs.append((p, p.grad.data))
         return pairs
 
@@ -410,7 +415,7 @@ class CompressedReducer:
 
     def _comm_elem_size(self) -> int:
         """Bytes per element of DeepSpeed's dense all-reduce (its communication_data_type)."""
-        return torch.tensor([], dtype=self._engine.communication_data_type).element_size()
+        return self._engine.communication_data_type.itemsize
 
     def _dense_bytes(self, numel: int) -> tuple[float, float]:
         """(wire bytes of DeepSpeed's all-reduce in its communication dtype, the same in fp32) for `numel`."""
@@ -461,10 +466,7 @@ class CompressedReducer:
             if b.dense:
                 dense_grads.extend(gs)
                 continue
-            # C.add_error without its copy: x is our own fp32 concatenation, (n,)
-            x = torch.cat([g.reshape(-1).float() for g in gs])
-            if b.key in self.errors:
-                x += self.errors[b.key]
+            x = self._bucket_input(b.key, gs)
             if self.cfg.mode == "leader":
                 out, err = self._leader_reduce(b, x, acc)
             else:
@@ -478,13 +480,28 @@ class CompressedReducer:
         if dense_grads:
             numel = sum(g.numel() for g in dense_grads)
             self._comm(acc, "all_reduce", numel * self._comm_elem_size(), self._engine._reduce_non_expert_gradients,
-                       dense_grads,
-                       elements_per_buffer)
+                       dense_grads, elements_per_buffer)
             acc["selected"] += numel
         numel = sum(g.numel() for _, g in pairs)
         acc["dense_bytes"], acc["dense_fp32_bytes"] = self._dense_bytes(numel)
         acc["elements"] = numel
         return acc
+
+    def _bucket_input(self, key: str, gs: list[torch.Tensor]) -> torch.Tensor:
+        """x = grad + carried error, (n,) fp32: C.add_error without its copy. With error feedback the carried buffer
+        is replaced by the new error at the end of the step, so the gradient is added into it in place (one pass, no
+        gradient-sized allocation per step; fp32 addition commutes, so x is bit-identical either way)."""
+        carried = self.errors.get(key)
+        if carried is None or not self.cfg.error_feedback:
+            x = torch.cat([g.reshape(-1).float() for g in gs])
+            if carried is not None:
+                x += carried
+            return x
+        offset = 0
+        for g in gs:
+            carried[offset:offset + g.numel()] += g.reshape(-1)
+            offset += g.numel()
+        return carried
 
     def _select(self, b: _Bucket, x: torch.Tensor) -> torch.Tensor:
         sample = None
@@ -619,9 +636,10 @@ class CompressedReducer:
         With strict=False a different data-parallel size resets the error buffers (with a warning) instead of raising.
         """
         if sd.get("version") != STATE_VERSION:
-            raise CompressionConfigError(f"{SECTION} state version={sd.get('version')!r}: expected {STATE_VERSION}; this "
-                             "checkpoint was written by another r1_ds version. Drop client_state['r1_compression'] "
-                             "to resume with empty buffers.")
+            raise CompressionConfigError(
+                f"{SECTION} state version={sd.get('version')!r}: expected {STATE_VERSION}; this "
+                "checkpoint was written by another r1_ds version. Drop client_state['r1_compression'] "
+                "to resume with empty buffers.")
         self.step = int(sd["step"])
         self.decision = sd.get("decision")
         self.probe = dict(sd.get("probe", {}))
@@ -649,9 +667,10 @@ class CompressedReducer:
         sizes = {b.key: b.numel for b in self._buckets if not b.dense}
         for key, e in self._pending_errors.items():
             if sizes.get(key) != e.numel():
-                raise CompressionConfigError(f"{SECTION}: checkpointed error buffer {key!r} has {e.numel()} elements, the model's "
-                                 f"bucket has {sizes.get(key)}; the model or its parallel layout changed. Resume the "
-                                 "same model and layout, or drop client_state['r1_compression'].")
+                raise CompressionConfigError(
+                    f"{SECTION}: checkpointed error buffer {key!r} has {e.numel()} elements, the model's "
+                    f"bucket has {sizes.get(key)}; the model or its parallel layout changed. Resume the "
+                    "same model and layout, or drop client_state['r1_compression'].")
         device = self._grad_device()
         self.errors = {k: v.to(device) for k, v in self._pending_errors.items()}
         self._pending_errors = {}

@@ -81,16 +81,14 @@ def index_format(ratio: float) -> str:
     return "bitmap" if ratio > 1 / 32 else "int32"
 
 
-_BIT_WEIGHTS = [1 << b for b in range(8)]
-
-
 def pack_bitmap(idx: torch.Tensor, numel: int) -> torch.Tensor:
     """Positions -> packed bitmap, (ceil(numel / 8),) uint8, bit b of byte i is position 8 * i + b."""
     nbytes = (numel + 7) // 8
     bits = torch.zeros(nbytes * 8, dtype=torch.uint8, device=idx.device)
     bits[idx] = 1
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=idx.device)
-    return (bits.view(nbytes, 8) * weights).sum(1, dtype=torch.uint8)
+    # shifts made on the device (as in unpack_bitmap): a tensor from a Python list is a host-to-device copy per call
+    shifts = torch.arange(8, dtype=torch.uint8, device=idx.device)
+    return torch.bitwise_left_shift(bits.view(nbytes, 8), shifts).sum(1, dtype=torch.uint8)
 
 
 def unpack_bitmap(packed: torch.Tensor, numel: int) -> torch.Tensor:

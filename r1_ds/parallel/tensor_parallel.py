@@ -446,13 +446,12 @@ def shard_state_dict(state_dict: dict[str, torch.Tensor], rank: int, world: int,
 # ----------------------------------------------------------------------------- universal checkpoints
 
 
-def _pipeline_names(config) -> dict[str, str]:
+def _pipeline_names(config, full: R1ForCausalLM) -> dict[str, str]:
     """HF parameter name -> the name DeepSpeed gives it in r1_ds's PipelineModule ("{layer}.{key}", the tied
-    embedding under "tied_modules.embed."); the tied LM head has no parameter of its own."""
+    embedding under "tied_modules.embed."); the tied LM head has no parameter of its own. `full` is the model
+    of `config` (on the meta device)."""
     from .pipeline import TIED_KEY, pipe_layer_prefixes
 
-    with torch.device("meta"):
-        full = R1ForCausalLM(config)
     names = {}
     for idx, prefix in enumerate(pipe_layer_prefixes(config)):
         for name, _ in full.named_parameters():
@@ -478,7 +477,7 @@ def universal_checkpoint_info(config, tensor: int, plan: dict[str, str] = R1_TP_
 
     with torch.device("meta"):
         full = R1ForCausalLM(config)
-    ds_names = _pipeline_names(config) if pipeline else {n: n for n, _ in full.named_parameters()}
+    ds_names = _pipeline_names(config, full) if pipeline else {n: n for n, _ in full.named_parameters()}
     replicated, row, vocab, sub = [], [], [], []
     for hf_name, _ in full.named_parameters():  # a tied LM head appears once, as the embedding
         if hf_name not in ds_names:

@@ -297,7 +297,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Per-token label-smoothed cross entropy over logits split by vocabulary, equal to
     F.cross_entropy(full_logits, target, label_smoothing=eps, reduction="none"):
         loss = (1 - eps) (logZ - z_y) + eps (logZ - mean_j z_j)
-    Three all-reduces of (N,) vectors (max, then [sum exp, z_y, sum z] stacked); the (N, V / tp)
+    Two all-reduces: the (N,) max, then [sum exp, z_y, sum z] stacked as (3, N); the (N, V / tp)
     logits never leave the rank. Ignored targets give 0 loss and 0 gradient."""
 
     @staticmethod
