@@ -132,9 +132,9 @@ class R1LevelGate(nn.Linear):
     """W_g, b_g of the level gate: rows 0..2 of an nn.Linear(3d, 8) (so init, checkpoints and
     tensor-parallel plans treat it as a plain linear layer). Rows 3..7 are zero and unused: they are
     there so that every parameter has a multiple of 8 elements. DeepSpeed packs parameters back to
-    back into flat buffers, and one 3-element bias would leave every later weight 2 bytes off
+    back into flat buffers, and one 3-element bias would leave every later weight 6 bytes (bf16) off
     16-byte alignment, which pushes cuBLAS onto its slow unaligned kernels (measured: a 1.3B step
-    ran 2.4x slower than Llama's) and breaks compiled kernels. It also takes the three levels apart,
+    ran 2.5x slower than Llama's) and breaks compiled kernels. It also takes the three levels apart,
     skipping the concatenation."""
 
     rows = 3  # levels
@@ -189,10 +189,7 @@ class R1HierarchicalAttention(nn.Module):
         return hierarchical_attention_eager(q, k_all, v_all, q_all, q_pos, **self.kernel_kwargs())
 
     def fuse(self, h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(self.gate, R1LevelGate):
-            logits = self.gate(h1, h2, h3)
-        else:  # a replaced gate (a tensor-parallel row shard) takes the concatenation
-            logits = self.gate(torch.cat([h1, h2, h3], dim=-1))[..., : R1LevelGate.rows]
+        logits = self.gate(h1, h2, h3)  # (B, T, 3); a tensor-parallel gate takes the same call
         fused, alpha = gated_sum(h1, h2, h3, logits)  # alpha: (B, T, 3)
         return self.o_proj(fused), alpha
 

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from r1_ds.model.modeling_r1 import R1ForCausalLM, R1HierarchicalAttention, causal_lm_loss
+from r1_ds.model.modeling_r1 import R1ForCausalLM, R1HierarchicalAttention, R1LevelGate, causal_lm_loss
 
 from .tp_layers import (
     ColumnParallelLinear,
@@ -129,6 +129,15 @@ class TensorParallelHierarchicalAttention(R1HierarchicalAttention):
         return super().levels(copy_to_tp(x, self.tp_group), past_key_values)  # each (B, T, d / tp)
 
 
+class TensorParallelLevelGate(RowParallelLinear):
+    """The level gate as a row shard, called like R1LevelGate: h1, h2, h3 (this rank's columns of each)
+    in, the 3 used logits out (the stored alignment rows are sliced away)."""
+
+    def forward(self, *levels: torch.Tensor) -> torch.Tensor:
+        x = levels[0] if len(levels) == 1 else torch.cat(levels, dim=-1)
+        return super().forward(x)[..., : R1LevelGate.rows]
+
+
 class TensorParallelR1ForCausalLM(R1ForCausalLM):
     """R1ForCausalLM whose LM head returns vocabulary-sharded logits: the loss is the vocabulary-parallel
     cross entropy (same value as `causal_lm_loss` on the full logits, label smoothing included)."""
@@ -196,10 +205,11 @@ def _colwise(m: nn.Linear, name: str, ctx: _Ctx) -> nn.Module:
     return new
 
 
-def _rowwise(m: nn.Linear, name: str, ctx: _Ctx, *, stride: int = 1, feeds_sharded: bool = False) -> nn.Module:
+def _rowwise(m: nn.Linear, name: str, ctx: _Ctx, *, stride: int = 1, feeds_sharded: bool = False,
+             cls: type[RowParallelLinear] = RowParallelLinear) -> nn.Module:
     _require(m, nn.Linear, "rowwise", name)
-    new = RowParallelLinear(m.in_features, m.out_features, ctx.group, bias=m.bias is not None, stride=stride,
-                            feeds_sharded=feeds_sharded, device="meta")
+    new = cls(m.in_features, m.out_features, ctx.group, bias=m.bias is not None, stride=stride,
+              feeds_sharded=feeds_sharded, device="meta")
     new.weight = _keep_marks(new.weight, _shard_param(m.weight, ctx, 1, stride))
     if m.bias is not None:
         new.bias = m.bias  # replicated: the same parameter, untouched
@@ -210,7 +220,7 @@ def _gate(m: nn.Linear, name: str, ctx: _Ctx) -> nn.Module:
     if m.in_features % 3:
         raise TensorParallelError(f"plan style 'gate' at {name!r}: in_features={m.in_features} is not three "
                                   "blocks [h1; h2; h3]. Fix: use 'gate' only for the attention's level gate")
-    return _rowwise(m, name, ctx, stride=3, feeds_sharded=True)
+    return _rowwise(m, name, ctx, stride=3, feeds_sharded=True, cls=TensorParallelLevelGate)
 
 
 def _vocab(m: nn.Module, name: str, ctx: _Ctx, *, gather_output: bool = False) -> nn.Module:
