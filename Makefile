@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench-cpu clean help
+.PHONY: install demo test clean help
 help:
 	@echo "make demo   - set up .venv, then prep the sample corpus, train, export and generate (CPU, a few minutes)"
 	@echo "make test   - set up .venv, then run the test suite"

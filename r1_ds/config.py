@@ -274,7 +274,8 @@ def validate(cfg: TrainConfig) -> None:
     def fail(name, value, rule, fix):
         raise ConfigError(f"{name}={value!r}: {rule}. Fix: {fix}.")
 
-    unknown = sorted(set(cfg.model.overrides) - _model_fields())
+    # _model_fields imports transformers: only when there is something to check
+    unknown = sorted(set(cfg.model.overrides) - _model_fields()) if cfg.model.overrides else []
     if unknown:  # R1Config, like any PretrainedConfig, would keep a typo as a stray attribute and ignore it
         fail("model.overrides", unknown, "names fields R1Config does not have",
              "spell them as in docs/architecture.md (e.g. num_hidden_layers, hidden_size, level_heads)")

@@ -26,6 +26,8 @@ import time
 import numpy as np
 import torch
 
+from data_prep.atomic import atomic_open
+
 from .config import ConfigError, TrainConfig, load_train_config, parse_set, read_mapping, resolve_batch
 from .data import ProgressiveSampler, Stage, batch_iterator, open_dataset
 from .metrics import MetricsWriter, log0
@@ -347,9 +349,9 @@ def train(cfg: TrainConfig):
         section["load_universal"] = saved.universal
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "train_config.json"), "w") as f:
+        with atomic_open(os.path.join(out_dir, "train_config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
-        with open(os.path.join(out_dir, "ds_config.json"), "w") as f:
+        with atomic_open(os.path.join(out_dir, "ds_config.json"), "w") as f:
             json.dump({**ds_config, **({"r1_compression": compression} if compression else {})}, f, indent=2)
 
     # ---- model and data
@@ -453,6 +455,7 @@ def train(cfg: TrainConfig):
             state["r1_compression"] = reducer.state_dict()
         return state
 
+    applied_rate = None  # DropPath rate last set on the model
     for step in range(start, total):
         i = sampler.stage_index(step)
         if i != stage_idx:
@@ -467,7 +470,9 @@ def train(cfg: TrainConfig):
         gas = engine.gradient_accumulation_steps()
         lr = engine.get_lr()[0]
         rate = cfg.schedule.drop_path_max * step / max(1, total - 1)
-        drop_path(rate)
+        if rate != applied_rate:  # walks every module: only when the rate changes (once at drop_path_max 0)
+            drop_path(rate)
+            applied_rate = rate
         torch.manual_seed(step_seed(cfg.seed, step, coords.data, coords.pipe))
         micro = sampler.micro_batches(step, data_rank=coords.data, data_size=dims.data,
                                       micro_batch=engine.train_micro_batch_size_per_gpu())
