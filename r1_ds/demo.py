@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     _run([py, "-m", "r1_ds.cli", "generate", str(hf), "--prompt", "def ", "--max-new-tokens", "48", "--temperature", "0.8"], env)
     _run([py, "-m", "r1_ds.cli", "plot", str(run_dir)], env)
 
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    from .metrics import read_metrics  # the last record of a step wins if the run was resumed
+
+    losses = [rec["loss"] for rec in read_metrics(str(run_dir / "metrics.jsonl"))]
     log.info("loss %.3f -> %.3f over %d steps; Hugging Face folder: %s; curve: %s", losses[0], losses[-1],
              len(losses), hf, run_dir)
     return 0

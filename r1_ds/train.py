@@ -296,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
                 args.config and "deepspeed_config" in read_mapping(args.config)):
             cfg.deepspeed_config = acc_file  # the JSON accelerate was given, unless the CLI or file names one
         train(cfg)
+        shutdown_distributed()
     except user_errors() as err:  # the same on every rank: say it once
         log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s: %s",
                 type(err).__name__, err)
@@ -509,6 +510,17 @@ def train(cfg: TrainConfig):
     metrics.close()
     log0("done: %d steps, checkpoints in %s, metrics in %s", total, ckpt_dir, metrics.path)
     return engine
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down once every rank is done. Left to interpreter exit, gloo's worker
+    threads can be destroyed while still joinable, and a rank that finished cleanly dies with SIGABRT
+    ("terminate called without an active exception"), failing the whole launch."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
 
 
 def peak_memory_gib() -> float:

@@ -212,6 +212,13 @@ def _resume_run(ckpt_dir: str) -> dict:
                 torch.equal(reducer2._pending_errors[k], v) for k, v in errors_at_save.items())
             out["step"] = reducer2.step
         out[restore] = _plain_steps(engine2, reducer2, range(4, 7))["hashes"]
+    # resumed with error feedback switched off: the saved residuals must not be added into new gradients
+    engine3, reducer3 = _plain_engine(_section(error_feedback=False))
+    _, client = engine3.load_checkpoint(ckpt_dir, tag="s4")
+    reducer3.load_state_dict(client["r1_compression"])
+    out["feedback_off_buffers"] = len(reducer3._pending_errors) + len(reducer3.errors)
+    _plain_steps(engine3, reducer3, range(4, 5))
+    out["feedback_off_buffers_after_step"] = len(reducer3.errors)
     return out
 
 
@@ -512,6 +519,7 @@ def test_resume_restores_error_buffers(two):
         assert r["restored_equal"] and r["step"] == 4
         assert r["full"] == r["reference"], "resumed run differs from the uninterrupted one"
         assert r["no_errors"] != r["reference"], "dropping the buffers changed nothing: the check is too weak"
+        assert r["feedback_off_buffers"] == 0 and r["feedback_off_buffers_after_step"] == 0
     assert results[0]["reference"] == results[1]["reference"]
 
 

@@ -52,7 +52,7 @@ class GopherQualityFilter(BaseFilter):
             return False, "too_few_words"
         punct = _text.PUNCTUATION
         non_symbol = [w for w in words if not punct.issuperset(w)]
-        if len(non_symbol) < self.min_doc_words:
+        if not non_symbol or len(non_symbol) < self.min_doc_words:  # all symbols: no word length to average
             return False, "too_few_words"
         if len(non_symbol) > self.max_doc_words:
             return False, "too_many_words"

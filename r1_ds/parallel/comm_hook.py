@@ -646,7 +646,8 @@ class CompressedReducer:
         self._times = {k: list(v) for k, v in sd.get("times", {"dense": [], "compressed": []}).items()}
         self.errors.clear()
         self._pending_errors = {}
-        errors = sd.get("errors") or {}
+        # A run resumed with error_feedback off must not add the old residuals into its first gradients.
+        errors = (sd.get("errors") or {}) if self.cfg.error_feedback else {}
         if errors and sd.get("dp_world_size") != self.dp_size:
             msg = (f"{SECTION}: checkpoint has error buffers for dp_world_size={sd.get('dp_world_size')}, this run has "
                    f"{self.dp_size}; they cannot be split differently. Resume with the same data-parallel size, or "

@@ -173,6 +173,11 @@ def test_gopher_quality_reasons(text, reason):
     assert GopherQualityFilter().filter(doc(text)) == (False, reason)
 
 
+def test_gopher_quality_all_symbols_with_no_word_minimum():
+    # min_doc_words=0 lets a symbols-only document reach the average word length: a drop, not a ZeroDivisionError
+    assert GopherQualityFilter(min_doc_words=0).filter(doc("- * # ! ? ... --")) == (False, "too_few_words")
+
+
 def test_c4_rules():
     f = C4QualityFilter()
     body = "\n".join(sentences(6))

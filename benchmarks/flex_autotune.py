@@ -1,0 +1,77 @@
+"""Which FlexAttention tile configs suit hierarchical attention's L1 and L2 kernels on this GPU: each
+level's kernel timed fwd+bwd with the kernel options `_flex` picks, then with inductor's max-autotune
+search (its AUTOTUNE lines on stderr list every config tried). A tuning aid, not a benchmark.
+
+    python benchmarks/flex_autotune.py --T 8192 --batch 8 2> autotune.log
+"""
+
+import argparse
+import time
+
+import torch
+from torch.nn.attention.flex_attention import flex_attention
+
+from r1_ds.model import hierarchical_attention as ha
+
+p = argparse.ArgumentParser()
+p.add_argument("--T", type=int, default=8192)
+p.add_argument("--batch", type=int, default=8)
+p.add_argument("--dim", type=int, default=2048)
+p.add_argument("--levels", nargs="+", default=["L1", "L2"])
+args = p.parse_args()
+kw = dict(level_heads=(8, 16, 32), window=128, paragraph_size=128, document_size=1024, top_k=4, rope_theta=10000.0)
+B, T, d = args.batch, args.T, args.dim
+H1, H2, _ = kw["level_heads"]
+g_, G_ = kw["paragraph_size"], kw["document_size"]
+n_par, n_doc = T // g_, T // G_
+S = ha.summary_len(n_par, g_)
+r = ha.rope_size(d, kw["level_heads"])
+q, k, v = (torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+grid = lambda n, step: ha._rope_grid(n, step, r, 1e4, "cuda")  # noqa: E731
+qr, kbuf, vbuf, _, _ = ha._flex_inputs(q, k, v, *grid(T, 1), *grid(n_par, g_), *grid(n_doc, G_), n_par, S, n_doc,
+                                       g_, G_)
+with torch.no_grad():
+    idx, valid, _ = ha._route_compiled(q, k, n_heads=H2, paragraph_size=g_, top_k=kw["top_k"], first_block=0,
+                                        n_blocks=T // g_)
+cases = {
+    "L1": ([ha.split_heads(x, H1) for x in (qr, kbuf[:, S:], vbuf[:, S:])],
+           ha._window_block_mask(T, kw["window"], g_, "cuda"), (d // H1) ** -0.5),
+    "L2": ([ha.split_heads(x, H2) for x in (qr, kbuf, vbuf)],
+           ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_, span=G_ // g_),
+           (d // H2) ** -0.5),
+}
+tuned = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
+
+
+def timed(fn, n=10):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(n):
+        fn()
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / n
+
+
+for name in args.levels:
+    xs, mask, scale = cases[name]
+    xs = [x.detach().contiguous().requires_grad_(True) for x in xs]
+    grad = torch.randn_like(xs[0])
+    hd = xs[0].shape[-1]
+    runs = {
+        "r1_ds default": lambda: ha._flex(*xs, mask, scale),
+        "max-autotune": lambda: tuned(*xs, block_mask=mask, scale=scale),
+    }
+    for label, fn in runs.items():
+        t0 = time.perf_counter()
+        fn().backward(grad)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        with torch.no_grad():
+            fwd = timed(fn)
+        both = timed(lambda: fn().backward(grad))
+        print(f"{name} hd {hd} T {T} B {B} {label:<14} fwd {fwd:7.2f} ms  bwd {both - fwd:7.2f} ms  "
+              f"fwd+bwd {both:7.2f} ms  (first call {first:5.1f} s)", flush=True)
