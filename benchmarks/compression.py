@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
             with open(path[: -len(".json")] + ".md" if path.endswith(".json") else path + ".md", "w") as f:
                 f.write(text)
         print("\n" + text, flush=True)
-    dist.barrier()
+    from r1_ds.train import shutdown_distributed
+
+    shutdown_distributed()  # barrier + teardown: gloo threads left to interpreter exit can abort a finished rank
     if not all(math.isfinite(r["eval_loss"]) for r in results):
         raise SystemExit("a run diverged (non-finite loss)")
 

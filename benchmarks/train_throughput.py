@@ -193,6 +193,9 @@ def main(argv=None) -> int:
             json.dump(result, f, indent=2)
     print()
     print(table(rows))
+    from r1_ds.train import shutdown_distributed
+
+    shutdown_distributed()
     return 0
 
 
