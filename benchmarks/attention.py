@@ -8,7 +8,9 @@ GPU on both sides, from precomputed cos / sin tables); dense is
 `scaled_dot_product_attention(is_causal=True)` with d / dense_heads head size, timed on every
 backend that runs (cuDNN, flash, memory-efficient) and the best one kept. R1 runs the path the
 trainer uses on that device: the FlexAttention fast path on CUDA, the eager reference on CPU (no
-block-sparse kernel there). Prints a table last and writes JSON to --json (default: $OUT/attention_<device>.json).
+block-sparse kernel there). With --compile (CUDA), each side runs as one torch.compile'd graph, as it does
+inside a decoder block under `model.compile`. Prints a table last and writes JSON to --json (default:
+$OUT/attention_<device>.json, attention_<device>_compiled.json with --compile).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=None, help="tokens per step: batch = max(1, tokens // T)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--compile", action="store_true", help="each side as one compiled graph (CUDA)")
     args = p.parse_args()
 
     dev = args.device
@@ -121,9 +124,21 @@ def main() -> None:
         "torch": torch.__version__, "dtype": str(dtype), "d": d, "level_heads": level_heads,
         "dense_heads": dense_heads, "window": args.window, "paragraph": args.paragraph,
         "document": args.document, "top_k": args.top_k, "tokens_per_step": tokens,
-        "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:]), "compile": args.compile,
     }
-    out = args.json or os.path.join(os.environ.get("OUT", "benchmarks/results"), f"attention_{dev}.json")
+    suffix = "_compiled" if args.compile else ""
+    out = args.json or os.path.join(os.environ.get("OUT", "benchmarks/results"), f"attention_{dev}{suffix}.json")
+
+    def dense_attention(q, k, v, cos, sin, heads, backend):
+        with sdpa_kernel([backend]):  # inside: a compiled graph is traced once per backend
+            return F.scaled_dot_product_attention(*dense_inputs(q, k, v, cos, sin, heads), is_causal=True)
+
+    r1_flex = hierarchical_attention_flex
+    if args.compile:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # a graph per T
+        r1_flex = torch.compile(hierarchical_attention_flex, fullgraph=True, dynamic=False)
+        dense_attention = torch.compile(dense_attention, fullgraph=True, dynamic=False)
+
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
 
     def save():  # after every row, so a run cut short still leaves its figures
@@ -142,8 +157,7 @@ def main() -> None:
 
         def dense_step(backend):
             def step():
-                with sdpa_kernel([backend]):
-                    o = F.scaled_dot_product_attention(*dense_inputs(q, k, v, cos, sin, dense_heads), is_causal=True)
+                o = dense_attention(q, k, v, cos, sin, dense_heads, backend)
                 o.transpose(1, 2).reshape(B, T, d).backward(grad)
             return step
 
@@ -163,7 +177,7 @@ def main() -> None:
 
         def r1_step():
             if cuda:
-                h = hierarchical_attention_flex(q, k, v, **kw)
+                h = r1_flex(q, k, v, **kw)
             else:
                 h = hierarchical_attention_eager(q, k, v, q, pos, **kw)
             torch.autograd.backward(h, (grad, grad, grad))

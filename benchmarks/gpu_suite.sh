@@ -3,7 +3,8 @@
 # output under $OUT (logs and JSON), so a short GPU lease loses nothing to a step that runs long.
 #
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (~20 min on one H200)
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh attention  # some steps: attention train train_compiled fp16 clip
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh attention  # some steps: attention attention_compiled train
+#                                                            #   train_compiled trainer_compiled fp16 clip
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile64k   # tuning aids, not in the default run
 #
 # train_compiled is an experiment, not a figure an issue asks for: both models with every decoder block
@@ -16,7 +17,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-STEPS="${*:-attention train train_compiled fp16 clip}"
+STEPS="${*:-attention attention_compiled train train_compiled trainer_compiled fp16 clip}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # DeepSpeed configs as shipped, but with torch's AdamW: FusedAdam's JIT build costs minutes of a lease
@@ -39,10 +40,17 @@ step() {  # name, seconds, command...
 }
 
 step attention 420 "$PY" benchmarks/attention.py --device cuda --repeats 5 --json "$OUT/attention_h200.json"
+step attention_compiled 480 "$PY" benchmarks/attention.py --device cuda --repeats 5 --compile \
+    --json "$OUT/attention_h200_compiled.json"
 step train 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 8192 --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_h200.json"
 step train_compiled 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 --steps 5 --warmup 3 \
     --compile-blocks --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_compiled_h200.json"
+# the trainer's own --compile path (r1_ds.train.compile_blocks), 350M at 2k: tokens/s and MFU in metrics.jsonl
+step trainer_compiled 300 "$PY" -m r1_ds.train --deepspeed_config /tmp/r1_bf16.json --preset 350m --seq-len 2048 \
+    --micro-batch 8 --global-batch 8 --steps 40 --log-every 10 --output-dir /tmp/r1_compiled_run --no-progress \
+    --compile --set checkpoint.every=0
+want trainer_compiled && cp /tmp/r1_compiled_run/metrics.jsonl "$OUT/trainer_compiled_metrics.jsonl"
 step fp16 200 "$PY" -m r1_ds.train --deepspeed_config /tmp/r1_fp16.json --preset 125m --seq-len 2048 --micro-batch 8 \
     --global-batch 8 --steps 60 --warmup-steps 10 --log-every 10 --output-dir /tmp/r1_fp16_run --no-progress \
     --set 'precision.loss_scale_policy={type: exponent, k: 13, interval: 1}'

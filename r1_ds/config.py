@@ -46,6 +46,10 @@ class ModelSettings:
     """Recompute activations of every block of N decoder layers in the backward pass (0: off)."""
     init_from: str | None = None
     """Start from the weights of a Hugging Face folder (e.g. `r1-ds export` output) instead of a fresh init."""
+    compile: bool = False
+    """torch.compile every decoder block in place (torchtitan-style), after tensor-parallel sharding and before
+    DeepSpeed wraps the model: fewer kernel launches and Python overhead per step; the first steps include the
+    compile time. ZeRO-3 is refused with it (its parameter hooks do not compose with compiled blocks)."""
 
 
 @dataclass

@@ -70,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any training-config field, e.g. --set schedule.drop_path_max=0.1 (repeatable)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile each decoder block (model.compile)")
     # Launchers append these; DeepSpeed reads LOCAL_RANK from the environment anyway.
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
 
@@ -78,6 +80,8 @@ def cli_overrides(args: argparse.Namespace) -> dict:
     out = {key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag, None) is not None}
     if getattr(args, "progress", None) is False:
         out["log.progress"] = False
+    if getattr(args, "compile", None):
+        out["model.compile"] = True
     for item in args.set:
         key, value = parse_set(item)
         out[key] = value
@@ -187,6 +191,10 @@ def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_
         raise ConfigError(f"parallel.pipe={dims.pipe} with zero_optimization.stage={stage}: DeepSpeed's pipeline "
                           "engine supports ZeRO stage 0 or 1 only. Fix: set zero_optimization.stage to 1, or "
                           "parallel.pipe to 1.")
+    if cfg.model.compile and stage >= 3:
+        raise ConfigError(f"model.compile=true with zero_optimization.stage={stage}: ZeRO-3 gathers and releases "
+                          "parameters in hooks around each module, which compiled blocks do not run the same way. "
+                          "Fix: set zero_optimization.stage to 0, 1 or 2, or model.compile to false.")
     return ds, dims, plan, notes, compression
 
 
@@ -226,6 +234,18 @@ def build_model(cfg: TrainConfig, device_type: str):
         model = R1ForCausalLM(config)
     model.config._attn_implementation = impl
     return model
+
+
+def compile_blocks(module: torch.nn.Module) -> int:
+    """torch.compile every R1 decoder block of `module` (a model or this rank's pipeline stage) in place, as
+    torchtitan does: one graph per block forward and one per backward instead of dozens of small kernels
+    and Python calls each. DeepSpeed keeps calling the modules as before. Returns the number compiled."""
+    from .parallel.pipeline import decoder_layers
+
+    layers = decoder_layers(module)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def step_seed(seed: int, step: int, data_rank: int, pipe_rank: int) -> int:
@@ -393,6 +413,10 @@ def train(cfg: TrainConfig):
             model.gradient_checkpointing_enable()
         module = model
         drop_path = module.set_drop_path_rate
+
+    if cfg.model.compile:
+        log0("model.compile: %d decoder blocks compiled with torch.compile (the first steps include compiling)",
+             compile_blocks(module))
 
     schedule = WarmupCosine(cfg.schedule.warmup_steps, cfg.schedule.steps, cfg.schedule.min_lr_ratio)
     engine, *_ = deepspeed.initialize(

@@ -87,6 +87,21 @@ def test_pipeline_with_zero2_and_stages_with_a_global_batch_are_refused(ds):
         build_ds_config(cfg, ds, world_size=1, device_type="cpu")
 
 
+def test_compile_flag_and_its_zero3_refusal(ds):
+    import argparse
+
+    from r1_ds.train import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert cli_overrides(p.parse_args(["--compile"]))["model.compile"] is True
+    assert "model.compile" not in cli_overrides(p.parse_args([]))  # absent: the file's setting stands
+    cfg = load_train_config(None, cli_overrides(p.parse_args(["--compile"])))
+    build_ds_config(cfg, {**ds, "zero_optimization": {"stage": 2}}, world_size=1, device_type="cpu")  # allowed
+    with pytest.raises(ConfigError, match=r"model.compile=true with zero_optimization.stage=3.*Fix: set "):
+        build_ds_config(cfg, {**ds, "zero_optimization": {"stage": 3}}, world_size=1, device_type="cpu")
+
+
 def test_pipeline_under_accelerate_is_a_clear_error(monkeypatch):
     from r1_ds.train import train
 

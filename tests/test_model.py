@@ -111,6 +111,30 @@ def test_flex_fast_path_equals_reference(T):
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4, msg=f"level {level}")
 
 
+def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
+    """`model.compile` on GPU compiles whole decoder blocks; a graph break inside the flex path would split
+    each block into pieces and bring back the per-kernel overhead. fullgraph=True fails on any break. The
+    aot_eager backend traces the same Python as inductor on GPU; forward and backward must match eager."""
+    import torch.nn.attention.flex_attention as flex
+
+    monkeypatch.setattr(flex, "_validate_device", lambda *a: None, raising=False)  # allow CPU backward (unfused)
+    m = model()
+    m.config._attn_implementation = "flex_attention"
+    block = m.model.layers[0].train()
+    x = torch.randn(2, 72, m.config.hidden_size, requires_grad=True)
+    ref = block(x)
+    ref.sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad()
+    torch._dynamo.reset()
+    out = torch.compile(block, fullgraph=True, backend="aot_eager")(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    for a, b in zip(grads, [x.grad] + [p.grad for p in block.parameters()]):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
 def _kernel_view(block_mask, B, H, Q, KV):
     """The element mask the fused GPU kernel applies: full blocks whole, partial blocks through
     mask_mod, other blocks skipped. (The CPU path applies mask_mod everywhere, so equality with the

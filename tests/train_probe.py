@@ -54,10 +54,13 @@ def main(argv: list[str]) -> int:
         trained.append((train(cfg), cfg.output_dir))
         return trained[-1][0]
 
-    entry.train = keep_engine  # run() looks `train` up in the module at call time
+    entry.train = keep_engine  # run() looks `train` and `shutdown_distributed` up in the module at call time
+    shutdown = entry.shutdown_distributed
+    entry.shutdown_distributed = lambda: None  # the probe still needs the process groups
     code = entry.main(argv)
     if code == 0:
         probe(*trained[0])
+    shutdown()
     return code
 
 

@@ -141,3 +141,17 @@ def pipeline() -> dict:
 @functools.lru_cache(maxsize=None)
 def pipeline_resumed() -> dict:
     return _resume_from_step2(pipeline(), "pp_resumed", PP)
+
+
+NO_DROP = {"schedule.drop_path_max": 0.0, "checkpoint.every": 0, "schedule.steps": 3}  # eager and inductor draw
+                                                                                        # DropPath masks differently
+
+
+@functools.lru_cache(maxsize=None)
+def data_parallel_eager_no_drop() -> dict:
+    return _run("dp_eager", {**_dp(), **NO_DROP})
+
+
+@functools.lru_cache(maxsize=None)
+def data_parallel_compiled_no_drop() -> dict:
+    return _run("dp_compiled", {**_dp(), **NO_DROP, "model.compile": True})

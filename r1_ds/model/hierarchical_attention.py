@@ -49,7 +49,7 @@ def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         nonlocal compiled
-        if not args[0].is_cuda:
+        if not args[0].is_cuda or torch.compiler.is_compiling():  # inside a compiled block: traced into it
             return fn(*args, **kwargs)
         if compiled is None:
             _raise_recompile_limit()
@@ -57,6 +57,12 @@ def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
         return compiled(*args, **kwargs)
 
     return wrapper
+
+
+def _cached(fn, *args):
+    """fn(*args) through fn's lru_cache; traced afresh inside a compiled region, where dynamo ignores the
+    cache wrapper anyway (and warns) and inductor folds the constant tables into the graph."""
+    return fn.__wrapped__(*args) if torch.compiler.is_compiling() else fn(*args)
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -177,14 +183,20 @@ def _null(x: torch.Tensor) -> torch.Tensor:
 
 
 def hierarchical_attention_eager(
-    q_new: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_hist: torch.Tensor, q_pos: torch.Tensor, *,
+    q_new: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_hist: torch.Tensor, q_pos: torch.Tensor | range, *,
     level_heads, window: int, paragraph_size: int, document_size: int, top_k: int, rope_theta: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference hierarchical attention with dense masks (O(Tq * T) memory; for tests and decoding).
 
-    q_new (B, Tq, d) queries at absolute positions q_pos (Tq,); k, v, q_hist (B, T, d) the whole
-    history, q_pos[-1] < T. Returns the three level outputs, each (B, Tq, d), before gating.
+    q_new (B, Tq, d) queries at the consecutive absolute positions q_pos (Tq,); k, v, q_hist (B, T, d)
+    the whole history, q_pos[-1] < T. Returns the three level outputs, each (B, Tq, d), before gating.
+    q_pos as a range keeps its ends Python ints: no tensor-to-int sync (and no graph break when compiled).
     """
+    if isinstance(q_pos, range):
+        first, last = q_pos.start, q_pos.stop - 1
+        q_pos = torch.arange(q_pos.start, q_pos.stop, device=k.device)
+    else:
+        first, last = int(q_pos[0]), int(q_pos[-1])
     B, T, d = k.shape
     g, G = paragraph_size, document_size
     r = rope_size(d, level_heads)
@@ -214,8 +226,8 @@ def hierarchical_attention_eager(
     qb = qp // g  # query paragraph (Tq, 1)
     j = torch.arange(n_par, device=k.device)[None, :]
     m_sum = (j < qb) & (j >= qb - span)  # (Tq, n_par)
-    b0 = int(q_pos[0]) // g
-    n_qb = int(q_pos[-1]) // g - b0 + 1
+    b0 = first // g
+    n_qb = last // g - b0 + 1
     idx, valid, _ = route_paragraphs(q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
                                      first_block=b0, n_blocks=n_qb)  # routing carries no gradient
     routed = torch.zeros(B, H, n_qb, n_par + 1, dtype=torch.bool, device=k.device)
@@ -264,7 +276,8 @@ def _flex(q, k, v, block_mask, scale):
     block = block_mask.BLOCK_SIZE[0]
     if block < 128:  # the kernel's default tiles (128) must divide the mask's blocks
         options = {name: block for name in ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")}
-    return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale, kernel_options=options)
+    fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()  # compiled block: traced into it
+    return fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=options)
 
 
 def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,13 +439,15 @@ def hierarchical_attention_flex(
     n_par, n_doc = T // g, T // G
     S = summary_len(n_par, g)
     r = rope_size(d, level_heads)
-    grid = functools.partial(_rope_grid, size=r, theta=float(rope_theta), device=str(q.device))
+    def grid(n, step):
+        return _cached(_rope_grid, n, step, r, float(rope_theta), str(q.device))
+
     qr, kbuf, vbuf, k3, v3 = _flex_inputs(_pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp), *grid(Tp, 1),
                                           *grid(n_par, g), *grid(n_doc, G), n_par, S, n_doc, g, G)
 
     H = level_heads[0]
     o1 = _flex(split_heads(qr, H), split_heads(kbuf[:, S:], H), split_heads(vbuf[:, S:], H),
-               _window_block_mask(Tp, window, g, str(q.device)), (d // H) ** -0.5)
+               _cached(_window_block_mask, Tp, window, g, str(q.device)), (d // H) ** -0.5)
 
     H = level_heads[1]
     idx, valid, _ = _route_compiled(q.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,

@@ -185,7 +185,7 @@ class R1HierarchicalAttention(nn.Module):
         impl = self.config._attn_implementation
         if past == 0 and impl == "flex_attention":
             return hierarchical_attention_flex(q, k, v, **self.kernel_kwargs())
-        q_pos = torch.arange(past, past + x.shape[1], device=x.device)
+        q_pos = range(past, past + x.shape[1])
         return hierarchical_attention_eager(q, k_all, v_all, q_all, q_pos, **self.kernel_kwargs())
 
     def fuse(self, h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
