@@ -173,6 +173,23 @@ def test_flex_block_tables_agree_with_mask(T, window, g):
     assert torch.equal(kernel, dense) and not wrong_full.any()
 
 
+def test_each_l2_summary_block_is_read_by_nearby_query_blocks_only():
+    """The flex backward runs one dK/dV program per key block, looping over the query blocks that read it.
+    Each summary block carries its own null key, so no summary block is read by every query block (a
+    shared null would make one program loop over all n / g of them: a serial tail growing with n)."""
+    from r1_ds.model.hierarchical_attention import paragraph_block_mask, summary_len
+
+    g, span, T = 8, 4, 512
+    n_par = T // g
+    torch.manual_seed(0)
+    idx, valid, _ = route_paragraphs(torch.randn(1, T, 32), torch.randn(1, T, 32), n_heads=2, paragraph_size=g,
+                                     top_k=3, first_block=0, n_blocks=n_par)
+    bm = paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g, span=span)
+    n_sb = summary_len(n_par, g) // g
+    readers = bm.q_num_blocks[..., :n_sb]  # query blocks per summary block (summary blocks are partial)
+    assert n_sb == 10 and int(readers.max()) <= (g - 1) + span < n_par
+
+
 def test_model_flex_equals_eager():
     m = model()
     x = torch.randint(0, m.config.vocab_size, (2, 72))
@@ -363,6 +380,7 @@ def test_sequence_classification_head():
     (dict(level_heads=(3, 4, 8)), "level_heads", "[3, 4, 8]"),
     (dict(level_heads=(2, 4, 16)), "level_heads", "[2, 4, 16]"),  # head size 4: too few rotary frequencies
     (dict(document_size=20), "document_size", "20"),
+    (dict(paragraph_size=1, document_size=32), "paragraph_size", "1"),
     (dict(local_window=512), "local_window", "512"),
     (dict(route_top_k=-1), "route_top_k", "-1"),
     (dict(init_scheme="xavier"), "init_scheme", "'xavier'"),

@@ -138,6 +138,10 @@ class R1Config(PretrainedConfig):
                  f"the head sizes must share a factor of at least 8: rotary runs once over chunks of "
                  f"gcd(head sizes) = {rope} channels, fewer than 4 rotary frequencies per head",
                  "choose head counts whose head sizes share a factor of at least 8 (e.g. 8/16/32)")
+        if self.paragraph_size < 2:
+            fail("paragraph_size", self.paragraph_size,
+                 "must be at least 2 (a one-token paragraph's summary is the token itself, which L1 already sees)",
+                 "use e.g. paragraph_size=64")
         if self.document_size % self.paragraph_size:
             fail("document_size", self.document_size,
                  f"must be a multiple of paragraph_size={self.paragraph_size} (documents are made of whole paragraphs)",

@@ -115,8 +115,10 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def summary_len(n_par: int, paragraph_size: int) -> int:
-    """Length of L2's summary region [null, n_par summaries, pad], padded to whole paragraph blocks."""
-    return -(-(1 + n_par) // paragraph_size) * paragraph_size
+    """Length of L2's summary region in the flex path: blocks of one paragraph, each [null, the next
+    paragraph_size - 1 summaries] (the last padded), at least one block (for the null key)."""
+    per = paragraph_size - 1
+    return max(1, -(-n_par // per)) * paragraph_size
 
 
 def summary_positions(n: int, size: int, device) -> torch.Tensor:
@@ -320,11 +322,15 @@ def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, length: int, paragraph_size: int,
                          span: int):
-    """L2 block mask over keys laid out as [null, n_par summaries, pad to a block | `length` tokens].
+    """L2 block mask over keys laid out as [summary blocks | `length` tokens]. Each summary block is
+    [null, g - 1 summaries]: summary j sits at kv index (j // (g - 1)) * g + 1 + j % (g - 1).
 
-    Query paragraph b reads (partial blocks, masked element-wise) the summary blocks that hold the
-    null key and summaries b - span .. b - 1 (kv index 1 + j), and (full blocks) the token blocks
-    of its routed paragraphs idx[..., b, :valid]. Flex blocks are one paragraph long.
+    Query paragraph b reads (partial blocks, masked element-wise) the summary blocks holding
+    summaries b - span .. b - 1 and, as its one null key, the null of the block holding summary
+    b - 1 (block 0 for b = 0); and (full blocks) the token blocks of its routed paragraphs
+    idx[..., b, :valid]. Flex blocks are one paragraph long. A null in every summary block (not
+    one null for all) keeps each block's readers to the query paragraphs near it: with a single
+    shared null, the backward's dK/dV program of that block would loop over every query block.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -336,9 +342,12 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
     # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
     # fused kernel applies it to partial blocks; full (routed) blocks skip it.
     def mask_mod(b, h, q_idx, kv_idx_):
-        j = kv_idx_ - 1
+        blk, slot = kv_idx_ // g, kv_idx_ % g
+        j = blk * (g - 1) + slot - 1
         qpar = q_idx // g
-        summary = (kv_idx_ == 0) | ((kv_idx_ < S) & (j < n_par) & (j < qpar) & (j >= qpar - span))
+        in_summaries = kv_idx_ < S
+        null = in_summaries & (slot == 0) & (blk == (qpar - 1).clamp(min=0) // (g - 1))
+        summary = null | (in_summaries & (slot > 0) & (j < n_par) & (j < qpar) & (j >= qpar - span))
         tok_par = ((kv_idx_ - S) // g).clamp(0, n_qb - 1)
         token = (kv_idx_ >= S) & routed[b, h, qpar, tok_par]
         return summary | token
@@ -357,13 +366,13 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
     dev = idx.device
     n_sb = summary_len(n_par, g) // g
     qb = torch.arange(n_qb, device=dev)
-    lo = (1 + (qb - span).clamp(min=0)) // g
-    hi = qb // g  # kv index of summary b - 1 is b
+    lo = (qb - span).clamp(min=0) // (g - 1)  # block of summary b - span
+    hi = (qb - 1).clamp(min=0) // (g - 1)  # block of summary b - 1, whose null b reads (block 0 for b = 0)
     sb = torch.arange(n_sb, device=dev)
     n_kv = n_sb + length // g
     # Block tables span every kv block (flex expects index rows as wide as the kv block count).
     need = torch.zeros(n_qb, n_kv, dtype=torch.bool, device=dev)
-    need[:, :n_sb] = (sb[None] == 0) | ((sb[None] >= lo[:, None]) & (sb[None] <= hi[:, None]))
+    need[:, :n_sb] = (sb[None] >= lo[:, None]) & (sb[None] <= hi[:, None])
     kv_num, kv_idx = _as_indices(need)
     if idx.shape[-1] == 0:  # nothing routable (short sequence or top_k = 0)
         idx = torch.zeros(B, H, n_qb, 1, dtype=torch.long, device=dev)
@@ -393,16 +402,21 @@ _route_compiled = compiled_on_cuda(route_paragraphs)  # ~40 small kernels as one
 def _flex_inputs(q, k, v, cos, sin, cos_p, sin_p, cos_d, sin_d, n_par: int, summary_len: int, n_doc: int,
                  paragraph_size: int, document_size: int):
     """Every level's operands in one memory pass, all (B, ., d) with heads still folded:
-    rotated queries; L2 keys / values laid out as [null, n_par summaries, pad | tokens] (see
-    paragraph_block_mask), whose token part also serves L1; L3 keys / values [null, document summaries].
-    q, k, v are padded to whole paragraphs; summaries come from complete groups only."""
+    rotated queries; L2 keys / values laid out as [summary blocks of (null, g - 1 summaries) | tokens]
+    (see paragraph_block_mask), whose token part also serves L1; L3 keys / values [null, document
+    summaries]. q, k, v are padded to whole paragraphs; summaries come from complete groups only."""
     B, Tp, d = q.shape
     g, G = paragraph_size, document_size
+    n_sb = summary_len // g
     zero = k.new_zeros(B, 1, d)
-    pad = k.new_zeros(B, summary_len - 1 - n_par, d)
+
+    def summary_blocks(s):  # (B, n_par, d) -> (B, summary_len, d): each block [null, g - 1 summaries]
+        s = F.pad(s, (0, 0, 0, n_sb * (g - 1) - n_par)).view(B, n_sb, g - 1, d)
+        return torch.cat([s.new_zeros(B, n_sb, 1, d), s], dim=2).view(B, summary_len, d)
+
     ks = rotary(pool_groups(k[:, : n_par * g], g), cos_p, sin_p)
-    kbuf = torch.cat([zero, ks, pad, rotary(k, cos, sin)], dim=1)
-    vbuf = torch.cat([zero, pool_groups(v[:, : n_par * g], g), pad, v], dim=1)
+    kbuf = torch.cat([summary_blocks(ks), rotary(k, cos, sin)], dim=1)
+    vbuf = torch.cat([summary_blocks(pool_groups(v[:, : n_par * g], g)), v], dim=1)
     k3 = torch.cat([zero, rotary(pool_groups(k[:, : n_doc * G], G), cos_d, sin_d)], dim=1)
     v3 = torch.cat([zero, pool_groups(v[:, : n_doc * G], G)], dim=1)
     return rotary(q, cos, sin), kbuf, vbuf, k3, v3
