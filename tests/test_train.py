@@ -30,6 +30,8 @@ def test_data_parallel_replicas_stay_identical():
 def test_compiled_blocks_train_like_eager():
     eager, compiled = train_runs.data_parallel_eager_no_drop(), train_runs.data_parallel_compiled_no_drop()
     assert sorted(compiled["metrics"]) == [1, 2, 3]
+    assert [r["compiled_blocks"] for r in compiled["ranks"]] == [2, 2]  # tiny: 2 decoder layers per replica
+    assert [r["compiled_blocks"] for r in eager["ranks"]] == [0, 0]
     for step in (1, 2, 3):  # inductor fuses and reorders fp32 arithmetic: equal up to rounding, not bitwise
         assert compiled["metrics"][step]["loss"] == pytest.approx(eager["metrics"][step]["loss"], rel=1e-5), step
     c0, c1 = (r["params"] for r in compiled["ranks"])
@@ -38,6 +40,15 @@ def test_compiled_blocks_train_like_eager():
         torch.testing.assert_close(c0[name], value, rtol=1e-4, atol=5e-5, msg=name)
         assert torch.equal(c0[name], c1[name]), name  # the compiled replicas stay identical to each other
     torch.testing.assert_close(compiled["ranks"][0]["logits"], eager["ranks"][0]["logits"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_in_a_pipeline_train_like_eager():
+    eager, compiled = train_runs.data_parallel_eager_no_drop(), train_runs.pipeline_compiled_no_drop()
+    for step in (1, 2, 3):  # data parallel 2 x micro 2 vs pipeline 2 stages x grad_accum 2: the same batches
+        assert compiled["metrics"][step]["loss"] == pytest.approx(eager["metrics"][step]["loss"], rel=1e-5), step
+        assert compiled["metrics"][step]["grad_accum"] == 2
+    assert [r["compiled_blocks"] for r in compiled["ranks"]] == [1, 1]  # one decoder layer per stage
 
 
 @pytest.mark.slow

@@ -50,7 +50,8 @@ def _train_body(overrides: dict) -> dict:
 
     engine = train(load_train_config(None, overrides))
     module = engine.module
-    out = {"rank": int(os.environ["RANK"]), "params": {}, "optimizer_steps": engine.global_steps}
+    out = {"rank": int(os.environ["RANK"]), "params": {}, "optimizer_steps": engine.global_steps,
+           "compiled_blocks": sum(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())}
     if getattr(engine, "is_pipe_parallel", False):
         prefixes = pipe_layer_prefixes(module.r1_config)
         for local, layer in enumerate(module.forward_funcs):
@@ -155,3 +156,9 @@ def data_parallel_eager_no_drop() -> dict:
 @functools.lru_cache(maxsize=None)
 def data_parallel_compiled_no_drop() -> dict:
     return _run("dp_compiled", {**_dp(), **NO_DROP, "model.compile": True})
+
+
+@functools.lru_cache(maxsize=None)
+def pipeline_compiled_no_drop() -> dict:
+    """The same 4-sequence batches as the data-parallel runs, as 2 pipeline stages x 2 micro-batches."""
+    return _run("pp_compiled", {**_dp(), **NO_DROP, "parallel.pipe": 2, "model.compile": True})
