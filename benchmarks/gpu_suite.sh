@@ -5,7 +5,7 @@
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (~20 min on one H200)
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh attention  # some steps: attention attention_compiled train
 #                                                            #   train_compiled trainer_compiled fp16 clip
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile64k   # tuning aids, not in the default run
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
 #
 # train_compiled is an experiment, not a figure an issue asks for: both models with every decoder block
 # compiled whole, to measure how much of R1's gap at 350M is Python and launch overhead.
@@ -56,5 +56,6 @@ step fp16 200 "$PY" -m r1_ds.train --deepspeed_config /tmp/r1_fp16.json --preset
     --set 'precision.loss_scale_policy={type: exponent, k: 13, interval: 1}'
 want fp16 && cp /tmp/r1_fp16_run/metrics.jsonl "$OUT/fp16_metrics.jsonl"  # the checkpoint stays behind (GBs)
 step tune 300 "$PY" benchmarks/flex_autotune.py --T 8192 --batch 8
-step profile64k 240 "$PY" benchmarks/profile_attention.py --T 65536 --batch 1
+step profile8k 300 "$PY" benchmarks/profile_attention.py --T 8192 --batch 8
+step profile64k 300 "$PY" benchmarks/profile_attention.py --T 65536 --batch 1
 step clip 200 "$PY" benchmarks/data_prep.py --device cuda

@@ -5,10 +5,14 @@ against GPU time, and the costliest kernels of one whole step. A tuning aid, not
 """
 
 import argparse
+import os
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.* as a package
+from benchmarks.attention_candidates import document_attention_explicit, window_attention_banded
 from r1_ds.model import hierarchical_attention as ha
 
 p = argparse.ArgumentParser()
@@ -51,6 +55,9 @@ def leaf(*xs):
 
 timed("whole step fwd+bwd", whole)
 timed("whole step fwd only", lambda: ha.hierarchical_attention_flex(q, k, v, **kw))
+whole_graph = torch.compile(ha.hierarchical_attention_flex, fullgraph=True, dynamic=False)
+timed("whole step fwd+bwd, one compiled graph (as under model.compile)",
+      lambda: torch.autograd.backward(whole_graph(q, k, v, **kw), (g, g, g)))
 
 # the shared glue, then each level's kernel on ready inputs
 g_, G_ = kw["paragraph_size"], kw["document_size"]
@@ -71,6 +78,10 @@ l1b = [x.detach().contiguous().view(B, H1, T, 2, d // H1 // 2).transpose(2, 3).r
        .requires_grad_(True) for x in l1_in]
 o1b = torch.randn(B, 2 * H1, T, d // H1 // 2, device="cuda", dtype=torch.bfloat16)
 timed(f"L1 flex kernel fwd+bwd at hd {d // H1 // 2} (same window)", lambda: ha._flex(*l1b, m1, 0.1).backward(o1b))
+banded = torch.compile(window_attention_banded, dynamic=False)
+l1_ops = leaf(qr, kbuf[:, S:], vbuf[:, S:])
+timed(f"L1 candidate: explicit banded, compiled (hd {d // H1})",
+      lambda: banded(*l1_ops, n_heads=H1, window=kw["window"], block=g_).backward(o1g))
 
 
 def l2_mask():
@@ -86,6 +97,9 @@ l2_in = leaf(ha.split_heads(qr, H2), ha.split_heads(kbuf, H2), ha.split_heads(vb
 o2g = torch.randn(B, H2, T, d // H2, device="cuda", dtype=torch.bfloat16)
 timed(f"L2 flex kernel fwd+bwd (hd {d // H2})", lambda: ha._flex(*l2_in, m2, (d // H2) ** -0.5).backward(o2g))
 timed("L3 fwd+bwd", lambda: ha._document_attention(qr, k3, v3, H3, G_, T).backward(g))
+explicit = torch.compile(document_attention_explicit, dynamic=False)
+timed("L3 candidate: explicit softmax, compiled",
+      lambda: explicit(qr, k3, v3, n_heads=H3, document_size=G_, length=T).backward(g))
 timed("dense cuDNN SDPA fwd+bwd (16 x 128, no rotary)", lambda: torch.nn.functional.scaled_dot_product_attention(
     *[ha.split_heads(x, 16) for x in (q, k, v)], is_causal=True).backward(torch.ones(B, 16, T, 128, device="cuda",
                                                                                      dtype=torch.bfloat16)))
