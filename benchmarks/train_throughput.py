@@ -101,9 +101,14 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
             model = r1_model(preset, seq_len) if name == "r1" else llama_model(preset, seq_len)
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable()
-        if args.compile_blocks:
-            for layer in model.model.layers:
-                layer.compile()
+        if args.compile_blocks:  # R1: the trainer's --compile (r1_ds.train.compile_blocks); Llama: the same by hand
+            if name == "r1":
+                from r1_ds.train import compile_blocks
+
+                compile_blocks(model)
+            else:
+                for layer in model.model.layers:
+                    layer.compile()
         row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
         engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
         gen = torch.Generator(device="cuda").manual_seed(1)
