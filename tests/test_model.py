@@ -173,6 +173,32 @@ def test_flex_block_tables_agree_with_mask(T, window, g):
     assert torch.equal(kernel, dense) and not wrong_full.any()
 
 
+def test_l2_query_side_tables_are_the_transpose_of_the_key_side():
+    """The GPU backward's dK/dV loop follows q_num_blocks / q_indices (the CPU path never reads them), so
+    they are checked against FlexAttention's own transposition of the key-side tables."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from r1_ds.model.hierarchical_attention import paragraph_block_mask
+
+    g, span, T = 8, 4, 256
+    torch.manual_seed(0)
+    idx, valid, _ = route_paragraphs(torch.randn(2, T, 32), torch.randn(2, T, 32), n_heads=2, paragraph_size=g,
+                                     top_k=3, first_block=0, n_blocks=T // g)
+    bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
+    ref = BlockMask.from_kv_blocks(bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
+                                   BLOCK_SIZE=g, mask_mod=bm.mask_mod, seq_lengths=bm.seq_lengths)
+
+    def used(num, indices):  # the set of listed blocks per row, order aside
+        keep = torch.arange(indices.shape[-1]) < num[..., None]
+        return torch.where(keep, indices, -1).sort(-1).values
+
+    for ours, theirs in (((bm.q_num_blocks, bm.q_indices), (ref.q_num_blocks, ref.q_indices)),
+                         ((bm.full_q_num_blocks, bm.full_q_indices), (ref.full_q_num_blocks, ref.full_q_indices))):
+        assert torch.equal(ours[0], theirs[0])
+        assert torch.equal(used(*ours), used(*theirs))
+    assert int(bm.full_q_num_blocks.sum()) > 0 and int(bm.q_num_blocks.sum()) > 0
+
+
 def test_each_l2_summary_block_is_read_by_nearby_query_blocks_only():
     """The flex backward runs one dK/dV program per key block, looping over the query blocks that read it.
     Each summary block carries its own null key, so no summary block is read by every query block (a

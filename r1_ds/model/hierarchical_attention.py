@@ -337,7 +337,8 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
     g = paragraph_size
     S = summary_len(n_par, g)
     n_qb = idx.shape[2]
-    kv_num, kv_idx, full_num, full_idx, routed = _paragraph_block_tables(idx, valid, n_par, length, g, span)
+    tables = _paragraph_block_tables(idx, valid, n_par, length, g, span)
+    routed = tables[-1]
 
     # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
     # fused kernel applies it to partial blocks; full (routed) blocks skip it.
@@ -352,15 +353,21 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
         token = (kv_idx_ >= S) & routed[b, h, qpar, tok_par]
         return summary | token
 
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=g, mask_mod=mask_mod,
-                                    seq_lengths=(length, S + length))
+    # The constructor, not from_kv_blocks: the query-side tables (for the backward's dK/dV loop) come
+    # from the same compiled graph instead of a dozen more small kernels per layer.
+    return BlockMask(seq_lengths=(length, S + length), kv_num_blocks=tables[0], kv_indices=tables[1],
+                     full_kv_num_blocks=tables[2], full_kv_indices=tables[3], q_num_blocks=tables[4],
+                     q_indices=tables[5], full_q_num_blocks=tables[6], full_q_indices=tables[7],
+                     BLOCK_SIZE=(g, g), mask_mod=mask_mod)
 
 
 @compiled_on_cuda
 def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size: int, span: int):
-    """Block tables of paragraph_block_mask: (kv_num, kv_idx) partial summary blocks, (full_num,
-    full_idx) routed token blocks, and routed (B, H, n_qb, n_qb), paragraph j routed for query
-    paragraph b. One compiled graph on GPU (dozens of tiny kernels left eager)."""
+    """Block tables of paragraph_block_mask, all (B, H, ...): per query block, (kv_num, kv_idx) its
+    partial summary blocks and (full_num, full_idx) its routed token blocks; the same transposed, per
+    key block (q_num, q_idx, full_q_num, full_q_idx: the query blocks reading it); and routed
+    (B, H, n_qb, n_qb), paragraph j routed for query paragraph b. One compiled graph on GPU (dozens
+    of tiny kernels left eager)."""
     g = paragraph_size
     B, H, n_qb, _ = idx.shape
     dev = idx.device
@@ -380,10 +387,16 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
     # routed paragraph j is token block n_sb + j; unused slots land in a spare last column
     full = torch.zeros(B, H, n_qb, n_kv + 1, dtype=torch.bool, device=dev)
     full.scatter_(-1, torch.where(valid, idx + n_sb, n_kv), True)
-    full_num, full_idx = _as_indices(full[..., :n_kv])
-    routed = full[..., n_sb:n_kv].contiguous()
-    return (kv_num[None, None].expand(B, H, -1).contiguous(), kv_idx[None, None].expand(B, H, -1, -1).contiguous(),
-            full_num, full_idx, routed)
+    full = full[..., :n_kv]
+    full_num, full_idx = _as_indices(full)
+    q_num, q_idx = _as_indices(need.T)
+    full_q_num, full_q_idx = _as_indices(full.transpose(-1, -2))
+
+    def per_head(x):
+        return x[None, None].expand(B, H, *x.shape).contiguous()
+
+    return (per_head(kv_num), per_head(kv_idx), full_num, full_idx, per_head(q_num), per_head(q_idx), full_q_num,
+            full_q_idx, full[..., n_sb:].contiguous())
 
 
 @functools.lru_cache(maxsize=16)
