@@ -240,8 +240,10 @@ def compile_blocks(module: torch.nn.Module) -> int:
     """torch.compile every R1 decoder block of `module` (a model or this rank's pipeline stage) in place, as
     torchtitan does: one graph per block forward and one per backward instead of dozens of small kernels
     and Python calls each. DeepSpeed keeps calling the modules as before. Returns the number compiled."""
+    from .model.hierarchical_attention import _raise_recompile_limit
     from .parallel.pipeline import decoder_layers
 
+    _raise_recompile_limit()  # generation or eval at other lengths may add graphs; never fall back silently
     layers = decoder_layers(module)
     for layer in layers:
         layer.compile()
@@ -316,11 +318,12 @@ def run(args: argparse.Namespace) -> int:
                 args.config and "deepspeed_config" in read_mapping(args.config)):
             cfg.deepspeed_config = acc_file  # the JSON accelerate was given, unless the CLI or file names one
         train(cfg)
-        shutdown_distributed()
     except user_errors() as err:  # the same on every rank: say it once
         log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s: %s",
                 type(err).__name__, err)
+        shutdown_distributed()
         return 2
+    shutdown_distributed()
     return 0
 
 
@@ -537,13 +540,14 @@ def train(cfg: TrainConfig):
 
 
 def shutdown_distributed() -> None:
-    """Tear the process group down once every rank is done. Left to interpreter exit, gloo's worker
-    threads can be destroyed while still joinable, and a rank that finished cleanly dies with SIGABRT
-    ("terminate called without an active exception"), failing the whole launch."""
+    """Tear the process groups down at the end of a run (clean, or a user error every rank raised alike).
+    Left to interpreter exit, gloo's worker threads can be destroyed while still joinable, and a rank
+    that finished cleanly dies with SIGABRT ("terminate called without an active exception"), failing
+    the whole launch. No barrier: the run's last collective (the checkpoint save) has completed on
+    every rank, and a rank that failed otherwise must not leave the others waiting here."""
     import torch.distributed as tdist
 
     if tdist.is_available() and tdist.is_initialized():
-        tdist.barrier()
         tdist.destroy_process_group()
 
 

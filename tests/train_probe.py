@@ -57,10 +57,12 @@ def main(argv: list[str]) -> int:
     entry.train = keep_engine  # run() looks `train` and `shutdown_distributed` up in the module at call time
     shutdown = entry.shutdown_distributed
     entry.shutdown_distributed = lambda: None  # the probe still needs the process groups
-    code = entry.main(argv)
-    if code == 0:
-        probe(*trained[0])
-    shutdown()
+    try:
+        code = entry.main(argv)
+        if code == 0:
+            probe(*trained[0])
+    finally:
+        shutdown()
     return code
 
 

@@ -50,8 +50,11 @@ def _train_body(overrides: dict) -> dict:
 
     engine = train(load_train_config(None, overrides))
     module = engine.module
+    from torch._dynamo.utils import counters
+
     out = {"rank": int(os.environ["RANK"]), "params": {}, "optimizer_steps": engine.global_steps,
-           "compiled_blocks": sum(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())}
+           "compiled_blocks": sum(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules()),
+           "compiled_frames": counters["frames"]["ok"]}  # graphs dynamo built (recompiles included)
     if getattr(engine, "is_pipe_parallel", False):
         prefixes = pipe_layer_prefixes(module.r1_config)
         for local, layer in enumerate(module.forward_funcs):
@@ -162,3 +165,9 @@ def data_parallel_compiled_no_drop() -> dict:
 def pipeline_compiled_no_drop() -> dict:
     """The same 4-sequence batches as the data-parallel runs, as 2 pipeline stages x 2 micro-batches."""
     return _run("pp_compiled", {**_dp(), **NO_DROP, "parallel.pipe": 2, "model.compile": True})
+
+
+@functools.lru_cache(maxsize=None)
+def data_parallel_compiled_drop_path() -> dict:
+    """Compiled blocks with DropPath rising every step (BASE: drop_path_max 0.2)."""
+    return _run("dp_compiled_drop", {**_dp(), "model.compile": True})

@@ -455,8 +455,8 @@ def hierarchical_attention_flex(
     """Fast path for a whole causal sequence (training / prefill): same result as the eager
     reference with q_pos = arange(T), computed with FlexAttention block-sparse kernels.
 
-    One compiled pass rotates q and k once for all levels and writes L2's keys as [null, summaries,
-    pad | tokens]; L1 reads the token part of the same buffer. The block mask gives each query
+    One compiled pass rotates q and k once for all levels and writes L2's keys as [summary blocks of
+    (null, g - 1 summaries) | tokens]; L1 reads the token part of the same buffer. The block mask gives each query
     paragraph the summary blocks it needs (partial blocks, masked element-wise) and its routed
     paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are one paragraph.
     """

@@ -107,14 +107,29 @@ class DropPath(nn.Module):
 
     def __init__(self, rate: float = 0.0):
         super().__init__()
+        # 1 - rate as a tensor that is updated in place: a compiled block reads it as an input, so the
+        # rate can change every step without a recompile (a float attribute would be baked into the
+        # graph; each value a recompile, and past dynamo's limit the block silently runs eager). A
+        # plain attribute, not a buffer, so casting the model to bf16 leaves it fp32 (and on the CPU).
+        self._keep = torch.ones(())
         self.rate = rate
 
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self._rate = float(value)
+        self._on = self._rate > 0.0  # the only thing a compiled block branches on: one recompile at switch-on
+        with torch.no_grad():
+            self._keep.fill_(1.0 - self._rate)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
+        if not self.training or not self._on:
             return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(keep)
-        return x * mask / keep
+        mask = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) < self._keep
+        return x * mask.to(x.dtype) / self._keep
 
 
 class R1MLP(nn.Module):
