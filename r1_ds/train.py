@@ -418,7 +418,7 @@ def train(cfg: TrainConfig):
         drop_path = module.set_drop_path_rate
 
     if cfg.model.compile:
-        log0("model.compile: %d decoder blocks compiled with torch.compile (the first steps include compiling)",
+        log0("model.compile: torch.compile on %d decoder block(s) of this rank (the first steps include compiling)",
              compile_blocks(module))
 
     schedule = WarmupCosine(cfg.schedule.warmup_steps, cfg.schedule.steps, cfg.schedule.min_lr_ratio)
