@@ -205,7 +205,7 @@ def main() -> None:
     print(f"\nHierarchical attention vs dense causal SDPA, fwd+bwd, {meta['device']}, {dtype}, d={d}")
     print(f"{'T':>7} {'B':>3} {'dense ms':>9} {'backend':>18} {'R1 ms':>8} {'speedup':>8} "
           f"{'dense GiB':>9} {'R1 GiB':>7} {'FLOP ratio':>10}")
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["T"]):
         print(f"{r['T']:>7} {r['batch']:>3} {fmt(r.get('dense_ms'), '9.2f')} {r.get('dense_backend', '-'):>18} "
               f"{fmt(r.get('r1_ms'), '8.2f')} {fmt(r.get('speedup'), '8.2f')} {fmt(r.get('dense_peak_gib'), '9.2f')} "
               f"{fmt(r.get('r1_peak_gib'), '7.2f')} {r['dense_fwd_gflop'] / r['r1_fwd_gflop']:>10.1f}")

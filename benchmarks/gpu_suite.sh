@@ -40,8 +40,11 @@ step() {  # name, seconds, command...
     grep -v -i "warn" "$OUT/$name.log" | tail -12
 }
 
-step attention 420 "$PY" benchmarks/attention.py --device cuda --repeats 5 --json "$OUT/attention_h200.json"
-step attention_compiled 480 "$PY" benchmarks/attention.py --device cuda --repeats 5 --compile \
+# the goal lengths first: each row is saved as it finishes, so a step cut short keeps those
+LENGTHS="8192 65536 1024 2048 4096 16384 32768 131072"
+step attention 420 "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths $LENGTHS \
+    --json "$OUT/attention_h200.json"
+step attention_compiled 480 "$PY" benchmarks/attention.py --device cuda --repeats 5 --compile --lengths $LENGTHS \
     --json "$OUT/attention_h200_compiled.json"
 step train 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 8192 --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_h200.json"
