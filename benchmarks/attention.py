@@ -32,6 +32,7 @@ from r1_ds.model.hierarchical_attention import (
     compiled_on_cuda,
     hierarchical_attention_eager,
     hierarchical_attention_flex,
+    raise_recompile_limit,
     rope_table,
     rotary,
     split_heads,
@@ -135,7 +136,7 @@ def main() -> None:
 
     r1_flex = hierarchical_attention_flex
     if args.compile:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # a graph per T
+        raise_recompile_limit()  # a graph per length
         r1_flex = torch.compile(hierarchical_attention_flex, fullgraph=True, dynamic=False)
         dense_attention = torch.compile(dense_attention, fullgraph=True, dynamic=False)
 

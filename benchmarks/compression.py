@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n" + text, flush=True)
     from r1_ds.train import shutdown_distributed
 
-    shutdown_distributed()  # barrier + teardown: gloo threads left to interpreter exit can abort a finished rank
+    shutdown_distributed()  # gloo threads left to interpreter exit can abort a finished rank
     if not all(math.isfinite(r["eval_loss"]) for r in results):
         raise SystemExit("a run diverged (non-finite loss)")
 

@@ -6,11 +6,15 @@ search (its AUTOTUNE lines on stderr list every config tried). A tuning aid, not
 """
 
 import argparse
+import os
+import sys
 import time
 
 import torch
 from torch.nn.attention.flex_attention import flex_attention
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.* as a package
+from benchmarks.attention import time_fn
 from r1_ds.model import hierarchical_attention as ha
 
 p = argparse.ArgumentParser()
@@ -23,13 +27,10 @@ kw = dict(level_heads=(8, 16, 32), window=128, paragraph_size=128, document_size
 B, T, d = args.batch, args.T, args.dim
 H1, H2, _ = kw["level_heads"]
 g_, G_ = kw["paragraph_size"], kw["document_size"]
-n_par, n_doc = T // g_, T // G_
-S = ha.summary_len(n_par, g_)
-r = ha.rope_size(d, kw["level_heads"])
+n_par = T // g_
 q, k, v = (torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-grid = lambda n, step: ha._rope_grid(n, step, r, 1e4, "cuda")  # noqa: E731
-qr, kbuf, vbuf, _, _ = ha._flex_inputs(q, k, v, *grid(T, 1), *grid(n_par, g_), *grid(n_doc, G_), n_par, S, n_doc,
-                                       g_, G_)
+qr, kbuf, vbuf, _, _, S = ha.flex_operands(q, k, v, level_heads=kw["level_heads"], paragraph_size=g_,
+                                           document_size=G_, rope_theta=kw["rope_theta"])
 with torch.no_grad():
     idx, valid, _ = ha._route_compiled(q, k, n_heads=H2, paragraph_size=g_, top_k=kw["top_k"], first_block=0,
                                         n_blocks=T // g_)
@@ -43,17 +44,8 @@ cases = {
 tuned = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
 
 
-def timed(fn, n=10):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(n):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / n
+def timed(fn):
+    return time_fn(fn, "cuda", 10) * 1e3  # median ms
 
 
 for name in args.levels:

@@ -61,14 +61,11 @@ timed("whole step fwd+bwd, one compiled graph (as under model.compile)",
 
 # the shared glue, then each level's kernel on ready inputs
 g_, G_ = kw["paragraph_size"], kw["document_size"]
-n_par, n_doc = T // g_, T // G_
-S = ha.summary_len(n_par, g_)
-r = ha.rope_size(d, (H1, H2, H3))
-grid = lambda n, step: ha._rope_grid(n, step, r, 1e4, "cuda")  # noqa: E731
-glue_args = (q, k, v, *grid(T, 1), *grid(n_par, g_), *grid(n_doc, G_), n_par, S, n_doc, g_, G_)
-outs = ha._flex_inputs(*glue_args)
+n_par = T // g_
+glue_kw = {key: kw[key] for key in ("level_heads", "paragraph_size", "document_size", "rope_theta")}
+*outs, S = ha.flex_operands(q, k, v, **glue_kw)
 timed("glue (rotary, summaries, key layout) fwd+bwd",
-      lambda: torch.autograd.backward(ha._flex_inputs(*glue_args), [torch.ones_like(o) for o in outs]))
+      lambda: torch.autograd.backward(ha.flex_operands(q, k, v, **glue_kw)[:5], [torch.ones_like(o) for o in outs]))
 qr, kbuf, vbuf, k3, v3 = leaf(*outs)
 m1 = ha._window_block_mask(T, kw["window"], g_, "cuda")
 l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kbuf[:, S:], H1), ha.split_heads(vbuf[:, S:], H1))

@@ -90,8 +90,6 @@ class PrepConfig:
     """CLIPScore cut (0.75 = cosine 0.30, LAION-400M's ViT-B/32 threshold)."""
     clip_keep_fraction: float = 0.3
     """Share kept per part in topk mode."""
-    clip_decode_processes: bool | None = None
-    """Decode images in worker processes (True) or threads (False); None: processes on CUDA, threads on CPU."""
     python_compile: bool = True
     """Also require compile() for Python files."""
     image_views: int = 2
@@ -120,6 +118,8 @@ class PrepConfig:
     """auto | cpu | cuda | cuda:N for the model filters."""
     overwrite: bool = False
     """Delete an existing output made with other settings instead of refusing."""
+    clip_decode_processes: bool | None = None
+    """Decode images in worker processes (True) or threads (False); None: processes on CUDA, threads on CPU."""
 
     def fingerprint(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -216,12 +216,14 @@ def _check_type(path: str, value: Any, field: dataclasses.Field) -> None:
         if "None" not in hint:
             raise ConfigError(f"{path}=null: a value is required ({hint}). Fix: give a value or remove the key.")
         return
-    for name, types in (("bool", (bool,)), ("int", (int,)), ("float", (int, float)), ("str", (str,))):
-        if hint.split(" |")[0] == name:
-            if not isinstance(value, types) or (name != "bool" and isinstance(value, bool)):
-                raise ConfigError(f"{path}={value!r}: must be of type {name}. Fix: write e.g. {path}="
-                                  f"{ {'bool': 'true', 'int': '100', 'float': '0.1', 'str': 'text'}[name]}.")
-            return
+    name = hint.split(" |")[0]
+    if name in _SCALARS:
+        types, example = _SCALARS[name]
+        if not isinstance(value, types) or (name != "bool" and isinstance(value, bool)):
+            raise ConfigError(f"{path}={value!r}: must be of type {name}. Fix: write e.g. {path}={example}.")
+
+
+_SCALARS = {"bool": ((bool,), "true"), "int": ((int,), "100"), "float": ((int, float), "0.1"), "str": ((str,), "text")}
 
 
 _SECTIONS = {
@@ -287,7 +289,7 @@ def validate(cfg: TrainConfig) -> None:
         fail("checkpoint.keep", cfg.checkpoint.keep, "must be >= 0 (0 keeps every checkpoint)", "use e.g. 3")
 
     s = cfg.schedule
-    if not isinstance(s.steps, int) or s.steps < 1:
+    if s.steps < 1:  # types were checked when the settings were read
         fail("schedule.steps", s.steps, "must be an integer >= 1", "set the number of optimizer steps")
     if not 0 <= s.warmup_steps < s.steps:  # s.steps >= 1 here
         fail("schedule.warmup_steps", s.warmup_steps, f"must be in [0, schedule.steps={s.steps})",
@@ -300,13 +302,13 @@ def validate(cfg: TrainConfig) -> None:
         fail("schedule.lr", s.lr, "must be > 0", "use e.g. 3e-4")
     for i, st in enumerate(s.stages):
         name = f"schedule.stages[{i}]"
-        if not isinstance(st.global_batch, int) or st.global_batch < 1:
+        if st.global_batch < 1:
             fail(f"{name}.global_batch", st.global_batch, "must be an integer >= 1", "set the stage's global batch")
         if not 0.0 < st.data_fraction <= 1.0:
             fail(f"{name}.data_fraction", st.data_fraction, "must be in (0, 1]", "use e.g. 0.25 for the first quarter")
         if st.steps is None and i != len(s.stages) - 1:
             fail(f"{name}.steps", None, "only the last stage may leave steps empty", "give every earlier stage steps")
-        if st.steps is not None and (not isinstance(st.steps, int) or st.steps < 1):
+        if st.steps is not None and st.steps < 1:
             fail(f"{name}.steps", st.steps, "must be an integer >= 1", "set the stage's length in optimizer steps")
     if s.stages:
         fixed = sum(st.steps for st in s.stages[:-1])

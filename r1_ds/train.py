@@ -240,10 +240,10 @@ def compile_blocks(module: torch.nn.Module) -> int:
     """torch.compile every R1 decoder block of `module` (a model or this rank's pipeline stage) in place, as
     torchtitan does: one graph per block forward and one per backward instead of dozens of small kernels
     and Python calls each. DeepSpeed keeps calling the modules as before. Returns the number compiled."""
-    from .model.hierarchical_attention import _raise_recompile_limit
+    from .model.hierarchical_attention import raise_recompile_limit
     from .parallel.pipeline import decoder_layers
 
-    _raise_recompile_limit()  # generation or eval at other lengths may add graphs; never fall back silently
+    raise_recompile_limit()  # generation or eval at other lengths may add graphs; never fall back silently
     layers = decoder_layers(module)
     for layer in layers:
         layer.compile()
@@ -321,10 +321,11 @@ def run(args: argparse.Namespace) -> int:
     except user_errors() as err:  # the same on every rank: say it once
         log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s: %s",
                 type(err).__name__, err)
-        shutdown_distributed()
-        return 2
+        code = 2
+    else:
+        code = 0
     shutdown_distributed()
-    return 0
+    return code
 
 
 def train(cfg: TrainConfig):
@@ -371,12 +372,13 @@ def train(cfg: TrainConfig):
             log0("checkpoint.load_universal set to %s in the DeepSpeed config: %s %s a universal checkpoint",
                  saved.universal, saved.path, "is" if saved.universal else "is not")
         section["load_universal"] = saved.universal
+    with_ours = {**ds_config, "r1_compression": compression} if compression else ds_config  # resolved + our section
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         with atomic_open(os.path.join(out_dir, "train_config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=2)
         with atomic_open(os.path.join(out_dir, "ds_config.json"), "w") as f:
-            json.dump({**ds_config, **({"r1_compression": compression} if compression else {})}, f, indent=2)
+            json.dump(with_ours, f, indent=2)
 
     # ---- model and data
     model = build_model(cfg, device_type)
@@ -438,7 +440,7 @@ def train(cfg: TrainConfig):
     if compression:
         from .parallel.comm_hook import install_compression
 
-        reducer = install_compression(engine, {**ds_config, "r1_compression": compression})
+        reducer = install_compression(engine, with_ours)
     if engine.checkpoint_engine.is_decoupled():
         raise ConfigError("a decoupled (asynchronous) DeepSpeed checkpoint engine cannot be saved atomically by "
                           "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON.")

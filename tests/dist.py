@@ -109,6 +109,14 @@ def _kill(procs) -> None:
             p.join()
 
 
+TIMEOUT_SCALE = float(os.environ.get("R1_TEST_TIMEOUT_SCALE", "1.0"))  # > 1 on slow or busy machines
+
+
+def scaled_timeout(seconds: float) -> float:
+    """A run's time limit, times R1_TEST_TIMEOUT_SCALE (run_distributed applies it to its own)."""
+    return seconds * TIMEOUT_SCALE
+
+
 def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout: float = 300, **kwargs) -> list:
     """Run `fn(*args, **kwargs)` on `world_size` gloo ranks; return the per-rank results in rank order."""
     if world_size < 1:
@@ -138,6 +146,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout: flo
 
     outputs: dict[int, Any] = {}
     failures: dict[int, str] = {}
+    timeout = scaled_timeout(timeout)
     deadline = time.monotonic() + timeout
     try:
         while len(outputs) + len(failures) < world_size and not failures:

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 import r1_ds  # noqa: F401  (registers the R1 classes with Auto*)
 from r1_ds.cli import main as cli_main
 from tests import train_runs
+from tests.train_probe import probe_ids
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def _export(run, tmp_path) -> str:
 def _logits(folder: str) -> torch.Tensor:
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():
-        return model(input_ids=train_runs.probe_ids()).logits
+        return model(input_ids=probe_ids()).logits
 
 
 def test_export_data_parallel_checkpoint_gives_the_trained_logits(tmp_path):
@@ -51,7 +52,7 @@ def test_export_pipeline_checkpoint_gives_the_trained_logits_and_loads_remotely(
             "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval(); "
             "assert 'r1_ds' not in sys.modules or not hasattr(sys.modules['r1_ds'], 'R1ForCausalLM'); "
             "ids = torch.load(sys.argv[2]); torch.save(m(input_ids=ids).logits.detach(), sys.argv[3])")
-    torch.save(train_runs.probe_ids(), tmp_path / "ids.pt")
+    torch.save(probe_ids(), tmp_path / "ids.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-c", code, out, str(tmp_path / "ids.pt"), str(tmp_path / "remote.pt")],
                    check=True, cwd=str(tmp_path), env=env, timeout=120)

@@ -17,15 +17,7 @@ import tempfile
 
 from r1_ds.metrics import read_metrics
 from tests.dist import run_distributed
-from tests.train_probe import probe_ids, probe_logits  # noqa: F401  (probe_ids: test_export's probe batch)
-
-TIMEOUT_SCALE = float(os.environ.get("R1_TEST_TIMEOUT_SCALE", "1.0"))  # > 1 on slow or busy machines
-
-
-def scaled_timeout(seconds: float) -> float:
-    """A run's time limit, times R1_TEST_TIMEOUT_SCALE."""
-    return seconds * TIMEOUT_SCALE
-
+from tests.train_probe import probe_logits
 
 @functools.lru_cache(maxsize=None)
 def _tmp() -> str:
@@ -72,7 +64,7 @@ def _train_body(overrides: dict) -> dict:
 def _run(name: str, overrides: dict, world_size: int = 2) -> dict:
     out_dir = os.path.join(_tmp(), name)
     ranks = run_distributed(_train_body, world_size, {**BASE, "output_dir": out_dir, **overrides},
-                            timeout=scaled_timeout(240))
+                            timeout=240)
     metrics = {r["step"]: r for r in read_metrics(os.path.join(out_dir, "metrics.jsonl"))}
     return {"dir": out_dir, "ranks": ranks, "metrics": metrics}
 

@@ -8,6 +8,7 @@ within each part of the run, default 256 pairs). The raw cosine is stored in eve
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -47,16 +48,15 @@ def decode_to_uint8(data: bytes | None, size: int) -> Any:
     import numpy as np
     from PIL import Image
 
-    s = size
     try:
         with Image.open(io.BytesIO(data or b"")) as im:
             im = im.convert("RGB")
         w, h = im.size
-        # torchvision's Resize(int) on a PIL image: short side -> s, long side -> int(s * long / short)
-        nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        # torchvision's Resize(int) on a PIL image: short side -> size, long side -> int(size * long / short)
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
         im = im.resize((nw, nh), Image.BICUBIC)
-        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))  # torchvision's CenterCrop
-        return np.asarray(im.crop((left, top, left + s, top + s)))
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))  # torchvision's CenterCrop
+        return np.asarray(im.crop((left, top, left + size, top + size)))
     except Exception:  # noqa: BLE001 - any decode failure is this pair's problem, not the run's
         return None
 
@@ -102,7 +102,7 @@ class ClipScoreFilter(BaseFilter):
         transform, tested); None: on for CUDA when the model uses the standard shortest-side bicubic transform."""
         self.decode_processes = decode_processes
         """Decode in `workers` processes instead of threads (fast path only): scales past the GIL on many cores.
-        None: processes on CUDA (one H200 host: 3,070 pairs/s against 1,333 with 16 threads), threads on CPU."""
+        None: processes on CUDA (faster on an H200 host: benchmarks/results/data_prep.md), threads on CPU."""
         self._model: Any = None
         if mode == "clipscore" and self.arch not in CALIBRATED_ARCHS:
             log.warning(
@@ -166,9 +166,6 @@ class ClipScoreFilter(BaseFilter):
             return None
         return size[0], tuple(cfg["mean"]), tuple(cfg["std"])
 
-    def _prepare_uint8(self, doc: Document) -> Any:
-        return decode_to_uint8(doc.data, self._fast[0])
-
     def _to_pixels(self, arrays: list[Any]) -> Any:
         """uint8 (B, S, S, 3) on the host -> normalised float (B, 3, S, S) on the device."""
         import numpy as np
@@ -222,17 +219,18 @@ class ClipScoreFilter(BaseFilter):
 
     def _submit(self, pool, chunk: Sequence[Document]):
         """Start preparing a chunk's images; returns something list() turns into the results, in order."""
-        if self._fast is not None:
-            size = self._fast[0]
-            if pool is None:
-                return (decode_to_uint8(d.data, size) for d in chunk)
-            chunksize = max(1, len(chunk) // (4 * self._n_workers)) if self._use_processes() else 1
-            return pool.map(decode_to_uint8, [d.data for d in chunk], [size] * len(chunk), chunksize=chunksize)
-        return pool.map(self._prepare, chunk) if pool is not None else (self._prepare(d) for d in chunk)
+        if self._fast is not None:  # raw bytes to a module-level function: picklable for worker processes
+            fn, items = functools.partial(decode_to_uint8, size=self._fast[0]), [d.data for d in chunk]
+        else:
+            fn, items = self._prepare, chunk
+        if pool is None:
+            return map(fn, items)
+        # chunksize batches the hand-offs to worker processes (thread pools ignore it)
+        return pool.map(fn, items, chunksize=max(1, len(items) // (4 * self._n_workers)))
 
     def cosines(self, docs: Sequence[Document]) -> list[float | None]:
-        """Cosine(image, caption) per pair; None where the image cannot be decoded. The images of the
-        next batch are prepared by the workers while the model runs on this one."""
+        """Cosine(image, caption) per pair; None where the image cannot be decoded. When `docs` spans
+        several batches, the images of the next one are prepared while the model runs on this one."""
         self._load()
         torch = self._torch
         out: list[float | None] = []

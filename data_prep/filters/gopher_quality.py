@@ -48,11 +48,9 @@ class GopherQualityFilter(BaseFilter):
         text = doc.text
         words = _text.split_words(text)
         n_words = len(words)
-        if n_words == 0:
-            return False, "too_few_words"
         punct = _text.PUNCTUATION
         non_symbol = [w for w in words if not punct.issuperset(w)]
-        if not non_symbol or len(non_symbol) < self.min_doc_words:  # all symbols: no word length to average
+        if not non_symbol or len(non_symbol) < self.min_doc_words:  # none (or all symbols): no length to average
             return False, "too_few_words"
         if len(non_symbol) > self.max_doc_words:
             return False, "too_many_words"

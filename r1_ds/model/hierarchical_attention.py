@@ -26,7 +26,7 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def _raise_recompile_limit(limit: int = 64) -> None:
+def raise_recompile_limit(limit: int = 64) -> None:
     """The static attention glue compiles once per padded length; past dynamo's default limit (8
     lengths, e.g. prefills of varied prompts) it would silently fall back to eager, and flex to its
     unfused O(T^2) path. Raise the limit, never lower it."""
@@ -52,7 +52,7 @@ def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
         if not args[0].is_cuda or torch.compiler.is_compiling():  # inside a compiled block: traced into it
             return fn(*args, **kwargs)
         if compiled is None:
-            _raise_recompile_limit()
+            raise_recompile_limit()
             compiled = torch.compile(fn, dynamic=dynamic)
         return compiled(*args, **kwargs)
 
@@ -205,9 +205,10 @@ def hierarchical_attention_eager(
     kpos = torch.arange(T, device=k.device)
     qp = q_pos[:, None]
     # One rotary for every level: queries and token keys at their positions, summaries (below) at
-    # the centre of their group.
-    qr = rotary(q_new, *rope_table(q_pos, r, rope_theta))
-    kr = rotary(k, *rope_table(kpos, r, rope_theta))
+    # the centre of their group; the tables are shared by every layer (cached).
+    cos, sin = rope_grid(T, 1, r, rope_theta, k.device)
+    qr = rotary(q_new, cos[q_pos], sin[q_pos])
+    kr = rotary(k, cos, sin)
     outs = []
 
     # L1: causal sliding window over tokens.
@@ -220,7 +221,7 @@ def hierarchical_attention_eager(
     H = level_heads[1]
     span = G // g
     n_par = T // g
-    ks = split_heads(rotary(pool_groups(k, g), *rope_table(summary_positions(n_par, g, k.device), r, rope_theta)), H)
+    ks = split_heads(rotary(pool_groups(k, g), *rope_grid(n_par, g, r, rope_theta, k.device)), H)
     vs = split_heads(pool_groups(v, g), H)
     kt, vt = split_heads(kr, H), split_heads(v, H)
     keys = torch.cat([_null(kt), ks, kt], dim=2)
@@ -249,7 +250,7 @@ def hierarchical_attention_eager(
     # L3: null + summaries of every complete document group before the query's group.
     H = level_heads[2]
     n_doc = T // G
-    ks = split_heads(rotary(pool_groups(k, G), *rope_table(summary_positions(n_doc, G, k.device), r, rope_theta)), H)
+    ks = split_heads(rotary(pool_groups(k, G), *rope_grid(n_doc, G, r, rope_theta, k.device)), H)
     vs = split_heads(pool_groups(v, G), H)
     keys = torch.cat([_null(ks), ks], dim=2)
     values = torch.cat([_null(vs), vs], dim=2)
@@ -408,6 +409,11 @@ def _rope_grid(n: int, step: int, size: int, theta: float, device: str):
         return rope_table(summary_positions(n, step, device), size, theta)
 
 
+def rope_grid(n: int, step: int, size: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """_rope_grid through its cache (traced afresh while compiling)."""
+    return _cached(_rope_grid, n, step, size, float(theta), str(device))
+
+
 _route_compiled = compiled_on_cuda(route_paragraphs)  # ~40 small kernels as one graph on GPU
 
 
@@ -448,6 +454,24 @@ def _document_attention(qr, k3, v3, n_heads: int, document_size: int, length: in
     return merge_heads(o)[:, :length]
 
 
+def flex_operands(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, level_heads, paragraph_size: int,
+                  document_size: int, rope_theta: float):
+    """`_flex_inputs` of (B, T, d) q, k, v padded to whole paragraphs, with the cached rope tables:
+    (qr, kbuf, vbuf, k3, v3, S), S the length of L2's summary region at the front of kbuf / vbuf."""
+    B, T, d = q.shape
+    g, G = paragraph_size, document_size
+    Tp = -(-T // g) * g  # padded to whole paragraphs
+    n_par, n_doc = T // g, T // G
+    S = summary_len(n_par, g)
+    r = rope_size(d, level_heads)
+
+    def grid(n, step):
+        return rope_grid(n, step, r, rope_theta, q.device)
+
+    return (*_flex_inputs(_pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp), *grid(Tp, 1), *grid(n_par, g),
+                          *grid(n_doc, G), n_par, S, n_doc, g, G), S)
+
+
 def hierarchical_attention_flex(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     level_heads, window: int, paragraph_size: int, document_size: int, top_k: int, rope_theta: float,
@@ -456,21 +480,16 @@ def hierarchical_attention_flex(
     reference with q_pos = arange(T), computed with FlexAttention block-sparse kernels.
 
     One compiled pass rotates q and k once for all levels and writes L2's keys as [summary blocks of
-    (null, g - 1 summaries) | tokens]; L1 reads the token part of the same buffer. The block mask gives each query
-    paragraph the summary blocks it needs (partial blocks, masked element-wise) and its routed
-    paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are one paragraph.
+    (null, g - 1 summaries) | tokens]; L1 reads the token part of the same buffer. The block mask
+    gives each query paragraph the summary blocks it needs (partial blocks, masked element-wise)
+    and its routed paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are
+    one paragraph.
     """
     B, T, d = q.shape
     g, G = paragraph_size, document_size
-    Tp = -(-T // g) * g  # padded to whole paragraphs
-    n_par, n_doc = T // g, T // G
-    S = summary_len(n_par, g)
-    r = rope_size(d, level_heads)
-    def grid(n, step):
-        return _cached(_rope_grid, n, step, r, float(rope_theta), str(q.device))
-
-    qr, kbuf, vbuf, k3, v3 = _flex_inputs(_pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp), *grid(Tp, 1),
-                                          *grid(n_par, g), *grid(n_doc, G), n_par, S, n_doc, g, G)
+    qr, kbuf, vbuf, k3, v3, S = flex_operands(q, k, v, level_heads=level_heads, paragraph_size=g,
+                                              document_size=G, rope_theta=rope_theta)
+    Tp = qr.shape[1]
 
     H = level_heads[0]
     o1 = _flex(split_heads(qr, H), split_heads(kbuf[:, S:], H), split_heads(vbuf[:, S:], H),
@@ -479,7 +498,7 @@ def hierarchical_attention_flex(
     H = level_heads[1]
     idx, valid, _ = _route_compiled(q.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
                                     first_block=0, n_blocks=Tp // g)  # routing carries no gradient
-    block_mask = paragraph_block_mask(idx, valid, n_par=n_par, length=Tp, paragraph_size=g, span=G // g)
+    block_mask = paragraph_block_mask(idx, valid, n_par=T // g, length=Tp, paragraph_size=g, span=G // g)
     o2 = _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
 
     h3 = _document_attention(qr, k3, v3, level_heads[2], G, T)

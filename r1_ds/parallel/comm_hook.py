@@ -491,12 +491,9 @@ class CompressedReducer:
         """x = grad + carried error, (n,) fp32: C.add_error without its copy. With error feedback the carried buffer
         is replaced by the new error at the end of the step, so the gradient is added into it in place (one pass, no
         gradient-sized allocation per step; fp32 addition commutes, so x is bit-identical either way)."""
-        carried = self.errors.get(key)
-        if carried is None or not self.cfg.error_feedback:
-            x = torch.cat([g.reshape(-1).float() for g in gs])
-            if carried is not None:
-                x += carried
-            return x
+        carried = self.errors.get(key)  # only ever set with error feedback on (step and load_state_dict)
+        if carried is None:
+            return torch.cat([g.reshape(-1).float() for g in gs])
         offset = 0
         for g in gs:
             carried[offset:offset + g.numel()] += g.reshape(-1)

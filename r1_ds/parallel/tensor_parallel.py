@@ -343,7 +343,7 @@ def param_sharding(name: str, plan: dict[str, str] = R1_TP_PLAN, prefix: str = "
 
 # ----------------------------------------------------------------------------- groups
 
-_GROUPS: dict[tuple[int, int, int, int], object] = {}
+_GROUPS: dict[tuple[int, int, int], tuple[object, object]] = {}  # layout -> (world group made under, my group)
 
 
 def tensor_parallel_group(dims):
@@ -356,9 +356,10 @@ def tensor_parallel_group(dims):
 
     if dims.tensor == 1:
         return None
-    # keyed by the world group too: a new process group (a second run in one process) needs new groups
-    key = (id(dist.group.WORLD), dims.pipe, dims.tensor, dims.data)
-    if key not in _GROUPS:
+    # a new world group (a second run in one process) needs new groups; the entry holds the world group it
+    # was made under, so the identity check cannot be fooled by a reused id
+    key, world = (dims.pipe, dims.tensor, dims.data), dist.group.WORLD
+    if key not in _GROUPS or _GROUPS[key][0] is not world:
         me = dist.get_rank()
         mine = None
         for pipe in range(dims.pipe):
@@ -367,8 +368,8 @@ def tensor_parallel_group(dims):
                 group = dist.new_group(ranks)
                 if me in ranks:
                     mine = group
-        _GROUPS[key] = mine
-    return _GROUPS[key]
+        _GROUPS[key] = (world, mine)
+    return _GROUPS[key][1]
 
 
 # ----------------------------------------------------------------------------- apply

@@ -7,7 +7,7 @@ import pytest
 from data_prep.document import Document
 from data_prep.errors import PrepError
 from data_prep.filters.caption import CaptionFilter
-from data_prep.filters.clip_score import ClipScoreFilter, clipscore, parse_clip_spec
+from data_prep.filters.clip_score import ClipScoreFilter, clipscore, decode_to_uint8, parse_clip_spec
 from data_prep.filters.image_decode import ImageDecodeFilter
 from tests.data_prep.helpers import make_png
 
@@ -166,7 +166,7 @@ def test_clip_fast_preprocess_matches_open_clip_transform(tiny_clip):
     fast._load()
     assert fast._fast is not None and ref._fast is None
     expected = torch.stack([ref._prepare(d) for d in docs])
-    got = fast._to_pixels([fast._prepare_uint8(d) for d in docs])
+    got = fast._to_pixels([decode_to_uint8(d.data, fast._fast[0]) for d in docs])
     assert got.shape == expected.shape == (4, 3, 32, 32)
     assert torch.allclose(got, expected, atol=1e-5)
     assert fast.cosines(docs) == pytest.approx(ref.cosines(docs), abs=1e-5)
