@@ -12,7 +12,6 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.* as a package
-from benchmarks.attention_candidates import document_attention_explicit, window_attention_banded
 from r1_ds.model import hierarchical_attention as ha
 
 p = argparse.ArgumentParser()
@@ -70,16 +69,14 @@ qr, kbuf, vbuf, k3, v3 = leaf(*outs)
 m1 = ha._window_block_mask(T, kw["window"], g_, "cuda")
 l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kbuf[:, S:], H1), ha.split_heads(vbuf[:, S:], H1))
 o1g = torch.randn(B, H1, T, d // H1, device="cuda", dtype=torch.bfloat16)
+l1_ops = leaf(qr, kbuf[:, S:], vbuf[:, S:])
+timed(f"L1 in use: explicit banded (hd {d // H1})",
+      lambda: ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_).backward(o1g))
 timed(f"L1 flex kernel fwd+bwd (hd {d // H1})", lambda: ha._flex(*l1_in, m1, (d // H1) ** -0.5).backward(o1g))
 l1b = [x.detach().contiguous().view(B, H1, T, 2, d // H1 // 2).transpose(2, 3).reshape(B, 2 * H1, T, d // H1 // 2)
        .requires_grad_(True) for x in l1_in]
 o1b = torch.randn(B, 2 * H1, T, d // H1 // 2, device="cuda", dtype=torch.bfloat16)
 timed(f"L1 flex kernel fwd+bwd at hd {d // H1 // 2} (same window)", lambda: ha._flex(*l1b, m1, 0.1).backward(o1b))
-banded = torch.compile(window_attention_banded, dynamic=False)
-l1_ops = leaf(qr, kbuf[:, S:], vbuf[:, S:])
-timed(f"L1 candidate: explicit banded, compiled (hd {d // H1})",
-      lambda: banded(*l1_ops, n_heads=H1, window=kw["window"], block=g_).backward(o1g))
-
 
 def l2_mask():
     with torch.no_grad():
@@ -93,10 +90,9 @@ m2 = l2_mask()
 l2_in = leaf(ha.split_heads(qr, H2), ha.split_heads(kbuf, H2), ha.split_heads(vbuf, H2))
 o2g = torch.randn(B, H2, T, d // H2, device="cuda", dtype=torch.bfloat16)
 timed(f"L2 flex kernel fwd+bwd (hd {d // H2})", lambda: ha._flex(*l2_in, m2, (d // H2) ** -0.5).backward(o2g))
-timed("L3 fwd+bwd", lambda: ha._document_attention(qr, k3, v3, H3, G_, T).backward(g))
-explicit = torch.compile(document_attention_explicit, dynamic=False)
-timed("L3 candidate: explicit softmax, compiled",
-      lambda: explicit(qr, k3, v3, n_heads=H3, document_size=G_, length=T).backward(g))
+timed("L3 in use fwd+bwd", lambda: ha._document_attention(qr, k3, v3, H3, G_, T).backward(g))
+sdpa_l3 = torch.compile(ha._document_attention_sdpa, dynamic=False)
+timed("L3 through SDPA, compiled", lambda: sdpa_l3(qr, k3, v3, H3, G_, T).backward(g))
 timed("dense cuDNN SDPA fwd+bwd (16 x 128, no rotary)", lambda: torch.nn.functional.scaled_dot_product_attention(
     *[ha.split_heads(x, 16) for x in (q, k, v)], is_causal=True).backward(torch.ones(B, 16, T, 128, device="cuda",
                                                                                      dtype=torch.bfloat16)))

@@ -100,9 +100,10 @@ def test_routing_uses_entropy_for_the_number_of_paths():
     assert bool(((idx < blocks) | ~valid).all())
 
 
-@pytest.mark.parametrize("T", [96, 77, 5])
-def test_flex_fast_path_equals_reference(T):
-    cfg = tiny()
+# window 16 over paragraphs of 8: L1 runs banded; window 40: flex
+@pytest.mark.parametrize("T, window", [(96, 16), (77, 16), (5, 16), (96, 40)])
+def test_flex_fast_path_equals_reference(T, window):
+    cfg = tiny(local_window=window)
     torch.manual_seed(2)
     q, k, v = (torch.randn(2, T, cfg.hidden_size) for _ in range(3))
     ref = hierarchical_attention_eager(q, k, v, q, torch.arange(T), **kernel_kwargs(cfg))

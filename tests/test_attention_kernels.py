@@ -1,0 +1,46 @@
+"""The flex path's kernels agree with each other where two can serve a level: L1 banded == L1 flex, L3
+explicit == L3 SDPA, on the operands `flex_operands` lays out (tests/test_model.py holds the whole flex
+path to the eager reference, through whichever kernel the config selects)."""
+
+import pytest
+import torch
+
+from r1_ds.model import hierarchical_attention as ha
+
+
+def _operands(T, g, G, heads, seed):
+    torch.manual_seed(seed)
+    q, k, v = (torch.randn(2, T, 64) for _ in range(3))
+    return ha.flex_operands(q, k, v, level_heads=heads, paragraph_size=g, document_size=G, rope_theta=1e4)
+
+
+# windows inside one block, at a block's edge, over two and three blocks, and of one token
+@pytest.mark.parametrize("T, window, g", [(96, 8, 8), (96, 5, 8), (128, 16, 16), (96, 9, 8), (96, 24, 8),
+                                          (96, 1, 8)])
+def test_banded_window_attention_equals_flex_l1(T, window, g):
+    heads = (2, 4, 8)
+    qr, kbuf, vbuf, _, _, S = _operands(T, g, 4 * g, heads, seed=0)
+    H = heads[0]
+    flex = ha._flex(ha.split_heads(qr, H), ha.split_heads(kbuf[:, S:], H), ha.split_heads(vbuf[:, S:], H),
+                    ha._window_block_mask(T, window, g, "cpu"), (64 // H) ** -0.5)
+    banded = ha._window_attention_banded(qr, kbuf[:, S:], vbuf[:, S:], H, window, g)
+    torch.testing.assert_close(banded, flex, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("T", [96, 77])
+def test_explicit_document_attention_equals_sdpa_l3(T):
+    g, G, heads = 8, 32, (2, 4, 8)
+    qr, _, _, k3, v3, _ = _operands(T, g, G, heads, seed=1)
+    ref = ha._document_attention_sdpa(qr, k3, v3, heads[2], G, T)
+    out = ha._document_attention_explicit(qr, k3, v3, heads[2], G, T)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_l3_takes_sdpa_once_its_keys_outgrow_one_tile(monkeypatch):
+    calls = []
+    for name in ("_document_attention_explicit", "_document_attention_sdpa"):
+        monkeypatch.setattr(ha, name, lambda *a, name=name: calls.append(name))
+    x = torch.zeros(1, 8, 16)
+    for n_keys in (ha.EXPLICIT_L3_MAX_KEYS, ha.EXPLICIT_L3_MAX_KEYS + 1):
+        ha._document_attention(x, torch.zeros(1, n_keys, 16), torch.zeros(1, n_keys, 16), 2, 4, 8)
+    assert calls == ["_document_attention_explicit", "_document_attention_sdpa"]
