@@ -2,9 +2,13 @@
 # Every single-GPU figure the issues ask for, in one command, each step under its own time limit, all
 # output under $OUT (logs and JSON), so a short GPU lease loses nothing to a step that runs long.
 #
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (~20 min on one H200)
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh attention  # some steps: attention attention_compiled train
-#                                                            #   train_compiled trainer_compiled fp16 clip
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (~45 min on one H200: several calls)
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh check train  # some steps: check attention attention_compiled
+#                                                            #   train train_compiled trainer_compiled fp16 clip
+#
+# check comes first, always: the GPU fast path against the eager reference (tests/test_cuda_fast_path.py).
+# The CPU tests cannot see the fused kernels or inductor's graphs; a figure measured on a path that
+# computes the wrong thing is worth nothing (cc68a7a trained nothing on the GPU with every CPU test green).
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
 #
 # train_compiled is an experiment, not a figure an issue asks for: both models with every decoder block
@@ -17,7 +21,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-STEPS="${*:-attention attention_compiled train train_compiled trainer_compiled fp16 clip}"
+STEPS="${*:-check attention attention_compiled train train_compiled trainer_compiled fp16 clip}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # DeepSpeed configs as shipped, but with torch's fused AdamW: FusedAdam's JIT build costs minutes of a lease,
@@ -40,11 +44,14 @@ step() {  # name, seconds, command...
     grep -v -i "warn" "$OUT/$name.log" | tail -12
 }
 
-# the issue's goal lengths first: each row is saved as it finishes, so a step cut short keeps those
+step check 300 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_fast_path.py
+
+# the issue's goal lengths first: each row is saved as it finishes, so a step cut short keeps those.
+# Every length compiles both sides afresh (about a minute each on an H200): eight lengths take ~8 minutes.
 LENGTHS="8192 65536 1024 2048 4096 16384 32768 131072"
-step attention 420 "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths $LENGTHS \
+step attention 560 "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths $LENGTHS \
     --json "$OUT/attention_h200.json"
-step attention_compiled 480 "$PY" benchmarks/attention.py --device cuda --repeats 5 --compile --lengths $LENGTHS \
+step attention_compiled 580 "$PY" benchmarks/attention.py --device cuda --repeats 5 --compile --lengths $LENGTHS \
     --json "$OUT/attention_h200_compiled.json"
 step train 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 8192 --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_h200.json"

@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", default=["r1", "llama"], choices=["r1", "llama"])
     p.add_argument("--tokens", type=int, default=16384, help="tokens per step (micro-batch = tokens // seq_len)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, allocator)")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="untimed steps first (compilation, allocator; at least 1: its loss is the table's first loss)")
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (both models)")
     p.add_argument("--compile-blocks", action="store_true",
@@ -54,7 +55,11 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
     p.add_argument("--profile", action="store_true",
                    help="after timing, trace one step with torch.profiler and print the 25 costliest kernels")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.warmup < 1:
+        p.error(f"--warmup {args.warmup}: must be at least 1 (the first step's loss is the one the table compares "
+                "the last against); use --warmup 1")
+    return args
 
 
 def r1_model(preset: str, seq_len: int) -> torch.nn.Module:
@@ -120,7 +125,11 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
             engine.step()
             return loss
 
-        for _ in range(args.warmup):
+        # the same batch every step: a model that trains memorises it, so the loss must fall (a throughput
+        # figure of a model that does not learn is no figure: the table flags it)
+        first_loss = float(step())
+        first_grad_norm = engine.get_global_grad_norm()
+        for _ in range(args.warmup - 1):
             step()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -139,7 +148,8 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
                 t1 = time.perf_counter() - t1
             print(f"profile of one {name} {preset} step at {seq_len} tokens ({t1 * 1e3:.0f} ms wall, profiled):\n"
                   + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70))
-        row.update(tokens_per_s=tok_s, step_s=dt / args.steps, loss=float(loss),
+        row.update(tokens_per_s=tok_s, step_s=dt / args.steps, first_loss=first_loss, loss=float(loss),
+                   first_grad_norm=None if first_grad_norm is None else float(first_grad_norm),
                    mfu=model_flops(name, preset, seq_len) * tok_s / peak if peak else None,
                    peak_mem_gib=peak_memory_gib())
     except torch.OutOfMemoryError:
@@ -152,7 +162,8 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'size':>5} {'seq':>6} {'model':>6} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}  vs llama"
+    head = (f"{'size':>5} {'seq':>6} {'model':>6} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
+            f"{'peak GiB':>9} {'loss first -> last':>20}  vs llama")
     lines = [head, "-" * len(head)]
     llama = {(r["size"], r["seq_len"]): r.get("tokens_per_s") for r in rows if r["model"] == "llama"}
     for r in rows:
@@ -162,8 +173,12 @@ def table(rows: list[dict]) -> str:
         base = llama.get((r["size"], r["seq_len"]))
         ratio = f"{r['tokens_per_s'] / base:.2f}x" if base and r["model"] == "r1" else ""
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        learns = r["loss"] < r["first_loss"] - 0.1
+        loss = f"{r['first_loss']:.2f} -> {r['loss']:.2f}" + ("" if learns else " (!)")
         lines.append(f"{r['size']:>5} {r['seq_len']:>6} {r['model']:>6} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
-                     f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f}  {ratio}")
+                     f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {loss:>20}  {ratio}")
+    if any(r.get("loss", 0) >= r.get("first_loss", 0) - 0.1 for r in rows if "error" not in r):
+        lines.append("(!) the loss did not fall on a batch the model sees every step: that model is not training")
     return "\n".join(lines)
 
 

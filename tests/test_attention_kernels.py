@@ -44,3 +44,17 @@ def test_l3_takes_sdpa_once_its_keys_outgrow_one_tile(monkeypatch):
     for n_keys in (ha.EXPLICIT_L3_MAX_KEYS, ha.EXPLICIT_L3_MAX_KEYS + 1):
         ha._document_attention(x, torch.zeros(1, n_keys, 16), torch.zeros(1, n_keys, 16), 2, 4, 8)
     assert calls == ["_document_attention_explicit", "_document_attention_sdpa"]
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (2, 3, 16, 17), (1, 1, 64, 65)])
+def test_block_indices_equal_a_stable_argsort(shape):
+    """_as_indices partitions each row without a sort; flex reads it as a stable argsort would order it."""
+    torch.manual_seed(0)
+    for density in (0.0, 0.3, 1.0):
+        need = torch.rand(shape) < density
+        num, idx = ha._as_indices(need)
+        assert num.dtype == idx.dtype == torch.int32
+        assert torch.equal(num, need.sum(-1).int())
+        assert torch.equal(idx, torch.argsort((~need).to(torch.int8), dim=-1, stable=True).int())
+        compiled = torch.compile(ha._as_indices, dynamic=False)(need)  # the graph the GPU path runs
+        assert torch.equal(compiled[0], num) and torch.equal(compiled[1], idx)

@@ -284,10 +284,19 @@ def _flex(q, k, v, block_mask, scale):
 
 
 def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (..., n_q_blocks, n_kv_blocks) bool table -> flex's (counts, indices with used ones first)."""
-    num = need.sum(-1).to(torch.int32)
-    idx = torch.argsort((~need).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    return num, idx
+    """A (..., n_rows, n_cols) bool table -> flex's (counts, column indices with the used ones first, each
+    group in column order): what a stable argsort of ~need gives, computed without a sort. The tables are
+    built inside compiled graphs on GPU, where inductor may lower a sort to its own Triton kernel, and its
+    sorts have disagreed with eager ones (pytorch#174459; FlexAttention's own table code forces its argsort
+    back to eager). Each column's slot is its rank within its group, by two cumulative sums."""
+    need = need.to(torch.int32)
+    num = need.sum(-1, keepdim=True)
+    used_rank = need.cumsum(-1) - 1
+    unused_rank = num + (1 - need).cumsum(-1) - 1
+    slot = torch.where(need.bool(), used_rank, unused_rank).to(torch.int64)
+    cols = torch.arange(need.shape[-1], device=need.device, dtype=torch.int32).expand_as(need)
+    idx = torch.empty_like(need).scatter_(-1, slot, cols)
+    return num.squeeze(-1).to(torch.int32), idx
 
 
 @functools.lru_cache(maxsize=32)
