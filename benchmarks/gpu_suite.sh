@@ -44,7 +44,7 @@ step() {  # name, seconds, command...
     grep -v -i "warn" "$OUT/$name.log" | tail -12
 }
 
-step check 300 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_fast_path.py
+step check 300 "$PY" -m pytest -q -rA -p no:cacheprovider tests/test_cuda_fast_path.py  # every failure, not the first
 
 # the goal lengths first: each row is saved as it finishes, so a step cut short keeps those.
 # Every length compiles both sides afresh (about a minute each on an H200): eight lengths take ~8 minutes.

@@ -32,29 +32,31 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
-def _outputs_and_grads(fn, xs, weights):
+def _outputs_and_grads(fn, xs, weight, level):
+    """The three level outputs, and the q/k/v gradients of one level's output (so a failure names the level)."""
     xs = [x.detach().clone().requires_grad_(True) for x in xs]
     outs = fn(*xs)
-    sum((o.float() * w).sum() for o, w in zip(outs, weights)).backward()
+    (outs[level].float() * weight).sum().backward()
     return [o.detach().float() for o in outs], [x.grad.float() for x in xs]
 
 
 # fp32: tight; bf16 against the fp32 reference: bf16's own rounding. T = 2500 pads to whole paragraphs.
 @pytest.mark.parametrize("T, dtype, tol", [(2048, torch.float32, 2e-4), (2500, torch.float32, 2e-4),
                                            (2048, torch.bfloat16, 5e-2)])
-def test_flex_path_forward_and_backward_equal_the_reference_on_cuda(T, dtype, tol):
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_flex_path_forward_and_backward_equal_the_reference_on_cuda(T, dtype, tol, level):
     torch.manual_seed(0)
     d = 2048  # the 1.3B width: L1 at head size 256 (banded), L2 at 128 (flex), L3 at 64
     q, k, v = (torch.randn(1, T, d, device="cuda") for _ in range(3))
-    weights = [torch.randn(1, T, d, device="cuda") for _ in range(3)]
+    weight = torch.randn(1, T, d, device="cuda")
     ref_out, ref_grads = _outputs_and_grads(
-        lambda q, k, v: ha.hierarchical_attention_eager(q, k, v, q, range(T), **KW), (q, k, v), weights)
+        lambda q, k, v: ha.hierarchical_attention_eager(q, k, v, q, range(T), **KW), (q, k, v), weight, level)
     out, grads = _outputs_and_grads(lambda q, k, v: ha.hierarchical_attention_flex(q, k, v, **KW),
-                                    [x.to(dtype) for x in (q, k, v)], weights)
-    for level, (a, b) in enumerate(zip(out, ref_out), start=1):
-        assert _rel(a, b) < tol, f"level {level} output differs by {_rel(a, b):.2e}"
-    for name, a, b in zip("qkv", grads, ref_grads):
-        assert _rel(a, b) < tol, f"d{name} differs by {_rel(a, b):.2e}"
+                                    [x.to(dtype) for x in (q, k, v)], weight, level)
+    err = _rel(out[level], ref_out[level])
+    assert err < tol, f"L{level + 1} output differs by {err:.2e}"
+    for name, a, b in zip("qkv", grads, ref_grads):  # every level reads all three
+        assert _rel(a, b) < tol, f"L{level + 1}: d{name} differs by {_rel(a, b):.2e}"
 
 
 def test_block_tables_built_on_cuda_equal_the_eager_ones():
@@ -68,6 +70,47 @@ def test_block_tables_built_on_cuda_equal_the_eager_ones():
     eager = ha._paragraph_block_tables.__wrapped__(idx.cpu(), valid.cpu(), *args)
     for i, (a, b) in enumerate(zip(on_gpu, eager)):
         assert torch.equal(a.cpu(), b), f"table {i} differs"
+
+
+def test_l2_kernel_on_cuda_equals_dense_attention_and_flex_own_query_tables():
+    """L2 alone, to tell a table fault from a kernel fault: the fused kernel with our BlockMask against the same
+    kernel with the query-side tables FlexAttention derives itself (from_kv_blocks), and both against dense
+    masked attention under the same element rule, forward and all three gradients, in fp32."""
+    from torch.nn.attention.flex_attention import BlockMask, create_mask
+
+    torch.manual_seed(0)
+    T, d, g, H = 4096, 2048, KW["paragraph_size"], KW["level_heads"][1]
+    q, k, v = (torch.randn(1, T, d, device="cuda") for _ in range(3))
+    qr, kbuf, vbuf, _, _, _ = ha.flex_operands(q, k, v, level_heads=KW["level_heads"], paragraph_size=g,
+                                               document_size=KW["document_size"], rope_theta=KW["rope_theta"])
+    idx, valid, _ = ha._route_compiled(q, k, n_heads=H, paragraph_size=g, top_k=KW["top_k"], first_block=0,
+                                        n_blocks=T // g)
+    ours = ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g,
+                                   span=KW["document_size"] // g)
+    theirs = BlockMask.from_kv_blocks(ours.kv_num_blocks, ours.kv_indices, ours.full_kv_num_blocks,
+                                      ours.full_kv_indices, BLOCK_SIZE=g, mask_mod=ours.mask_mod,
+                                      seq_lengths=ours.seq_lengths)
+    xs = [ha.split_heads(x, H).detach() for x in (qr, kbuf, vbuf)]
+    weight = torch.randn_like(xs[0])
+    scale = (d // H) ** -0.5
+
+    def run(fn):
+        leaves = [x.clone().requires_grad_(True) for x in xs]
+        out = fn(*leaves)
+        (out * weight).sum().backward()
+        return [out.detach()] + [x.grad for x in leaves]
+
+    dense_mask = create_mask(ours.mask_mod, 1, H, T, kbuf.shape[1], device="cuda")
+
+    def dense(q_, k_, v_):
+        s_ = (q_ @ k_.transpose(-1, -2)) * scale
+        return torch.softmax(s_.masked_fill(~dense_mask, float("-inf")), -1) @ v_
+
+    ref = run(dense)
+    with_ours, with_theirs = run(lambda *a: ha._flex(*a, ours, scale)), run(lambda *a: ha._flex(*a, theirs, scale))
+    for name, a, b, r in zip(("output", "dq", "dk", "dv"), with_ours, with_theirs, ref):
+        assert _rel(b, r) < 2e-4, f"{name}: flex with its own query tables differs from dense by {_rel(b, r):.2e}"
+        assert _rel(a, r) < 2e-4, f"{name}: flex with our query tables differs from dense by {_rel(a, r):.2e}"
 
 
 def _small_model(seed=0) -> R1ForCausalLM:

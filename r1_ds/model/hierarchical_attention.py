@@ -286,9 +286,10 @@ def _flex(q, k, v, block_mask, scale):
 def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A (..., n_rows, n_cols) bool table -> flex's (counts, column indices with the used ones first, each
     group in column order): what a stable argsort of ~need gives, computed without a sort. The tables are
-    built inside compiled graphs on GPU, where inductor may lower a sort to its own Triton kernel, and its
-    sorts have disagreed with eager ones (pytorch#174459; FlexAttention's own table code forces its argsort
-    back to eager). Each column's slot is its rank within its group, by two cumulative sums."""
+    built inside compiled graphs on GPU, where inductor lowers small sorts to its own Triton kernel: slow to
+    compile (FlexAttention's own table code now forces its argsort back to eager for that, pytorch#182745)
+    and reported to disagree with eager sorts (pytorch#174459). Each column's slot is its rank within its
+    group, by two cumulative sums."""
     need = need.to(torch.int32)
     num = need.sum(-1, keepdim=True)
     used_rank = need.cumsum(-1) - 1
