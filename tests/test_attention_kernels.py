@@ -58,3 +58,24 @@ def test_block_indices_equal_a_stable_argsort(shape):
         assert torch.equal(idx, torch.argsort((~need).to(torch.int8), dim=-1, stable=True).int())
         compiled = torch.compile(ha._as_indices, dynamic=False)(need)  # the graph the GPU path runs
         assert torch.equal(compiled[0], num) and torch.equal(compiled[1], idx)
+
+
+TABLES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks", "q_indices",
+          "full_q_num_blocks", "full_q_indices")
+
+
+def test_block_tables_are_row_major():
+    """The fused GPU kernels step through a row of block indices one element at a time, whatever the tensor's
+    strides: a transposed table is read as the wrong blocks, silently. The query-side tables are built from
+    transposed views, and one of them came out column-major: R1's GPU backward then read wrong key blocks
+    (commit cc68a7a; the loss stopped falling). The CPU path never reads the tables, so only this shows it."""
+    torch.manual_seed(0)
+    T, g = 256, 8
+    idx, valid, _ = ha.route_paragraphs(torch.randn(2, T, 32), torch.randn(2, T, 32), n_heads=2, paragraph_size=g,
+                                        top_k=3, first_block=0, n_blocks=T // g)
+    masks = {"L1": ha._window_block_mask(T, 16, g, "cpu"),
+             "L2": ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=4)}
+    for level, mask in masks.items():
+        for name in TABLES:
+            table = getattr(mask, name)
+            assert table.is_contiguous(), f"{level} {name} has strides {table.stride()}"

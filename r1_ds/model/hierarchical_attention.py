@@ -289,8 +289,12 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     built inside compiled graphs on GPU, where inductor lowers small sorts to its own Triton kernel: slow to
     compile (FlexAttention's own table code now forces its argsort back to eager for that, pytorch#182745)
     and reported to disagree with eager sorts (pytorch#174459). Each column's slot is its rank within its
-    group, by two cumulative sums."""
-    need = need.to(torch.int32)
+    group, by two cumulative sums.
+
+    Both come out row-major whatever the layout of `need` (a transposed view, for the query-side tables):
+    the fused kernels step through a row of indices one element at a time, so a table with any other
+    strides is read as the wrong blocks, silently (FlexAttention's own table code forces the same)."""
+    need = need.to(torch.int32, memory_format=torch.contiguous_format)
     num = need.sum(-1, keepdim=True)
     used_rank = need.cumsum(-1) - 1
     unused_rank = num + (1 - need).cumsum(-1) - 1
@@ -348,7 +352,8 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
     g = paragraph_size
     S = summary_len(n_par, g)
     n_qb = idx.shape[2]
-    tables = _paragraph_block_tables(idx, valid, n_par, length, g, span)
+    # row-major, as the kernels read them (see _as_indices); free when the graph already made them so
+    tables = [t.contiguous() for t in _paragraph_block_tables(idx, valid, n_par, length, g, span)]
     routed = tables[-1]
 
     # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
