@@ -5,7 +5,9 @@ The CPU tests hold the flex path's math to the reference through FlexAttention's
 applies only the element rule. On a GPU the fused kernels follow the block tables instead (the backward its
 query-side tables), and the glue, routing and tables run through inductor. All of that is only checked here.
 R1's GPU training stopped learning between commits 78e6f8f and cc68a7a (its loss stayed at ln(vocab), the
-gradient norm read 4e7) with every CPU test green; these tests are the check that was missing.
+gradient norm read 4e7) with every CPU test green: a column-major block table, read by the fused backward as
+row-major (tests/test_attention_kernels.py::test_block_tables_are_row_major now guards that on CPU). These
+tests are the end-to-end check that was missing.
 """
 
 import pytest

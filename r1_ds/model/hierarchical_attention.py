@@ -285,15 +285,17 @@ def _flex(q, k, v, block_mask, scale):
 
 def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A (..., n_rows, n_cols) bool table -> flex's (counts, column indices with the used ones first, each
-    group in column order): what a stable argsort of ~need gives, computed without a sort. The tables are
-    built inside compiled graphs on GPU, where inductor lowers small sorts to its own Triton kernel: slow to
-    compile (FlexAttention's own table code now forces its argsort back to eager for that, pytorch#182745)
-    and reported to disagree with eager sorts (pytorch#174459). Each column's slot is its rank within its
-    group, by two cumulative sums.
+    group in column order): what a stable argsort of ~need gives.
 
-    Both come out row-major whatever the layout of `need` (a transposed view, for the query-side tables):
-    the fused kernels step through a row of indices one element at a time, so a table with any other
-    strides is read as the wrong blocks, silently (FlexAttention's own table code forces the same)."""
+    Both come out row-major whatever the layout of `need`. The fused GPU kernels step through a row of
+    indices one element at a time and ignore its stride, so a table with other strides is read as the
+    wrong blocks, silently. The query-side tables are built from transposed views, and an argsort keeps
+    its input's strides: from cc68a7a to 90d05e4 L2's full_q_indices came out column-major, the backward's
+    dK/dV loop visited the wrong query blocks of every routed paragraph, and R1 stopped learning on GPUs.
+
+    No sort either: inside a compiled graph on GPU, inductor lowers small sorts to its own Triton kernel,
+    slow to compile (why FlexAttention's own table code forces its argsort back to eager, pytorch#182745).
+    Each column's slot is its rank within its group, by two cumulative sums."""
     need = need.to(torch.int32, memory_format=torch.contiguous_format)
     num = need.sum(-1, keepdim=True)
     used_rank = need.cumsum(-1) - 1
