@@ -42,18 +42,28 @@ def _outputs_and_grads(fn, xs, weight, level):
     return [o.detach().float() for o in outs], [x.grad.float() for x in xs]
 
 
-# fp32: tight; bf16 against the fp32 reference: bf16's own rounding. T = 2500 pads to whole paragraphs.
-@pytest.mark.parametrize("T, dtype, tol", [(2048, torch.float32, 2e-4), (2500, torch.float32, 2e-4),
-                                           (2048, torch.bfloat16, 5e-2)])
+# fp32: tight; bf16 against the fp32 reference on the same (rounded) inputs: bf16's own rounding. T = 2500 pads
+# to whole paragraphs. Window 384 spans four paragraphs: L1 through flex instead of the banded kernel.
+@pytest.mark.parametrize("T, dtype, tol, window", [(2048, torch.float32, 2e-4, 128), (2500, torch.float32, 2e-4, 128),
+                                                   (2048, torch.bfloat16, 5e-2, 128), (2048, torch.float32, 2e-4, 384)])
 @pytest.mark.parametrize("level", [0, 1, 2])
-def test_flex_path_forward_and_backward_equal_the_reference_on_cuda(T, dtype, tol, level):
+def test_flex_path_forward_and_backward_equal_the_reference_on_cuda(T, dtype, tol, window, level, monkeypatch):
+    if window != KW["window"] and level != 0:
+        pytest.skip("the window only changes L1")
+    # Routing is discrete: near-uniform random inputs let bf16 rounding pick other paragraphs than fp32 does,
+    # which no tolerance should absorb. Both sides route the same way, from fp32 copies of the same inputs.
+    route = ha.route_paragraphs
+    same_routing = lambda q, k, **kw: route(q.float(), k.float(), **kw)  # noqa: E731
+    monkeypatch.setattr(ha, "route_paragraphs", same_routing)
+    monkeypatch.setattr(ha, "_route_compiled", same_routing)
+    kw = {**KW, "window": window}
     torch.manual_seed(0)
     d = 2048  # the 1.3B width: L1 at head size 256 (banded), L2 at 128 (flex), L3 at 64
-    q, k, v = (torch.randn(1, T, d, device="cuda") for _ in range(3))
+    q, k, v = (torch.randn(1, T, d, device="cuda").to(dtype).float() for _ in range(3))
     weight = torch.randn(1, T, d, device="cuda")
     ref_out, ref_grads = _outputs_and_grads(
-        lambda q, k, v: ha.hierarchical_attention_eager(q, k, v, q, range(T), **KW), (q, k, v), weight, level)
-    out, grads = _outputs_and_grads(lambda q, k, v: ha.hierarchical_attention_flex(q, k, v, **KW),
+        lambda q, k, v: ha.hierarchical_attention_eager(q, k, v, q, range(T), **kw), (q, k, v), weight, level)
+    out, grads = _outputs_and_grads(lambda q, k, v: ha.hierarchical_attention_flex(q, k, v, **kw),
                                     [x.to(dtype) for x in (q, k, v)], weight, level)
     err = _rel(out[level], ref_out[level])
     assert err < tol, f"L{level + 1} output differs by {err:.2e}"
@@ -156,7 +166,8 @@ def test_model_learns_a_batch_in_bf16_through_the_fast_path():
         opt.step()
         losses.append(loss.item())
     assert norms[0] < 100, f"first gradient norm {norms[0]:.3g}: something upstream of the loss blows up"
-    assert losses[-1] < 0.6 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in 30 steps on one batch"
+    # cc68a7a: flat loss, gradient norm 4e7. A model that learns drops by several nats here.
+    assert losses[-1] < losses[0] - 1.0, f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in 30 steps on one batch"
 
 
 def test_compiled_blocks_equal_eager_on_cuda():
