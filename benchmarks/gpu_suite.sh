@@ -3,13 +3,17 @@
 # output under $OUT (logs and JSON), so a short GPU lease loses nothing to a step that runs long.
 #
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (~45 min on one H200: several calls)
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh check train  # some steps: check attention attention_compiled
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh train trainer_compiled  # some steps: check attention
+#                                                            #   attention_compiled
 #                                                            #   train train_compiled trainer_compiled fp16 clip
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
+#
+# One device call runs at most 10 minutes: run `check`, `attention`, `attention_compiled`, `train trainer_compiled`,
+# `train_compiled` and `fp16 clip` one group a call (each step's limit below keeps its group inside that).
 #
 # check comes first, always: the GPU fast path against the eager reference (tests/test_cuda_fast_path.py).
 # The CPU tests cannot see the fused kernels or inductor's graphs; a figure measured on a path that
 # computes the wrong thing is worth nothing (cc68a7a trained nothing on the GPU with every CPU test green).
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
 #
 # train_compiled is an experiment, not a figure an issue asks for: both models with every decoder block
 # compiled whole, to measure how much of R1's gap at 350M is Python and launch overhead.
@@ -62,13 +66,13 @@ step attention 560 "$PY" benchmarks/attention.py --device cuda --repeats 5 --len
     --json "$OUT/attention_h200.json"
 step attention_compiled 580 "$PY" benchmarks/attention.py --device cuda --repeats 5 --compile --lengths $LENGTHS \
     --json "$OUT/attention_h200_compiled.json"
-step train 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 8192 --steps 5 --warmup 3 \
+step train 400 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 8192 --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_h200.json"
 step train_compiled 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 --steps 5 --warmup 3 \
     --compile-blocks --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_compiled_h200.json"
 # the trainer's own --compile path (r1_ds.train.compile_blocks), 350M at 2k: tokens/s and MFU in metrics.jsonl;
 # the log lists every recompile and graph break (there should be none past the first steps)
-TORCH_LOGS=recompiles,graph_breaks step trainer_compiled 300 "$PY" -m r1_ds.train --deepspeed_config /tmp/r1_bf16.json --preset 350m --seq-len 2048 \
+TORCH_LOGS=recompiles,graph_breaks step trainer_compiled 180 "$PY" -m r1_ds.train --deepspeed_config /tmp/r1_bf16.json --preset 350m --seq-len 2048 \
     --micro-batch 8 --global-batch 8 --steps 40 --log-every 10 --output-dir /tmp/r1_compiled_run --no-progress \
     --compile --set checkpoint.every=0
 want trainer_compiled && cp /tmp/r1_compiled_run/metrics.jsonl "$OUT/trainer_compiled_metrics.jsonl"
