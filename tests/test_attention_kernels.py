@@ -58,6 +58,8 @@ def test_block_indices_equal_a_stable_argsort(shape):
         assert torch.equal(idx, torch.argsort((~need).to(torch.int8), dim=-1, stable=True).int())
         compiled = torch.compile(ha._as_indices, dynamic=False)(need)  # inductor (C++ here; GPU: tests/test_cuda_*)
         assert torch.equal(compiled[0], num) and torch.equal(compiled[1], idx)
+        for table in ha._as_indices(need.transpose(-1, -2)):  # the query-side tables come from transposed views
+            assert table.is_contiguous(), f"strides {table.stride()}: the fused kernels read rows as contiguous"
 
 
 TABLES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks", "q_indices",
