@@ -1,6 +1,7 @@
 """Which FlexAttention tile configs suit hierarchical attention's L1 and L2 kernels on this GPU: each
 level's kernel timed fwd+bwd with the kernel options `_flex` picks, then with inductor's max-autotune
-search (its AUTOTUNE lines on stderr list every config tried). A tuning aid, not a benchmark.
+search (its AUTOTUNE lines on stderr list every config tried). A tuning aid, not a benchmark. (With the
+presets' window L1 runs the banded kernel, not flex; L1 here is the flex path of wider windows.)
 
     python benchmarks/flex_autotune.py --T 8192 --batch 8 2> autotune.log
 """
@@ -21,7 +22,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--T", type=int, default=8192)
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--dim", type=int, default=2048)
-p.add_argument("--levels", nargs="+", default=["L1", "L2"])
+p.add_argument("--levels", nargs="+", default=["L1", "L2"], choices=["L1", "L2"])
 args = p.parse_args()
 kw = dict(level_heads=(8, 16, 32), window=128, paragraph_size=128, document_size=1024, top_k=4, rope_theta=10000.0)
 B, T, d = args.batch, args.T, args.dim

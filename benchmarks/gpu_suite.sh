@@ -2,7 +2,7 @@
 # Every single-GPU figure the issues ask for, in one command, each step under its own time limit, all
 # output under $OUT (logs and JSON), so a short GPU lease loses nothing to a step that runs long.
 #
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (~45 min on one H200: several calls)
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (step limits add to ~52 min: several calls)
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train trainer_compiled  # some steps: check attention
 #                                                            #   attention_compiled
 #                                                            #   train train_compiled trainer_compiled fp16 clip
@@ -11,7 +11,8 @@
 # One device call runs at most 10 minutes: run `check`, `attention`, `attention_compiled`, `train trainer_compiled`,
 # `train_compiled` and `fp16 clip` one group a call (each step's limit below keeps its group inside that).
 #
-# check comes first, always: the GPU fast path against the eager reference (tests/test_cuda_fast_path.py).
+# check comes first in the default run, and first on any new machine or commit: a call without it trusts an
+# earlier call's check. It holds the GPU fast path to the eager reference (tests/test_cuda_fast_path.py).
 # The CPU tests cannot see the fused kernels or inductor's graphs; a figure measured on a path that
 # computes the wrong thing is worth nothing (cc68a7a trained nothing on the GPU with every CPU test green).
 #
@@ -60,7 +61,7 @@ if (( check_rc != 0 )) && [[ "${R1_SUITE_IGNORE_CHECK:-0}" != 1 ]]; then
 fi
 
 # the issue's goal lengths first: each row is saved as it finishes, so a step cut short keeps those.
-# Every length compiles both sides afresh (about a minute each on an H200): eight lengths take ~8 minutes.
+# Every length compiles both sides afresh (a minute or more each on an H200): 32k and 128k may not fit.
 LENGTHS="8192 65536 1024 2048 4096 16384 32768 131072"
 step attention 560 "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths $LENGTHS \
     --json "$OUT/attention_h200.json"

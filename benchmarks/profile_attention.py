@@ -11,7 +11,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.* as a package
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # r1_ds without an install
 from r1_ds.model import hierarchical_attention as ha
 
 p = argparse.ArgumentParser()
@@ -77,6 +77,7 @@ l1b = [x.detach().contiguous().view(B, H1, T, 2, d // H1 // 2).transpose(2, 3).r
        .requires_grad_(True) for x in l1_in]
 o1b = torch.randn(B, 2 * H1, T, d // H1 // 2, device="cuda", dtype=torch.bfloat16)
 timed(f"L1 flex kernel fwd+bwd at hd {d // H1 // 2} (same window)", lambda: ha._flex(*l1b, m1, 0.1).backward(o1b))
+
 
 def l2_mask():
     with torch.no_grad():

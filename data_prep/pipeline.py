@@ -77,8 +77,7 @@ class Pipeline:
             maybe_crash("filter", next(_commits))
         if resumed:
             log.info("%s: resumed %d committed parts", self.modality, resumed)
-        kept = totals[self.filters[-1].name]["kept"] if self.filters else 0
-        n_in = totals[self.filters[0].name]["in"] if self.filters else 0
+        n_in, kept = stage_io(totals)
         log.info(
             "%s: %d in, %d kept (%d parts processed in %.1fs)",
             self.modality,
@@ -134,6 +133,14 @@ class Pipeline:
                     log.warning("%s/%s failed on %s: %r (document dropped)", self.modality, f.name, doc.id, exc)
                 results.append((False, f"filter_error_{type(exc).__name__}"))
         return results
+
+
+def stage_io(totals: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """(documents in, documents kept) of per-stage counts in pipeline order: the first stage's input, the
+    last stage's output; (0, 0) without stages."""
+    if not totals:
+        return 0, 0
+    return totals[next(iter(totals))]["in"], totals[next(reversed(totals))]["kept"]
 
 
 def _add(totals: dict[str, dict[str, Any]], stages: dict[str, dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ from data_prep.augment import AugmentConfig
 from data_prep.document import CODE, IMAGE, MODALITIES, TEXT
 from data_prep.errors import PrepError
 from data_prep.filters.base import BaseFilter
-from data_prep.pipeline import Pipeline
+from data_prep.pipeline import Pipeline, stage_io
 from data_prep.readers import check_paths
 from data_prep.tokenizer_train import MIN_VOCAB
 from data_prep.triples import build_triples, iter_kept
@@ -350,7 +350,7 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
 
     tokenizer_info: dict[str, Any] | None = None
     shards_meta: dict[str, Any] | None = None
-    n_lm_docs = sum(_kept(results.get(m, {})) for m in (TEXT, CODE))
+    n_lm_docs = sum(stage_io(results.get(m, {}))[1] for m in (TEXT, CODE))
     if n_lm_docs == 0:
         log.warning("no text or code document was kept: no tokenizer and no shards are written")
     else:
@@ -376,11 +376,6 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     return stats
 
 
-def _kept(stage_stats: dict[str, Any]) -> int:
-    """Documents that survived every stage: the last stage's kept count (stages are in pipeline order)."""
-    return stage_stats[next(reversed(stage_stats))]["kept"] if stage_stats else 0
-
-
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
@@ -400,8 +395,7 @@ def build_stats(
     """
     modalities: dict[str, Any] = {}
     for modality, stage_stats in results.items():
-        n_in = stage_stats[next(iter(stage_stats))]["in"] if stage_stats else 0
-        kept = _kept(stage_stats)
+        n_in, kept = stage_io(stage_stats)
         by_reason = {f"{name}/{r}": n for name, st in stage_stats.items() for r, n in sorted(st["reasons"].items())}
         modalities[modality] = {
             "input": n_in,

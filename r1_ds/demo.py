@@ -21,6 +21,8 @@ import shlex
 import subprocess
 import sys
 
+from .metrics import read_metrics
+
 log = logging.getLogger("r1_ds.demo")
 
 
@@ -67,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
     _run([py, "-m", "r1_ds.cli", "generate", str(hf), "--prompt", "def ", "--max-new-tokens", "48", "--temperature", "0.8"], env)
     _run([py, "-m", "r1_ds.cli", "plot", str(run_dir)], env)
 
-    from .metrics import read_metrics  # the last record of a step wins if the run was resumed
-
-    losses = [rec["loss"] for rec in read_metrics(str(run_dir / "metrics.jsonl"))]
+    losses = [rec["loss"] for rec in read_metrics(str(run_dir / "metrics.jsonl"))]  # a resumed step's last record wins
     log.info("loss %.3f -> %.3f over %d steps; Hugging Face folder: %s; curve: %s", losses[0], losses[-1],
              len(losses), hf, run_dir)
     return 0

@@ -15,7 +15,6 @@ Launch with any of (docs/training.md, "Launchers"):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -26,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from data_prep.atomic import atomic_open
+from data_prep.atomic import atomic_write_json
 
 from .config import ConfigError, TrainConfig, load_train_config, parse_set, read_mapping, resolve_batch
 from .data import ProgressiveSampler, Stage, batch_iterator, open_dataset
@@ -42,7 +41,7 @@ _FLAGS = {  # --flag -> dotted training-config key (the CLI is the top of the pr
     "global_batch": "schedule.global_batch", "grad_accum": "schedule.grad_accum", "steps": "schedule.steps",
     "lr": "schedule.lr", "warmup_steps": "schedule.warmup_steps", "pipe": "parallel.pipe",
     "tensor": "parallel.tensor", "save_every": "checkpoint.every", "checkpoint_dir": "checkpoint.dir",
-    "resume": "checkpoint.resume", "log_every": "log.every",
+    "resume": "checkpoint.resume", "log_every": "log.every", "compile": "model.compile",
 }
 
 
@@ -80,8 +79,6 @@ def cli_overrides(args: argparse.Namespace) -> dict:
     out = {key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag, None) is not None}
     if getattr(args, "progress", None) is False:
         out["log.progress"] = False
-    if getattr(args, "compile", None):
-        out["model.compile"] = True
     for item in args.set:
         key, value = parse_set(item)
         out[key] = value
@@ -374,11 +371,8 @@ def train(cfg: TrainConfig):
         section["load_universal"] = saved.universal
     with_ours = {**ds_config, "r1_compression": compression} if compression else ds_config  # resolved + our section
     if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        with atomic_open(os.path.join(out_dir, "train_config.json"), "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
-        with atomic_open(os.path.join(out_dir, "ds_config.json"), "w") as f:
-            json.dump(with_ours, f, indent=2)
+        atomic_write_json(os.path.join(out_dir, "train_config.json"), cfg.to_dict())
+        atomic_write_json(os.path.join(out_dir, "ds_config.json"), with_ours)
 
     # ---- model and data
     model = build_model(cfg, device_type)
@@ -485,7 +479,6 @@ def train(cfg: TrainConfig):
             state["r1_compression"] = reducer.state_dict()
         return state
 
-    applied_rate = None  # DropPath rate last set on the model
     for step in range(start, total):
         i = sampler.stage_index(step)
         if i != stage_idx:
@@ -500,9 +493,7 @@ def train(cfg: TrainConfig):
         gas = engine.gradient_accumulation_steps()
         lr = engine.get_lr()[0]
         rate = cfg.schedule.drop_path_max * step / max(1, total - 1)
-        if rate != applied_rate:  # walks every module: only when the rate changes (once at drop_path_max 0)
-            drop_path(rate)
-            applied_rate = rate
+        drop_path(rate)
         torch.manual_seed(step_seed(cfg.seed, step, coords.data, coords.pipe))
         micro = sampler.micro_batches(step, data_rank=coords.data, data_size=dims.data,
                                       micro_batch=engine.train_micro_batch_size_per_gpu())

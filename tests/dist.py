@@ -89,10 +89,9 @@ def _worker(fn_bytes: bytes, rank: int, args: tuple, kwargs: dict, results) -> N
         results.put((rank, False, traceback.format_exc()))
         return
     try:
-        import torch.distributed as tdist
+        from r1_ds.train import shutdown_distributed
 
-        if tdist.is_initialized():
-            tdist.destroy_process_group()
+        shutdown_distributed()
     except Exception:  # noqa: BLE001 - teardown of a finished run must not turn a pass into a failure
         pass
 

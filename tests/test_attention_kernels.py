@@ -70,7 +70,7 @@ def test_block_tables_are_row_major():
     """The fused GPU kernels step through a row of block indices one element at a time, whatever the tensor's
     strides: a transposed table is read as the wrong blocks, silently. The query-side tables are built from
     transposed views, and one of them came out column-major: R1's GPU backward then read wrong key blocks
-    (commit cc68a7a; the loss stopped falling). The CPU path never reads the tables, so only this shows it."""
+    (commits 91839fd to 90d05e4; the loss stopped falling). The CPU path never reads the tables, so only this shows it."""
     torch.manual_seed(0)
     T, g = 256, 8
     idx, valid, _ = ha.route_paragraphs(torch.randn(2, T, 32), torch.randn(2, T, 32), n_heads=2, paragraph_size=g,

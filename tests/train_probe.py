@@ -47,23 +47,15 @@ def main(argv: list[str]) -> int:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     import r1_ds.train as entry
 
-    trained = []
     train = entry.train
 
-    def keep_engine(cfg):
-        trained.append((train(cfg), cfg.output_dir))
-        return trained[-1][0]
+    def train_then_probe(cfg):  # before run() tears the process groups down: the probe needs them
+        engine = train(cfg)
+        probe(engine, cfg.output_dir)
+        return engine
 
-    entry.train = keep_engine  # run() looks `train` and `shutdown_distributed` up in the module at call time
-    shutdown = entry.shutdown_distributed
-    entry.shutdown_distributed = lambda: None  # the probe still needs the process groups
-    try:
-        code = entry.main(argv)
-        if code == 0:
-            probe(*trained[0])
-    finally:
-        shutdown()
-    return code
+    entry.train = train_then_probe  # run() looks `train` up in the module at call time
+    return entry.main(argv)
 
 
 if __name__ == "__main__":

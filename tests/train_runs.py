@@ -1,8 +1,9 @@
 """Small training runs shared by test_train.py and test_export.py (each runs once per session).
 
-All runs: tiny preset, fp32 (ds_configs/tiny_cpu.json), seq 64, 4 steps, a checkpoint
-at step 2, 2 gloo ranks. Each returns per-rank results: the parameters it holds (HF names), the
-logits of a fixed probe batch from the trained engine, and the run folder. The data-parallel run reads
+All runs: tiny preset, fp32 (ds_configs/tiny_cpu.json), seq 64, 2 gloo ranks; 4 steps with a checkpoint
+at step 2, except the NO_DROP runs (3 steps, no checkpoint). Each returns per-rank results: the
+parameters it holds (HF names), the logits of a fixed probe batch from the trained engine, and the run
+folder. The data-parallel run reads
 packed shards with a tokenizer (written here in data_prep's format); the pipeline run synthetic data.
 """
 
@@ -18,6 +19,7 @@ import tempfile
 from r1_ds.metrics import read_metrics
 from tests.dist import run_distributed
 from tests.train_probe import probe_logits
+
 
 @functools.lru_cache(maxsize=None)
 def _tmp() -> str:

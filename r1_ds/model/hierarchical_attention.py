@@ -172,11 +172,16 @@ def route_paragraphs(
 # ----------------------------------------------------------------------------- eager reference
 
 
+def _attend(q, keys, values, mask, scale):
+    """softmax(q k^T * scale, masked) v: the scores leave the GEMM in the operands' dtype, the softmax runs
+    in fp32, its weights go back to the operands' dtype. mask broadcastable to (..., Tq, Tk)."""
+    scores = (q @ keys.transpose(-1, -2)).float() * scale
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(q.dtype) @ values
+
+
 def _masked_attention(q, keys, values, mask, scale):
-    """softmax(q k^T * scale + mask) v, softmax in fp32. mask broadcastable to (B, H, Tq, Tk)."""
-    scores = (q.float() @ keys.float().transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return (torch.softmax(scores, -1) @ values.float()).to(q.dtype)
+    """The reference's attention: _attend wholly in fp32, whatever the operands' dtype."""
+    return _attend(q.float(), keys.float(), values.float(), mask, scale).to(q.dtype)
 
 
 def _null(x: torch.Tensor) -> torch.Tensor:
@@ -290,7 +295,7 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Both come out row-major whatever the layout of `need`. The fused GPU kernels step through a row of
     indices one element at a time and ignore its stride, so a table with other strides is read as the
     wrong blocks, silently. The query-side tables are built from transposed views, and an argsort keeps
-    its input's strides: from cc68a7a to 90d05e4 L2's full_q_indices came out column-major, the backward's
+    its input's strides: from 91839fd to 90d05e4 L2's full_q_indices came out column-major, the backward's
     dK/dV loop visited the wrong query blocks of every routed paragraph, and R1 stopped learning on GPUs.
 
     No sort either: inside a compiled graph on GPU, inductor lowers small sorts to its own Triton kernel,
@@ -300,7 +305,7 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     num = need.sum(-1, keepdim=True)
     used_rank = need.cumsum(-1) - 1
     unused_rank = num + (1 - need).cumsum(-1) - 1
-    slot = torch.where(need.bool(), used_rank, unused_rank).to(torch.int64)
+    slot = torch.where(need == 1, used_rank, unused_rank).to(torch.int64)
     cols = torch.arange(need.shape[-1], device=need.device, dtype=torch.int32).expand_as(need)
     idx = torch.empty_like(need).scatter_(-1, slot, cols)
     return num.squeeze(-1).to(torch.int32), idx
@@ -354,8 +359,7 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
     g = paragraph_size
     S = summary_len(n_par, g)
     n_qb = idx.shape[2]
-    # row-major, as the kernels read them (see _as_indices); free when the graph already made them so
-    tables = [t.contiguous() for t in _paragraph_block_tables(idx, valid, n_par, length, g, span)]
+    tables = _paragraph_block_tables(idx, valid, n_par, length, g, span)  # row-major (see _as_indices)
     routed = tables[-1]
 
     # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
@@ -470,11 +474,9 @@ def _document_attention_sdpa(qr, k3, v3, n_heads: int, document_size: int, lengt
 def _document_attention_explicit(qr, k3, v3, n_heads: int, document_size: int, length: int):
     """L3 as two thin GEMMs and a softmax over the (Tp, 1 + n_doc) scores, which inductor fuses. -> (B, length, d)"""
     B, Tp, d = qr.shape
-    q, k, v = split_heads(qr, n_heads), split_heads(k3, n_heads), split_heads(v3, n_heads)
-    s = (q @ k.transpose(-1, -2)).float() * (d // n_heads) ** -0.5
-    mask = _document_mask(Tp, k3.shape[1], document_size, qr.device)
-    p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1).to(q.dtype)
-    return merge_heads(p @ v)[:, :length]
+    o = _attend(split_heads(qr, n_heads), split_heads(k3, n_heads), split_heads(v3, n_heads),
+                _document_mask(Tp, k3.shape[1], document_size, qr.device), (d // n_heads) ** -0.5)
+    return merge_heads(o)[:, :length]
 
 
 def _document_mask(Tp: int, n_keys: int, document_size: int, device) -> torch.Tensor:
@@ -520,9 +522,7 @@ def _window_attention_banded(q, k, v, n_heads: int, window: int, block: int):
     band = (kj <= qi) & (kj > qi - window)
     first_real = ((n_prev - torch.arange(nb, device=q.device)).clamp(min=0) * block)[:, None, None]
     mask = band & (kj >= first_real)  # (nb, block, tile): no padding blocks before the sequence start
-    s = (blocks(q) @ with_previous(k).transpose(-1, -2)).float() * hd**-0.5
-    p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1).to(q.dtype)
-    return (p @ with_previous(v)).reshape(B, H, Tp, hd)
+    return _attend(blocks(q), with_previous(k), with_previous(v), mask, hd**-0.5).reshape(B, H, Tp, hd)
 
 
 def _blocks_before(window: int, block: int) -> int:

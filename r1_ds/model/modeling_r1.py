@@ -154,11 +154,15 @@ class R1LevelGate(nn.Linear):
 
     rows = 3  # levels
 
+    @staticmethod
+    def gate_input(levels: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """[h1; h2; h3], given apart or already concatenated."""
+        return levels[0] if len(levels) == 1 else torch.cat(levels, dim=-1)
+
     def forward(self, *levels: torch.Tensor) -> torch.Tensor:
         """(B, T, 3) logits, from [h1; h2; h3] or from h1, h2, h3 apart."""
         if len(levels) == 1 or not levels[0].is_cuda:  # CPU: the plain matmul is fine there
-            x = levels[0] if len(levels) == 1 else torch.cat(levels, dim=-1)
-            return super().forward(x)[..., : self.rows]
+            return super().forward(self.gate_input(levels))[..., : self.rows]
         return level_gate_logits(*levels, self.weight[: self.rows], self.bias[: self.rows])
 
 

@@ -236,6 +236,11 @@ class _Bucket:
     dense: bool  # reduced by DeepSpeed's own all-reduce (1-D params when dense_1d)
 
 
+def _pieces(flat: torch.Tensor, grads: list[torch.Tensor]):
+    """(grad, its slice of the flat bucket buffer) pairs; the slices are views in the bucket's order."""
+    return zip(grads, flat.split([g.numel() for g in grads]))
+
+
 def _ring_bytes(op: str, payload: int, world: int) -> float:
     """Bytes one rank transmits for a collective under ring algorithms (NCCL's bus-bandwidth model).
 
@@ -429,11 +434,8 @@ class CompressedReducer:
                 err = self.errors.pop(b.key, None)
                 if err is None:
                     continue
-                offset = 0
-                for p in b.params:
-                    g = grads[id(p)]
-                    g.add_(err[offset:offset + g.numel()].view_as(g).to(g.dtype))
-                    offset += g.numel()
+                for g, e in _pieces(err, [grads[id(p)] for p in b.params]):
+                    g.add_(e.view_as(g).to(g.dtype))
             self.errors.clear()
         self._sync()
         t0 = time.perf_counter()
@@ -473,10 +475,8 @@ class CompressedReducer:
                 out, err = self._allgather_reduce(b, x, acc)
             if self.cfg.error_feedback:
                 self.errors[b.key] = err
-            offset = 0
-            for g in gs:
-                g.copy_(out[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
+            for g, o in _pieces(out, gs):
+                g.copy_(o.view_as(g))
         if dense_grads:
             numel = sum(g.numel() for g in dense_grads)
             self._comm(acc, "all_reduce", numel * self._comm_elem_size(), self._engine._reduce_non_expert_gradients,
@@ -494,10 +494,8 @@ class CompressedReducer:
         carried = self.errors.get(key)  # only ever set with error feedback on (step and load_state_dict)
         if carried is None:
             return torch.cat([g.reshape(-1).float() for g in gs])
-        offset = 0
-        for g in gs:
-            carried[offset:offset + g.numel()] += g.reshape(-1)
-            offset += g.numel()
+        for g, c in _pieces(carried, gs):
+            c += g.reshape(-1)
         return carried
 
     def _select(self, b: _Bucket, x: torch.Tensor) -> torch.Tensor:

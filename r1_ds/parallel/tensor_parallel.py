@@ -134,8 +134,7 @@ class TensorParallelLevelGate(RowParallelLinear):
     in, the 3 used logits out (the stored alignment rows are sliced away)."""
 
     def forward(self, *levels: torch.Tensor) -> torch.Tensor:
-        x = levels[0] if len(levels) == 1 else torch.cat(levels, dim=-1)
-        return super().forward(x)[..., : R1LevelGate.rows]
+        return super().forward(R1LevelGate.gate_input(levels))[..., : R1LevelGate.rows]
 
 
 class TensorParallelR1ForCausalLM(R1ForCausalLM):
@@ -457,12 +456,13 @@ def shard_state_dict(state_dict: dict[str, torch.Tensor], rank: int, world: int,
 # ----------------------------------------------------------------------------- universal checkpoints
 
 
-def _pipeline_names(config, full: R1ForCausalLM) -> dict[str, str]:
+def _pipeline_names(full: R1ForCausalLM) -> dict[str, str]:
     """HF parameter name -> the name DeepSpeed gives it in r1_ds's PipelineModule ("{layer}.{key}", the tied
-    embedding under "tied_modules.embed."); the tied LM head has no parameter of its own. `full` is the model
-    of `config` (on the meta device)."""
+    embedding under "tied_modules.embed."); the tied LM head has no parameter of its own. `full` on the
+    meta device will do."""
     from .pipeline import TIED_KEY, pipe_layer_prefixes
 
+    config = full.config
     names = {}
     for idx, prefix in enumerate(pipe_layer_prefixes(config)):
         for name, _ in full.named_parameters():
@@ -488,7 +488,7 @@ def universal_checkpoint_info(config, tensor: int, plan: dict[str, str] = R1_TP_
 
     with torch.device("meta"):
         full = R1ForCausalLM(config)
-    ds_names = _pipeline_names(config, full) if pipeline else {n: n for n, _ in full.named_parameters()}
+    ds_names = _pipeline_names(full) if pipeline else {n: n for n, _ in full.named_parameters()}
     replicated, row, vocab, sub = [], [], [], []
     for hf_name, _ in full.named_parameters():  # a tied LM head appears once, as the embedding
         if hf_name not in ds_names:
