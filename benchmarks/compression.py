@@ -192,7 +192,7 @@ def table(results: list[dict], label: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-350m", choices=sorted(LLAMA_SIZES) + ["r1-350m", "r1-1.3b"])
     ap.add_argument("--runs", default="dense,leader,allgather,auto", help="comma list of dense/leader/allgather/auto")
@@ -269,12 +269,13 @@ def main(argv: list[str] | None = None) -> None:
             with open(path[: -len(".json")] + ".md" if path.endswith(".json") else path + ".md", "w") as f:
                 f.write(text)
         print("\n" + text, flush=True)
-    from r1_ds.train import shutdown_distributed
-
-    shutdown_distributed()  # gloo threads left to interpreter exit can abort a finished rank
     if not all(math.isfinite(r["eval_loss"]) for r in results):
-        raise SystemExit("a run diverged (non-finite loss)")
+        print("a run diverged (non-finite loss)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from r1_ds.train import exit_process  # tears the process group down, then ends the rank (see there)
+
+    exit_process(main())

@@ -213,11 +213,10 @@ def main(argv=None) -> int:
             json.dump(result, f, indent=2)
     print()
     print(table(rows))
-    from r1_ds.train import shutdown_distributed
-
-    shutdown_distributed()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from r1_ds.train import exit_process  # tears the process group down, then ends the rank (see there)
+
+    exit_process(main())

@@ -49,5 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     return int(run(args) or 0)
 
 
+def script() -> None:
+    """The `r1-ds` console script: `main`, then `exit_process` (a rank ends without the interpreter's
+    teardown once it ran a process group; see r1_ds.train.exit_process). Tests call `main`."""
+    code = main()
+    if "r1_ds.train" in sys.modules:  # only `train` starts process groups
+        sys.modules["r1_ds.train"].exit_process(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()

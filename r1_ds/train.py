@@ -15,12 +15,14 @@ Launch with any of (docs/training.md, "Launchers"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
 import socket
 import sys
 import time
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -532,16 +534,45 @@ def train(cfg: TrainConfig):
     return engine
 
 
+_RAN_DISTRIBUTED = False  # set once this process has torn a process group down: see exit_process
+
+
 def shutdown_distributed() -> None:
-    """Tear the process groups down at the end of a run (clean, or a user error every rank raised alike).
-    Left to interpreter exit, gloo's worker threads can be destroyed while still joinable, and a rank
-    that finished cleanly dies with SIGABRT ("terminate called without an active exception"), failing
-    the whole launch. No barrier: the run's last collective (the checkpoint save) has completed on
+    """Tear the process groups down at the end of a run (clean, or a user error every rank raised alike),
+    as torch's docs ask. No barrier: the run's last collective (the checkpoint save) has completed on
     every rank, and a rank that failed otherwise must not leave the others waiting here."""
+    global _RAN_DISTRIBUTED
     import torch.distributed as tdist
 
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+        _RAN_DISTRIBUTED = True
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a launched rank (`python -m r1_ds.train`, the `r1-ds` script, benchmark ranks) with `code`.
+
+    Once a process group has run here, skip the interpreter's teardown. CI lost a finished 4-rank torchrun
+    run (once in many) to a rank that died at exit with SIGABRT, "terminate called without an active
+    exception" (a C++ thread destroyed while still joinable), although its process groups had been
+    destroyed: objects of the communication stack that DeepSpeed and our tensor-parallel groups still
+    reference are freed during Python's finalization, in no fixed order (pytorch/pytorch#179291 is about
+    the same hazard). The launcher then fails the job and kills the other ranks. Nothing is lost by
+    skipping the teardown: checkpoints, shards and run files are written atomically and closed by then;
+    logs and the std streams are flushed here, and MPI is finalized (mpirun reports a rank that exits
+    without MPI_Finalize as failed).
+    Without distributed state it is a plain `sys.exit`. Never call it from a library or a test process."""
+    shutdown_distributed()
+    if not _RAN_DISTRIBUTED:
+        sys.exit(code)
+    logging.shutdown()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe must not turn success into a traceback
+            stream.flush()
+    os._exit(code)
 
 
 def peak_memory_gib() -> float:
@@ -562,4 +593,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -59,3 +59,26 @@ def test_bad_batch_config_fails_the_command_with_the_numbers(tmp_path):
     assert "BatchSizeError: batch sizes disagree" in proc.stderr
     assert "train_batch_size is not divisible by micro_batch 4 x data_parallel 1 = 4" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+_EXIT_SCRIPT = """
+import atexit, sys
+import torch.distributed as dist
+from r1_ds.train import exit_process
+if sys.argv[1] == "distributed":
+    dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=0, world_size=1)
+atexit.register(lambda: print("interpreter teardown ran", file=sys.stderr))
+print("written before the exit", end="")  # no newline: only an explicit flush gets it out
+exit_process(3)
+"""
+
+
+@pytest.mark.parametrize("mode", ["distributed", "plain"])
+def test_exit_process_keeps_the_code_and_output_and_skips_teardown_after_distributed(mode, tmp_path):
+    """A rank that ran a process group ends without the interpreter's teardown (where a gloo thread destroyed
+    while joinable can abort a finished rank), yet keeps its exit code and everything it printed."""
+    proc = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, mode, str(tmp_path / "store")], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stdout == "written before the exit"
+    assert ("interpreter teardown ran" in proc.stderr) == (mode == "plain"), proc.stderr[-3000:]
