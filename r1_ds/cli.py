@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(run(args) or 0)
 
 
-def script() -> None:
+def script() -> NoReturn:
     """The `r1-ds` console script: `main`, then `exit_process` (a rank ends without the interpreter's
     teardown once it ran a process group; see r1_ds.train.exit_process). Tests call `main`."""
     code = main()

@@ -481,55 +481,57 @@ def train(cfg: TrainConfig):
             state["r1_compression"] = reducer.state_dict()
         return state
 
-    for step in range(start, total):
-        i = sampler.stage_index(step)
-        if i != stage_idx:
-            stage = sampler.stages[i]
-            if engine.train_batch_size() != stage.global_batch:
-                engine.set_train_batch_size(stage.global_batch)  # same micro-batch, new grad-accumulation steps
-            if len(sampler.stages) > 1:
-                log0("progressive stage %d/%d starts at step %d: global batch %d (grad_accum %d), first %.0f%% of "
-                     "the data (%d sequences)", i + 1, len(sampler.stages), step, stage.global_batch,
-                     engine.gradient_accumulation_steps(), 100 * stage.data_fraction, sampler.stage_size(i))
-            stage_idx = i
-        gas = engine.gradient_accumulation_steps()
-        lr = engine.get_lr()[0]
-        rate = cfg.schedule.drop_path_max * step / max(1, total - 1)
-        drop_path(rate)
-        torch.manual_seed(step_seed(cfg.seed, step, coords.data, coords.pipe))
-        micro = sampler.micro_batches(step, data_rank=coords.data, data_size=dims.data,
-                                      micro_batch=engine.train_micro_batch_size_per_gpu())
-        batches = batch_iterator(dataset, micro, seq_len) if loads_data else None
-        if pipeline:
-            step_loss = train_step_pipeline(engine, batches)
-        else:
-            step_loss = train_step_data_parallel(engine, batches, gas)
-        done = step + 1
-        steps_since += 1
-        tokens_since += engine.train_batch_size() * seq_len
-        if done % cfg.log.every == 0 or done == total:
-            loss = logged_loss(step_loss, pipeline=pipeline)
-            now = time.perf_counter()
-            tok_s = tokens_since / max(now - t_last, 1e-9)
-            mfu = fpt * tok_s / (peak * world) if peak else None
-            norm = engine.get_global_grad_norm()
-            scaler = getattr(engine.optimizer, "loss_scaler", None)
-            record = {"step": done, "loss": loss, "lr": lr, "global_batch": engine.train_batch_size(),
-                      "grad_accum": gas, "stage": i + 1, "drop_path": rate, "tokens_per_s": tok_s,
-                      "mfu": mfu, "grad_norm": float(norm) if norm is not None else None,
-                      "loss_scale": float(scaler.cur_scale) if scaler is not None and hasattr(scaler, "cur_scale")
-                      else None, "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib()}
-            if reducer is not None:
-                record.update({f"compression/{k}": v for k, v in (reducer.last_stats() or {}).items()})
-            metrics.write(record)
-            metrics.progress(steps_since, {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}",
-                                           "MFU": f"{mfu:.1%}" if mfu is not None else None})
-            t_last, steps_since, tokens_since = now, 0, 0
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done != total:
-            ckpt.save(engine, ckpt_dir, done, client_state(done), keep=cfg.checkpoint.keep)
-    if start < total or not found:
-        ckpt.save(engine, ckpt_dir, total, client_state(total), keep=cfg.checkpoint.keep)
-    metrics.close()
+    try:  # closed on a user error too: exit_process skips the interpreter's teardown
+        for step in range(start, total):
+            i = sampler.stage_index(step)
+            if i != stage_idx:
+                stage = sampler.stages[i]
+                if engine.train_batch_size() != stage.global_batch:
+                    engine.set_train_batch_size(stage.global_batch)  # same micro-batch, new grad-accumulation steps
+                if len(sampler.stages) > 1:
+                    log0("progressive stage %d/%d starts at step %d: global batch %d (grad_accum %d), first %.0f%% of "
+                         "the data (%d sequences)", i + 1, len(sampler.stages), step, stage.global_batch,
+                         engine.gradient_accumulation_steps(), 100 * stage.data_fraction, sampler.stage_size(i))
+                stage_idx = i
+            gas = engine.gradient_accumulation_steps()
+            lr = engine.get_lr()[0]
+            rate = cfg.schedule.drop_path_max * step / max(1, total - 1)
+            drop_path(rate)
+            torch.manual_seed(step_seed(cfg.seed, step, coords.data, coords.pipe))
+            micro = sampler.micro_batches(step, data_rank=coords.data, data_size=dims.data,
+                                          micro_batch=engine.train_micro_batch_size_per_gpu())
+            batches = batch_iterator(dataset, micro, seq_len) if loads_data else None
+            if pipeline:
+                step_loss = train_step_pipeline(engine, batches)
+            else:
+                step_loss = train_step_data_parallel(engine, batches, gas)
+            done = step + 1
+            steps_since += 1
+            tokens_since += engine.train_batch_size() * seq_len
+            if done % cfg.log.every == 0 or done == total:
+                loss = logged_loss(step_loss, pipeline=pipeline)
+                now = time.perf_counter()
+                tok_s = tokens_since / max(now - t_last, 1e-9)
+                mfu = fpt * tok_s / (peak * world) if peak else None
+                norm = engine.get_global_grad_norm()
+                scaler = getattr(engine.optimizer, "loss_scaler", None)
+                record = {"step": done, "loss": loss, "lr": lr, "global_batch": engine.train_batch_size(),
+                          "grad_accum": gas, "stage": i + 1, "drop_path": rate, "tokens_per_s": tok_s,
+                          "mfu": mfu, "grad_norm": float(norm) if norm is not None else None,
+                          "loss_scale": float(scaler.cur_scale) if scaler is not None and hasattr(scaler, "cur_scale")
+                          else None, "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib()}
+                if reducer is not None:
+                    record.update({f"compression/{k}": v for k, v in (reducer.last_stats() or {}).items()})
+                metrics.write(record)
+                metrics.progress(steps_since, {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}",
+                                               "MFU": f"{mfu:.1%}" if mfu is not None else None})
+                t_last, steps_since, tokens_since = now, 0, 0
+            if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done != total:
+                ckpt.save(engine, ckpt_dir, done, client_state(done), keep=cfg.checkpoint.keep)
+        if start < total or not found:
+            ckpt.save(engine, ckpt_dir, total, client_state(total), keep=cfg.checkpoint.keep)
+    finally:
+        metrics.close()
     log0("done: %d steps, checkpoints in %s, metrics in %s", total, ckpt_dir, metrics.path)
     return engine
 
@@ -544,7 +546,10 @@ def shutdown_distributed() -> None:
     global _RAN_DISTRIBUTED
     import torch.distributed as tdist
 
+    from .parallel.tensor_parallel import forget_groups
+
     if tdist.is_available() and tdist.is_initialized():
+        forget_groups()
         tdist.destroy_process_group()
         _RAN_DISTRIBUTED = True
 

@@ -462,21 +462,22 @@ def _flex_inputs(q, k, v, cos, sin, cos_p, sin_p, cos_d, sin_d, n_par: int, summ
     return rotary(q, cos, sin), kbuf, vbuf, k3, v3
 
 
-def _document_attention_sdpa(qr, k3, v3, n_heads: int, document_size: int, length: int):
-    """L3 through SDPA with a dense (Tp, 1 + n_doc) bool mask (no score matrix in memory). -> (B, length, d)"""
+def _document_attention_with(attend, qr, k3, v3, n_heads: int, document_size: int, length: int):
+    """L3 over [null, document summaries], per head through `attend(q, k, v, mask, scale)` with the dense
+    (Tp, 1 + n_doc) bool mask. -> (B, length, d)"""
     B, Tp, d = qr.shape
-    o = F.scaled_dot_product_attention(split_heads(qr, n_heads), split_heads(k3, n_heads), split_heads(v3, n_heads),
-                                       attn_mask=_document_mask(Tp, k3.shape[1], document_size, qr.device),
-                                       scale=(d // n_heads) ** -0.5)
+    o = attend(split_heads(qr, n_heads), split_heads(k3, n_heads), split_heads(v3, n_heads),
+               _document_mask(Tp, k3.shape[1], document_size, qr.device), (d // n_heads) ** -0.5)
     return merge_heads(o)[:, :length]
 
 
-def _document_attention_explicit(qr, k3, v3, n_heads: int, document_size: int, length: int):
-    """L3 as two thin GEMMs and a softmax over the (Tp, 1 + n_doc) scores, which inductor fuses. -> (B, length, d)"""
-    B, Tp, d = qr.shape
-    o = _attend(split_heads(qr, n_heads), split_heads(k3, n_heads), split_heads(v3, n_heads),
-                _document_mask(Tp, k3.shape[1], document_size, qr.device), (d // n_heads) ** -0.5)
-    return merge_heads(o)[:, :length]
+def _sdpa(q, k, v, mask, scale):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+# SDPA never holds the score matrix; the explicit form is two thin GEMMs and a softmax inductor fuses
+_document_attention_sdpa = functools.partial(_document_attention_with, _sdpa)
+_document_attention_explicit = functools.partial(_document_attention_with, _attend)
 
 
 def _document_mask(Tp: int, n_keys: int, document_size: int, device) -> torch.Tensor:

@@ -371,6 +371,12 @@ def tensor_parallel_group(dims):
     return _GROUPS[key][1]
 
 
+def forget_groups() -> None:
+    """Drop the cached groups, before the process groups are destroyed: a cached group kept alive past
+    that is freed during the interpreter's teardown (see r1_ds.train.exit_process)."""
+    _GROUPS.clear()
+
+
 # ----------------------------------------------------------------------------- apply
 
 
