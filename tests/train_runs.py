@@ -92,6 +92,8 @@ def write_packed_shards(base: str, *, num_sequences: int = 96, seq_len: int = 64
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token="t1").save_pretrained(
         os.path.join(base, "tokenizer"))
+    from data_prep.shards import format_meta, shard_record
+
     shards_dir = os.path.join(base, "shards")
     os.makedirs(shards_dir)
     rng = np.random.default_rng(0)
@@ -100,9 +102,9 @@ def write_packed_shards(base: str, *, num_sequences: int = 96, seq_len: int = 64
         rows = np.stack([np.resize(rng.integers(2, vocab_size, size=int(rng.integers(3, 9))), seq_len)
                          for _ in range(n)]).astype(np.uint16)
         rows.tofile(os.path.join(shards_dir, f"shard_{i:05d}.bin"))
-        shards.append({"file": f"shard_{i:05d}.bin", "num_sequences": n})
-    meta = {"seq_len": seq_len, "dtype": "uint16", "vocab_size": vocab_size, "eos_token_id": 1,
-            "num_sequences": num_sequences, "shards": shards, "tokenizer": "../tokenizer"}
+        shards.append(shard_record(f"shard_{i:05d}.bin", rows))
+    meta = format_meta(shards, seq_len=seq_len, vocab_size=vocab_size, eos_token_id=1,
+                       tokenizer_file=os.path.join(base, "tokenizer", "tokenizer.json"))
     with open(os.path.join(shards_dir, "meta.json"), "w") as f:
         json.dump(meta, f)
     return shards_dir
