@@ -184,7 +184,7 @@ def validate(cfg: PrepConfig) -> None:
             need(
                 not _is_empty_input(Path(p)),
                 f"{flag} {p}: is empty (a 0-byte file or a folder without files), so it holds no documents; "
-                "pass an input with documents, or drop it",
+                "pass inputs with documents, or drop the flag",
             )
     if cfg.tokenizer:
         from data_prep.tokenizer_train import check_tokenizer_dir
