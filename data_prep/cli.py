@@ -133,7 +133,7 @@ def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tokenizer",
         metavar="DIR",
-        help="pack with this tokenizer folder (OUT/tokenizer of an earlier run, e.g. on a sample) instead of training one",
+        help="pack with this tokenizer folder (OUT/tokenizer of an earlier run, e.g. on a sample); no training",
     )
     g.add_argument("--seq-len", type=int, default=512, help="tokens per packed row (default: 512)")
     g.add_argument("--shard-rows", type=int, default=1024, help="rows per shard file (default: 1024)")

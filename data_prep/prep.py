@@ -397,6 +397,8 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     n_lm_docs = sum(stage_io(results.get(m, {}))[1] for m in (TEXT, CODE))
     if n_lm_docs == 0:
         log.warning("no text or code document was kept: no tokenizer and no shards are written")
+        for stage in ("tokenizer", "shards"):  # and none from an earlier run on other inputs stays behind
+            refresh_stage(out, stage, digest("nothing kept"), [out / stage])
     else:
         t = time.perf_counter()
         tok_dir = out / "tokenizer"
@@ -413,6 +415,7 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
                 train_tokenizer(_packing_texts(out), tok_dir, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
         tokenizer_info = {
             "path": "tokenizer",
+            **({"copied_from": cfg.tokenizer} if cfg.tokenizer else {}),
             **json.loads((tok_dir / "tokenizer_config.json").read_text(encoding="utf-8")),
         }
         timings["tokenizer"] = time.perf_counter() - t

@@ -87,7 +87,7 @@ def check_tokenizer_dir(path: str | Path, flag: str = "--tokenizer") -> None:
     except Exception as err:  # noqa: BLE001 - any parse failure is the same user error
         raise PrepError(f"{flag} {path}: the tokenizer does not load ({err}); {fix}") from None
     if tok.token_to_id(EOS) is None:
-        raise PrepError(f"{flag} {path}: the vocabulary has no {EOS} token, the document separator of packed shards; {fix}")
+        raise PrepError(f"{flag} {path}: the vocabulary has no {EOS} token (the document separator of shards); {fix}")
 
 
 def copy_tokenizer(src: str | Path, out_dir: str | Path) -> None:

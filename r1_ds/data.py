@@ -86,7 +86,8 @@ class Mixture:
         self.row = (slot * np.repeat(sizes, quota) // np.repeat(np.maximum(quota, 1), quota))[order]
         first = sources[0]
         self.seq_len = min(s.seq_len for s in sources)
-        self.vocab_size, self.eos_token_id, self.tokenizer_dir = first.vocab_size, first.eos_token_id, first.tokenizer_dir
+        self.vocab_size, self.eos_token_id = first.vocab_size, first.eos_token_id
+        self.tokenizer_dir = first.tokenizer_dir
         self.max_token_id = max(s.max_token_id for s in sources)
 
     def __len__(self) -> int:

@@ -199,3 +199,14 @@ def test_a_mixture_needs_one_tokenizer_and_well_formed_weights(two_folders, tmp_
                       ([{"path": a, "share": 1}], "exactly the keys path and weight"), (5, "must be a packed")):
         with pytest.raises(DataError, match=rule):
             open_dataset(bad, seq_len=None, vocab_size=512)
+
+
+def test_the_training_config_takes_a_mixture_and_the_trainer_opens_it(two_folders):
+    from r1_ds.config import load_train_config
+
+    a, b = two_folders
+    mixture = [{"path": a, "weight": 1}, {"path": b, "weight": 1}]
+    cfg = load_train_config(None, {"data.path": mixture})
+    assert cfg.data.path == mixture
+    ds, _ = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=512)
+    assert list(np.bincount(ds.source)) == [80, 80]
