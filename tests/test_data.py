@@ -1,4 +1,5 @@
-"""Packed-shard reader and the deterministic progressive sampler (pure, no processes)."""
+"""Packed-shard reader and its checks, data mixtures and the deterministic progressive sampler (pure, in one
+process; one slow test trains on a mixture on one gloo rank)."""
 
 import json
 
@@ -210,3 +211,25 @@ def test_the_training_config_takes_a_mixture_and_the_trainer_opens_it(two_folder
     assert cfg.data.path == mixture
     ds, _ = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=512)
     assert list(np.bincount(ds.source)) == [80, 80]
+
+
+def _train_steps(overrides: dict) -> int:
+    from r1_ds.config import load_train_config
+    from r1_ds.train import train
+
+    return train(load_train_config(None, overrides)).global_steps
+
+
+@pytest.mark.slow
+def test_a_mixture_trains(two_folders, tmp_path):
+    from r1_ds.metrics import read_metrics
+    from tests.dist import run_distributed
+    from tests.train_runs import BASE
+
+    a, b = two_folders
+    out = str(tmp_path / "run")
+    overrides = {**BASE, "output_dir": out, "data.path": [{"path": a, "weight": 3}, {"path": b, "weight": 1}],
+                 "data.seq_len": 16, "schedule.global_batch": 4, "schedule.steps": 2, "checkpoint.every": 0}
+    assert run_distributed(_train_steps, 1, overrides, timeout=240) == [2]
+    losses = [m["loss"] for m in read_metrics(f"{out}/metrics.jsonl")]
+    assert len(losses) == 2 and all(np.isfinite(losses))
