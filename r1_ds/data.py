@@ -134,6 +134,10 @@ def _tokenizer_identity(ds: PackedShards) -> tuple:
 def open_mixture(path: list) -> Mixture:
     folders, weights = _mixture_items(path)
     sources = [PackedShards(f) for f in folders]
+    for f, s in zip(folders, sources):
+        if not len(s):
+            raise DataError(f"data.path: {f} holds no rows, so it cannot give its share of the mixture. Fix: drop it "
+                            "from data.path, or pack documents into it.")
     ids = [_tokenizer_identity(s) for s in sources]
     if len(set(ids)) > 1:
         described = "; ".join(f"{f}: vocab {v}, eos {e}, tokenizer sha256 {str(h)[:12]}" for f, (v, e, h) in

@@ -195,7 +195,14 @@ def test_a_mixture_needs_one_tokenizer_and_well_formed_weights(two_folders, tmp_
     other = write_packed_shards(str(tmp_path / "c"), num_sequences=8, seq_len=16, vocab_size=640)
     with pytest.raises(DataError, match="not packed with one tokenizer.*vocab 512.*vocab 640.*--tokenizer DIR"):
         open_dataset([a, other], seq_len=None, vocab_size=640)
-    for bad, rule in (([], "names no data"), ([{"path": a, "weight": 0}], "must be a number > 0"),
+    from data_prep.shards import format_meta
+
+    empty = tmp_path / "e" / "shards"  # a finished folder with no rows (prep kept nothing to pack)
+    empty.mkdir(parents=True)
+    tokenizer = f"{a}/../tokenizer/tokenizer.json"
+    json.dump(format_meta([], seq_len=16, vocab_size=512, eos_token_id=1, tokenizer_file=tokenizer),
+              open(empty / "meta.json", "w"))
+    for bad, rule in (([], "names no data"), ([a, str(empty)], "holds no rows"), ([{"path": a, "weight": 0}], "must be a number > 0"),
                       ([a, {"path": b, "weight": 1}], "every item must be a folder"),
                       ([{"path": a, "share": 1}], "exactly the keys path and weight"), (5, "must be a packed")):
         with pytest.raises(DataError, match=rule):
