@@ -222,6 +222,12 @@ def _check_or_write_config(out: Path, cfg: PrepConfig) -> None:
                 f"--out {out}: {CONFIG_FILE} is not readable JSON ({err}), so the run cannot be resumed; "
                 "pass --overwrite to redo it, or choose another --out"
             ) from None
+        if isinstance(old, dict) and old.keys() < fp.keys():  # settings added since the run: at their defaults
+            defaults = PrepConfig().fingerprint()
+            if {**{k: defaults[k] for k in fp.keys() - old.keys()}, **old} == fp:
+                log.info("%s: recording the settings added since the run, at their defaults", path)
+                atomic_write_json(path, fp)
+                old = fp
         if old == fp:
             log.info("resuming the run in %s (same settings)", out)
             return

@@ -173,6 +173,10 @@ def test_empty_inputs_are_user_errors(tmp_path, caplog):
 def test_an_unreadable_prep_config_is_a_user_error(corpus, tmp_path, caplog):
     out = tmp_path / "out"
     assert _prep(out, corpus) == 0
+    config = json.loads((out / "prep_config.json").read_text())
+    (out / "prep_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "tokenizer"}))
+    assert _prep(out, corpus) == 0  # a setting added since the run, at its default: the same settings
+    assert json.loads((out / "prep_config.json").read_text()) == config
     (out / "prep_config.json").write_text("{broken")
     assert _prep(out, corpus) == 2
     assert "prep_config.json is not readable JSON" in caplog.text and "--overwrite" in caplog.text
