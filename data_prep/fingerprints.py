@@ -28,14 +28,15 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def input_listing(roots: list[Path], *, out: Path) -> list[list[Any]]:
-    """[root, relative path, size, mtime_ns] of every file under ``roots`` (our own OUT is never walked into).
+def inputs_digest(roots: list[Path], *, out: Path) -> str:
+    """sha256 over [root, relative path, size, mtime_ns] of every file under ``roots``, hashed as they are walked
+    (a listing of millions of files is never held); our own OUT is never walked into.
 
     A root inside OUT is the sample corpus, rebuilt identically from the settings: it is listed relative to OUT
     and without mtimes, so two runs of the same settings in different folders agree.
     """
     out = out.resolve()
-    rows: list[list[Any]] = []
+    h = hashlib.sha256()
     for root in roots:
         resolved = root.resolve()
         ours = resolved == out or out in resolved.parents
@@ -43,8 +44,8 @@ def input_listing(roots: list[Path], *, out: Path) -> list[list[Any]]:
         for f in walk_files(resolved, (out,)):  # the files the readers read, in their order
             st = f.stat()
             rel = "." if f == resolved else f.relative_to(resolved).as_posix()
-            rows.append([name, rel, st.st_size, None if ours else st.st_mtime_ns])
-    return rows
+            h.update(json.dumps([name, rel, st.st_size, None if ours else st.st_mtime_ns]).encode("utf-8") + b"\n")
+    return h.hexdigest()
 
 
 def refresh_stage(out: Path, stage: str, fingerprint: str, outputs: list[Path]) -> bool:

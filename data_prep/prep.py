@@ -20,7 +20,7 @@ from data_prep.augment import AugmentConfig
 from data_prep.document import CODE, IMAGE, MODALITIES, TEXT
 from data_prep.errors import PrepError
 from data_prep.filters.base import BaseFilter
-from data_prep.fingerprints import digest, input_listing, refresh_stage
+from data_prep.fingerprints import digest, inputs_digest, refresh_stage
 from data_prep.pipeline import Pipeline, stage_io
 from data_prep.readers import check_paths
 from data_prep.tokenizer_train import MIN_VOCAB
@@ -341,7 +341,7 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         modality: str, roots: list[Path], filters: list[BaseFilter], docs: Iterator[Any], part_size: int, t0: float
     ):
         # t0: when the modality's block began, so its timing includes building the filters (e.g. head training)
-        fp = stage_fps[modality] = digest([cfg.fingerprint(), input_listing(roots, out=out)])
+        fp = stage_fps[modality] = digest([cfg.fingerprint(), inputs_digest(roots, out=out)])
         outputs = [out / d / modality for d in ("kept", "rejects", "state")]
         refresh_stage(out, f"filter_{modality}", fp, outputs)
         results[modality] = Pipeline(modality, filters, out_dir=out, part_size=part_size).run(docs)
