@@ -247,8 +247,11 @@ def _check_or_write_config(out: Path, cfg: PrepConfig) -> None:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, fp)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, fp)
+    except OSError as err:  # read-only, a file on the way, a full disk: before any work, not at the first part
+        raise PrepError(f"--out {out}: cannot write there ({err.strerror or err}); choose a writable --out") from None
 
 
 def _quality_filter(cfg: PrepConfig, out: Path, sample_labels: Path | None) -> tuple[BaseFilter | None, str | None]:

@@ -168,6 +168,9 @@ def test_empty_inputs_are_user_errors(tmp_path, caplog):
     caplog.clear()
     assert main(["--out", str(out_file), "--sample"]) == 2
     assert "is a file, not a folder" in caplog.text
+    caplog.clear()
+    assert main(["--out", str(out_file / "sub"), "--sample"]) == 2
+    assert "sub: cannot write there" in caplog.text and "choose a writable --out" in caplog.text
 
 
 def test_an_unreadable_prep_config_is_a_user_error(corpus, tmp_path, caplog):
