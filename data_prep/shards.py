@@ -20,7 +20,6 @@ import bisect
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -147,7 +146,6 @@ class PackedShards:
 
     def __init__(self, shards_dir: str | os.PathLike):
         self.path = os.fspath(shards_dir)
-        self.dir = Path(self.path)
         meta = self.meta = read_meta(self.path)
         meta_path = os.path.join(self.path, META_FILE)
         try:
