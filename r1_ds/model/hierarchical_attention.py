@@ -309,6 +309,94 @@ def hierarchical_attention_eager(
     return outs[0], outs[1], outs[2]
 
 
+def _rotary_at(x: torch.Tensor, pos: torch.Tensor, size: int, theta: float) -> torch.Tensor:
+    """rotary() of x (..., N, hd) at per-row positions pos (..., N): the same arithmetic, for keys gathered
+    from scattered positions (hd a multiple of the rotary size, as every level's head is)."""
+    cos, sin = rope_table(pos.reshape(-1), size, theta)
+    half = cos.shape[-1]
+    cos, sin = (t.view(*pos.shape, 1, half) for t in (cos, sin))
+    xc = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (x.shape[-1] // (2 * half), 2 * half))
+    x1, x2 = xc[..., :half], xc[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
+
+
+def hierarchical_attention_decode(
+    q_new: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_hist: torch.Tensor, *,
+    level_heads, window: int, paragraph_size: int, document_size: int, top_k: int, rope_theta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decoding: the newest Tq queries (positions T - Tq .. T - 1) of a T-token history, reading only the keys
+    they can see. The same result as hierarchical_attention_eager(q_new, k, v, q_hist, range(T - Tq, T)), whose
+    dense masks span all T keys at L1 and L2 (and rotate all of them) for every new token.
+
+    L1 reads the last window + Tq - 1 tokens; L2 the null, the summaries of the `span` paragraphs before the
+    queries' paragraphs and the tokens of their routed paragraphs (gathered: top_k paragraphs of g tokens per
+    query paragraph); L3 the null and every document summary. So a step's attention reads about
+    window + span + top_k * g + T / G keys a level, where dense attention reads T. Pooling the paragraph and
+    document summaries (for routing and L3) still reads the history once."""
+    B, Tq, d = q_new.shape
+    T = k.shape[1]
+    first = T - Tq
+    dev = k.device
+    g, G = paragraph_size, document_size
+    r = rope_size(d, level_heads)
+    q_pos = torch.arange(first, T, device=dev)
+    qp = q_pos[:, None]
+    qr = rotary(q_new, *rope_table(q_pos, r, rope_theta))
+    outs = []
+
+    # L1: the last `window` tokens of each query.
+    H = level_heads[0]
+    lo = max(0, first - window + 1)
+    kpos = torch.arange(lo, T, device=dev)
+    kr = rotary(k[:, lo:], *rope_table(kpos, r, rope_theta))
+    mask = (kpos[None, :] <= qp) & (kpos[None, :] > qp - window)
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), split_heads(kr, H), split_heads(v[:, lo:], H),
+                                              mask, (d // H) ** -0.5)))
+
+    # L2: null + summaries of paragraphs [b - span, b) + the tokens of b's routed paragraphs.
+    H = level_heads[1]
+    hd = d // H
+    span = G // g
+    n_par = T // g
+    b0, b1 = first // g, (T - 1) // g  # the queries' paragraphs
+    j_lo, j_hi = max(0, b0 - span), min(b1, n_par)  # summaries any of them reads
+    js = torch.arange(j_lo, j_hi, device=dev)
+    ks = split_heads(rotary(pool_groups(k[:, j_lo * g: j_hi * g], g), *rope_table(js * g + (g - 1) / 2, r,
+                                                                                  rope_theta)), H)
+    vs = split_heads(pool_groups(v[:, j_lo * g: j_hi * g], g), H)
+    qb = qp // g
+    m_sum = (js[None, :] < qb) & (js[None, :] >= qb - span)  # (Tq, n_s)
+    n_qb = b1 - b0 + 1
+    idx, valid, _ = route_paragraphs(q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
+                                     first_block=b0, n_blocks=n_qb)  # (B, H, n_qb, K); no gradient
+    K = idx.shape[-1]
+    tok = (idx[..., None] * g + torch.arange(g, device=dev)).flatten(2)  # (B, H, n_qb * K * g) positions
+    kt = torch.gather(split_heads(k, H), 2, tok[..., None].expand(-1, -1, -1, hd))
+    vt = torch.gather(split_heads(v, H), 2, tok[..., None].expand(-1, -1, -1, hd))
+    kt = _rotary_at(kt, tok, r, rope_theta)
+    # gathered token n belongs to query paragraph b0 + n // (K g) and slot (n // g) % K
+    own = (torch.arange(n_qb * K * g, device=dev) // (K * g))[None, :] == (qb - b0)  # (Tq, n_qb K g)
+    used = valid[..., None].expand(-1, -1, -1, -1, g).flatten(2)[:, :, None, :]  # (B, H, 1, n_qb K g)
+    null = _null(kt)
+    keys = torch.cat([null, ks, kt], dim=2)
+    values = torch.cat([null, vs, vt], dim=2)
+    mask = torch.cat([torch.ones(B, H, Tq, 1, dtype=torch.bool, device=dev), m_sum.expand(B, H, -1, -1),
+                      own & used], dim=-1)
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, hd ** -0.5)))
+
+    # L3: null + summaries of every complete document group before the query's group.
+    H = level_heads[2]
+    n_doc = T // G
+    ks = split_heads(rotary(pool_groups(k, G), *rope_grid(n_doc, G, r, rope_theta, dev)), H)
+    vs = split_heads(pool_groups(v, G), H)
+    keys = torch.cat([_null(ks), ks], dim=2)
+    values = torch.cat([_null(vs), vs], dim=2)
+    jd = torch.arange(n_doc, device=dev)[None, :]
+    mask = torch.cat([torch.ones(Tq, 1, dtype=torch.bool, device=dev), jd < qp // G], dim=-1)
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, (d // H) ** -0.5)))
+    return outs[0], outs[1], outs[2]
+
+
 # ----------------------------------------------------------------------------- FlexAttention fast path
 
 
