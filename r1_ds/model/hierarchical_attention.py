@@ -462,6 +462,22 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     slot = torch.where(need == 1, used_rank, unused_rank).to(torch.int64).contiguous()
     return num.squeeze(-1).to(torch.int32), place_columns(slot)
 
+@torch.library.custom_op("r1_ds::transposed_indices", mutates_args=())
+def transposed_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_as_indices of need's transpose (the query-side tables), as an opaque op: aten kernels, never inductor's.
+    Inductor's Triton code generation fails on a fused kernel that reads a table transposed once the tables
+    grow past a few hundred blocks (32k tokens and longer at paragraphs of 128, torch 2.11: "TypeError: list
+    indices must be integers or slices, not NoneType" in TritonSymbols.get_block_shape, on the 2D-tiled
+    transposed load). A dozen small kernels a layer, about 0.1 ms."""
+    return _as_indices(need.transpose(-1, -2))
+
+
+@transposed_indices.register_fake
+def _(need):
+    shape = (*need.shape[:-2], need.shape[-1], need.shape[-2])
+    return (torch.empty(shape[:-1], dtype=torch.int32, device=need.device),
+            torch.empty(shape, dtype=torch.int32, device=need.device))
+
 
 @functools.lru_cache(maxsize=32)
 def _window_block_mask(T: int, window: int, block: int, device: str):
@@ -560,8 +576,8 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
     # K <= top_k slots (no slot routed when nothing is routable: K = 0, a short sequence or top_k = 0)
     full = ((idx[..., None] + n_sb == kvb) & valid[..., None]).any(-2)
     full_num, full_idx = _as_indices(full)
-    q_num, q_idx = _as_indices(need.T)
-    full_q_num, full_q_idx = _as_indices(full.transpose(-1, -2))
+    q_num, q_idx = transposed_indices(need)
+    full_q_num, full_q_idx = transposed_indices(full)
 
     def per_head(x):
         return x[None, None].expand(B, H, *x.shape).contiguous()
