@@ -1,0 +1,173 @@
+"""Run untrusted Python (generated code and its tests) in a throw-away subprocess.
+
+Every run gets:
+  - its own temporary working directory, deleted afterwards;
+  - limits (resource.setrlimit): address space (memory), CPU seconds, file size, no core dumps;
+  - a process-count limit: a cgroup `pids.max` when this process may create one (root; RLIMIT_NPROC
+    does not bind root), else RLIMIT_NPROC;
+  - where `unshare` works (root, or unprivileged user namespaces): new network, mount, pid and user
+    namespaces: no network interface but loopback-down, every mount read-only except the working
+    directory, all capabilities dropped, and every process of the run dies with the namespace;
+  - a wall-clock limit, after which the whole process group is killed (start_new_session + killpg),
+    and a kill of the group at the end in any case.
+
+Where `unshare` fails, the run still has the limits, the directory and the group kill, but has the
+network and the file system of this process: `isolation_warning()` says so, once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+log = logging.getLogger("r1_ds.evaluation.sandbox")
+
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_launcher.py")
+UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork", "--kill-child"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use."""
+
+    timeout_s: float = 5.0  # wall clock, Python start-up included
+    memory_bytes: int = 2 << 30  # address space (RLIMIT_AS)
+    max_processes: int = 32  # processes and threads of the run
+    isolate: bool = True  # use namespaces where the system allows
+
+
+@dataclass(frozen=True)
+class RunResult:
+    passed: bool
+    result: str  # "passed", "timed out", or "failed: <last line of stderr>"
+    stdout: str = ""
+
+
+@functools.lru_cache(maxsize=None)
+def namespaces_available() -> bool:
+    """True when `unshare` can create the network/mount/pid/user namespaces and the launcher can make
+    the file system read-only inside them (checked once by running it)."""
+    if shutil.which("unshare") is None:
+        return False
+    with tempfile.TemporaryDirectory(prefix="r1_sandbox_probe_") as d:
+        prog = os.path.join(d, "probe.py")
+        with open(prog, "w") as f:
+            f.write("print('ok')\n")
+        try:
+            proc = subprocess.run([*UNSHARE, sys.executable, "-I", "-S", LAUNCHER, d, prog, str(1 << 30), "5", "32",
+                                   "1"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return proc.returncode == 0 and proc.stdout.strip() == "ok"
+
+
+@functools.lru_cache(maxsize=None)
+def isolation_warning() -> str | None:
+    """None when runs are isolated; else the sentence to show the user (logged once)."""
+    if namespaces_available():
+        return None
+    msg = ("sandbox: `unshare` cannot create network/mount/user namespaces here, so generated code runs WITH "
+           "network access and write access outside its directory (limits, temporary directory and group kill "
+           "still apply). Run the evaluation as root, enable unprivileged user namespaces "
+           "(sysctl kernel.unprivileged_userns_clone=1), or inside a container without network.")
+    log.warning("%s", msg)
+    return msg
+
+
+class _PidsCgroup:
+    """A cgroup with pids.max for one run, when this process may create one (else inert)."""
+
+    ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")
+
+    def __init__(self, max_pids: int):
+        self.path = None
+        for root in self.ROOTS:
+            path = os.path.join(root, f"r1_ds_sandbox_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+            try:
+                os.mkdir(path)
+            except OSError:
+                continue
+            try:
+                with open(os.path.join(path, "pids.max"), "w") as f:
+                    f.write(str(max_pids))
+                self.path = path
+                return
+            except OSError:
+                os.rmdir(path)
+
+    def enter(self) -> None:
+        """Called in the child before exec: it and all its descendants count against pids.max."""
+        if self.path:
+            with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    def remove(self) -> None:
+        if self.path:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                log.debug("cgroup %s still busy; left for the system", self.path)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_python(program: str, limits: Limits = Limits()) -> RunResult:
+    """Run `program` (Python source) in the sandbox. It passes when it exits 0 and prints the run's
+    marker last: the marker line is appended here, so a program that exits early (sys.exit(0) before
+    its checks) does not pass."""
+    marker = f"__r1_ds_done_{uuid.uuid4().hex}__"
+    isolated = limits.isolate and namespaces_available()
+    if limits.isolate and not isolated:
+        isolation_warning()
+    workdir = tempfile.mkdtemp(prefix="r1_sandbox_")
+    cgroup = _PidsCgroup(limits.max_processes)
+    try:
+        path = os.path.join(workdir, "program.py")
+        with open(path, "w") as f:
+            f.write(program + f"\nprint({marker!r})\n")
+        cpu = str(int(limits.timeout_s) + 1)
+        cmd = [sys.executable, "-I", "-S", LAUNCHER, workdir, path, str(limits.memory_bytes), cpu,
+               str(limits.max_processes), "1" if isolated else "0"]
+        proc = subprocess.Popen([*UNSHARE, *cmd] if isolated else cmd, cwd=workdir, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=cgroup.enter, env=_clean_env())
+        try:
+            out, err = proc.communicate(timeout=limits.timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.communicate()
+            return RunResult(False, "timed out")
+        finally:
+            _kill_group(proc.pid)  # whatever the program left behind in its group
+        text, errtext = out.decode(errors="replace"), err.decode(errors="replace")
+        lines = text.rstrip("\n").split("\n")
+        if proc.returncode == 0 and lines[-1] == marker:
+            return RunResult(True, "passed", "\n".join(lines[:-1]))
+        last = errtext.strip().splitlines()[-1] if errtext.strip() else f"exit code {proc.returncode}"
+        return RunResult(False, f"failed: {last}", text)
+    finally:
+        cgroup.remove()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _clean_env() -> dict:
+    """A minimal environment: no tokens or proxies of this process reach the program."""
+    keep = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return keep
+
+
+__all__ = ["Limits", "RunResult", "isolation_warning", "namespaces_available", "run_python"]
