@@ -1,0 +1,39 @@
+"""Load an exported Hugging Face folder (from `r1-ds export`) for evaluation."""
+
+from __future__ import annotations
+
+import os
+
+
+class EvalInputError(ValueError):
+    """Bad evaluation input (model folder, data files, arguments); the message names it and the fix."""
+
+
+def check_model_dir(path: str, *, needs_tokenizer: bool = True) -> None:
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise EvalInputError(f"--model {path!r} has no config.json: it is not a Hugging Face folder. Fix: pass a "
+                             "folder written by `r1-ds export` (or `save_pretrained`).")
+    if needs_tokenizer and not any(os.path.isfile(os.path.join(path, f))
+                                   for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise EvalInputError(f"--model {path!r} has no tokenizer: this task needs one to read text. Fix: export a "
+                             "run that trained on `r1-ds prep` shards (the export copies their tokenizer), or save "
+                             "a tokenizer into the folder with `tokenizer.save_pretrained`.")
+
+
+def load_causal_lm(path: str, *, device: str = "cpu", dtype: str | None = None):
+    """(model in eval mode on `device`, tokenizer) from an exported folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import r1_ds  # noqa: F401  (registers the R1 classes with Auto*)
+
+    check_model_dir(path)
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
