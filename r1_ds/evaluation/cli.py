@@ -88,9 +88,12 @@ def _table_rows(task: str, results: dict) -> list:
     from .results import metric_rows
 
     if task == "glue":
+        from .glue_metrics import TASK_METRICS
+
         rows = []
         for name, metrics in results["tasks"].items():
-            rows += metric_rows(name, metrics)
+            names = [m for m, _ in TASK_METRICS[name]]
+            rows += [(name, k, v) for k, v in metrics.items() if k.removesuffix("_mm").removesuffix("_m") in names or k == "score"]
         return rows + metric_rows("glue", {k: v for k, v in results.items() if k.startswith("glue_average")})
     return metric_rows(task, results)
 
