@@ -30,8 +30,14 @@ def format_table(rows: list[tuple[str, str, object]], title: str = "") -> str:
 
 
 def metric_rows(task: str, metrics: dict) -> list[tuple[str, str, object]]:
-    """(task, metric, value) for every number of a flat metrics dict."""
-    return [(task, k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    """(task, metric, value) for every number of a metrics dict; a nested dict's numbers as task/key."""
+    rows = []
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            rows += metric_rows(f"{task}/{k}", v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            rows.append((task, k, v))
+    return rows
 
 
 def read_results(path: str) -> dict:
