@@ -57,7 +57,7 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], *, n: int = 1
         new = min(max_new_tokens, max_pos - ids.shape[1])
         gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=not greedy,
                              temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-                             top_k=None, pad_token_id=pad)
+                             top_k=None if greedy else 0, pad_token_id=pad)  # top-p alone, as Codex
         for r, row in zip(batch, gen[:, ids.shape[1]:].tolist()):
             if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in row:
                 row = row[:row.index(tokenizer.eos_token_id)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from data_prep.atomic import atomic_write_json
@@ -38,11 +37,6 @@ def metric_rows(task: str, metrics: dict) -> list[tuple[str, str, object]]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             rows.append((task, k, v))
     return rows
-
-
-def read_results(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
 def default_results_path(model_dir: str, task: str) -> str:
