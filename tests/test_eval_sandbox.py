@@ -7,10 +7,12 @@ import time
 import pytest
 
 from r1_ds.evaluation.humaneval import check_program, load_problems
-from r1_ds.evaluation.sandbox import Limits, namespaces_available, run_python
+from r1_ds.evaluation.sandbox import Limits, namespaces_available, process_limit_available, run_python
 
 FAST = Limits(timeout_s=2.0)
 needs_ns = pytest.mark.skipif(not namespaces_available(), reason="unshare cannot create namespaces here")
+# without a cap, a fork bomb would fill this machine's process table until the wall-clock kill
+needs_cap = pytest.mark.skipif(not process_limit_available(), reason="root without a writable pids cgroup")
 
 
 def _leftovers() -> list[str]:
@@ -39,6 +41,7 @@ def test_infinite_loop_is_killed_at_the_wall_clock_limit():
     assert _leftovers() == []
 
 
+@needs_cap
 def test_fork_bomb_is_contained_and_its_processes_are_gone():
     t = time.monotonic()
     r = run_python("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", FAST)
@@ -47,6 +50,7 @@ def test_fork_bomb_is_contained_and_its_processes_are_gone():
     assert _leftovers() == []
 
 
+@needs_cap
 def test_process_count_is_limited():
     r = run_python("import os, time\nn = 0\ntry:\n    while n < 500:\n        if os.fork() == 0:\n"
                    "            time.sleep(5)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\n"
@@ -78,3 +82,12 @@ def test_no_write_outside_its_directory(tmp_path):
                    "assert libc.mount(None, b'/', None, 32 | 4096, None) == 0, ctypes.get_errno()\n", FAST)
     assert not r.passed
     assert run_python("open('inside.txt', 'w').write('x')\nprint(open('inside.txt').read())\n", FAST).stdout == "x"
+
+
+def test_without_namespaces_the_limits_and_the_group_kill_still_apply():
+    bare = Limits(timeout_s=2.0, isolate=False)
+    problem = load_problems(limit=1)["HumanEval/0"]
+    assert run_python(check_program(problem, problem["canonical_solution"]), bare).passed
+    assert run_python("while True:\n    pass\n", bare).result == "timed out"
+    assert "MemoryError" in run_python("x = bytearray(10 * 1024 ** 3)\n", bare).result
+    assert _leftovers() == []

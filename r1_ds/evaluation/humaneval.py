@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .model_io import EvalInputError
 from .passk import mean_pass_at_k
-from .sandbox import Limits, isolation_warning, namespaces_available, run_python
+from .sandbox import Limits, isolation_warning, run_python
 
 log = logging.getLogger("r1_ds.evaluation.humaneval")
 
@@ -87,7 +87,6 @@ def evaluate(model, tokenizer, *, n: int = 1, temperature: float = 0.0, top_p: f
         **pass_at_k_of(scored), "passed_samples": sum(s["passed"] for s in scored),
         "seconds_per_problem": (t2 - t0) / len(problems), "generation_seconds": t1 - t0,
         "execution_seconds": t2 - t1,
-        "sandbox": "namespaces (no network, read-only file system)" if namespaces_available()
-        else isolation_warning(),
+        "sandbox": isolation_warning() or "namespaces (no network, read-only file system), process cap",
     }
     return results, scored

@@ -70,16 +70,30 @@ def namespaces_available() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def process_limit_available() -> bool:
+    """True when a run's process count can be capped: a pids cgroup can be created, or this process is
+    not root (RLIMIT_NPROC binds every other user)."""
+    probe = _PidsCgroup(1)
+    probe.remove()
+    return probe.path is not None or os.geteuid() != 0
+
+
+@functools.lru_cache(maxsize=None)
 def isolation_warning() -> str | None:
-    """None when runs are isolated; else the sentence to show the user (logged once)."""
-    if namespaces_available():
-        return None
-    msg = ("sandbox: `unshare` cannot create network/mount/user namespaces here, so generated code runs WITH "
-           "network access and write access outside its directory (limits, temporary directory and group kill "
-           "still apply). Run the evaluation as root, enable unprivileged user namespaces "
-           "(sysctl kernel.unprivileged_userns_clone=1), or inside a container without network.")
-    log.warning("%s", msg)
-    return msg
+    """None when runs are isolated; else the sentences to show the user (logged once)."""
+    msgs = []
+    if not namespaces_available():
+        msgs.append("sandbox: `unshare` cannot create network/mount/user namespaces here, so generated code runs "
+                    "WITH network access and write access outside its directory (limits, temporary directory and "
+                    "group kill still apply). Run the evaluation as root, enable unprivileged user namespaces "
+                    "(sysctl kernel.unprivileged_userns_clone=1), or inside a container without network.")
+    if not process_limit_available():
+        msgs.append("sandbox: running as root without a writable pids cgroup, so a run's process count is not "
+                    "capped (RLIMIT_NPROC does not bind root); the wall-clock group kill still ends it. Run as "
+                    "another user or where /sys/fs/cgroup is writable.")
+    for m in msgs:
+        log.warning("%s", m)
+    return " ".join(msgs) or None
 
 
 class _PidsCgroup:
@@ -130,7 +144,7 @@ def run_python(program: str, limits: Limits = Limits()) -> RunResult:
     its checks) does not pass."""
     marker = f"__r1_ds_done_{uuid.uuid4().hex}__"
     isolated = limits.isolate and namespaces_available()
-    if limits.isolate and not isolated:
+    if limits.isolate:
         isolation_warning()
     workdir = tempfile.mkdtemp(prefix="r1_sandbox_")
     cgroup = _PidsCgroup(limits.max_processes)
@@ -170,4 +184,5 @@ def _clean_env() -> dict:
     return keep
 
 
-__all__ = ["Limits", "RunResult", "isolation_warning", "namespaces_available", "run_python"]
+__all__ = ["Limits", "RunResult", "isolation_warning", "namespaces_available", "process_limit_available",
+           "run_python"]
