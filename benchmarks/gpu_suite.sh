@@ -6,6 +6,7 @@
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train trainer_compiled  # some steps: check attention
 #                                                            #   attention_compiled
 #                                                            #   train train_compiled trainer_compiled fp16 clip
+#                                                            #   generation
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
 #
 # One device call runs at most 10 minutes: run `check`, `attention`, `attention_compiled`, `train trainer_compiled`,
@@ -26,7 +27,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-STEPS="${*:-check attention attention_compiled train train_compiled trainer_compiled fp16 clip}"
+STEPS="${*:-check attention attention_compiled train train_compiled trainer_compiled fp16 clip generation}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # DeepSpeed configs as shipped, but with torch's fused AdamW: FusedAdam's JIT build costs minutes of a lease,
@@ -81,6 +82,9 @@ step fp16 200 "$PY" -m r1_ds.train --deepspeed_config /tmp/r1_fp16.json --preset
     --global-batch 8 --steps 60 --warmup-steps 10 --log-every 10 --output-dir /tmp/r1_fp16_run --no-progress \
     --set 'precision.loss_scale_policy={type: exponent, k: 13, interval: 1}'
 want fp16 && cp /tmp/r1_fp16_run/metrics.jsonl "$OUT/fp16_metrics.jsonl"  # the checkpoint stays behind (GBs)
+# long-context generation: 32k-token prefill, then decoding with the cache, R1 against Llama (SDPA) of the same size
+step generation 300 "$PY" benchmarks/generation.py --preset 350m --context 8192 32768 --new-tokens 64 \
+    --json "$OUT/generation.json"
 step tune 300 "$PY" benchmarks/flex_autotune.py --T 8192 --batch 8
 step profile8k 300 "$PY" benchmarks/profile_attention.py --T 8192 --batch 8
 step profile64k 300 "$PY" benchmarks/profile_attention.py --T 65536 --batch 1

@@ -130,6 +130,11 @@ def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("tokenizer and packing")
     g.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size (default: 8192)")
+    g.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="pack with this tokenizer folder (OUT/tokenizer of an earlier run, e.g. on a sample); no training",
+    )
     g.add_argument("--seq-len", type=int, default=512, help="tokens per packed row (default: 512)")
     g.add_argument("--shard-rows", type=int, default=1024, help="rows per shard file (default: 1024)")
 

@@ -3,13 +3,13 @@
 Documents are concatenated in a fixed order, each followed by ``<|endoftext|>``, and the token stream is cut into
 rows of ``seq_len``. The last row is padded with ``<|endoftext|>`` (pad = eos) so no text is lost. Each shard
 ``shard_NNNNN.bin`` is a raw little-endian C-order array (rows, seq_len) of uint16 (vocab <= 65536) or uint32,
-written atomically; ``meta.json`` is written last. A resumed run re-tokenizes (deterministic) and skips shards
-whose file already has the right size, so shards are neither duplicated nor lost.
+written atomically; ``meta.json`` (format in data_prep/shards.py: dtype, token range, checksums) is written last.
+A resumed run re-tokenizes (deterministic) and skips shards whose file already holds exactly the bytes it would
+write, so shards are neither duplicated nor lost.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,6 +18,7 @@ import numpy as np
 
 from data_prep.atomic import atomic_write_bytes, atomic_write_json
 from data_prep.faults import maybe_crash
+from data_prep.shards import DTYPES, META_FILE, PackedShards, dtype_name, format_meta, shard_record
 from data_prep.tokenizer_train import EOS
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,19 @@ def pack_documents(
     shard_rows: int,
     batch_docs: int = 256,
 ) -> dict[str, Any]:
-    """Write shards + meta.json into ``shards_dir``; returns the meta. Idempotent when meta.json already exists."""
+    """Write shards + meta.json into ``shards_dir``; returns the meta. Idempotent when meta.json already exists
+    (the folder is then opened with its checks, so a damaged one raises instead of being returned)."""
     from tokenizers import Tokenizer
 
     shards_dir = Path(shards_dir)
-    meta_path = shards_dir / "meta.json"
-    if meta_path.is_file():
-        return json.loads(meta_path.read_text(encoding="utf-8"))
-    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    if (shards_dir / META_FILE).is_file():
+        return PackedShards(shards_dir).meta
+    tok_file = Path(tokenizer_dir) / "tokenizer.json"
+    tok = Tokenizer.from_file(str(tok_file))
     tok.encode_special_tokens = True  # a literal "<|endoftext|>" inside a document is text, not a separator
     eos = tok.token_to_id(EOS)
     vocab_size = tok.get_vocab_size()
-    dtype = np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+    dtype = DTYPES[dtype_name(vocab_size)]
     rows_per_shard_tokens = shard_rows * seq_len
 
     shards: list[dict[str, Any]] = []
@@ -58,9 +60,10 @@ def pack_documents(
         arr = np.asarray(tokens, dtype=dtype).reshape(-1, seq_len)  # (rows, seq_len)
         name = shard_name(len(shards))
         path = shards_dir / name
-        if not (path.is_file() and path.stat().st_size == arr.nbytes):
-            atomic_write_bytes(path, arr.tobytes(order="C"))
-        shards.append({"file": name, "num_sequences": int(arr.shape[0])})
+        data = arr.tobytes(order="C")
+        if not (path.is_file() and path.stat().st_size == arr.nbytes and path.read_bytes() == data):
+            atomic_write_bytes(path, data)
+        shards.append(shard_record(name, arr))
         maybe_crash("pack", len(shards))
 
     batch: list[str] = []
@@ -88,19 +91,13 @@ def pack_documents(
         emit(buf + [eos] * padding)
 
     meta = {
-        "seq_len": seq_len,
-        "dtype": "uint16" if dtype.itemsize == 2 else "uint32",
-        "vocab_size": vocab_size,
-        "eos_token_id": eos,
-        "num_sequences": sum(s["num_sequences"] for s in shards),
-        "shards": shards,
-        "tokenizer": "../tokenizer",
+        **format_meta(shards, seq_len=seq_len, vocab_size=vocab_size, eos_token_id=eos, tokenizer_file=tok_file),
         "num_documents": n_docs,
         "num_tokens": n_tokens,
         "padding_tokens": padding,
         "separator": EOS,
     }
-    atomic_write_json(meta_path, meta)
+    atomic_write_json(shards_dir / META_FILE, meta)
     log.info(
         "packing: %d documents, %d tokens -> %d rows of %d in %d shards",
         n_docs,

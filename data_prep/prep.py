@@ -1,6 +1,7 @@
 """The whole prep run: sample corpus (optional) -> quality head (optional) -> filter each modality -> triples ->
 tokenizer -> packed shards -> stats.json. Every stage commits atomically and is skipped when already done, so
-rerunning the same command after a crash resumes where it stopped.
+rerunning the same command after a crash resumes where it stopped. Each stage also records a fingerprint of its
+inputs (data_prep/fingerprints.py): a rerun after inputs changed redoes the stages that read them, and the ones after.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from data_prep.augment import AugmentConfig
 from data_prep.document import CODE, IMAGE, MODALITIES, TEXT
 from data_prep.errors import PrepError
 from data_prep.filters.base import BaseFilter
+from data_prep.fingerprints import digest, inputs_digest, refresh_stage
 from data_prep.pipeline import Pipeline, stage_io
 from data_prep.readers import check_paths
 from data_prep.tokenizer_train import MIN_VOCAB
@@ -101,7 +103,9 @@ class PrepConfig:
     docstring_pairs_per_file: int = 4
     """Max docstring/code pairs per kept Python file."""
     vocab_size: int = 8192
-    """BPE vocabulary size (including <|endoftext|>)."""
+    """BPE vocabulary size (including <|endoftext|>); unused with ``tokenizer``."""
+    tokenizer: str | None = None
+    """Pack with this tokenizer folder (e.g. OUT/tokenizer of a run on a sample) instead of training one."""
     seq_len: int = 512
     """Tokens per packed row."""
     shard_rows: int = 1024
@@ -175,6 +179,17 @@ def validate(cfg: PrepConfig) -> None:
     check_paths("--text", cfg.text, hint + " (JSONL, Parquet, or a folder of .txt/.md/.jsonl/.parquet)")
     check_paths("--code", cfg.code, hint + " (a source tree)")
     check_paths("--images", cfg.images, hint + " (an image folder, a CSV/JSONL manifest or a .tar)")
+    for flag, paths in (("--text", cfg.text), ("--code", cfg.code), ("--images", cfg.images)):
+        for p in paths:
+            need(
+                not _is_empty_input(Path(p)),
+                f"{flag} {p}: is empty (a 0-byte file or a folder without files), so it holds no documents; "
+                "pass inputs with documents, or drop the flag",
+            )
+    if cfg.tokenizer:
+        from data_prep.tokenizer_train import check_tokenizer_dir
+
+        check_tokenizer_dir(cfg.tokenizer)
     if cfg.quality_labels:
         check_paths("--train-quality-head", [cfg.quality_labels], 'pass a JSONL of {"text", "score"} lines')
     need(
@@ -187,12 +202,32 @@ def validate(cfg: PrepConfig) -> None:
         )
 
 
+def _is_empty_input(path: Path) -> bool:
+    if path.is_file():
+        return path.stat().st_size == 0
+    return path.is_dir() and not any(p.is_file() for p in path.rglob("*"))
+
+
 def _check_or_write_config(out: Path, cfg: PrepConfig) -> None:
     """Same settings: resume. Other settings (or outputs without a config): refuse, or wipe with --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"--out {out}: is a file, not a folder; choose another --out")
     path = out / CONFIG_FILE
     fp = cfg.fingerprint()
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise PrepError(
+                f"--out {out}: {CONFIG_FILE} is not readable JSON ({err}), so the run cannot be resumed; "
+                "pass --overwrite to redo it, or choose another --out"
+            ) from None
+        if isinstance(old, dict) and old.keys() < fp.keys():  # settings added since the run: at their defaults
+            defaults = PrepConfig().fingerprint()
+            if {**{k: defaults[k] for k in fp.keys() - old.keys()}, **old} == fp:
+                log.info("%s: recording the settings added since the run, at their defaults", path)
+                atomic_write_json(path, fp)
+                old = fp
         if old == fp:
             log.info("resuming the run in %s (same settings)", out)
             return
@@ -212,8 +247,11 @@ def _check_or_write_config(out: Path, cfg: PrepConfig) -> None:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, fp)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, fp)
+    except OSError as err:  # read-only, a file on the way, a full disk: before any work, not at the first part
+        raise PrepError(f"--out {out}: cannot write there ({err.strerror or err}); choose a writable --out") from None
 
 
 def _quality_filter(cfg: PrepConfig, out: Path, sample_labels: Path | None) -> tuple[BaseFilter | None, str | None]:
@@ -256,11 +294,11 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     """Run (or resume) the prep pipeline; returns the stats written to OUT/stats.json."""
     from data_prep import stages
     from data_prep.filters.clip_score import ClipScoreFilter
-    from data_prep.packing import pack_documents
     from data_prep.readers.code import iter_code_documents
     from data_prep.readers.image import iter_image_documents
     from data_prep.readers.text import iter_text_documents
-    from data_prep.tokenizer_train import train_tokenizer
+    from data_prep.shards import file_sha256
+    from data_prep.tokenizer_train import copy_tokenizer, train_tokenizer
 
     if not (cfg.text or cfg.code or cfg.images):
         cfg.sample = True
@@ -300,9 +338,22 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     configs: dict[str, list[dict[str, Any]]] = {}
 
-    def filter_modality(modality: str, filters: list[BaseFilter], docs: Iterator[Any], part_size: int, t0: float):
+    stage_fps: dict[str, str] = {}  # modality -> fingerprint of its filter stage (what later stages read)
+
+    def filter_modality(
+        modality: str, roots: list[Path], filters: list[BaseFilter], docs: Iterator[Any], part_size: int, t0: float
+    ):
         # t0: when the modality's block began, so its timing includes building the filters (e.g. head training)
+        fp = stage_fps[modality] = digest([cfg.fingerprint(), inputs_digest(roots, out=out)])
+        outputs = [out / d / modality for d in ("kept", "rejects", "state")]
+        refresh_stage(out, f"filter_{modality}", fp, outputs)
         results[modality] = Pipeline(modality, filters, out_dir=out, part_size=part_size).run(docs)
+        given = {TEXT: ("--text", cfg.text), CODE: ("--code", cfg.code), IMAGE: ("--images", cfg.images)}[modality]
+        if given[1] and stage_io(results[modality])[0] == 0:
+            raise PrepError(
+                f"{given[0]} {' '.join(given[1])}: no document was read (no file of a supported kind, or only empty "
+                "ones); pass inputs with documents, or drop the flag"
+            )
         configs[modality] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
         timings[modality] = time.perf_counter() - t0
 
@@ -319,11 +370,11 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             quality=quality,
         )
         docs = iter_text_documents(text_in, text_field=cfg.text_field, id_field=cfg.id_field, exclude=exclude)
-        filter_modality(TEXT, filters, docs, cfg.part_size, t)
+        filter_modality(TEXT, text_in, filters, docs, cfg.part_size, t)
     if code_in:
         t = time.perf_counter()
         filters = stages.code_filters(max_chars=cfg.max_chars, python_compile=cfg.python_compile)
-        filter_modality(CODE, filters, iter_code_documents(code_in, exclude=exclude), cfg.part_size, t)
+        filter_modality(CODE, code_in, filters, iter_code_documents(code_in, exclude=exclude), cfg.part_size, t)
     if image_in:
         t = time.perf_counter()
         clip = None
@@ -342,9 +393,11 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             )
             log.info("image: CLIP filter skipped: %s", skipped[IMAGE]["clip"])
         filters = stages.image_filters(clip=clip)
-        filter_modality(IMAGE, filters, iter_image_documents(image_in, exclude=exclude), cfg.image_part_size, t)
+        docs = iter_image_documents(image_in, exclude=exclude)
+        filter_modality(IMAGE, image_in, filters, docs, cfg.image_part_size, t)
 
     t = time.perf_counter()
+    refresh_stage(out, "triples", digest([stage_fps.get(IMAGE), stage_fps.get(CODE)]), [out / "triples"])
     triples = build_triples(out, cfg.augment())
     timings["triples"] = time.perf_counter() - t
 
@@ -353,20 +406,32 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     n_lm_docs = sum(stage_io(results.get(m, {}))[1] for m in (TEXT, CODE))
     if n_lm_docs == 0:
         log.warning("no text or code document was kept: no tokenizer and no shards are written")
+        for stage in ("tokenizer", "shards"):  # and none from an earlier run on other inputs stays behind
+            refresh_stage(out, stage, digest("nothing kept"), [out / stage])
     else:
         t = time.perf_counter()
         tok_dir = out / "tokenizer"
+        lm_fps = [stage_fps.get(TEXT), stage_fps.get(CODE)]
+        if cfg.tokenizer:  # reused: its own bytes are what the shards depend on
+            tok_fp = digest(["given", [file_sha256(f) for f in sorted(Path(cfg.tokenizer).iterdir()) if f.is_file()]])
+        else:
+            tok_fp = digest(["trained", lm_fps, cfg.vocab_size, cfg.seq_len])
+        refresh_stage(out, "tokenizer", tok_fp, [tok_dir])
         if not (tok_dir / "tokenizer.json").is_file():
-            train_tokenizer(_packing_texts(out), tok_dir, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
+            if cfg.tokenizer:
+                copy_tokenizer(cfg.tokenizer, tok_dir)
+            else:
+                train_tokenizer(_packing_texts(out), tok_dir, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
         tokenizer_info = {
             "path": "tokenizer",
+            **({"copied_from": cfg.tokenizer} if cfg.tokenizer else {}),
             **json.loads((tok_dir / "tokenizer_config.json").read_text(encoding="utf-8")),
         }
         timings["tokenizer"] = time.perf_counter() - t
         t = time.perf_counter()
-        shards_meta = pack_documents(
-            _packing_texts(out), tok_dir, out / "shards", seq_len=cfg.seq_len, shard_rows=cfg.shard_rows
-        )
+        shards_fp = digest([file_sha256(tok_dir / "tokenizer.json"), lm_fps, cfg.seq_len, cfg.shard_rows])
+        refresh_stage(out, "shards", shards_fp, [out / "shards"])
+        shards_meta = _pack(out, tok_dir, seq_len=cfg.seq_len, shard_rows=cfg.shard_rows)
         timings["pack"] = time.perf_counter() - t
 
     stats = build_stats(results, skipped, configs, triples=triples, shards=shards_meta, tokenizer=tokenizer_info)
@@ -374,6 +439,21 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     log.info("timings (s): %s", {k: round(v, 2) for k, v in timings.items()})
     log.info("prep done: %s -> %s", {m: (s["input"], s["kept"]) for m, s in stats["modalities"].items()}, out)
     return stats
+
+
+def _pack(out: Path, tok_dir: Path, *, seq_len: int, shard_rows: int) -> dict[str, Any]:
+    """Pack (or resume packing); a finished shard folder that fails its checks on open is repacked: shards whose
+    bytes are still right are kept, the others rewritten."""
+    from data_prep.packing import pack_documents
+    from data_prep.shards import META_FILE, DataError
+
+    shards = out / "shards"
+    try:
+        return pack_documents(_packing_texts(out), tok_dir, shards, seq_len=seq_len, shard_rows=shard_rows)
+    except DataError as err:
+        log.warning("shards: %s; repacking", err)
+        (shards / META_FILE).unlink()
+        return pack_documents(_packing_texts(out), tok_dir, shards, seq_len=seq_len, shard_rows=shard_rows)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

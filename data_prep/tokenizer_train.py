@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Iterable
 
 from data_prep.atomic import atomic_dir
+from data_prep.errors import PrepError
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +64,36 @@ def train_tokenizer(
     info = {"vocab_size": tok.get_vocab_size(), "eos_token": EOS, "eos_token_id": tok.token_to_id(EOS)}
     log.info("tokenizer: byte-level BPE, vocab %d, saved to %s", info["vocab_size"], out_dir)
     return info
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_tokenizer_dir(path: str | Path, flag: str = "--tokenizer") -> None:
+    """A tokenizer folder prep can pack with: tokenizer.json that ``tokenizers`` loads, with the ``<|endoftext|>``
+    separator, and a tokenizer_config.json (what ``AutoTokenizer`` reads); PrepError naming what is wrong."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    fix = "pass the tokenizer folder of an earlier prep run (OUT/tokenizer), or drop the flag to train one"
+    if not path.is_dir():
+        raise PrepError(f"{flag} {path}: not a folder; {fix}")
+    missing = [n for n in TOKENIZER_FILES if not (path / n).is_file()]
+    if missing:
+        raise PrepError(f"{flag} {path}: lacks {', '.join(missing)}, so it is not a tokenizer folder; {fix}")
+    try:
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except Exception as err:  # noqa: BLE001 - any parse failure is the same user error
+        raise PrepError(f"{flag} {path}: the tokenizer does not load ({err}); {fix}") from None
+    if tok.token_to_id(EOS) is None:
+        raise PrepError(f"{flag} {path}: the vocabulary has no {EOS} token (the document separator of shards); {fix}")
+
+
+def copy_tokenizer(src: str | Path, out_dir: str | Path) -> None:
+    """Copy a checked tokenizer folder's files into ``out_dir`` (atomically), so the run's output stands alone."""
+    with atomic_dir(out_dir) as tmp:
+        for f in sorted(Path(src).iterdir()):
+            if f.is_file():
+                shutil.copyfile(f, tmp / f.name)
+    log.info("tokenizer: copied from %s to %s", src, out_dir)

@@ -54,8 +54,9 @@ class ModelSettings:
 
 @dataclass
 class DataSettings:
-    path: str | None = None
-    """Packed shard folder (meta.json + shard_*.bin); empty or "synthetic": built-in synthetic data."""
+    path: list | str | None = None
+    """Packed shard folder (meta.json + shard_*.bin); empty or "synthetic": built-in synthetic data; a list of
+    folders or of {path, weight}: a mixture (checked by r1_ds.data.open_dataset)."""
     seq_len: int | None = None
     """Tokens per training sequence; empty: the shards' seq_len (synthetic: 128)."""
     micro_batch: int | None = None

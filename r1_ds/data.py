@@ -1,10 +1,9 @@
-"""Training data: packed token shards, a synthetic fallback, and a deterministic progressive sampler.
+"""Training data: packed token shards, mixtures of them, a synthetic fallback, and a deterministic progressive
+sampler.
 
-Packed shards (written by data_prep; read here with numpy only, no data_prep import):
-
-    DIR/meta.json   {"seq_len", "dtype": "uint16"|"uint32", "vocab_size", "eos_token_id",
-                     "num_sequences", "shards": [{"file", "num_sequences"}], "tokenizer": "../tokenizer"}
-    DIR/shard_*.bin raw C-order arrays (num_sequences, seq_len)
+Packed shards are read and checked by their format's one owner, data_prep/shards.py (meta.json with dtype, token
+range and checksums; raw (num_sequences, seq_len) arrays). `data.path` names one folder, or several that train
+together as a mixture (`Mixture`): each folder a share of the sequences, all packed with one tokenizer.
 
 Sampling is a pure function of the optimizer step, so a resumed run reads exactly the batches an
 uninterrupted run would have read, and every rank can compute its share without communication:
@@ -20,73 +19,23 @@ Tensor and pipeline peers of a data rank get identical rows; different data rank
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from data_prep.shards import DataError, PackedShards
+
+__all__ = ["DataError", "PackedShards", "Mixture", "SyntheticTokens", "open_dataset", "ProgressiveSampler", "Stage",
+           "batch_iterator"]
+
 log = logging.getLogger("r1_ds.data")
 
 
-class DataError(ValueError):
-    """The data folder or a data setting is unusable; the message names it and says how to fix it."""
-
-
 # ----------------------------------------------------------------------------- datasets
-
-
-class PackedShards:
-    """Read-only view of a packed shard folder: `len(ds)` sequences of `ds.seq_len` tokens."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        meta_path = os.path.join(self.path, "meta.json")
-        if not os.path.isfile(meta_path):
-            raise DataError(f"data.path={self.path!r} has no meta.json: it is not a packed shard folder. Fix: point "
-                            "data.path at the folder `r1-ds prep` wrote (it holds meta.json and shard_*.bin), or leave "
-                            "data.path empty to train on synthetic data.")
-        with open(meta_path) as f:
-            meta = json.load(f)
-        missing = [k for k in ("seq_len", "dtype", "vocab_size", "shards") if k not in meta]
-        if missing:
-            raise DataError(f"{meta_path} lacks {missing}. Fix: re-run the packing step of `r1-ds prep`.")
-        if meta["dtype"] not in ("uint16", "uint32"):
-            raise DataError(f"{meta_path}: dtype={meta['dtype']!r} must be 'uint16' or 'uint32'.")
-        self.meta = meta
-        self.seq_len = int(meta["seq_len"])
-        self.vocab_size = int(meta["vocab_size"])
-        self.eos_token_id = meta.get("eos_token_id")
-        dtype = np.dtype(meta["dtype"])
-        self._arrays = []
-        for shard in meta["shards"]:
-            file = os.path.join(self.path, shard["file"])
-            n = int(shard["num_sequences"])
-            expected = n * self.seq_len * dtype.itemsize
-            size = os.path.getsize(file) if os.path.isfile(file) else -1
-            if size != expected:
-                raise DataError(f"shard {file}: {size} bytes on disk, meta.json says {n} x {self.seq_len} "
-                                f"{dtype.name} = {expected}. Fix: re-run the packing step; the folder is incomplete.")
-            if n:
-                self._arrays.append(np.memmap(file, dtype=dtype, mode="r", shape=(n, self.seq_len)))
-        self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
-        if "num_sequences" in meta and int(meta["num_sequences"]) != len(self):
-            raise DataError(f"{meta_path}: num_sequences={meta['num_sequences']} but the shards hold {len(self)}.")
-        tok = meta.get("tokenizer")
-        self.tokenizer_dir = os.path.normpath(os.path.join(self.path, tok)) if tok else None
-        if self.tokenizer_dir and not os.path.isdir(self.tokenizer_dir):
-            self.tokenizer_dir = None
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def batch(self, indices: np.ndarray, seq_len: int) -> torch.Tensor:
-        """Rows `indices`, first `seq_len` tokens, as int64 (n, seq_len)."""
-        shard = np.searchsorted(self._starts, indices, side="right") - 1
-        rows = [self._arrays[s][i - self._starts[s], :seq_len] for s, i in zip(shard, indices)]
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 class SyntheticTokens:
@@ -111,21 +60,119 @@ class SyntheticTokens:
         return torch.from_numpy(np.stack([self.row(i, seq_len) for i in indices]).astype(np.int64))
 
 
-def open_dataset(path: str | None, *, seq_len: int | None, vocab_size: int, synthetic_sequences: int = 4096,
+class Mixture:
+    """Several packed folders as one data set of `len(ds)` = their total rows, each folder a fixed share.
+
+    Row v of the mixture comes from folder `source[v]`: folder i fills round(share_i * N) of the N rows, spread
+    evenly through the order (so every stretch of rows, and the first `data_fraction` of them, holds the same
+    shares), and its k-th row there is its row k * n_i // quota_i: a folder larger than its quota gives an evenly
+    spaced subset of its rows, a smaller one repeats its rows evenly. A pure function of the folders and weights.
+    """
+
+    def __init__(self, sources: list[PackedShards], weights: list[float] | None = None):
+        self.sources = sources
+        sizes = np.array([len(s) for s in sources], dtype=np.int64)
+        total = int(sizes.sum())
+        shares = sizes / total if weights is None else np.asarray(weights, dtype=np.float64) / sum(weights)
+        self.shares = [float(x) for x in shares]
+        quota = np.floor(shares * total).astype(np.int64)
+        by_remainder = np.argsort(-(shares * total - quota), kind="stable")  # largest remainders get the rest
+        quota[by_remainder[: total - int(quota.sum())]] += 1
+        self.quota = quota
+        slot = np.concatenate([np.arange(q) for q in quota])  # k-th row of its folder's quota
+        place = np.concatenate([(np.arange(q) + 0.5) / q for q in quota])  # where it sits in [0, 1)
+        order = np.argsort(place, kind="stable")
+        self.source = np.repeat(np.arange(len(sources)), quota)[order]
+        self.row = (slot * np.repeat(sizes, quota) // np.repeat(np.maximum(quota, 1), quota))[order]
+        first = sources[0]
+        self.seq_len = min(s.seq_len for s in sources)
+        self.vocab_size, self.eos_token_id = first.vocab_size, first.eos_token_id
+        self.tokenizer_dir = first.tokenizer_dir
+        self.max_token_id = max(s.max_token_id for s in sources)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batch(self, indices: np.ndarray, seq_len: int) -> torch.Tensor:
+        """Rows `indices`, first `seq_len` tokens, as int64 (n, seq_len)."""
+        indices = np.asarray(indices)
+        out = np.empty((len(indices), seq_len), dtype=np.int64)
+        src = self.source[indices]
+        for i, ds in enumerate(self.sources):
+            mine = src == i
+            if mine.any():
+                out[mine] = ds.rows(self.row[indices[mine]], seq_len)
+        return torch.from_numpy(out)
+
+
+def _mixture_items(path: Any) -> tuple[list[str], list[float] | None]:
+    """data.path as a list: folders (weighted by their rows) or {path, weight} mappings."""
+    form = ("Fix: write data.path as a list of folders (each weighted by its rows), or of {path: DIR, weight: W} "
+            "mappings with W > 0 for every folder")
+    if not path:
+        raise DataError(f"data.path=[]: an empty list names no data. {form}, or leave data.path empty (synthetic).")
+    if all(isinstance(p, str) and p for p in path):
+        return list(path), None
+    folders, weights = [], []
+    for i, item in enumerate(path):
+        if not (isinstance(item, dict) and set(item) == {"path", "weight"} and isinstance(item["path"], str)):
+            raise DataError(f"data.path[{i}]={item!r}: every item must be a folder, or every item a mapping with "
+                            f"exactly the keys path and weight. {form}.")
+        w = item["weight"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise DataError(f"data.path[{i}].weight={w!r}: must be a number > 0 (its share is weight / sum). {form}.")
+        folders.append(item["path"])
+        weights.append(float(w))
+    return folders, weights
+
+
+def _tokenizer_identity(ds: PackedShards) -> tuple:
+    """What must agree between folders that train together: vocabulary, separator and the tokenizer itself."""
+    return ds.vocab_size, ds.eos_token_id, ds.meta.get("tokenizer_sha256")
+
+
+def open_mixture(path: list) -> Mixture:
+    folders, weights = _mixture_items(path)
+    sources = [PackedShards(f) for f in folders]
+    for f, s in zip(folders, sources):
+        if not len(s):
+            raise DataError(f"data.path: {f} holds no rows, so it cannot give its share of the mixture. Fix: drop it "
+                            "from data.path, or pack documents into it.")
+    ids = [_tokenizer_identity(s) for s in sources]
+    if len(set(ids)) > 1:
+        described = "; ".join(f"{f}: vocab {v}, eos {e}, tokenizer sha256 {str(h)[:12]}" for f, (v, e, h) in
+                              zip(folders, ids))
+        raise DataError(f"data.path: the folders were not packed with one tokenizer ({described}); the same token "
+                        "id would mean different text. Fix: pack every folder with the same tokenizer "
+                        "(`r1-ds prep --tokenizer DIR`, DIR = the tokenizer folder of one run), or train on one.")
+    ds = Mixture(sources, weights)
+    for f, share, q, s in zip(folders, ds.shares, ds.quota, sources):
+        log.info("data mixture: %s: share %.3f, %d of %d rows (%d in the folder)", f, share, q, len(ds), len(s))
+    return ds
+
+
+def open_dataset(path: str | list | None, *, seq_len: int | None, vocab_size: int, synthetic_sequences: int = 4096,
                  seed: int = 0):
-    """The training set and the sequence length to train at. `path` None or "synthetic": sample data."""
+    """The training set and the sequence length to train at. `path` None or "synthetic": sample data; a list:
+    a mixture of packed folders."""
     if path in (None, "", "synthetic"):
         seq_len = seq_len or 128
         return SyntheticTokens(synthetic_sequences, seq_len, vocab_size, seed), seq_len
-    ds = PackedShards(path)
+    if isinstance(path, list):
+        ds = open_mixture(path)
+    elif isinstance(path, str):
+        ds = PackedShards(path)
+    else:
+        raise DataError(f"data.path={path!r}: must be a packed shard folder or a list of them. Fix: e.g. "
+                        "data.path=runs/prep/shards.")
     seq_len = seq_len or ds.seq_len
     if seq_len > ds.seq_len:
         raise DataError(f"data.seq_len={seq_len} is longer than the packed sequences ({ds.seq_len} tokens in "
                         f"{path}). Fix: set data.seq_len <= {ds.seq_len}, or re-pack with a longer seq_len.")
-    if ds.vocab_size > vocab_size:
-        raise DataError(f"the shards in {path} use a vocabulary of {ds.vocab_size} tokens but the model has "
-                        f"vocab_size={vocab_size}. Fix: set model.overrides.vocab_size >= {ds.vocab_size} (a "
-                        "multiple of 64 is fastest).")
+    if ds.vocab_size > vocab_size:  # the reader checked that every token id lies below ds.vocab_size
+        raise DataError(f"the shards in {path} use a vocabulary of {ds.vocab_size} tokens (largest id "
+                        f"{ds.max_token_id}) but the model has vocab_size={vocab_size}. Fix: set "
+                        f"model.overrides.vocab_size >= {ds.vocab_size} (a multiple of 64 is fastest).")
     return ds, seq_len
 
 

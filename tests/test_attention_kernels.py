@@ -81,3 +81,87 @@ def test_block_tables_are_row_major():
         for name in TABLES:
             table = getattr(mask, name)
             assert table.is_contiguous(), f"{level} {name} has strides {table.stride()}"
+
+
+def test_flex_length_bounds_the_compiled_lengths():
+    """Every length compiles its own kernels on a GPU: the fast path rounds lengths to at most 64 values from 1
+    to 128k tokens, never by more than 1/8 past 1k, and leaves powers of two alone."""
+    g = 128
+    lengths = [ha.flex_length(T, g) for T in range(1, 131073)]
+    assert len(set(lengths)) <= 64
+    assert all(L >= T and L % g == 0 for T, L in enumerate(lengths, start=1))
+    assert max((L - T) / T for T, L in enumerate(lengths, start=1) if T >= 1024) <= 1 / 8
+    assert all(ha.flex_length(2**e, g) == 2**e for e in range(7, 18))
+
+
+def test_flex_path_at_its_padded_length_equals_the_reference():
+    """257 tokens run at 288: four paragraphs of padding, the last real paragraph completed with zeros. No real
+    position may see any of it. (Forward only: FlexAttention has no CPU backward; tests/test_cuda_fast_path.py
+    compares the gradients at padded lengths on a GPU.)"""
+    from r1_ds.model import R1Config
+
+    c = R1Config.from_preset("tiny")
+    kw = dict(level_heads=tuple(c.level_heads), window=c.local_window, paragraph_size=c.paragraph_size,
+              document_size=c.document_size, top_k=c.route_top_k, rope_theta=c.rope_theta)
+    T = 257
+    assert ha.flex_length(T, c.paragraph_size) - T >= 3 * c.paragraph_size
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, T, c.hidden_size) for _ in range(3))
+    ref = ha.hierarchical_attention_eager(q, k, v, q, range(T), **kw)
+    fast = ha.hierarchical_attention_flex(q, k, v, **kw)
+    for level, (a, b) in enumerate(zip(fast, ref), start=1):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=f"L{level}")
+
+
+def test_a_static_compiled_function_refuses_the_shape_past_the_recompile_limit(monkeypatch):
+    """Past dynamo's limit a compiled function silently runs eager, FlexAttention included (O(T^2)): the call
+    that would get there is refused with the reason instead."""
+    monkeypatch.setattr(ha, "_static_shapes", {})
+    monkeypatch.setattr(ha, "_recompile_limit", lambda: 11)  # 3 signatures allowed
+    for T in (128, 256, 384, 128):  # a repeated signature costs nothing
+        ha._check_static_shapes("demo", (torch.empty(1, T), True))
+    with pytest.raises(RuntimeError, match=r"demo is already compiled for 3 different input shapes"):
+        ha._check_static_shapes("demo", (torch.empty(1, 512), True))
+
+
+def _tiny_kernel_kwargs():
+    from r1_ds.model import R1Config
+
+    c = R1Config.from_preset("tiny")
+    return c, dict(level_heads=tuple(c.level_heads), window=c.local_window, paragraph_size=c.paragraph_size,
+                   document_size=c.document_size, top_k=c.route_top_k, rope_theta=c.rope_theta)
+
+
+# (history, new queries): a first token, inside the first paragraph, at paragraph and document edges (tiny: g 8,
+# G 32), several queries across a paragraph edge, a long history with routing
+@pytest.mark.parametrize("T, Tq", [(1, 1), (5, 1), (8, 1), (9, 1), (33, 1), (97, 1), (130, 3), (200, 9), (65, 2)])
+def test_decode_path_equals_the_reference(T, Tq):
+    """Decoding reads only the keys its queries can see (gathered routed paragraphs, a window slice, the summaries
+    in span) where the reference masks all T: the same outputs."""
+    c, kw = _tiny_kernel_kwargs()
+    torch.manual_seed(T)
+    q, k, v = (torch.randn(2, T, c.hidden_size) for _ in range(3))
+    ref = ha.hierarchical_attention_eager(q[:, T - Tq:], k, v, q, range(T - Tq, T), **kw)
+    out = ha.hierarchical_attention_decode(q[:, T - Tq:], k, v, q, **kw)
+    for level, (a, b) in enumerate(zip(out, ref), start=1):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=f"L{level}")
+
+
+def test_fast_path_generation_equals_the_reference_model():
+    """The model's fast path (flex prefill, gathered decoding) generates what the eager reference generates."""
+    from r1_ds.model import R1ForCausalLM
+
+    c, _ = _tiny_kernel_kwargs()
+    torch.manual_seed(0)
+    model = R1ForCausalLM(c).eval()
+    ids = torch.randint(0, c.vocab_size, (1, 45))
+    runs = {}
+    for impl in ("eager", "flex_attention"):
+        model.config._attn_implementation = impl
+        with torch.no_grad():
+            runs[impl] = model.generate(ids, max_new_tokens=12, do_sample=False, output_logits=True,
+                                        return_dict_in_generate=True)
+    assert torch.equal(runs["eager"].sequences, runs["flex_attention"].sequences)
+    for a, b in zip(runs["flex_attention"].logits, runs["eager"].logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

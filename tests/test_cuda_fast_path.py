@@ -197,3 +197,76 @@ def test_compiled_blocks_equal_eager_on_cuda():
     loss, grads = _loss_and_grads(compiled, ids)
     assert abs(loss - ref_loss) < 1e-3 * abs(ref_loss)
     _assert_gradients_close(compiled, grads, ref_grads)
+
+
+# Long sequences: the lengths users run (32k to 128k), where inductor's graphs and the kernels' tiles differ from
+# the short cases above. The dense reference cannot hold (T, T) scores there, so it computes chunks of queries
+# against the whole history (the same function, q_new a slice), and the fast path's loss weighs those chunks only.
+LONG_D = 512  # a small width: L1 heads of 64, L2 of 32, L3 of 16; the shapes of the tables are the GPU presets'
+
+
+def _chunked_reference_check(T, chunks, tol=2e-4, grads=True):
+    torch.manual_seed(T)
+    q, k, v = (torch.randn(1, T, LONG_D, device="cuda") for _ in range(3))
+    weight = torch.zeros(1, T, LONG_D, device="cuda")
+    for lo, hi in chunks:
+        weight[:, lo:hi] = torch.randn(1, hi - lo, LONG_D, device="cuda")
+    leaves = [x.clone().requires_grad_(grads) for x in (q, k, v)]
+    outs = ha.hierarchical_attention_flex(*leaves, **KW)
+    assert all(o.shape == (1, T, LONG_D) for o in outs)
+    if grads:
+        sum(((o * weight) * (i + 1)).sum() for i, o in enumerate(outs)).backward()
+    ref_leaves = [x.clone().requires_grad_(grads) for x in (q, k, v)]
+    for lo, hi in chunks:
+        ref = ha.hierarchical_attention_eager(ref_leaves[0][:, lo:hi], ref_leaves[1], ref_leaves[2], ref_leaves[0],
+                                              range(lo, hi), **KW)
+        for level, (a, b) in enumerate(zip(outs, ref), start=1):
+            err = _rel(a[:, lo:hi].detach(), b.detach())
+            assert err < tol, f"T={T}: L{level} output at [{lo}, {hi}) differs by {err:.2e}"
+        if grads:
+            sum(((o * weight[:, lo:hi]) * (i + 1)).sum() for i, o in enumerate(ref)).backward()
+    if grads:
+        for name, a, b in zip("qkv", leaves, ref_leaves):
+            assert _rel(a.grad, b.grad) < tol, f"T={T}: d{name} differs by {_rel(a.grad, b.grad):.2e}"
+
+
+@pytest.mark.parametrize("T", [32768, 65536])
+def test_long_sequences_equal_the_reference_on_cuda(T):
+    """Forward and all three gradients at 32k and 64k tokens, on a chunk at the start, the middle and the end (the
+    first paragraphs, and queries that route across tens of thousands of tokens)."""
+    _chunked_reference_check(T, [(0, 256), (T // 2 - 100, T // 2 + 156), (T - 256, T)])
+
+
+def test_lengths_in_any_order_in_one_process_on_cuda():
+    """A run whose length changes (progressive stages, evaluation, prompts of any length): every length in one
+    process, short after long and back, each through the compiled kernels (an uncompiled FlexAttention would need
+    (T, T) scores: out of memory at 128k) and equal to the reference on its last queries."""
+    for T in (1000, 65536, 3000, 131072, 8192, 32768, 1024):
+        before = len(ha._static_shapes.get("flex_attention", ()))
+        _chunked_reference_check(T, [(T - 200, T)], grads=T <= 65536)
+        L = ha.flex_length(T, KW["paragraph_size"])
+        assert L >= T and before <= len(ha._static_shapes["flex_attention"]), f"T={T}: flex ran uncompiled"
+    torch.cuda.synchronize()
+
+
+def test_generation_with_prompts_of_several_lengths_on_cuda():
+    """Prefill through the fast path (any prompt length), then decoding with the KV cache: the logits equal the
+    eager reference's for every prompt length, in one process."""
+    torch.manual_seed(0)
+    config = R1Config.from_preset("125m", num_hidden_layers=2, vocab_size=4096, hidden_size=512,
+                                  intermediate_size=1024, level_heads=(8, 16, 32), max_position_embeddings=8192)
+    model = R1ForCausalLM(config).cuda().eval()
+    gen = torch.Generator("cuda").manual_seed(5)
+    for n in (300, 5000, 1200):
+        ids = torch.randint(0, 4096, (1, n), device="cuda", generator=gen)
+        with torch.no_grad():
+            model.config._attn_implementation = "eager"
+            ref = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+            model.config._attn_implementation = "flex_attention"
+            out = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+        assert _rel(out.logits[0], ref.logits[0]) < 1e-3, f"prompt {n}: prefill logits differ"
+        if torch.equal(out.sequences, ref.sequences):  # same tokens fed back: decode logits must agree too
+            for a, b in zip(out.logits, ref.logits):
+                assert _rel(a, b) < 1e-3, f"prompt {n}: decode logits differ"

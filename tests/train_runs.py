@@ -81,28 +81,34 @@ def _resume_from_step2(src: dict, name: str, overrides: dict) -> dict:
     return _run(name, overrides)
 
 
-def write_packed_shards(base: str, *, num_sequences: int = 96, seq_len: int = 64, vocab_size: int = 512) -> str:
+def write_packed_shards(base: str, *, num_sequences: int = 96, seq_len: int = 64, vocab_size: int = 512,
+                        token_ids: tuple[int, int] | None = None) -> str:
     """A packed shard folder in data_prep's format (2 uint16 shards) with a word-level tokenizer at
-    ../tokenizer; returns the shard folder."""
+    ../tokenizer (the same for every call with this vocab_size), rows drawn from `token_ids` [low, high)
+    (default [2, vocab_size)); returns the shard folder."""
     import numpy as np
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    from data_prep.shards import format_meta, shard_record
 
     tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token="t1").save_pretrained(
         os.path.join(base, "tokenizer"))
+
     shards_dir = os.path.join(base, "shards")
     os.makedirs(shards_dir)
     rng = np.random.default_rng(0)
+    low, high = token_ids or (2, vocab_size)
     shards = []
     for i, n in enumerate((num_sequences // 2, num_sequences - num_sequences // 2)):
-        rows = np.stack([np.resize(rng.integers(2, vocab_size, size=int(rng.integers(3, 9))), seq_len)
+        rows = np.stack([np.resize(rng.integers(low, high, size=int(rng.integers(3, 9))), seq_len)
                          for _ in range(n)]).astype(np.uint16)
         rows.tofile(os.path.join(shards_dir, f"shard_{i:05d}.bin"))
-        shards.append({"file": f"shard_{i:05d}.bin", "num_sequences": n})
-    meta = {"seq_len": seq_len, "dtype": "uint16", "vocab_size": vocab_size, "eos_token_id": 1,
-            "num_sequences": num_sequences, "shards": shards, "tokenizer": "../tokenizer"}
+        shards.append(shard_record(f"shard_{i:05d}.bin", rows))
+    meta = format_meta(shards, seq_len=seq_len, vocab_size=vocab_size, eos_token_id=1,
+                       tokenizer_file=os.path.join(base, "tokenizer", "tokenizer.json"))
     with open(os.path.join(shards_dir, "meta.json"), "w") as f:
         json.dump(meta, f)
     return shards_dir

@@ -26,14 +26,55 @@ import torch.nn.functional as F
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def raise_recompile_limit(limit: int = 64) -> None:
-    """The static attention glue compiles once per padded length; past dynamo's default limit (8
-    lengths, e.g. prefills of varied prompts) it would silently fall back to eager, and flex to its
-    unfused O(T^2) path. Raise the limit, never lower it."""
+def raise_recompile_limit(limit: int = 128) -> None:
+    """The static attention glue compiles once per bucketed length (flex_length: at most 64 from 1k to
+    128k tokens, a few more per batch size or dtype); past dynamo's default limit (8) it would silently
+    fall back to eager, and flex to its unfused O(T^2) path. Raise the limit, never lower it."""
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     if getattr(cfg, name) < limit:
         setattr(cfg, name, limit)
+
+
+def _recompile_limit() -> int:
+    cfg = torch._dynamo.config
+    return getattr(cfg, "recompile_limit", None) or cfg.cache_size_limit
+
+
+_static_shapes: dict[str, set] = {}
+
+
+def _check_static_shapes(name: str, args) -> None:
+    """Refuse, with the reason, the call that would push a static-shape compiled function past dynamo's
+    recompile limit: dynamo would run it eager instead, and FlexAttention eager on a GPU is its unfused
+    O(T^2) path (minutes per step, or out of memory, at long lengths). A function sees one signature
+    (shapes, dtypes, grad mode) per bucketed length, batch size and dtype, so only a process that mixes
+    many of those gets here."""
+    key = tuple((tuple(a.shape), a.dtype, a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args)
+    seen = _static_shapes.setdefault(name, set())
+    if key in seen:
+        return
+    limit = _recompile_limit() - 8  # dynamo counts other guard failures too (grad mode, first-call variants)
+    if len(seen) >= limit:
+        raise RuntimeError(
+            f"r1_ds: {name} is already compiled for {len(seen)} different input shapes in this process, and one "
+            f"more would exceed torch.compile's recompile limit ({limit + 8}), after which it would silently run "
+            f"uncompiled (FlexAttention's O(T^2) fallback). Sequence lengths are bucketed (flex_length), so this "
+            f"comes from many batch sizes or dtypes: keep them fixed, or raise "
+            f"torch._dynamo.config.recompile_limit.")
+    seen.add(key)
+
+
+def flex_length(T: int, paragraph_size: int) -> int:
+    """The length the fast path computes a T-token sequence at: T rounded up to a multiple of the paragraph
+    and to one of 8 steps per octave (1024, 1152, ..., 1920, 2048, 2304, ...), at most 1/8 more work. Each
+    length compiles its own kernels, so rounding bounds their number (64 from 1k to 128k tokens) whatever
+    lengths a run meets (progressive stages, evaluation, prompts of any length). The padded tail changes
+    nothing before it: every level is causal at group resolution (see hierarchical_attention_flex)."""
+    g = paragraph_size
+    step = max(g, 1 << max(0, T.bit_length() - 4))  # 2^(floor(log2 T) - 3): 8 steps per octave
+    step = -(-step // g) * g
+    return -(-T // step) * step
 
 
 def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
@@ -41,7 +82,8 @@ def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
     memory-bound glue around the matmuls and attention kernels (rotary, pooling, key layout, norms,
     gates) left eager costs several times the kernels themselves (benchmarks/results/attention.md).
     dynamic=None lets shapes vary without a recompile each (element-wise pieces that see every
-    length in generation); the attention glue stays static (its shapes set the kernels' tiles)."""
+    length in generation); the attention glue stays static (its shapes set the kernels' tiles), and a
+    call that would exceed the recompile limit is refused (_check_static_shapes)."""
     if fn is None:
         return functools.partial(compiled_on_cuda, dynamic=dynamic)
     compiled = None
@@ -54,6 +96,8 @@ def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
         if compiled is None:
             raise_recompile_limit()
             compiled = torch.compile(fn, dynamic=dynamic)
+        if dynamic is False:
+            _check_static_shapes(fn.__qualname__, (*args, *kwargs.values(), torch.is_grad_enabled()))
         return compiled(*args, **kwargs)
 
     return wrapper
@@ -265,6 +309,94 @@ def hierarchical_attention_eager(
     return outs[0], outs[1], outs[2]
 
 
+def _rotary_at(x: torch.Tensor, pos: torch.Tensor, size: int, theta: float) -> torch.Tensor:
+    """rotary() of x (..., N, hd) at per-row positions pos (..., N): the same arithmetic, for keys gathered
+    from scattered positions (hd a multiple of the rotary size, as every level's head is)."""
+    cos, sin = rope_table(pos.reshape(-1), size, theta)
+    half = cos.shape[-1]
+    cos, sin = (t.view(*pos.shape, 1, half) for t in (cos, sin))
+    xc = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (x.shape[-1] // (2 * half), 2 * half))
+    x1, x2 = xc[..., :half], xc[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
+
+
+def hierarchical_attention_decode(
+    q_new: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_hist: torch.Tensor, *,
+    level_heads, window: int, paragraph_size: int, document_size: int, top_k: int, rope_theta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decoding: the newest Tq queries (positions T - Tq .. T - 1) of a T-token history, reading only the keys
+    they can see. The same result as hierarchical_attention_eager(q_new, k, v, q_hist, range(T - Tq, T)), whose
+    dense masks span all T keys at L1 and L2 (and rotate all of them) for every new token.
+
+    L1 reads the last window + Tq - 1 tokens; L2 the null, the summaries of the `span` paragraphs before the
+    queries' paragraphs and the tokens of their routed paragraphs (gathered: top_k paragraphs of g tokens per
+    query paragraph); L3 the null and every document summary. So a step's attention reads about
+    window + span + top_k * g + T / G keys a level, where dense attention reads T. Pooling the paragraph and
+    document summaries (for routing and L3) still reads the history once."""
+    B, Tq, d = q_new.shape
+    T = k.shape[1]
+    first = T - Tq
+    dev = k.device
+    g, G = paragraph_size, document_size
+    r = rope_size(d, level_heads)
+    q_pos = torch.arange(first, T, device=dev)
+    qp = q_pos[:, None]
+    qr = rotary(q_new, *rope_table(q_pos, r, rope_theta))
+    outs = []
+
+    # L1: the last `window` tokens of each query.
+    H = level_heads[0]
+    lo = max(0, first - window + 1)
+    kpos = torch.arange(lo, T, device=dev)
+    kr = rotary(k[:, lo:], *rope_table(kpos, r, rope_theta))
+    mask = (kpos[None, :] <= qp) & (kpos[None, :] > qp - window)
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), split_heads(kr, H), split_heads(v[:, lo:], H),
+                                              mask, (d // H) ** -0.5)))
+
+    # L2: null + summaries of paragraphs [b - span, b) + the tokens of b's routed paragraphs.
+    H = level_heads[1]
+    hd = d // H
+    span = G // g
+    n_par = T // g
+    b0, b1 = first // g, (T - 1) // g  # the queries' paragraphs
+    j_lo, j_hi = max(0, b0 - span), min(b1, n_par)  # summaries any of them reads
+    js = torch.arange(j_lo, j_hi, device=dev)
+    ks = split_heads(rotary(pool_groups(k[:, j_lo * g: j_hi * g], g), *rope_table(js * g + (g - 1) / 2, r,
+                                                                                  rope_theta)), H)
+    vs = split_heads(pool_groups(v[:, j_lo * g: j_hi * g], g), H)
+    qb = qp // g
+    m_sum = (js[None, :] < qb) & (js[None, :] >= qb - span)  # (Tq, n_s)
+    n_qb = b1 - b0 + 1
+    idx, valid, _ = route_paragraphs(q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
+                                     first_block=b0, n_blocks=n_qb)  # (B, H, n_qb, K); no gradient
+    K = idx.shape[-1]
+    tok = (idx[..., None] * g + torch.arange(g, device=dev)).flatten(2)  # (B, H, n_qb * K * g) positions
+    kt = torch.gather(split_heads(k, H), 2, tok[..., None].expand(-1, -1, -1, hd))
+    vt = torch.gather(split_heads(v, H), 2, tok[..., None].expand(-1, -1, -1, hd))
+    kt = _rotary_at(kt, tok, r, rope_theta)
+    # gathered token n belongs to query paragraph b0 + n // (K g) and slot (n // g) % K
+    own = (torch.arange(n_qb * K * g, device=dev) // (K * g))[None, :] == (qb - b0)  # (Tq, n_qb K g)
+    used = valid[..., None].expand(-1, -1, -1, -1, g).flatten(2)[:, :, None, :]  # (B, H, 1, n_qb K g)
+    null = _null(kt)
+    keys = torch.cat([null, ks, kt], dim=2)
+    values = torch.cat([null, vs, vt], dim=2)
+    mask = torch.cat([torch.ones(B, H, Tq, 1, dtype=torch.bool, device=dev), m_sum.expand(B, H, -1, -1),
+                      own & used], dim=-1)
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, hd ** -0.5)))
+
+    # L3: null + summaries of every complete document group before the query's group.
+    H = level_heads[2]
+    n_doc = T // G
+    ks = split_heads(rotary(pool_groups(k, G), *rope_grid(n_doc, G, r, rope_theta, dev)), H)
+    vs = split_heads(pool_groups(v, G), H)
+    keys = torch.cat([_null(ks), ks], dim=2)
+    values = torch.cat([_null(vs), vs], dim=2)
+    jd = torch.arange(n_doc, device=dev)[None, :]
+    mask = torch.cat([torch.ones(Tq, 1, dtype=torch.bool, device=dev), jd < qp // G], dim=-1)
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, (d // H) ** -0.5)))
+    return outs[0], outs[1], outs[2]
+
+
 # ----------------------------------------------------------------------------- FlexAttention fast path
 
 
@@ -272,6 +404,7 @@ def hierarchical_attention_eager(
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
+    raise_recompile_limit()
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -284,8 +417,30 @@ def _flex(q, k, v, block_mask, scale):
     block = block_mask.BLOCK_SIZE[0]
     if block < 128:  # the kernel's default tiles (128) must divide the mask's blocks
         options = {name: block for name in ("BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")}
-    fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()  # compiled block: traced into it
+    if torch.compiler.is_compiling():  # compiled block: traced into it
+        fn = flex_attention
+    else:
+        fn = _compiled_flex()
+        _check_static_shapes("flex_attention", (q, k, v, block, torch.is_grad_enabled()))
     return fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=options)
+
+
+@torch.library.custom_op("r1_ds::place_columns", mutates_args=())
+def place_columns(slot: torch.Tensor) -> torch.Tensor:
+    """(..., n_rows, n_cols) int64 slots, each row a permutation of 0 .. n_cols - 1 -> (same shape) int32
+    column indices: out[..., r, slot[..., r, j]] = j, row-major.
+
+    An opaque op to the compiler on purpose: inductor's code generation failed on this scatter once the
+    rows grew past a few hundred columns (32k tokens and longer at paragraphs of 128, torch 2.11, CUDA:
+    "Error in codegen for ComputedBuffer ... Scatter ... list indices must be integers or slices, not
+    NoneType"). As a custom op it is one aten scatter kernel, and the cumulative sums feeding it stay fused."""
+    cols = torch.arange(slot.shape[-1], device=slot.device, dtype=torch.int32).expand(slot.shape)
+    return torch.empty(slot.shape, dtype=torch.int32, device=slot.device).scatter_(-1, slot, cols)
+
+
+@place_columns.register_fake
+def _(slot):
+    return torch.empty(slot.shape, dtype=torch.int32, device=slot.device)
 
 
 def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,21 +449,18 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Both come out row-major whatever the layout of `need`. The fused GPU kernels step through a row of
     indices one element at a time and ignore its stride, so a table with other strides is read as the
-    wrong blocks, silently. The query-side tables are built from transposed views, and an argsort keeps
-    its input's strides: from 91839fd to 90d05e4 L2's full_q_indices came out column-major, the backward's
-    dK/dV loop visited the wrong query blocks of every routed paragraph, and R1 stopped learning on GPUs.
+    wrong blocks, silently; the query-side tables are built from transposed views, and an argsort keeps
+    its input's strides (tests/test_attention_kernels.py::test_block_tables_are_row_major).
 
     No sort either: inside a compiled graph on GPU, inductor lowers small sorts to its own Triton kernel,
     slow to compile (why FlexAttention's own table code forces its argsort back to eager, pytorch#182745).
-    Each column's slot is its rank within its group, by two cumulative sums."""
+    Each column's slot is its rank within its group, by two cumulative sums; place_columns inverts it."""
     need = need.to(torch.int32, memory_format=torch.contiguous_format)
     num = need.sum(-1, keepdim=True)
     used_rank = need.cumsum(-1) - 1
     unused_rank = num + (1 - need).cumsum(-1) - 1
-    slot = torch.where(need == 1, used_rank, unused_rank).to(torch.int64)
-    cols = torch.arange(need.shape[-1], device=need.device, dtype=torch.int32).expand_as(need)
-    idx = torch.empty_like(need).scatter_(-1, slot, cols)
-    return num.squeeze(-1).to(torch.int32), idx
+    slot = torch.where(need == 1, used_rank, unused_rank).to(torch.int64).contiguous()
+    return num.squeeze(-1).to(torch.int32), place_columns(slot)
 
 
 @functools.lru_cache(maxsize=32)
@@ -397,19 +549,16 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
     qb = torch.arange(n_qb, device=dev)
     lo = (qb - span).clamp(min=0) // (g - 1)  # block of summary b - span
     hi = (qb - 1).clamp(min=0) // (g - 1)  # block of summary b - 1, whose null b reads (block 0 for b = 0)
-    sb = torch.arange(n_sb, device=dev)
     n_kv = n_sb + length // g
     # Block tables span every kv block (flex expects index rows as wide as the kv block count).
-    need = torch.zeros(n_qb, n_kv, dtype=torch.bool, device=dev)
-    need[:, :n_sb] = (sb[None] >= lo[:, None]) & (sb[None] <= hi[:, None])
+    # Comparisons only, no masked store or scatter: inductor's code for those broke at long lengths (C++ at
+    # 32k tokens; see place_columns for CUDA).
+    kvb = torch.arange(n_kv, device=dev)
+    need = (kvb[None] < n_sb) & (kvb[None] >= lo[:, None]) & (kvb[None] <= hi[:, None])  # (n_qb, n_kv)
     kv_num, kv_idx = _as_indices(need)
-    if idx.shape[-1] == 0:  # nothing routable (short sequence or top_k = 0)
-        idx = torch.zeros(B, H, n_qb, 1, dtype=torch.long, device=dev)
-        valid = torch.zeros_like(idx, dtype=torch.bool)
-    # routed paragraph j is token block n_sb + j; unused slots land in a spare last column
-    full = torch.zeros(B, H, n_qb, n_kv + 1, dtype=torch.bool, device=dev)
-    full.scatter_(-1, torch.where(valid, idx + n_sb, n_kv), True)
-    full = full[..., :n_kv]
+    # routed paragraph j is token block n_sb + j: (B, H, n_qb, K, n_kv) compared and reduced over the
+    # K <= top_k slots (no slot routed when nothing is routable: K = 0, a short sequence or top_k = 0)
+    full = ((idx[..., None] + n_sb == kvb) & valid[..., None]).any(-2)
     full_num, full_idx = _as_indices(full)
     q_num, q_idx = _as_indices(need.T)
     full_q_num, full_q_idx = _as_indices(full.transpose(-1, -2))
@@ -568,8 +717,17 @@ def hierarchical_attention_flex(
     paragraph the summary blocks it needs (partial blocks, masked element-wise) and its routed
     paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are one paragraph.
     L3 (1 + T / G keys) is an explicit softmax while its keys fit one tile, else SDPA.
+
+    The sequence is computed at flex_length(T) (zero-padded), so the compiled kernels see a bounded set of
+    lengths. The result at every real position is unchanged: a query sees no later token at L1, and at L2
+    and L3 only groups that end before its own group starts, so a group holding padding (the last real
+    group, completed with zeros, or groups of padding alone) is read only by padded queries, and routing
+    for a real paragraph looks only at earlier paragraphs. The padded outputs are cut off (no gradient).
     """
-    B, T, d = q.shape
+    T_real = q.shape[1]
+    T = flex_length(T_real, paragraph_size)
+    q, k, v = (_pad_to(x, T) for x in (q, k, v))
+    B, _, d = q.shape
     g, G = paragraph_size, document_size
     qr, kbuf, vbuf, k3, v3, S = flex_operands(q, k, v, level_heads=level_heads, paragraph_size=g,
                                               document_size=G, rope_theta=rope_theta)
@@ -589,4 +747,4 @@ def hierarchical_attention_flex(
     o2 = _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
 
     h3 = _document_attention(qr, k3, v3, level_heads[2], G, T)
-    return merge_heads(o1)[:, :T], merge_heads(o2)[:, :T], h3
+    return merge_heads(o1)[:, :T_real], merge_heads(o2)[:, :T_real], h3[:, :T_real]

@@ -20,7 +20,12 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_r1 import R1Config
-from .hierarchical_attention import compiled_on_cuda, hierarchical_attention_eager, hierarchical_attention_flex
+from .hierarchical_attention import (
+    compiled_on_cuda,
+    hierarchical_attention_decode,
+    hierarchical_attention_eager,
+    hierarchical_attention_flex,
+)
 
 # transformers 5.24 renamed `past_key_values` to `cache` (arguments and output fields); 5.17, on the
 # GPU image, still uses the old name. Accept both, emit whichever this version's outputs define.
@@ -31,6 +36,9 @@ def _take_cache(past_key_values, kwargs):
     cache = kwargs.pop("cache", None)
     return cache if cache is not None else past_key_values
 
+
+# One graph a decoding step on GPU (dozens of small kernels eager); its lengths grow every step, so dynamic.
+_attention_decode = compiled_on_cuda(hierarchical_attention_decode, dynamic=None)
 
 # Element-wise pieces of the block, compiled into single kernels on GPU (eager, and identical, on
 # CPU). Left eager they cost more than the matmuls around them: benchmarks/results/train_throughput.md.
@@ -202,8 +210,10 @@ class R1HierarchicalAttention(nn.Module):
         else:
             k_all, q_all, v_all = k, q, v
         impl = self.config._attn_implementation
-        if past == 0 and impl == "flex_attention":
+        if impl == "flex_attention" and past == 0:
             return hierarchical_attention_flex(q, k, v, **self.kernel_kwargs())
+        if impl == "flex_attention":  # decoding: the new queries are the newest positions of the cache
+            return _attention_decode(q, k_all, v_all, q_all, **self.kernel_kwargs())
         q_pos = range(past, past + x.shape[1])
         return hierarchical_attention_eager(q, k_all, v_all, q_all, q_pos, **self.kernel_kwargs())
 
