@@ -27,11 +27,18 @@ def tiny_export() -> str:
 
 
 def _shards(folder, *, vocab: int, rows: int = 10, seq_len: int = 48) -> str:
+    """A packed shard folder in data_prep's format (one shard of random ids below `vocab`)."""
+    from data_prep.shards import format_meta, shard_record
+
+    tok = os.path.join(os.path.dirname(folder), "tokenizer", "tokenizer.json")  # hashed into meta.json only
+    os.makedirs(os.path.dirname(tok), exist_ok=True)
+    with open(tok, "w") as f:
+        f.write("{}")
     os.makedirs(folder)
     data = np.random.default_rng(0).integers(0, vocab, size=(rows, seq_len)).astype(np.uint16)
     data.tofile(os.path.join(folder, "shard_00000.bin"))
-    meta = {"seq_len": seq_len, "dtype": "uint16", "vocab_size": vocab, "num_sequences": rows,
-            "shards": [{"file": "shard_00000.bin", "num_sequences": rows}]}
+    meta = format_meta([shard_record("shard_00000.bin", data)], seq_len=seq_len, vocab_size=vocab, eos_token_id=0,
+                       tokenizer_file=tok)
     with open(os.path.join(folder, "meta.json"), "w") as f:
         json.dump(meta, f)
     return folder
