@@ -102,3 +102,32 @@ def test_eval_retrieval_text_code_on_triples(tmp_path, capsys):
     res = json.load(open(out))["text_code"]
     assert res["pairs"] == 6 and res["text_to_code_R@10"] == 100.0 and 0 <= res["text_to_code_R@1"] <= 100
     assert "retrieval/text_code" in capsys.readouterr().out
+
+
+def test_eval_retrieval_image_text_with_a_local_open_clip_checkpoint(tmp_path):
+    """A tiny random open_clip model saved to a file: the CLI's R@k are those of its own embeddings."""
+    import open_clip
+    from PIL import Image
+
+    from r1_ds.cli import main as cli_main
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "r1-eval-tiny-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(tmp_path / "r1-eval-tiny-clip.json"))
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("r1-eval-tiny-clip", pretrained=None)
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    out = str(tmp_path / "r.json")
+    assert cli_main(["eval", "retrieval", "--karpathy", "synthetic", "--clip", "r1-eval-tiny-clip",
+                     "--clip-weights", str(tmp_path / "clip.pt"), "--out", out]) == 0
+    res = json.load(open(out))
+    assert res["synthetic"] and res["image_text"]["images"] == 24 and res["image_text"]["captions"] == 120
+    paths, caps, owner = load_karpathy(os.path.join(DATA_DIR, "karpathy", "dataset_flickr30k.json"))
+    model.eval()
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths]))
+        txt = model.encode_text(open_clip.get_tokenizer("r1-eval-tiny-clip")(caps))
+    sim = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
+    for key, value in image_text_recall(sim, owner).items():
+        assert res["image_text"][key] == pytest.approx(value, abs=1e-4), key
