@@ -157,3 +157,8 @@ def test_evaluation_table_of_the_demo(tmp_path):
     assert "NOT held out" in table and "pass@1" in table and "no image-text encoder" in table
     assert res["humaneval"]["problems"] == 2 and res["text_code_retrieval"]["pairs"] == 4
     assert res["perplexity"]["perplexity"] == pytest.approx(math.exp(res["perplexity"]["loss"]))
+
+
+def test_non_positive_arguments_are_user_errors(caplog):
+    assert cli_main(["eval", "humaneval", "--model", "x", "--n", "0", "--timeout", "-1"]) == 2
+    assert "--n=0, --timeout=-1.0: must be > 0" in caplog.text

@@ -92,8 +92,8 @@ def _table_rows(task: str, results: dict) -> list:
 
         rows = []
         for name, metrics in results["tasks"].items():
-            names = [m for m, _ in TASK_METRICS[name]]
-            rows += [(name, k, v) for k, v in metrics.items() if k.removesuffix("_mm").removesuffix("_m") in names or k == "score"]
+            names = {m for m, _ in TASK_METRICS[name]} | {"score"}
+            rows += [(name, k, v) for k, v in metrics.items() if k.removesuffix("_mm").removesuffix("_m") in names]
         return rows + metric_rows("glue", {k: v for k, v in results.items() if k.startswith("glue_average")})
     return metric_rows(task, results)
 
@@ -116,15 +116,16 @@ def _device(args) -> str:
 def _perplexity(args) -> dict:
     from r1_ds.data import DataError, PackedShards
 
-    from .model_io import EvalInputError
+    from .model_io import EvalInputError, load_causal_lm, require_positive
     from .perplexity import heldout_loss
 
+    require_positive(batch_size=args.batch_size, max_sequences=args.max_sequences)
     model_dir = _need_model(args, needs_tokenizer=False)
     try:
         ds = PackedShards(args.data)
     except DataError as err:
         raise EvalInputError(str(err).replace("data.path", "--data")) from err
-    model = _load_lm(model_dir, _device(args))
+    model, _ = load_causal_lm(model_dir, device=_device(args), needs_tokenizer=False)
     if ds.vocab_size > model.config.vocab_size:
         raise EvalInputError(f"--data {args.data} uses {ds.vocab_size} token ids but the model has "
                              f"vocab_size={model.config.vocab_size}. Fix: evaluate on shards packed with the "
@@ -133,26 +134,17 @@ def _perplexity(args) -> dict:
     return {"task": "perplexity", "synthetic": False, "data": os.path.abspath(args.data), **res}
 
 
-def _load_lm(model_dir: str, device: str):
-    from transformers import AutoModelForCausalLM
-
-    import r1_ds  # noqa: F401  (registers the R1 classes)
-
-    return AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-
-
 def _humaneval(args) -> dict:
     from data_prep.atomic import atomic_write_jsonl
 
     from . import humaneval
-    from .model_io import EvalInputError, load_causal_lm
+    from .model_io import load_causal_lm, require_positive
     from .results import default_results_path
     from .sandbox import Limits
 
+    require_positive(n=args.n, max_new_tokens=args.max_new_tokens, timeout=args.timeout, memory_gb=args.memory_gb,
+                     limit=args.limit, batch_size=args.batch_size, workers=args.workers)
     model_dir = _need_model(args)
-    if args.n < 1 or args.max_new_tokens < 1 or args.timeout <= 0:
-        raise EvalInputError(f"--n={args.n}, --max-new-tokens={args.max_new_tokens} and --timeout={args.timeout} "
-                             "must be positive")
     model, tok = load_causal_lm(model_dir, device=_device(args))
     limits = Limits(timeout_s=args.timeout, memory_bytes=int(args.memory_gb * (1 << 30)))
     results, scored = humaneval.evaluate(model, tok, n=args.n, temperature=args.temperature, top_p=args.top_p,
@@ -169,7 +161,10 @@ def _humaneval(args) -> dict:
 
 def _glue(args) -> dict:
     from . import glue
+    from .model_io import require_positive
 
+    require_positive(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_len=args.max_len,
+                     max_train=args.max_train)
     model_dir = _need_model(args)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     return glue.evaluate_glue(model_dir, args.glue_dir, tasks=tasks, epochs=args.epochs, lr=args.lr,
@@ -179,7 +174,9 @@ def _glue(args) -> dict:
 
 def _retrieval(args) -> dict:
     from . import retrieval
+    from .model_io import require_positive
 
+    require_positive(max_items=args.max_items)
     return retrieval.run_cli(args, need_model=_need_model, device=_device(args))
 
 

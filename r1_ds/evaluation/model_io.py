@@ -20,17 +20,23 @@ def check_model_dir(path: str, *, needs_tokenizer: bool = True) -> None:
                              "a tokenizer into the folder with `tokenizer.save_pretrained`.")
 
 
-def load_causal_lm(path: str, *, device: str = "cpu", dtype: str | None = None):
-    """(model in eval mode on `device`, tokenizer) from an exported folder."""
-    import torch
+def load_causal_lm(path: str, *, device: str = "cpu", needs_tokenizer: bool = True):
+    """(model in eval mode on `device`, tokenizer or None) from an exported folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import r1_ds  # noqa: F401  (registers the R1 classes with Auto*)
 
-    check_model_dir(path)
-    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    check_model_dir(path, needs_tokenizer=needs_tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path) if needs_tokenizer else None
+
+
+def require_positive(**values) -> None:
+    """Refuse numeric arguments that are not > 0 (None: not given), naming them as CLI flags."""
+    bad = {k: v for k, v in values.items() if v is not None and not v > 0}
+    if bad:
+        flags = ", ".join(f"--{k.replace('_', '-')}={v}" for k, v in bad.items())
+        raise EvalInputError(f"{flags}: must be > 0. Fix: pass a positive number or leave the flag out.")
 
 
 def default_device() -> str:
