@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -74,8 +75,9 @@ def process_limit_available() -> bool:
     """True when a run's process count can be capped: a pids cgroup can be created, or this process is
     not root (RLIMIT_NPROC binds every other user)."""
     probe = _PidsCgroup(1)
+    created = probe.path is not None
     probe.remove()
-    return probe.path is not None or os.geteuid() != 0
+    return created or os.geteuid() != 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,18 +119,24 @@ class _PidsCgroup:
             except OSError:
                 os.rmdir(path)
 
-    def enter(self) -> None:
-        """Called in the child before exec: it and all its descendants count against pids.max."""
-        if self.path:
-            with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """`cmd` started by a shell that first moves itself into the cgroup, so the command and all its
+        descendants count against pids.max from their start (no preexec_fn: the caller has threads)."""
+        if not self.path:
+            return cmd
+        return ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path, *cmd]
 
     def remove(self) -> None:
-        if self.path:
+        """Remove the cgroup once its killed processes are gone (they exit asynchronously)."""
+        for _ in range(100):
+            if not self.path:
+                return
             try:
                 os.rmdir(self.path)
+                self.path = None
             except OSError:
-                log.debug("cgroup %s still busy; left for the system", self.path)
+                time.sleep(0.02)
+        log.warning("sandbox cgroup %s is still busy after 2 s; remove it with rmdir once empty", self.path)
 
 
 def _kill_group(pgid: int) -> None:
@@ -155,9 +163,9 @@ def run_python(program: str, limits: Limits = Limits()) -> RunResult:
         cpu = str(int(limits.timeout_s) + 1)
         cmd = [sys.executable, "-I", "-S", LAUNCHER, workdir, path, str(limits.memory_bytes), cpu,
                str(limits.max_processes), "1" if isolated else "0"]
-        proc = subprocess.Popen([*UNSHARE, *cmd] if isolated else cmd, cwd=workdir, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=cgroup.enter, env=_clean_env())
+        proc = subprocess.Popen(cgroup.wrap([*UNSHARE, *cmd] if isolated else cmd), cwd=workdir,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, env=_clean_env())
         try:
             out, err = proc.communicate(timeout=limits.timeout_s)
         except subprocess.TimeoutExpired:
