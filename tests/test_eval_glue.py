@@ -64,7 +64,7 @@ def test_shipped_synthetic_glue_is_what_the_generator_writes(tmp_path):
     assert find_tasks(str(tmp_path)) == list(TASKS)
 
 
-def test_datasets_folder_reads_like_the_tsv_layout(tmp_path):
+def test_datasets_folders_read_like_the_tsv_layout(tmp_path):
     from datasets import Dataset, DatasetDict
 
     tsv = os.path.join(DATA_DIR, "glue")
@@ -80,6 +80,13 @@ def test_datasets_folder_reads_like_the_tsv_layout(tmp_path):
         DatasetDict({"train": table(train), **{s: table(devs[d]) for s, d in zip(dev_splits, spec.dev)}}).save_to_disk(
             str(tmp_path / name))
         assert load_task(str(tmp_path), name) == (train, devs)
+        # the Hub's parquet layout of the same splits
+        parquet = tmp_path / "parquet" / name
+        parquet.mkdir(parents=True)
+        table(train).to_parquet(str(parquet / "train-00000-of-00001.parquet"))
+        for s, d in zip(dev_splits, spec.dev):
+            table(devs[d]).to_parquet(str(parquet / f"{s}-00000-of-00001.parquet"))
+        assert load_task(str(tmp_path / "parquet"), name) == (train, devs)
     assert find_tasks(str(tmp_path)) == ["cola", "stsb", "mnli"]
 
 
