@@ -91,3 +91,15 @@ def test_without_namespaces_the_limits_and_the_group_kill_still_apply():
     assert run_python("while True:\n    pass\n", bare).result == "timed out"
     assert "MemoryError" in run_python("x = bytearray(10 * 1024 ** 3)\n", bare).result
     assert _leftovers() == []
+
+
+def test_a_flood_of_output_is_capped_and_an_escaped_child_is_killed():
+    r = run_python("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", FAST)
+    assert not r.passed and len(r.stdout) <= 1 << 16  # the file-size limit ends it; only the tail is read
+    # a child that leaves the process group (setsid) and keeps running: the pid namespace ends it, and
+    # without namespaces the run's cgroup does
+    escape = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+    for limits in (FAST, Limits(timeout_s=2.0, isolate=False)) if process_limit_available() else (FAST,):
+        assert run_python(escape, limits).passed
+        time.sleep(0.2)
+        assert _leftovers() == []

@@ -126,6 +126,21 @@ class _PidsCgroup:
             return cmd
         return ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path, *cmd]
 
+    def kill_all(self) -> None:
+        """SIGKILL every process in the cgroup (those that left the process group too)."""
+        if not self.path:
+            return
+        try:
+            with open(os.path.join(self.path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def remove(self) -> None:
         """Remove the cgroup once its killed processes are gone (they exit asynchronously)."""
         for _ in range(100):
@@ -135,6 +150,7 @@ class _PidsCgroup:
                 os.rmdir(self.path)
                 self.path = None
             except OSError:
+                self.kill_all()
                 time.sleep(0.02)
         log.warning("sandbox cgroup %s is still busy after 2 s; remove it with rmdir once empty", self.path)
 
@@ -155,6 +171,9 @@ def run_python(program: str, limits: Limits = Limits()) -> RunResult:
     if limits.isolate:
         isolation_warning()
     workdir = tempfile.mkdtemp(prefix="r1_sandbox_")
+    # stdout/stderr go to files outside the working directory: RLIMIT_FSIZE caps what a program can
+    # print (a pipe would buffer it all in this process), and no escaped child can hold a pipe open
+    outdir = tempfile.mkdtemp(prefix="r1_sandbox_out_")
     cgroup = _PidsCgroup(limits.max_processes)
     try:
         path = os.path.join(workdir, "program.py")
@@ -163,18 +182,20 @@ def run_python(program: str, limits: Limits = Limits()) -> RunResult:
         cpu = str(int(limits.timeout_s) + 1)
         cmd = [sys.executable, "-I", "-S", LAUNCHER, workdir, path, str(limits.memory_bytes), cpu,
                str(limits.max_processes), "1" if isolated else "0"]
-        proc = subprocess.Popen(cgroup.wrap([*UNSHARE, *cmd] if isolated else cmd), cwd=workdir,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, env=_clean_env())
+        out_path, err_path = os.path.join(outdir, "stdout"), os.path.join(outdir, "stderr")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(cgroup.wrap([*UNSHARE, *cmd] if isolated else cmd), cwd=workdir,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                                    env=_clean_env())
         try:
-            out, err = proc.communicate(timeout=limits.timeout_s)
+            proc.wait(timeout=limits.timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            proc.communicate()
             return RunResult(False, "timed out")
         finally:
-            _kill_group(proc.pid)  # whatever the program left behind in its group
-        text, errtext = out.decode(errors="replace"), err.decode(errors="replace")
+            _kill_group(proc.pid)  # the whole group: on time-out, and whatever the program left behind
+            cgroup.kill_all()  # and, where a cgroup holds the run, processes that left the group
+            proc.wait()
+        text, errtext = _tail(out_path), _tail(err_path)
         lines = text.rstrip("\n").split("\n")
         if proc.returncode == 0 and lines[-1] == marker:
             return RunResult(True, "passed", "\n".join(lines[:-1]))
@@ -183,6 +204,14 @@ def run_python(program: str, limits: Limits = Limits()) -> RunResult:
     finally:
         cgroup.remove()
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+def _tail(path: str, limit: int = 1 << 16) -> str:
+    """The last `limit` bytes of a file, decoded."""
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - limit))
+        return f.read().decode(errors="replace")
 
 
 def _clean_env() -> dict:
