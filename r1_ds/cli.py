@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("r1_ds.train", "train an R1 model with DeepSpeed (launch with deepspeed, torchrun or accelerate)"),
     "export": ("r1_ds.export", "convert a DeepSpeed checkpoint (any parallel layout) to one Hugging Face folder"),
     "generate": ("r1_ds.generate", "generate text from a Hugging Face folder"),
+    "eval": ("r1_ds.evaluation.cli", "evaluate a Hugging Face folder: perplexity, HumanEval pass@k, GLUE, retrieval"),
     "plot": ("r1_ds.plot", "plot the loss curve of a run from its metrics.jsonl"),
     "demo": ("r1_ds.demo", "the end-to-end demo on the built-in sample data (what `make demo` runs)"),
 }

@@ -139,6 +139,13 @@ class LogSettings:
     """Show a progress bar on rank 0."""
     peak_tflops: float | None = None
     """Peak dense TFLOP/s of one device for MFU; empty: looked up from the GPU name (none on CPU)."""
+    eval_every: int = 0
+    """Held-out loss (plain cross entropy) every N optimizer steps (a multiple of every), logged as heldout_loss
+    (0: off)."""
+    eval_data: str | None = None
+    """Packed shard folder of the held-out set (needed when eval_every > 0)."""
+    eval_sequences: int = 64
+    """Held-out sequences per evaluation (whole micro-batches, at least one)."""
 
 
 @dataclass
@@ -323,6 +330,12 @@ def validate(cfg: TrainConfig) -> None:
         fail("checkpoint.every", cfg.checkpoint.every, "must be >= 0", "use 0 to save only at the end")
     if cfg.log.every < 1:
         fail("log.every", cfg.log.every, "must be >= 1", "use 1 to log every step")
+    if cfg.log.eval_every < 0 or (cfg.log.eval_every and (not cfg.log.eval_data
+                                                          or cfg.log.eval_every % cfg.log.every)):
+        fail("log.eval_every", cfg.log.eval_every, "must be >= 0; > 0 needs log.eval_data and a multiple of "
+             f"log.every={cfg.log.every} (it is logged with the other metrics)",
+             "set log.eval_data to a held-out packed shard folder and eval_every to a multiple of log.every, "
+             "or log.eval_every=0")
     if cfg.precision.dtype not in (None, "bf16", "fp16", "fp32"):
         fail("precision.dtype", cfg.precision.dtype, "must be bf16, fp16, fp32 or empty", "pick one")
 

@@ -6,6 +6,7 @@
     3. r1-ds export     the pipeline checkpoint -> a Hugging Face folder
     4. r1-ds generate   text from the exported folder, through AutoModelForCausalLM
     5. r1-ds plot       the loss curve
+    6. evaluation       perplexity, text->code retrieval, HumanEval pass@1 on a few problems (a table)
 
 Each step is the same command a user would type; the demo prints them as it goes.
 """
@@ -72,4 +73,9 @@ def run(args: argparse.Namespace) -> int:
     losses = [rec["loss"] for rec in read_metrics(str(run_dir / "metrics.jsonl"))]  # a resumed step's last record wins
     log.info("loss %.3f -> %.3f over %d steps; Hugging Face folder: %s; curve: %s", losses[0], losses[-1],
              len(losses), hf, run_dir)
+
+    from .evaluation import evaluation_table
+
+    log.info("\n%s", evaluation_table(str(hf), shards=str(data / "shards"),
+                                      triples=str(data / "triples" / "triples.jsonl")))
     return 0

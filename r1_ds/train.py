@@ -383,6 +383,8 @@ def train(cfg: TrainConfig):
                                     synthetic_sequences=cfg.data.synthetic_sequences, seed=cfg.seed)
     stages = resolve_stages(cfg, plan.global_batch)
     sampler = ProgressiveSampler(len(dataset), stages, cfg.seed)
+    heldout = open_dataset(cfg.log.eval_data, seq_len=seq_len, vocab_size=config.vocab_size)[0] \
+        if cfg.log.eval_every else None
     weight_decay = ds_config["optimizer"]["params"].get("weight_decay", 0.0)
 
     # ---- parallelize
@@ -522,6 +524,11 @@ def train(cfg: TrainConfig):
                           else None, "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib()}
                 if reducer is not None:
                     record.update({f"compression/{k}": v for k, v in (reducer.last_stats() or {}).items()})
+                if heldout is not None and (done % cfg.log.eval_every == 0 or done == total):
+                    from .evaluation.during_training import engine_heldout_loss
+
+                    record["heldout_loss"] = engine_heldout_loss(engine, heldout, seq_len=seq_len, pipeline=pipeline,
+                                                                 sequences=cfg.log.eval_sequences)
                 metrics.write(record)
                 metrics.progress(steps_since, {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}",
                                                "MFU": f"{mfu:.1%}" if mfu is not None else None})
