@@ -7,6 +7,7 @@ functions, so both paths see the same documents, with the same ids, sources and 
 
 from __future__ import annotations
 
+import io
 import lzma
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,9 @@ def iter_input_documents(f: InputFile, *, text_field: str, id_field: str | None)
     kind, compression = _kind(f.path)
     opener = fsspec.open(f.path, "rb", compression=compression)
     if kind == "jsonl":
-        yield from text_reader._iter_jsonl(f.path, f.rel, text_field, id_field, open_file=opener.open,
+        # zstandard's reader has no line iteration of its own: a buffer on top gives it
+        open_file = (lambda: io.BufferedReader(opener.open())) if compression == "zstd" else opener.open
+        yield from text_reader._iter_jsonl(f.path, f.rel, text_field, id_field, open_file=open_file,
                                            stream_errors=_stream_errors())
     elif kind == "plain":
         try:

@@ -108,8 +108,9 @@ class R1FilterStep(DatatroveFilter):
     type = "🔻 - FILTER"
 
     def __init__(self, r1_filter: BaseFilter, sink: TaskSink, *, batch_size: int = 1000):
+        self.name = r1_filter.name  # before the base __init__, which names the step's stats after it
         super().__init__(batch_size=batch_size if r1_filter.batched else 1)
-        self.r1, self.sink, self.name = r1_filter, sink, r1_filter.name
+        self.r1, self.sink = r1_filter, sink
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         return self.r1.filter(doc)

@@ -1,0 +1,122 @@
+"""The datatrove engine: 2 workers = 1 worker = the single-process runner (same documents, same stats), resume of a
+killed multi-worker run, fsspec inputs, the Slurm / Ray executors' parameters, and --config."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep.cli import main
+from data_prep.engine.executors import build_executor
+from data_prep.engine.run import plan_tasks
+from data_prep.prep import PrepConfig, run
+from data_prep.sample_corpus import build_sample_corpus
+from data_prep.scale_config import ScaleSettings
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = dict(quality_model="none", vocab_size=300, seq_len=64, shard_rows=32, part_size=25)
+FLAGS = ["--quality-model", "none", "--vocab-size", "300", "--seq-len", "64", "--shard-rows", "32", "--part-size", "25"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("engine")
+    sc = build_sample_corpus(root / "in", text_docs=60, code_files=1, images=1, seed=0)
+    return sc.text[0]
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, kw in {"single": {}, "one": dict(executor="local", workers=1, tasks=4),
+                     "two": dict(executor="local", workers=2, tasks=4)}.items():
+        out[name] = (root / name, run(PrepConfig(out=str(root / name), text=[str(corpus)], **SMALL, **kw)))
+    return out
+
+
+def _records(out: Path, kind: str) -> list[dict]:
+    return [json.loads(line) for p in sorted((out / kind / "text").glob("part_*.jsonl")) for line in p.open()]
+
+
+def test_two_workers_keep_the_single_process_documents_and_stats(runs):
+    (single, s0), (one, s1), (two, s2) = runs["single"], runs["one"], runs["two"]
+    assert s0["modalities"]["text"]["kept"] > 0 and s0["modalities"]["text"]["dropped"] > 0
+    assert s0["modalities"]["text"] == s1["modalities"]["text"] == s2["modalities"]["text"]
+    assert _records(single, "kept") == _records(one, "kept") == _records(two, "kept")  # same order too
+    rejects = [sorted((r["id"], r["stage"], r["reason"]) for r in _records(o, "rejects")) for o in (single, one, two)]
+    assert rejects[0] == rejects[1] == rejects[2]
+    assert ("exact_dedup", "duplicate") in {(r[1], r[2]) for r in rejects[0]}  # dedup ran across tasks
+    assert len(list((two / "kept" / "text").glob("part_*.jsonl"))) == 4
+    assert (single / "shards" / "shard_00000.bin").read_bytes() == (two / "shards" / "shard_00000.bin").read_bytes()
+
+
+def test_killed_multi_worker_run_resumes_to_the_same_output(runs, corpus, tmp_path):
+    ref = runs["two"][0]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "data_prep", "--out", str(out), "--text", str(corpus), *FLAGS,
+           "--executor", "local", "--workers", "2", "--tasks", "4"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "DATA_PREP_CRASH_AT": "task:2"}
+    crashed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300, start_new_session=True)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    done = list((out / "engine" / "logs" / "filter" / "completions").glob("*"))
+    assert 1 <= len(done) < 4 and not (out / "stats.json").exists()
+    env.pop("DATA_PREP_CRASH_AT")
+    resumed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert b"Skipping" in resumed.stderr  # completed tasks were not redone
+    for rel in ["stats.json", "tokenizer/tokenizer.json", "shards/meta.json", "shards/shard_00000.bin"] + [
+        f"{kind}/text/part_{t:05d}.jsonl" for kind in ("kept", "rejects") for t in range(4)
+    ]:
+        assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_plan_tasks_contiguous_and_balanced():
+    sizes = [10, 10, 10, 10, 100, 10, 10, 10, 10, 10]
+    ranges = plan_tasks(sizes, 3)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(sizes) and len(ranges) == 3
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
+    assert plan_tasks([5, 5], 8) == [(0, 1), (1, 2)]  # never more tasks than files
+
+
+@pytest.mark.parametrize("executor", ["slurm", "ray"])
+def test_cluster_executors_built_with_the_settings(executor, tmp_path):
+    cfg = ScaleSettings(executor=executor, workers=16, cpus_per_task=4, mem_per_cpu_gb=3,
+                        slurm_partition="cpu", slurm_time="02:00:00")
+    first = build_executor(cfg, [], stage="signatures", tasks=64, logging_dir=tmp_path / "a")
+    second = build_executor(cfg, [], stage="dedup", tasks=1, logging_dir=tmp_path / "b", depends=first)
+    assert (first.tasks, first.workers, first.cpus_per_task, second.depends, second.workers) == (64, 16, 4, first, 1)
+    assert first.logging_dir.path.endswith("a") and first.skip_completed
+    if executor == "slurm":
+        assert (first.partition, first.time, first.mem_per_cpu_gb, first.job_name) == (
+            "cpu", "02:00:00", 3, "r1-prep-signatures")
+        assert first.venv_path.endswith("bin/activate")
+    else:
+        assert first.mem_per_cpu_gb == 3
+
+
+def test_config_file_through_the_training_loader(tmp_path, corpus, caplog):
+    cfg_file = tmp_path / "prep.yaml"
+    cfg_file.write_text(f"text: [{corpus}]\nexecutor: local\nworkers: 2\nlanguages: [en]\nvocab_size: 999\n")
+    from data_prep import cli
+
+    parser = __import__("argparse").ArgumentParser()
+    cli.add_prep_arguments(parser)
+    cfg = cli._config_from_args(parser.parse_args(["--config", str(cfg_file), "--vocab-size", "300"]))
+    assert (cfg.text, cfg.executor, cfg.workers, cfg.languages) == ([str(corpus)], "local", 2, ["en"])
+    assert cfg.vocab_size == 300  # a flag that differs from its default wins over the file
+    cfg_file.write_text("executr: local\n")
+    assert main(["--config", str(cfg_file), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown key(s) ['executr']" in caplog.text and "executor" in caplog.text
+
+
+def test_engine_errors_name_the_flag(tmp_path, caplog):
+    assert main(["--out", str(tmp_path / "o"), "--near-dedup", "--text", str(tmp_path)]) == 2
+    assert "--near-dedup: runs on the engine only" in caplog.text
+    assert main(["--out", str(tmp_path / "o"), "--executor", "local", "--text", str(tmp_path / "*.zst")]) == 2
+    assert "matches no file" in caplog.text
