@@ -11,6 +11,7 @@ import logging
 import sys
 
 from data_prep.errors import PrepError
+from data_prep.scale_config import Submitted, add_scale_arguments
 
 log = logging.getLogger("data_prep")
 
@@ -140,8 +141,6 @@ def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N for the model filters")
     g.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
     g.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    from data_prep.scale_config import add_scale_arguments
-
     add_scale_arguments(parser)
 
 
@@ -183,7 +182,6 @@ def run_prep(args: argparse.Namespace) -> int:
             )
             return 0
         from data_prep.prep import run
-        from data_prep.scale_config import Submitted
 
         run(_config_from_args(args))
     except Submitted as exc:  # handed to Slurm: not an error, and nothing to pack yet
