@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MINILM = "minilm"
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "head_config.json"
+HF_DIR = "hf"  # the same head as a Hugging Face sequence-classification folder (data_prep/quality_export.py)
 SCORE_RANGE = (0.0, 5.0)
 
 
@@ -211,8 +212,10 @@ def train_quality_head(
     threshold: float = 3.0,
     device: str = "auto",
     batch_size: int = 32,
+    export_hf: bool = True,
 ) -> dict[str, Any]:
-    """Embed the labelled texts with the frozen encoder, fit the ridge head, save it atomically to ``out_dir``."""
+    """Embed the labelled texts with the frozen encoder, fit the ridge head, save it atomically to ``out_dir``;
+    ``export_hf`` also writes it as a Hugging Face sequence-classification folder in ``out_dir/hf``."""
     import torch
     from safetensors.torch import save_file
 
@@ -249,6 +252,10 @@ def train_quality_head(
     with atomic_dir(out_dir) as tmp:
         save_file({"weight": w.float().contiguous(), "bias": b.float().reshape(1)}, str(tmp / HEAD_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if export_hf:
+            from data_prep.quality_export import save_sequence_classifier
+
+            save_sequence_classifier(resolve_backbone(backbone), w, b, tmp / HF_DIR, max_length=max_length)
     log.info(
         "quality head: trained on %d examples (train mse %.3f), saved to %s", len(texts), metrics["train_mse"], out_dir
     )

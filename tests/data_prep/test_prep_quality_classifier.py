@@ -104,3 +104,18 @@ def test_sequence_classification_folder_scores_like_fineweb_edu(tmp_path):
     assert QualityHead(tmp_path / "clf", device="cpu", batch_size=2).scores(texts) == pytest.approx(want, abs=1e-5)
     f = QualityClassifierFilter(tmp_path / "clf", threshold=-100.0, device="cpu")
     assert f.filter_batch([doc(t) for t in texts]) == [True] * 3
+
+
+def test_trained_head_saved_as_sequence_classification_folder(head_dir):
+    """The head's hf/ folder loads with AutoModelForSequenceClassification and scores like the head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["A short sentence about Python exceptions.", "Buy cheap sneakers now, amazing deals!"]
+    hf = head_dir / "hf"
+    model = AutoModelForSequenceClassification.from_pretrained(hf, trust_remote_code=True).eval()
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+    tok = AutoTokenizer.from_pretrained(hf)
+    with torch.no_grad():
+        logits = model(**tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")).logits
+    assert logits[:, 0].tolist() == pytest.approx(QualityHead(head_dir, device="cpu").scores(texts), abs=1e-4)
