@@ -63,6 +63,7 @@ class SignatureWriter(PipelineStep):
                 f,
                 sha1=np.array(sha1s, dtype="S20").reshape(len(sha1s)),
                 bands=np.array(bands, dtype=np.uint64).reshape(len(sha1s), n_bands),
+                cpu_s=np.array(self.sink.times()["cpu_s"]),
             )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterator
@@ -56,6 +57,7 @@ class TaskSink:
 
     def begin(self, rank: int) -> None:
         self.rank, self.filter_errors = rank, 0
+        self._clock = (time.process_time(), time.perf_counter())
         self.stages = {n: {"in": 0, "kept": 0, "dropped": 0, "reasons": {}} for n in self.stage_names}
         if self.write:
             self._stack = ExitStack()
@@ -70,7 +72,13 @@ class TaskSink:
         """Rejects first, then the counts: the counts file says the task's outputs are complete."""
         if self._stack is not None:
             self._stack.close()
-        atomic_write_json(filter_stats_path(engine_dir, self.rank), {"num_docs": num_docs, "stages": self.stages})
+        atomic_write_json(filter_stats_path(engine_dir, self.rank),
+                          {"num_docs": num_docs, "stages": self.stages, **self.times()})
+
+    def times(self) -> dict[str, float]:
+        """CPU and wall seconds of this task so far (the benchmark sums CPU seconds over tasks)."""
+        return {"cpu_s": round(time.process_time() - self._clock[0], 3),
+                "wall_s": round(time.perf_counter() - self._clock[1], 3)}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stack": None, "_rejects": None}
