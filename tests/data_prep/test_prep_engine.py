@@ -120,3 +120,18 @@ def test_engine_errors_name_the_flag(tmp_path, caplog):
     assert "--near-dedup: runs on the engine only" in caplog.text
     assert main(["--out", str(tmp_path / "o"), "--executor", "local", "--text", str(tmp_path / "*.zst")]) == 2
     assert "matches no file" in caplog.text
+
+
+def test_progress_lines_give_rate_and_eta(monkeypatch):
+    from data_prep import progress as progress_mod
+
+    now = [100.0]
+    monkeypatch.setattr(progress_mod.time, "perf_counter", lambda: now[0])
+    lines: list[str] = []
+    p = progress_mod.Progress("task 3", total_bytes=4_000_000, emit=lines.append, every_s=10)
+    now[0] = 105.0
+    p.update(500, 1_000_000)  # before every_s: nothing logged
+    now[0] = 120.0
+    p.update(2000, 1_000_000)
+    assert lines == ["task 3: 2000 docs, 100 docs/s, 25.0% of 4.0 MB read, ETA 1m00s"]
+    assert progress_mod.format_eta(float("nan")) == "?" and progress_mod.format_eta(3725) == "1h02m05s"
