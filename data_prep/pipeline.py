@@ -20,6 +20,7 @@ from data_prep.atomic import atomic_write_json
 from data_prep.document import Document, normalize_result
 from data_prep.faults import maybe_crash
 from data_prep.filters.base import BaseFilter
+from data_prep.progress import Progress
 from data_prep.writers import reject_record, state_name, write_part
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Pipeline:
         totals = {f.name: _empty_stage() for f in self.filters}
         resumed = done = 0
         t0 = time.perf_counter()
+        progress = Progress(self.modality, None, log.info)
         for index, chunk in enumerate(chunked(docs, self.part_size)):
             state_path = self.state_dir / state_name(index)
             if state_path.is_file():
@@ -74,6 +76,7 @@ class Pipeline:
             stages = self._process(index, chunk)
             add_stage_counts(totals, stages)
             done += 1
+            progress.update(progress.docs + len(chunk))
             maybe_crash("filter", next(_commits))
         if resumed:
             log.info("%s: resumed %d committed parts", self.modality, resumed)

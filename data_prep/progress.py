@@ -7,18 +7,19 @@ from typing import Callable
 
 
 class Progress:
-    """``update(docs, bytes_done)`` logs at most every ``every_s`` seconds through ``emit`` (a logger method)."""
+    """``update(docs, bytes_done)`` logs at most every ``every_s`` seconds through ``emit`` (a logger method).
+    Without ``total_bytes`` (the single-process runner reads a stream of unknown size) the line has no ETA."""
 
-    def __init__(self, label: str, total_bytes: int, emit: Callable[[str], None], *, every_s: float = 10.0):
+    def __init__(self, label: str, total_bytes: int | None, emit: Callable[[str], None], *, every_s: float = 10.0):
         self.label = label
-        self.total_bytes = max(total_bytes, 1)
+        self.total_bytes = None if total_bytes is None else max(total_bytes, 1)
         self.emit = emit
         self.every_s = every_s
         self.start = self._last = time.perf_counter()
         self.docs = 0
         self.bytes_done = 0
 
-    def update(self, docs: int, bytes_done: int) -> None:
+    def update(self, docs: int, bytes_done: int = 0) -> None:
         self.docs, self.bytes_done = docs, bytes_done
         now = time.perf_counter()
         if now - self._last >= self.every_s:
@@ -27,11 +28,13 @@ class Progress:
 
     def line(self, now: float | None = None) -> str:
         elapsed = max((now or time.perf_counter()) - self.start, 1e-9)
+        rate = f"{self.label}: {self.docs} docs, {self.docs / elapsed:.0f} docs/s"
+        if self.total_bytes is None:
+            return rate
         share = min(self.bytes_done / self.total_bytes, 1.0)
         eta = elapsed * (1 - share) / share if share > 0 else float("nan")
         return (
-            f"{self.label}: {self.docs} docs, {self.docs / elapsed:.0f} docs/s, "
-            f"{100 * share:.1f}% of {self.total_bytes / 1e6:.1f} MB read, ETA {format_eta(eta)}"
+            f"{rate}, {100 * share:.1f}% of {self.total_bytes / 1e6:.1f} MB read, ETA {format_eta(eta)}"
         )
 
 

@@ -135,3 +135,4 @@ def test_progress_lines_give_rate_and_eta(monkeypatch):
     p.update(2000, 1_000_000)
     assert lines == ["task 3: 2000 docs, 100 docs/s, 25.0% of 4.0 MB read, ETA 1m00s"]
     assert progress_mod.format_eta(float("nan")) == "?" and progress_mod.format_eta(3725) == "1h02m05s"
+    assert progress_mod.Progress("text", None, lines.append).line(now[0] + 10) == "text: 0 docs, 0 docs/s"
