@@ -19,7 +19,8 @@ STAGES = ("signatures", "dedup", "filter")
 def build_executor(
     cfg: ScaleSettings, pipeline: list[Any], *, stage: str, tasks: int, logging_dir: Path, depends: Any = None
 ) -> Any:
-    """One stage's executor; a one-task stage (the global dedup) runs with one worker."""
+    """One stage's executor; a one-task stage (the global dedup) runs with one worker. Slurm tasks activate the
+    virtual environment this process runs in (when it is one), so they import the same data_prep."""
     workers = 1 if tasks == 1 else cfg.workers
     if cfg.executor == "local":
         from datatrove.executor.local import LocalPipelineExecutor
@@ -39,7 +40,7 @@ def build_executor(
             cpus_per_task=cfg.cpus_per_task,
             mem_per_cpu_gb=int(cfg.mem_per_cpu_gb),
             job_name=f"r1-prep-{stage}",
-            venv_path=str(Path(sys.prefix) / "bin" / "activate"),
+            venv_path=str(activate) if (activate := Path(sys.prefix) / "bin" / "activate").is_file() else None,
             logging_dir=str(logging_dir),
             skip_completed=True,
             depends=depends,
