@@ -73,7 +73,6 @@ def _list_fsspec(spec: str) -> list[InputFile]:
     from fsspec.core import url_to_fs
 
     fs, root = url_to_fs(spec)
-    protocol = spec.split("://", 1)[0] + "://" if _is_url(spec) else ""
     if _has_glob(root):
         base = root[: min(root.index(c) for c in "*?[" if c in root)].rsplit("/", 1)[0]
         paths = sorted(fs.glob(root))
@@ -88,8 +87,9 @@ def _list_fsspec(spec: str) -> list[InputFile]:
         if info.get("type") == "directory":
             continue
         rel = p[len(base) :].lstrip("/") if p.startswith(base) else p.rsplit("/", 1)[-1]
-        out.append(InputFile(protocol + p if protocol and not p.startswith(protocol) else p,
-                             f"{top}/{rel}" if top else rel, int(info.get("size") or 0)))
+        # URLs keep their protocol (fsspec's canonical form); local globs stay plain paths
+        path = fs.unstrip_protocol(p) if _is_url(spec) else p
+        out.append(InputFile(path, f"{top}/{rel}" if top else rel, int(info.get("size") or 0)))
     return out
 
 

@@ -120,6 +120,10 @@ def test_engine_errors_name_the_flag(tmp_path, caplog):
     assert "--near-dedup: runs on the engine only" in caplog.text
     assert main(["--out", str(tmp_path / "o"), "--executor", "local", "--text", str(tmp_path / "*.zst")]) == 2
     assert "matches no file" in caplog.text
+    assert main(["--out", str(tmp_path / "o"), "--langid-model", str(tmp_path / "nope.npz")]) == 2
+    assert "--langid-model" in caplog.text and "not a file" in caplog.text
+    assert main(["--out", str(tmp_path / "o"), "--languages", "English"]) == 2
+    assert "ISO 639-1" in caplog.text
 
 
 def test_progress_lines_give_rate_and_eta(monkeypatch):
@@ -136,3 +140,29 @@ def test_progress_lines_give_rate_and_eta(monkeypatch):
     assert lines == ["task 3: 2000 docs, 100 docs/s, 25.0% of 4.0 MB read, ETA 1m00s"]
     assert progress_mod.format_eta(float("nan")) == "?" and progress_mod.format_eta(3725) == "1h02m05s"
     assert progress_mod.Progress("text", None, lines.append).line(now[0] + 10) == "text: 0 docs, 0 docs/s"
+
+
+def test_remote_url_inputs_through_fsspec(tmp_path):
+    """A URL input (fsspec's in-memory file system stands for s3:// or hf:// here; one worker runs in this process,
+    where the memory file system lives)."""
+    import gzip
+
+    import fsspec
+
+    from data_prep.engine.run import run_text_engine
+    from data_prep.filters.length import LengthFilter
+    from data_prep.filters.read_error import ReadErrorFilter
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/corpus/shard_0.jsonl.gz", gzip.compress(b'{"text": "hello"}\n{"text": ""}\n'))
+    fs.pipe("/corpus/shard_1.jsonl", b'{"text": "world"}\nnot json\n')
+    cfg = ScaleSettings(executor="local", workers=1, tasks=2)
+    totals = run_text_engine(specs=["memory://corpus/"], filters=[ReadErrorFilter(), LengthFilter()], out=tmp_path,
+                             cfg=cfg, text_field="text", id_field=None)
+    assert totals["read"] == {"in": 4, "kept": 3, "dropped": 1, "reasons": {"bad_json": 1}}
+    assert totals["length"]["reasons"] == {"empty": 1}
+    kept = [json.loads(line) for p in sorted((tmp_path / "kept" / "text").glob("*.jsonl")) for line in p.open()]
+    assert [(r["id"], r["text"], r["source"]) for r in kept] == [
+        ("corpus/shard_0.jsonl.gz:1", "hello", "memory:///corpus/shard_0.jsonl.gz:1"),
+        ("corpus/shard_1.jsonl:1", "world", "memory:///corpus/shard_1.jsonl:1"),
+    ]
