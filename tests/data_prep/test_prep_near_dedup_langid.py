@@ -1,4 +1,4 @@
-"""MinHash near-dedup (planted near-duplicates go, distinct documents stay; across tasks, from compressed inputs)
+"""MinHash near-dedup (planted near-duplicates go, distinct documents stay; across tasks, from .zst/.gz/.xz/.bz2)
 and language identification on a small multilingual sample."""
 
 import json
@@ -61,11 +61,12 @@ def test_minhash_finds_planted_near_duplicates_and_keeps_distinct_documents():
 def test_near_dedup_across_tasks_from_compressed_inputs(tmp_path):
     import zstandard
 
-    docs = _distinct_docs(12)
+    docs = _distinct_docs(13)
     files = {
         "a.jsonl.zst": docs[:6],
-        "b.jsonl.gz": docs[6:] + [_near_copy(docs[1])],
+        "b.jsonl.gz": docs[6:12] + [_near_copy(docs[1])],
         "c.jsonl.xz": [_near_copy(docs[8], 80), docs[2]],
+        "d.jsonl.bz2": [docs[12]],
     }
     for name, texts in files.items():
         data = "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
@@ -75,6 +76,10 @@ def test_near_dedup_across_tasks_from_compressed_inputs(tmp_path):
             import gzip
 
             data = gzip.compress(data)
+        elif name.endswith(".bz2"):
+            import bz2
+
+            data = bz2.compress(data)
         else:
             import lzma
 
@@ -91,7 +96,7 @@ def test_near_dedup_across_tasks_from_compressed_inputs(tmp_path):
         (f"{tmp_path.name}/c.jsonl.xz:1", "near_dedup", "near_duplicate"),
         (f"{tmp_path.name}/c.jsonl.xz:2", "exact_dedup", "duplicate"),
     }
-    assert stats["input"] == 15 and stats["stages"]["near_dedup"]["in"] == 14
+    assert stats["input"] == 16 and stats["stages"]["near_dedup"]["in"] == 15
 
 
 @pytest.fixture(scope="module")
