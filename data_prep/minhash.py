@@ -45,7 +45,8 @@ class MinHasher:
         words = _NON_WORD.sub(" ", text.lower()).split()
         n = self.params.ngram
         grams = {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
-        return np.fromiter((xxhash.xxh32_intdigest(g.encode("utf-8", "surrogatepass")) for g in grams), dtype=np.uint64, count=len(grams))
+        hashes = (xxhash.xxh32_intdigest(g.encode("utf-8", "surrogatepass")) for g in grams)
+        return np.fromiter(hashes, dtype=np.uint64, count=len(grams))
 
     def signature(self, text: str) -> np.ndarray:
         """(bands * rows,) uint64 minima of the permuted shingle hashes."""

@@ -163,9 +163,9 @@ class SequenceClassifierScorer:
             self._device = resolve_device(self.device)
             self._tokenizer = AutoTokenizer.from_pretrained(self.path)
             self._model = AutoModelForSequenceClassification.from_pretrained(self.path).to(self._device).eval()
-            if self._model.config.num_labels != 1:
-                raise PrepError(f"--quality-model {self.path}: a sequence classifier with {self._model.config.num_labels}"
-                                " labels; the quality filter needs one regression output (num_labels=1)")
+            if (labels := self._model.config.num_labels) != 1:
+                raise PrepError(f"--quality-model {self.path}: a sequence classifier with {labels} labels; the "
+                                "quality filter needs one regression output (num_labels=1)")
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             batch = self._tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
