@@ -51,20 +51,20 @@ def make_corpus(folder: Path, docs: int, files: int) -> int:
 
 
 def engine_run(corpus: Path, out: Path, *, workers: int, tasks: int, near_dedup: bool) -> dict:
-    from data_prep.engine.run import run_text_engine
+    from data_prep.engine.run import run_engine
     from data_prep.scale_config import ScaleSettings
     from data_prep.stages import text_filters
 
     cfg = ScaleSettings(executor="local", workers=workers, tasks=tasks, near_dedup=near_dedup)
     t = time.perf_counter()
-    totals = run_text_engine(specs=[str(corpus)], filters=text_filters(), out=out, cfg=cfg, text_field="text",
+    totals = run_engine(specs=[str(corpus)], filters=text_filters(), out=out, cfg=cfg, text_field="text",
                              id_field=None)
     wall = time.perf_counter() - t
     import numpy as np
 
     first = next(iter(totals.values()))
     kept = list(totals.values())[-1]["kept"]
-    engine = out / "engine"
+    engine = out / "engine" / "text"
     sig_cpu = sum(float(np.load(p)["cpu_s"]) for p in (engine / "signatures").glob("*.npz"))
     filt_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in (engine / "filter_stats").glob("*.json"))
     n = first["in"]

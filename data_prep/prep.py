@@ -315,6 +315,17 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         configs[modality] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
         timings[modality] = time.perf_counter() - t0
 
+    def engine_modality(modality: str, filters: list[BaseFilter], specs: list[str], t0: float):
+        # the same filters on datatrove's executors (data_prep/engine, docs/data_at_scale.md)
+        from data_prep.engine.run import run_engine
+
+        results[modality] = run_engine(
+            modality=modality, specs=specs, filters=filters, out=out, cfg=cfg, text_field=cfg.text_field,
+            id_field=cfg.id_field, exclude=exclude, part_size=cfg.part_size,
+        )
+        configs[modality] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
+        timings[modality] = time.perf_counter() - t0
+
     if text_in or cfg.text:
         t = time.perf_counter()
         quality, why = _quality_filter(cfg, out, sample_labels)
@@ -331,21 +342,17 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             langid_model=cfg.langid_model,
         )
         if cfg.executor:
-            from data_prep.engine.run import run_text_engine
-
-            results[TEXT] = run_text_engine(
-                specs=list(cfg.text) + [str(p) for p in text_in], filters=filters, out=out, cfg=cfg,
-                text_field=cfg.text_field, id_field=cfg.id_field, exclude=exclude, part_size=cfg.part_size,
-            )
-            configs[TEXT] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
-            timings[TEXT] = time.perf_counter() - t
+            engine_modality(TEXT, filters, list(cfg.text) + [str(p) for p in text_in], t)
         else:
             docs = iter_text_documents(text_in, text_field=cfg.text_field, id_field=cfg.id_field, exclude=exclude)
             filter_modality(TEXT, filters, docs, cfg.part_size, t)
     if code_in:
         t = time.perf_counter()
         filters = stages.code_filters(max_chars=cfg.max_chars, python_compile=cfg.python_compile)
-        filter_modality(CODE, filters, iter_code_documents(code_in, exclude=exclude), cfg.part_size, t)
+        if cfg.executor:
+            engine_modality(CODE, filters, [str(p) for p in code_in], t)
+        else:
+            filter_modality(CODE, filters, iter_code_documents(code_in, exclude=exclude), cfg.part_size, t)
     if image_in:
         t = time.perf_counter()
         clip = None

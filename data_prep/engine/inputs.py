@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.document import Document
+from data_prep.document import CODE, TEXT, Document
 from data_prep.errors import PrepError
 from data_prep.readers import _files
 from data_prep.readers import text as text_reader
+from data_prep.readers.code import code_document
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
 MAX_PLAIN_BYTES = 64 << 20
@@ -116,8 +117,14 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def iter_input_documents(f: InputFile, *, text_field: str, id_field: str | None) -> Iterator[Document]:
-    """The documents of one input file; bad content becomes dropped items, as in the single-process reader."""
+def iter_input_documents(
+    f: InputFile, *, text_field: str, id_field: str | None, modality: str = TEXT
+) -> Iterator[Document]:
+    """The documents of one input file; bad content becomes dropped items, as in the single-process reader.
+    Code inputs are local source trees (every file one document, read by the single-process reader's function)."""
+    if modality == CODE:
+        yield code_document(Path(f.path), f.rel)
+        return
     local = not _is_url(f.path) and Path(f.path).exists()
     if local and not f.path.lower().endswith(tuple(COMPRESSIONS)):
         # Uncompressed local files: the single-process reader itself (one code path for parsing).

@@ -1,4 +1,4 @@
-"""Run the text filters on datatrove's executors: plan the tasks, run the three stages, merge every task's counts.
+"""Run one modality's filters (text or code) on datatrove's executors: plan the tasks, run the three stages, merge every task's counts.
 
 The result has the single-process runner's shape (per-stage counts in pipeline order), so ``prep.run`` writes
 ``stats.json`` and packs the kept parts the same way. Kept parts are the tasks' outputs in task order; tasks are
@@ -43,7 +43,9 @@ def plan_tasks(sizes: Sequence[int], tasks: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _load_or_make_plan(engine_dir: Path, specs: list[str], exclude: tuple[Path, ...], tasks: int) -> dict[str, Any]:
+def _load_or_make_plan(
+    engine_dir: Path, specs: list[str], exclude: tuple[Path, ...], tasks: int, flag: str
+) -> dict[str, Any]:
     """The plan of the first run is kept: resuming with another task count would mix two task layouts."""
     path = engine_dir / PLAN_FILE
     if path.is_file():
@@ -53,7 +55,7 @@ def _load_or_make_plan(engine_dir: Path, specs: list[str], exclude: tuple[Path, 
         return plan
     files = list_inputs(specs, exclude)
     if not files:
-        raise PrepError(f"--text {' '.join(specs)}: no input file found; pass files, folders, globs or URLs")
+        raise PrepError(f"{flag} {' '.join(specs)}: no input file found; pass files, folders, globs or URLs")
     plan = {
         "files": [vars(f) for f in files],
         "ranges": plan_tasks([f.size for f in files], tasks),
@@ -62,8 +64,9 @@ def _load_or_make_plan(engine_dir: Path, specs: list[str], exclude: tuple[Path, 
     return plan
 
 
-def run_text_engine(
+def run_engine(
     *,
+    modality: str = TEXT,
     specs: list[str],
     filters: list[BaseFilter],
     out: Path,
@@ -73,17 +76,19 @@ def run_text_engine(
     exclude: tuple[Path, ...] = (),
     part_size: int = 1000,
 ) -> dict[str, dict[str, Any]]:
-    """Filter the text inputs on ``cfg.executor``; returns per-stage counts over all tasks."""
-    engine_dir = out / "engine"
-    plan = _load_or_make_plan(engine_dir, specs, exclude, cfg.tasks or TASKS_PER_WORKER * max(cfg.workers, 1))
+    """Filter one modality's inputs on ``cfg.executor``; returns per-stage counts over all tasks."""
+    engine_dir = out / "engine" / modality
+    plan = _load_or_make_plan(engine_dir, specs, exclude, cfg.tasks or TASKS_PER_WORKER * max(cfg.workers, 1),
+                              flag=f"--{modality}")
     tasks = len(plan["ranges"])
-    log.info("engine (%s): %d files in %d tasks, %d workers", cfg.executor, len(plan["files"]), tasks, cfg.workers)
-    stages = _pipelines(filters, out=out, engine_dir=engine_dir, cfg=cfg, text_field=text_field, id_field=id_field,
-                        part_size=part_size, tasks=tasks)
+    log.info("engine (%s, %s): %d files in %d tasks, %d workers", cfg.executor, modality, len(plan["files"]), tasks,
+             cfg.workers)
+    stages = _pipelines(filters, modality=modality, out=out, engine_dir=engine_dir, cfg=cfg, text_field=text_field,
+                        id_field=id_field, part_size=part_size, tasks=tasks)
     executor = None
     executors = []
     for name, (pipeline, n_tasks) in stages.items():
-        executor = build_executor(cfg, pipeline, stage=name, tasks=n_tasks,
+        executor = build_executor(cfg, pipeline, stage=f"{modality}-{name}", tasks=n_tasks,
                                   logging_dir=engine_dir / "logs" / name, depends=executor)
         executors.append(executor)
     if cfg.executor == "local":
@@ -100,7 +105,7 @@ def run_text_engine(
     return merge_task_stats(engine_dir, tasks)
 
 
-def _pipelines(filters, *, out, engine_dir, cfg, text_field, id_field, part_size, tasks):
+def _pipelines(filters, *, modality, out, engine_dir, cfg, text_field, id_field, part_size, tasks):
     """{stage: (pipeline, tasks)}: without an exact_dedup stage there is nothing to share, so one stage."""
     names = [f.name for f in filters]
 
@@ -109,7 +114,7 @@ def _pipelines(filters, *, out, engine_dir, cfg, text_field, id_field, part_size
                 *[R1FilterStep(f, sink, batch_size=part_size) for f in chain]]
 
     if "exact_dedup" not in names:
-        sink = TaskSink(out, TEXT, names, write=True)
+        sink = TaskSink(out, modality, names, write=True)
         return {"filter": (steps(sink, filters) + [PartWriter(out, engine_dir, sink)], tasks)}
     cut = names.index("exact_dedup")
     minhash = (MinHashParams(ngram=cfg.minhash_ngram, bands=cfg.minhash_buckets, rows=cfg.minhash_hashes_per_bucket,
@@ -118,8 +123,8 @@ def _pipelines(filters, *, out, engine_dir, cfg, text_field, id_field, part_size
     if minhash:
         dedup.append(DuplicateListFilter("near_dedup", engine_dir, "near"))
     chain = filters[:cut] + dedup + filters[cut + 1 :]
-    sig_sink = TaskSink(out, TEXT, names[:cut], write=False)
-    sink = TaskSink(out, TEXT, [f.name for f in chain], write=True)
+    sig_sink = TaskSink(out, modality, names[:cut], write=False)
+    sink = TaskSink(out, modality, [f.name for f in chain], write=True)
     return {
         "signatures": (steps(sig_sink, filters[:cut]) + [SignatureWriter(engine_dir, minhash, sig_sink)], tasks),
         "dedup": ([GlobalDedup(engine_dir, tasks)], 1),

@@ -93,6 +93,7 @@ class R1Reader(PipelineStep):
     def __init__(self, engine_dir: Path, sink: TaskSink, *, text_field: str, id_field: str | None):
         super().__init__()
         self.engine_dir, self.sink, self.text_field, self.id_field = Path(engine_dir), sink, text_field, id_field
+        self.modality = sink.modality
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
         plan = json.loads((self.engine_dir / PLAN_FILE).read_text(encoding="utf-8"))
@@ -101,7 +102,8 @@ class R1Reader(PipelineStep):
         progress = Progress(f"task {rank}", sum(f.size for f in files), logger.info)
         n = done_bytes = 0
         for f in files:
-            for doc in iter_input_documents(f, text_field=self.text_field, id_field=self.id_field):
+            for doc in iter_input_documents(f, text_field=self.text_field, id_field=self.id_field,
+                                            modality=self.modality):
                 n += 1
                 self.stat_update("documents")
                 yield doc

@@ -23,24 +23,29 @@ FLAGS = ["--quality-model", "none", "--vocab-size", "300", "--seq-len", "64", "-
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
+def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
-    sc = build_sample_corpus(root / "in", text_docs=60, code_files=1, images=1, seed=0)
-    return sc.text[0]
+    return build_sample_corpus(root / "in", text_docs=60, code_files=12, images=1, seed=0)
 
 
 @pytest.fixture(scope="module")
-def runs(corpus, tmp_path_factory):
+def corpus(sample) -> Path:
+    return sample.text[0]
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, sample, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for name, kw in {"single": {}, "one": dict(executor="local", workers=1, tasks=4),
                      "two": dict(executor="local", workers=2, tasks=4)}.items():
-        out[name] = (root / name, run(PrepConfig(out=str(root / name), text=[str(corpus)], **SMALL, **kw)))
+        code = [str(p) for p in sample.code] if name != "one" else []  # code: single process vs 2 workers
+        out[name] = (root / name, run(PrepConfig(out=str(root / name), text=[str(corpus)], code=code, **SMALL, **kw)))
     return out
 
 
-def _records(out: Path, kind: str) -> list[dict]:
-    return [json.loads(line) for p in sorted((out / kind / "text").glob("part_*.jsonl")) for line in p.open()]
+def _records(out: Path, kind: str, modality: str = "text") -> list[dict]:
+    return [json.loads(line) for p in sorted((out / kind / modality).glob("part_*.jsonl")) for line in p.open()]
 
 
 def test_two_workers_keep_the_single_process_documents_and_stats(runs):
@@ -55,15 +60,24 @@ def test_two_workers_keep_the_single_process_documents_and_stats(runs):
     assert (single / "shards" / "shard_00000.bin").read_bytes() == (two / "shards" / "shard_00000.bin").read_bytes()
 
 
+def test_code_on_two_workers_matches_the_single_process_runner(runs):
+    (single, s0), (two, s2) = runs["single"], runs["two"]
+    assert s0["modalities"]["code"]["kept"] > 0 and s0["modalities"]["code"]["dropped"] > 0
+    assert s0["modalities"]["code"] == s2["modalities"]["code"]
+    assert _records(single, "kept", "code") == _records(two, "kept", "code")
+    key = [sorted((r["id"], r["stage"], r["reason"]) for r in _records(o, "rejects", "code")) for o in (single, two)]
+    assert key[0] == key[1] and ("syntax", "syntax_error") in {(k[1], k[2]) for k in key[0]}
+
+
 def test_killed_multi_worker_run_resumes_to_the_same_output(runs, corpus, tmp_path):
-    ref = runs["two"][0]
+    ref = runs["one"][0]  # same inputs (text only) and tasks; the output does not depend on the worker count
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "data_prep", "--out", str(out), "--text", str(corpus), *FLAGS,
            "--executor", "local", "--workers", "2", "--tasks", "4"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "DATA_PREP_CRASH_AT": "task:2"}
     crashed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300, start_new_session=True)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    done = list((out / "engine" / "logs" / "filter" / "completions").glob("*"))
+    done = list((out / "engine" / "text" / "logs" / "filter" / "completions").glob("*"))
     assert 1 <= len(done) < 4 and not (out / "stats.json").exists()
     env.pop("DATA_PREP_CRASH_AT")
     resumed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300, start_new_session=True)
@@ -149,7 +163,7 @@ def test_remote_url_inputs_through_fsspec(tmp_path):
 
     import fsspec
 
-    from data_prep.engine.run import run_text_engine
+    from data_prep.engine.run import run_engine
     from data_prep.filters.length import LengthFilter
     from data_prep.filters.read_error import ReadErrorFilter
 
@@ -157,7 +171,7 @@ def test_remote_url_inputs_through_fsspec(tmp_path):
     fs.pipe("/corpus/shard_0.jsonl.gz", gzip.compress(b'{"text": "hello"}\n{"text": ""}\n'))
     fs.pipe("/corpus/shard_1.jsonl", b'{"text": "world"}\nnot json\n')
     cfg = ScaleSettings(executor="local", workers=1, tasks=2)
-    totals = run_text_engine(specs=["memory://corpus/"], filters=[ReadErrorFilter(), LengthFilter()], out=tmp_path,
+    totals = run_engine(specs=["memory://corpus/"], filters=[ReadErrorFilter(), LengthFilter()], out=tmp_path,
                              cfg=cfg, text_field="text", id_field=None)
     assert totals["read"] == {"in": 4, "kept": 3, "dropped": 1, "reasons": {"bad_json": 1}}
     assert totals["length"]["reasons"] == {"empty": 1}
