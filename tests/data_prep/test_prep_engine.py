@@ -180,3 +180,20 @@ def test_remote_url_inputs_through_fsspec(tmp_path):
         ("corpus/shard_0.jsonl.gz:1", "hello", "memory:///corpus/shard_0.jsonl.gz:1"),
         ("corpus/shard_1.jsonl:1", "world", "memory:///corpus/shard_1.jsonl:1"),
     ]
+
+
+def test_slurm_run_submits_then_asks_for_a_rerun(corpus, tmp_path, monkeypatch, caplog):
+    """Slurm returns after submitting (sbatch replaced here): no stats yet, exit code 0, and the message says to
+    rerun; the stages are chained so that only the last one is launched."""
+    from datatrove.executor.slurm import SlurmPipelineExecutor
+
+    launched = []
+    monkeypatch.setattr(SlurmPipelineExecutor, "run", lambda self: launched.append(self))
+    caplog.set_level("INFO")
+    out = tmp_path / "o"
+    args = ["--out", str(out), "--text", str(corpus), *FLAGS, "--executor", "slurm", "--slurm-partition", "cpu"]
+    assert main(args) == 0
+    assert "submitted to Slurm" in caplog.text and "rerun this command" in caplog.text
+    (last,) = launched
+    assert last.depends.depends is not None and last.depends.depends.depends is None  # filter <- dedup <- signatures
+    assert not (out / "stats.json").exists()
