@@ -121,12 +121,12 @@ def apply_config_file(args: argparse.Namespace, values: dict[str, Any], cls: typ
     path = getattr(args, "config", None)
     if not path:
         return values
-    from r1_ds.config import ConfigError, load_dataclass
+    from r1_ds.config import ConfigError, load_dataclass, read_mapping
 
     defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
     try:
-        from_file = load_dataclass(cls, path)
-        given = set(_read(path))
+        given = read_mapping(path)
+        from_file = load_dataclass(cls, overrides=given)  # top-level keys: no dots, so set as they are
     except ConfigError as exc:
         raise PrepError(f"--config {path}: {exc}") from exc
     merged = dict(values)
@@ -134,12 +134,6 @@ def apply_config_file(args: argparse.Namespace, values: dict[str, Any], cls: typ
         if _same(values[name], defaults[name]):
             merged[name] = getattr(from_file, name)
     return merged
-
-
-def _read(path: str) -> dict[str, Any]:
-    from r1_ds.config import read_mapping
-
-    return read_mapping(path)
 
 
 def _default(f: dataclasses.Field) -> Any:
