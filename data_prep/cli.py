@@ -11,6 +11,7 @@ import logging
 import sys
 
 from data_prep.errors import PrepError
+from data_prep.scale_config import Submitted, add_scale_arguments
 
 log = logging.getLogger("data_prep")
 
@@ -145,6 +146,7 @@ def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N for the model filters")
     g.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
     g.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_scale_arguments(parser)
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -152,8 +154,10 @@ def _config_from_args(args: argparse.Namespace):
     import dataclasses
 
     from data_prep.prep import PrepConfig
+    from data_prep.scale_config import apply_config_file
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepConfig)}
+    values = apply_config_file(args, values, PrepConfig)
     for key in ("text", "code", "images"):
         values[key] = list(values[key])
     values["image_crop_scale"] = tuple(values["image_crop_scale"])
@@ -185,6 +189,8 @@ def run_prep(args: argparse.Namespace) -> int:
         from data_prep.prep import run
 
         run(_config_from_args(args))
+    except Submitted as exc:  # handed to Slurm: not an error, and nothing to pack yet
+        log.info("%s", exc)
     except PrepError as exc:
         log.error("%s", exc)
         return 2

@@ -20,6 +20,7 @@ from data_prep.atomic import atomic_write_json
 from data_prep.document import Document, normalize_result
 from data_prep.faults import maybe_crash
 from data_prep.filters.base import BaseFilter
+from data_prep.progress import Progress
 from data_prep.writers import reject_record, state_name, write_part
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Pipeline:
         totals = {f.name: _empty_stage() for f in self.filters}
         resumed = done = 0
         t0 = time.perf_counter()
+        progress = Progress(self.modality, None, log.info)
         for index, chunk in enumerate(chunked(docs, self.part_size)):
             state_path = self.state_dir / state_name(index)
             if state_path.is_file():
@@ -61,7 +63,7 @@ class Pipeline:
                 if state.get("num_docs") == len(chunk):
                     for f in self.filters:
                         f.load_state(state["filter_state"].get(f.name))
-                    _add(totals, state["stages"])
+                    add_stage_counts(totals, state["stages"])
                     resumed += 1
                     continue
                 log.warning(
@@ -72,8 +74,9 @@ class Pipeline:
                     len(chunk),
                 )
             stages = self._process(index, chunk)
-            _add(totals, stages)
+            add_stage_counts(totals, stages)
             done += 1
+            progress.update(progress.docs + len(chunk))
             maybe_crash("filter", next(_commits))
         if resumed:
             log.info("%s: resumed %d committed parts", self.modality, resumed)
@@ -116,23 +119,30 @@ class Pipeline:
         return stages
 
     def _apply(self, f: BaseFilter, docs: list[Document]) -> list[Any]:
-        if not docs:
-            return []
-        if f.batched:
-            results = f.filter_batch(docs)  # model failures are systemic: let them stop the run
-            if len(results) != len(docs):
-                raise RuntimeError(f"filter {f.name} returned {len(results)} results for {len(docs)} documents")
-            return results
-        results = []
-        for doc in docs:
-            try:
-                results.append(f.filter(doc))
-            except Exception as exc:  # noqa: BLE001 - one odd document must not stop the run
-                self._filter_errors += 1
-                if self._filter_errors <= 5:
-                    log.warning("%s/%s failed on %s: %r (document dropped)", self.modality, f.name, doc.id, exc)
-                results.append((False, f"filter_error_{type(exc).__name__}"))
+        results, self._filter_errors = apply_filter(f, docs, modality=self.modality, errors=self._filter_errors)
         return results
+
+
+def apply_filter(f: BaseFilter, docs: list[Document], *, modality: str, errors: int = 0) -> tuple[list[Any], int]:
+    """(results, errors so far): one filter over a batch; a per-document filter that raises drops that document
+    as ``filter_error_<Exception>`` (the first 5 are logged). Shared by the runner and the engine's steps."""
+    if not docs:
+        return [], errors
+    if f.batched:
+        results = f.filter_batch(docs)  # model failures are systemic: let them stop the run
+        if len(results) != len(docs):
+            raise RuntimeError(f"filter {f.name} returned {len(results)} results for {len(docs)} documents")
+        return results, errors
+    results = []
+    for doc in docs:
+        try:
+            results.append(f.filter(doc))
+        except Exception as exc:  # noqa: BLE001 - one odd document must not stop the run
+            errors += 1
+            if errors <= 5:
+                log.warning("%s/%s failed on %s: %r (document dropped)", modality, f.name, doc.id, exc)
+            results.append((False, f"filter_error_{type(exc).__name__}"))
+    return results, errors
 
 
 def stage_io(totals: dict[str, dict[str, Any]]) -> tuple[int, int]:
@@ -143,7 +153,7 @@ def stage_io(totals: dict[str, dict[str, Any]]) -> tuple[int, int]:
     return totals[next(iter(totals))]["in"], totals[next(reversed(totals))]["kept"]
 
 
-def _add(totals: dict[str, dict[str, Any]], stages: dict[str, dict[str, Any]]) -> None:
+def add_stage_counts(totals: dict[str, dict[str, Any]], stages: dict[str, dict[str, Any]]) -> None:
     for name, st in stages.items():
         tot = totals.setdefault(name, _empty_stage())
         for key in ("in", "kept", "dropped"):

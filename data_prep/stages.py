@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from data_prep.filters.base import BaseFilter
 from data_prep.filters.c4_quality import C4QualityFilter
 from data_prep.filters.caption import CaptionFilter
@@ -14,6 +16,7 @@ from data_prep.filters.fineweb_quality import FineWebQualityFilter
 from data_prep.filters.gopher_quality import GopherQualityFilter
 from data_prep.filters.gopher_repetition import GopherRepetitionFilter
 from data_prep.filters.image_decode import ImageDecodeFilter
+from data_prep.filters.language import LanguageFilter
 from data_prep.filters.length import LengthFilter
 from data_prep.filters.read_error import ReadErrorFilter
 
@@ -24,11 +27,17 @@ def text_filters(
     entropy_threshold: float = 0.8,
     entropy_window: int = 64,
     quality: BaseFilter | None = None,
+    langid: bool = True,
+    languages: Sequence[str] = (),
+    langid_model: str = "py3langid",
 ) -> list[BaseFilter]:
+    # The language label comes before the Gopher rules: their stop-word rule applies to English only.
+    language = [LanguageFilter(languages=languages, model=langid_model)] if langid else []
     filters: list[BaseFilter] = [
         ReadErrorFilter(),
         LengthFilter(max_chars=max_chars),
         ExactDedupFilter(),
+        *language,
         GopherRepetitionFilter(),
         GopherQualityFilter(),
         C4QualityFilter(),

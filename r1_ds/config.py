@@ -274,12 +274,17 @@ def _model_fields() -> set[str]:
     return own | set(PretrainedConfig().to_dict())
 
 
-def load_train_config(path: str | None = None, overrides: dict | None = None) -> TrainConfig:
-    """File (if any), then dotted overrides (CLI), into a TrainConfig."""
+def load_dataclass(cls, path: str | None = None, overrides: dict | None = None):
+    """File (if any), then dotted overrides, into the settings dataclass `cls` (training, and `r1-ds prep`)."""
     data = read_mapping(path) if path else {}
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
-    cfg = _build(TrainConfig, data, "")
+    return _build(cls, data, "")
+
+
+def load_train_config(path: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """File (if any), then dotted overrides (CLI), into a TrainConfig."""
+    cfg = load_dataclass(TrainConfig, path, overrides)
     validate(cfg)
     return cfg
 

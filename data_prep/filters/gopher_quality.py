@@ -7,6 +7,9 @@ from data_prep.filters import _text
 from data_prep.filters.base import BaseFilter
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+# Languages the stop-word rule has words for. A document labelled with another language by the language stage
+# skips the rule (English stop words say nothing about German prose); unlabelled documents are treated as English.
+STOP_WORD_LANGUAGES = frozenset({"en"})
 
 
 class GopherQualityFilter(BaseFilter):
@@ -42,7 +45,8 @@ class GopherQualityFilter(BaseFilter):
         self.max_non_alpha_words_ratio = max_non_alpha_words_ratio
         """Min share of words that contain a letter (datatrove's name for it, kept for familiarity)."""
         self.min_stop_words = min_stop_words
-        """Min count of the Gopher stop words {the, be, to, of, and, that, have, with}."""
+        """Min count of the Gopher stop words {the, be, to, of, and, that, have, with}; applied to English and to
+        documents without a language label only."""
 
     def filter(self, doc: Document) -> FilterResult:
         text = doc.text
@@ -76,6 +80,8 @@ class GopherQualityFilter(BaseFilter):
         with_alpha = sum(1 for w in words if alpha_search(w))
         if with_alpha / n_words < self.max_non_alpha_words_ratio:
             return False, "too_few_alpha_words"
+        if doc.metadata.get("language", "en") not in STOP_WORD_LANGUAGES:
+            return True
         stops = STOP_WORDS
         if sum(1 for w in words if w in stops) < self.min_stop_words:
             return False, "too_few_stop_words"

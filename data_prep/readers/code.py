@@ -16,9 +16,13 @@ def iter_code_documents(
     """One Document per file; binary, non-UTF-8 and oversized files become dropped items with their reason."""
     for root in paths:
         for path in _files.walk_files(root, exclude):
-            rel = _files.rel_id(path, root)
-            text, err = _files.read_text_file(path, max_file_bytes)
-            meta = {"path": rel}
-            if err:
-                meta[READ_ERROR_KEY] = err
-            yield Document(id=rel, text=text or "", modality=CODE, source=str(path), metadata=meta)
+            yield code_document(path, _files.rel_id(path, root), max_file_bytes)
+
+
+def code_document(path: Path, rel: str, max_file_bytes: int = 1 << 20) -> Document:
+    """One source file (``rel``: its id); shared with the engine's reader."""
+    text, err = _files.read_text_file(path, max_file_bytes)
+    meta = {"path": rel}
+    if err:
+        meta[READ_ERROR_KEY] = err
+    return Document(id=rel, text=text or "", modality=CODE, source=str(path), metadata=meta)

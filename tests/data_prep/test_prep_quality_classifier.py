@@ -73,3 +73,49 @@ def test_bad_labels_are_reported(tmp_path):
         from data_prep.quality_head import resolve_backbone
 
         resolve_backbone(str(tmp_path))
+
+
+def test_minilm_encodes_through_sentence_transformers(head_dir):
+    from data_prep.quality_head import Encoder
+
+    enc = Encoder("minilm", max_length=64, device="cpu")
+    enc.embed(["x"])
+    assert type(enc._model).__name__ == "SentenceTransformer" and enc._model.max_seq_length == 64
+
+
+def test_sequence_classification_folder_scores_like_fineweb_edu(tmp_path):
+    """A Hugging Face *ForSequenceClassification folder with one regression logit (FineWeb-Edu's format) is a
+    quality model: its score is logits[:, 0]."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from data_prep.quality_head import resolve_backbone
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, num_labels=1, problem_type="regression")
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(tmp_path / "clf")
+    AutoTokenizer.from_pretrained(resolve_backbone("minilm")).save_pretrained(tmp_path / "clf")
+    texts = ["A short sentence about Python exceptions.", "Buy cheap sneakers now!", "Third one."]
+    tok = AutoTokenizer.from_pretrained(tmp_path / "clf")
+    with torch.no_grad():
+        want = model(**tok(texts, padding=True, return_tensors="pt")).logits[:, 0].tolist()
+    assert QualityHead(tmp_path / "clf", device="cpu", batch_size=2).scores(texts) == pytest.approx(want, abs=1e-5)
+    f = QualityClassifierFilter(tmp_path / "clf", threshold=-100.0, device="cpu")
+    assert f.filter_batch([doc(t) for t in texts]) == [True] * 3
+
+
+def test_trained_head_saved_as_sequence_classification_folder(head_dir):
+    """The head's hf/ folder loads with AutoModelForSequenceClassification and scores like the head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["A short sentence about Python exceptions.", "Buy cheap sneakers now, amazing deals!"]
+    hf = head_dir / "hf"
+    model = AutoModelForSequenceClassification.from_pretrained(hf, trust_remote_code=True).eval()
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+    tok = AutoTokenizer.from_pretrained(hf)
+    with torch.no_grad():
+        logits = model(**tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")).logits
+    assert logits[:, 0].tolist() == pytest.approx(QualityHead(head_dir, device="cpu").scores(texts), abs=1e-4)
