@@ -266,7 +266,8 @@ def verify_tag(tag_dir: str, *, trusted: bool = False) -> None:
     """Open the pickle of every .pt file of a tag folder (not its tensors) before anything loads it: a
     truncated or garbage file, or one that names callables outside the allowlist, is refused here with its
     name and the previous complete tag, on every rank alike (they read the same shared folder)."""
-    files = sorted(glob.glob(os.path.join(tag_dir, "*.pt")) + glob.glob(os.path.join(tag_dir, "zero", "*", "*.pt")))
+    files = sorted(glob.glob(os.path.join(tag_dir, "*.pt")) + glob.glob(os.path.join(tag_dir, "zero", "*.pt"))
+                   + glob.glob(os.path.join(tag_dir, "zero", "*", "*.pt")))
     if not files:
         raise CheckpointError(f"{tag_dir} holds no .pt files: it is not a complete checkpoint.{_fallback(tag_dir)}")
     for path in files:
