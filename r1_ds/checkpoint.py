@@ -327,8 +327,8 @@ def read_saved_checkpoint(load_dir: str, tag: str, *, trusted: bool = False) -> 
     first = os.path.join(path, "mp_rank_00_model_states.pt")
     layout = model_config = dtype = None
     if os.path.isfile(first):
-        with weights_only_loads(trusted):
-            state = torch.load(first, map_location="cpu", mmap=True)
+        with weights_only_loads(trusted):  # weights-only with the allowlist unless trusted
+            state = torch.load(first, map_location="cpu", mmap=True, weights_only=False)
         model_config = state.get("r1_model_config")
         if isinstance(state.get("ds_config"), dict):
             dtype = training_dtype(state["ds_config"])
@@ -417,12 +417,12 @@ def resolve_tag_dir(ckpt: str, tag: str | None = None) -> str:
 
 
 def _load_pt(path: str) -> dict:
-    """One checkpoint file, weights-only (export runs inside `weights_only_loads`); a file that does not
-    load is named, with the previous complete tag."""
+    """One checkpoint file, read inside `weights_only_loads` (weights-only unless the user trusts the
+    checkpoint); a file that does not load is named, with the previous complete tag."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except UnsafeFileError:
-        raise
+        return torch.load(path, map_location="cpu", weights_only=False)  # the guard makes it weights-only
+    except UnsafeFileError as err:
+        raise CheckpointError(f"{err}. Nothing of it was loaded. Fix: {TRUST_FIX}.") from None
     except Exception as err:  # noqa: BLE001 - zip, pickle and I/O errors all mean the same: unreadable
         raise CheckpointError(f"{path} does not load ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                               f"): truncated or corrupt.{_fallback(os.path.dirname(path))}") from None
@@ -454,7 +454,13 @@ def merge_tensor_ranks(per_rank: dict[int, dict], where: str) -> dict:
         raise CheckpointError(f"{where}: {err}") from None
 
 
-def hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
+def hf_state_dict(tag_dir: str, *, trusted: bool = False) -> tuple[dict, dict]:
+    """`_hf_state_dict` with every file read weights-only (`trusted`: unpickled as it is)."""
+    with weights_only_loads(trusted):
+        return _hf_state_dict(tag_dir)
+
+
+def _hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
     """(HF state dict in the training dtype, engine client state) from a tag folder: non-pipeline
     (mp_rank_XX_model_states.pt hold tensor rank XX's module), pipeline (layer_LL-model_XX-model_states.pt:
     pipe layer LL, tensor rank XX), or a ds_to_universal output (fp32 masters, tensor shards merged).
@@ -537,11 +543,7 @@ def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None 
     so a killed export leaves no partial folder and an old export at `out` is replaced whole."""
     tag_dir = resolve_tag_dir(ckpt, tag)
     verify_tag(tag_dir, trusted=trusted)
-    try:
-        with weights_only_loads(trusted):
-            sd, engine_state = hf_state_dict(tag_dir)
-    except UnsafeFileError as err:
-        raise CheckpointError(f"{err}. Nothing of it was loaded. Fix: {TRUST_FIX}.") from None
+    sd, engine_state = hf_state_dict(tag_dir, trusted=trusted)
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}{' ...' if len(bad) > 4 else ''}): the "

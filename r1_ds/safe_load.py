@@ -21,12 +21,14 @@ import torch
 
 def deepspeed_globals() -> list:
     """The non-builtin classes DeepSpeed 0.19.8 pickles into checkpoints: the ZeRO stage enum and fragment
-    addresses (ZeRO / bf16 optimizer shards) and the fp16 loss scalers (their state is plain numbers)."""
+    addresses (ZeRO / bf16 optimizer shards), the fp16 loss scalers (their state is plain numbers) and the
+    sub-parameter shapes of universal checkpoints (a dataclass of lists and ints)."""
+    from deepspeed.checkpoint.universal_checkpoint import SubparamShape
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler, SubparamShape]
 
 
 def allowed_names() -> set[str]:
