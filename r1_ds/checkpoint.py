@@ -424,8 +424,9 @@ def _load_pt(path: str) -> dict:
     except UnsafeFileError as err:
         raise CheckpointError(f"{err}. Nothing of it was loaded. Fix: {TRUST_FIX}.") from None
     except Exception as err:  # noqa: BLE001 - zip, pickle and I/O errors all mean the same: unreadable
-        raise CheckpointError(f"{path} does not load ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                              f"): truncated or corrupt.{_fallback(os.path.dirname(path))}") from None
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{path} does not load ({type(err).__name__}: {reason}): truncated or corrupt."
+                              f"{_fallback(os.path.dirname(path))}") from None
 
 
 def _model_config(engine_state: dict, where: str):

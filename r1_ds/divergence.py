@@ -52,10 +52,10 @@ class FiniteCheck:
         return bad[0] if bad else None
 
 
-def divergence_message(step: int, *, loss: float | None, last_good: str | None, ckpt_dir: str) -> str:
+def divergence_message(step: int, *, last_good: str | None, ckpt_dir: str) -> str:
     where = (f"the last good checkpoint is {last_good}" if last_good else
              f"no checkpoint was saved before it (in {ckpt_dir})")
-    return (f"training diverged: the loss or gradient norm is not finite at step {step}"
-            f"{f' (loss {loss})' if loss is not None else ''}; the run stops without saving these weights, and "
+    return (f"training diverged: the loss or gradient norm is not finite at step {step}; the run stops without "
+            f"saving these weights, and "
             f"{where}. Fix: resume from it with a lower learning rate (--lr), a longer warm-up (--warmup-steps) or "
             "gradient clipping, or check the data around that step.")

@@ -565,7 +565,7 @@ def train(cfg: TrainConfig):
             if finite.due(done) or save_now or done == total:  # never save weights of a diverged run
                 bad = finite.first_bad_step()
                 if bad is not None:
-                    raise DivergenceError(divergence_message(bad, loss=None, last_good=ckpt.last_good(ckpt_dir),
+                    raise DivergenceError(divergence_message(bad, last_good=ckpt.last_good(ckpt_dir),
                                                              ckpt_dir=ckpt_dir))
             if save_now:
                 ckpt.save(engine, ckpt_dir, done, client_state(done), keep=cfg.checkpoint.keep)

@@ -142,7 +142,8 @@ def test_export_refuses_nan_weights(tmp_path, four_steps):
     name = next(iter(state["module"]))
     state["module"][name].fill_(float("nan"))
     torch.save(state, path)
-    with pytest.raises(ckpt.CheckpointError, match=f"NaN or Inf.*{name}.*previous complete checkpoint is .*global_step2"):
+    with pytest.raises(ckpt.CheckpointError,
+                       match=f"NaN or Inf.*{name}.*previous complete checkpoint is .*global_step2"):
         ckpt.export_hf(str(run / "checkpoints"), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
@@ -160,10 +161,12 @@ def _ds_json(tmp_path, **changes) -> str:
 
 @pytest.mark.parametrize("changes, message", [
     ({"gradient_cliping": 1.0}, "unknown top-level key 'gradient_cliping'.*Did you mean 'gradient_clipping'"),
-    ({"zero_optimisation": {"stage": 1}}, "unknown top-level key 'zero_optimisation'.*Did you mean 'zero_optimization'"),
+    ({"zero_optimisation": {"stage": 1}},
+     "unknown top-level key 'zero_optimisation'.*Did you mean 'zero_optimization'"),
     ({"zero_optimization": {"stage": 1, "offload_optimizer": {"devce": "cpu"}}},
      "'zero_optimization.offload_optimizer.devce'.*Did you mean 'device'"),
-    ({"fp16": {"enabled": False, "initial_scale_pwr": 8}}, "'fp16.initial_scale_pwr'.*Did you mean 'initial_scale_power'"),
+    ({"fp16": {"enabled": False, "initial_scale_pwr": 8}},
+     "'fp16.initial_scale_pwr'.*Did you mean 'initial_scale_power'"),
     ({"optimizer": {"type": "AdamW", "parms": {"lr": 1e-3}}}, "'optimizer.parms'.*Did you mean 'params'"),
     ({"optimizer": {"type": "AdamW", "params": {"lr": -1e-3}}}, r"optimizer.params.lr=-0.001 must be a number > 0"),
 ])
@@ -265,8 +268,8 @@ def test_a_rank_exits_when_its_launcher_is_killed(tmp_path, kill):
     # the chain, built explicitly: runner (argv names deepspeed) -> launch (argv names launch) -> rank
     launch_code = ("import subprocess, sys, time, os; subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
                    "env={**os.environ, 'LOCAL_RANK': '0'}); time.sleep(60)")
-    runner_code = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2], "
-                   "'deepspeed.launcher.launch']); print(p.pid, flush=True); time.sleep(60)")
+    runner_code = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', sys.argv[1], "
+                   "sys.argv[2], 'deepspeed.launcher.launch']); print(p.pid, flush=True); time.sleep(60)")
     runner = subprocess.Popen([sys.executable, "-c", runner_code, launch_code, PRELUDE + rank, "deepspeed"],
                               stdout=subprocess.PIPE, text=True)
     launch_pid = int(runner.stdout.readline())
