@@ -13,14 +13,19 @@ All runs: tests/one_process.py (tiny model, world of one, 6 steps, checkpoint ev
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from r1_ds import checkpoint as ckpt
-from tests.one_process import config, losses, train_once
+from tests.one_process import TINY, losses, train_once
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Killed(BaseException):
@@ -77,6 +82,29 @@ def test_kill_mid_step_then_resume_equals_the_uninterrupted_run(tmp_path, monkey
     saved = (kill_step - 1) // 2 * 2
     assert ckpt.read_latest(str(tmp_path / "checkpoints")) == (f"global_step{saved}" if saved else None)
     _resume_and_compare(tmp_path, reference)
+
+
+def test_sigkill_of_a_real_run_then_resume_equals_the_uninterrupted_run(tmp_path, reference):
+    """The same as above with a real process and a real SIGKILL (at the start of step 5): what the in-process
+    kills simulate is what a killed `python -m r1_ds.train` leaves."""
+    args = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")] + ["--output-dir", str(tmp_path)]
+    die_at_step_5 = ("import os, signal, sys, r1_ds.train as t; real = t.train_step_data_parallel; calls = []\n"
+                     "def step(*a):\n    calls.append(1)\n    if len(calls) == 5: os.kill(os.getpid(), signal.SIGKILL)\n"
+                     "    return real(*a)\n"
+                     "t.train_step_data_parallel = step; sys.exit(t.main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": ROOT, "DS_ACCELERATOR": "cpu"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # a world of its own
+        env.pop(key, None)
+    killed = subprocess.run([sys.executable, "-c", die_at_step_5, *args], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert ckpt.read_latest(str(tmp_path / "checkpoints")) == "global_step4"
+    resumed = subprocess.run([sys.executable, "-m", "r1_ds.train", *args], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path) == reference["losses"]
+    for name, value in reference["weights"].items():
+        assert torch.equal(_weights(tmp_path, "global_step6")[name], value), name
 
 
 # ----------------------------------------------------------------------------- kills during a save

@@ -176,6 +176,20 @@ def test_deepspeed_json_typos_and_a_negative_lr_are_refused(tmp_path, changes, m
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_a_user_error_ends_the_command_with_exit_code_2_and_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "r1_ds.train", "--deepspeed_config",
+                           _ds_json(tmp_path, zero_optimization={"stage": 0, "overlap_com": True}),
+                           "--output-dir", str(tmp_path / "run"), "--no-progress"],
+                          env={**env, "PYTHONPATH": ROOT, "DS_ACCELERATOR": "cpu"}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "unknown key 'zero_optimization.overlap_com'" in errors[0] and "Did you mean 'overlap_comm'" in errors[0]
+
+
 def test_every_shipped_deepspeed_json_passes_the_key_check():
     from r1_ds.ds_schema import check_deepspeed_keys
 
