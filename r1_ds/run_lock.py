@@ -1,7 +1,7 @@
 """One run per output folder, and no rank outliving its launcher.
 
-`RunLock`: rank 0 holds an exclusive `flock` on `<output_dir>/run.lock` for the whole run and writes its
-pid and host into it. The kernel drops the lock when the process dies however it dies (kill -9 included),
+`RunLock`: rank 0 holds an exclusive `flock` on `<output_dir>/run.lock` (and on `<checkpoint.dir>/run.lock`
+when the checkpoints live elsewhere) for the whole run and writes its pid and host into it. The kernel drops the lock when the process dies however it dies (kill -9 included),
 so a dead run never leaves the folder stuck: the next run takes the lock over and logs whose it was. A
 second live run into the same folder is refused with the holder's pid and host.
 
@@ -57,7 +57,7 @@ class RunLock:
             raise RunLockError(
                 f"{os.path.dirname(self.path)} is in use by another run (pid {holder.get('pid')} on host "
                 f"{holder.get('host')}, since {holder.get('started')}); two runs would interleave their checkpoints. "
-                "Fix: wait for that run or stop it, or pass another --output-dir.") from None
+                "Fix: wait for that run or stop it, or pass another --output-dir (--checkpoint-dir).") from None
         previous = _read(fd)
         if previous.get("pid"):
             log.warning("took over %s from run pid %s on host %s, which is no longer running", self.path,
@@ -80,14 +80,23 @@ class RunLock:
         self._fd = None
 
 
-def lock_output_folder(out_dir: str, *, rank: int) -> RunLock | None:
-    """Rank 0 takes the folder's lock; every rank raises the same RunLockError when it is held (collective)."""
-    lock, message = None, None
+def lock_run_folders(out_dir: str, ckpt_dir: str, *, rank: int) -> list[RunLock]:
+    """Rank 0 locks the output folder, and the checkpoint folder too when it lies outside it (two runs with
+    their own output folders must not share one either); every rank raises the same RunLockError when one is
+    held (collective). Returns rank 0's locks (none on the other ranks)."""
+    folders = [out_dir]
+    if os.path.relpath(os.path.realpath(ckpt_dir), os.path.realpath(out_dir)).startswith(os.pardir):
+        folders.append(ckpt_dir)
+    locks, message = [], None
     if rank == 0:
         try:
-            lock = RunLock(out_dir).acquire()
+            for folder in folders:
+                locks.append(RunLock(folder).acquire())
         except RunLockError as err:
             message = str(err)
+            for lock in locks:
+                lock.release()
+            locks = []
     import torch.distributed as tdist
 
     if tdist.is_initialized() and tdist.get_world_size() > 1:
@@ -96,7 +105,7 @@ def lock_output_folder(out_dir: str, *, rank: int) -> RunLock | None:
         message = box[0]
     if message:
         raise RunLockError(message)
-    return lock
+    return locks
 
 
 def _read(fd: int) -> dict:

@@ -379,11 +379,11 @@ def train(cfg: TrainConfig):
     from . import checkpoint as ckpt
     from .precision import training_dtype
     from .resume_checks import check_same_model, check_same_precision, rebuild_schedule
-    from .run_lock import lock_output_folder
+    from .run_lock import lock_run_folders
 
     ckpt.check_output_folder(out_dir, "output folder")
     ckpt.check_output_folder(ckpt_dir, "checkpoint folder")
-    run_lock = lock_output_folder(out_dir, rank=rank)
+    run_locks = lock_run_folders(out_dir, ckpt_dir, rank=rank)
 
     # ---- which checkpoint to resume from, and whether its files, layout and precision fit this run (before
     # DeepSpeed reads it); a ds_to_universal folder is loaded with DeepSpeed's load_universal, set here to match
@@ -573,8 +573,8 @@ def train(cfg: TrainConfig):
             ckpt.save(engine, ckpt_dir, total, client_state(total), keep=cfg.checkpoint.keep)
     finally:
         metrics.close()
-        if run_lock is not None:
-            run_lock.release()
+        for lock in run_locks:
+            lock.release()
     log0("done: %d steps, checkpoints in %s, metrics in %s", total, ckpt_dir, metrics.path)
     return engine
 

@@ -264,6 +264,9 @@ def test_one_run_per_output_folder_and_a_killed_runs_lock_is_taken_over(tmp_path
         with pytest.raises(RunLockError, match=f"in use by another run \\(pid {holder.pid} on host"):
             train_once(tmp_path)
         assert not (tmp_path / "metrics.jsonl").exists()
+        with pytest.raises(RunLockError, match=f"in use by another run \\(pid {holder.pid}"):
+            train_once(tmp_path / "other", checkpoint__dir=str(tmp_path))  # the held folder as checkpoint.dir
+        assert not (tmp_path / "other" / "metrics.jsonl").exists()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
