@@ -17,7 +17,7 @@ import difflib
 from .config import ConfigError
 
 OURS = {"r1_compression", "apex"}  # read and removed by r1-ds before DeepSpeed sees the JSON
-READ_ELSEWHERE = {"vocabulary_size"}  # read by DeepSpeedConfig outside _initialize_params
+READ_ELSEWHERE = {"vocabulary_size", "sequence_parallel_size", "data_parallel_size"}  # read outside _initialize_params
 KEY_BY_KEY = {"optimizer", "scheduler"}  # plain-dict sections whose every key DeepSpeed reads by name
 
 
