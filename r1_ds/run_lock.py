@@ -6,21 +6,19 @@ so a dead run never leaves the folder stuck: the next run takes the lock over an
 second live run into the same folder is refused with the holder's pid and host.
 
 `exit_with_launcher`: a rank started by `deepspeed`, `torchrun` or `accelerate launch` ends when that
-launcher dies. The kernel sends SIGTERM on the death of the direct parent (prctl PR_SET_PDEATHSIG, Linux);
-a daemon thread also watches the launcher processes above it (the `deepspeed` runner sits one level above
-its per-node `deepspeed.launcher.launch`, which survives the runner's death) and ends the rank when one of
-them is gone. Checkpoints are atomic, so ending a rank at any point loses at most the steps since the last
+launcher dies. A daemon thread watches the parent and the launcher processes above it (the `deepspeed`
+runner sits one level above its per-node `deepspeed.launcher.launch`, which survives the runner's death)
+and ends the rank when one of them is gone. (prctl's PR_SET_PDEATHSIG is not used: it fires when the
+parent *thread* that started the rank exits, which a launcher may do while it lives on.) Checkpoints are atomic, so ending a rank at any point loses at most the steps since the last
 save.
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -119,7 +117,6 @@ def _read(fd: int) -> dict:
 # ----------------------------------------------------------------------------- launcher watchdog
 
 _LAUNCHER_WORDS = ("deepspeed", "torchrun", "torch.distributed", "accelerate", "mpirun", "mpiexec", "launch")
-PR_SET_PDEATHSIG = 1
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -166,11 +163,6 @@ def exit_with_launcher(interval_s: float = 1.0) -> threading.Thread | None:
     on Linux. Returns the watchdog thread."""
     if not launched() or not os.path.isdir("/proc"):
         return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # the watchdog below still covers it
     chain = launcher_chain()
     if not chain:
         return None

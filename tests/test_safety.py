@@ -278,7 +278,7 @@ def test_one_run_per_output_folder_and_a_killed_runs_lock_is_taken_over(tmp_path
 @pytest.mark.parametrize("kill", ["runner", "direct parent"])
 def test_a_rank_exits_when_its_launcher_is_killed(tmp_path, kill):
     """runner ('deepspeed') -> launch ('deepspeed.launcher.launch') -> rank; SIGKILL the runner (the launch
-    process lives on, orphaned: the watchdog ends the rank) or the direct parent (PR_SET_PDEATHSIG)."""
+    process lives on, orphaned) or the direct parent; the rank's watchdog ends it either way."""
     pid_file = tmp_path / "rank.pid"
     rank = ("run_lock.exit_with_launcher(interval_s=0.2); "
             f"open({str(pid_file)!r}, 'w').write(str(__import__('os').getpid())); time.sleep(60)")
