@@ -17,6 +17,13 @@ save puts an aside folder back if a crash left its tag missing. `keep` prunes on
 the one just saved, so resuming from an older tag never deletes the checkpoint `latest` names.
 Needs one file system shared by all ranks (as DeepSpeed itself does).
 
+Reading: every .pt file of a tag is opened (its pickle, not its tensors) before anything loads it
+(`verify_tag`: a damaged file is named with the previous complete tag), and every load, DeepSpeed's
+included, is weights-only with an allowlist (r1_ds.safe_load) unless the user trusts the checkpoint.
+`resume: auto` falls back to the newest complete tag when `latest` is unusable. A save that fails to
+write (a full disk) removes its temp folder. Export builds the HF folder under a temp name and renames
+it into place (`export_folder`).
+
 Resume with another layout (pipe x tensor x data): `check_resume_layout` decides, before DeepSpeed
 loads anything, whether the saved files fit this run, and otherwise says how to convert them
 (`ds_to_universal`) or export them. Export merges tensor-parallel shards into one HF state dict.
