@@ -35,14 +35,14 @@ class MetricsWriter:
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
-        self._file = open(self.path, "a+")
-        self._file.seek(0, os.SEEK_END)
-        if self._file.tell() > 0:  # a killed run may have left a partial last line: end it, keep records apart
-            self._file.seek(self._file.tell() - 1)
-            last = self._file.read(1)
-            self._file.seek(0, os.SEEK_END)
-            if last != "\n":
-                self._file.write("\n")
+        partial = False  # a killed run may have left a partial last line: end it, keep the records apart
+        if os.path.isfile(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                partial = f.read(1) != b"\n"
+        self._file = open(self.path, "a")
+        if partial:
+            self._file.write("\n")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
