@@ -558,6 +558,7 @@ def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None 
                               f"run had diverged when it saved this checkpoint.{_fallback(tag_dir)}")
     out = os.path.abspath(out)
     check_output_folder(out, "export folder")
+    _check_replaceable(out)
     with export_folder(out) as tmp:
         _write_hf_folder(tmp, sd, engine_state, tag_dir=tag_dir, dtype=dtype)
     log0("exported %s (step %s) to %s", tag_dir, engine_state.get("global_steps"), out)
@@ -582,6 +583,15 @@ def check_output_folder(path: str, what: str) -> None:
     except OSError as err:
         raise CheckpointError(f"{what} {path}: {parent} is not writable ({err.strerror}). Fix: choose a writable "
                               "folder, or change its permissions / mount.") from None
+
+
+def _check_replaceable(out: str) -> None:
+    """An existing `out` is replaced whole by the export: only an empty folder or a model folder (one with
+    config.json) may be, never a folder of other files."""
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "config.json")):
+        raise CheckpointError(f"export folder {out} exists and is not a model folder (no config.json; it holds "
+                              f"{sorted(os.listdir(out))[:5]}): the export would replace it whole. Fix: pass a new or "
+                              "empty folder, or an earlier export to replace.")
 
 
 @contextmanager

@@ -219,6 +219,14 @@ def test_output_folder_that_is_a_file_or_read_only_is_refused_at_start_up(tmp_pa
         subprocess.run(["chattr", "-i", str(ro)], check=True)
 
 
+def test_export_never_replaces_a_folder_that_is_not_a_model(tmp_path, four_steps):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ckpt.CheckpointError, match=r"notes exists and is not a model folder .*\['todo.txt'\]"):
+        ckpt.export_hf(str(four_steps / "checkpoints"), str(tmp_path / "notes"))
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
 def test_negative_seq_len_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"data.seq_len \(--seq-len\)=-5: must be an integer >= 2"):
         train_once(tmp_path, data__seq_len=-5)
