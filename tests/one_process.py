@@ -27,27 +27,16 @@ def config(out_dir: str, **overrides):
                                     **{k.replace("__", "."): v for k, v in overrides.items()}})
 
 
-_RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
 def train_once(out_dir: str, **overrides):
     """Train into `out_dir`; returns the engine. The rank variables that `init_distributed` sets for a world of
-    one are removed again afterwards: processes that later tests start would inherit them (and this process's
-    store port)."""
+    one are removed again afterwards (os.environ is restored): processes that later tests start would inherit
+    them, and this process's store port."""
     from unittest import mock
 
     from r1_ds.train import train
 
-    before = {k: os.environ.get(k) for k in _RANK_ENV}
-    try:
-        with mock.patch("r1_ds.run_lock.exit_with_launcher", lambda: None):
-            return train(config(out_dir, **overrides))
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with mock.patch.dict(os.environ), mock.patch("r1_ds.run_lock.exit_with_launcher", lambda: None):
+        return train(config(out_dir, **overrides))
 
 
 def losses(out_dir: str) -> dict[int, float]:
