@@ -17,6 +17,13 @@ save puts an aside folder back if a crash left its tag missing. `keep` prunes on
 the one just saved, so resuming from an older tag never deletes the checkpoint `latest` names.
 Needs one file system shared by all ranks (as DeepSpeed itself does).
 
+Reading: every .pt file of a tag is opened (its pickle, not its tensors) before anything loads it
+(`verify_tag`: a damaged file is named with the previous complete tag), and every load, DeepSpeed's
+included, is weights-only with an allowlist (r1_ds.safe_load) unless the user trusts the checkpoint.
+`resume: auto` falls back to the newest complete tag when `latest` is unusable. A save that fails to
+write (a full disk) removes its temp folder. Export builds the HF folder under a temp name and renames
+it into place (`export_folder`).
+
 Resume with another layout (pipe x tensor x data): `check_resume_layout` decides, before DeepSpeed
 loads anything, whether the saved files fit this run, and otherwise says how to convert them
 (`ds_to_universal`) or export them. Export merges tensor-parallel shards into one HF state dict.
@@ -29,6 +36,8 @@ import logging
 import os
 import re
 import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +45,7 @@ import torch
 from data_prep.atomic import TMP_PREFIX, atomic_write_text, fsync_dir  # the one implementation of atomic writes
 
 from .metrics import log0
+from .safe_load import UnsafeFileError, unsafe_globals, weights_only_loads
 
 log = logging.getLogger("r1_ds.checkpoint")
 
@@ -61,12 +71,54 @@ def write_latest(save_dir: str, tag: str) -> None:
 
 
 def read_latest(save_dir: str) -> str | None:
+    """The tag `latest` names; None when it is missing, empty or unreadable (see `latest_problem`)."""
     path = os.path.join(save_dir, "latest")
-    if not os.path.isfile(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            tag = f.read().strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    with open(path) as f:
-        tag = f.read().strip()
     return tag or None
+
+
+def latest_problem(save_dir: str) -> str:
+    """Why `read_latest` gave None, in words."""
+    path = os.path.join(save_dir, "latest")
+    if not os.path.lexists(path):
+        return "is missing"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return "is empty" if not f.read().strip() else "is readable"
+    except (OSError, UnicodeDecodeError) as err:
+        return f"is unreadable ({err})"
+
+
+def is_complete(tag_dir: str) -> bool:
+    """A tag folder that a finished save renamed into place holds the engine state of tensor rank 0."""
+    return os.path.isfile(os.path.join(tag_dir, "mp_rank_00_model_states.pt"))
+
+
+def complete_tags(save_dir: str) -> list[str]:
+    """`list_tags` restricted to complete folders, oldest first."""
+    return [t for t in list_tags(save_dir) if is_complete(os.path.join(save_dir, t))]
+
+
+def last_good(save_dir: str) -> str | None:
+    """The complete tag folder `latest` names (else the newest complete one), or None."""
+    tag = read_latest(save_dir)
+    if tag is not None and is_complete(os.path.join(save_dir, tag)):
+        return os.path.join(save_dir, tag)
+    complete = complete_tags(save_dir)
+    return os.path.join(save_dir, complete[-1]) if complete else None
+
+
+def previous_complete(tag_dir: str) -> str | None:
+    """The newest complete tag folder older than `tag_dir` in the same checkpoint folder, if any."""
+    save_dir, tag = os.path.split(os.path.abspath(tag_dir))
+    if not re.fullmatch(r"global_step\d+", tag):
+        return None
+    older = [t for t in complete_tags(save_dir) if step_of(t) < step_of(tag)]
+    return os.path.join(save_dir, older[-1]) if older else None
 
 
 def list_tags(save_dir: str) -> list[str]:
@@ -114,10 +166,19 @@ def save(engine, save_dir: str, step: int, client_state: dict, *, keep: int = 0)
         os.makedirs(save_dir, exist_ok=True)
         _clean_leftovers(save_dir)
     dist.barrier()
-    engine.save_checkpoint(save_dir, tag=tmp_tag, client_state={**client_state, "universal_checkpoint_info":
-                                                                  client_state.get("universal_checkpoint_info",
-                                                                                   UNIVERSAL_INFO)},
-                           save_latest=False)
+    try:
+        engine.save_checkpoint(save_dir, tag=tmp_tag, client_state={**client_state, "universal_checkpoint_info":
+                                                                      client_state.get("universal_checkpoint_info",
+                                                                                       UNIVERSAL_INFO)},
+                               save_latest=False)
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "write" not in str(err):  # torch.save's "file write failed"
+            raise
+        shutil.rmtree(os.path.join(save_dir, tmp_tag), ignore_errors=True)  # frees the space it took
+        prev = last_good(save_dir)
+        raise CheckpointError(f"saving the checkpoint of step {step} to {save_dir} failed ({err}); the partial "
+                              f"folder was removed and {prev or 'no earlier checkpoint'} stays the one to resume from. "
+                              "Fix: free disk space (or choose a checkpoint.dir with room), then resume.") from None
     dist.barrier()  # every rank's files are in the temp folder
     final = os.path.join(save_dir, tag)
     if rank0:
@@ -146,10 +207,7 @@ def find_resume(save_dir: str, resume: str) -> tuple[str, str] | None:
     if resume in ("none", "", None):
         return None
     if resume == "auto":
-        tag = read_latest(save_dir)
-        if tag is None:
-            return None
-        return save_dir, _existing_tag(save_dir, tag)
+        return _auto_resume(save_dir)
     path = os.path.abspath(resume)
     if os.path.isfile(os.path.join(path, "latest")):
         tag = read_latest(path)
@@ -163,6 +221,29 @@ def find_resume(save_dir: str, resume: str) -> tuple[str, str] | None:
                           "tag folder (with mp_rank_*_model_states.pt). Fix: pass one of those, \"auto\" or \"none\".")
 
 
+def _auto_resume(save_dir: str) -> tuple[str, str] | None:
+    """`latest` when it names a complete tag; otherwise the newest complete tag, with a warning (a missing,
+    empty or unreadable `latest` never restarts a run from step 0 over its own checkpoints); None only
+    when the folder holds no checkpoint at all."""
+    tag = read_latest(save_dir)
+    if tag is not None and is_complete(os.path.join(save_dir, tag)):
+        return save_dir, tag
+    if tag is not None and os.path.isdir(os.path.join(save_dir, ASIDE_PREFIX + tag)):
+        _existing_tag(save_dir, tag)  # raises: an interrupted re-save, whose folder is to be renamed back
+    complete = complete_tags(save_dir)
+    problem = f"names {tag!r}, which is not a complete checkpoint" if tag is not None else latest_problem(save_dir)
+    if complete:
+        log0("checkpoint folder %s: `latest` %s; resuming from the newest complete checkpoint %s", save_dir,
+             problem, complete[-1], level=logging.WARNING)
+        return save_dir, complete[-1]
+    if tag is None and not list_tags(save_dir):
+        return None  # a new run
+    raise CheckpointError(f"{save_dir}/latest {problem}, and no global_step* folder there is complete (holds "
+                          f"mp_rank_00_model_states.pt): {list_tags(save_dir)}. Fix: restore the checkpoint, or move "
+                          "the folder away / set checkpoint.resume=none to start a new run (it would overwrite "
+                          "these folders).")
+
+
 def _existing_tag(save_dir: str, tag: str) -> str:
     """`tag` (read from `save_dir`/latest), or a CheckpointError when its folder is missing."""
     if os.path.isdir(os.path.join(save_dir, tag)):
@@ -174,9 +255,47 @@ def _existing_tag(save_dir: str, tag: str) -> str:
     raise CheckpointError(f"{save_dir}/latest names {tag!r}, which does not exist. Fix: {fix}.")
 
 
-def load(engine, load_dir: str, tag: str) -> dict:
-    """Load weights, optimizer, scheduler and engine counters; return the client state."""
-    path, client_state = engine.load_checkpoint(load_dir, tag=tag)
+TRUST_FIX = ("if you trust where this checkpoint comes from, pass --trust-checkpoint (checkpoint.trust=true), "
+             "which unpickles it as it is")
+
+
+def _fallback(tag_dir: str) -> str:
+    """What to do instead of loading `tag_dir`: the previous complete tag, if there is one."""
+    prev = previous_complete(tag_dir)
+    if prev is None:
+        return " No earlier complete checkpoint exists in that folder. Fix: restore the file from a copy, or start a " \
+               "new run (checkpoint.resume=none, another output folder)."
+    return (f" The previous complete checkpoint is {prev}. Fix: resume from it (checkpoint.resume={prev}) or export "
+            f"it (r1-ds export {prev} OUT), or restore the file from a copy.")
+
+
+def verify_tag(tag_dir: str, *, trusted: bool = False) -> None:
+    """Open the pickle of every .pt file of a tag folder (not its tensors) before anything loads it: a
+    truncated or garbage file, or one that names callables outside the allowlist, is refused here with its
+    name and the previous complete tag, on every rank alike (they read the same shared folder)."""
+    files = sorted(glob.glob(os.path.join(tag_dir, "*.pt")) + glob.glob(os.path.join(tag_dir, "zero", "*.pt"))
+                   + glob.glob(os.path.join(tag_dir, "zero", "*", "*.pt")))
+    if not files:
+        raise CheckpointError(f"{tag_dir} holds no .pt files: it is not a complete checkpoint.{_fallback(tag_dir)}")
+    for path in files:
+        try:
+            names = unsafe_globals(path)
+        except Exception as err:  # noqa: BLE001 - zip, pickle and I/O errors all mean the same: unreadable
+            reason = str(err).split(". ")[0].split("\n")[0]
+            raise CheckpointError(f"{path} is not a readable checkpoint file ({type(err).__name__}: {reason}): "
+                                  f"truncated or corrupt.{_fallback(tag_dir)}") from None
+        if names and not trusted:
+            raise CheckpointError(f"{UnsafeFileError(path, names)}. Nothing of it was loaded. Fix: {TRUST_FIX}.")
+
+
+def load(engine, load_dir: str, tag: str, *, trusted: bool = False) -> dict:
+    """Load weights, optimizer, scheduler and engine counters (DeepSpeed's reads weights-only, see
+    r1_ds.safe_load); return the client state."""
+    try:
+        with weights_only_loads(trusted):
+            path, client_state = engine.load_checkpoint(load_dir, tag=tag)
+    except UnsafeFileError as err:
+        raise CheckpointError(f"{err}. Nothing of it was loaded. Fix: {TRUST_FIX}.") from None
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {os.path.join(load_dir, tag)}. Fix: check the folder is "
                               "complete, or start fresh with checkpoint.resume=none.")
@@ -195,6 +314,8 @@ class SavedCheckpoint:
     layout: tuple[int, int, int] | None  # (pipe, tensor, data) of the run that saved it; None: unknown
     universal: bool  # a ds_to_universal output (zero/<param>/fp32.pt): loads into any layout of its kind
     optimizer_shards: bool  # *_optim_states.pt files (ZeRO >= 1 or bf16): ds_to_universal can convert it
+    model_config: dict | None = None  # r1_model_config of the run that saved it
+    dtype: str | None = None  # its training dtype ("bf16", "fp16", "fp32"), from the saved DeepSpeed config
 
 
 def _layout_str(layout) -> str:
@@ -202,25 +323,30 @@ def _layout_str(layout) -> str:
     return f"pipe={pipe} x tensor={tensor} x data={data}"
 
 
-def read_saved_checkpoint(load_dir: str, tag: str) -> SavedCheckpoint:
+def read_saved_checkpoint(load_dir: str, tag: str, *, trusted: bool = False) -> SavedCheckpoint:
     """The saved layout (client state `r1_layout`; older checkpoints: the saved training config and
-    DeepSpeed's dp_world_size) from mp_rank_00_model_states.pt, memory-mapped so that a large
-    non-pipeline module is not read."""
+    DeepSpeed's dp_world_size), model config and dtype from mp_rank_00_model_states.pt, memory-mapped so
+    that a large non-pipeline module is not read; every file of the tag is checked first (`verify_tag`)."""
+    from .precision import training_dtype
+
     path = os.path.join(load_dir, tag)
+    verify_tag(path, trusted=trusted)
     first = os.path.join(path, "mp_rank_00_model_states.pt")
-    layout = None
+    layout = model_config = dtype = None
     if os.path.isfile(first):
-        try:
+        with weights_only_loads(trusted):  # weights-only with the allowlist unless trusted
             state = torch.load(first, map_location="cpu", mmap=True, weights_only=False)
-        except RuntimeError:  # saved without the zip format: no memory map
-            state = torch.load(first, map_location="cpu", weights_only=False)
+        model_config = state.get("r1_model_config")
+        if isinstance(state.get("ds_config"), dict):
+            dtype = training_dtype(state["ds_config"])
         if isinstance(state.get("r1_layout"), dict):
             layout = tuple(int(state["r1_layout"][k]) for k in ("pipe", "tensor", "data"))
         elif isinstance(state.get("r1_train_config"), dict) and "dp_world_size" in state:
             par = state["r1_train_config"].get("parallel", {})
             layout = (int(par.get("pipe", 1)), int(par.get("tensor", 1)), int(state["dp_world_size"]))
     return SavedCheckpoint(path=path, layout=layout, universal=os.path.isdir(os.path.join(path, "zero")),
-                           optimizer_shards=bool(glob.glob(os.path.join(path, "*optim_states.pt"))))
+                           optimizer_shards=bool(glob.glob(os.path.join(path, "*optim_states.pt"))),
+                           model_config=model_config, dtype=dtype)
 
 
 def check_resume_layout(saved: SavedCheckpoint, *, pipe: int, tensor: int, data: int, zero_stage: int) -> None:
@@ -298,7 +424,16 @@ def resolve_tag_dir(ckpt: str, tag: str | None = None) -> str:
 
 
 def _load_pt(path: str) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """One checkpoint file, read inside `weights_only_loads` (weights-only unless the user trusts the
+    checkpoint); a file that does not load is named, with the previous complete tag."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # the guard makes it weights-only
+    except UnsafeFileError as err:
+        raise CheckpointError(f"{err}. Nothing of it was loaded. Fix: {TRUST_FIX}.") from None
+    except Exception as err:  # noqa: BLE001 - zip, pickle and I/O errors all mean the same: unreadable
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{path} does not load ({type(err).__name__}: {reason}): truncated or corrupt."
+                              f"{_fallback(os.path.dirname(path))}") from None
 
 
 def _model_config(engine_state: dict, where: str):
@@ -327,7 +462,13 @@ def merge_tensor_ranks(per_rank: dict[int, dict], where: str) -> dict:
         raise CheckpointError(f"{where}: {err}") from None
 
 
-def hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
+def hf_state_dict(tag_dir: str, *, trusted: bool = False) -> tuple[dict, dict]:
+    """`_hf_state_dict` with every file read weights-only (`trusted`: unpickled as it is)."""
+    with weights_only_loads(trusted):
+        return _hf_state_dict(tag_dir)
+
+
+def _hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
     """(HF state dict in the training dtype, engine client state) from a tag folder: non-pipeline
     (mp_rank_XX_model_states.pt hold tensor rank XX's module), pipeline (layer_LL-model_XX-model_states.pt:
     pipe layer LL, tensor rank XX), or a ds_to_universal output (fp32 masters, tensor shards merged).
@@ -401,14 +542,85 @@ def _universal_state_dict(tag_dir: str, engine_state: dict) -> dict:
     return sd
 
 
-def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None = None) -> str:
+def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None = None,
+              trusted: bool = False) -> str:
     """Write a Hugging Face folder (config.json, model.safetensors, model code, tokenizer when the run
     had one) that `AutoModelForCausalLM.from_pretrained` loads; returns `out`. Any layout (pipe x tensor
-    x data) gives one folder: tensor shards are merged, data replicas are one copy."""
+    x data) gives one folder: tensor shards are merged, data replicas are one copy. Files are read
+    weights-only (`trusted`: as they are). The folder is built under a temp name and renamed into place,
+    so a killed export leaves no partial folder and an old export at `out` is replaced whole."""
+    tag_dir = resolve_tag_dir(ckpt, tag)
+    verify_tag(tag_dir, trusted=trusted)
+    sd, engine_state = hf_state_dict(tag_dir, trusted=trusted)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}{' ...' if len(bad) > 4 else ''}): the "
+                              f"run had diverged when it saved this checkpoint.{_fallback(tag_dir)}")
+    out = os.path.abspath(out)
+    check_output_folder(out, "export folder")
+    _check_replaceable(out)
+    with export_folder(out) as tmp:
+        _write_hf_folder(tmp, sd, engine_state, tag_dir=tag_dir, dtype=dtype)
+    log0("exported %s (step %s) to %s", tag_dir, engine_state.get("global_steps"), out)
+    return out
+
+
+def check_output_folder(path: str, what: str) -> None:
+    """A folder to write to, checked before any work: refused, with the fix, when it is a file or when its
+    nearest existing folder cannot be written (a probe file is created and removed: permission bits do not
+    tell for root or for a read-only mount)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CheckpointError(f"{what} {path} is a file. Fix: pass a folder path (or remove the file).")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CheckpointError(f"{what} {path}: {parent} is a file, not a folder. Fix: choose another path.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX + "write-probe.", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise CheckpointError(f"{what} {path}: {parent} is not writable ({err.strerror}). Fix: choose a writable "
+                              "folder, or change its permissions / mount.") from None
+
+
+def _check_replaceable(out: str) -> None:
+    """An existing `out` is replaced whole by the export: only an empty folder or a model folder (one with
+    config.json) may be, never a folder of other files."""
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "config.json")):
+        raise CheckpointError(f"export folder {out} exists and is not a model folder (no config.json; it holds "
+                              f"{sorted(os.listdir(out))[:5]}): the export would replace it whole. Fix: pass a new or "
+                              "empty folder, or an earlier export to replace.")
+
+
+@contextmanager
+def export_folder(out: str):
+    """A temp folder beside `out`; on success the old `out` (if any) is moved aside, the temp folder renamed
+    to `out`, and the old one deleted. On any failure the temp folder is removed and `out` is untouched."""
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + os.path.basename(out) + ".", dir=parent)
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        old = None
+        if os.path.exists(out):
+            old = tempfile.mkdtemp(prefix=ASIDE_PREFIX + os.path.basename(out) + ".", dir=parent)
+            os.rmdir(old)
+            os.rename(out, old)
+        os.rename(tmp, out)
+        fsync_dir(parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_hf_folder(out: str, sd: dict, engine_state: dict, *, tag_dir: str, dtype: str | None) -> None:
     from .model import R1ForCausalLM
 
-    tag_dir = resolve_tag_dir(ckpt, tag)
-    sd, engine_state = hf_state_dict(tag_dir)
     config = _model_config(engine_state, tag_dir)
     train_dtype = next(iter(sd.values())).dtype
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: train_dtype}[dtype]
@@ -428,7 +640,6 @@ def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None 
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
     model.config._attn_implementation = "eager"  # the reference; `from_pretrained(..., attn_implementation=...)` may change it
-    os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok = engine_state.get("r1_tokenizer_dir")
     if tok and os.path.isdir(tok):
@@ -438,6 +649,3 @@ def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None 
         log0("copied the tokenizer from %s", tok)
     elif tok:
         log.warning("the run's tokenizer %s is gone; the export has no tokenizer", tok)
-    log0("exported %s (%s, step %s) to %s", tag_dir, str(torch_dtype).replace("torch.", ""),
-         engine_state.get("global_steps"), out)
-    return out

@@ -105,6 +105,9 @@ class CheckpointSettings:
     """"auto": resume from dir's latest checkpoint if there is one; "none": start fresh; or a checkpoint folder."""
     keep: int = 0
     """Keep only the newest N checkpoints (0: keep all)."""
+    trust: bool = False
+    """Unpickle checkpoints as they are (true) instead of weights-only with an allowlist: only for checkpoints from a
+    source you trust, since a crafted .pt file runs code when unpickled (docs/fault_tolerance.md)."""
 
 
 @dataclass
@@ -146,6 +149,9 @@ class LogSettings:
     """Packed shard folder of the held-out set (needed when eval_every > 0)."""
     eval_sequences: int = 64
     """Held-out sequences per evaluation (whole micro-batches, at least one)."""
+    check_finite_every: int = 1
+    """Check every N steps (and before every save) that the loss and gradient norm are finite; a run that diverged
+    stops there without saving (one all-reduce of N flags per check)."""
 
 
 @dataclass
@@ -341,6 +347,13 @@ def validate(cfg: TrainConfig) -> None:
              f"log.every={cfg.log.every} (it is logged with the other metrics)",
              "set log.eval_data to a held-out packed shard folder and eval_every to a multiple of log.every, "
              "or log.eval_every=0")
+    if cfg.log.check_finite_every < 1:
+        fail("log.check_finite_every", cfg.log.check_finite_every, "must be >= 1", "use 1 to check every step")
+    if cfg.data.seq_len is not None and cfg.data.seq_len < 2:
+        fail("data.seq_len (--seq-len)", cfg.data.seq_len, "must be an integer >= 2 (tokens per training sequence)",
+             "use e.g. 128, or leave it out to use the shards' seq_len")
+    if cfg.data.micro_batch is not None and cfg.data.micro_batch < 1:
+        fail("data.micro_batch (--micro-batch)", cfg.data.micro_batch, "must be an integer >= 1", "use e.g. 2")
     if cfg.precision.dtype not in (None, "bf16", "fp16", "fp32"):
         fail("precision.dtype", cfg.precision.dtype, "must be bf16, fp16, fp32 or empty", "pick one")
 

@@ -264,9 +264,11 @@ class ProgressiveSampler:
                     f"resume: the checkpoint was trained with data {key}={state.get(key)} but this run has "
                     f"{mine[key]}; the data order would change. Fix: resume with the same data and seed, or start "
                     "a new run (checkpoint.resume=none) / load only the weights.")
-        # the stages trained so far must be the same; the current one may be lengthened, later ones changed
+        # the stages trained so far must be the same; the current one may be lengthened, later ones changed; the
+        # last stage of a finished run counts as current (raising schedule.steps extends it)
         def trained(stages):
-            return [(st[0], st[2], st[3]) + ((st[1],) if st[0] + st[1] <= step else ()) for st in stages if st[0] < step]
+            return [(st[0], st[2], st[3]) + ((st[1],) if st[0] + st[1] <= step and i < len(stages) - 1 else ())
+                    for i, st in enumerate(stages) if st[0] < step]
 
         if trained(state.get("stages", [])) != trained(mine["stages"]):
             raise DataError(f"resume at step {step}: the stages trained so far differ from the checkpoint's "

@@ -7,7 +7,9 @@ model code, the run's tokenizer); tensor-parallel shards are merged.
 
 The folder loads with `AutoModelForCausalLM.from_pretrained(OUT)` after `import r1_ds`, or with
 `trust_remote_code=True` in a process that never imported r1_ds, and gives the training model's logits.
-The weights keep the training dtype unless --dtype says otherwise.
+The weights keep the training dtype unless --dtype says otherwise. Checkpoint files are read weights-only
+(`--trust-checkpoint` opts out); NaN/Inf weights are refused; OUT is written under a temp name and renamed
+into place, replacing an old export whole (tokenizer included).
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder for the Hugging Face model")
     p.add_argument("--tag", help="checkpoint tag to export (default: the one `latest` names)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="cast the weights (default: training dtype)")
+    p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true",
+                   help="unpickle the checkpoint as it is: only for checkpoints from a source you trust (by default "
+                        "files are read weights-only and a file naming other Python objects is refused)")
 
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, export_hf
 
     try:
-        export_hf(args.checkpoint, args.out, tag=args.tag, dtype=args.dtype)
+        export_hf(args.checkpoint, args.out, tag=args.tag, dtype=args.dtype, trusted=args.trust_checkpoint)
     except CheckpointError as err:
         log.error("%s", err)
+        return 2
+    except OSError as err:  # e.g. a full disk: the temp folder is gone, an old export at OUT is untouched
+        log.error("export to %s failed: %s. Nothing was written there. Fix: free space or choose another folder.",
+                  args.out, err)
         return 2
     return 0
 

@@ -19,6 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
+def _check_arguments(folder: pathlib.Path, args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, in one line with the fix, or None."""
+    if not (folder / "config.json").is_file():
+        return (f"{folder} has no config.json, so it is not a model folder. Fix: pass a folder written by "
+                "`r1-ds export` or `save_pretrained`.")
+    if not args.prompt:
+        return "--prompt is empty: there is nothing to continue. Fix: pass some text, e.g. --prompt 'def '."
+    if args.max_new_tokens <= 0:
+        return f"--max-new-tokens={args.max_new_tokens} must be > 0. Fix: use e.g. 64."
+    if args.temperature < 0:
+        return f"--temperature={args.temperature} must be >= 0 (0 is greedy). Fix: use e.g. 0.8."
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -26,13 +40,17 @@ def run(args: argparse.Namespace) -> int:
     import r1_ds  # noqa: F401  (registers the R1 classes)
 
     folder = pathlib.Path(args.model)
-    if not (folder / "config.json").is_file():
-        raise SystemExit(f"r1-ds generate: {folder} has no config.json; pass a folder written by `r1-ds export` "
-                         "or `save_pretrained`")
-    if args.max_new_tokens <= 0:
-        raise SystemExit(f"r1-ds generate: --max-new-tokens={args.max_new_tokens} must be > 0")
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    problem = _check_arguments(folder, args)
+    if problem:
+        log.error("r1-ds generate: %s", problem)
+        return 2
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    except (OSError, ValueError, KeyError) as err:
+        log.error("r1-ds generate: %s does not load as a model with a tokenizer (%s: %s). Fix: pass a folder written "
+                  "by `r1-ds export` or `save_pretrained`.", folder, type(err).__name__, str(err).splitlines()[0])
+        return 2
     torch.manual_seed(args.seed)
     ids = tok(args.prompt, return_tensors="pt").input_ids
     sample = args.temperature > 0

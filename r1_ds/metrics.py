@@ -35,7 +35,14 @@ class MetricsWriter:
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
+        partial = False  # a killed run may have left a partial last line: end it, keep the records apart
+        if os.path.isfile(self.path) and os.path.getsize(self.path) > 0:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                partial = f.read(1) != b"\n"
         self._file = open(self.path, "a")
+        if partial:
+            self._file.write("\n")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -76,12 +83,18 @@ class MetricsWriter:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The records of a metrics.jsonl; when a resumed run rewrote steps, the last record of a step wins."""
+    """The records of a metrics.jsonl; when a resumed run rewrote steps, the last record of a step wins. A line
+    that is not a complete record (the partial last line of a killed run) is skipped with a warning."""
     by_step: dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
-            if line:
+            if not line:
+                continue
+            try:
                 rec = json.loads(line)
-                by_step[rec["step"]] = rec
+                by_step[int(rec["step"])] = rec
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s line %d is not a complete metrics record (a killed run's partial line?); skipped",
+                            path, number)
     return [by_step[s] for s in sorted(by_step)]

@@ -73,5 +73,8 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         log.error("%s", err)
         return 2
+    except OSError as err:  # e.g. a read-only output folder
+        log.error("cannot write %s: %s. Fix: pass -o with a writable path.", out, err)
+        return 2
     log.info("wrote %s", out)
     return 0

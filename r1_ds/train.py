@@ -31,6 +31,7 @@ from data_prep.atomic import atomic_write_json
 
 from .config import ConfigError, TrainConfig, load_train_config, parse_set, read_mapping, resolve_batch
 from .data import ProgressiveSampler, Stage, batch_iterator, open_dataset
+from .divergence import DivergenceError
 from .metrics import MetricsWriter, log0
 
 log = logging.getLogger("r1_ds.train")
@@ -44,6 +45,7 @@ _FLAGS = {  # --flag -> dotted training-config key (the CLI is the top of the pr
     "lr": "schedule.lr", "warmup_steps": "schedule.warmup_steps", "pipe": "parallel.pipe",
     "tensor": "parallel.tensor", "save_every": "checkpoint.every", "checkpoint_dir": "checkpoint.dir",
     "resume": "checkpoint.resume", "log_every": "log.every", "compile": "model.compile",
+    "trust_checkpoint": "checkpoint.trust",
 }
 
 
@@ -66,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps (0: at the end)")
     p.add_argument("--checkpoint-dir", dest="checkpoint_dir")
     p.add_argument("--resume", help='"auto" (default), "none", or a checkpoint folder')
+    p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true", default=None,
+                   help="unpickle the resumed checkpoint as it is (checkpoint.trust): only for checkpoints from a "
+                        "source you trust; by default they are read weights-only and other Python objects are refused")
     p.add_argument("--log-every", dest="log_every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -302,8 +307,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     from .parallel.comm_hook import CompressionConfigError
     from .parallel.topology import LayoutError
     from .precision import PrecisionError
+    from .run_lock import RunLockError
 
-    return ConfigError, DataError, PrecisionError, CheckpointError, LayoutError, R1ConfigError, CompressionConfigError
+    return (ConfigError, DataError, PrecisionError, CheckpointError, LayoutError, R1ConfigError, CompressionConfigError,
+            RunLockError)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -321,6 +328,9 @@ def run(args: argparse.Namespace) -> int:
         log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s: %s",
                 type(err).__name__, err)
         code = 2
+    except DivergenceError as err:  # not a user error, but one line too; a failed run (nothing saved after it)
+        log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s", err)
+        code = 3
     else:
         code = 0
     shutdown_distributed()
@@ -335,9 +345,12 @@ def train(cfg: TrainConfig):
             "forward/backward/step, which the pipeline engine does not offer. Fix: set parallel.pipe=1 (data "
             "parallel + ZeRO), or launch pipelines with `deepspeed` or `torchrun`.")
 
-    # ---- distributed start-up
+    # ---- distributed start-up; a launched rank ends with its launcher
     from deepspeed.accelerator import get_accelerator
 
+    from .run_lock import exit_with_launcher
+
+    exit_with_launcher()
     init_distributed()
     import deepspeed
     from deepspeed import comm as dist
@@ -346,9 +359,14 @@ def train(cfg: TrainConfig):
     device_type = get_accelerator().device_name()
 
     # ---- settings: DeepSpeed JSON + ours, one check of batch and layout
-    ds_json = read_mapping(find_ds_config(cfg.deepspeed_config))
+    from .ds_schema import check_deepspeed_keys, check_learning_rate
+
+    ds_path = find_ds_config(cfg.deepspeed_config)
+    ds_json = read_mapping(ds_path)
+    check_deepspeed_keys(ds_json, ds_path)  # typos refused with the nearest key DeepSpeed knows
     ds_config, dims, plan, notes, compression = build_ds_config(cfg, ds_json, world_size=world,
                                                                 device_type=device_type)
+    check_learning_rate(ds_config, ds_path)
     for note in notes:
         log0("precision/settings: %s", note)
     coords = dims.coords(rank)
@@ -357,13 +375,22 @@ def train(cfg: TrainConfig):
     out_dir = cfg.output_dir
     ckpt_dir = cfg.checkpoint.dir or os.path.join(out_dir, "checkpoints")
 
-    # ---- which checkpoint to resume from, and whether its layout loads into this one (before DeepSpeed
-    # reads it); a ds_to_universal folder is loaded with DeepSpeed's load_universal, set here to match
+    # ---- the run folders are writable (checked now, not at the first save) and this run holds them alone
     from . import checkpoint as ckpt
+    from .precision import training_dtype
+    from .resume_checks import check_same_model, check_same_precision, rebuild_schedule
+    from .run_lock import lock_run_folders
 
+    ckpt.check_output_folder(out_dir, "output folder")
+    ckpt.check_output_folder(ckpt_dir, "checkpoint folder")
+    run_locks = lock_run_folders(out_dir, ckpt_dir, rank=rank)
+
+    # ---- which checkpoint to resume from, and whether its files, layout and precision fit this run (before
+    # DeepSpeed reads it); a ds_to_universal folder is loaded with DeepSpeed's load_universal, set here to match
     found = ckpt.find_resume(ckpt_dir, cfg.checkpoint.resume)
     if found:
-        saved = ckpt.read_saved_checkpoint(*found)
+        saved = ckpt.read_saved_checkpoint(*found, trusted=cfg.checkpoint.trust)
+        check_same_precision(saved.dtype, training_dtype(ds_config), saved.path)
         ckpt.check_resume_layout(saved, pipe=dims.pipe, tensor=dims.tensor, data=dims.data,
                                  zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0))
         section = ds_config.setdefault("checkpoint", {})
@@ -379,6 +406,8 @@ def train(cfg: TrainConfig):
     # ---- model and data
     model = build_model(cfg, device_type)
     config = model.config
+    if found:
+        check_same_model(saved.model_config, config.to_dict(), saved.path)
     dataset, seq_len = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=config.vocab_size,
                                     synthetic_sequences=cfg.data.synthetic_sequences, seed=cfg.seed)
     stages = resolve_stages(cfg, plan.global_batch)
@@ -446,8 +475,12 @@ def train(cfg: TrainConfig):
     # ---- resume
     start = 0
     if found:
-        client = ckpt.load(engine, *found)
+        client = ckpt.load(engine, *found, trusted=cfg.checkpoint.trust)
         start = engine.global_steps
+        # loading updated `schedule`'s fields in place with the saved ones: this run's schedule is a fresh object
+        rebuild_schedule(engine.lr_scheduler, WarmupCosine(cfg.schedule.warmup_steps, cfg.schedule.steps,
+                                                           cfg.schedule.min_lr_ratio),
+                         ds_config["optimizer"]["params"]["lr"])
         sampler.check_resume(client.get("r1_sampler"), start)
         if reducer is not None and client.get("r1_compression") is not None:
             # error buffers are per data rank: a run with another data size starts them empty (with a warning)
@@ -455,8 +488,8 @@ def train(cfg: TrainConfig):
             reducer.load_state_dict(client["r1_compression"], strict=same_data)
 
     # ---- loop
+    from .divergence import FiniteCheck, divergence_message
     from .flops import flops_per_token, peak_flops
-    from .precision import training_dtype
 
     fpt = flops_per_token(config, seq_len)
     peak = cfg.log.peak_tflops * 1e12 if cfg.log.peak_tflops else peak_flops(training_dtype(ds_config))
@@ -464,6 +497,7 @@ def train(cfg: TrainConfig):
     metrics = MetricsWriter(out_dir, total_steps=total, start_step=start, tensorboard=cfg.log.tensorboard,
                             progress=cfg.log.progress, enabled=rank == 0)
     loads_data = not pipeline or engine.is_first_stage() or engine.is_last_stage()
+    finite = FiniteCheck(every=cfg.log.check_finite_every, skips_overflow=training_dtype(ds_config) == "fp16")
     stage_idx = None
     t_last, steps_since, tokens_since = time.perf_counter(), 0, 0
     t_start = time.perf_counter()
@@ -508,6 +542,7 @@ def train(cfg: TrainConfig):
             else:
                 step_loss = train_step_data_parallel(engine, batches, gas)
             done = step + 1
+            finite.observe(done, step_loss, engine.get_global_grad_norm())
             steps_since += 1
             tokens_since += engine.train_batch_size() * seq_len
             if done % cfg.log.every == 0 or done == total:
@@ -533,12 +568,20 @@ def train(cfg: TrainConfig):
                 metrics.progress(steps_since, {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}",
                                                "MFU": f"{mfu:.1%}" if mfu is not None else None})
                 t_last, steps_since, tokens_since = now, 0, 0
-            if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done != total:
+            save_now = bool(cfg.checkpoint.every) and done % cfg.checkpoint.every == 0 and done != total
+            if finite.due(done) or save_now or done == total:  # never save weights of a diverged run
+                bad = finite.first_bad_step()
+                if bad is not None:
+                    raise DivergenceError(divergence_message(bad, last_good=ckpt.last_good(ckpt_dir),
+                                                             ckpt_dir=ckpt_dir))
+            if save_now:
                 ckpt.save(engine, ckpt_dir, done, client_state(done), keep=cfg.checkpoint.keep)
         if start < total or not found:
             ckpt.save(engine, ckpt_dir, total, client_state(total), keep=cfg.checkpoint.keep)
     finally:
         metrics.close()
+        for lock in run_locks:
+            lock.release()
     log0("done: %d steps, checkpoints in %s, metrics in %s", total, ckpt_dir, metrics.path)
     return engine
 
