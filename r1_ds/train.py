@@ -232,6 +232,7 @@ def build_model(cfg: TrainConfig, device_type: str):
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank, whatever the layout
         model = R1ForCausalLM(config)
     model.config._attn_implementation = impl
+    model.config.label_smoothing = cfg.schedule.label_smoothing  # a training setting; the export resets it to 0
     return model
 
 
