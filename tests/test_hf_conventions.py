@@ -1,0 +1,205 @@
+"""R1 as any Hugging Face causal LM: the checks of transformers' own model and generation tests (left
+padding, cache equivalence, hidden-state shapes, tuple outputs, save/load), written after them since
+their mixins do not ship in the wheel, and the libraries people use around such a model (PEFT, Trainer,
+pipeline, torch.compile, DeepSpeed's "auto" JSON).
+
+Group edges matter for R1 (paragraphs of 8 tokens and documents of 32 in the tiny preset): the prompts
+below cross them, and pads shift them unless each row is renumbered from its first token.
+"""
+
+import json
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from r1_ds.model import R1Config, R1ForCausalLM, R1ForSequenceClassification
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LENS = (37, 20, 5)  # across documents (32), paragraphs (8), and shorter than one paragraph
+PAD = 0
+
+
+def tiny(**overrides) -> R1Config:
+    # A larger init than the depth-scaled default so that every level contributes visibly.
+    return R1Config.from_preset("tiny", **{"init_scheme": "normal", "initializer_range": 0.2, "pad_token_id": PAD,
+                                           "bos_token_id": PAD, "eos_token_id": PAD, **overrides})
+
+
+def model(seed=0, **overrides) -> R1ForCausalLM:
+    torch.manual_seed(seed)
+    return R1ForCausalLM(tiny(**overrides)).eval()
+
+
+def prompts(seed=1, lens=LENS, vocab=512):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, vocab, (n,), generator=g) for n in lens]
+
+
+def padded(rows, side):
+    """(ids, attention_mask) of `rows` padded to the longest on `side`."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), PAD)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+        ids[i, span], mask[i, span] = r, 1
+    return ids, mask
+
+
+def greedy(m, ids, **kwargs):
+    with torch.no_grad():
+        return m.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=PAD, eos_token_id=None, **kwargs)
+
+
+# ----------------------------------------------------------------------------- padding, positions, cache
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_forward_equals_each_prompt_alone(side):
+    m = model()
+    rows = prompts()
+    ids, mask = padded(rows, side)
+    with torch.no_grad():
+        batch = m(ids, attention_mask=mask, use_cache=False).logits
+        for i, r in enumerate(rows):
+            alone = m(r[None], use_cache=False).logits[0]
+            torch.testing.assert_close(batch[i][mask[i].bool()], alone, atol=1e-5, rtol=1e-5)
+        # without the mask the pads are tokens: the answer differs (the test can fail)
+        assert not torch.allclose(m(ids, use_cache=False).logits[2][mask[2].bool()], batch[2][mask[2].bool()])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_greedy_generation_equals_each_prompt_alone(side, use_cache):
+    m = model(seed=3)
+    rows = prompts(seed=4)
+    ids, mask = padded(rows, side)
+    out = greedy(m, ids, attention_mask=mask, use_cache=use_cache)[:, ids.shape[1]:]
+    for i, r in enumerate(rows):
+        assert torch.equal(out[i], greedy(m, r[None])[0, len(r):]), f"row {i} ({side} padding)"
+
+
+def test_left_padding_with_position_ids_as_transformers_tests_pass_them():
+    # transformers' test_left_padding_compatibility: position_ids = cumsum(mask) - 1, pads filled with 1.
+    m = model()
+    rows = prompts()
+    ids, mask = padded(rows, "left")
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        with_pos = m(ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        without = m(ids, attention_mask=mask, use_cache=False).logits
+    torch.testing.assert_close(with_pos, without, atol=0, rtol=0)
+
+
+def test_manual_decoding_with_cache_equals_full_forward():
+    # the cache-equivalence check of transformers' tests, on a left-padded batch
+    m = model(seed=5)
+    rows = [torch.cat([r, s]) for r, s in zip(prompts(seed=6), prompts(seed=7, lens=(6, 6, 6)))]
+    ids, mask = padded(rows, "left")
+    head = ids.shape[1] - 6
+    with torch.no_grad():
+        full = m(ids, attention_mask=mask, use_cache=False).logits[:, head:]
+        out = m(ids[:, :head], attention_mask=mask[:, :head], use_cache=True)
+        cache, steps = out.past_key_values if hasattr(out, "past_key_values") else out.cache, []
+        for t in range(head, ids.shape[1]):
+            out = m(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_documents_from_position_ids_equal_separate_rows():
+    # DataCollatorWithFlattening's form: one row, position_ids restarting at 0 where a document starts
+    m = model()
+    docs = prompts(lens=(13, 40, 9))
+    ids = torch.cat(docs)[None]
+    pos = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    labels = ids.clone()
+    with torch.no_grad():
+        packed = m(ids, position_ids=pos, use_cache=False).logits[0].split([len(d) for d in docs])
+        for d, got in zip(docs, packed):
+            torch.testing.assert_close(got, m(d[None], use_cache=False).logits[0], atol=1e-5, rtol=1e-5)
+        assert m(ids, position_ids=pos, labels=labels).loss.isfinite()
+
+
+@pytest.mark.parametrize("position_ids, rule", [
+    (lambda T: torch.arange(T)[None] + 3, "position_ids disagree with the token order"),
+    (lambda T: torch.arange(T)[None].flip(-1), "position_ids disagree with the token order"),
+    (lambda T: torch.arange(T + 1)[None], r"position_ids has shape \(1, 21\)"),
+])
+def test_position_ids_r1_cannot_honour_raise(position_ids, rule):
+    m = model()
+    ids = torch.randint(1, 512, (1, 20))
+    with pytest.raises(ValueError, match=rule):
+        m(ids, position_ids=position_ids(20))
+
+
+def test_masks_r1_cannot_honour_raise():
+    m = model()
+    ids = torch.randint(1, 512, (2, 20))
+    with pytest.raises(ValueError, match="2-D"):
+        m(ids, attention_mask=torch.ones(2, 1, 20, 20))
+    with pytest.raises(ValueError, match="cached \\+ new"):
+        m(ids, attention_mask=torch.ones(2, 19))
+    with pytest.raises(ValueError, match="only 0"):
+        m(ids, attention_mask=torch.full((2, 20), 2))
+    with pytest.raises(ValueError, match="output_attentions"):
+        m(ids, output_attentions=True)
+    docs = torch.cat([torch.arange(10), torch.arange(10)])[None]
+    out = m(ids[:1], position_ids=docs, use_cache=True)  # packed documents: their cache cannot go on
+    cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+    with pytest.raises(ValueError, match="packed documents"):
+        m(ids[:1, :1], past_key_values=cache)
+
+
+def test_flex_path_with_padding_equals_eager():
+    m = model()
+    rows = prompts()
+    ids, mask = padded(rows, "left")
+    with torch.no_grad():
+        eager = m(ids, attention_mask=mask, use_cache=False).logits
+        m.config._attn_implementation = "flex_attention"
+        flex = m(ids, attention_mask=mask, use_cache=False).logits
+    valid = mask.bool()
+    torch.testing.assert_close(flex[valid], eager[valid], atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_hidden_states_and_tuple_outputs():
+    m = model()
+    ids = torch.randint(1, 512, (2, 20))
+    with torch.no_grad():
+        out = m(ids, output_hidden_states=True, use_cache=False)
+        tup = m(ids, labels=ids, return_dict=False, use_cache=False)
+        base = m.model(ids, return_dict=False, use_cache=False)
+    L, d = m.config.num_hidden_layers, m.config.hidden_size
+    assert len(out.hidden_states) == L + 1 and all(h.shape == (2, 20, d) for h in out.hidden_states)
+    torch.testing.assert_close(out.hidden_states[0], m.model.embed_tokens(ids))
+    torch.testing.assert_close(m.lm_head(out.hidden_states[-1]), out.logits)  # the last one is normed
+    assert isinstance(tup, tuple) and tup[0].ndim == 0 and tup[1].shape == (2, 20, m.config.vocab_size)
+    assert isinstance(base, tuple) and base[0].shape == (2, 20, d)
+    cls = R1ForSequenceClassification(tiny(num_labels=3)).eval()
+    assert cls(ids, output_hidden_states=True).hidden_states[-1].shape == (2, 20, d)
+
+
+def test_default_loss_is_plain_cross_entropy():
+    m = model()
+    assert R1Config().label_smoothing == 0.0
+    x = torch.randint(0, 512, (2, 20))
+    out = m(x, labels=x, use_cache=False)
+    ref = F.cross_entropy(out.logits[:, :-1].reshape(-1, 512), x[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, ref)
+
+
+def test_sequence_classification_pools_the_last_token_on_either_side():
+    torch.manual_seed(0)
+    m = R1ForSequenceClassification(tiny(num_labels=3)).eval()
+    rows = prompts()
+    with torch.no_grad():
+        alone = torch.cat([m(r[None]).logits for r in rows])
+        for side in ("left", "right"):
+            ids, mask = padded(rows, side)
+            torch.testing.assert_close(m(ids, attention_mask=mask).logits, alone, atol=1e-5, rtol=1e-5)
