@@ -406,6 +406,7 @@ def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None 
     had one) that `AutoModelForCausalLM.from_pretrained` loads; returns `out`. Any layout (pipe x tensor
     x data) gives one folder: tensor shards are merged, data replicas are one copy."""
     from .model import R1ForCausalLM
+    from .model_card import prepare_release, write_model_card
 
     tag_dir = resolve_tag_dir(ckpt, tag)
     sd, engine_state = hf_state_dict(tag_dir)
@@ -428,16 +429,22 @@ def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None 
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
     model.config._attn_implementation = "eager"  # the reference; `from_pretrained(..., attn_implementation=...)` may change it
-    os.makedirs(out, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tok = engine_state.get("r1_tokenizer_dir")
+    tok, tokenizer = engine_state.get("r1_tokenizer_dir"), None
     if tok and os.path.isdir(tok):
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(tok).save_pretrained(out)
-        log0("copied the tokenizer from %s", tok)
+        tokenizer = AutoTokenizer.from_pretrained(tok, padding_side="left")  # what generate() expects
     elif tok:
         log.warning("the run's tokenizer %s is gone; the export has no tokenizer", tok)
+    prepare_release(model, tokenizer)  # special-token ids in both configs, plain cross entropy
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+        log0("copied the tokenizer from %s", tok)
+    write_model_card(out, model.config, step=engine_state.get("global_steps"),
+                     train_config=engine_state.get("r1_train_config") or {}, layout=engine_state.get("r1_layout"),
+                     has_tokenizer=tokenizer is not None)
     log0("exported %s (%s, step %s) to %s", tag_dir, str(torch_dtype).replace("torch.", ""),
          engine_state.get("global_steps"), out)
     return out

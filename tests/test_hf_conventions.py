@@ -203,3 +203,121 @@ def test_sequence_classification_pools_the_last_token_on_either_side():
         for side in ("left", "right"):
             ids, mask = padded(rows, side)
             torch.testing.assert_close(m(ids, attention_mask=mask).logits, alone, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- an exported folder
+
+
+TEXTS = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n",
+         "The quick brown fox jumps over the lazy dog.\n", "for i in range(10):\n    print(i * i)\n"] * 20
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """What `r1-ds export` writes (weights, code, configs, tokenizer, model card), from a tiny random model and a
+    real byte-level BPE tokenizer of `r1-ds prep`."""
+    from transformers import AutoTokenizer
+
+    from data_prep.tokenizer_train import train_tokenizer
+    from r1_ds.model_card import prepare_release, write_model_card
+
+    root = tmp_path_factory.mktemp("release")
+    train_tokenizer(TEXTS, root / "tok", vocab_size=300, min_frequency=1)
+    tok = AutoTokenizer.from_pretrained(root / "tok", padding_side="left")
+    torch.manual_seed(0)
+    m = R1ForCausalLM(R1Config.from_preset("tiny", vocab_size=320, init_scheme="normal", initializer_range=0.2,
+                                           label_smoothing=0.1)).eval()
+    prepare_release(m, tok)
+    out = root / "hf"
+    m.save_pretrained(out)
+    tok.save_pretrained(out)
+    write_model_card(str(out), m.config, step=7, layout={"pipe": 2, "tensor": 1, "data": 1}, has_tokenizer=True,
+                     train_config={"data": {"path": "synthetic"}, "schedule": {"steps": 7, "label_smoothing": 0.1}})
+    return out
+
+
+def test_release_folder_carries_ids_auto_map_and_model_card(release):
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(release)
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    for name in ("config.json", "generation_config.json"):
+        cfg = json.loads((release / name).read_text())
+        assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) == (eos, eos, eos), name
+    cfg = json.loads((release / "config.json").read_text())
+    assert cfg["label_smoothing"] == 0.0
+    assert set(cfg["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
+                                    "AutoModelForSequenceClassification"}
+    card = (release / "README.md").read_text()
+    for part in ("## Architecture", "## Training", "## How to load", "Steps: 7 of 7", "synthetic"):
+        assert part in card, part
+    assert type(AutoModel.from_pretrained(release)).__name__ == "R1Model"
+    cls = AutoModelForSequenceClassification.from_pretrained(release, num_labels=2)
+    assert type(cls).__name__ == "R1ForSequenceClassification"
+
+
+def test_generate_stops_at_end_of_text(release):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(release).eval()
+    eos = m.generation_config.eos_token_id
+    with torch.no_grad():  # make end-of-text the most likely next token whatever the input
+        m.lm_head.weight[eos] += 50.0 * m.model.norm.weight.sign() / m.model.norm.weight.abs().clamp(min=1e-3)
+        out = m.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=10, do_sample=False)
+    assert out.shape[1] < 3 + 10 and out[0, -1] == eos
+
+
+def test_text_generation_pipeline_with_a_batch_equals_one_prompt_at_a_time(release):
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=str(release), device="cpu")
+    texts = ["def add(a", "import os\nprint(", "x"]
+    kw = dict(max_new_tokens=10, do_sample=False, return_full_text=False)
+    batched = pipe(texts, batch_size=3, **kw)
+    alone = [pipe(t, **kw) for t in texts]
+    assert [b[0]["generated_text"] for b in batched] == [a[0]["generated_text"] for a in alone]
+
+
+# ----------------------------------------------------------------------------- libraries around the model
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj", "o_proj"]])
+def test_peft_lora_trains_the_adapters_only(targets):
+    from peft import LoraConfig, get_peft_model
+
+    m = model()
+    lora = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules=targets, task_type="CAUSAL_LM"))
+    wrapped = {n.rsplit(".", 1)[-1] for n, mod in lora.named_modules() if hasattr(mod, "lora_A")}
+    assert "gate" not in wrapped and {"q_proj", "v_proj", "o_proj"} <= wrapped
+    lora.train()
+    x = torch.randint(1, 512, (2, 24))
+    out = lora(input_ids=x, labels=x)
+    out.loss.backward()
+    grads = {n for n, p in lora.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+
+
+def test_hf_trainer_runs_a_few_steps_and_learns(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    m = model()
+    m.train()
+    x = torch.randint(1, 512, (8, 24))
+    data = [{"input_ids": r, "labels": r} for r in x]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
+                             use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=m, args=args, train_dataset=data)
+    before = m.model.layers[0].self_attn.gate.weight.detach().clone()
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert not torch.equal(before, m.model.layers[0].self_attn.gate.weight)
+
+
+def test_torch_compile_of_the_forward_equals_eager():
+    m = model()
+    x = torch.randint(1, 512, (2, 24))
+    compiled = torch.compile(m, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, use_cache=False).logits, m(x, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-5)

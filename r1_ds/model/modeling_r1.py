@@ -284,6 +284,16 @@ class R1PreTrainedModel(PreTrainedModel):
         elif isinstance(module, R1RMSNorm):
             nn.init.ones_(module.weight)
 
+    def save_pretrained(self, *args, **kwargs):
+        # Every head in auto_map, whichever is saved: the folder then loads with trust_remote_code as AutoModel,
+        # AutoModelForCausalLM or AutoModelForSequenceClassification (save_pretrained adds only its own class).
+        heads = {"AutoModel": "R1Model", "AutoModelForCausalLM": "R1ForCausalLM",
+                 "AutoModelForSequenceClassification": "R1ForSequenceClassification"}
+        module = type(self).__module__.split(".")[-1]
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                **{auto: f"{module}.{cls}" for auto, cls in heads.items()}}
+        return super().save_pretrained(*args, **kwargs)
+
     def set_drop_path_rate(self, rate: float) -> None:
         """Set the DropPath rate (the trainer calls this as training progresses). Block l of L gets
         rate * l / L, so deeper blocks are dropped more often (stochastic depth)."""
