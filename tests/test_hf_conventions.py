@@ -321,3 +321,112 @@ def test_torch_compile_of_the_forward_equals_eager():
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, use_cache=False).logits, m(x, use_cache=False).logits,
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_deepspeed_auto_json_is_filled_by_hf_trainer_and_read_by_accelerate(tmp_path):
+    from accelerate.utils import DeepSpeedPlugin
+    from transformers import TrainingArguments
+
+    path = str(ROOT / "ds_configs" / "hf_trainer_auto.json")
+    args = TrainingArguments(output_dir=str(tmp_path), deepspeed=path, use_cpu=True, per_device_train_batch_size=4,
+                             gradient_accumulation_steps=2, learning_rate=3e-4, max_grad_norm=0.5, report_to=[])
+    filled = args.hf_deepspeed_config
+    filled.trainer_config_finalize(args, model(), 100)
+    assert "auto" not in json.dumps(filled.config)
+    c = filled.config
+    assert (c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"], c["gradient_clipping"]) == (4, 2, 0.5)
+    assert c["optimizer"]["params"]["lr"] == 3e-4 and c["scheduler"]["params"]["total_num_steps"] == 100
+    plugin = DeepSpeedPlugin(hf_ds_config=path)  # accelerate fills "auto" from its own arguments at prepare()
+    assert plugin.deepspeed_config["zero_optimization"]["stage"] == 1
+    assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == "auto"
+
+
+# ----------------------------------------------------------------------------- tracking, CLI, packaging
+
+
+def _monitor_body(out_dir):
+    from deepspeed.monitor.config import get_monitor_config
+    from deepspeed.monitor.monitor import MonitorMaster
+
+    from r1_ds.metrics import MetricsWriter
+
+    monitor = MonitorMaster(get_monitor_config({
+        "tensorboard": {"enabled": True, "output_path": out_dir, "job_name": "tb"},
+        "csv_monitor": {"enabled": True, "output_path": out_dir, "job_name": "csv"}}))
+    writer = MetricsWriter(out_dir, total_steps=2, start_step=0, tensorboard=False, progress=False, monitor=monitor)
+    for step in (1, 2):
+        writer.write({"step": step, "loss": 3.0 / step, "tokens_per_s": 1000.0 * step, "mfu": 0.25, "grad_norm": 1.5,
+                      "compression/ratio": 0.05, "loss_scale": None}, monitor_step=16 * step)
+    tb = monitor.tb_monitor.summary_writer
+    writer.close()
+    return {"tb_closed": tb.all_writers is None or tb.file_writer is None}
+
+
+@pytest.mark.slow
+def test_deepspeed_monitor_gets_r1_metrics_and_is_closed(tmp_path):
+    from tests.dist import run_distributed
+
+    (res,) = run_distributed(_monitor_body, 1, str(tmp_path), timeout=120)
+    assert res["tb_closed"]
+    csv_dir = tmp_path / "csv"
+    for name in ("loss", "tokens_per_s", "mfu", "grad_norm", "compression_ratio"):
+        rows = (csv_dir / f"Train_R1_{name}.csv").read_text().splitlines()
+        assert [r.split(",")[0] for r in rows[1:]] == ["16", "32"], name
+    assert not (csv_dir / "Train_R1_loss_scale.csv").exists()  # None is not a number: not logged
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_help_imports_neither_torch_nor_deepspeed():
+    import subprocess
+    import sys
+
+    code = ("import sys; from r1_ds.cli import main; main(['--help']); "
+            "print(sorted(m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_command_and_flag_has_help(capsys):
+    import argparse
+
+    from r1_ds.cli import COMMANDS, _load, main
+
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    for name, command in COMMANDS.items():
+        assert f"    {name} " in listed
+        add_arguments, _ = _load(command)
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        missing = [a.option_strings or a.dest for a in parser._actions
+                   if not a.help and not isinstance(a, argparse._HelpAction)]
+        assert not missing, f"r1-ds {name}: flags without help: {missing}"
+    shown = [line.split()[0] for line in listed.split("positional arguments:")[1].splitlines()[2:]
+             if line.startswith("    ") and not line.startswith("      ")]
+    assert shown == list(COMMANDS)  # no command named in help that does not exist
+
+
+def test_every_imported_package_is_declared_in_pyproject():
+    import ast
+    import importlib.metadata
+    import sys
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {r.split(";")[0].split("[")[0].split("=")[0].split("<")[0].split(">")[0].strip().lower()
+                .replace("_", "-") for r in project["dependencies"] + sum(project["optional-dependencies"].values(), [])}
+    dists = importlib.metadata.packages_distributions()
+    ours = {"r1_ds", "data_prep", "tests", "benchmarks"}
+    undeclared = set()
+    for path in [*(ROOT / "r1_ds").rglob("*.py"), *(ROOT / "data_prep").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in ours or top in sys.stdlib_module_names:
+                    continue
+                if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & declared:
+                    undeclared.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not undeclared, f"imported but not declared in pyproject.toml: {sorted(undeclared)}"
