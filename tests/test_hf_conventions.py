@@ -430,3 +430,56 @@ def test_every_imported_package_is_declared_in_pyproject():
                 if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & declared:
                     undeclared.add(f"{top} ({path.relative_to(ROOT)})")
     assert not undeclared, f"imported but not declared in pyproject.toml: {sorted(undeclared)}"
+
+
+def _readme_demo_commands() -> tuple[list[list[str]], dict]:
+    """The README's copy-paste block: its commands (continuations joined, comments dropped) and exports."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("run the same steps with the same settings:\n\n```bash\n", 1)[1].split("```", 1)[0]
+    commands, env = [], {}
+    for line in block.replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if not words or words[0] == "source" or words[0].startswith("VOCAB="):
+            continue
+        if words[0] == "export":
+            env.update(w.split("=", 1) for w in words[1:])
+        else:
+            commands.append(words)
+    return commands, env
+
+
+def test_readme_commands_are_what_the_demo_runs(tmp_path, monkeypatch):
+    import sys
+
+    from r1_ds import demo
+
+    for key in ("DS_ACCELERATOR", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    shards = tmp_path / "outputs/demo/data/shards"
+    shards.mkdir(parents=True)
+    (shards / "meta.json").write_text(json.dumps({"num_sequences": 1, "seq_len": 128, "vocab_size": 1999}))
+    (tmp_path / "outputs/demo/run").mkdir()
+    (tmp_path / "outputs/demo/run/metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    ran = []
+    monkeypatch.setattr(demo, "_run", lambda cmd, env: ran.append((cmd, env)))
+    parser = __import__("argparse").ArgumentParser()
+    demo.add_arguments(parser)
+    assert demo.run(parser.parse_args([])) == 0
+
+    def as_typed(cmd):  # the demo's interpreter paths -> the commands a user types
+        if cmd[:3] == [sys.executable, "-m", "data_prep"]:
+            cmd = ["r1-ds", "prep", *cmd[3:]]
+        elif cmd[:3] == [sys.executable, "-m", "r1_ds.cli"]:
+            cmd = ["r1-ds", *cmd[3:]]
+        elif pathlib.Path(cmd[0]).name == "deepspeed":
+            cmd = ["deepspeed", *cmd[1:]]
+        return [w.replace("=1999", "=$VOCAB") for w in cmd]
+
+    readme, exported = _readme_demo_commands()
+    assert readme == [as_typed(cmd) for cmd, _ in ran]
+    for key, value in exported.items():
+        assert all(env[key] == value for _, env in ran), key
+    assert {"DS_ACCELERATOR", "OMP_NUM_THREADS", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM"} <= set(exported)
