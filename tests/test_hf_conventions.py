@@ -281,6 +281,23 @@ def test_text_generation_pipeline_with_a_batch_equals_one_prompt_at_a_time(relea
 # ----------------------------------------------------------------------------- libraries around the model
 
 
+def test_lm_eval_hflm_batches_give_what_one_at_a_time_gives(release):
+    lm_eval = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(release).eval()
+    tok = AutoTokenizer.from_pretrained(release)
+    ll = [Instance("loglikelihood", {}, pair, i) for i, pair in
+          enumerate([("def add(a", ", b):"), ("import", " os"), ("x", " = 1")])]
+    gen = [Instance("generate_until", {}, (c, {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}), i)
+           for i, c in enumerate(["def add(a", "import os\nprint(", "x"])]
+    batched, alone = (lm_eval.HFLM(pretrained=m, tokenizer=tok, batch_size=n, device="cpu") for n in (3, 1))
+    torch.testing.assert_close([x for x, _ in batched.loglikelihood(ll)], [x for x, _ in alone.loglikelihood(ll)],
+                               atol=1e-4, rtol=1e-4)
+    assert batched.generate_until(gen) == alone.generate_until(gen)
+
+
 @pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj", "o_proj"]])
 def test_peft_lora_trains_the_adapters_only(targets):
     from peft import LoraConfig, get_peft_model
