@@ -165,6 +165,27 @@ def test_flex_path_with_padding_equals_eager():
     torch.testing.assert_close(flex[valid], eager[valid], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused GPU kernels need a CUDA device")
+def test_cuda_flex_path_with_left_padding_equals_each_prompt_alone():
+    # The GPU presets' geometry (paragraphs of 128, documents of 1024): each padded row's sequence runs through
+    # the fused flex kernels on its own; logits match the eager reference, greedy tokens the prompt alone.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    m = R1ForCausalLM(R1Config.from_preset("125m", num_hidden_layers=2, vocab_size=4096, pad_token_id=PAD)).cuda().eval()
+    rows = [r.cuda() for r in prompts(lens=(1300, 300, 40), vocab=4096)]
+    ids, mask = padded(rows, "left")
+    valid = mask.bool()
+    with torch.no_grad():
+        m.config._attn_implementation = "eager"
+        eager = m(ids, attention_mask=mask, use_cache=False).logits[valid]
+        m.config._attn_implementation = "flex_attention"
+        flex = m(ids, attention_mask=mask, use_cache=False).logits[valid]
+        assert (flex - eager).abs().max() <= 2e-3 * eager.abs().max()
+        out = greedy(m, ids, attention_mask=mask)[:, ids.shape[1]:]
+        for i, r in enumerate(rows):
+            assert torch.equal(out[i], greedy(m, r[None])[0, len(r):]), f"row {i}"
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
