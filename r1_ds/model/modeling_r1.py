@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.utils.generic import can_return_tuple
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
 )
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_r1 import R1Config
 from .hierarchical_attention import compiled_on_cuda, hierarchical_attention_eager, hierarchical_attention_flex
