@@ -215,6 +215,17 @@ def test_default_loss_is_plain_cross_entropy():
     torch.testing.assert_close(out.loss, ref)
 
 
+def test_label_smoothing_is_the_trainers_setting():
+    from r1_ds.config import ConfigError, load_train_config
+    from r1_ds.train import build_model
+
+    trained = build_model(load_train_config(None, {"schedule.label_smoothing": 0.05}), "cpu")
+    assert trained.config.label_smoothing == 0.05
+    assert build_model(load_train_config(None, {}), "cpu").config.label_smoothing == 0.1  # the trainer's default
+    with pytest.raises(ConfigError, match="schedule.label_smoothing"):
+        load_train_config(None, {"schedule.label_smoothing": 1.5})
+
+
 def test_sequence_classification_pools_the_last_token_on_either_side():
     torch.manual_seed(0)
     m = R1ForSequenceClassification(tiny(num_labels=3)).eval()
