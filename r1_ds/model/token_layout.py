@@ -5,8 +5,10 @@ R1's levels work on token groups (paragraphs of `paragraph_size` tokens, documen
 counted from a sequence's first token. A pad token therefore cannot simply be masked out as in a
 dense-attention model: left padding would shift every group boundary. Instead each sequence (a row's
 valid tokens, or one packed document of a row) is taken out on its own, with its tokens renumbered
-from 0, so a row of a padded batch gives what the prompt alone gives. Pad positions output zeros
-from attention (their logits mean nothing, as in any HF model).
+from 0, so a row of a padded batch gives what the prompt alone gives. A pad position gets zeros from
+attention, and its final hidden state is that of the last token before it (repeat_last_token); its
+logits mean nothing else, as in any HF model. Sequences are computed one at a time: this path serves
+generation and evaluation; an unpadded, unpacked batch (training) never takes it.
 
 Accepted:
   - attention_mask (B, past + new) of 0/1, zeros anywhere (left or right padding, holes);
