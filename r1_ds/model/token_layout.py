@@ -8,7 +8,7 @@ valid tokens, or one packed document of a row) is taken out on its own, with its
 from 0, so a row of a padded batch gives what the prompt alone gives. A pad position gets zeros from
 attention, and its final hidden state is that of the last token before it (repeat_last_token); its
 logits mean nothing else, as in any HF model. Sequences are computed one at a time: this path serves
-generation and evaluation; an unpadded, unpacked batch (training) never takes it.
+generation and evaluation (padded training batches are correct but slower); `r1-ds train` never takes it.
 
 Accepted:
   - attention_mask (B, past + new) of 0/1, zeros anywhere (left or right padding, holes);
