@@ -152,12 +152,24 @@ def resolve_stages(cfg: TrainConfig, first_batch: int) -> list[Stage]:
     return out
 
 
+def _auto_keys(node, path: str = "") -> list[str]:
+    """Dotted keys whose value is "auto" (ds_configs/hf_trainer_auto.json's placeholders)."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _auto_keys(value, f"{path}{key}.")]
+    return [path[:-1]] if node == "auto" else []
+
+
 def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_type: str):
     """The DeepSpeed dict to initialise with, plus (dims, batch plan, notes, r1_compression section)."""
     from .precision import resolve_precision
 
     from .parallel.comm_hook import CompressionConfig, split_r1_sections
 
+    auto = _auto_keys(ds_json)
+    if auto:
+        raise ConfigError(f"the DeepSpeed JSON {cfg.deepspeed_config} has \"auto\" at {auto}: HF Trainer and accelerate "
+                          "fill those, r1-ds train does not. Fix: use a recipe with values (e.g. "
+                          "ds_configs/zero1_dp.json) or write them in.")
     ds, compression = split_r1_sections(ds_json)
     if compression is not None:  # checked now, not after deepspeed.initialize
         CompressionConfig.from_dict(compression)

@@ -390,6 +390,15 @@ def test_deepspeed_auto_json_is_filled_by_hf_trainer_and_read_by_accelerate(tmp_
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == "auto"
 
 
+def test_r1_ds_train_refuses_the_auto_json_by_name():
+    from r1_ds.config import ConfigError, load_train_config
+    from r1_ds.train import build_ds_config
+
+    ds = json.loads((ROOT / "ds_configs" / "hf_trainer_auto.json").read_text())
+    with pytest.raises(ConfigError, match=r'"auto" at \[.*optimizer.params.lr.*\].*Fix:'):
+        build_ds_config(load_train_config(None, {}), ds, world_size=1, device_type="cpu")
+
+
 # ----------------------------------------------------------------------------- tracking, CLI, packaging
 
 
