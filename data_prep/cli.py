@@ -145,7 +145,8 @@ def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for the sample corpus and augmentation")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N for the model filters")
     g.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
-    g.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    g.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="logging level (default: %(default)s)")
     add_scale_arguments(parser)
 
 

@@ -620,6 +620,7 @@ def export_folder(out: str):
 
 def _write_hf_folder(out: str, sd: dict, engine_state: dict, *, tag_dir: str, dtype: str | None) -> None:
     from .model import R1ForCausalLM
+    from .model_card import prepare_release, write_model_card
 
     config = _model_config(engine_state, tag_dir)
     train_dtype = next(iter(sd.values())).dtype
@@ -640,12 +641,18 @@ def _write_hf_folder(out: str, sd: dict, engine_state: dict, *, tag_dir: str, dt
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
     model.config._attn_implementation = "eager"  # the reference; `from_pretrained(..., attn_implementation=...)` may change it
-    model.save_pretrained(out, safe_serialization=True)
-    tok = engine_state.get("r1_tokenizer_dir")
+    tok, tokenizer = engine_state.get("r1_tokenizer_dir"), None
     if tok and os.path.isdir(tok):
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(tok).save_pretrained(out)
-        log0("copied the tokenizer from %s", tok)
+        tokenizer = AutoTokenizer.from_pretrained(tok, padding_side="left")  # what generate() expects
     elif tok:
         log.warning("the run's tokenizer %s is gone; the export has no tokenizer", tok)
+    prepare_release(model, tokenizer)  # special-token ids in both configs, plain cross entropy
+    model.save_pretrained(out, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+        log0("copied the tokenizer from %s", tok)
+    write_model_card(out, model.config, step=engine_state.get("global_steps"),
+                     train_config=engine_state.get("r1_train_config") or {}, layout=engine_state.get("r1_layout"),
+                     has_tokenizer=tokenizer is not None)

@@ -91,6 +91,8 @@ class ScheduleSettings:
     """Micro-steps per optimizer step; empty: derived from the global and micro batch."""
     drop_path_max: float = 0.0
     """DropPath rate reached at the last step; it grows linearly from 0 with training progress."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the training loss (set on the model being trained; an export ships 0: plain cross entropy)."""
     stages: list[StageSettings] = field(default_factory=list)
     """Progressive training: stages run in order inside one job (empty: one stage, the whole data)."""
 
@@ -317,6 +319,8 @@ def validate(cfg: TrainConfig) -> None:
         fail("schedule.min_lr_ratio", s.min_lr_ratio, "must be in [0, 1]", "use e.g. 0.1")
     if not 0.0 <= s.drop_path_max < 1.0:
         fail("schedule.drop_path_max", s.drop_path_max, "must be in [0, 1)", "use e.g. 0.1")
+    if not 0.0 <= s.label_smoothing < 1.0:
+        fail("schedule.label_smoothing", s.label_smoothing, "must be in [0, 1)", "use e.g. 0.1")
     if s.lr is not None and not s.lr > 0:
         fail("schedule.lr", s.lr, "must be > 0", "use e.g. 3e-4")
     for i, st in enumerate(s.stages):

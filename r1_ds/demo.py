@@ -14,6 +14,7 @@ Each step is the same command a user would type; the demo prints them as it goes
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -68,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
     _run([py, "-m", "r1_ds.cli", "export", str(run_dir / "checkpoints"), str(hf)], env)
     _run([py, "-m", "r1_ds.cli", "generate", str(hf), "--prompt", "def ", "--max-new-tokens", "48", "--temperature", "0.8"], env)
-    _run([py, "-m", "r1_ds.cli", "plot", str(run_dir)], env)
+    if importlib.util.find_spec("matplotlib") is not None:
+        _run([py, "-m", "r1_ds.cli", "plot", str(run_dir)], env)
+    else:
+        log.warning("matplotlib is not installed: no loss curve (pip install 'r1_ds[plot]')")
 
     losses = [rec["loss"] for rec in read_metrics(str(run_dir / "metrics.jsonl"))]  # a resumed step's last record wins
     log.info("loss %.3f -> %.3f over %d steps; Hugging Face folder: %s; curve: %s", losses[0], losses[-1],

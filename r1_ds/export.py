@@ -1,11 +1,12 @@
 """`r1-ds export CKPT OUT`: a DeepSpeed checkpoint of `r1-ds train` (any pipe x tensor x data layout,
-or its ds_to_universal conversion) -> one Hugging Face folder (config.json, model.safetensors, the R1
-model code, the run's tokenizer); tensor-parallel shards are merged.
+or its ds_to_universal conversion) -> one Hugging Face folder (config.json and generation_config.json with
+the tokenizer's special-token ids, model.safetensors, the R1 model code, the run's tokenizer, a model card
+README.md; r1_ds/model_card.py); tensor-parallel shards are merged.
 
     r1-ds export runs/tiny/checkpoints runs/tiny/hf          # the latest checkpoint
     r1-ds export runs/tiny/checkpoints/global_step200 out/   # one tag
 
-The folder loads with `AutoModelForCausalLM.from_pretrained(OUT)` after `import r1_ds`, or with
+The folder loads with `AutoModelForCausalLM.from_pretrained(OUT)` after `import r1_ds.model`, or with
 `trust_remote_code=True` in a process that never imported r1_ds, and gives the training model's logits.
 The weights keep the training dtype unless --dtype says otherwise. Checkpoint files are read weights-only
 (`--trust-checkpoint` opts out); NaN/Inf weights are refused; OUT is written under a temp name and renamed

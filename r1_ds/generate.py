@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import r1_ds  # noqa: F401  (registers the R1 classes)
+    import r1_ds.model  # noqa: F401  (registers the R1 classes)
 
     folder = pathlib.Path(args.model)
     problem = _check_arguments(folder, args)

@@ -1,4 +1,8 @@
-"""Rank-0 logging, the metrics file (metrics.jsonl), TensorBoard and the progress bar.
+"""Rank-0 logging, the metrics file (metrics.jsonl), TensorBoard, DeepSpeed's monitor and the progress bar.
+
+DeepSpeed's monitor (the "tensorboard", "wandb", "csv_monitor" and "comet" sections of the DeepSpeed JSON)
+receives R1's own metrics too (tokens/s, MFU, grad norm, compression stats, ...) as `Train/R1/<name>`,
+on DeepSpeed's own x axis (samples seen), and its writers are closed (W&B runs finished) with the metrics.
 
 Library code logs through `log0` only; every other rank stays quiet.
 """
@@ -27,8 +31,9 @@ class MetricsWriter:
     """metrics.jsonl (one JSON object per logged step), TensorBoard scalars and a tqdm bar, on rank 0."""
 
     def __init__(self, out_dir: str, *, total_steps: int, start_step: int, tensorboard: bool = True,
-                 progress: bool = True, enabled: bool = True):
+                 progress: bool = True, enabled: bool = True, monitor=None):
         self.enabled = enabled
+        self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self._tb = None
         self._bar = None
@@ -55,7 +60,8 @@ class MetricsWriter:
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict, monitor_step: int | None = None) -> None:
+        """Log one step's record; `monitor_step` is the x value of DeepSpeed's monitor (its global samples)."""
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
@@ -66,6 +72,10 @@ class MetricsWriter:
             for key, value in record.items():
                 if key not in ("step", "time") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"train/{key}", value, step)
+        if self.monitor is not None:
+            x = record["step"] if monitor_step is None else monitor_step
+            self.monitor.write_events([(f"Train/R1/{key}", value, x) for key, value in record.items()
+                                       if key not in ("step", "time") and isinstance(value, (int, float))])
 
     def progress(self, steps: int, postfix: dict) -> None:
         if self._bar is not None:
@@ -80,6 +90,26 @@ class MetricsWriter:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+        close_monitor(self.monitor)
+        self.monitor = None
+
+
+def close_monitor(monitor) -> None:
+    """End DeepSpeed's monitor writers before the process exits (exit_process skips the interpreter's teardown,
+    which would otherwise be the only thing to flush them): TensorBoard files closed, the W&B run finished,
+    the Comet experiment ended. The CSV monitor writes each event with its own open/close."""
+    if monitor is None:
+        return
+    tb = getattr(monitor, "tb_monitor", None)
+    if tb is not None and getattr(tb, "summary_writer", None) is not None:
+        tb.summary_writer.close()
+    if getattr(monitor, "wandb_monitor", None) is not None:
+        import wandb
+
+        wandb.finish()
+    comet = getattr(monitor, "comet_monitor", None)
+    if comet is not None and getattr(comet, "experiment", None) is not None:
+        comet.experiment.end()
 
 
 def read_metrics(path: str) -> list[dict]:

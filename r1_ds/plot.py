@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 
+from .extras import MissingExtra, require
 from .metrics import read_metrics
 
 log = logging.getLogger("r1_ds.plot")
@@ -41,8 +42,7 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_loss(runs: list[str], out: str, window: int = 1) -> str:
-    import matplotlib
-
+    matplotlib = require("matplotlib", extra="plot", purpose="r1-ds plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                                    else os.path.dirname(args.runs[0]), "loss.png")
     try:
         plot_loss(args.runs, out, args.smooth)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, MissingExtra) as err:
         log.error("%s", err)
         return 2
     except OSError as err:  # e.g. a read-only output folder

@@ -32,6 +32,7 @@ from data_prep.atomic import atomic_write_json
 from .config import ConfigError, TrainConfig, load_train_config, parse_set, read_mapping, resolve_batch
 from .data import ProgressiveSampler, Stage, batch_iterator, open_dataset
 from .divergence import DivergenceError
+from .extras import MissingExtra, require
 from .metrics import MetricsWriter, log0
 
 log = logging.getLogger("r1_ds.train")
@@ -56,23 +57,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", dest="output_dir", help="run folder: metrics, TensorBoard, checkpoints")
     p.add_argument("--preset", help="model size: tiny, 125m, 350m, 1.3b")
     p.add_argument("--data", help="packed shard folder (default: synthetic sample data)")
-    p.add_argument("--seq-len", dest="seq_len", type=int)
+    p.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per training row (default: the shards')")
     p.add_argument("--micro-batch", dest="micro_batch", type=int, help="sequences per rank per micro-step")
     p.add_argument("--global-batch", dest="global_batch", type=int, help="sequences per optimizer step")
     p.add_argument("--grad-accum", dest="grad_accum", type=int, help="micro-steps per optimizer step")
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--warmup-steps", dest="warmup_steps", type=int)
+    p.add_argument("--warmup-steps", dest="warmup_steps", type=int, help="linear learning-rate warm-up steps")
     p.add_argument("--pipe", type=int, help="pipeline stages")
     p.add_argument("--tensor", type=int, help="tensor-parallel size")
     p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps (0: at the end)")
-    p.add_argument("--checkpoint-dir", dest="checkpoint_dir")
+    p.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="checkpoint folder (default: OUTPUT_DIR/checkpoints)")
     p.add_argument("--resume", help='"auto" (default), "none", or a checkpoint folder')
     p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true", default=None,
                    help="unpickle the resumed checkpoint as it is (checkpoint.trust): only for checkpoints from a "
                         "source you trust; by default they are read weights-only and other Python objects are refused")
-    p.add_argument("--log-every", dest="log_every", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--log-every", dest="log_every", type=int, help="log metrics every N steps")
+    p.add_argument("--seed", type=int, help="seed of the initial weights and the data order")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any training-config field, e.g. --set schedule.drop_path_max=0.1 (repeatable)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
@@ -116,6 +117,7 @@ def init_distributed() -> None:
     if all(k in os.environ for k in _TORCH_ENV):
         deepspeed.init_distributed(auto_mpi_discovery=False)
     elif any(k in os.environ for k in _MPI_ENV):
+        require("mpi4py.MPI", extra="mpi", purpose="an MPI launch (mpirun, deepspeed --launcher openmpi/mpich)")
         deepspeed.init_distributed(auto_mpi_discovery=True)  # sets RANK, LOCAL_RANK, ... from MPI
     else:
         with socket.socket() as s:
@@ -155,12 +157,24 @@ def resolve_stages(cfg: TrainConfig, first_batch: int) -> list[Stage]:
     return out
 
 
+def _auto_keys(node, path: str = "") -> list[str]:
+    """Dotted keys whose value is "auto" (ds_configs/hf_trainer_auto.json's placeholders)."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _auto_keys(value, f"{path}{key}.")]
+    return [path[:-1]] if node == "auto" else []
+
+
 def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_type: str):
     """The DeepSpeed dict to initialise with, plus (dims, batch plan, notes, r1_compression section)."""
     from .precision import resolve_precision
 
     from .parallel.comm_hook import CompressionConfig, split_r1_sections
 
+    auto = _auto_keys(ds_json)
+    if auto:
+        raise ConfigError(f"the DeepSpeed JSON {cfg.deepspeed_config} has \"auto\" at {auto}: HF Trainer and accelerate "
+                          "fill those, r1-ds train does not. Fix: use a recipe with values (e.g. "
+                          "ds_configs/zero1_dp.json) or write them in.")
     ds, compression = split_r1_sections(ds_json)
     if compression is not None:  # checked now, not after deepspeed.initialize
         CompressionConfig.from_dict(compression)
@@ -237,6 +251,7 @@ def build_model(cfg: TrainConfig, device_type: str):
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank, whatever the layout
         model = R1ForCausalLM(config)
     model.config._attn_implementation = impl
+    model.config.label_smoothing = cfg.schedule.label_smoothing  # a training setting; the export resets it to 0
     return model
 
 
@@ -310,7 +325,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from .run_lock import RunLockError
 
     return (ConfigError, DataError, PrecisionError, CheckpointError, LayoutError, R1ConfigError, CompressionConfigError,
-            RunLockError)
+            RunLockError, MissingExtra)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -495,7 +510,7 @@ def train(cfg: TrainConfig):
     peak = cfg.log.peak_tflops * 1e12 if cfg.log.peak_tflops else peak_flops(training_dtype(ds_config))
     total = cfg.schedule.steps
     metrics = MetricsWriter(out_dir, total_steps=total, start_step=start, tensorboard=cfg.log.tensorboard,
-                            progress=cfg.log.progress, enabled=rank == 0)
+                            progress=cfg.log.progress, enabled=rank == 0, monitor=engine.monitor)
     loads_data = not pipeline or engine.is_first_stage() or engine.is_last_stage()
     finite = FiniteCheck(every=cfg.log.check_finite_every, skips_overflow=training_dtype(ds_config) == "fp16")
     stage_idx = None
@@ -564,7 +579,7 @@ def train(cfg: TrainConfig):
 
                     record["heldout_loss"] = engine_heldout_loss(engine, heldout, seq_len=seq_len, pipeline=pipeline,
                                                                  sequences=cfg.log.eval_sequences)
-                metrics.write(record)
+                metrics.write(record, monitor_step=engine.global_samples)
                 metrics.progress(steps_since, {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}",
                                                "MFU": f"{mfu:.1%}" if mfu is not None else None})
                 t_last, steps_since, tokens_since = now, 0, 0

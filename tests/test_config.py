@@ -189,10 +189,12 @@ def test_model_flops_count_every_matmul_weight():
 
     from r1_ds.flops import attention_keys_per_token, dense_params, peak_flops
     from r1_ds.model import R1Config, R1ForCausalLM
+    from r1_ds.model.modeling_r1 import R1LevelGate
 
     config = R1Config.from_preset("tiny")
     model = R1ForCausalLM(config)
-    linear = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    linear = sum(m.weight.numel() for m in model.model.layers.modules()
+                 if isinstance(m, (torch.nn.Linear, R1LevelGate)))
     linear -= sum(layer.self_attn.gate.weight[3:].numel() for layer in model.model.layers)  # alignment rows: no math
     assert dense_params(config) == linear + config.hidden_size * config.vocab_size  # + the (tied) LM head
     # query t of T=64 (window 16, paragraphs 8, documents 32, top-2 routing) sees on average:

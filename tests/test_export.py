@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import r1_ds  # noqa: F401  (registers the R1 classes with Auto*)
+import r1_ds.model  # noqa: F401  (registers the R1 classes with Auto*)
 from r1_ds.cli import main as cli_main
 from tests import train_runs
 from tests.train_probe import probe_ids

@@ -323,7 +323,7 @@ def test_label_smoothing_matches_torch():
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, 31), labels[:, 1:].reshape(-1), label_smoothing=0.1,
                           ignore_index=-100)
     torch.testing.assert_close(ours, ref)
-    m = model()
+    m = model(label_smoothing=0.1)  # a training setting; the default is plain cross entropy
     x = torch.randint(0, m.config.vocab_size, (2, 20))
     out = m(x, labels=x, use_cache=False)
     torch.testing.assert_close(out.loss, causal_lm_loss(out.logits, x, m.config.label_smoothing))

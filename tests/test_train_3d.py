@@ -159,7 +159,7 @@ def _assert_same_training(run: dict, ref: dict, steps) -> None:
 def _export_logits(ckpt: str, out: str) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
-    import r1_ds  # noqa: F401  (registers the R1 classes with Auto*)
+    import r1_ds.model  # noqa: F401  (registers the R1 classes with Auto*)
     from r1_ds.cli import main as cli_main
     from tests.train_probe import probe_ids
 

@@ -22,7 +22,8 @@ TASKS = ("perplexity", "humaneval", "glue", "retrieval")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    sub = p.add_subparsers(dest="task", metavar="TASK", required=True,
+                         help="what to evaluate: perplexity, humaneval, glue or retrieval")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="Hugging Face folder written by `r1-ds export`")
     common.add_argument("--out", help="results JSON (default: MODEL/eval/TASK.json)")

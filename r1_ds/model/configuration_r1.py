@@ -63,7 +63,7 @@ class R1Config(PretrainedConfig):
         rms_norm_eps: float = 1e-6,  # RMSNorm epsilon
         initializer_range: float = 0.02,  # std of the "normal" init scheme
         init_scheme: str = "depth_scaled",  # "depth_scaled": Var(W_l) = 1/(fan_in * 2^l); "normal": N(0, initializer_range^2)
-        label_smoothing: float = 0.1,  # causal-LM loss label smoothing
+        label_smoothing: float = 0.0,  # of model(labels=...)'s loss; 0: plain cross entropy (the trainer sets its own)
         drop_path_rate: float = 0.0,  # DropPath rate now; the trainer raises it during training
         tie_word_embeddings: bool = True,  # share embedding and LM-head weights
         use_cache: bool = True,

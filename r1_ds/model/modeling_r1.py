@@ -18,6 +18,7 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
 )
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_r1 import R1Config
 from .hierarchical_attention import (
@@ -26,6 +27,7 @@ from .hierarchical_attention import (
     hierarchical_attention_eager,
     hierarchical_attention_flex,
 )
+from .token_layout import TokenLayout, attention_by_segment, repeat_last_token, token_layout
 
 # transformers 5.24 renamed `past_key_values` to `cache` (arguments and output fields); 5.17, on the
 # GPU image, still uses the old name. Accept both, emit whichever this version's outputs define.
@@ -151,16 +153,26 @@ class R1MLP(nn.Module):
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
-class R1LevelGate(nn.Linear):
-    """W_g, b_g of the level gate: rows 0..2 of an nn.Linear(3d, 8) (so init, checkpoints and
-    tensor-parallel plans treat it as a plain linear layer). Rows 3..7 are zero and unused: they are
-    there so that every parameter has a multiple of 8 elements. DeepSpeed packs parameters back to
-    back into flat buffers, and one 3-element bias would leave every later weight 6 bytes (bf16) off
-    16-byte alignment, which pushes cuBLAS onto its slow unaligned kernels (measured: a 1.3B step
-    ran 2.5x slower than Llama's) and breaks compiled kernels. It also takes the three levels apart,
-    skipping the concatenation."""
+class R1LevelGate(nn.Module):
+    """W_g, b_g of the level gate: rows 0..2 of a (8, 3d) weight and an (8,) bias, stored as an
+    nn.Linear(3d, 8) stores them (`weight`, `bias`; so init, checkpoints and tensor-parallel plans
+    treat it as a linear layer). Rows 3..7 are zero and unused: they are there so that every
+    parameter has a multiple of 8 elements. DeepSpeed packs parameters back to back into flat
+    buffers, and one 3-element bias would leave every later weight 6 bytes (bf16) off 16-byte
+    alignment, which pushes cuBLAS onto its slow unaligned kernels (measured: a 1.3B step ran 2.5x
+    slower than Llama's) and breaks compiled kernels. It also takes the three levels apart, skipping
+    the concatenation.
+
+    Not an nn.Linear subclass: its forward takes three tensors, and adapters that wrap every nn.Linear
+    (PEFT's target_modules="all-linear") call a linear layer with one."""
 
     rows = 3  # levels
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @staticmethod
     def gate_input(levels: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -170,7 +182,7 @@ class R1LevelGate(nn.Linear):
     def forward(self, *levels: torch.Tensor) -> torch.Tensor:
         """(B, T, 3) logits, from [h1; h2; h3] or from h1, h2, h3 apart."""
         if len(levels) == 1 or not levels[0].is_cuda:  # CPU: the plain matmul is fine there
-            return super().forward(self.gate_input(levels))[..., : self.rows]
+            return F.linear(self.gate_input(levels), self.weight, self.bias)[..., : self.rows]
         return level_gate_logits(*levels, self.weight[: self.rows], self.bias[: self.rows])
 
 
@@ -189,15 +201,16 @@ class R1HierarchicalAttention(nn.Module):
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
-        self.gate = R1LevelGate(3 * d, 8, bias=True)  # W_g, b_g (3 rows used)
+        self.gate = R1LevelGate(3 * d, 8)  # W_g, b_g (3 rows used)
 
     def kernel_kwargs(self) -> dict:
         c = self.config
         return dict(level_heads=tuple(c.level_heads), window=c.local_window, paragraph_size=c.paragraph_size,
                     document_size=c.document_size, top_k=c.route_top_k, rope_theta=c.rope_theta)
 
-    def levels(self, x: torch.Tensor, past_key_values: Cache | None = None):
-        """The three level outputs (B, T, d) each, before gating."""
+    def levels(self, x: torch.Tensor, past_key_values: Cache | None = None, layout: TokenLayout | None = None):
+        """The three level outputs (B, T, d) each, before gating. `layout` (None: each row is one dense
+        sequence) names the sequences of a padded or packed batch (see token_layout.py)."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, d)
         past = 0
         if past_key_values is not None:
@@ -210,6 +223,9 @@ class R1HierarchicalAttention(nn.Module):
         else:
             k_all, q_all, v_all = k, q, v
         impl = self.config._attn_implementation
+        if layout is not None:  # each sequence on its own, renumbered from 0
+            return attention_by_segment(q, k_all, v_all, q_all, layout, flex=impl == "flex_attention",
+                                        **self.kernel_kwargs())
         if impl == "flex_attention" and past == 0:
             return hierarchical_attention_flex(q, k, v, **self.kernel_kwargs())
         if impl == "flex_attention":  # decoding: the new queries are the newest positions of the cache
@@ -222,8 +238,9 @@ class R1HierarchicalAttention(nn.Module):
         fused, alpha = gated_sum(h1, h2, h3, logits)  # alpha: (B, T, 3)
         return self.o_proj(fused), alpha
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
-        out, _ = self.fuse(*self.levels(hidden_states, past_key_values))
+    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None,
+                layout: TokenLayout | None = None) -> torch.Tensor:
+        out, _ = self.fuse(*self.levels(hidden_states, past_key_values, layout))
         return out
 
 
@@ -239,8 +256,10 @@ class R1DecoderLayer(nn.Module):
         self.mlp = R1MLP(config)
         self.drop_path = DropPath(0.0)
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
-        h = hidden_states + self.drop_path(self.self_attn(self.input_layernorm(hidden_states), past_key_values))
+    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None,
+                layout: TokenLayout | None = None) -> torch.Tensor:
+        h = hidden_states + self.drop_path(self.self_attn(self.input_layernorm(hidden_states), past_key_values,
+                                                          layout))
         return h + self.drop_path(self.mlp(self.post_attention_layernorm(h)))
 
 
@@ -259,7 +278,7 @@ class R1PreTrainedModel(PreTrainedModel):
         block l (l = 1 .. L, counted from the input) gets Var(W) = 1 / (fan_in * 2^l); everything
         outside the blocks, and every weight under "normal", gets N(0, initializer_range^2)."""
         c = self.config
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, R1LevelGate)):
             depth = getattr(module, "_r1_depth", None)
             if c.init_scheme == "depth_scaled" and depth is not None:
                 std = 1.0 / math.sqrt(module.in_features * 2.0 ** depth)
@@ -274,6 +293,16 @@ class R1PreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=c.initializer_range)
         elif isinstance(module, R1RMSNorm):
             nn.init.ones_(module.weight)
+
+    def save_pretrained(self, *args, **kwargs):
+        # Every head in auto_map, whichever is saved: the folder then loads with trust_remote_code as AutoModel,
+        # AutoModelForCausalLM or AutoModelForSequenceClassification (save_pretrained adds only its own class).
+        heads = {"AutoModel": "R1Model", "AutoModelForCausalLM": "R1ForCausalLM",
+                 "AutoModelForSequenceClassification": "R1ForSequenceClassification"}
+        module = type(self).__module__.split(".")[-1]
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                **{auto: f"{module}.{cls}" for auto, cls in heads.items()}}
+        return super().save_pretrained(*args, **kwargs)
 
     def set_drop_path_rate(self, rate: float) -> None:
         """Set the DropPath rate (the trainer calls this as training progresses). Block l of L gets
@@ -294,7 +323,7 @@ class R1Model(R1PreTrainedModel):
         self.norm = R1RMSNorm(config.hidden_size, config.rms_norm_eps)
         for i, layer in enumerate(self.layers):  # depth tags read by _init_weights
             for m in layer.modules():
-                if isinstance(m, nn.Linear):
+                if isinstance(m, (nn.Linear, R1LevelGate)):
                     m._r1_depth = i + 1
         self.gradient_checkpointing = False
         self.post_init()
@@ -306,29 +335,49 @@ class R1Model(R1PreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, past_key_values: Cache | None = None,
-                use_cache: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
+                use_cache: bool | None = None, output_hidden_states: bool | None = None,
+                output_attentions: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
+        """position_ids come through kwargs: left out of the signature, generate() does not derive them
+        from the mask (its right-padding ids restart after the pads); given, token_layout checks them."""
         past_key_values = _take_cache(past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("R1Model.forward: pass exactly one of input_ids and inputs_embeds")
-        if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask[:, 0].all()):
-            # A causal model ignores right padding (pads come after every real token); left padding
-            # would shift positions and groups, which R1 does not support.
-            raise ValueError("R1Model: left padding is not supported (attention_mask has 0 in column 0); "
-                             "pad on the right (tokenizer.padding_side = 'right') or generate one prompt at a time")
+        if output_attentions:
+            raise ValueError("R1Model: output_attentions is not available: each token attends over three levels "
+                             "with different keys (tokens, paragraph and document summaries), not one T x T map. "
+                             "Fix: leave output_attentions unset.")
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None and not self.training:
             past_key_values = DynamicCache(config=self.config)
         if not use_cache:
             past_key_values = None
+        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        if past and getattr(past_key_values, "r1_packed", False):
+            raise ValueError("R1: this cache holds packed documents (position_ids restarting at 0); it cannot be "
+                             "continued. Fix: generate from each document on its own.")
+        layout = token_layout(attention_mask, kwargs.get("position_ids"), batch=h.shape[0], past=past,
+                              new=h.shape[1], device=h.device)
+        if layout is not None and layout.packed and past_key_values is not None:
+            past_key_values.r1_packed = True
+        hidden_states = []
         for layer in self.layers:
+            if output_hidden_states:
+                hidden_states.append(h)
             if self.gradient_checkpointing and self.training:
-                h = self._gradient_checkpointing_func(layer.__call__, h, None)
+                h = self._gradient_checkpointing_func(layer.__call__, h, None, layout)
             else:
-                h = layer(h, past_key_values)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), **{_CACHE_FIELD: past_key_values})
+                h = layer(h, past_key_values, layout)
+        h = self.norm(repeat_last_token(h, layout))
+        if output_hidden_states:
+            hidden_states.append(h)  # as in HF models: the embeddings, each block's output, the last one normed
+        return BaseModelOutputWithPast(last_hidden_state=h, hidden_states=tuple(hidden_states) or None,
+                                       **{_CACHE_FIELD: past_key_values})
 
 
 class R1ForCausalLM(R1PreTrainedModel, GenerationMixin):
@@ -346,19 +395,23 @@ class R1ForCausalLM(R1PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 past_key_values: Cache | None = None, use_cache: bool | None = None,
-                logits_to_keep: int = 0, num_items_in_batch=None, **kwargs) -> CausalLMOutputWithPast:
+                logits_to_keep: int = 0, num_items_in_batch=None, output_hidden_states: bool | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
         past_key_values = _take_cache(past_key_values, kwargs)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                         past_key_values=past_key_values, use_cache=use_cache)
+                         past_key_values=past_key_values, use_cache=use_cache,
+                         output_hidden_states=output_hidden_states, **kwargs)
         h = out.last_hidden_state
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, self.config.label_smoothing, num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                      **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})
 
 
 class R1ForSequenceClassification(R1PreTrainedModel):
@@ -371,15 +424,16 @@ class R1ForSequenceClassification(R1PreTrainedModel):
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **kwargs) -> SequenceClassifierOutputWithPast:
+                output_hidden_states: bool | None = None, **kwargs) -> SequenceClassifierOutputWithPast:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                         use_cache=False)
+                         use_cache=False, output_hidden_states=output_hidden_states, **kwargs)
         logits = self.score(out.last_hidden_state)  # (B, T, C)
         B, T = logits.shape[:2]
-        if attention_mask is not None:
-            last = attention_mask.long().sum(-1) - 1
+        if attention_mask is not None:  # the last unmasked token, whichever side the padding is on
+            last = (attention_mask.long() * torch.arange(T, device=logits.device)).argmax(-1)
         elif input_ids is not None and self.config.pad_token_id is not None:
             is_tok = (input_ids != self.config.pad_token_id).long()
             last = (is_tok * torch.arange(T, device=logits.device)).argmax(-1)
@@ -392,4 +446,4 @@ class R1ForSequenceClassification(R1PreTrainedModel):
                 loss = F.mse_loss(pooled.squeeze(-1).float(), labels.float())
             else:
                 loss = F.cross_entropy(pooled.float(), labels.view(-1))
-        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, hidden_states=out.hidden_states)

@@ -125,8 +125,8 @@ class TensorParallelHierarchicalAttention(R1HierarchicalAttention):
     def kernel_kwargs(self) -> dict:
         return {**super().kernel_kwargs(), "level_heads": self.local_level_heads}
 
-    def levels(self, x: torch.Tensor, past_key_values=None):
-        return super().levels(copy_to_tp(x, self.tp_group), past_key_values)  # each (B, T, d / tp)
+    def levels(self, x: torch.Tensor, past_key_values=None, layout=None):
+        return super().levels(copy_to_tp(x, self.tp_group), past_key_values, layout)  # each (B, T, d / tp)
 
 
 class TensorParallelLevelGate(RowParallelLinear):
@@ -206,7 +206,7 @@ def _colwise(m: nn.Linear, name: str, ctx: _Ctx) -> nn.Module:
 
 def _rowwise(m: nn.Linear, name: str, ctx: _Ctx, *, stride: int = 1, feeds_sharded: bool = False,
              cls: type[RowParallelLinear] = RowParallelLinear) -> nn.Module:
-    _require(m, nn.Linear, "rowwise", name)
+    _require(m, R1LevelGate if cls is TensorParallelLevelGate else nn.Linear, "rowwise", name)
     new = cls(m.in_features, m.out_features, ctx.group, bias=m.bias is not None, stride=stride,
               feeds_sharded=feeds_sharded, device="meta")
     new.weight = _keep_marks(new.weight, _shard_param(m.weight, ctx, 1, stride))
