@@ -15,10 +15,12 @@ import warnings
 
 import torch
 
+from ..data import DataError
+
 log = logging.getLogger("r1_ds.align")
 
 
-class ImageTowerError(ValueError):
+class ImageTowerError(DataError):
     """The image tower cannot be built or its checkpoint does not fit it; the message names the file."""
 
 

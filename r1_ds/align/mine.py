@@ -93,12 +93,12 @@ class MineEstimator:
 
     def state_dict(self) -> dict:
         return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "log_ema": self.log_ema, "updates": self.updates}
+                "log_ema": self.log_ema, "updates": self.updates, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.log_ema, self.updates = state["log_ema"], state["updates"]
+        self.log_ema, self.updates, self.seed = state["log_ema"], state["updates"], state["seed"]
 
 
 def pair_weights(estimates: dict[str, float], *, temperature: float = 1.0, low: float = 0.5,
