@@ -9,7 +9,9 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from r1_ds.align import info_nce
 from r1_ds.metrics import read_metrics
 from tests.dist import run_distributed
 
@@ -78,8 +80,10 @@ RESUME = {"schedule.steps": 4, "schedule.warmup_steps": 1, "checkpoint.every": 2
           "align.mine_warmup": 1, "align.eval_every": 2, "schedule.global_batch": 16, "data.micro_batch": 8}
 
 
-def _one_rank_runs(data_dir: str, tmp: str) -> dict:
-    """On one spawned rank: a 40-step run (retrieval), then a 4-step run and its resume from step 2."""
+def _one_rank_runs(data_dir: str, tmp: str, ds_json: str) -> dict:
+    """On one spawned rank: a 40-step run (retrieval), a 4-step run and its resume from step 2, and the one-process
+    reference of the ZeRO-1 run."""
+    reference = _zero1_run(data_dir, os.path.join(tmp, "one"), ds_json, 16)
     train_here(align_overrides(data_dir, os.path.join(tmp, "long"), **{"schedule.steps": 40, "align.eval_every": 20}))
     full = _state(train_here(align_overrides(data_dir, os.path.join(tmp, "full"), **RESUME)))
     src, dst = os.path.join(tmp, "full", "checkpoints"), os.path.join(tmp, "resumed", "checkpoints")
@@ -87,7 +91,7 @@ def _one_rank_runs(data_dir: str, tmp: str) -> dict:
     with open(os.path.join(dst, "latest"), "w") as f:
         f.write("global_step2")
     resumed = _state(train_here(align_overrides(data_dir, os.path.join(tmp, "resumed"), **RESUME)))
-    return {"full": full, "resumed": resumed}
+    return {"full": full, "resumed": resumed, "zero1_reference": reference}
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +100,43 @@ def sample_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(sample_dir, tmp_path_factory):
+def zero1_json(tmp_path_factory) -> str:
+    with open("ds_configs/tiny_cpu.json") as f:
+        ds = json.load(f)
+    ds["zero_optimization"] = {"stage": 1}
+    path = str(tmp_path_factory.mktemp("align_ds") / "zero1.json")
+    with open(path, "w") as f:
+        json.dump(ds, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(sample_dir, tmp_path_factory, zero1_json):
     tmp = str(tmp_path_factory.mktemp("align_runs"))
-    out = run_distributed(_one_rank_runs, 1, sample_dir, tmp, timeout=300)[0]
+    out = run_distributed(_one_rank_runs, 1, sample_dir, tmp, zero1_json, timeout=300)[0]
     return {"dir": tmp, **out}
+
+
+def _two_rank_body(data_dir: str, out: str, ds_json: str, grad_args: tuple) -> dict:
+    """On each of 2 spawned ranks: the gathered info_nce gradients, then a 2-step ZeRO-1 alignment run."""
+    return {"grads": _grads_on_rank(*grad_args), "params": _zero1_run(data_dir, out, ds_json, 8)}
+
+
+GRAD_CASE = (8, 6, 3, [1, 1, 0, 1, 1, 0, 0, 1], 7.0)  # rows, dim, seed, mask (3 valid rows on rank 0, 2 on 1), scale
+
+
+def _features(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g), dim=1), F.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(sample_dir, tmp_path_factory, zero1_json):
+    n, d, seed, mask, scale = GRAD_CASE
+    a, b = _features(n, d, seed)
+    out = str(tmp_path_factory.mktemp("align_two") / "two")
+    return run_distributed(_two_rank_body, 2, sample_dir, out, zero1_json,
+                           (a, b, torch.tensor(mask, dtype=torch.bool), scale), timeout=300)
 
 
 def metrics_of(run_dir: str) -> dict:
@@ -144,6 +181,7 @@ def test_resume_equals_the_uninterrupted_run(runs):
 
 
 def _zero1_run(data_dir: str, out: str, ds_json: str, micro: int) -> dict:
+    """2 steps of global batch 16 under ZeRO-1, as `micro` rows per rank (16 on one rank, 8 on each of two)."""
     engine = train_here(align_overrides(data_dir, out, **{
         "deepspeed_config": ds_json, "schedule.steps": 2, "schedule.warmup_steps": 0, "schedule.global_batch": 16,
         "data.micro_batch": micro, "align.eval_every": 100, "align.mine_every": 1, "align.mine_warmup": 0}))
@@ -151,18 +189,53 @@ def _zero1_run(data_dir: str, out: str, ds_json: str, micro: int) -> dict:
 
 
 @pytest.mark.slow
-def test_zero1_on_two_ranks_trains_like_one_process_over_the_whole_batch(sample_dir, tmp_path):
-    with open("ds_configs/tiny_cpu.json") as f:
-        ds = json.load(f)
-    ds["zero_optimization"] = {"stage": 1}
-    ds_json = str(tmp_path / "zero1.json")
-    with open(ds_json, "w") as f:
-        json.dump(ds, f)
-    two = run_distributed(_zero1_run, 2, sample_dir, str(tmp_path / "two"), ds_json, 8, timeout=240)
-    one = run_distributed(_zero1_run, 1, sample_dir, str(tmp_path / "one"), ds_json, 16, timeout=240)[0]
-    for name, value in one.items():
+def test_zero1_on_two_ranks_trains_like_one_process_over_the_whole_batch(two_ranks, runs):
+    two = [r["params"] for r in two_ranks]
+    for name, value in runs["zero1_reference"].items():
         assert torch.equal(two[0][name], two[1][name]), name  # replicas agree
         assert torch.allclose(two[0][name], value, rtol=1e-4, atol=1e-5), (name, (two[0][name] - value).abs().max())
+
+
+def _grads_on_rank(full_a, full_b, mask, scale):
+    """This rank's half of the batch through the gathered loss; returns the all-reduced mean of the gradients
+    (what DeepSpeed applies) w.r.t. the features and the logit scale."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = full_a.shape[0] // world
+    rows = slice(rank * n, (rank + 1) * n)
+    a = full_a[rows].clone().requires_grad_()
+    b = full_b[rows].clone().requires_grad_()
+    s = torch.tensor(scale, requires_grad=True)
+    loss = info_nce(a, b, s, mask=mask[rows], group=dist.group.WORLD)
+    loss.backward()
+    grad_a = torch.zeros_like(full_a)
+    grad_b = torch.zeros_like(full_b)
+    grad_a[rows], grad_b[rows] = a.grad, b.grad
+    summed = [grad_a, grad_b, s.grad.reshape(1), loss.detach().reshape(1)]
+    for t in summed:
+        dist.all_reduce(t)
+    return [t / world if i >= 2 else t for i, t in enumerate(summed)]  # feature grads: each rank owns its rows
+
+
+@pytest.mark.slow
+def test_gathered_loss_on_two_ranks_gives_the_one_process_gradient(two_ranks):
+    n, d, seed, mask, scale = GRAD_CASE
+    a, b = _features(n, d, seed)
+    mask = torch.tensor(mask, dtype=torch.bool)
+    ref_a, ref_b = a.clone().requires_grad_(), b.clone().requires_grad_()
+    s = torch.tensor(scale, requires_grad=True)
+    ref = info_nce(ref_a, ref_b, s, mask=mask)
+    ref.backward()
+    # Each rank's feature gradient is that of the sum of every rank's loss (the gather's backward sums them),
+    # which is world x the one-process loss; an encoder behind the features turns it into a parameter gradient
+    # that DeepSpeed averages over the ranks: world x / world. The scale is not gathered: its gradient is the
+    # rank mean directly.
+    grad_a, grad_b, grad_s, loss = two_ranks[0]["grads"]
+    assert torch.allclose(grad_a / 2, ref_a.grad, atol=1e-6), (grad_a / 2 - ref_a.grad).abs().max()
+    assert torch.allclose(grad_b / 2, ref_b.grad, atol=1e-6)
+    assert float(grad_s) == pytest.approx(float(s.grad), rel=1e-5)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-6)  # the mean of the rank losses is the loss
 
 
 def test_pipeline_and_tensor_layouts_are_refused_with_the_reason(sample_dir, tmp_path):
