@@ -294,8 +294,8 @@ def test_bad_rows_are_dropped_and_counted_by_reason(tmp_path):
     images = load_image_embeddings(parsed, str(tmp_path / "cache.pt"), lambda: _tower())
 
     class Tok:
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": [ord(c) % 50 for c in text]}
+        def __call__(self, text, add_special_tokens=False, truncation=False, max_length=None):
+            return {"input_ids": [ord(c) % 50 for c in text][:max_length]}
 
     data = build_align_data(parsed, dropped, *images, Tok(), text_len=8, code_len=8, vocab_size=64,
                             held_out_percent=50)

@@ -30,6 +30,7 @@ KIND_MODALITIES = {"image-text-code": (True, True, True), "image-text": (True, T
 @dataclass
 class Row:
     id: str
+    kind: str
     has: tuple[bool, bool, bool]
     image: str | None = None  # absolute path
     views: list[str] = field(default_factory=list)
@@ -74,7 +75,7 @@ def parse_triples(path: str) -> tuple[list[Row], Counter]:
                 continue
             seen.add(rid)
             views = [os.path.join(root, v) for v in rec.get("image_views") or [] if isinstance(v, str)] if has[0] else []
-            rows.append(Row(id=rid, has=has, image=os.path.join(root, image) if has[0] else None, views=views,
+            rows.append(Row(id=rid, kind=rec["kind"], has=has, image=os.path.join(root, image) if has[0] else None, views=views,
                             text=text if has[1] else "", code=code if has[2] else ""))
     return rows, dropped
 
@@ -134,8 +135,8 @@ def build_align_data(rows: list[Row], dropped: Counter, images: dict[str, torch.
         if r.has[0] and r.image not in images:
             dropped[failed.get(r.image, "missing_image")] += 1
             continue
-        text = tokenizer(r.text, add_special_tokens=False)["input_ids"][:text_len] if r.has[1] else []
-        code = tokenizer(r.code, add_special_tokens=False)["input_ids"][:code_len] if r.has[2] else []
+        text = _tokens(tokenizer, r.text, text_len) if r.has[1] else []
+        code = _tokens(tokenizer, r.code, code_len) if r.has[2] else []
         max_id = max([max_id, *text, *code])
         item = {"id": r.id, "has": r.has, "text": text, "code": code,
                 "image": [images[p] for p in [r.image, *r.views] if p in images] if r.has[0] else []}
@@ -144,6 +145,10 @@ def build_align_data(rows: list[Row], dropped: Counter, images: dict[str, torch.
         raise DataError(f"the alignment tokenizer produces token id {max_id} but the model has vocab_size={vocab_size}. "
                         f"Fix: set model.overrides.vocab_size > {max_id} (the tokenizer's vocabulary size).")
     return AlignData(train=train, held_out=held, dropped=dropped, image_dim=dim)
+
+
+def _tokens(tokenizer, text: str, limit: int) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"][:limit]
 
 
 def collate(items: list[dict], *, image_dim: int, pad_id: int, view_rng: np.random.Generator | None = None) -> dict:

@@ -16,11 +16,32 @@ import torch
 import torch.nn.functional as F
 
 
+class _GatherRows(torch.autograd.Function):
+    """all_gather forward; backward sums the gradient of the gathered rows over the ranks and keeps this rank's
+    slice (what torch.distributed.nn.functional.all_gather does, without its deprecation, and on gloo)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        import torch.distributed as dist
+
+        ctx.group, ctx.rows = group, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)  # every rank's loss reaches every rank's rows
+        start = dist.get_rank(ctx.group) * ctx.rows
+        return grad[start:start + ctx.rows], None
+
+
 def gather_rows(x: torch.Tensor, group) -> torch.Tensor:
     """Rows of every rank of `group`, in rank order, with gradients flowing back to each rank's own rows."""
-    import torch.distributed.nn.functional as dist_nn
-
-    return torch.cat(dist_nn.all_gather(x.contiguous(), group=group))
+    return _GatherRows.apply(x, group)
 
 
 def gather_rows_no_grad(x: torch.Tensor, group) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -12,6 +12,8 @@ class AlignSettings:
     plus `weight` times the alignment loss."""
     triples: str | None = None
     """triples.jsonl written by `r1-ds prep` (OUT/triples/triples.jsonl), or the prep folder OUT itself."""
+    kinds: list = field(default_factory=list)
+    """Triple kinds to train and evaluate on (image-text-code, image-text, text-code); empty: all."""
     tokenizer: str | None = None
     """Tokenizer folder for text and code; empty: the prep folder's tokenizer/ (beside triples/)."""
     weight: float = 1.0
@@ -77,6 +79,11 @@ def validate_align(a: AlignSettings, fail) -> None:
     if a.enabled and not a.triples:
         fail("align.triples", a.triples, f"is required with align.objective={a.objective}",
              "point it at the prep folder (or its triples/triples.jsonl)")
+    if not isinstance(a.kinds, list):
+        fail("align.kinds", a.kinds, "must be a list", "write e.g. --set align.kinds=[image-text-code]")
+    unknown = sorted(set(a.kinds) - {"image-text-code", "image-text", "text-code"})
+    if unknown:
+        fail("align.kinds", a.kinds, f"names unknown kinds {unknown}", "use image-text-code, image-text, text-code")
     if not a.weight > 0:
         fail("align.weight", a.weight, "must be > 0", "use e.g. 1.0")
     if not 0 < a.min_temperature <= a.init_temperature <= a.max_temperature:

@@ -84,6 +84,8 @@ def prepare_data(cfg: TrainConfig, *, rank: int, vocab_size: int):
     path = triples_file(a.triples)
     tokenizer = load_tokenizer(a.tokenizer, path)
     rows, dropped = parse_triples(path)
+    if a.kinds:
+        rows = [r for r in rows if r.kind in a.kinds]
     if not a.use_views:
         for r in rows:
             r.views = []
