@@ -91,6 +91,9 @@ def _one_rank_runs(data_dir: str, tmp: str, ds_json: str) -> dict:
     with open(os.path.join(dst, "latest"), "w") as f:
         f.write("global_step2")
     resumed = _state(train_here(align_overrides(data_dir, os.path.join(tmp, "resumed"), **RESUME)))
+    train_here(align_overrides(data_dir, os.path.join(tmp, "lm"), **{
+        "align.objective": "lm+align", "align.weight": 0.5, "data.seq_len": 32, "schedule.steps": 2,
+        "schedule.warmup_steps": 0, "align.eval_every": 100}))  # synthetic LM data beside the triples
     return {"full": full, "resumed": resumed, "zero1_reference": reference}
 
 
@@ -178,6 +181,14 @@ def test_resume_equals_the_uninterrupted_run(runs):
     assert a[4]["align/image-text/weight"] != 1.0  # the weights moved, so their state had to be restored
     for name, value in runs["resumed"].items():
         assert torch.equal(value, runs["full"][name]), name
+
+
+@pytest.mark.slow
+def test_lm_plus_align_adds_the_weighted_alignment_loss_to_the_lm_loss(runs):
+    for rec in metrics_of(os.path.join(runs["dir"], "lm")).values():
+        align = sum(rec[f"align/{p}/weight"] * rec[f"align/{p}/loss"] for p in ("image-text", "image-code", "text-code"))
+        assert 0 < rec["lm_loss"] < 10
+        assert rec["loss"] == pytest.approx(rec["lm_loss"] + 0.5 * align, rel=1e-5)  # what the step minimised
 
 
 def _zero1_run(data_dir: str, out: str, ds_json: str, micro: int) -> dict:

@@ -288,7 +288,7 @@ def train_align(cfg: TrainConfig):
     coords = dims.coords(rank)
     device = engine.device
     t_last, pairs_since, t_start, last_logged = time.perf_counter(), 0, time.perf_counter(), start
-    acc = torch.zeros(len(PAIRS) + 2)  # per-pair loss sums, lm loss sum, micro-steps
+    acc = torch.zeros(len(PAIRS) + 3)  # per-pair loss sums, lm loss sum, objective sum, micro-steps
     valid = torch.zeros(len(PAIRS))  # rows holding each pair, over all ranks and micro-steps since the last log
     try:
         for step in range(start, total):
@@ -324,6 +324,7 @@ def train_align(cfg: TrainConfig):
                 acc[:len(PAIRS)] += out["pair_loss"].float().cpu()
                 if with_lm:
                     acc[len(PAIRS)] += float(out["lm_loss"])
+                acc[-2] += float(out["loss"].detach())
                 acc[-1] += 1
             done = step + 1
             pairs_since += engine.train_batch_size()
@@ -338,19 +339,17 @@ def train_align(cfg: TrainConfig):
                 now = time.perf_counter()
                 record = {"step": done, "loss": None, "lr": lr, "pairs_per_s": pairs_since / max(now - t_last, 1e-9),
                           "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib()}
-                total_loss = 0.0
+                total_loss = float(summed[-2]) / n_micro  # the objective the step minimised
                 for p, name in enumerate(PAIRS):
                     loss_p = float(summed[p]) / n_micro
-                    total_loss += mine.weights[p] * loss_p
                     scale = float(engine.module.heads.logit_scale(p).detach())
                     rows = valid[p] / n_micro
                     record.update({f"align/{name}/loss": loss_p, f"align/{name}/temperature": 1 / scale,
                                    f"align/{name}/mine": mine.raw[p], f"align/{name}/mine_smoothed": mine.estimates[p],
-                                   f"align/{name}/weight": mine.weights[p],
+                                   f"align/{name}/weight": float(weights[p]),  # as applied in this step
                                    f"align/{name}/infonce_bound": infonce_bound(loss_p, int(rows)) if rows else None})
                 if with_lm:
                     record["lm_loss"] = float(summed[len(PAIRS)]) / n_micro
-                    total_loss = record["lm_loss"] + a.weight * total_loss
                 record["loss"] = total_loss
                 norm = engine.get_global_grad_norm()
                 record["grad_norm"] = float(norm) if norm is not None else None
