@@ -94,9 +94,10 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float
     if cols.numel() == 0:
         return (a.sum() + b.sum()) * 0.0
     labels = (torch.cumsum(all_mask.long(), 0) - 1)[rows + offset]  # match of each row among the valid columns
-    loss = F.cross_entropy(logit_scale * a[rows] @ all_b[cols].T, labels, reduction="sum")
+    # logits in fp32 whatever the training dtype: a bf16 softmax over a few hundred columns loses the target's share
+    loss = F.cross_entropy((logit_scale * a[rows] @ all_b[cols].T).float(), labels, reduction="sum")
     if symmetric:
-        loss_ba = F.cross_entropy(logit_scale * b[rows] @ all_a[cols].T, labels, reduction="sum")
+        loss_ba = F.cross_entropy((logit_scale * b[rows] @ all_a[cols].T).float(), labels, reduction="sum")
         loss = (loss + loss_ba) / 2
     return loss * (world / cols.numel())
 
