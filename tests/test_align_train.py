@@ -249,12 +249,12 @@ def test_gathered_loss_on_two_ranks_gives_the_one_process_gradient(two_ranks):
     assert float(loss) == pytest.approx(float(ref), rel=1e-6)  # the mean of the rank losses is the loss
 
 
-def test_pipeline_and_tensor_layouts_are_refused_with_the_reason(sample_dir, tmp_path):
+def test_pipeline_and_tensor_layouts_are_refused_with_the_reason(tmp_path):
     from r1_ds.config import ConfigError, load_train_config
     from r1_ds.train import train
 
     for key in ("parallel.pipe", "parallel.tensor"):
-        cfg = load_train_config(None, align_overrides(sample_dir, str(tmp_path), **{key: 2}))
+        cfg = load_train_config(None, align_overrides(str(tmp_path), str(tmp_path), **{key: 2}))
         with pytest.raises(ConfigError, match=f"{key}=2 with align.objective=align: .*Fix"):
             train(cfg)
 
@@ -319,3 +319,15 @@ def _tower():
     from r1_ds.align.image_tower import build_image_tower
 
     return build_image_tower("RN50", None, image_size=64)
+
+
+def test_resuming_from_a_checkpoint_of_another_objective_is_refused_before_loading(tmp_path):
+    from r1_ds.align.trainer import check_align_checkpoint
+    from r1_ds.checkpoint import CheckpointError
+
+    (tmp_path / "global_step2").mkdir()
+    torch.save({"module": None, "r1_sampler": {}}, tmp_path / "global_step2" / "mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError, match="global_step2 is not an alignment checkpoint.*Fix"):
+        check_align_checkpoint(str(tmp_path), "global_step2")
+    torch.save({"module": None, "r1_align_mine": {}}, tmp_path / "global_step2" / "mp_rank_00_model_states.pt")
+    check_align_checkpoint(str(tmp_path), "global_step2")

@@ -194,6 +194,18 @@ def retrieval_metrics(module: AlignModel, items: list[dict], *, image_dim: int, 
     return out
 
 
+def check_align_checkpoint(load_dir: str, tag: str) -> None:
+    """Refuse, before DeepSpeed reads it, a checkpoint that an alignment run did not write (its module differs)."""
+    from ..checkpoint import CheckpointError
+
+    path = os.path.join(load_dir, tag, "mp_rank_00_model_states.pt")
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False) if os.path.isfile(path) else {}
+    if "r1_align_mine" not in state:
+        raise CheckpointError(f"{os.path.join(load_dir, tag)} is not an alignment checkpoint (no r1_align_mine state). "
+                              "Fix: resume from an alignment run's checkpoints, or start fresh with "
+                              "checkpoint.resume=none (model.init_from=<an exported LM folder> starts from its weights).")
+
+
 def train_align(cfg: TrainConfig):
     """Train per `cfg` with the alignment objective; returns the DeepSpeed engine."""
     from .. import checkpoint as ckpt
@@ -223,6 +235,7 @@ def train_align(cfg: TrainConfig):
     ckpt_dir = cfg.checkpoint.dir or os.path.join(out_dir, "checkpoints")
     found = ckpt.find_resume(ckpt_dir, cfg.checkpoint.resume)
     if found:
+        check_align_checkpoint(*found)
         saved = ckpt.read_saved_checkpoint(*found)
         ckpt.check_resume_layout(saved, pipe=dims.pipe, tensor=dims.tensor, data=dims.data,
                                  zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0))
@@ -271,10 +284,6 @@ def train_align(cfg: TrainConfig):
         client = ckpt.load(engine, *found)
         start = engine.global_steps
         sampler.check_resume(client.get("r1_sampler"), start)
-        if client.get("r1_align_mine") is None:
-            raise ckpt.CheckpointError(f"{found[0]}/{found[1]} is not an alignment checkpoint (no r1_align_mine state). "
-                                       "Fix: resume from an alignment run's checkpoints, or start fresh "
-                                       "(checkpoint.resume=none, model.init_from=<an exported LM>).")
         mine.load_state_dict(client["r1_align_mine"])
 
     def client_state(step: int) -> dict:
