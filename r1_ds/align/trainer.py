@@ -299,6 +299,7 @@ def train_align(cfg: TrainConfig):
     t_last, pairs_since, t_start, last_logged = time.perf_counter(), 0, time.perf_counter(), start
     acc = torch.zeros(len(PAIRS) + 3)  # per-pair loss sums, lm loss sum, objective sum, micro-steps
     valid = torch.zeros(len(PAIRS))  # rows holding each pair, over all ranks and micro-steps since the last log
+    present = torch.zeros(len(PAIRS))  # micro-steps in which some rank held the pair (its loss means something)
     try:
         for step in range(start, total):
             gas = engine.gradient_accumulation_steps()
@@ -329,7 +330,9 @@ def train_align(cfg: TrainConfig):
                     feats = {k: gather_rows_no_grad(v, group) for k, v in feats.items()}
                 mine.add(feats, has.cpu())
                 for p, (i, j) in enumerate(_PAIR_SIDES):
-                    valid[p] += float((has[:, i] & has[:, j]).sum())
+                    count = float((has[:, i] & has[:, j]).sum())
+                    valid[p] += count
+                    present[p] += count > 0
                 acc[:len(PAIRS)] += out["pair_loss"].float().cpu()
                 if with_lm:
                     acc[len(PAIRS)] += float(out["lm_loss"])
@@ -350,9 +353,9 @@ def train_align(cfg: TrainConfig):
                           "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib()}
                 total_loss = float(summed[-2]) / n_micro  # the objective the step minimised
                 for p, name in enumerate(PAIRS):
-                    loss_p = float(summed[p]) / n_micro
+                    loss_p = float(summed[p]) / float(present[p]) if present[p] else None
                     scale = float(engine.module.heads.logit_scale(p).detach())
-                    rows = valid[p] / n_micro
+                    rows = float(valid[p] / present[p]) if present[p] else 0
                     record.update({f"align/{name}/loss": loss_p, f"align/{name}/temperature": 1 / scale,
                                    f"align/{name}/mine": mine.raw[p], f"align/{name}/mine_smoothed": mine.estimates[p],
                                    f"align/{name}/weight": float(weights[p]),  # as applied in this step
@@ -370,6 +373,7 @@ def train_align(cfg: TrainConfig):
                 last_logged = done
                 acc.zero_()
                 valid.zero_()
+                present.zero_()
                 t_last, pairs_since = now, 0
             if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done != total:
                 ckpt.save(engine, ckpt_dir, done, client_state(done), keep=cfg.checkpoint.keep)
