@@ -80,3 +80,14 @@ def test_heads_save_and_load_with_their_temperatures_and_image_statistics(tmp_pa
     x = torch.randn(3, 12)
     assert torch.allclose(heads.project("image", x), again.project("image", x))
     assert torch.equal(heads.log_scale, again.log_scale)
+
+
+def test_model_side_alignment_code_does_not_import_deepspeed():
+    import subprocess
+    import sys
+
+    code = ("import sys; import r1_ds.align.loss, r1_ds.align.mine, r1_ds.align.heads, r1_ds.align.model, "
+            "r1_ds.align.retrieval, r1_ds.align.data; from r1_ds.align import info_nce, MineEstimator; "
+            "print('deepspeed' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
