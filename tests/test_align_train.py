@@ -261,7 +261,9 @@ def test_pipeline_and_tensor_layouts_are_refused_with_the_reason(tmp_path):
 
 def test_a_wrong_image_tower_checkpoint_is_named(tmp_path):
     from r1_ds.align.image_tower import ImageTowerError, build_image_tower
+    from r1_ds.train import user_errors
 
+    assert issubclass(ImageTowerError, user_errors())  # `r1-ds train` exits 2 with the one-line message
     wrong = tmp_path / "not_rn50.pt"
     torch.save({"visual.conv1.weight": torch.zeros(3, 3)}, wrong)
     with pytest.raises(ImageTowerError, match=r"not_rn50\.pt.*does not fit the RN50 image tower"):
