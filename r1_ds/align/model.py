@@ -12,7 +12,7 @@ from .heads import PAIRS, AlignHeads
 from .loss import info_nce
 
 MODALITIES = ("image", "text", "code")
-_PAIR_SIDES = tuple(tuple(MODALITIES.index(m) for m in p.split("-")) for p in PAIRS)  # (0, 1), (0, 2), (1, 2)
+PAIR_SIDES = tuple(tuple(MODALITIES.index(m) for m in p.split("-")) for p in PAIRS)  # (0, 1), (0, 2), (1, 2)
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ class AlignModel(nn.Module):
         feats = self.embed(batch)
         has = batch["has"].to(torch.bool)
         losses = []
-        for p, (i, j) in enumerate(_PAIR_SIDES):
+        for p, (i, j) in enumerate(PAIR_SIDES):
             a, b = feats[MODALITIES[i]], feats[MODALITIES[j]]
             losses.append(info_nce(a, b, self.heads.logit_scale(p), mask=has[:, i] & has[:, j], group=self.group))
         pair_loss = torch.stack(losses)

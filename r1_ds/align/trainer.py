@@ -28,7 +28,7 @@ from .data import collate
 from .heads import PAIRS, AlignHeads, AlignHeadsConfig
 from .loss import gather_rows_no_grad, infonce_bound
 from .mine import MineEstimator, pair_weights
-from .model import _PAIR_SIDES, MODALITIES, AlignModel
+from .model import PAIR_SIDES, MODALITIES, AlignModel
 from .retrieval import recall_at_k
 
 log = logging.getLogger("r1_ds.align")
@@ -129,7 +129,7 @@ class MineWeights:
         self.weights = [1.0] * len(PAIRS)
 
     def add(self, feats: dict[str, torch.Tensor], has: torch.Tensor) -> None:
-        for p, (i, j) in enumerate(_PAIR_SIDES):
+        for p, (i, j) in enumerate(PAIR_SIDES):
             rows = has[:, i] & has[:, j]
             if not rows.any():
                 continue
@@ -204,6 +204,26 @@ def check_align_checkpoint(load_dir: str, tag: str) -> None:
         raise CheckpointError(f"{os.path.join(load_dir, tag)} is not an alignment checkpoint (no r1_align_mine state). "
                               "Fix: resume from an alignment run's checkpoints, or start fresh with "
                               "checkpoint.resume=none (model.init_from=<an exported LM folder> starts from its weights).")
+
+
+def pair_metrics(summed: torch.Tensor, valid: torch.Tensor, present: torch.Tensor, *, heads: AlignHeads,
+                 mine: MineWeights, weights: torch.Tensor, with_lm: bool) -> dict:
+    """The logged losses since the last record: summed = (per-pair loss sums, LM loss sum, objective sum,
+    micro-steps), averaged over the data ranks; valid / present = rows holding each pair and micro-steps that
+    held it, over all ranks. A pair's loss is its mean over the micro-steps that held it."""
+    n_micro = float(summed[-1])
+    out = {"loss": float(summed[-2]) / n_micro}  # the objective the steps minimised
+    if with_lm:
+        out["lm_loss"] = float(summed[len(PAIRS)]) / n_micro
+    for p, name in enumerate(PAIRS):
+        loss_p = float(summed[p]) / float(present[p]) if present[p] else None
+        rows = float(valid[p] / present[p]) if present[p] else 0
+        out.update({f"align/{name}/loss": loss_p,
+                    f"align/{name}/temperature": 1 / float(heads.logit_scale(p).detach()),
+                    f"align/{name}/mine": mine.raw[p], f"align/{name}/mine_smoothed": mine.estimates[p],
+                    f"align/{name}/weight": float(weights[p]),  # as applied in these steps
+                    f"align/{name}/infonce_bound": infonce_bound(loss_p, int(rows)) if rows else None})
+    return out
 
 
 def train_align(cfg: TrainConfig):
@@ -329,7 +349,7 @@ def train_align(cfg: TrainConfig):
                     has = gather_rows_no_grad(has.to(torch.uint8), group).to(torch.bool)
                     feats = {k: gather_rows_no_grad(v, group) for k, v in feats.items()}
                 mine.add(feats, has.cpu())
-                for p, (i, j) in enumerate(_PAIR_SIDES):
+                for p, (i, j) in enumerate(PAIR_SIDES):
                     count = float((has[:, i] & has[:, j]).sum())
                     valid[p] += count
                     present[p] += count > 0
@@ -347,29 +367,18 @@ def train_align(cfg: TrainConfig):
                 if group is not None:
                     dist.all_reduce(summed)
                     summed /= world
-                n_micro = float(acc[-1])
                 now = time.perf_counter()
-                record = {"step": done, "loss": None, "lr": lr, "pairs_per_s": pairs_since / max(now - t_last, 1e-9),
-                          "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib()}
-                total_loss = float(summed[-2]) / n_micro  # the objective the step minimised
-                for p, name in enumerate(PAIRS):
-                    loss_p = float(summed[p]) / float(present[p]) if present[p] else None
-                    scale = float(engine.module.heads.logit_scale(p).detach())
-                    rows = float(valid[p] / present[p]) if present[p] else 0
-                    record.update({f"align/{name}/loss": loss_p, f"align/{name}/temperature": 1 / scale,
-                                   f"align/{name}/mine": mine.raw[p], f"align/{name}/mine_smoothed": mine.estimates[p],
-                                   f"align/{name}/weight": float(weights[p]),  # as applied in this step
-                                   f"align/{name}/infonce_bound": infonce_bound(loss_p, int(rows)) if rows else None})
-                if with_lm:
-                    record["lm_loss"] = float(summed[len(PAIRS)]) / n_micro
-                record["loss"] = total_loss
+                record = {"step": done, "lr": lr, "pairs_per_s": pairs_since / max(now - t_last, 1e-9),
+                          "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib(),
+                          **pair_metrics(summed, valid, present, heads=engine.module.heads, mine=mine,
+                                         weights=weights, with_lm=with_lm)}
                 norm = engine.get_global_grad_norm()
                 record["grad_norm"] = float(norm) if norm is not None else None
                 if done % a.eval_every == 0 or done == total:
                     record.update(retrieval_metrics(engine.module, data.held_out, image_dim=data.image_dim,
                                                     pad_id=pad_id, max_rows=a.eval_rows, device=device))
                 metrics.write(record)
-                metrics.progress(done - last_logged, {"loss": f"{total_loss:.4f}"})
+                metrics.progress(done - last_logged, {"loss": f"{record['loss']:.4f}"})
                 last_logged = done
                 acc.zero_()
                 valid.zero_()
