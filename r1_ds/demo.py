@@ -101,7 +101,7 @@ def alignment_stage(out: pathlib.Path, *, data: pathlib.Path, hf: pathlib.Path, 
           "--deepspeed_config", str(ds_json), "--set", "align.objective=align", "--set", f"align.triples={data}",
           "--set", f"model.init_from={hf}", "--set", "align.image_tower=RN50", "--set", "align.image_size=64",
           "--set", "align.proj_dim=64", "--set", "align.image_hidden=256", "--set", "align.code_len=96",
-          "--set", "align.use_views=false",
+          "--set", "align.use_views=false", "--set", "align.image_repeats=4",
           "--set", f"align.eval_every={steps}", "--steps", str(steps), "--global-batch", "32", "--micro-batch", "16",
           "--warmup-steps", str(max(1, steps // 10)), "--lr", "3e-3", "--output-dir", str(run_dir),
           "--resume", "none", "--no-progress"], env)

@@ -26,6 +26,9 @@ class AlignSettings:
     """Input size of the tower; empty: the model's own (e.g. 224)."""
     use_views: bool = True
     """Train on a random one of the image and its augmented views (triples' image_views); held-out uses the image."""
+    image_repeats: int = 1
+    """Each training row with an image is sampled this many times per epoch (rows without one once): more image
+    rows per batch where text-code pairs outnumber the images."""
     proj_dim: int = 128
     """Size of the shared embedding."""
     image_hidden: int = 512
@@ -99,7 +102,7 @@ def validate_align(a: AlignSettings, fail) -> None:
              "use e.g. 0.5 and 2.0")
     if not 0 <= a.mine_smoothing < 1:
         fail("align.mine_smoothing", a.mine_smoothing, "must be in [0, 1)", "use e.g. 0.5")
-    for name in ("eval_every", "eval_rows", "mine_every", "mine_steps", "mine_batch", "mine_buffer", "proj_dim",
+    for name in ("image_repeats", "eval_every", "eval_rows", "mine_every", "mine_steps", "mine_batch", "mine_buffer", "proj_dim",
                  "text_len", "code_len"):
         if getattr(a, name) < 1:
             fail(f"align.{name}", getattr(a, name), "must be >= 1", "use a positive integer")

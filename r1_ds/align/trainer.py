@@ -283,7 +283,9 @@ def train_align(cfg: TrainConfig):
     group = torch.distributed.group.WORLD if dims.data > 1 else None  # data parallel = the world here
     with_lm = a.objective == "lm+align"
     module = AlignModel(lm, heads, group=group, align_weight=a.weight if with_lm else 1.0)
-    sampler = ProgressiveSampler(len(data.train), [Stage(0, cfg.schedule.steps, plan.global_batch, 1.0)], cfg.seed)
+    # sampler positions -> training rows; rows with an image repeat align.image_repeats times
+    order = [i for i, it in enumerate(data.train) for _ in range(a.image_repeats if it["image"] else 1)]
+    sampler = ProgressiveSampler(len(order), [Stage(0, cfg.schedule.steps, plan.global_batch, 1.0)], cfg.seed)
     if with_lm:
         lm_data, seq_len = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=config.vocab_size,
                                         synthetic_sequences=cfg.data.synthetic_sequences, seed=cfg.seed)
@@ -333,7 +335,7 @@ def train_align(cfg: TrainConfig):
                 seq_len) if with_lm else None)
             weights = torch.tensor(mine.weights)
             for m, idx in enumerate(micro):
-                batch = collate([data.train[i] for i in idx], image_dim=data.image_dim, pad_id=pad_id,
+                batch = collate([data.train[order[i]] for i in idx], image_dim=data.image_dim, pad_id=pad_id,
                                 view_rng=view_rng)
                 batch["weights"] = weights
                 if with_lm:
