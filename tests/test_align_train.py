@@ -333,3 +333,11 @@ def test_resuming_from_a_checkpoint_of_another_objective_is_refused_before_loadi
         check_align_checkpoint(str(tmp_path), "global_step2")
     torch.save({"module": None, "r1_align_mine": {}}, tmp_path / "global_step2" / "mp_rank_00_model_states.pt")
     check_align_checkpoint(str(tmp_path), "global_step2")
+
+
+def test_image_rows_repeat_in_the_sampling_order():
+    from r1_ds.align.data import sample_order
+
+    train = [{"image": [torch.zeros(2)]}, {"image": []}, {"image": [torch.zeros(2)]}]
+    assert sample_order(train, 1) == [0, 1, 2]
+    assert sample_order(train, 3) == [0, 0, 0, 1, 2, 2, 2]

@@ -147,6 +147,11 @@ def build_align_data(rows: list[Row], dropped: Counter, images: dict[str, torch.
     return AlignData(train=train, held_out=held, dropped=dropped, image_dim=dim)
 
 
+def sample_order(train: list[dict], image_repeats: int) -> list[int]:
+    """Sampler positions -> training rows: each row with an image `image_repeats` times, the others once."""
+    return [i for i, it in enumerate(train) for _ in range(image_repeats if it["image"] else 1)]
+
+
 def _tokens(tokenizer, text: str, limit: int) -> list[int]:
     return tokenizer(text, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"][:limit]
 

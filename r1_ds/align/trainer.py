@@ -24,7 +24,7 @@ from data_prep.atomic import atomic_write_json
 from ..config import ConfigError, TrainConfig, read_mapping
 from ..data import DataError, ProgressiveSampler, Stage, batch_iterator, open_dataset
 from ..metrics import MetricsWriter, log0
-from .data import collate
+from .data import collate, sample_order
 from .heads import PAIRS, AlignHeads, AlignHeadsConfig
 from .loss import gather_rows_no_grad, infonce_bound
 from .mine import MineEstimator, pair_weights
@@ -283,8 +283,7 @@ def train_align(cfg: TrainConfig):
     group = torch.distributed.group.WORLD if dims.data > 1 else None  # data parallel = the world here
     with_lm = a.objective == "lm+align"
     module = AlignModel(lm, heads, group=group, align_weight=a.weight if with_lm else 1.0)
-    # sampler positions -> training rows; rows with an image repeat align.image_repeats times
-    order = [i for i, it in enumerate(data.train) for _ in range(a.image_repeats if it["image"] else 1)]
+    order = sample_order(data.train, a.image_repeats)
     sampler = ProgressiveSampler(len(order), [Stage(0, cfg.schedule.steps, plan.global_batch, 1.0)], cfg.seed)
     if with_lm:
         lm_data, seq_len = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=config.vocab_size,
