@@ -15,7 +15,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e ".[dev,quality,eval]"
+	$(BIN)/python -m pip install -q -e ".[dev,quality,eval,lm_eval]"
 	@touch $(STAMP)
 
 install: $(STAMP)

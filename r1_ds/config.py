@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .align.settings import AlignSettings, validate_align
 from .parallel.topology import LayoutError, ParallelDims
 
 
@@ -171,6 +172,8 @@ class TrainConfig:
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     precision: PrecisionSettings = field(default_factory=PrecisionSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    align: AlignSettings = field(default_factory=AlignSettings)
+    """Cross-modal alignment objective on image-text-code triples (docs/alignment.md); off by default."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -247,6 +250,7 @@ _SECTIONS = {
     (TrainConfig, "schedule"): ScheduleSettings, (TrainConfig, "checkpoint"): CheckpointSettings,
     (TrainConfig, "parallel"): ParallelSettings, (TrainConfig, "precision"): PrecisionSettings,
     (TrainConfig, "log"): LogSettings, (ScheduleSettings, "stages"): StageSettings,
+    (TrainConfig, "align"): AlignSettings,
 }
 
 
@@ -360,6 +364,7 @@ def validate(cfg: TrainConfig) -> None:
         fail("data.micro_batch (--micro-batch)", cfg.data.micro_batch, "must be an integer >= 1", "use e.g. 2")
     if cfg.precision.dtype not in (None, "bf16", "fp16", "fp32"):
         fail("precision.dtype", cfg.precision.dtype, "must be bf16, fp16, fp32 or empty", "pick one")
+    validate_align(cfg.align, fail)
 
 
 # ----------------------------------------------------------------------------- the start-up check

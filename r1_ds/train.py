@@ -354,6 +354,10 @@ def run(args: argparse.Namespace) -> int:
 
 def train(cfg: TrainConfig):
     """Train per `cfg`; returns the DeepSpeed engine (tests and notebooks inspect it)."""
+    if cfg.align.enabled:  # image-text-code alignment, alone or with the LM loss (r1_ds/align/trainer.py)
+        from .align.trainer import train_align
+
+        return train_align(cfg)
     if under_accelerate() and cfg.parallel.pipe > 1:
         raise ConfigError(
             f"parallel.pipe={cfg.parallel.pipe} under `accelerate launch`: accelerate drives DeepSpeed's "

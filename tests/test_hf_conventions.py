@@ -523,6 +523,9 @@ def test_readme_commands_are_what_the_demo_runs(tmp_path, monkeypatch):
     (tmp_path / "outputs/demo/run/metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     ran = []
     monkeypatch.setattr(demo, "_run", lambda cmd, env: ran.append((cmd, env)))
+    # the steps that read what the commands would have written (nothing here: _run only records)
+    monkeypatch.setattr("r1_ds.evaluation.evaluation_table", lambda *a, **k: "")
+    monkeypatch.setattr("r1_ds.align.trainer.read_retrieval", lambda path: {})
     parser = __import__("argparse").ArgumentParser()
     demo.add_arguments(parser)
     assert demo.run(parser.parse_args([])) == 0
@@ -534,7 +537,7 @@ def test_readme_commands_are_what_the_demo_runs(tmp_path, monkeypatch):
             cmd = ["r1-ds", *cmd[3:]]
         elif pathlib.Path(cmd[0]).name == "deepspeed":
             cmd = ["deepspeed", *cmd[1:]]
-        return [w.replace("=1999", "=$VOCAB") for w in cmd]
+        return [w.replace("=1999", "=$VOCAB").replace(str(ROOT / "ds_configs"), "ds_configs") for w in cmd]
 
     readme, exported = _readme_demo_commands()
     assert readme == [as_typed(cmd) for cmd, _ in ran]
