@@ -18,7 +18,7 @@ from tests.dist import run_distributed
 TOWER = {"align.image_tower": "RN50", "align.image_size": 64}  # random-init, small input: seconds on CPU
 
 
-def write_sample_triples(out: str, *, images: int = 64, code_files: int = 30) -> str:
+def write_sample_triples(out: str, *, images: int = 96, code_files: int = 30) -> str:
     """A prep-shaped folder OUT with triples/triples.jsonl (the sample corpus's shapes as image-text-code triples,
     its bad image rows kept, docstring/code pairs of a few standard-library files) and tokenizer/."""
     from data_prep.augment import AugmentConfig, docstring_pairs
@@ -204,7 +204,11 @@ def test_zero1_on_two_ranks_trains_like_one_process_over_the_whole_batch(two_ran
     two = [r["params"] for r in two_ranks]
     for name, value in runs["zero1_reference"].items():
         assert torch.equal(two[0][name], two[1][name]), name  # replicas agree
-        assert torch.allclose(two[0][name], value, rtol=1e-4, atol=1e-5), (name, (two[0][name] - value).abs().max())
+        # Adam's first steps move each weight by about lr * sign(grad): where a gradient is within summation noise
+        # of 0, two correct runs may step a few weights differently (here up to 2e-4 of the lr's 3e-3). A wrong
+        # partition, gather or average moves most weights of a tensor differently, so count the weights that differ.
+        off = ((two[0][name] - value).abs() > 1e-5).float().mean().item()
+        assert off < 1e-3, (name, off, (two[0][name] - value).abs().max())
 
 
 def _grads_on_rank(full_a, full_b, mask, scale):

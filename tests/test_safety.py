@@ -351,3 +351,19 @@ def test_plot_skips_a_partial_last_metrics_line_and_a_resumed_run_starts_a_new_l
     writer.write({"step": 3, "loss": 1.8})
     writer.close()
     assert [(r["step"], r["loss"]) for r in read_metrics(str(path))] == [(1, 2.0), (2, 1.9), (3, 1.8)]
+
+
+def test_alignment_checkpoint_check_runs_no_payload(tmp_path):
+    """The alignment trainer's own look into a checkpoint (is it an alignment one?) reads weights-only too."""
+    import torch
+
+    from r1_ds.align.trainer import check_align_checkpoint
+    from r1_ds.safe_load import UnsafeFileError
+
+    tag = tmp_path / "global_step2"
+    tag.mkdir()
+    marker = tmp_path / "PAYLOAD_RAN"
+    torch.save({"module": {}, "r1_align_mine": _Payload(str(marker))}, tag / "mp_rank_00_model_states.pt")
+    with pytest.raises(UnsafeFileError, match=r"mp_rank_00_model_states.pt holds Python objects outside"):
+        check_align_checkpoint(str(tmp_path), "global_step2")
+    assert not marker.exists(), "the checkpoint's payload ran"

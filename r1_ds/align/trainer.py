@@ -194,12 +194,17 @@ def retrieval_metrics(module: AlignModel, items: list[dict], *, image_dim: int, 
     return out
 
 
-def check_align_checkpoint(load_dir: str, tag: str) -> None:
-    """Refuse, before DeepSpeed reads it, a checkpoint that an alignment run did not write (its module differs)."""
+def check_align_checkpoint(load_dir: str, tag: str, *, trusted: bool = False) -> None:
+    """Refuse, before DeepSpeed reads it, a checkpoint that an alignment run did not write (its module differs).
+    Read weights-only with the checkpoint allowlist (r1_ds.safe_load) unless the user trusts the checkpoint."""
     from ..checkpoint import CheckpointError
+    from ..safe_load import weights_only_loads
 
     path = os.path.join(load_dir, tag, "mp_rank_00_model_states.pt")
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False) if os.path.isfile(path) else {}
+    state = {}
+    if os.path.isfile(path):
+        with weights_only_loads(trusted):
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # weights-only (guard)
     if "r1_align_mine" not in state:
         raise CheckpointError(f"{os.path.join(load_dir, tag)} is not an alignment checkpoint (no r1_align_mine state). "
                               "Fix: resume from an alignment run's checkpoints, or start fresh with "
@@ -232,17 +237,25 @@ def train_align(cfg: TrainConfig):
     from ..train import (WarmupCosine, build_ds_config, build_model, find_ds_config, init_distributed,
                          param_groups, peak_memory_gib, step_seed)
 
+    from ..ds_schema import check_deepspeed_keys, check_learning_rate
+    from ..run_lock import exit_with_launcher, lock_run_folders
+
     check_layout(cfg)
     from deepspeed.accelerator import get_accelerator
 
+    exit_with_launcher()  # a launched rank ends with its launcher, as in the LM trainer
     init_distributed()
     import deepspeed
     from deepspeed import comm as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
     device_type = get_accelerator().device_name()
-    ds_config, dims, plan, notes, compression = build_ds_config(cfg, read_mapping(find_ds_config(cfg.deepspeed_config)),
-                                                                world_size=world, device_type=device_type)
+    ds_path = find_ds_config(cfg.deepspeed_config)
+    ds_json = read_mapping(ds_path)
+    check_deepspeed_keys(ds_json, ds_path)  # the LM trainer's start-up checks, the same order
+    ds_config, dims, plan, notes, compression = build_ds_config(cfg, ds_json, world_size=world,
+                                                                device_type=device_type)
+    check_learning_rate(ds_config, ds_path)
     if compression:
         raise ConfigError("r1_compression with align.objective: the compressed all-reduce is not wired into the "
                           "alignment trainer. Fix: remove the r1_compression section from the DeepSpeed JSON.")
@@ -253,10 +266,13 @@ def train_align(cfg: TrainConfig):
          dims.describe(), plan.global_batch, plan.micro_batch, plan.grad_accum, plan.data_parallel)
     out_dir = cfg.output_dir
     ckpt_dir = cfg.checkpoint.dir or os.path.join(out_dir, "checkpoints")
+    ckpt.check_output_folder(out_dir, "output folder")
+    ckpt.check_output_folder(ckpt_dir, "checkpoint folder")
+    run_locks = lock_run_folders(out_dir, ckpt_dir, rank=rank)  # held until training ends
     found = ckpt.find_resume(ckpt_dir, cfg.checkpoint.resume)
     if found:
-        check_align_checkpoint(*found)
-        saved = ckpt.read_saved_checkpoint(*found)
+        saved = ckpt.read_saved_checkpoint(*found, trusted=cfg.checkpoint.trust)  # its pickles scanned first
+        check_align_checkpoint(*found, trusted=cfg.checkpoint.trust)
         ckpt.check_resume_layout(saved, pipe=dims.pipe, tensor=dims.tensor, data=dims.data,
                                  zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0))
     if rank == 0:
@@ -302,7 +318,7 @@ def train_align(cfg: TrainConfig):
 
     start = 0
     if found:
-        client = ckpt.load(engine, *found)
+        client = ckpt.load(engine, *found, trusted=cfg.checkpoint.trust)
         start = engine.global_steps
         sampler.check_resume(client.get("r1_sampler"), start)
         mine.load_state_dict(client["r1_align_mine"])
@@ -395,6 +411,8 @@ def train_align(cfg: TrainConfig):
             engine.module.lm.save_pretrained(os.path.join(final, "lm"))
     finally:
         metrics.close()
+        for lock in run_locks:
+            lock.release()
     log0("done: %d alignment steps, checkpoints in %s, heads and LM in %s", total, ckpt_dir,
          os.path.join(out_dir, "align"))
     return engine
