@@ -9,7 +9,8 @@
     6. deepspeed        a short alignment stage (docs/alignment.md): the trained model aligns the sample triples'
                         images, captions and drawing code, data parallel with ZeRO-1 on 2 CPU processes, and the
                         held-out R@1 is printed beside chance
-    7. evaluation       perplexity, text->code retrieval, HumanEval pass@1 on a few problems (a table)
+    7. evaluation       perplexity, text->code retrieval, image->text retrieval through the aligned encoders of
+                        step 6 (on the synthetic shapes set), HumanEval pass@1 on a few problems (a table)
 
 Each step is the same command a user would type; the demo prints them as it goes.
 """
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from .evaluation import evaluation_table
 
     log.info("\n%s", evaluation_table(str(hf), shards=str(data / "shards"),
-                                      triples=str(data / "triples" / "triples.jsonl")))
+                                      triples=str(data / "triples" / "triples.jsonl"),
+                                      align_run=str(out / "align") if args.align_steps else None))
     return 0
 
 

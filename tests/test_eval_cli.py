@@ -162,3 +162,18 @@ def test_evaluation_table_of_the_demo(tmp_path):
 def test_non_positive_arguments_are_user_errors(caplog):
     assert cli_main(["eval", "humaneval", "--model", "x", "--n", "0", "--timeout", "-1"]) == 2
     assert "--n=0, --timeout=-1.0: must be > 0" in caplog.text
+
+
+def test_an_exported_folder_loads_in_a_fresh_interpreter():
+    """The export carries auto_map; the loader registers the R1 classes itself, so no trust_remote_code is asked."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert "auto_map" in json.load(open(os.path.join(tiny_export(), "config.json")))
+    code = ("from r1_ds.evaluation.model_io import load_causal_lm; import sys; "
+            "m, t = load_causal_lm(sys.argv[1]); print(type(m).__name__, type(t).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code, tiny_export()], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[0] == "R1ForCausalLM"

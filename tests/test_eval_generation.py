@@ -1,15 +1,21 @@
-"""Batched sampling for HumanEval: batches of equal-length prompts, the same completions as one prompt
-at a time (greedy), n samples per prompt, Codex's truncation."""
+"""Batched sampling for HumanEval: prompts of any length share a batch, padded on the left; batched greedy
+completions equal one prompt at a time; n samples per prompt; Codex's truncation."""
 
-from r1_ds.evaluation.generation import batches_of_equal_length, generate_completions, truncate_at_stops
+from r1_ds.evaluation.generation import generate_completions, length_sorted_batches, pad_left, truncate_at_stops
 
 
-def test_batches_group_equal_lengths_and_cover_every_request_once():
-    batches = batches_of_equal_length([5, 3, 5, 3, 7], repeats=3, batch_size=4)
-    flat = sorted(r for b in batches for r in b)
-    assert flat == list(range(15)) and all(len(b) <= 4 for b in batches)
+def test_batches_cover_every_request_once_longest_prompts_first():
     lengths = [5, 3, 5, 3, 7]
-    assert all(len({lengths[r // 3] for r in b}) == 1 for b in batches)
+    batches = length_sorted_batches(lengths, repeats=3, batch_size=4)
+    flat = [r for b in batches for r in b]
+    assert sorted(flat) == list(range(15)) and all(len(b) <= 4 for b in batches)
+    assert [lengths[r // 3] for r in flat] == sorted((n for n in lengths for _ in range(3)), reverse=True)
+    assert any(len({lengths[r // 3] for r in b}) > 1 for b in batches)  # prompts of different lengths share one
+
+
+def test_left_padding_right_aligns_each_row():
+    ids, mask = pad_left([[7, 8, 9], [5]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 5]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def test_truncation_at_the_first_stop_sequence():
@@ -22,10 +28,12 @@ def test_batched_greedy_equals_one_prompt_at_a_time_and_sampling_gives_n():
     from tests.test_eval_cli import tiny_export
 
     model, tok = load_causal_lm(tiny_export())
-    prompts = ["def add(a, b):\n", "def mul(a, b):\n", "def f(x):\n", "def g(y):\n", "import math\n"]
-    assert len({len(tok(p).input_ids) for p in prompts}) < len(prompts)  # some share a batch
-    batched = generate_completions(model, tok, prompts, n=2, max_new_tokens=6, batch_size=8)
-    single = [generate_completions(model, tok, [p], n=1, max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    prompts = ["def add(a, b):\n", "def mul(a, b):\n", "def f(x):\n", "def g(y):\n", "import math\n",
+               "def longest_common_prefix(words: list[str]) -> str:\n    \"\"\"The prefix all words share.\"\"\"\n"]
+    lengths = [len(tok(p, add_special_tokens=False).input_ids) for p in prompts]
+    assert len(set(lengths)) > 2 and max(lengths) > 2 * min(lengths)  # one batch pads some rows a lot
+    batched = generate_completions(model, tok, prompts, n=2, max_new_tokens=8, batch_size=16)
+    single = [generate_completions(model, tok, [p], n=1, max_new_tokens=8, batch_size=1)[0] for p in prompts]
     assert batched == [s * 2 for s in single]
     sampled = generate_completions(model, tok, prompts[:2], n=3, temperature=1.0, max_new_tokens=6, batch_size=4)
     assert [len(s) for s in sampled] == [3, 3] and len(set(sampled[0])) > 1  # random tiny model: draws differ

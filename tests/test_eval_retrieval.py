@@ -12,6 +12,17 @@ from r1_ds.evaluation.retrieval import (image_text_recall, image_text_retrieval,
 from r1_ds.evaluation.synthetic import DATA_DIR, write_synthetic_karpathy
 
 
+def register_tiny_clip(folder) -> str:
+    """Register a tiny open_clip architecture (ViT, 32 px images, 32-d embeddings) and return its name."""
+    import open_clip
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (folder / "r1-eval-tiny-clip.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(str(folder / "r1-eval-tiny-clip.json"))
+    return "r1-eval-tiny-clip"
+
+
 def test_image_text_recall_on_a_hand_made_matrix():
     # 3 images x 6 captions; captions 2i and 2i+1 belong to image i
     sim = torch.tensor([[0.9, 0.1, 0.8, 0.0, 0.2, 0.3],   # image 0: its caption 0 ranks first
@@ -30,12 +41,12 @@ def test_image_text_recall_on_a_hand_made_matrix():
 
 
 def test_ties_count_against_the_match_and_bad_inputs_are_refused():
-    assert recall_at_k(torch.zeros(4, 4), torch.eye(4, dtype=torch.bool), 1) == 0.0
-    assert recall_at_k(torch.zeros(4, 4), torch.eye(4, dtype=torch.bool), 4) == 1.0
+    assert recall_at_k(torch.zeros(4, 4), 1, torch.eye(4, dtype=torch.bool)) == 0.0
+    assert recall_at_k(torch.zeros(4, 4), 4, torch.eye(4, dtype=torch.bool)) == 1.0
     with pytest.raises(ValueError):
-        recall_at_k(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool), 1)  # a query without a positive
+        recall_at_k(torch.zeros(2, 3), 1, torch.zeros(2, 3, dtype=torch.bool))  # a query without a positive
     with pytest.raises(ValueError):
-        recall_at_k(torch.zeros(2, 2), torch.eye(3, dtype=torch.bool), 1)
+        recall_at_k(torch.zeros(2, 2), 1, torch.eye(3, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -111,10 +122,7 @@ def test_eval_retrieval_image_text_with_a_local_open_clip_checkpoint(tmp_path):
 
     from r1_ds.cli import main as cli_main
 
-    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    (tmp_path / "r1-eval-tiny-clip.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(str(tmp_path / "r1-eval-tiny-clip.json"))
+    register_tiny_clip(tmp_path)
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("r1-eval-tiny-clip", pretrained=None)
     torch.save(model.state_dict(), tmp_path / "clip.pt")

@@ -135,8 +135,8 @@ def build_align_data(rows: list[Row], dropped: Counter, images: dict[str, torch.
         if r.has[0] and r.image not in images:
             dropped[failed.get(r.image, "missing_image")] += 1
             continue
-        text = _tokens(tokenizer, r.text, text_len) if r.has[1] else []
-        code = _tokens(tokenizer, r.code, code_len) if r.has[2] else []
+        text = tokenize(tokenizer, r.text, text_len) if r.has[1] else []
+        code = tokenize(tokenizer, r.code, code_len) if r.has[2] else []
         max_id = max([max_id, *text, *code])
         item = {"id": r.id, "has": r.has, "text": text, "code": code,
                 "image": [images[p] for p in [r.image, *r.views] if p in images] if r.has[0] else []}
@@ -152,21 +152,28 @@ def sample_order(train: list[dict], image_repeats: int) -> list[int]:
     return [i for i, it in enumerate(train) for _ in range(image_repeats if it["image"] else 1)]
 
 
-def _tokens(tokenizer, text: str, limit: int) -> list[int]:
+def tokenize(tokenizer, text: str, limit: int) -> list[int]:
+    """The token ids of `text` (no special tokens), cut to `limit`: how training and evaluation read text and code."""
     return tokenizer(text, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"][:limit]
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, mask), both (N, L): the sequences right-padded to the longest; an empty one becomes one pad token."""
+    seqs = [s or [pad_id] for s in seqs]
+    length = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        tokens[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return tokens, mask
 
 
 def collate(items: list[dict], *, image_dim: int, pad_id: int, view_rng: np.random.Generator | None = None) -> dict:
     """A batch for AlignModel: texts then codes as one right-padded token matrix, image embeddings (a random view
     per row when `view_rng` is given, else the original image), and the (N, 3) modality mask."""
     n = len(items)
-    seqs = [it["text"] or [pad_id] for it in items] + [it["code"] or [pad_id] for it in items]
-    length = max(len(s) for s in seqs)
-    tokens = torch.full((2 * n, length), pad_id, dtype=torch.long)
-    mask = torch.zeros((2 * n, length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+    tokens, mask = pad_right([it["text"] for it in items] + [it["code"] for it in items], pad_id)
     image = torch.zeros(n, image_dim)
     for i, it in enumerate(items):
         if it["image"]:

@@ -42,6 +42,10 @@ class AlignModel(nn.Module):
         hidden = self.lm.model(input_ids=tokens, use_cache=False).last_hidden_state
         return masked_mean(hidden, mask)
 
+    def embed_tokens(self, modality: str, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings (N, D) of right-padded token rows (N, L) of `modality` ("text" or "code")."""
+        return self.heads.project(modality, self.encode_tokens(tokens, mask))
+
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         """Unit-norm embeddings per modality, (N, D) each (rows missing a modality hold whatever, masked later)."""
         n = batch["has"].shape[0]

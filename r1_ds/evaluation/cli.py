@@ -5,6 +5,7 @@
     r1-ds eval humaneval  --model out/hf --n 20 --temperature 0.8       # pass@1, pass@10
     r1-ds eval glue       --model out/hf --glue-dir GLUE/               # fine-tunes one copy per task
     r1-ds eval retrieval  --model out/hf --triples out/data/triples/triples.jsonl
+    r1-ds eval retrieval  --align out/align --karpathy synthetic --triples out/data/triples/triples.jsonl
     r1-ds eval retrieval  --karpathy dataset_flickr30k.json --images flickr30k-images/ --clip ViT-B-32 \\
                           --clip-weights open_clip_pytorch_model.bin
 """
@@ -58,8 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-train", type=int, help="train on at most N examples per task")
 
     s = sub.add_parser("retrieval", parents=[common], help="image<->text and text<->code recall@k")
-    s.add_argument("--triples", help="triples.jsonl of `r1-ds prep`: text<->code R@k with the model's pooled "
-                                     "hidden states")
+    s.add_argument("--align", help="output folder of an alignment run (holding align/lm, align/heads and "
+                                   "train_config.json): retrieval through its trained encoders and heads")
+    s.add_argument("--tokenizer", help="tokenizer folder of --align (default: the one its train_config.json names)")
+    s.add_argument("--triples", help="triples.jsonl of `r1-ds prep`: text<->code R@k (without --align, with the "
+                                     "pooled hidden states of --model)")
     s.add_argument("--karpathy", help="Karpathy-split JSON (images[].filename/.split/.sentences[].raw); "
                                       "`synthetic` for the shipped synthetic set")
     s.add_argument("--images", help="image folder of --karpathy")
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     except EvalInputError as err:
         log.error("r1-ds eval %s: %s", args.task, err)
         return 2
-    out = args.out or default_results_path(args.model or ".", args.task)
+    out = args.out or default_results_path(args.model or getattr(args, "align", None) or ".", args.task)
     write_results(out, results)
     title = f"{args.task}" + (" (SYNTHETIC data)" if results.get("synthetic") else "") + f" -> {out}"
     sys.stdout.write(format_table(_table_rows(args.task, results), title) + "\n")

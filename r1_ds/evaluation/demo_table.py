@@ -13,11 +13,11 @@ log = logging.getLogger("r1_ds.evaluation")
 
 
 def evaluation_table(model_dir: str, *, shards: str | None = None, shards_held_out: bool = False,
-                     triples: str | None = None, image_text_embedders=None, humaneval_problems: int = 3,
+                     triples: str | None = None, align_run: str | None = None, humaneval_problems: int = 3,
                      max_new_tokens: int = 64, out: str | None = None) -> str:
     """Evaluate the exported folder `model_dir`; write the results JSON (default MODEL/eval/demo.json)
-    and return the table. `image_text_embedders`: (embed_images, embed_texts) callables for image<->text
-    retrieval on the shipped synthetic Karpathy set; without them that row says it did not run."""
+    and return the table. `align_run`: the output folder of an alignment run, whose encoders retrieve
+    images and captions of the shipped synthetic Karpathy set; without it that row says it did not run."""
     from r1_ds.data import PackedShards
 
     from . import humaneval
@@ -41,15 +41,20 @@ def evaluation_table(model_dir: str, *, shards: str | None = None, shards_held_o
         results["text_code_retrieval"] = {**tc, "encoder": "pooled LM states, no alignment head"}
         rows += [(f"text->code retrieval ({tc['pairs']} prep pairs, pooled LM states)", f"R@{k}",
                   tc[f"text_to_code_R@{k}"]) for k in (1, 10)]
-    if image_text_embedders is not None:
+    if align_run:
+        from .align_encoders import load_align_encoders
+
+        enc = load_align_encoders(align_run)
         paths, caps, owner = load_karpathy(os.path.join(DATA_DIR, "karpathy", "dataset_flickr30k.json"))
-        it = image_text_retrieval(*image_text_embedders, paths, caps, owner)
-        results["image_text_retrieval"] = {**it, "synthetic": True}
-        rows += [(f"image->text retrieval (SYNTHETIC shapes, {it['images']} images)", f"R@{k}",
+        it = image_text_retrieval(enc.images, enc.texts, paths, caps, owner)
+        chance = 100 / it["images"]  # both directions: 1 / images when every image has as many captions
+        results["image_text_retrieval"] = {**it, "synthetic": True, "encoder": enc.description, "chance_R@1": chance}
+        rows += [(f"image->text retrieval (SYNTHETIC shapes, {it['images']} images, aligned encoders)", f"R@{k}",
                   it[f"image_to_text_R@{k}"]) for k in (1, 5)]
-        rows += [("text->image retrieval (SYNTHETIC shapes)", "R@1", it["text_to_image_R@1"])]
+        rows += [("text->image retrieval (SYNTHETIC shapes)", "R@1", it["text_to_image_R@1"]),
+                 ("image<->text chance", "R@1", chance)]
     else:
-        rows.append(("image<->text retrieval", "not run", "no image-text encoder given"))
+        rows.append(("image<->text retrieval", "not run", "no image-text encoder (no alignment run)"))
     if humaneval_problems:
         he, _ = humaneval.evaluate(model, tok, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                                    limit=humaneval_problems)

@@ -1,15 +1,13 @@
 """Sampled completions for many prompts, batched through the model's `generate()`.
 
-Batches hold prompts of equal token length, so no row is padded: R1 rejects left padding, the only
-padding a decoder can generate with. n samples of one prompt are one batch (split at batch_size), so
-pass@k sampling is batched whatever the prompts. `batches_of_equal_length` is the one place to change
-once left padding works (then any prompts can share a batch).
+Any prompts share a batch, padded on the left (a decoder continues each row from its last token); the
+attention mask keeps the pads out of attention and the positions. Requests are sorted by prompt length
+first, so a batch holds prompts of similar length and little padding.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -23,13 +21,23 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-def batches_of_equal_length(lengths: Sequence[int], repeats: int, batch_size: int) -> list[list[int]]:
-    """Request indices (prompt p's r-th sample is p * repeats + r) grouped into batches of at most
-    `batch_size` whose prompts have the same length."""
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for p, n in enumerate(lengths):
-        by_len[n].extend(p * repeats + r for r in range(repeats))
-    return [reqs[i:i + batch_size] for _, reqs in sorted(by_len.items()) for i in range(0, len(reqs), batch_size)]
+def length_sorted_batches(lengths: Sequence[int], repeats: int, batch_size: int) -> list[list[int]]:
+    """Request indices (prompt p's r-th sample is p * repeats + r), longest prompts first, in batches of at
+    most `batch_size`: the prompts of a batch may differ in length, by as little as the sort allows."""
+    order = sorted(range(len(lengths)), key=lambda p: -lengths[p])  # stable: equal lengths keep their order
+    reqs = [p * repeats + r for p in order for r in range(repeats)]
+    return [reqs[i:i + batch_size] for i in range(0, len(reqs), batch_size)]
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both (B, longest row): each row right-aligned after pads."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
 
 
 @torch.no_grad()
@@ -52,10 +60,11 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], *, n: int = 1
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     out: list[list[str]] = [[] for _ in prompts]
-    for batch in batches_of_equal_length([len(e) for e in encoded], draws, batch_size):
-        ids = torch.tensor([encoded[r // draws] for r in batch], device=device)
+    for batch in length_sorted_batches([len(e) for e in encoded], draws, batch_size):
+        ids, mask = pad_left([encoded[r // draws] for r in batch], pad)
+        ids, mask = ids.to(device), mask.to(device)
         new = min(max_new_tokens, max_pos - ids.shape[1])
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=not greedy,
+        gen = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=not greedy,
                              temperature=None if greedy else temperature, top_p=None if greedy else top_p,
                              top_k=None if greedy else 0, pad_token_id=pad)  # top-p alone, as Codex
         for r, row in zip(batch, gen[:, ids.shape[1]:].tolist()):

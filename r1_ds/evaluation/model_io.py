@@ -24,7 +24,7 @@ def load_causal_lm(path: str, *, device: str = "cpu", needs_tokenizer: bool = Tr
     """(model in eval mode on `device`, tokenizer or None) from an exported folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import r1_ds  # noqa: F401  (registers the R1 classes with Auto*)
+    import r1_ds.model  # noqa: F401  (registers the R1 classes with Auto*)
 
     check_model_dir(path, needs_tokenizer=needs_tokenizer)
     model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()

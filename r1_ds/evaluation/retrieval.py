@@ -16,44 +16,28 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from r1_ds.align.retrieval import recall_at_k
+
 from .model_io import EvalInputError
 
 KS = (1, 5, 10)
 Embed = Callable[[list], torch.Tensor]
 
 
-def recall_at_k(sim: torch.Tensor, positives: torch.Tensor, k: int) -> float:
-    """Share of queries (rows of `sim`, (Q, C)) with a positive candidate (`positives`, bool (Q, C))
-    ranked within the top k: the best positive's rank is the count of negatives scoring at least as
-    high."""
-    if sim.shape != positives.shape or sim.dim() != 2:
-        raise ValueError(f"recall_at_k: sim {tuple(sim.shape)} and positives {tuple(positives.shape)} must be one "
-                         "(queries, candidates) shape")
-    if k < 1:
-        raise ValueError(f"recall_at_k: k={k} must be >= 1")
-    if not bool(positives.any(1).all()):
-        raise ValueError("recall_at_k: every query needs at least one positive candidate")
-    sim = sim.float()
-    best = sim.masked_fill(~positives, float("-inf")).max(1, keepdim=True).values  # (Q, 1)
-    rank = ((sim >= best) & ~positives).sum(1)  # (Q,)
-    return float((rank < k).float().mean())
-
-
 def image_text_recall(sim: torch.Tensor, image_of_text: Sequence[int], ks: Sequence[int] = KS) -> dict[str, float]:
     """{"image_to_text_R@k", "text_to_image_R@k"} x100 of an (images, texts) similarity matrix."""
     owner = torch.as_tensor(list(image_of_text))
     positives = owner.unsqueeze(0) == torch.arange(sim.shape[0]).unsqueeze(1)  # (I, T)
-    out = {f"image_to_text_R@{k}": 100 * recall_at_k(sim, positives, k) for k in ks}
-    out.update({f"text_to_image_R@{k}": 100 * recall_at_k(sim.T, positives.T, k) for k in ks})
+    out = {f"image_to_text_R@{k}": 100 * recall_at_k(sim, k, positives) for k in ks}
+    out.update({f"text_to_image_R@{k}": 100 * recall_at_k(sim.T, k, positives.T) for k in ks})
     return out
 
 
 def paired_recall(sim: torch.Tensor, names: tuple[str, str], ks: Sequence[int] = KS) -> dict[str, float]:
     """Both directions of a square matrix whose diagonal holds the pairs (e.g. text i <-> code i)."""
-    eye = torch.eye(sim.shape[0], dtype=torch.bool)
     a, b = names
-    out = {f"{a}_to_{b}_R@{k}": 100 * recall_at_k(sim, eye, k) for k in ks}
-    out.update({f"{b}_to_{a}_R@{k}": 100 * recall_at_k(sim.T, eye, k) for k in ks})
+    out = {f"{a}_to_{b}_R@{k}": 100 * recall_at_k(sim, k) for k in ks}
+    out.update({f"{b}_to_{a}_R@{k}": 100 * recall_at_k(sim.T, k) for k in ks})
     return out
 
 
@@ -132,20 +116,17 @@ def pooled_lm_embedder(model, tokenizer, *, max_len: int = 128, batch_size: int 
 
     @torch.no_grad()
     def embed(texts: list) -> torch.Tensor:
+        from r1_ds.align.data import pad_right, tokenize
+        from r1_ds.align.model import masked_mean
+
         base = getattr(model, "model", model)
         device = next(model.parameters()).device
         out = []
         for i in range(0, len(texts), batch_size):
-            rows = [tokenizer(t, add_special_tokens=False).input_ids[:max_len] or [0] for t in texts[i:i + batch_size]]
-            width = max(map(len, rows))
-            ids = torch.zeros(len(rows), width, dtype=torch.long)
-            mask = torch.zeros(len(rows), width)
-            for j, r in enumerate(rows):
-                ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
-            h = base(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
-            h = h.last_hidden_state.float()  # (B, T, D); right padding: the mask drops the pads
-            m = mask.to(device).unsqueeze(-1)
-            out.append((h * m).sum(1) / m.sum(1))
+            ids, mask = pad_right([tokenize(tokenizer, t, max_len) for t in texts[i:i + batch_size]], 0)
+            ids, mask = ids.to(device), mask.to(device)
+            h = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, D)
+            out.append(masked_mean(h.float(), mask))  # right padding: the mask drops the pads
         return torch.cat(out).cpu()
 
     return embed
@@ -178,29 +159,44 @@ def open_clip_embedders(arch: str, weights: str, device: str) -> tuple[Embed, Em
 
 
 def run_cli(args, *, need_model, device: str) -> dict:
-    """`r1-ds eval retrieval`: text<->code with --triples (the model's pooled states), image<->text with
-    --karpathy and an open_clip model (--clip, --clip-weights)."""
+    """`r1-ds eval retrieval`: text<->code with --triples, image<->text with --karpathy; through the encoders of
+    an alignment run (--align), else the model's pooled states (text<->code) and an open_clip model (image<->text)."""
     from .model_io import load_causal_lm
     from .synthetic import DATA_DIR
 
     if not args.triples and not args.karpathy:
         raise EvalInputError("retrieval needs --triples FILE (text<->code) and/or --karpathy JSON (image<->text)")
+    if args.align and (args.clip or args.model):
+        raise EvalInputError("--align evaluates an alignment run's own encoders; --model and --clip name others. "
+                             "Fix: pass --align alone, or --model / --clip without it.")
+    aligned = None
+    if args.align:
+        from .align_encoders import load_align_encoders
+
+        aligned = load_align_encoders(args.align, device=device, tokenizer=args.tokenizer)
     results: dict = {"task": "retrieval", "synthetic": False}
     if args.triples:
-        model, tok = load_causal_lm(need_model(args), device=device)
         texts, codes = load_text_code_pairs(args.triples, args.max_items)
-        embed = pooled_lm_embedder(model, tok)
-        results["text_code"] = {"encoder": "pooled LM hidden states (no alignment head)",
-                                **text_code_retrieval(embed, embed, texts, codes)}
+        if aligned:
+            encoder, embed_texts, embed_codes = aligned.description, aligned.texts, aligned.codes
+        else:
+            model, tok = load_causal_lm(need_model(args), device=device)
+            encoder, embed_texts = "pooled LM hidden states (no alignment head)", pooled_lm_embedder(model, tok)
+            embed_codes = embed_texts
+        results["text_code"] = {"encoder": encoder, **text_code_retrieval(embed_texts, embed_codes, texts, codes)}
     if args.karpathy:
         synthetic = args.karpathy == "synthetic"
         path = os.path.join(DATA_DIR, "karpathy", "dataset_flickr30k.json") if synthetic else args.karpathy
-        if not args.clip:
-            raise EvalInputError("image<->text retrieval needs an image-text encoder: --clip ARCH --clip-weights "
-                                 "FILE (open_clip).")
-        embed_images, embed_texts = open_clip_embedders(args.clip, args.clip_weights, device)
+        if aligned:
+            encoder, embed_images, embed_texts = aligned.description, aligned.images, aligned.texts
+        elif args.clip:
+            encoder = f"open_clip {args.clip}"
+            embed_images, embed_texts = open_clip_embedders(args.clip, args.clip_weights, device)
+        else:
+            raise EvalInputError("image<->text retrieval needs an image-text encoder: --align RUN (an alignment "
+                                 "run's output folder) or --clip ARCH --clip-weights FILE (open_clip).")
         paths, caps, owner = load_karpathy(path, args.images, args.split, args.max_items)
-        results["image_text"] = {"encoder": f"open_clip {args.clip}", "synthetic": synthetic,
+        results["image_text"] = {"encoder": encoder, "synthetic": synthetic,
                                  **image_text_retrieval(embed_images, embed_texts, paths, caps, owner)}
         results["synthetic"] = synthetic
     return results
