@@ -62,7 +62,7 @@ if (( check_rc != 0 )) && [[ "${R1_SUITE_IGNORE_CHECK:-0}" != 1 ]]; then
     exit 1
 fi
 
-# the goal lengths first: each row is saved as it finishes, so a step cut short keeps those.
+# the target lengths first: each row is saved as it finishes, so a step cut short keeps those.
 # Every length compiles both sides afresh (a minute or more each on an H200): 32k and 128k may not fit.
 LENGTHS="8192 65536 1024 2048 4096 16384 32768 131072"
 step attention 560 "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths $LENGTHS \
