@@ -1,4 +1,4 @@
-"""Compressed vs dense data-parallel gradient reduction on GPUs: step time, bytes on the wire, loss (issue 5).
+"""Compressed vs dense data-parallel gradient reduction on GPUs: step time, bytes on the wire, loss.
 
 One launch measures one transport; run it twice on 4 H200s (kind nvidia-h200-x4):
 
@@ -15,7 +15,7 @@ The transport label is taken from NCCL_P2P_DISABLE (socket) unless --label is gi
 writes JSON to $OUT/compression_<label>.json when OUT is set (and to --json). A CPU smoke run:
     torchrun --nproc_per_node 2 benchmarks/compression.py --model llama-tiny --steps 12 --warmup 3 --seq 64
 Model: a Hugging Face LlamaForCausalLM built from config (llama-350m / llama-1.3b), or the R1 preset (r1-350m,
-r1-1.3b) when r1_ds.model provides it. bf16 weights, BF16_Optimizer (ZeRO-1 with fp32 gradient accumulation), the
+r1-1.3b). bf16 weights, BF16_Optimizer (ZeRO-1 with fp32 gradient accumulation), the
 dense all-reduce in fp32 (--dense-comm) so that bytes compare with a dense fp32 all-reduce.
 """
 
@@ -45,7 +45,7 @@ LLAMA_SIZES = {  # name: (hidden, layers, heads, intermediate)
 def build_model(name: str, seq: int) -> torch.nn.Module:
     """A freshly initialised causal LM: forward(input_ids=..., labels=...) returns .loss."""
     if name.startswith("r1-"):
-        from r1_ds.model import R1Config, R1ForCausalLM  # the project's model, when it exists
+        from r1_ds.model import R1Config, R1ForCausalLM  # imported only for the r1-* models
 
         return R1ForCausalLM(R1Config.from_preset(name[3:]))
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topk-ratio", type=float, default=0.05)
     ap.add_argument("--selection", default="threshold", choices=["threshold", "topk"])
     ap.add_argument("--dense-comm", default="fp32", choices=["fp32", "bf16"],
-                    help="communication_data_type of the dense all-reduce (fp32 is the issue's baseline)")
+                    help="communication_data_type of the dense all-reduce (fp32 is the baseline the byte ratios compare with)")
     ap.add_argument("--label", default=None, help="transport name for the table (default: from NCCL env)")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)

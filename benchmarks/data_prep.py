@@ -8,7 +8,7 @@ One process, one thread (torch too); per-core rates are documents per CPU-second
 machine), wall-clock rates are printed next to them. Each filter runs on its own inputs in isolation
 (a filter later in the pipeline normally sees fewer documents). Each figure is the median of --repeats runs.
 Inputs are built from what every Python install has: documentation chunks (~1,500 characters), standard-library
-modules (Python files of 1.5-40 kB), generated PNGs. Goals from issue 6: heuristic text filters > 5,000 docs/s per
+modules (Python files of 1.5-40 kB), generated PNGs. Targets: heuristic text filters > 5,000 docs/s per
 core, tree-sitter > 500 files/s per core, CLIP > 2,000 pairs/s on one H200 (ViT-B-32).
 """
 

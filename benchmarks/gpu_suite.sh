@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every single-GPU figure the issues ask for, in one command, each step under its own time limit, all
+# Every single-GPU figure of benchmarks/results/, in one command, each step under its own time limit, all
 # output under $OUT (logs and JSON), so a short GPU lease loses nothing to a step that runs long.
 #
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (step limits add to ~52 min: several calls)
@@ -15,9 +15,10 @@
 # check comes first in the default run, and first on any new machine or commit: a call without it trusts an
 # earlier call's check. It holds the GPU fast path to the eager reference (tests/test_cuda_fast_path.py).
 # The CPU tests cannot see the fused kernels or inductor's graphs; a figure measured on a path that
-# computes the wrong thing is worth nothing (cc68a7a trained nothing on the GPU with every CPU test green).
+# computes the wrong thing is worth nothing (a fused backward that reads a block table with the wrong strides
+# trains nothing on the GPU while every CPU test passes).
 #
-# train_compiled is an experiment, not a figure an issue asks for: both models with every decoder block
+# train_compiled is an experiment, not a reported figure: both models with every decoder block
 # compiled whole, to measure how much of R1's gap at 350M is Python and launch overhead.
 #
 # Copy $OUT/*.json into benchmarks/results/ and update the .md beside them with the printed tables.
@@ -61,7 +62,7 @@ if (( check_rc != 0 )) && [[ "${R1_SUITE_IGNORE_CHECK:-0}" != 1 ]]; then
     exit 1
 fi
 
-# the issue's goal lengths first: each row is saved as it finishes, so a step cut short keeps those.
+# the target lengths first: each row is saved as it finishes, so a step cut short keeps those.
 # Every length compiles both sides afresh (a minute or more each on an H200): 32k and 128k may not fit.
 LENGTHS="8192 65536 1024 2048 4096 16384 32768 131072"
 step attention 560 "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths $LENGTHS \

@@ -2,7 +2,7 @@
 model on one process / fewer GPUs: tokens/s, MFU, peak memory, the loss curves, and an export to a
 Hugging Face folder loaded back with from_pretrained.
 
-    # 8 GPUs, the 1.3B preset (issue 7):
+    # 8 GPUs, the 1.3B preset:
     python benchmarks/run_3d.py --nproc 8 --layout 2x2x2 --preset 1.3b --steps 300 --seq-len 2048 \\
         --global-batch 32 --micro-batch 4 --deepspeed-config ds_configs/pipeline_2stage.json --reference 1x1x4
     # 8 CPU processes, the tiny preset (what runs without GPUs):

@@ -1,4 +1,4 @@
-"""Normalised word entropy over fixed windows: the issue's "information entropy above 0.8", made well defined.
+"""Normalised word entropy over fixed windows: the specification's "information entropy above 0.8", made well defined.
 
 Definition (docs/data.md, "Thresholds"): lowercase the text, take ``\\w+`` word tokens, cut them into consecutive
 windows of N = 64 tokens, merge a tail of fewer than 32 tokens into the previous window, and score each window

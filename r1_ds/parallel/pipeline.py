@@ -44,7 +44,7 @@ def pipe_layer_prefixes(config: R1Config) -> list[str | None]:
 
 def tied_lm_head(embedding: nn.Embedding, hidden: torch.Tensor) -> torch.Tensor:
     """The LM head of a tied model: h (B, T, d) @ E^T (d, V) -> logits (B, T, V)."""
-    # --- tensor parallel (issue 4): a vocabulary-parallel embedding gives this rank's (B, T, V / tp) logits;
+    # --- tensor parallel: a vocabulary-parallel embedding gives this rank's (B, T, V / tp) logits;
     # h enters the tensor region first, so that its gradient is summed over the vocabulary shards
     if getattr(embedding, "group", None) is not None:
         from .tp_layers import copy_to_tp
@@ -120,7 +120,7 @@ def shard_for_tensor_parallel(model: R1ForCausalLM, dims: ParallelDims) -> None:
     Without a pipeline the caller must also hand DeepSpeed the grid as `mpu`
     (`PipelineParallelGrid(topology=dims.topology())`, as `r1_ds.train` does): otherwise DeepSpeed
     averages gradients over all ranks, tensor ranks included."""
-    # --- tensor parallel (issue 4): the declared plan R1_TP_PLAN, over this rank's tensor group
+    # --- tensor parallel: the declared plan R1_TP_PLAN, over this rank's tensor group
     if dims.tensor > 1:
         from .tensor_parallel import apply_tensor_parallel, tensor_parallel_group
 
@@ -139,7 +139,7 @@ def build_pipeline(model: R1ForCausalLM, dims: ParallelDims, *, partition_method
                      hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
                      vocab_size=config.vocab_size)
     shard_for_tensor_parallel(model, dims)
-    from .tensor_parallel import tensor_parallel_loss_fn  # tensor parallel (issue 4)
+    from .tensor_parallel import tensor_parallel_loss_fn
 
     parts = _ModelParts(model)
     try:
