@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if not cuda:  # CPU smoke run: skip DeepSpeed's shm op, which leaks 66 MB of /dev/shm per rank (tests/dist.py)
-        import deepspeed.ops
+        from r1_ds.parallel.deepspeed_patches import disable_cpu_shm_comm
 
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        disable_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     vocab = 50304 if args.model.startswith("r1-") else 32000

@@ -105,14 +105,12 @@ def init_distributed() -> None:
     torch variables; mpirun (deepspeed --launcher openmpi/mpich, srun with PMI) is discovered through
     mpi4py; a bare `python -m r1_ds.train` becomes a world of one."""
     import deepspeed
-    import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
+    from .parallel.deepspeed_patches import disable_cpu_shm_comm
+
     if get_accelerator().device_name() == "cpu":
-        # DeepSpeed's CPU backend loads a shared-memory all-reduce op (`deepspeed_shm_comm`) at init: a JIT
-        # build on first use, and a 66 MB /dev/shm file per process that 0.19.8 never unlinks. Training never
-        # uses it (only inference_all_reduce does; gloo does our collectives), so it stays off.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        disable_cpu_shm_comm()  # a JIT build and a leaked /dev/shm file per process, for an op training never uses
 
     if all(k in os.environ for k in _TORCH_ENV):
         deepspeed.init_distributed(auto_mpi_discovery=False)
@@ -474,12 +472,12 @@ def train(cfg: TrainConfig):
         model=module, model_parameters=param_groups(module, weight_decay), config=ds_config, mpu=mpu,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
     pipeline = dims.pipeline_enabled
-    from .parallel.pipeline import needs_fp32_clip_patch, patch_fp32_grad_clipping
+    from .parallel.deepspeed_patches import install_loss_scale_policy, needs_fp32_clip_patch, patch_fp32_grad_clipping
 
     if needs_fp32_clip_patch(engine):
         patch_fp32_grad_clipping(engine)
     if cfg.precision.loss_scale_policy:
-        from .precision import ExponentLossScalePolicy, install_loss_scale_policy
+        from .precision import ExponentLossScalePolicy
 
         install_loss_scale_policy(engine, ExponentLossScalePolicy.from_config(cfg.precision.loss_scale_policy))
     reducer = None

@@ -76,9 +76,9 @@ def _worker(fn_bytes: bytes, rank: int, args: tuple, kwargs: dict, results) -> N
         import deepspeed
 
         if os.environ.get("R1_TEST_SHM_OP") != "1":
-            import deepspeed.ops
+            from r1_ds.parallel.deepspeed_patches import disable_cpu_shm_comm
 
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # see the module docstring
+            disable_cpu_shm_comm()  # see the module docstring
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
         fn = pickle.loads(fn_bytes)
         out = fn(*args, **kwargs)

@@ -69,8 +69,8 @@ def _pipeline_step(activation_checkpoint_interval: int):
     import deepspeed
     from deepspeed import comm as dist
 
-    from r1_ds.parallel.pipeline import (build_pipeline, needs_fp32_clip_patch, patch_fp32_grad_clipping,
-                                         pipe_layer_prefixes)
+    from r1_ds.parallel.deepspeed_patches import needs_fp32_clip_patch, patch_fp32_grad_clipping
+    from r1_ds.parallel.pipeline import build_pipeline, pipe_layer_prefixes
 
     torch.manual_seed(SEED)
     model = R1ForCausalLM(R1Config.from_preset("tiny"))

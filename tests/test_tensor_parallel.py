@@ -439,12 +439,8 @@ def _pipe_tensor_data_body(steps: int, pipe: int, tensor: int, data: int):
     import deepspeed
     import torch.distributed as dist
 
-    from r1_ds.parallel.pipeline import (
-        build_pipeline,
-        needs_fp32_clip_patch,
-        patch_fp32_grad_clipping,
-        pipe_layer_prefixes,
-    )
+    from r1_ds.parallel.deepspeed_patches import needs_fp32_clip_patch, patch_fp32_grad_clipping
+    from r1_ds.parallel.pipeline import build_pipeline, pipe_layer_prefixes
     from r1_ds.parallel.topology import ParallelDims
 
     dims = ParallelDims.build(dist.get_world_size(), pipe=pipe, tensor=tensor, data=data)

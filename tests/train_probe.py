@@ -42,9 +42,9 @@ def probe(engine, out_dir: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    import deepspeed.ops
+    from r1_ds.parallel.deepspeed_patches import disable_cpu_shm_comm
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    disable_cpu_shm_comm()
     import r1_ds.train as entry
 
     train = entry.train
