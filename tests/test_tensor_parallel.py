@@ -28,7 +28,7 @@ from r1_ds.parallel.tensor_parallel import (
     universal_checkpoint_info,
 )
 from r1_ds.parallel.tp_layers import merge_shards, shard_tensor
-from tests.dist import run_distributed
+from r1_ds.local_ranks import run_distributed
 
 T = 96  # 12 paragraphs, 3 document groups of the tiny preset: every level and routing is active
 LR = 1e-2

@@ -8,7 +8,7 @@ The callers decide when a patch applies; the math each one calls lives elsewhere
 allowlist in `r1_ds.safe_load`).
 
     patch                          | replaces                                            | applied from
-    disable_cpu_shm_comm           | deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] | r1_ds.distributed, tests/dist.py, benchmarks
+    disable_cpu_shm_comm           | deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] | r1_ds.distributed, r1_ds.local_ranks, benchmarks
     patch_fp32_grad_clipping       | DeepSpeedEngine.clip_fp32_gradients (per engine)    | r1_ds.train
     install_loss_scale_policy      | engine.optimizer.step (fp16 loss scaler's cur_scale) | r1_ds.train
     replace_gradient_reduction     | DeepSpeedEngine.buffered_allreduce_fallback (per engine) | r1_ds.parallel.comm_hook
