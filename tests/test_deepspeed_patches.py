@@ -16,7 +16,8 @@ from r1_ds.precision import ExponentLossScalePolicy
 
 def _engine():
     """A stand-in engine with the attributes the patches replace; a patch that ran would rebind them."""
-    engine = types.SimpleNamespace(buffered_allreduce_fallback=object(), clip_fp32_gradients=object())
+    engine = types.SimpleNamespace(buffered_allreduce_fallback=object(), clip_fp32_gradients=object(),
+                                   module=types.SimpleNamespace(loss_fn=object()))
     engine.optimizer = types.SimpleNamespace(step=object(), loss_scaler=types.SimpleNamespace(cur_scale=1.0))
     return engine
 
@@ -26,12 +27,18 @@ def _weights_only_loads():
         pass
 
 
+def _pipeline_loss_fn(engine):
+    with patches.pipeline_loss_fn(engine.module, lambda outputs, labels: None):
+        pass
+
+
 APPLY = {
     "disable_cpu_shm_comm": lambda engine: patches.disable_cpu_shm_comm(),
     "patch_fp32_grad_clipping": patches.patch_fp32_grad_clipping,
     "install_loss_scale_policy": lambda engine: patches.install_loss_scale_policy(engine, ExponentLossScalePolicy()),
     "replace_gradient_reduction": lambda engine: patches.replace_gradient_reduction(engine, lambda n: None),
     "weights_only_loads": lambda engine: _weights_only_loads(),
+    "pipeline_loss_fn": _pipeline_loss_fn,
 }
 
 
@@ -50,10 +57,12 @@ def test_every_patch_refuses_an_unknown_deepspeed_version(name, monkeypatch):
     monkeypatch.setattr(deepspeed, "__version__", "0.20.0")
     monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", "untouched")
     engine = _engine()
-    before = (engine.buffered_allreduce_fallback, engine.clip_fp32_gradients, engine.optimizer.step)
+    before = (engine.buffered_allreduce_fallback, engine.clip_fp32_gradients, engine.optimizer.step,
+              engine.module.loss_fn)
     load = torch.load
     with pytest.raises(patches.DeepSpeedVersionError, match=rf"{name} was written for DeepSpeed 0\.19\.8.*0\.20\.0"):
         APPLY[name](engine)
-    assert (engine.buffered_allreduce_fallback, engine.clip_fp32_gradients, engine.optimizer.step) == before
+    assert (engine.buffered_allreduce_fallback, engine.clip_fp32_gradients, engine.optimizer.step,
+            engine.module.loss_fn) == before
     assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] == "untouched"
     assert torch.load is load

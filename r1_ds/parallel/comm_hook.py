@@ -200,10 +200,9 @@ def install_compression(engine, ds_config: dict | str | None) -> "CompressedRedu
     _check_engine(engine)
     if getattr(engine, "_r1_compression", None) is not None:
         raise RuntimeError(f"{SECTION}: already installed on this engine; call install_compression once per engine")
-    reducer = CompressedReducer(engine, cfg, stock=None)
-    # reducer.reduce is looked up per call (a wrapper set on the reducer later applies); the original
-    # method stays with the reducer for warm-up and dense fallback
-    reducer._stock = replace_gradient_reduction(engine, lambda elements_per_buffer: reducer.reduce(elements_per_buffer))
+    reducer = CompressedReducer(engine, cfg, engine.buffered_allreduce_fallback)  # the original: warm-up, dense fallback
+    # reducer.reduce is looked up per call, so a wrapper set on the reducer later applies too
+    replace_gradient_reduction(engine, lambda elements_per_buffer: reducer.reduce(elements_per_buffer))
     engine._r1_compression = reducer
     _log(f"{SECTION}: installed (mode={cfg.mode}, topk_ratio={cfg.topk_ratio}, bits={cfg.bits}, "
          f"error_feedback={cfg.error_feedback}, warmup_steps={cfg.warmup_steps}, auto_fallback={cfg.auto_fallback}, "

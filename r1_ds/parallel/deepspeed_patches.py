@@ -13,6 +13,7 @@ allowlist in `r1_ds.safe_load`).
     install_loss_scale_policy      | engine.optimizer.step (fp16 loss scaler's cur_scale) | r1_ds.train
     replace_gradient_reduction     | DeepSpeedEngine.buffered_allreduce_fallback (per engine) | r1_ds.parallel.comm_hook
     weights_only_loads             | torch.load while DeepSpeed (and we) read checkpoints | r1_ds.checkpoint
+    pipeline_loss_fn               | PipelineModule.loss_fn for one eval_batch            | r1_ds.evaluation.during_training
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ PINNED_DEEPSPEED = "0.19.8"
 
 __all__ = [
     "PINNED_DEEPSPEED", "DeepSpeedVersionError", "check_deepspeed_version", "disable_cpu_shm_comm",
-    "install_loss_scale_policy", "needs_fp32_clip_patch", "patch_fp32_grad_clipping", "replace_gradient_reduction",
-    "weights_only_loads",
+    "install_loss_scale_policy", "needs_fp32_clip_patch", "patch_fp32_grad_clipping", "pipeline_loss_fn",
+    "replace_gradient_reduction", "weights_only_loads",
 ]
 
 
@@ -200,6 +201,25 @@ def replace_gradient_reduction(engine, reduce: Callable[[int], object]) -> Calla
 
     engine.buffered_allreduce_fallback = types.MethodType(buffered_allreduce_fallback, engine)
     return stock
+
+
+@contextlib.contextmanager
+def pipeline_loss_fn(module, loss_fn: Callable) -> Iterator[None]:
+    """Inside the block, the pipeline's last stage computes its loss with `loss_fn`; the trained loss
+    function is back afterwards, also when the block raises.
+
+    Replaces: `module.loss_fn` of the PipelineModule (the function it was built with). Why:
+    `PipelineEngine.eval_batch` has no loss argument; its last stage calls `self.module.loss_fn(outputs, labels)`,
+    looked up per micro-batch. The held-out loss during training is plain cross entropy, without the label
+    smoothing the run trains with."""
+    check_deepspeed_version("pipeline_loss_fn", "that PipelineEngine.eval_batch's last stage computes its loss "
+                            "with self.module.loss_fn(outputs, labels)")
+    trained = module.loss_fn
+    module.loss_fn = loss_fn
+    try:
+        yield
+    finally:
+        module.loss_fn = trained
 
 
 # ----------------------------------------------------------------------------- checkpoint reads
