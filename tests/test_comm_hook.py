@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from r1_ds.parallel.tp_layers import copy_to_tp, reduce_from_tp
 from r1_ds.local_ranks import run_distributed
+from r1_ds.parallel.tp_layers import copy_to_tp, reduce_from_tp
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

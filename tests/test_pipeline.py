@@ -4,10 +4,10 @@ gloo ranks giving the one-process loss and, after one optimizer step, the one-pr
 import pytest
 import torch
 
+from r1_ds.local_ranks import run_distributed
 from r1_ds.model import R1Config, R1ForCausalLM
 from r1_ds.parallel.pipeline import pipe_layer_prefixes, set_drop_path_rate
 from r1_ds.parallel.topology import LayoutError, ParallelDims
-from r1_ds.local_ranks import run_distributed
 
 LR, CLIP, SEED = 0.5, 0.3, 0
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from r1_ds.local_ranks import run_distributed
 from r1_ds.model import R1Config, R1ForCausalLM
 from r1_ds.model.hierarchical_attention import hierarchical_attention_eager, route_paragraphs
 from r1_ds.parallel.tensor_parallel import (
@@ -28,7 +29,6 @@ from r1_ds.parallel.tensor_parallel import (
     universal_checkpoint_info,
 )
 from r1_ds.parallel.tp_layers import merge_shards, shard_tensor
-from r1_ds.local_ranks import run_distributed
 
 T = 96  # 12 paragraphs, 3 document groups of the tiny preset: every level and routing is active
 LR = 1e-2
