@@ -223,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if not cuda:  # CPU smoke run: skip DeepSpeed's shm op, which leaks 66 MB of /dev/shm per rank (tests/dist.py)
-        import deepspeed.ops
+    if not cuda:  # CPU smoke run: skip DeepSpeed's shm op, which leaks 66 MB of /dev/shm per rank (r1_ds/local_ranks.py)
+        from r1_ds.parallel.deepspeed_patches import disable_cpu_shm_comm
 
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        disable_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     vocab = 50304 if args.model.startswith("r1-") else 32000
@@ -276,6 +276,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from r1_ds.train import exit_process  # tears the process group down, then ends the rank (see there)
+    from r1_ds.distributed import exit_process  # tears the process group down, then ends the rank (see there)
 
     exit_process(main())

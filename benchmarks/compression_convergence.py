@@ -7,7 +7,7 @@ Trains the same tiny causal transformer on a synthetic first-order Markov langua
 all-reduce and once per compression mode ("r1_compression": top-k 5% + int8 + error feedback). Writes the loss
 curves to benchmarks/results/compression_convergence_w<world>.json and .png, and prints a table last: final
 held-out loss of each run and its gap to dense (the goal is within 2%). The model, data and training run live
-in tests/tiny_lm.py (tests/test_comm_hook.py trains the same model).
+in benchmarks/tiny_lm.py (tests/test_comm_hook.py trains the same model).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tests.tiny_lm import SEQ, compression_section, train_tiny_lm  # noqa: E402
+from benchmarks.tiny_lm import SEQ, compression_section, train_tiny_lm  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tests.dist import run_distributed
+    from r1_ds.local_ranks import run_distributed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", type=int, default=2, help="gloo ranks (data parallel)")

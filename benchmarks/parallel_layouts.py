@@ -265,6 +265,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from r1_ds.train import exit_process  # a worker rank tears its process group down, then ends (see there)
+    from r1_ds.distributed import exit_process  # a worker rank tears its process group down, then ends (see there)
 
     exit_process(main())

@@ -92,7 +92,7 @@ def model_flops(name: str, preset: str, seq_len: int) -> float:
 def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict:
     import deepspeed
 
-    from r1_ds.train import peak_memory_gib
+    from r1_ds.distributed import peak_memory_gib
 
     micro = max(1, args.tokens // seq_len)
     ds = copy.deepcopy(ds_base)
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("train_throughput: needs a CUDA GPU (R1 runs its FlexAttention path there)", file=sys.stderr)
         return 2
-    from r1_ds.train import init_distributed
+    from r1_ds.distributed import init_distributed
 
     torch.backends.cuda.matmul.allow_tf32 = True
     init_distributed()  # a world of one process
@@ -221,6 +221,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from r1_ds.train import exit_process  # tears the process group down, then ends the rank (see there)
+    from r1_ds.distributed import exit_process  # tears the process group down, then ends the rank (see there)
 
     exit_process(main())

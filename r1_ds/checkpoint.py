@@ -45,7 +45,8 @@ import torch
 from data_prep.atomic import TMP_PREFIX, atomic_write_text, fsync_dir  # the one implementation of atomic writes
 
 from .metrics import log0
-from .safe_load import UnsafeFileError, unsafe_globals, weights_only_loads
+from .parallel.deepspeed_patches import weights_only_loads
+from .safe_load import UnsafeFileError, unsafe_globals
 
 log = logging.getLogger("r1_ds.checkpoint")
 

@@ -62,11 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def script() -> NoReturn:
     """The `r1-ds` console script: `main`, then `exit_process` (a rank ends without the interpreter's
-    teardown once it ran a process group; see r1_ds.train.exit_process). Tests call `main`."""
-    code = main()
-    if "r1_ds.train" in sys.modules:  # only `train` starts process groups
-        sys.modules["r1_ds.train"].exit_process(code)
-    sys.exit(code)
+    teardown once it ran a process group; see r1_ds.distributed.exit_process). Tests call `main`."""
+    from .distributed import exit_process
+
+    exit_process(main())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Mixed precision: the Apex AMP translation, the precision checks, the exponent loss-scale policy.
 
-Everything here but `install_loss_scale_policy` is a pure function of dicts and numbers (tested on
-CPU); docs/training.md ("Mixed precision") states the same rules in prose.
+Everything here is a pure function of dicts and numbers (tested on CPU); the policy is installed into the
+engine by `r1_ds.parallel.deepspeed_patches.install_loss_scale_policy`. docs/training.md ("Mixed precision")
+states the same rules in prose.
 """
 
 from __future__ import annotations
@@ -204,48 +205,3 @@ class ExponentLossScalePolicy:
             return None
         return exponent_loss_scale(max_abs_scaled_grad / current_scale, k=self.k, min_scale=self.min_scale,
                                    max_scale=self.max_scale)
-
-
-def _max_abs_grad(optimizer, module) -> float:
-    """Largest |gradient| this rank holds right before the optimizer step (scaled, already reduced)."""
-    import torch
-
-    tensors = []
-    for group in getattr(optimizer, "fp16_groups", []) or []:  # FP16_Optimizer
-        tensors += [p.grad for p in group if p.grad is not None]
-    averaged = getattr(optimizer, "averaged_gradients", None)  # ZeRO stage 1/2
-    if isinstance(averaged, dict):
-        for grads in averaged.values():
-            tensors += [g for g in grads if g is not None]
-    if not tensors:
-        tensors = [p.grad for p in module.parameters() if p.grad is not None]
-    if not tensors:
-        return 0.0
-    return float(torch.stack([t.detach().abs().max().float() for t in tensors]).max())
-
-
-def install_loss_scale_policy(engine, policy: ExponentLossScalePolicy) -> None:
-    """Wrap `engine.optimizer.step`: measure the largest scaled gradient before the step (max over
-    all ranks, so every stage uses the same scale), then set the scaler's cur_scale for the next."""
-    import torch
-    from deepspeed import comm as dist
-
-    opt = engine.optimizer
-    scaler = getattr(opt, "loss_scaler", None)
-    if scaler is None or not hasattr(scaler, "cur_scale"):
-        raise PrecisionError("loss_scale_policy needs fp16 with DeepSpeed's loss scaler (fp16.enabled=true); this "
-                             "engine has none. Fix: enable fp16 or remove precision.loss_scale_policy.")
-    inner_step = opt.step
-
-    def step(*args, **kwargs):
-        m = torch.tensor([_max_abs_grad(opt, engine.module)], dtype=torch.float32,
-                         device=next(engine.module.parameters()).device)
-        dist.all_reduce(m, op=dist.ReduceOp.MAX)
-        current = float(scaler.cur_scale)
-        out = inner_step(*args, **kwargs)
-        new = policy.update(float(m), current)
-        if new is not None:
-            scaler.cur_scale = new
-        return out
-
-    opt.step = step

@@ -8,13 +8,13 @@ all call `torch.load(..., weights_only=False)` through the `torch` module), goes
 its checkpoints hold (`DEEPSPEED_GLOBALS`, data-only classes whose reconstruction runs no code of the
 file's choosing). Anything else is refused before it is built. `trusted=True` (`--trust-checkpoint`,
 `checkpoint.trust: true`) turns the guard off for a checkpoint whose origin the user vouches for.
+This module holds the allowlist and the scan; the `torch.load` wrapper that applies them is
+`r1_ds.parallel.deepspeed_patches.weights_only_loads`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import pickle
-from typing import Iterator
 
 import torch
 
@@ -50,33 +50,3 @@ def unsafe_globals(path: str) -> list[str]:
     names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     allowed = allowed_names()
     return [n for n in names if n not in allowed]
-
-
-@contextlib.contextmanager
-def weights_only_loads(trusted: bool = False) -> Iterator[None]:
-    """While active, every `torch.load` in this process reads with weights_only=True and the DeepSpeed
-    allowlist, whatever its caller asked for; a file that names another callable raises UnsafeFileError
-    (naming the file) before anything of it runs. DeepSpeed looks `torch.load` up at call time, so its
-    loads are covered too. `trusted`: no change (plain unpickling, for checkpoints the user vouches for)."""
-    if trusted:
-        yield
-        return
-    original = torch.load
-
-    def load(f, *args, **kwargs):
-        kwargs["weights_only"] = True
-        kwargs.pop("pickle_module", None)  # weights_only refuses a custom pickle module
-        with torch.serialization.safe_globals(deepspeed_globals()):
-            try:
-                return original(f, *args, **kwargs)
-            except pickle.UnpicklingError as err:
-                if "Weights only load failed" not in str(err):
-                    raise
-                names = unsafe_globals(f) if isinstance(f, str) else []
-                raise UnsafeFileError(f, names or [str(err).split("\n")[0]]) from None
-
-    torch.load = load
-    try:
-        yield
-    finally:
-        torch.load = original

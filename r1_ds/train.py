@@ -15,14 +15,10 @@ Launch with any of (docs/training.md, "Launchers"):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import os
-import socket
-import sys
 import time
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -31,8 +27,9 @@ from data_prep.atomic import atomic_write_json
 
 from .config import ConfigError, TrainConfig, load_train_config, parse_set, read_mapping, resolve_batch
 from .data import ProgressiveSampler, Stage, batch_iterator, open_dataset
+from .distributed import exit_process, init_distributed, peak_memory_gib, shutdown_distributed, under_accelerate
 from .divergence import DivergenceError
-from .extras import MissingExtra, require
+from .extras import MissingExtra
 from .metrics import MetricsWriter, log0
 
 log = logging.getLogger("r1_ds.train")
@@ -93,40 +90,7 @@ def cli_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- distributed start-up
-
-
-_MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
-_TORCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
-
-
-def init_distributed() -> None:
-    """Join the process group however we were launched: deepspeed / torchrun / accelerate set the
-    torch variables; mpirun (deepspeed --launcher openmpi/mpich, srun with PMI) is discovered through
-    mpi4py; a bare `python -m r1_ds.train` becomes a world of one."""
-    import deepspeed
-    import deepspeed.ops
-    from deepspeed.accelerator import get_accelerator
-
-    if get_accelerator().device_name() == "cpu":
-        # DeepSpeed's CPU backend loads a shared-memory all-reduce op (`deepspeed_shm_comm`) at init: a JIT
-        # build on first use, and a 66 MB /dev/shm file per process that 0.19.8 never unlinks. Training never
-        # uses it (only inference_all_reduce does; gloo does our collectives), so it stays off.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-    if all(k in os.environ for k in _TORCH_ENV):
-        deepspeed.init_distributed(auto_mpi_discovery=False)
-    elif any(k in os.environ for k in _MPI_ENV):
-        require("mpi4py.MPI", extra="mpi", purpose="an MPI launch (mpirun, deepspeed --launcher openmpi/mpich)")
-        deepspeed.init_distributed(auto_mpi_discovery=True)  # sets RANK, LOCAL_RANK, ... from MPI
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
-                           ("MASTER_PORT", str(port))):
-            os.environ.setdefault(key, value)
-        deepspeed.init_distributed(auto_mpi_discovery=False)
+# ----------------------------------------------------------------------------- settings file
 
 
 def find_ds_config(path: str) -> str:
@@ -135,10 +99,6 @@ def find_ds_config(path: str) -> str:
         return path
     repo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
     return repo if os.path.isfile(repo) else path
-
-
-def under_accelerate() -> bool:
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
 # ----------------------------------------------------------------------------- settings -> DeepSpeed JSON
@@ -474,12 +434,12 @@ def train(cfg: TrainConfig):
         model=module, model_parameters=param_groups(module, weight_decay), config=ds_config, mpu=mpu,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
     pipeline = dims.pipeline_enabled
-    from .parallel.pipeline import needs_fp32_clip_patch, patch_fp32_grad_clipping
+    from .parallel.deepspeed_patches import install_loss_scale_policy, needs_fp32_clip_patch, patch_fp32_grad_clipping
 
     if needs_fp32_clip_patch(engine):
         patch_fp32_grad_clipping(engine)
     if cfg.precision.loss_scale_policy:
-        from .precision import ExponentLossScalePolicy, install_loss_scale_policy
+        from .precision import ExponentLossScalePolicy
 
         install_loss_scale_policy(engine, ExponentLossScalePolicy.from_config(cfg.precision.loss_scale_policy))
     reducer = None
@@ -603,59 +563,6 @@ def train(cfg: TrainConfig):
             lock.release()
     log0("done: %d steps, checkpoints in %s, metrics in %s", total, ckpt_dir, metrics.path)
     return engine
-
-
-_RAN_DISTRIBUTED = False  # set once this process has torn a process group down: see exit_process
-
-
-def shutdown_distributed() -> None:
-    """Tear the process groups down at the end of a run (clean, or a user error every rank raised alike),
-    as torch's docs ask. No barrier: the run's last collective (the checkpoint save) has completed on
-    every rank, and a rank that failed otherwise must not leave the others waiting here."""
-    global _RAN_DISTRIBUTED
-    import torch.distributed as tdist
-
-    from .parallel.tensor_parallel import forget_groups
-
-    if tdist.is_available() and tdist.is_initialized():
-        forget_groups()
-        tdist.destroy_process_group()
-        _RAN_DISTRIBUTED = True
-
-
-def exit_process(code: int) -> NoReturn:
-    """End a launched rank (`python -m r1_ds.train`, the `r1-ds` script, benchmark ranks) with `code`.
-
-    Once a process group has run here, skip the interpreter's teardown. CI lost a finished 4-rank torchrun
-    run (once in many) to a rank that died at exit with SIGABRT, "terminate called without an active
-    exception" (a C++ thread destroyed while still joinable), although its process groups had been
-    destroyed: objects of the communication stack that DeepSpeed and our tensor-parallel groups still
-    reference are freed during Python's finalization, in no fixed order (pytorch/pytorch#179291 is about
-    the same hazard). The launcher then fails the job and kills the other ranks. Nothing is lost by
-    skipping the teardown: checkpoints, shards and run files are written atomically and closed by then;
-    logs and the std streams are flushed here, and MPI is finalized (mpirun reports a rank that exits
-    without MPI_Finalize as failed).
-    Without distributed state it is a plain `sys.exit`. Never call it from a library or a test process."""
-    shutdown_distributed()
-    if not _RAN_DISTRIBUTED:
-        sys.exit(code)
-    logging.shutdown()
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        mpi.Finalize()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed or broken pipe must not turn success into a traceback
-            stream.flush()
-    os._exit(code)
-
-
-def peak_memory_gib() -> float:
-    """Peak memory of this rank so far: allocated GPU memory on CUDA, the process's peak RSS on CPU."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Shared pytest setup: make `tests.dist` importable however pytest is started."""
+"""Shared pytest setup: make `tests.*` helpers and `benchmarks.tiny_lm` importable however pytest is started."""
 
 import os
 import sys

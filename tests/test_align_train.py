@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from r1_ds.align import info_nce
+from r1_ds.local_ranks import run_distributed
 from r1_ds.metrics import read_metrics
-from tests.dist import run_distributed
 
 TOWER = {"align.image_tower": "RN50", "align.image_size": 64}  # random-init, small input: seconds on CPU
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from r1_ds.local_ranks import run_distributed
 from r1_ds.parallel.tp_layers import copy_to_tp, reduce_from_tp
-from tests.dist import run_distributed
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -407,7 +407,7 @@ def _tp_run(section: dict, naive: bool) -> dict:
 
 def _two_rank_suite(ckpt_dir: str) -> dict:
     """Everything that runs on 2 ranks, in one spawn (each spawn costs ~10 s of imports on 2 cores)."""
-    from tests.tiny_lm import compression_section, train_tiny_lm
+    from benchmarks.tiny_lm import compression_section, train_tiny_lm
 
     return {
         "leader": _plain_run(_section(mode="leader", selection="threshold")),

@@ -229,8 +229,8 @@ def _train_steps(overrides: dict) -> int:
 
 @pytest.mark.slow
 def test_a_mixture_trains(two_folders, tmp_path):
+    from r1_ds.local_ranks import run_distributed
     from r1_ds.metrics import read_metrics
-    from tests.dist import run_distributed
     from tests.train_runs import BASE
 
     a, b = two_folders

@@ -422,7 +422,7 @@ def _monitor_body(out_dir):
 
 @pytest.mark.slow
 def test_deepspeed_monitor_gets_r1_metrics_and_is_closed(tmp_path):
-    from tests.dist import run_distributed
+    from r1_ds.local_ranks import run_distributed
 
     (res,) = run_distributed(_monitor_body, 1, str(tmp_path), timeout=120)
     assert res["tb_closed"]

@@ -64,7 +64,7 @@ def test_bad_batch_config_fails_the_command_with_the_numbers(tmp_path):
 _EXIT_SCRIPT = """
 import atexit, sys
 import torch.distributed as dist
-from r1_ds.train import exit_process
+from r1_ds.distributed import exit_process
 if sys.argv[1] == "distributed":
     dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=0, world_size=1)
 atexit.register(lambda: print("interpreter teardown ran", file=sys.stderr))

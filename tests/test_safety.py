@@ -76,7 +76,8 @@ def test_deepspeeds_own_loader_reads_weights_only_inside_the_guard(tmp_path):
     turns it into a weights-only load, so a payload that got past the file check still does not run."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    from r1_ds.safe_load import UnsafeFileError, weights_only_loads
+    from r1_ds.parallel.deepspeed_patches import weights_only_loads
+    from r1_ds.safe_load import UnsafeFileError
 
     marker = str(tmp_path / "PAYLOAD_RAN")
     torch.save({"module": None, "x": _Payload(marker)}, tmp_path / "bad.pt")

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from r1_ds.local_ranks import run_distributed
 from r1_ds.model import R1Config, R1ForCausalLM
 from r1_ds.model.hierarchical_attention import hierarchical_attention_eager, route_paragraphs
 from r1_ds.parallel.tensor_parallel import (
@@ -28,7 +29,6 @@ from r1_ds.parallel.tensor_parallel import (
     universal_checkpoint_info,
 )
 from r1_ds.parallel.tp_layers import merge_shards, shard_tensor
-from tests.dist import run_distributed
 
 T = 96  # 12 paragraphs, 3 document groups of the tiny preset: every level and routing is active
 LR = 1e-2
@@ -439,12 +439,8 @@ def _pipe_tensor_data_body(steps: int, pipe: int, tensor: int, data: int):
     import deepspeed
     import torch.distributed as dist
 
-    from r1_ds.parallel.pipeline import (
-        build_pipeline,
-        needs_fp32_clip_patch,
-        patch_fp32_grad_clipping,
-        pipe_layer_prefixes,
-    )
+    from r1_ds.parallel.deepspeed_patches import needs_fp32_clip_patch, patch_fp32_grad_clipping
+    from r1_ds.parallel.pipeline import build_pipeline, pipe_layer_prefixes
     from r1_ds.parallel.topology import ParallelDims
 
     dims = ParallelDims.build(dist.get_world_size(), pipe=pipe, tensor=tensor, data=data)

@@ -30,9 +30,9 @@ import pytest
 import torch
 
 from r1_ds.checkpoint import CheckpointError, SavedCheckpoint, check_resume_layout
+from r1_ds.local_ranks import scaled_timeout
 from r1_ds.metrics import read_metrics
 from r1_ds.parallel.topology import LayoutError, ParallelDims
-from tests.dist import scaled_timeout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

@@ -8,7 +8,7 @@ model's logits of `probe_ids()` to `<output_dir>/probe/rank<R>.pt` (`None` on ra
 logits: pipeline stages before the last). Without a pipeline the engine is called directly; with one,
 `engine.eval_batch`. With tensor parallelism each rank's logits are its vocabulary shard (B, T, V / tensor).
 
-Like tests/dist.py, it switches off DeepSpeed's CPU shared-memory op (never used by training; it would
+Like r1_ds/local_ranks.py, it switches off DeepSpeed's CPU shared-memory op (never used by training; it would
 be built on first use and leak a /dev/shm file per rank and port).
 """
 
@@ -42,9 +42,9 @@ def probe(engine, out_dir: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    import deepspeed.ops
+    from r1_ds.parallel.deepspeed_patches import disable_cpu_shm_comm
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    disable_cpu_shm_comm()
     import r1_ds.train as entry
 
     train = entry.train
@@ -59,6 +59,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from r1_ds.train import exit_process
+    from r1_ds.distributed import exit_process
 
     exit_process(main(sys.argv[1:]))

@@ -16,8 +16,8 @@ import os
 import shutil
 import tempfile
 
+from r1_ds.local_ranks import run_distributed
 from r1_ds.metrics import read_metrics
-from tests.dist import run_distributed
 from tests.train_probe import probe_logits
 
 

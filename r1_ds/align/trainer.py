@@ -234,8 +234,8 @@ def pair_metrics(summed: torch.Tensor, valid: torch.Tensor, present: torch.Tenso
 def train_align(cfg: TrainConfig):
     """Train per `cfg` with the alignment objective; returns the DeepSpeed engine."""
     from .. import checkpoint as ckpt
-    from ..train import (WarmupCosine, build_ds_config, build_model, find_ds_config, init_distributed,
-                         param_groups, peak_memory_gib, step_seed)
+    from ..distributed import init_distributed, peak_memory_gib
+    from ..train import WarmupCosine, build_ds_config, build_model, find_ds_config, param_groups, step_seed
 
     from ..ds_schema import check_deepspeed_keys, check_learning_rate
     from ..run_lock import exit_with_launcher, lock_run_folders

@@ -27,11 +27,10 @@ def engine_heldout_loss(engine, dataset, *, seq_len: int, sequences: int, pipeli
     module = engine.module
     plain = _plain_loss_fn(module)
     if pipeline:
-        trained_loss, module.loss_fn = module.loss_fn, plain
-        try:  # eval_batch averages over micro-batches and data ranks and broadcasts to every stage
+        from r1_ds.parallel.deepspeed_patches import pipeline_loss_fn
+
+        with pipeline_loss_fn(module, plain):  # eval_batch averages over micro-batches and data ranks, to every stage
             loss = engine.eval_batch(batch_iterator(dataset, micro_indices, seq_len), num_micro_batches=n_micro)
-        finally:
-            module.loss_fn = trained_loss
         return float(loss)
     was_training = module.training
     module.eval()

@@ -11,7 +11,8 @@ DeepSpeed 0.19.8 has no communication-hook API. Every supported configuration re
 `DeepSpeedEngine.buffered_allreduce_fallback` (plain engine at ZeRO-0, PipelineEngine at ZeRO-0, and
 BF16_Optimizer: bf16 at ZeRO-0 under a pipeline, or bf16 with fp32 gradient accumulation at ZeRO-1); it runs once
 per optimizer step, at the gradient-accumulation boundary, before clipping and the optimizer. We replace that method
-on the engine instance. The math lives in `r1_ds.parallel.compression`; docs/compression.md explains both.
+on the engine instance (`r1_ds.parallel.deepspeed_patches.replace_gradient_reduction`). The math lives in
+`r1_ds.parallel.compression`; docs/compression.md explains both.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import math
 import statistics
 import time
-import types
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from r1_ds.parallel import compression as C
+from r1_ds.parallel.deepspeed_patches import replace_gradient_reduction
 
 SECTION = "r1_compression"
 STATE_VERSION = 1
@@ -199,15 +200,9 @@ def install_compression(engine, ds_config: dict | str | None) -> "CompressedRedu
     _check_engine(engine)
     if getattr(engine, "_r1_compression", None) is not None:
         raise RuntimeError(f"{SECTION}: already installed on this engine; call install_compression once per engine")
-    stock = engine.buffered_allreduce_fallback  # the bound original, still used for warmup and dense fallback
-    reducer = CompressedReducer(engine, cfg, stock)
-
-    def buffered_allreduce_fallback(self, grads=None, elements_per_buffer=500000000):
-        if grads is not None:  # a caller with its own gradient list (not DeepSpeed's reduction path): leave it be
-            return stock(grads=grads, elements_per_buffer=elements_per_buffer)
-        return reducer.reduce(elements_per_buffer)
-
-    engine.buffered_allreduce_fallback = types.MethodType(buffered_allreduce_fallback, engine)
+    reducer = CompressedReducer(engine, cfg, engine.buffered_allreduce_fallback)  # the original: warm-up, dense fallback
+    # reducer.reduce is looked up per call, so a wrapper set on the reducer later applies too
+    replace_gradient_reduction(engine, lambda elements_per_buffer: reducer.reduce(elements_per_buffer))
     engine._r1_compression = reducer
     _log(f"{SECTION}: installed (mode={cfg.mode}, topk_ratio={cfg.topk_ratio}, bits={cfg.bits}, "
          f"error_feedback={cfg.error_feedback}, warmup_steps={cfg.warmup_steps}, auto_fallback={cfg.auto_fallback}, "

@@ -20,8 +20,6 @@ model once on the CPU and keeps only its stage's modules.
 
 from __future__ import annotations
 
-import types
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,51 +169,8 @@ def set_drop_path_rate(module: nn.Module, rate: float, num_hidden_layers: int) -
         layer.drop_path.rate = rate * (layer.layer_idx + 1) / num_hidden_layers
 
 
-def patch_fp32_grad_clipping(engine) -> None:
-    """fp32 (ZeRO-0) gradient clipping that counts every stage's gradients and records the norm.
-
-    DeepSpeed's fp32 path (`clip_grad_norm_(..., mpu=grid)`) counts a parameter on a rank whose
-    grid "model-parallel rank" is not 0 only when it is marked model-parallel. On a pipeline grid that
-    rank is the position among all pipe x tensor ranks of the replica, so stages > 0 would drop out of
-    the global norm and clip with the wrong factor (the pipeline parity test catches it). Here every
-    stage counts its own parameters once: pipeline-tied copies (`ds_pipe_replicated`) are skipped, and
-    tensor-replicated parameters are counted on tensor rank 0 only. It also keeps the norm for
-    `engine.get_global_grad_norm()`, which DeepSpeed's fp32 path leaves empty. bf16 (BF16_Optimizer)
-    and ZeRO compute the norm themselves and need neither. The grid is DeepSpeed's `mpu`: the
-    pipeline's own, or the one a tensor x data run passes to `deepspeed.initialize` (there the
-    model-parallel group is the tensor group); without one, every parameter is this rank's alone."""
-    from deepspeed import comm as dist
-
-    grid = getattr(engine, "mpu", None)
-
-    def clip_fp32_gradients(self):
-        tensor_rank = grid.get_slice_parallel_rank() if grid is not None else 0
-        params = [p for p in self.module.parameters() if p.grad is not None]
-        counted = [p for p in params if not getattr(p, "ds_pipe_replicated", False)
-                   and (tensor_rank == 0 or getattr(p, "tensor_model_parallel", False))]
-        sq = torch.zeros(1, dtype=torch.float32, device=params[0].device if params else "cpu")
-        for p in counted:
-            sq += p.grad.detach().float().pow(2).sum()
-        if grid is not None:
-            dist.all_reduce(sq, group=grid.get_model_parallel_group())  # every stage and shard of this replica
-        total = sq.sqrt()
-        coef = torch.clamp(self.gradient_clipping() / (total + 1e-6), max=1.0)
-        for p in params:
-            p.grad.detach().mul_(coef.to(p.grad.dtype))
-        self._global_grad_norm = float(total)
-        return total
-
-    engine.clip_fp32_gradients = types.MethodType(clip_fp32_gradients, engine)
-
-
-def needs_fp32_clip_patch(engine) -> bool:
-    """True where DeepSpeed clips through `clip_fp32_gradients` (fp32, no ZeRO, clipping on)."""
-    return (engine.gradient_clipping() > 0.0 and getattr(engine, "torch_autocast_z0_gradscaler", None) is None
-            and not (engine.fp16_enabled() or engine.bfloat16_enabled() or engine.zero_optimization()))
-
-
 __all__ = [
     "DEFAULT_PARTITION", "TIED_KEY", "build_pipeline", "decoder_layers",
-    "needs_fp32_clip_patch", "patch_fp32_grad_clipping", "pipe_layer_prefixes",
+    "pipe_layer_prefixes",
     "set_drop_path_rate", "shard_for_tensor_parallel", "tied_lm_head",
 ]

@@ -373,7 +373,7 @@ def tensor_parallel_group(dims):
 
 def forget_groups() -> None:
     """Drop the cached groups, before the process groups are destroyed: a cached group kept alive past
-    that is freed during the interpreter's teardown (see r1_ds.train.exit_process)."""
+    that is freed during the interpreter's teardown (see r1_ds.distributed.exit_process)."""
     _GROUPS.clear()
 
 

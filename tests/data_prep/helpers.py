@@ -1,4 +1,4 @@
-"""Small builders shared by the data_prep tests (imported as ``tests.data_prep.helpers``, like ``tests.dist``)."""
+"""Small builders shared by the data_prep tests (imported as ``tests.data_prep.helpers``, like ``tests.train_runs``)."""
 
 from __future__ import annotations
 

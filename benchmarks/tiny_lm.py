@@ -1,7 +1,8 @@
 """A tiny causal LM on a synthetic Markov language, trained with DeepSpeed dense or with r1_compression.
 
 Shared by tests/test_comm_hook.py (compressed training converges like dense) and
-benchmarks/compression_convergence.py (the loss curves), so that editing the benchmark cannot break the tests.
+benchmarks/compression_convergence.py (the loss curves): the test checks the model and run that the benchmark
+plots. Editing this file changes both; editing the benchmark script does not touch the tests.
 """
 
 from __future__ import annotations
