@@ -198,7 +198,7 @@ def check_align_checkpoint(load_dir: str, tag: str, *, trusted: bool = False) ->
     """Refuse, before DeepSpeed reads it, a checkpoint that an alignment run did not write (its module differs).
     Read weights-only with the checkpoint allowlist (r1_ds.safe_load) unless the user trusts the checkpoint."""
     from ..checkpoint import CheckpointError
-    from ..safe_load import weights_only_loads
+    from ..parallel.deepspeed_patches import weights_only_loads
 
     path = os.path.join(load_dir, tag, "mp_rank_00_model_states.pt")
     state = {}
