@@ -3,14 +3,15 @@
 # output under $OUT (logs and JSON), so a short GPU lease loses nothing to a step that runs long.
 #
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh            # everything (step limits add to ~52 min: several calls)
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh train trainer_compiled  # some steps: check attention
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh train trainer_compiled  # some steps: check check_long attention
 #                                                            #   attention_compiled
 #                                                            #   train train_compiled trainer_compiled fp16 clip
 #                                                            #   generation
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
 #
-# One device call runs at most 10 minutes: run `check`, `attention`, `attention_compiled`, `train trainer_compiled`,
-# `train_compiled` and `fp16 clip` one group a call (each step's limit below keeps its group inside that).
+# One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
+# `train trainer_compiled`, `train_compiled`, `fp16 clip` and `generation` one group a call (each step's limit below
+# keeps its group inside that).
 #
 # check comes first in the default run, and first on any new machine or commit: a call without it trusts an
 # earlier call's check. It holds the GPU fast path to the eager reference (tests/test_cuda_fast_path.py).
@@ -28,7 +29,7 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-STEPS="${*:-check attention attention_compiled train train_compiled trainer_compiled fp16 clip generation}"
+STEPS="${*:-check check_long attention attention_compiled train train_compiled trainer_compiled fp16 clip generation}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # DeepSpeed configs as shipped, but with torch's fused AdamW: FusedAdam's JIT build costs minutes of a lease,
@@ -54,8 +55,14 @@ step() {  # name, seconds, command...
 }
 
 # -v: each test's verdict is logged as it ends, so a step cut short by its limit still says which passed
-step check 570 "$PY" -m pytest -v -rA -p no:cacheprovider tests/test_cuda_fast_path.py
+# check: the 2k-token cases (about 3 min on an H100); check_long: 32k, 64k, lengths 1k-128k in one process, and
+# generation at several prompt lengths (about 4 min, each length compiles afresh). Two steps, one device call each.
+LONG="long or any_order or generation_with_prompts"
+step check 570 "$PY" -m pytest -v -rA -p no:cacheprovider tests/test_cuda_fast_path.py -k "not ($LONG)"
 check_rc=$?
+step check_long 570 "$PY" -m pytest -v -rA -p no:cacheprovider tests/test_cuda_fast_path.py -k "$LONG"
+long_rc=$?
+(( check_rc == 0 )) && check_rc=$long_rc
 if (( check_rc != 0 )) && [[ "${R1_SUITE_IGNORE_CHECK:-0}" != 1 ]]; then
     echo "check did not pass ($OUT/check.log): the fast path disagrees with the reference on this GPU, so its"
     echo "figures would be worthless; stopping. Set R1_SUITE_IGNORE_CHECK=1 to measure anyway."
