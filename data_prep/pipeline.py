@@ -38,6 +38,21 @@ def _empty_stage() -> dict[str, Any]:
     return {"in": 0, "kept": 0, "dropped": 0, "reasons": {}}
 
 
+def _committed_state(path) -> dict[str, Any] | None:
+    """A part's commit record, or None (with a warning: the part is redone) when it is damaged. Records are
+    written atomically, so damage comes from outside; redoing the part rewrites its outputs whole."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        state, why = None, f"{type(err).__name__}: {err}"
+    else:
+        why = "fields num_docs, filter_state, stages missing"
+    if isinstance(state, dict) and {"num_docs", "filter_state", "stages"} <= state.keys():
+        return state
+    log.warning("%s: damaged commit record (%s); redoing the part", path, why)
+    return None
+
+
 class Pipeline:
     def __init__(self, modality: str, filters: Sequence[BaseFilter], *, out_dir: Path, part_size: int = 1000):
         names = [f.name for f in filters]
@@ -59,20 +74,21 @@ class Pipeline:
         for index, chunk in enumerate(chunked(docs, self.part_size)):
             state_path = self.state_dir / state_name(index)
             if state_path.is_file():
-                state = json.loads(state_path.read_text(encoding="utf-8"))
-                if state.get("num_docs") == len(chunk):
+                state = _committed_state(state_path)
+                if state is not None and state["num_docs"] == len(chunk):
                     for f in self.filters:
                         f.load_state(state["filter_state"].get(f.name))
                     add_stage_counts(totals, state["stages"])
                     resumed += 1
                     continue
-                log.warning(
-                    "%s part %d: committed state has %s docs, input has %d; redoing it",
-                    self.modality,
-                    index,
-                    state.get("num_docs"),
-                    len(chunk),
-                )
+                if state is not None:
+                    log.warning(
+                        "%s part %d: committed state has %s docs, input has %d; redoing it",
+                        self.modality,
+                        index,
+                        state["num_docs"],
+                        len(chunk),
+                    )
             stages = self._process(index, chunk)
             add_stage_counts(totals, stages)
             done += 1

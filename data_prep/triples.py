@@ -38,8 +38,14 @@ def iter_kept(out_dir: Path, modality: str) -> Iterator[dict[str, Any]]:
 def build_triples(out_dir: Path, cfg: AugmentConfig) -> dict[str, Any]:
     out_dir = Path(out_dir)
     meta_path = out_dir / "triples" / "meta.json"
-    if meta_path.is_file():
-        return json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta_path.is_file():  # written last and atomically: the triples are complete
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            meta = err
+        if isinstance(meta, dict):
+            return meta
+        log.warning("%s is damaged (%s); building the triples again", meta_path, meta)
     counts = {"image-text-code": 0, "image-text": 0, "text-code": 0}
     n_views = 0
     views_dir = out_dir / "triples" / "views"

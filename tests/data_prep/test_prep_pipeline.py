@@ -85,3 +85,34 @@ def test_resume_replays_committed_parts(tmp_path):
     for kind in ("kept", "rejects"):
         for p in sorted((tmp_path / "ref" / kind / "text").glob("*.jsonl")):
             assert (out / kind / "text" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_a_damaged_commit_record_redoes_its_part(tmp_path, caplog):
+    """A commit record damaged from outside (garbage bytes, a JSON value of another shape) is not trusted: the part
+    is redone, with a warning, and the outputs equal an undisturbed run's."""
+    ref = Pipeline("text", filters(), out_dir=tmp_path / "ref", part_size=4).run(make_docs())
+    out = tmp_path / "run"
+    Pipeline("text", filters(), out_dir=out, part_size=4).run(make_docs())
+    (out / "state" / "text" / "part_00001.json").write_bytes(b"\x00garbage{")
+    (out / "state" / "text" / "part_00002.json").write_text("[1, 2]")
+    fresh = filters()
+    with caplog.at_level("WARNING"):
+        resumed = Pipeline("text", fresh, out_dir=out, part_size=4).run(make_docs())
+    assert resumed == ref
+    assert sum("damaged commit record" in r.getMessage() for r in caplog.records) == 2
+    for kind in ("kept", "rejects"):
+        for p in sorted((tmp_path / "ref" / kind / "text").glob("*.jsonl")):
+            assert (out / kind / "text" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_a_damaged_triples_meta_builds_the_triples_again(tmp_path, caplog):
+    from data_prep.augment import AugmentConfig
+    from data_prep.triples import build_triples
+
+    build_triples(tmp_path, AugmentConfig())
+    meta = tmp_path / "triples" / "meta.json"
+    first = meta.read_text()
+    meta.write_text('{"image-text-co')
+    with caplog.at_level("WARNING"):
+        build_triples(tmp_path, AugmentConfig())
+    assert "is damaged" in caplog.text and meta.read_text() == first
