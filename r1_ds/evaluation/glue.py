@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from ..align.data import pad_right
 from .glue_data import TASKS, Example, find_tasks, load_task
 from .glue_metrics import glue_average, task_metrics, task_score
 from .model_io import EvalInputError
@@ -34,13 +35,8 @@ def _encode(tokenizer, examples: list[Example], max_len: int) -> list[list[int]]
 
 
 def _batch(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, attention_mask), both (B, T): the head reads the last real token."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
+    """Right-padded (ids, attention_mask), both (B, T), on `device`: the head reads the last real token."""
+    ids, mask = pad_right(rows, pad)
     return ids.to(device), mask.to(device)
 
 
