@@ -6,7 +6,8 @@ import torch
 
 from r1_ds.local_ranks import run_distributed
 from r1_ds.model import R1Config, R1ForCausalLM
-from r1_ds.parallel.pipeline import pipe_layer_prefixes, set_drop_path_rate
+from r1_ds.parallel.pipeline import set_drop_path_rate
+from r1_ds.parallel.state_dict_mapping import pipe_layer_prefixes
 from r1_ds.parallel.topology import LayoutError, ParallelDims
 
 LR, CLIP, SEED = 0.5, 0.3, 0
@@ -70,7 +71,8 @@ def _pipeline_step(activation_checkpoint_interval: int):
     from deepspeed import comm as dist
 
     from r1_ds.parallel.deepspeed_patches import needs_fp32_clip_patch, patch_fp32_grad_clipping
-    from r1_ds.parallel.pipeline import build_pipeline, pipe_layer_prefixes
+    from r1_ds.parallel.pipeline import build_pipeline
+    from r1_ds.parallel.state_dict_mapping import pipe_layer_prefixes
 
     torch.manual_seed(SEED)
     model = R1ForCausalLM(R1Config.from_preset("tiny"))

@@ -18,17 +18,15 @@ import torch.nn.functional as F
 from r1_ds.local_ranks import run_distributed
 from r1_ds.model import R1Config, R1ForCausalLM
 from r1_ds.model.hierarchical_attention import hierarchical_attention_eager, route_paragraphs
-from r1_ds.parallel.tensor_parallel import (
-    R1_TP_PLAN,
-    TensorParallelError,
-    apply_tensor_parallel,
-    check_tensor_parallel,
+from r1_ds.parallel.state_dict_mapping import (
     merge_tensor_parallel_state_dicts,
-    param_sharding,
     shard_state_dict,
     universal_checkpoint_info,
 )
+from r1_ds.parallel.tensor_parallel import STYLES, apply_tensor_parallel
+from r1_ds.parallel.topology import TensorParallelError, check_tensor_parallel
 from r1_ds.parallel.tp_layers import merge_shards, shard_tensor
+from r1_ds.parallel.tp_plan import R1_TP_PLAN, STYLE_SHARDING, param_sharding
 
 T = 96  # 12 paragraphs, 3 document groups of the tiny preset: every level and routing is active
 LR = 1e-2
@@ -139,6 +137,11 @@ def test_plan_covers_the_model_and_tensor_1_is_the_reference():
         torch.testing.assert_close(got[name].grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_every_plan_style_has_an_apply_function_and_a_sharding_entry():
+    assert set(STYLES) == set(STYLE_SHARDING)
+    assert set(R1_TP_PLAN.values()) <= set(STYLE_SHARDING)
+
+
 def test_parameter_sharding_of_every_kind():
     assert param_sharding("model.layers.1.self_attn.q_proj.weight") == (0, 1)
     assert param_sharding("model.layers.1.self_attn.o_proj.weight") == (1, 1)
@@ -167,7 +170,7 @@ def test_universal_checkpoint_patterns_classify_every_parameter_once(pipeline):
     }
     hf_names = [n for n, _ in full_model().named_parameters()]
     if pipeline:
-        from r1_ds.parallel.pipeline import pipe_layer_prefixes
+        from r1_ds.parallel.state_dict_mapping import pipe_layer_prefixes
 
         names = {}
         for idx, prefix in enumerate(pipe_layer_prefixes(cfg)):
@@ -440,7 +443,8 @@ def _pipe_tensor_data_body(steps: int, pipe: int, tensor: int, data: int):
     import torch.distributed as dist
 
     from r1_ds.parallel.deepspeed_patches import needs_fp32_clip_patch, patch_fp32_grad_clipping
-    from r1_ds.parallel.pipeline import build_pipeline, pipe_layer_prefixes
+    from r1_ds.parallel.pipeline import build_pipeline
+    from r1_ds.parallel.state_dict_mapping import pipe_layer_prefixes
     from r1_ds.parallel.topology import ParallelDims
 
     dims = ParallelDims.build(dist.get_world_size(), pipe=pipe, tensor=tensor, data=data)

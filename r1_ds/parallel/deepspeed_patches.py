@@ -23,6 +23,11 @@ import pickle
 import types
 from typing import Callable, Iterator
 
+import torch
+
+from ..precision import PrecisionError
+from ..safe_load import UnsafeFileError, deepspeed_globals, unsafe_globals
+
 PINNED_DEEPSPEED = "0.19.8"
 
 __all__ = [
@@ -94,7 +99,6 @@ def patch_fp32_grad_clipping(engine) -> None:
     check_deepspeed_version("patch_fp32_grad_clipping", "that DeepSpeedEngine._take_model_step still clips fp32 "
                             "ZeRO-0 gradients through self.clip_fp32_gradients() and that get_global_grad_norm "
                             "reads self._global_grad_norm")
-    import torch
     from deepspeed import comm as dist
 
     grid = getattr(engine, "mpu", None)
@@ -124,7 +128,6 @@ def patch_fp32_grad_clipping(engine) -> None:
 
 def _max_abs_grad(optimizer, module) -> float:
     """Largest |gradient| this rank holds right before the optimizer step (scaled, already reduced)."""
-    import torch
 
     tensors = []
     for group in getattr(optimizer, "fp16_groups", []) or []:  # FP16_Optimizer
@@ -151,10 +154,7 @@ def install_loss_scale_policy(engine, policy) -> None:
     read where FP16_Optimizer (`fp16_groups`) and ZeRO 1/2 (`averaged_gradients`) keep them."""
     check_deepspeed_version("install_loss_scale_policy", "that FP16_Optimizer keeps gradients in fp16_groups, "
                             "ZeRO 1/2 in averaged_gradients, and that the loss scaler scales by loss_scaler.cur_scale")
-    import torch
     from deepspeed import comm as dist
-
-    from ..precision import PrecisionError
 
     opt = engine.optimizer
     scaler = getattr(opt, "loss_scaler", None)
@@ -242,10 +242,6 @@ def weights_only_loads(trusted: bool = False) -> Iterator[None]:
     check_deepspeed_version("weights_only_loads", "that DeepSpeed's checkpoint reads still call torch.load through "
                             "the torch module and that r1_ds.safe_load.deepspeed_globals lists every class its "
                             "checkpoints pickle")
-    import torch
-
-    from ..safe_load import UnsafeFileError, deepspeed_globals, unsafe_globals
-
     original = torch.load
 
     def load(f, *args, **kwargs):

@@ -10,7 +10,8 @@ The pipeline is a flat list of the model's own Hugging Face modules; nothing is 
 
 Every stage passes one contiguous float tensor, so no adapter has to pack or unpack tuples. The
 layer files DeepSpeed writes (`layer_XX-model_YY-model_states.pt`, keys relative to the module)
-therefore map to HF keys by prefix: `hf_key = PIPE_PREFIXES[XX] + key` (see `pipe_layer_prefixes`).
+therefore map to HF keys by prefix: `hf_key = pipe_layer_prefixes(config)[XX] + key` (that mapping, and
+the tied key, live in `r1_ds.parallel.state_dict_mapping`).
 The tied LM head has no file: it is a function of the embedding (DeepSpeed skips callables).
 
 Weights come from the model passed in, so a pipeline run starts from exactly the weights a
@@ -26,18 +27,12 @@ from torch import nn
 
 from ..model import R1Config, R1ForCausalLM
 from ..model.modeling_r1 import R1DecoderLayer
+from .state_dict_mapping import TIED_KEY, pipe_layer_prefixes  # noqa: F401 (pipe_layer_prefixes: callers' import)
+from .tensor_parallel import apply_tensor_parallel, tensor_parallel_group, tensor_parallel_loss_fn
 from .topology import ParallelDims
+from .tp_layers import copy_to_tp
 
-TIED_KEY = "embed"  # DeepSpeed tie key of the embedding / LM-head weight
 DEFAULT_PARTITION = "type:R1DecoderLayer"  # balance decoder layers; embed/norm/head ride on the end stages
-
-
-def pipe_layer_prefixes(config: R1Config) -> list[str | None]:
-    """HF key prefix of each pipeline layer, by global layer index. None: the layer has no weights
-    of its own (the tied LM head)."""
-    L = config.num_hidden_layers
-    head = None if config.tie_word_embeddings else "lm_head."
-    return ["model.embed_tokens.", *[f"model.layers.{i}." for i in range(L)], "model.norm.", head]
 
 
 def tied_lm_head(embedding: nn.Embedding, hidden: torch.Tensor) -> torch.Tensor:
@@ -45,8 +40,6 @@ def tied_lm_head(embedding: nn.Embedding, hidden: torch.Tensor) -> torch.Tensor:
     # --- tensor parallel: a vocabulary-parallel embedding gives this rank's (B, T, V / tp) logits;
     # h enters the tensor region first, so that its gradient is summed over the vocabulary shards
     if getattr(embedding, "group", None) is not None:
-        from .tp_layers import copy_to_tp
-
         hidden = copy_to_tp(hidden, embedding.group)
     # --- end tensor parallel
     return F.linear(hidden, embedding.weight)
@@ -120,8 +113,6 @@ def shard_for_tensor_parallel(model: R1ForCausalLM, dims: ParallelDims) -> None:
     averages gradients over all ranks, tensor ranks included."""
     # --- tensor parallel: the declared plan R1_TP_PLAN, over this rank's tensor group
     if dims.tensor > 1:
-        from .tensor_parallel import apply_tensor_parallel, tensor_parallel_group
-
         apply_tensor_parallel(model, tensor_parallel_group(dims))
     # --- end tensor parallel
 
@@ -137,8 +128,6 @@ def build_pipeline(model: R1ForCausalLM, dims: ParallelDims, *, partition_method
                      hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
                      vocab_size=config.vocab_size)
     shard_for_tensor_parallel(model, dims)
-    from .tensor_parallel import tensor_parallel_loss_fn
-
     parts = _ModelParts(model)
     try:
         module = PipelineModule(

@@ -1,13 +1,13 @@
-"""Tensor parallelism for R1, applied from outside the model: a plan declared as data, and
-`apply_tensor_parallel` that shards an already-initialised full model in place.
+"""Tensor parallelism for R1, applied from outside the model: `apply_tensor_parallel` shards an
+already-initialised full model in place, following the plan declared as data in
+`r1_ds.parallel.tp_plan` (R1_TP_PLAN).
 
-    group = grid.get_slice_parallel_group()            # the tensor ranks of this (pipe, data) slot
+    group = tensor_parallel_group(dims)                 # the tensor ranks of this (pipe, data) slot
     apply_tensor_parallel(model, group)                 # R1_TP_PLAN; before deepspeed.initialize
 
 Slicing the full, initialised weights (rather than initialising shards) makes every rank's result
-equal the one-process model, which is what the tests check. `merge_tensor_parallel_state_dicts` is
-the inverse (for export), and `universal_checkpoint_info` gives `ds_to_universal` the pattern lists
-it needs to merge tensor shards of a DeepSpeed checkpoint.
+equal the one-process model, which is what the tests check. The inverse (merging shards for export)
+and the pattern lists `ds_to_universal` needs live in `r1_ds.parallel.state_dict_mapping`.
 
 How the attention splits (each level's heads over tensor ranks; see docs/parallelism.md):
 q/k/v are column-parallel, so rank r holds the columns [r d/tp, (r+1) d/tp) of q, k and v. A level
@@ -21,88 +21,36 @@ row-parallel. Norms, b_g and the residual stream are replicated.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from r1_ds.model.modeling_r1 import R1ForCausalLM, R1HierarchicalAttention, R1LevelGate, causal_lm_loss
 
+from .state_dict_mapping import universal_checkpoint_info  # noqa: F401 (imported from here by r1_ds.train)
+from .topology import TensorParallelError, check_tensor_parallel
 from .tp_layers import (
     ColumnParallelLinear,
     RowParallelLinear,
     VocabParallelEmbedding,
     VocabParallelLMHead,
     copy_to_tp,
-    merge_shards,
     shard_tensor,
     tp_rank,
     tp_world_size,
     vocab_parallel_causal_lm_loss,
 )
+from .tp_plan import R1_TP_PLAN, join_name, plan_matcher
 
 __all__ = [
-    "R1_TP_PLAN", "STYLES", "TensorParallelError", "apply_tensor_parallel", "check_tensor_parallel",
-    "merge_tensor_parallel_state_dicts", "shard_state_dict", "param_sharding", "universal_checkpoint_info",
-    "TensorParallelHierarchicalAttention", "TensorParallelR1ForCausalLM", "tensor_parallel_group",
-    "tensor_parallel_loss_fn",
+    "STYLES", "TensorParallelHierarchicalAttention", "TensorParallelR1ForCausalLM", "apply_tensor_parallel",
+    "forget_groups", "tensor_parallel_group", "tensor_parallel_loss_fn",
 ]
 
-# Module name (HF names; `*` is one name component) -> style. Styles are documented in STYLES below.
-R1_TP_PLAN: dict[str, str] = {
-    "": "vocab_parallel_loss",  # the model itself: its loss reads the vocabulary-sharded logits
-    "model.embed_tokens": "vocab",
-    "model.layers.*.self_attn": "hierarchical_attention",
-    "model.layers.*.self_attn.q_proj": "colwise",
-    "model.layers.*.self_attn.k_proj": "colwise",
-    "model.layers.*.self_attn.v_proj": "colwise",
-    "model.layers.*.self_attn.gate": "gate",
-    "model.layers.*.self_attn.o_proj": "rowwise",
-    "model.layers.*.mlp": "parallel_input",
-    "model.layers.*.mlp.gate_proj": "colwise",
-    "model.layers.*.mlp.up_proj": "colwise",
-    "model.layers.*.mlp.down_proj": "rowwise",
-    "lm_head": "vocab",
-}
-
-
-class TensorParallelError(ValueError):
-    """The tensor size, the model and the plan do not fit; the message names the input, the rule and a fix."""
-
-
 # ----------------------------------------------------------------------------- validation
-
-
-def check_tensor_parallel(*, tensor: int, level_heads, hidden_size: int, intermediate_size: int,
-                          vocab_size: int) -> None:
-    """Every size that tensor parallelism splits must be divisible by the tensor size `tensor`."""
-    if not isinstance(tensor, int) or tensor < 1:
-        raise TensorParallelError(f"tensor parallel size {tensor!r}: must be an integer >= 1. Fix: set tensor to 1, "
-                                  "2, 4, ... (a divisor of every level's head count)")
-    if tensor == 1:
-        return
-    problems = []
-    for i, h in enumerate(level_heads):
-        if h % tensor:
-            problems.append(f"level {i + 1} has {h} heads (level_heads={list(level_heads)}), not divisible by "
-                            f"tensor={tensor}: each level's heads are split across tensor ranks")
-    if hidden_size % tensor:
-        problems.append(f"hidden_size={hidden_size} is not divisible by tensor={tensor}")
-    if intermediate_size % tensor:
-        problems.append(f"intermediate_size={intermediate_size} is not divisible by tensor={tensor} "
-                        "(the SwiGLU hidden is split)")
-    if vocab_size % tensor:
-        problems.append(f"vocab_size={vocab_size} is not divisible by tensor={tensor} (embedding and LM head "
-                        f"are split by vocabulary); pad it to a multiple of {tensor} (64 or 128 is usual)")
-    if problems:
-        divisors = [t for t in range(1, max(level_heads) + 1)
-                    if all(h % t == 0 for h in level_heads) and hidden_size % t == 0
-                    and intermediate_size % t == 0 and vocab_size % t == 0]
-        raise TensorParallelError(
-            "tensor parallel size does not fit the model:\n  - " + "\n  - ".join(problems)
-            + f"\nFix: use a tensor size in {divisors} or change the model sizes named above.")
 
 
 def _check_config(config, tensor: int) -> None:
@@ -281,63 +229,19 @@ def _keep_marks(template: nn.Parameter, shard: nn.Parameter) -> nn.Parameter:
     return shard
 
 
-# style -> (apply(module, name, ctx) -> module, {parameter name: (dim, stride)} of its sharded parameters)
-STYLES: dict[str, tuple[Callable, dict[str, tuple[int, int]]]] = {
-    # nn.Linear, output features split; the input is copied into the tensor region unless the parent did it
-    "colwise": (_colwise, {"weight": (0, 1), "bias": (0, 1)}),
-    # nn.Linear, input features split; partial outputs all-reduced, bias (replicated) added once
-    "rowwise": (_rowwise, {"weight": (1, 1)}),
-    # the level gate nn.Linear(3d, 8) (3 rows used): row-parallel over [h1; h2; h3] (3 blocks), bias once; its output
-    # weighs sharded heads, so its gradient is all-reduced in backward
-    "gate": (_gate, {"weight": (1, 3)}),
-    # nn.Embedding or LM-head nn.Linear, split by vocabulary rows; the head returns sharded logits
-    "vocab": (_vocab, {"weight": (0, 1)}),
-    # LM head split by vocabulary, logits all-gathered (generation; costs a (B, T, V) gather)
-    "vocab_gather": (_vocab_gather, {"weight": (0, 1)}),
-    # R1HierarchicalAttention: local head counts for the kernels, input copied in once for q/k/v
-    "hierarchical_attention": (_hierarchical_attention, {}),
-    # any module: its first input is copied into the tensor region once, for all its colwise children
-    "parallel_input": (_parallel_input, {}),
-    # R1ForCausalLM: the loss reads the vocabulary-sharded logits of a "vocab" lm_head
-    "vocab_parallel_loss": (_vocab_parallel_loss, {}),
+# style -> apply(module, its HF name, ctx) -> the module to put in its place; what each style does and which
+# parameters it shards: r1_ds.parallel.tp_plan.STYLE_SHARDING
+STYLES: dict[str, Callable] = {
+    "colwise": _colwise,
+    "rowwise": _rowwise,
+    "gate": _gate,
+    "vocab": _vocab,
+    "vocab_gather": _vocab_gather,
+    "hierarchical_attention": _hierarchical_attention,
+    "parallel_input": _parallel_input,
+    "vocab_parallel_loss": _vocab_parallel_loss,
 }
 _COPIES_INPUT = ("hierarchical_attention", "parallel_input")
-
-
-# ----------------------------------------------------------------------------- plan matching
-
-
-def _compile(pattern: str) -> re.Pattern:
-    return re.compile("^" + r"[^.]+".join(re.escape(p) for p in pattern.split("*")) + "$")
-
-
-def _matcher(plan: dict[str, str]) -> Callable[[str], str | None]:
-    for key, style in plan.items():
-        if style not in STYLES:
-            raise TensorParallelError(f"plan entry {key!r}: unknown style {style!r}. Fix: use one of {sorted(STYLES)}")
-    compiled = [(_compile(k), k, s) for k, s in plan.items()]
-
-    def style_of(name: str) -> str | None:
-        hits = [(k, s) for rx, k, s in compiled if rx.match(name)]
-        if len(hits) > 1:
-            raise TensorParallelError(f"module {name!r} matches several plan entries {hits}. Fix: make the "
-                                      "plan's patterns disjoint")
-        return hits[0][1] if hits else None
-
-    return style_of
-
-
-def _join(prefix: str, name: str) -> str:
-    return ".".join(p for p in (prefix, name) if p)
-
-
-def param_sharding(name: str, plan: dict[str, str] = R1_TP_PLAN, prefix: str = "") -> tuple[int, int] | None:
-    """(dim, stride) along which parameter `name` (e.g. "model.layers.0.self_attn.gate.weight") is sharded
-    under `plan`, or None if it is replicated on every tensor rank."""
-    style_of = _matcher(plan)
-    module, _, leaf = _join(prefix, name).rpartition(".")
-    style = style_of(module)
-    return STYLES[style][1].get(leaf) if style else None
 
 
 # ----------------------------------------------------------------------------- groups
@@ -351,8 +255,6 @@ def tensor_parallel_group(dims):
     `PipelineParallelGrid.get_slice_parallel_group()`. Needed before the PipelineModule (and its grid)
     exists. Every rank must call it (group creation is collective); later calls reuse the groups.
     None for tensor = 1."""
-    import torch.distributed as dist
-
     if dims.tensor == 1:
         return None
     # a new world group (a second run in one process) needs new groups; the entry holds the world group it
@@ -395,128 +297,22 @@ def apply_tensor_parallel(model: nn.Module, group, plan: dict[str, str] = R1_TP_
     config = config if config is not None else getattr(model, "config", None)
     if config is not None:
         _check_config(config, world)
-    style_of = _matcher(plan)
+    style_of = plan_matcher(plan)
     named = dict(model.named_modules())  # pre-order: a parent comes before its children
     applied: dict[str, str] = {}
     shared: dict[int, nn.Parameter] = {}
     for name, module in named.items():
-        full_name = _join(prefix, name)
+        full_name = join_name(prefix, name)
         style = style_of(full_name)
         if style is None:
             continue
         parent_name, _, leaf = name.rpartition(".")
-        parent_style = applied.get(_join(prefix, parent_name)) if name else None
+        parent_style = applied.get(join_name(prefix, parent_name)) if name else None
         ctx = _Ctx(group=group, world=world, rank=rank, parent_style=parent_style, shared=shared)
-        new = STYLES[style][0](module, full_name, ctx)
+        new = STYLES[style](module, full_name, ctx)
         if new is not module:
             if not name:
                 raise TensorParallelError(f"plan style {style!r} cannot replace the root module {full_name!r}")
             setattr(named[parent_name] if parent_name else model, leaf, new)
         applied[full_name] = style
     return applied
-
-
-# ----------------------------------------------------------------------------- state dicts
-
-
-def merge_tensor_parallel_state_dicts(state_dicts: list[dict[str, torch.Tensor]], plan: dict[str, str] = R1_TP_PLAN,
-                                      *, prefix: str = "", check_replicated: bool = True) -> dict[str, torch.Tensor]:
-    """The full state dict from the per-tensor-rank state dicts (in tensor-rank order). Sharded entries are
-    concatenated (respecting strides); replicated entries are taken from rank 0 and, with
-    `check_replicated`, must be equal on every rank (a difference means the ranks drifted apart)."""
-    if not state_dicts:
-        raise TensorParallelError("merge_tensor_parallel_state_dicts: no state dicts given. Fix: pass one per "
-                                  "tensor rank, in tensor-rank order")
-    keys = list(state_dicts[0])
-    for r, sd in enumerate(state_dicts[1:], start=1):
-        if list(sd) != keys:
-            missing = set(keys) ^ set(sd)
-            raise TensorParallelError(f"tensor rank {r}'s state dict has different keys from rank 0's "
-                                      f"(differences: {sorted(missing)[:5]}). Fix: pass state dicts of one layer set")
-    out = {}
-    for key in keys:
-        tensors = [sd[key] for sd in state_dicts]
-        how = param_sharding(key, plan, prefix)
-        if how is None or len(tensors) == 1:
-            if check_replicated and not all(torch.equal(tensors[0], t) for t in tensors[1:]):
-                raise TensorParallelError(
-                    f"replicated entry {key!r} differs across tensor ranks; the run's tensor ranks drifted apart "
-                    "(replicated gradients were not identical). Fix: check that all tensor ranks see the same data "
-                    "and seed, or pass check_replicated=False to take rank 0's copy")
-            out[key] = tensors[0]
-        else:
-            out[key] = merge_shards(tensors, *how)
-    return out
-
-
-def shard_state_dict(state_dict: dict[str, torch.Tensor], rank: int, world: int, plan: dict[str, str] = R1_TP_PLAN,
-                     *, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Tensor rank `rank`'s slice of a full state dict (e.g. a Hugging Face checkpoint) under `plan`."""
-    out = {}
-    for key, t in state_dict.items():
-        how = param_sharding(key, plan, prefix)
-        out[key] = t if how is None else shard_tensor(t, how[0], rank, world, how[1])
-    return out
-
-
-# ----------------------------------------------------------------------------- universal checkpoints
-
-
-def _pipeline_names(full: R1ForCausalLM) -> dict[str, str]:
-    """HF parameter name -> the name DeepSpeed gives it in r1_ds's PipelineModule ("{layer}.{key}", the tied
-    embedding under "tied_modules.embed."); the tied LM head has no parameter of its own. `full` on the
-    meta device will do."""
-    from .pipeline import TIED_KEY, pipe_layer_prefixes
-
-    config = full.config
-    names = {}
-    for idx, prefix in enumerate(pipe_layer_prefixes(config)):
-        for name, _ in full.named_parameters():
-            if prefix and name.startswith(prefix):
-                names[name] = f"{idx}.{name[len(prefix):]}"
-    if config.tie_word_embeddings:
-        names["model.embed_tokens.weight"] = f"tied_modules.{TIED_KEY}.weight"
-    return names
-
-
-def universal_checkpoint_info(config, tensor: int, plan: dict[str, str] = R1_TP_PLAN, *,
-                              pipeline: bool = False) -> dict:
-    """What `ds_to_universal` needs to merge this model's tensor shards, for
-    `engine.save_checkpoint(..., client_state={"universal_checkpoint_info": universal_checkpoint_info(cfg, tp)})`.
-
-    DeepSpeed reads it from the first model-state file only (stage 0, tensor rank 0), so it describes the
-    whole model, every stage included. `pipeline=True` uses the names of r1_ds's PipelineModule.
-    Column-parallel and vocabulary parameters use DeepSpeed's default (concatenate on dim 0; the vocabulary
-    ones are listed too, unpadded: original_vocab_size = vocab_size); row-parallel ones concatenate on
-    dim 1; the gate weight is 3 sub-parameters [h1; h2; h3] on dim 1; the rest is TP-replicated.
-    Patterns are exact names: ds_to_universal (strict by default) refuses a pattern that matches nothing."""
-    from deepspeed.checkpoint import constants as C
-
-    with torch.device("meta"):
-        full = R1ForCausalLM(config)
-    ds_names = _pipeline_names(full) if pipeline else {n: n for n, _ in full.named_parameters()}
-    replicated, row, vocab, sub = [], [], [], []
-    for hf_name, _ in full.named_parameters():  # a tied LM head appears once, as the embedding
-        if hf_name not in ds_names:
-            continue
-        how = param_sharding(hf_name, plan)
-        pattern = "^" + re.escape(ds_names[hf_name]) + "$"
-        if how is None:
-            replicated.append(pattern)
-        elif how == (1, 1):
-            row.append(pattern)
-        elif how == (1, 3):
-            sub.append(pattern)
-        elif how == (0, 1) and hf_name in ("model.embed_tokens.weight", "lm_head.weight"):
-            vocab.append(pattern)
-    d = config.hidden_size
-    gate_rows = full.model.layers[0].self_attn.gate.out_features  # 3 levels, stored padded to 8 rows
-    return {
-        C.UNIVERSAL_CHECKPOINT_VERSION_KEY: C.UNIVERSAL_CHECKPOINT_VERSION_VALUE,
-        C.TP_REPLICATED_PARAMETER_PATTERNS: replicated,
-        C.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: row,
-        C.VOCABULARY_PARAMETER_PATTERNS: vocab,
-        C.ORIGINAL_VOCAB_SIZE: config.vocab_size,
-        C.PARAMETER_WITH_SUB_PARAMS: [{"patterns": sub, "shape": (gate_rows, (d, d, d)), "partition_dim": 1}] if sub else [],
-        C.SUB_PARAM_SHARD_WIDTHS: {p: [[d // tensor] * tensor] * 3 for p in sub},
-    }

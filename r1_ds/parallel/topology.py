@@ -18,6 +18,10 @@ class LayoutError(ValueError):
     """The parallel layout does not fit the world size or the model; the message shows the numbers."""
 
 
+class TensorParallelError(ValueError):
+    """The tensor size, the model and the plan do not fit; the message names the input, the rule and a fix."""
+
+
 @dataclass(frozen=True)
 class RankCoords:
     """Where one rank sits in the grid."""
@@ -106,8 +110,6 @@ class ParallelDims:
                     "count.")
         sizes = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "vocab_size": vocab_size}
         if self.tensor > 1 and all(v is not None for v in sizes.values()):
-            from .tensor_parallel import TensorParallelError, check_tensor_parallel  # lazy: imports the model
-
             try:
                 check_tensor_parallel(tensor=self.tensor, level_heads=level_heads, **sizes)
             except TensorParallelError as err:
@@ -115,3 +117,33 @@ class ParallelDims:
 
     def describe(self) -> str:
         return f"pipe={self.pipe} x tensor={self.tensor} x data={self.data} = {self.world_size} ranks"
+
+
+def check_tensor_parallel(*, tensor: int, level_heads, hidden_size: int, intermediate_size: int,
+                          vocab_size: int) -> None:
+    """Every size that tensor parallelism splits must be divisible by the tensor size `tensor`."""
+    if not isinstance(tensor, int) or tensor < 1:
+        raise TensorParallelError(f"tensor parallel size {tensor!r}: must be an integer >= 1. Fix: set tensor to 1, "
+                                  "2, 4, ... (a divisor of every level's head count)")
+    if tensor == 1:
+        return
+    problems = []
+    for i, h in enumerate(level_heads):
+        if h % tensor:
+            problems.append(f"level {i + 1} has {h} heads (level_heads={list(level_heads)}), not divisible by "
+                            f"tensor={tensor}: each level's heads are split across tensor ranks")
+    if hidden_size % tensor:
+        problems.append(f"hidden_size={hidden_size} is not divisible by tensor={tensor}")
+    if intermediate_size % tensor:
+        problems.append(f"intermediate_size={intermediate_size} is not divisible by tensor={tensor} "
+                        "(the SwiGLU hidden is split)")
+    if vocab_size % tensor:
+        problems.append(f"vocab_size={vocab_size} is not divisible by tensor={tensor} (embedding and LM head "
+                        f"are split by vocabulary); pad it to a multiple of {tensor} (64 or 128 is usual)")
+    if problems:
+        divisors = [t for t in range(1, max(level_heads) + 1)
+                    if all(h % t == 0 for h in level_heads) and hidden_size % t == 0
+                    and intermediate_size % t == 0 and vocab_size % t == 0]
+        raise TensorParallelError(
+            "tensor parallel size does not fit the model:\n  - " + "\n  - ".join(problems)
+            + f"\nFix: use a tensor size in {divisors} or change the model sizes named above.")
