@@ -95,9 +95,9 @@ def sync(device) -> None:
 
 
 def section_for(run: str, args) -> dict:
-    """The r1_compression section of one run."""
+    """The r1_compression section of one run; `timing` on: the table reports device time per reduction."""
     base = {"enabled": True, "topk_ratio": args.topk_ratio, "bits": 8, "error_feedback": True,
-            "selection": args.selection, "warmup_steps": args.warmup, "auto_fallback": False}
+            "selection": args.selection, "warmup_steps": args.warmup, "auto_fallback": False, "timing": True}
     if run == "dense":
         return dict(base, warmup_steps=10**9)  # installed for the byte counts, never leaves dense warmup
     if run == "auto":
@@ -110,6 +110,7 @@ def run_one(run: str, args, device, data: torch.Tensor, held_out: torch.Tensor) 
     import deepspeed.comm as dist
 
     from r1_ds.parallel.comm_hook import install_compression
+    from r1_ds.parallel.compression_config import compression_config
 
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the GPU: seconds instead of a minute for 1.3B on the host
@@ -127,8 +128,9 @@ def run_one(run: str, args, device, data: torch.Tensor, held_out: torch.Tensor) 
         "steps_per_print": 10**9,
         "r1_compression": section_for(run, args),
     }
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
-    reducer = install_compression(engine, config)
+    ds, compression = compression_config(config)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+    reducer = install_compression(engine, compression)
     params = sum(p.numel() for p in model.parameters())
     losses, step_s, stats = [], [], []
     for step in range(args.steps):

@@ -93,6 +93,7 @@ def train_tiny_lm(compression: dict | None, *, steps: int, micro_batch: int = 16
     import deepspeed.comm as dist
 
     from r1_ds.parallel.comm_hook import install_compression
+    from r1_ds.parallel.compression_config import CompressionConfig
 
     rank = dist.get_rank()
     torch.manual_seed(seed)
@@ -104,10 +105,8 @@ def train_tiny_lm(compression: dict | None, *, steps: int, micro_batch: int = 16
         "gradient_clipping": 1.0,
         "steps_per_print": 10**9,
     }
-    if compression is not None:
-        config["r1_compression"] = compression
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
-    reducer = install_compression(engine, config)
+    reducer = install_compression(engine, None if compression is None else CompressionConfig.from_dict(compression))
     table = markov_table()
     data = sample_sequences(table, steps * micro_batch, seed=1000 + rank)  # this rank's shard
     held_out = sample_sequences(table, eval_sequences, seed=999)

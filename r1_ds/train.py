@@ -125,19 +125,17 @@ def _auto_keys(node, path: str = "") -> list[str]:
 
 
 def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_type: str):
-    """The DeepSpeed dict to initialise with, plus (dims, batch plan, notes, r1_compression section)."""
+    """The DeepSpeed dict to initialise with, plus (dims, batch plan, notes, parsed r1_compression section or None)."""
     from .precision import resolve_precision
 
-    from .parallel.comm_hook import CompressionConfig, split_r1_sections
+    from .parallel.compression_config import compression_config
 
     auto = _auto_keys(ds_json)
     if auto:
         raise ConfigError(f"the DeepSpeed JSON {cfg.deepspeed_config} has \"auto\" at {auto}: HF Trainer and accelerate "
                           "fill those, r1-ds train does not. Fix: use a recipe with values (e.g. "
                           "ds_configs/zero1_dp.json) or write them in.")
-    ds, compression = split_r1_sections(ds_json)
-    if compression is not None:  # checked now, not after deepspeed.initialize
-        CompressionConfig.from_dict(compression)
+    ds, compression = compression_config(ds_json)  # parsed once, now, not after deepspeed.initialize
     ds, notes = resolve_precision(ds, dtype=cfg.precision.dtype, apex=cfg.precision.apex, device_type=device_type)
     s = cfg.schedule
     if s.stages and s.global_batch is not None:
@@ -377,7 +375,7 @@ def train(cfg: TrainConfig):
             log0("checkpoint.load_universal set to %s in the DeepSpeed config: %s %s a universal checkpoint",
                  saved.universal, saved.path, "is" if saved.universal else "is not")
         section["load_universal"] = saved.universal
-    with_ours = {**ds_config, "r1_compression": compression} if compression else ds_config  # resolved + our section
+    with_ours = {**ds_config, "r1_compression": compression.to_dict()} if compression else ds_config  # + our section
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "train_config.json"), cfg.to_dict())
         atomic_write_json(os.path.join(out_dir, "ds_config.json"), with_ours)
@@ -446,7 +444,7 @@ def train(cfg: TrainConfig):
     if compression:
         from .parallel.comm_hook import install_compression
 
-        reducer = install_compression(engine, with_ours)
+        reducer = install_compression(engine, compression)
     if engine.checkpoint_engine.is_decoupled():
         raise ConfigError("a decoupled (asynchronous) DeepSpeed checkpoint engine cannot be saved atomically by "
                           "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON.")

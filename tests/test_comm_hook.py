@@ -48,7 +48,8 @@ def _hash(tensors) -> str:
 
 
 def test_config_defaults_and_disabled():
-    from r1_ds.parallel.comm_hook import CompressionConfig, install_compression, split_r1_sections
+    from r1_ds.parallel.comm_hook import install_compression
+    from r1_ds.parallel.compression_config import CompressionConfig, split_r1_sections
 
     cfg = CompressionConfig.from_dict({"enabled": True})
     assert (cfg.topk_ratio, cfg.bits, cfg.error_feedback, cfg.warmup_steps, cfg.mode) == (0.05, 8, True, 100, "leader")
@@ -71,10 +72,86 @@ def test_config_defaults_and_disabled():
     ({"topk": 0.05}, r"unknown keys \['topk'\]; valid keys are \["),
 ])
 def test_config_errors_name_field_value_rule_fix(section, match):
-    from r1_ds.parallel.comm_hook import CompressionConfig
+    from r1_ds.parallel.compression_config import CompressionConfig
 
     with pytest.raises((ValueError, TypeError), match=match):
         CompressionConfig.from_dict({"enabled": True, **section})
+
+
+def test_config_parsed_once_into_the_object_the_hook_takes():
+    from r1_ds.parallel.comm_hook import install_compression
+    from r1_ds.parallel.compression_config import CompressionConfig, compression_config
+
+    rest, cfg = compression_config({"train_batch_size": 8, "r1_compression": {"enabled": True, "timing": True}})
+    assert rest == {"train_batch_size": 8} and isinstance(cfg, CompressionConfig) and cfg.timing
+    assert CompressionConfig.from_dict(cfg.to_dict()) == cfg  # the written section reads back as the same settings
+    assert compression_config({"train_batch_size": 8}) == ({"train_batch_size": 8}, None)
+    assert not CompressionConfig().timing  # the hot path does not synchronise unless asked
+    assert install_compression(object(), None) is None
+    assert install_compression(object(), CompressionConfig(enabled=False)) is None
+    with pytest.raises(ValueError, match=r"r1_compression.timing='no': must be true or false"):
+        compression_config({"r1_compression": {"timing": "no"}})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decision, bucket plan, wire: pure, no ranks
+
+
+def test_schedule_phases_probe_and_decision():
+    from r1_ds.parallel.comm_schedule import CompressionSchedule
+
+    plain = CompressionSchedule(warmup_steps=2, auto_fallback=False, probe_steps=5, min_speedup=1.0)
+    assert [plain.phase(s) for s in range(4)] == ["dense-warmup"] * 2 + ["compressed"] * 2
+    assert not any(plain.due(s) or plain.timed_side(s) for s in range(10))
+
+    s = CompressionSchedule(warmup_steps=3, auto_fallback=True, probe_steps=2, min_speedup=1.5)
+    assert s.compression_start == 3
+    assert [s.timed_side(i) for i in range(5)] == [None, "dense", "dense", "compressed", "compressed"]
+    for i, t in enumerate([9.0, 1.0, 3.0, 2.0, 4.0]):
+        s.record(i, t)
+    assert s.times == {"dense": [1.0, 3.0], "compressed": [2.0, 4.0]} and s.medians() == (2.0, 3.0)
+    assert not s.due(4) and s.due(5)
+    assert s.decide(*s.medians()) == "dense"  # 2/3 < 1.5
+    assert s.phase(5) == "dense-fallback" and s.timed_side(5) is None and not s.due(6)
+    assert s.probe == {"dense_s": 2.0, "compressed_s": 3.0, "speedup": 2.0 / 3.0}
+    fast = CompressionSchedule(warmup_steps=0, auto_fallback=True, probe_steps=2, min_speedup=1.0)
+    assert fast.compression_start == 2 and fast.decide(3.0, 1.0) == "compressed" and fast.phase(9) == "compressed"
+
+
+def test_bucket_plan_separates_dense_tensor_parallel_and_tied():
+    from r1_ds.parallel.comm_plan import pieces, plan_buckets
+
+    w1, w2, tied_w, tp_w = (nn.Parameter(torch.zeros(3, 2)) for _ in range(4))
+    bias = nn.Parameter(torch.zeros(3))
+    half = nn.Parameter(torch.zeros(2, 2, dtype=torch.bfloat16))
+    pairs = [(p, p.data) for p in (w1, bias, tied_w, tp_w, w2, half)]
+    buckets = plan_buckets(pairs, dense_1d=True, tied={id(tied_w): "tied:embed.weight"},
+                           is_tensor_parallel=lambda p: p is tp_w)
+    assert [(b.key, [id(p) for p in b.params], b.numel, b.dense) for b in buckets] == [
+        ("float32/rep/-", [id(w1), id(w2)], 12, False), ("dense", [id(bias)], 3, True),
+        ("float32/rep/tied:embed.weight", [id(tied_w)], 6, False), ("float32/tp/-", [id(tp_w)], 6, False),
+        ("bfloat16/rep/-", [id(half)], 4, False)]
+    no_dense = plan_buckets(pairs, dense_1d=False, tied={}, is_tensor_parallel=lambda p: False)
+    assert [b.key for b in no_dense] == ["float32/rep/-", "bfloat16/rep/-"]
+    flat = torch.arange(9.0)
+    got = [(tuple(g.shape), v.tolist()) for g, v in pieces(flat, [torch.zeros(2, 2), torch.zeros(5)])]
+    assert got == [((2, 2), [0.0, 1.0, 2.0, 3.0]), ((5,), [4.0, 5.0, 6.0, 7.0, 8.0])]
+
+
+def test_wire_counts_bytes_and_synchronises_only_with_timing():
+    from r1_ds.parallel.comm_reduce import Wire, ring_bytes
+
+    syncs, calls = [], []
+    untimed = Wire(None, None, world=4, rank=0)
+    untimed.run("all_gather", 100, calls.append, "a")
+    assert calls == ["a"] and untimed.stats["comm_s"] is None
+    assert untimed.stats["payload_bytes"] == 100 and untimed.stats["bytes_sent"] == ring_bytes("all_gather", 100, 4)
+    timed = Wire(None, None, world=4, rank=0, sync=lambda: syncs.append(1))
+    timed.run("all_reduce", 40, calls.append, "b")
+    timed.run("broadcast", 8, calls.append, "c")
+    assert len(syncs) == 4 and timed.stats["comm_s"] >= 0.0 and calls == ["a", "b", "c"]
+    assert timed.stats["bytes_sent"] == 2 * 3 / 4 * 40 + 3 / 4 * 8
+    assert ring_bytes("all_reduce", 100, 1) == 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -277,7 +354,7 @@ def _pipe_engine(section: dict, dtype: str, zero: int, naive: bool = False):
 
 
 def _naive_plan(pairs):
-    from r1_ds.parallel.comm_hook import _Bucket
+    from r1_ds.parallel.comm_plan import Bucket as _Bucket
 
     return [_Bucket("all", [p for p, _ in pairs], sum(p.numel() for p, _ in pairs), False)]
 
