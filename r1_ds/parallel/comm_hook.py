@@ -91,7 +91,7 @@ def install_compression(engine, compression: CompressionConfig | dict | str | No
     engine._r1_compression = reducer
     _log(f"{SECTION}: installed (mode={cfg.mode}, topk_ratio={cfg.topk_ratio}, bits={cfg.bits}, "
          f"error_feedback={cfg.error_feedback}, warmup_steps={cfg.warmup_steps}, auto_fallback={cfg.auto_fallback}, "
-         f"dp_size={reducer.dp_size}, optimizer={type(engine.optimizer).__name__})")
+         f"timing={cfg.timing}, dp_size={reducer.dp_size}, optimizer={type(engine.optimizer).__name__})")
     return reducer
 
 
