@@ -1,4 +1,5 @@
-"""Pipe x tensor x data layout: every rank arithmetic of r1_ds lives here (torchtitan's ParallelDims).
+"""Pipe x tensor x data layout: every rank arithmetic of r1_ds lives here (torchtitan's ParallelDims), and
+every check that a model can be cut into a layout (`ParallelDims.check_model`, `check_tensor_parallel`).
 
 Ranks are laid out like DeepSpeed's `PipeModelDataParallelTopology(num_pp, num_mp, num_dp)` (axes
 pipe, data, model; the last varies fastest):
