@@ -54,7 +54,7 @@ def build(name: str, preset: str, context: int, new_tokens: int, device: str) ->
     r1 = R1Config.from_preset(preset, max_position_embeddings=length)
     if name == "r1":
         model = R1ForCausalLM(r1)
-        model.config._attn_implementation = "flex_attention"
+        model.set_attn_implementation("flex_attention")
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 

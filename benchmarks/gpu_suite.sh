@@ -80,7 +80,7 @@ step train 400 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens
     --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_h200.json"
 step train_compiled 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 --steps 5 --warmup 3 \
     --compile-blocks --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_compiled_h200.json"
-# the trainer's own --compile path (r1_ds.train.compile_blocks), 350M at 2k: tokens/s and MFU in metrics.jsonl;
+# the trainer's own --compile path (r1_ds.model_setup.compile_blocks), 350M at 2k: tokens/s and MFU in metrics.jsonl;
 # the log lists every recompile and graph break (there should be none past the first steps)
 TORCH_LOGS=recompiles,graph_breaks step trainer_compiled 180 "$PY" -m r1_ds.train --deepspeed_config /tmp/r1_bf16.json --preset 350m --seq-len 2048 \
     --micro-batch 8 --global-batch 8 --steps 40 --log-every 10 --output-dir /tmp/r1_compiled_run --no-progress \

@@ -112,8 +112,8 @@ def worker(args) -> None:
     torch.manual_seed(0)
     with device:
         model = R1ForCausalLM(config)
-    model.config._attn_implementation = (args.attn if args.attn != "auto"
-                                         else "flex_attention" if device.type == "cuda" else "eager")
+    model.set_attn_implementation(args.attn if args.attn != "auto"
+                                  else "flex_attention" if device.type == "cuda" else "eager")
     ds = ds_config(args, data, pipe)
     if pipe > 1:
         module = build_pipeline(model, dims, activation_checkpoint_interval=args.activation_checkpointing)

@@ -65,7 +65,7 @@ def parse_args(argv=None):
 def r1_model(preset: str, seq_len: int) -> torch.nn.Module:
     config = R1Config.from_preset(preset, max_position_embeddings=max(seq_len, 2048))
     model = R1ForCausalLM(config)
-    model.config._attn_implementation = "flex_attention"
+    model.set_attn_implementation("flex_attention")
     return model
 
 
@@ -106,9 +106,9 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
             model = r1_model(preset, seq_len) if name == "r1" else llama_model(preset, seq_len)
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable()
-        if args.compile_blocks:  # R1: the trainer's --compile (r1_ds.train.compile_blocks); Llama: the same by hand
+        if args.compile_blocks:  # R1: the trainer's --compile (r1_ds.model_setup.compile_blocks); Llama: the same by hand
             if name == "r1":
-                from r1_ds.train import compile_blocks
+                from r1_ds.model_setup import compile_blocks
 
                 compile_blocks(model)
             else:

@@ -15,7 +15,6 @@ Everything is generated from fixed seeds: building twice gives identical files.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -26,30 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.atomic import atomic_dir
+from data_prep.shapes import BACKGROUNDS, CAPTIONS, COLOURS, SHAPES, draw_shape, png_bytes, shape_code, shape_ops
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "sample_manifest.json"
 
-COLOURS = {
-    "red": "red",
-    "green": "green",
-    "blue": "blue",
-    "yellow": "gold",
-    "orange": "orange",
-    "purple": "purple",
-    "black": "black",
-    "cyan": "darkturquoise",
-}
-BACKGROUNDS = {"white": "white", "light gray": "lightgray", "light yellow": "lightyellow"}
-SHAPES = ("circle", "square", "triangle", "wide rectangle", "tall ellipse", "diamond", "cross", "ring")
-CAPTIONS = (
-    "a {colour} {shape} on a {bg} background",
-    "a simple drawing of a {colour} {shape}",
-    "{colour} {shape}, centred on a plain {bg} background",
-    "one {colour} {shape}",
-)
-IMAGE_SIZE = 96
 
 
 @dataclass(frozen=True)
@@ -295,61 +276,6 @@ def _write_code(folder: Path, n_files: int, seed: int) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------------------- images
-def shape_ops(shape: str, rng: random.Random, size: int = IMAGE_SIZE) -> list[tuple[str, list[Any]]]:
-    """Drawing operations (ImageDraw method, positional args) for a shape at a jittered position and size."""
-    r = rng.randint(size // 5, size // 3)
-    cx, cy = rng.randint(r + 4, size - r - 4), rng.randint(r + 4, size - r - 4)
-    box = [cx - r, cy - r, cx + r, cy + r]
-    if shape == "circle":
-        return [("ellipse", [box])]
-    if shape == "square":
-        return [("rectangle", [box])]
-    if shape == "triangle":
-        return [("polygon", [[(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]])]
-    if shape == "wide rectangle":
-        return [("rectangle", [[cx - r, cy - r // 2, cx + r, cy + r // 2]])]
-    if shape == "tall ellipse":
-        return [("ellipse", [[cx - r // 2, cy - r, cx + r // 2, cy + r]])]
-    if shape == "diamond":
-        return [("polygon", [[(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]])]
-    if shape == "cross":
-        t = max(3, r // 3)
-        return [("rectangle", [[cx - r, cy - t, cx + r, cy + t]]), ("rectangle", [[cx - t, cy - r, cx + t, cy + r]])]
-    if shape == "ring":
-        return [("ellipse", [box]), ("ellipse", [[cx - r // 2, cy - r // 2, cx + r // 2, cy + r // 2]], "BG")]
-    raise ValueError(f"unknown shape {shape!r}")
-
-
-def shape_code(ops: list[tuple], fill: str, bg: str, size: int = IMAGE_SIZE) -> str:
-    """The PIL program that draws exactly this image (it is the 'code' of the image-text-code triple)."""
-    lines = [
-        "from PIL import Image, ImageDraw",
-        "",
-        f'img = Image.new("RGB", ({size}, {size}), "{bg}")',
-        "draw = ImageDraw.Draw(img)",
-    ]
-    for op in ops:
-        colour = bg if len(op) > 2 else fill
-        lines.append(f'draw.{op[0]}({", ".join(repr(a) for a in op[1])}, fill="{colour}")')
-    return "\n".join(lines) + "\n"
-
-
-def draw_shape(ops: list[tuple], fill: str, bg: str, size: int = IMAGE_SIZE):
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size, size), bg)
-    draw = ImageDraw.Draw(img)
-    for op in ops:
-        getattr(draw, op[0])(*op[1], fill=bg if len(op) > 2 else fill)
-    return img
-
-
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _write_images(folder: Path, n_images: int, seed: int) -> dict[str, int]:
     from PIL import Image
 
@@ -362,7 +288,7 @@ def _write_images(folder: Path, n_images: int, seed: int) -> dict[str, int]:
         bg = list(BACKGROUNDS)[i % len(BACKGROUNDS)]
         ops = shape_ops(shape, rng)
         name = f"img/shape_{i:04d}.png"
-        (folder / name).write_bytes(_png(draw_shape(ops, COLOURS[colour], BACKGROUNDS[bg])))
+        (folder / name).write_bytes(png_bytes(draw_shape(ops, COLOURS[colour], BACKGROUNDS[bg])))
         caption = rng.choice(CAPTIONS).format(colour=colour, shape=shape, bg=bg)
         rec = {
             "id": f"shape_{i:04d}",
@@ -375,7 +301,7 @@ def _write_images(folder: Path, n_images: int, seed: int) -> dict[str, int]:
     good = (folder / "img" / "shape_0000.png").read_bytes()
     (folder / "img" / "truncated.png").write_bytes(good[: len(good) * 3 // 5])
     (folder / "img" / "not_an_image.png").write_bytes(b"this is a text file with a .png name\n")
-    (folder / "img" / "tiny.png").write_bytes(_png(Image.new("RGB", (8, 8), "red")))
+    (folder / "img" / "tiny.png").write_bytes(png_bytes(Image.new("RGB", (8, 8), "red")))
     rows += [
         json.dumps({"id": "bad:truncated", "image": "img/truncated.png", "caption": "a red circle"}).encode(),
         json.dumps({"id": "bad:not_image", "image": "img/not_an_image.png", "caption": "a blue square"}).encode(),

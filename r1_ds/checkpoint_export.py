@@ -261,7 +261,7 @@ def _write_hf_folder(out: str, sd: dict, engine_state: dict, *, tag_dir: str, dt
                               f", unexpected {sorted(unexpected)}")
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
-    model.config._attn_implementation = "eager"  # the reference; `from_pretrained(..., attn_implementation=...)` may change it
+    model.set_attn_implementation("eager")  # the reference; `from_pretrained(..., attn_implementation=...)` may change it
     tok, tokenizer = engine_state.get("r1_tokenizer_dir"), None
     if tok and os.path.isdir(tok):
         from transformers import AutoTokenizer

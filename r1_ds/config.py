@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .align.settings import AlignSettings, validate_align
+from .model.configuration_r1 import ATTN_IMPLEMENTATIONS
 from .parallel.topology import LayoutError, ParallelDims
 
 
@@ -342,8 +343,9 @@ def validate(cfg: TrainConfig) -> None:
         if fixed >= s.steps:
             fail("schedule.stages", [st.steps for st in s.stages], f"the stages before the last take {fixed} steps, "
                  f"leaving none of schedule.steps={s.steps} for the last stage", "raise schedule.steps or shorten stages")
-    if cfg.model.attn_implementation not in ("auto", "eager", "flex_attention"):
-        fail("model.attn_implementation", cfg.model.attn_implementation, "must be auto, eager or flex_attention",
+    if cfg.model.attn_implementation not in ("auto", *ATTN_IMPLEMENTATIONS):  # auto: flex on CUDA, else eager
+        fail("model.attn_implementation", cfg.model.attn_implementation,
+             f"must be auto, {', '.join(ATTN_IMPLEMENTATIONS[:-1])} or {ATTN_IMPLEMENTATIONS[-1]}",
              "pick one of the three")
     if cfg.checkpoint.every < 0:
         fail("checkpoint.every", cfg.checkpoint.every, "must be >= 0", "use 0 to save only at the end")

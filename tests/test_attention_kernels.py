@@ -158,7 +158,7 @@ def test_fast_path_generation_equals_the_reference_model():
     ids = torch.randint(0, c.vocab_size, (1, 45))
     runs = {}
     for impl in ("eager", "flex_attention"):
-        model.config._attn_implementation = impl
+        model.set_attn_implementation(impl)
         with torch.no_grad():
             runs[impl] = model.generate(ids, max_new_tokens=12, do_sample=False, output_logits=True,
                                         return_dict_in_generate=True)

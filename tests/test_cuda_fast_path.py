@@ -157,9 +157,9 @@ def _loss_and_grads(model, ids):
 def test_model_gradients_through_the_fast_path_equal_the_reference_on_cuda():
     model = _small_model()
     ids = torch.randint(0, 4096, (2, 2048), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
-    model.config._attn_implementation = "eager"
+    model.set_attn_implementation("eager")
     ref_loss, ref_grads = _loss_and_grads(model, ids)
-    model.config._attn_implementation = "flex_attention"
+    model.set_attn_implementation("flex_attention")
     loss, grads = _loss_and_grads(model, ids)
     assert abs(loss - ref_loss) < 1e-3 * abs(ref_loss)
     _assert_gradients_close(model, grads, ref_grads)
@@ -168,7 +168,7 @@ def test_model_gradients_through_the_fast_path_equal_the_reference_on_cuda():
 def test_model_learns_a_batch_in_bf16_through_the_fast_path():
     """What the H200 runs of cc68a7a showed broken: R1 memorises one batch the way any LM does."""
     model = _small_model().to(torch.bfloat16)
-    model.config._attn_implementation = "flex_attention"
+    model.set_attn_implementation("flex_attention")
     ids = torch.randint(0, 4096, (4, 1024), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses, norms = [], []
@@ -185,14 +185,14 @@ def test_model_learns_a_batch_in_bf16_through_the_fast_path():
 
 
 def test_compiled_blocks_equal_eager_on_cuda():
-    from r1_ds.train import compile_blocks
+    from r1_ds.model_setup import compile_blocks
 
     ids = torch.randint(0, 4096, (2, 2048), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     eager = _small_model()
-    eager.config._attn_implementation = "flex_attention"
+    eager.set_attn_implementation("flex_attention")
     ref_loss, ref_grads = _loss_and_grads(eager, ids)
     compiled = _small_model()
-    compiled.config._attn_implementation = "flex_attention"
+    compiled.set_attn_implementation("flex_attention")
     assert compile_blocks(compiled) == 2
     loss, grads = _loss_and_grads(compiled, ids)
     assert abs(loss - ref_loss) < 1e-3 * abs(ref_loss)
@@ -260,10 +260,10 @@ def test_generation_with_prompts_of_several_lengths_on_cuda():
     for n in (300, 5000, 1200):
         ids = torch.randint(0, 4096, (1, n), device="cuda", generator=gen)
         with torch.no_grad():
-            model.config._attn_implementation = "eager"
+            model.set_attn_implementation("eager")
             ref = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
-            model.config._attn_implementation = "flex_attention"
+            model.set_attn_implementation("flex_attention")
             out = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
         assert _rel(out.logits[0], ref.logits[0]) < 1e-3, f"prompt {n}: prefill logits differ"

@@ -159,7 +159,7 @@ def test_flex_path_with_padding_equals_eager():
     ids, mask = padded(rows, "left")
     with torch.no_grad():
         eager = m(ids, attention_mask=mask, use_cache=False).logits
-        m.config._attn_implementation = "flex_attention"
+        m.set_attn_implementation("flex_attention")
         flex = m(ids, attention_mask=mask, use_cache=False).logits
     valid = mask.bool()
     torch.testing.assert_close(flex[valid], eager[valid], atol=1e-4, rtol=1e-4)
@@ -176,9 +176,9 @@ def test_cuda_flex_path_with_left_padding_equals_each_prompt_alone():
     ids, mask = padded(rows, "left")
     valid = mask.bool()
     with torch.no_grad():
-        m.config._attn_implementation = "eager"
+        m.set_attn_implementation("eager")
         eager = m(ids, attention_mask=mask, use_cache=False).logits[valid]
-        m.config._attn_implementation = "flex_attention"
+        m.set_attn_implementation("flex_attention")
         flex = m(ids, attention_mask=mask, use_cache=False).logits[valid]
         assert (flex - eager).abs().max() <= 2e-3 * eager.abs().max()
         out = greedy(m, ids, attention_mask=mask)[:, ids.shape[1]:]

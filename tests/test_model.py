@@ -46,6 +46,53 @@ def test_model_code_knows_nothing_of_deepspeed():
                 assert not name.startswith("torch.distributed"), f"{path.name} imports {name}"
 
 
+def test_attn_implementation_is_written_by_its_setter_alone():
+    """`set_attn_implementation` checks the name; an assignment to `_attn_implementation` anywhere else in
+    the tree would skip the check (an unknown name runs the eager path without a word)."""
+    setter = ROOT / "r1_ds" / "model" / "modeling_r1.py"
+    inside = set()
+    for node in ast.walk(ast.parse(setter.read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name == "set_attn_implementation":
+            inside = set(range(node.lineno, node.end_lineno + 1))
+    assert inside, "R1PreTrainedModel.set_attn_implementation is gone"
+    writes = []
+    for top in ("r1_ds", "data_prep", "benchmarks", "tests"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Assign):
+                    targets = node.targets
+                elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                    targets = [node.target]
+                elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and len(node.args) > 1:
+                    targets = [ast.Attribute(attr=getattr(node.args[1], "value", None))]
+                else:
+                    continue
+                for target in targets:
+                    if isinstance(target, ast.Attribute) and str(target.attr).startswith("_attn_implementation"):
+                        if not (path == setter and node.lineno in inside):
+                            writes.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not writes, f"_attn_implementation written outside the setter: {writes}; call model.set_attn_implementation"
+
+
+@pytest.mark.parametrize("name", ["sdpa", "flash_attention_2", "flex", "paged|eager"])
+def test_unknown_attn_implementation_is_an_error(name):
+    m = model()
+    with pytest.raises(ValueError) as err:
+        m.set_attn_implementation(name)
+    assert repr(name) in str(err.value) and "eager, flex_attention" in str(err.value) and "Fix:" in str(err.value)
+    assert m.config._attn_implementation == "eager"  # unchanged
+    with pytest.raises(ValueError, match="is not an R1 attention implementation"):  # at construction too
+        R1ForCausalLM(tiny(attn_implementation=name))
+
+
+def test_attn_implementation_setter_selects_the_kernels():
+    m = model()
+    assert m.config._attn_implementation == "eager"  # no request: the reference
+    m.set_attn_implementation("flex_attention")
+    assert m.config._attn_implementation == "flex_attention"
+    assert R1ForCausalLM(tiny(attn_implementation="flex_attention")).config._attn_implementation == "flex_attention"
+
+
 def test_every_level_and_routing_is_causal():
     cfg = tiny()
     T, t = 96, 61  # 12 paragraphs, 3 document groups: every level and routing is active
@@ -120,7 +167,7 @@ def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
 
     monkeypatch.setattr(flex, "_validate_device", lambda *a: None, raising=False)  # allow CPU backward (unfused)
     m = model()
-    m.config._attn_implementation = "flex_attention"
+    m.set_attn_implementation("flex_attention")
     block = m.model.layers[0].train()
     x = torch.randn(2, 72, m.config.hidden_size, requires_grad=True)
     ref = block(x)
@@ -222,7 +269,7 @@ def test_model_flex_equals_eager():
     x = torch.randint(0, m.config.vocab_size, (2, 72))
     with torch.no_grad():
         ref = m(x, use_cache=False).logits
-        m.config._attn_implementation = "flex_attention"
+        m.set_attn_implementation("flex_attention")
         fast = m(x, use_cache=False).logits
     torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
 

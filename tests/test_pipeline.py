@@ -6,7 +6,7 @@ import torch
 
 from r1_ds.local_ranks import run_distributed
 from r1_ds.model import R1Config, R1ForCausalLM
-from r1_ds.parallel.pipeline import set_drop_path_rate
+from r1_ds.model.modeling_r1 import set_drop_path_rate
 from r1_ds.parallel.state_dict_mapping import pipe_layer_prefixes
 from r1_ds.parallel.topology import LayoutError, ParallelDims
 

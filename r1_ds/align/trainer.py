@@ -235,7 +235,9 @@ def train_align(cfg: TrainConfig):
     """Train per `cfg` with the alignment objective; returns the DeepSpeed engine."""
     from .. import checkpoint as ckpt
     from ..distributed import init_distributed, peak_memory_gib
-    from ..train import WarmupCosine, build_ds_config, build_model, find_ds_config, param_groups, step_seed
+    from ..ds_config import build_ds_config, find_ds_config
+    from ..model_setup import build_model, param_groups
+    from ..schedule import WarmupCosine, step_seed
 
     from ..ds_schema import check_deepspeed_keys, check_learning_rate
     from ..run_lock import exit_with_launcher, lock_run_folders

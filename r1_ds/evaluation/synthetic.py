@@ -5,7 +5,7 @@ them synthetic. The copies under data/ were written by these functions (tests ch
   glue       every GLUE task folder in GLUE's TSV layout (CoLA/train.tsv ... MNLI/dev_mismatched.tsv);
              labels follow simple word rules (sentiment words, shared nouns, word order), so a model
              can learn them
-  karpathy   a Flickr30K-shaped set: coloured shapes drawn by the sample corpus's generator, 5 templated
+  karpathy   a Flickr30K-shaped set: coloured shapes drawn by data_prep.shapes (the sample corpus's), 5 templated
              captions each, in the Karpathy-split JSON layout (dataset_flickr30k.json + images/)
 """
 
@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
+
+from data_prep.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from data_prep.shapes import BACKGROUNDS, CAPTIONS, COLOURS, SHAPES, draw_shape, png_bytes, shape_ops
+
+from .glue_data import TASKS
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -103,10 +107,6 @@ def _tsv(header, rows) -> str:
 
 def write_synthetic_glue(out: str, *, train: int = 60, dev: int = 30, seed: int = 0) -> str:
     """Every GLUE task folder, in GLUE's TSV layout, under `out`; returns `out`."""
-    from data_prep.atomic import atomic_write_text
-
-    from .glue_data import TASKS
-
     for task, spec in TASKS.items():
         rng = random.Random(f"{seed}-{task}")
         for stem, n in [("train", train)] + [(d, dev) for d in spec.dev]:
@@ -118,9 +118,6 @@ def write_synthetic_karpathy(out: str, *, n_images: int = 40, seed: int = 0, tes
     """A Flickr30K-shaped set under `out`: images/*.png and dataset_flickr30k.json (Karpathy layout:
     images[].filename, .split, .sentences[].raw/.tokens, .imgid, .sentids); the first `test_images`
     are the test split, the rest train. Returns the JSON's path."""
-    from data_prep.atomic import atomic_write_bytes, atomic_write_json
-    from data_prep.sample_corpus import BACKGROUNDS, CAPTIONS, COLOURS, SHAPES, _png, draw_shape, shape_ops
-
     rng = random.Random(seed)
     images, sentid = [], 0
     for i in range(n_images):
@@ -128,7 +125,7 @@ def write_synthetic_karpathy(out: str, *, n_images: int = 40, seed: int = 0, tes
         bg = list(BACKGROUNDS)[(i // 3) % len(BACKGROUNDS)]
         name = f"shape_{i:04d}.png"
         atomic_write_bytes(os.path.join(out, "images", name),
-                           _png(draw_shape(shape_ops(shape, rng), COLOURS[colour], BACKGROUNDS[bg])))
+                           png_bytes(draw_shape(shape_ops(shape, rng), COLOURS[colour], BACKGROUNDS[bg])))
         templates = list(CAPTIONS) + ["a picture of a {colour} {shape}"]  # five captions per image
         raws = [t.format(colour=colour, shape=shape, bg=bg) for t in templates]
         sents = [{"raw": r, "tokens": r.replace(",", "").split(), "imgid": i, "sentid": sentid + j}

@@ -34,7 +34,7 @@ def write_tiny_export(out: str, *, seed: int = 0, vocab_size: int = 512, **overr
     config = R1Config.from_preset("tiny", vocab_size=vocab_size, eos_token_id=tok.eos_token_id,
                                   pad_token_id=tok.pad_token_id, **overrides)
     model = R1ForCausalLM(config).eval()
-    model.config._attn_implementation = "eager"
+    model.set_attn_implementation("eager")
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

@@ -26,6 +26,21 @@ PRESETS: dict[str, dict] = {
                  paragraph_size=128, document_size=1024, max_position_embeddings=2048),
 }
 
+# The attention kernels R1HierarchicalAttention dispatches on: "eager" is the reference (any device),
+# "flex_attention" the CUDA fast path. R1 has no SDPA or FlashAttention variant (three levels of keys).
+ATTN_IMPLEMENTATIONS = ("eager", "flex_attention")
+
+
+def check_attn_implementation(name) -> str:
+    """`name` if R1 has that attention implementation, else a ValueError naming the value, the choices and
+    the fix (any other value would run the eager path without a word)."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation={name!r} is not an R1 attention implementation: R1 has "
+                         f"{', '.join(ATTN_IMPLEMENTATIONS)} (three attention levels, no SDPA or FlashAttention "
+                         "variant). Fix: pass \"eager\" (the reference, any device) or \"flex_attention\" (the CUDA "
+                         "fast path).")
+    return name
+
 
 class R1ConfigError(ValueError):
     """A config field breaks a rule; the message names the field, the value, the rule and a fix."""

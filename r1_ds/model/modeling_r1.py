@@ -20,7 +20,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_r1 import R1Config
+from .configuration_r1 import R1Config, check_attn_implementation
 from .hierarchical_attention import (
     compiled_on_cuda,
     hierarchical_attention_decode,
@@ -263,6 +263,18 @@ class R1DecoderLayer(nn.Module):
         return h + self.drop_path(self.mlp(self.post_attention_layernorm(h)))
 
 
+def set_drop_path_rate(module: nn.Module, rate: float, num_hidden_layers: int) -> None:
+    """Set the DropPath rate of every decoder block in `module` (a whole model, a tensor-parallel one or a
+    pipeline stage holding some of the `num_hidden_layers` blocks): block l of L (counted from 1) gets
+    rate * l / L, so deeper blocks are dropped more often (stochastic depth). The one owner of the per-block
+    rule; the trainer's schedule (r1_ds/schedule.py) raises `rate` linearly over training."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop path rate {rate!r} must be in [0, 1)")
+    for layer in module.modules():
+        if isinstance(layer, R1DecoderLayer):
+            layer.drop_path.rate = rate * (layer.layer_idx + 1) / num_hidden_layers
+
+
 class R1PreTrainedModel(PreTrainedModel):
     config_class = R1Config
     base_model_prefix = "model"
@@ -305,14 +317,25 @@ class R1PreTrainedModel(PreTrainedModel):
         return super().save_pretrained(*args, **kwargs)
 
     def set_drop_path_rate(self, rate: float) -> None:
-        """Set the DropPath rate (the trainer calls this as training progresses). Block l of L gets
-        rate * l / L, so deeper blocks are dropped more often (stochastic depth)."""
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"drop path rate {rate!r} must be in [0, 1)")
+        """Set the DropPath rate (the trainer calls this as training progresses); per block as
+        `set_drop_path_rate` above."""
+        set_drop_path_rate(self, rate, self.config.num_hidden_layers)
         self.config.drop_path_rate = rate
-        layers = [m for m in self.modules() if isinstance(m, R1DecoderLayer)]
-        for layer in layers:
-            layer.drop_path.rate = rate * (layer.layer_idx + 1) / len(layers)
+
+    def set_attn_implementation(self, attn_implementation: str, allow_all_kernels: bool = False) -> None:
+        """Select the attention kernels: "eager" (the reference) or "flex_attention" (the CUDA fast path);
+        any other value is a ValueError. The one place that sets `config._attn_implementation` after
+        loading (transformers' own method only warns for a model without its attention interface).
+        `allow_all_kernels` is transformers' argument for Hub kernels, which R1 does not use."""
+        self.config._attn_implementation = check_attn_implementation(attn_implementation)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """transformers' check at construction (`from_pretrained(..., attn_implementation=...)`), narrowed to
+        R1's kernels; no request is the eager reference."""
+        name = check_attn_implementation("eager" if requested_attention is None else requested_attention)
+        if name == "flex_attention":
+            self._flex_attn_can_dispatch(is_init_check)
+        return name
 
 
 class R1Model(R1PreTrainedModel):

@@ -149,17 +149,8 @@ def decoder_layers(module: nn.Module) -> list[R1DecoderLayer]:
     return [m for m in module.modules() if isinstance(m, R1DecoderLayer)]
 
 
-def set_drop_path_rate(module: nn.Module, rate: float, num_hidden_layers: int) -> None:
-    """Set DropPath on the decoder layers this rank holds: layer i of L gets rate * (i + 1) / L, the
-    same rule as `R1PreTrainedModel.set_drop_path_rate` (a test checks that they agree)."""
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"drop path rate {rate!r} must be in [0, 1)")
-    for layer in decoder_layers(module):
-        layer.drop_path.rate = rate * (layer.layer_idx + 1) / num_hidden_layers
-
-
 __all__ = [
     "DEFAULT_PARTITION", "TIED_KEY", "build_pipeline", "decoder_layers",
     "pipe_layer_prefixes",
-    "set_drop_path_rate", "shard_for_tensor_parallel", "tied_lm_head",
+    "shard_for_tensor_parallel", "tied_lm_head",
 ]
