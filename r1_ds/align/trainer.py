@@ -78,7 +78,7 @@ def prepare_data(cfg: TrainConfig, *, rank: int, vocab_size: int):
     from deepspeed import comm as dist
 
     from .data import build_align_data, load_image_embeddings, parse_triples
-    from .image_tower import build_image_tower, tower_key
+    from .image_tower import build_image_tower, embeddings_cache
 
     a = cfg.align
     path = triples_file(a.triples)
@@ -89,8 +89,7 @@ def prepare_data(cfg: TrainConfig, *, rank: int, vocab_size: int):
     if not a.use_views:
         for r in rows:
             r.views = []
-    key = tower_key(a.image_tower, a.image_tower_checkpoint, a.image_size, cfg.seed)
-    cache = os.path.join(os.path.dirname(path), "image_embeds", f"{a.image_tower}-{key}.pt")
+    cache = embeddings_cache(path, a.image_tower, a.image_tower_checkpoint, a.image_size, cfg.seed)
 
     def tower():
         return build_image_tower(a.image_tower, a.image_tower_checkpoint, image_size=a.image_size, seed=cfg.seed)
@@ -400,7 +399,8 @@ def train_align(cfg: TrainConfig):
                 acc.zero_()
                 valid.zero_()
                 present.zero_()
-                t_last, pairs_since = now, 0
+                # the next interval starts here: pairs/s counts training steps, not the held-out retrieval
+                t_last, pairs_since = time.perf_counter(), 0
             if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done != total:
                 ckpt.save(engine, ckpt_dir, done, client_state(done), keep=cfg.checkpoint.keep)
         if start < total or not found:
