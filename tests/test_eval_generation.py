@@ -37,3 +37,32 @@ def test_batched_greedy_equals_one_prompt_at_a_time_and_sampling_gives_n():
     assert batched == [s * 2 for s in single]
     sampled = generate_completions(model, tok, prompts[:2], n=3, temperature=1.0, max_new_tokens=6, batch_size=4)
     assert [len(s) for s in sampled] == [3, 3] and len(set(sampled[0])) > 1  # random tiny model: draws differ
+
+
+def test_stopping_at_the_stop_sequences_changes_no_completion_and_ends_batches_early():
+    from r1_ds.evaluation.model_io import load_causal_lm
+    from tests.test_eval_cli import tiny_export
+
+    model, tok = load_causal_lm(tiny_export())
+    widths = []
+
+    class Recording:  # the model, recording how many tokens each generate() call produced
+        config = model.config
+
+        def parameters(self):
+            return model.parameters()
+
+        def generate(self, ids, **kwargs):
+            out = model.generate(ids, **kwargs)
+            widths.append(out.shape[1] - ids.shape[1])
+            return out
+
+    prompts = ["def add(a, b):\n", "def mul(a, b):\n", "import math\n", "def f(x):\n    return"]
+    stops = ("e", "t", "(")  # frequent in a random model's text, so rows stop at different steps
+    full = generate_completions(Recording(), tok, prompts, max_new_tokens=40, batch_size=2, stops=stops,
+                                stop_early=False)
+    assert widths == [40, 40]
+    early = generate_completions(Recording(), tok, prompts, max_new_tokens=40, batch_size=2, stops=stops)
+    assert early == full
+    assert max(widths[2:]) < 40, widths  # both batches ended once every row held a stop
+    assert any(c[0] for c in full) and all(not any(s in c[0] for s in stops) for c in full)

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 log = logging.getLogger("r1_ds.evaluation.generation")
 
@@ -40,11 +41,36 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+class StopSequences(StoppingCriteria):
+    """A `generate()` stopping criterion: a row is done once its completion (the tokens after the prompt) holds a
+    stop sequence, and `generate()` ends when every row is done instead of running to max_new_tokens. The text
+    after the first stop is cut off anyway (truncate_at_stops), so stopping there changes no completion.
+    Completions are decoded every `every` steps, not every step: a few extra tokens cost less than decoding."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_width: int, every: int = 8):
+        self.tokenizer, self.stops, self.prompt_width, self.every = tokenizer, tuple(stops), prompt_width, every
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new = input_ids.shape[1] - self.prompt_width
+        if new > 0 and new % self.every == 0:
+            open_rows = (~self.done).nonzero().squeeze(1).tolist()
+            texts = self.tokenizer.batch_decode(input_ids[open_rows, self.prompt_width:].tolist(),
+                                                skip_special_tokens=True)
+            for row, text in zip(open_rows, texts):
+                if any(stop in text for stop in self.stops):
+                    self.done[row] = True
+        return self.done.clone()
+
+
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompts: Sequence[str], *, n: int = 1, temperature: float = 0.0,
                          top_p: float = 0.95, max_new_tokens: int = 128, batch_size: int = 16,
-                         stops: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
-    """n completions per prompt (greedy when temperature == 0: one generation, repeated n times)."""
+                         stops: Sequence[str] = (), seed: int = 0, stop_early: bool = True) -> list[list[str]]:
+    """n completions per prompt (greedy when temperature == 0: one generation, repeated n times). stop_early:
+    a batch ends once each of its rows has a stop sequence (StopSequences) rather than at max_new_tokens."""
     greedy = temperature <= 0
     draws = 1 if greedy else n
     max_pos = int(getattr(model.config, "max_position_embeddings", 1 << 30))
@@ -64,9 +90,11 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], *, n: int = 1
         ids, mask = pad_left([encoded[r // draws] for r in batch], pad)
         ids, mask = ids.to(device), mask.to(device)
         new = min(max_new_tokens, max_pos - ids.shape[1])
+        stopping = [StopSequences(tokenizer, stops, ids.shape[1])] if stop_early and stops else None
         gen = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=not greedy,
                              temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-                             top_k=None if greedy else 0, pad_token_id=pad)  # top-p alone, as Codex
+                             top_k=None if greedy else 0, pad_token_id=pad,  # top-p alone, as Codex
+                             stopping_criteria=StoppingCriteriaList(stopping) if stopping else None)
         for r, row in zip(batch, gen[:, ids.shape[1]:].tolist()):
             if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in row:
                 row = row[:row.index(tokenizer.eos_token_id)]
