@@ -345,3 +345,27 @@ def test_image_rows_repeat_in_the_sampling_order():
     train = [{"image": [torch.zeros(2)]}, {"image": []}, {"image": [torch.zeros(2)]}]
     assert sample_order(train, 1) == [0, 1, 2]
     assert sample_order(train, 3) == [0, 0, 0, 1, 2, 2, 2]
+
+
+@pytest.mark.slow
+def test_export_of_an_alignment_checkpoint_gives_the_lm_folder_and_the_heads(runs, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r1_ds.align import AlignHeads
+    from r1_ds.cli import main as cli_main
+
+    run = os.path.join(runs["dir"], "long")
+    out = str(tmp_path / "hf")
+    assert cli_main(["export", os.path.join(run, "checkpoints"), out]) == 0
+    lm = AutoModelForCausalLM.from_pretrained(out)  # the checkpoint's LM, as the run's final save wrote it
+    ref = AutoModelForCausalLM.from_pretrained(os.path.join(run, "align", "lm"))
+    assert lm.state_dict().keys() == ref.state_dict().keys()
+    for name, value in ref.state_dict().items():
+        assert torch.equal(lm.state_dict()[name], value), name
+    heads = AlignHeads.from_pretrained(os.path.join(out, "align_heads"))
+    ref_heads = AlignHeads.from_pretrained(os.path.join(run, "align", "heads"))
+    assert heads.config.to_diff_dict() == ref_heads.config.to_diff_dict()
+    for name, value in ref_heads.state_dict().items():
+        assert torch.equal(heads.state_dict()[name], value), name
+    tok = AutoTokenizer.from_pretrained(out)  # the run's tokenizer (the prep folder's) travels with the export
+    assert tok("a red circle")["input_ids"]

@@ -193,18 +193,25 @@ def retrieval_metrics(module: AlignModel, items: list[dict], *, image_dim: int, 
     return out
 
 
+def is_align_checkpoint(tag_dir: str, *, trusted: bool = False) -> bool:
+    """Whether an alignment run wrote this tag folder (its client state holds the MINE state). The file is
+    memory-mapped and read weights-only (unless trusted), so no tensor is read."""
+    from ..parallel.deepspeed_patches import weights_only_loads
+
+    path = os.path.join(tag_dir, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(path):
+        return False
+    with weights_only_loads(trusted):
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # weights-only (guard)
+    return "r1_align_mine" in state
+
+
 def check_align_checkpoint(load_dir: str, tag: str, *, trusted: bool = False) -> None:
     """Refuse, before DeepSpeed reads it, a checkpoint that an alignment run did not write (its module differs).
     Read weights-only with the checkpoint allowlist (r1_ds.safe_load) unless the user trusts the checkpoint."""
     from ..checkpoint import CheckpointError
-    from ..parallel.deepspeed_patches import weights_only_loads
 
-    path = os.path.join(load_dir, tag, "mp_rank_00_model_states.pt")
-    state = {}
-    if os.path.isfile(path):
-        with weights_only_loads(trusted):
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # weights-only (guard)
-    if "r1_align_mine" not in state:
+    if not is_align_checkpoint(os.path.join(load_dir, tag), trusted=trusted):
         raise CheckpointError(f"{os.path.join(load_dir, tag)} is not an alignment checkpoint (no r1_align_mine state). "
                               "Fix: resume from an alignment run's checkpoints, or start fresh with "
                               "checkpoint.resume=none (model.init_from=<an exported LM folder> starts from its weights).")
