@@ -121,8 +121,28 @@ def runs(sample_dir, tmp_path_factory, zero1_json):
 
 
 def _two_rank_body(data_dir: str, out: str, ds_json: str, grad_args: tuple) -> dict:
-    """On each of 2 spawned ranks: the gathered info_nce gradients, then a 2-step ZeRO-1 alignment run."""
-    return {"grads": _grads_on_rank(*grad_args), "params": _zero1_run(data_dir, out, ds_json, 8)}
+    """On each of 2 spawned ranks: the gathered info_nce gradients, then the 2-step alignment run under ZeRO-1 and
+    under ZeRO-2 (the same run: gradients reduce-scattered instead of all-reduced)."""
+    return {"grads": _grads_on_rank(*grad_args), "params": _zero1_run(data_dir, out, ds_json, 8),
+            "zero2_params": _zero1_run(data_dir, out + "_zero2", _with_zero_stage(ds_json, 2), 8),
+            "zero2_ds": json.load(open(os.path.join(out + "_zero2", "ds_config.json")))}
+
+
+def _with_zero_stage(ds_json: str, stage: int) -> str:
+    """A copy of the DeepSpeed JSON `ds_json` with ZeRO stage `stage`, beside it."""
+    with open(ds_json) as f:
+        ds = json.load(f)
+    ds["zero_optimization"] = {"stage": stage}
+    path = os.path.join(os.path.dirname(ds_json), f"zero{stage}.json")
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        with open(path + ".tmp", "w") as f:
+            json.dump(ds, f)
+        os.replace(path + ".tmp", path)
+    if dist.is_initialized():
+        dist.barrier()
+    return path
 
 
 GRAD_CASE = (8, 6, 3, [1, 1, 0, 1, 1, 0, 0, 1], 7.0)  # rows, dim, seed, mask (3 valid rows on rank 0, 2 on 1), scale
@@ -200,8 +220,10 @@ def _zero1_run(data_dir: str, out: str, ds_json: str, micro: int) -> dict:
 
 
 @pytest.mark.slow
-def test_zero1_on_two_ranks_trains_like_one_process_over_the_whole_batch(two_ranks, runs):
-    two = [r["params"] for r in two_ranks]
+@pytest.mark.parametrize("run", ["params", "zero2_params"])
+def test_zero1_on_two_ranks_trains_like_one_process_over_the_whole_batch(two_ranks, runs, run):
+    two = [r[run] for r in two_ranks]  # ZeRO-1 and ZeRO-2 both match the one-process ZeRO-1 run
+    assert two_ranks[0]["zero2_ds"]["zero_optimization"]["stage"] == 2
     for name, value in runs["zero1_reference"].items():
         assert torch.equal(two[0][name], two[1][name]), name  # replicas agree
         # Adam's first steps move each weight by about lr * sign(grad): where a gradient is within summation noise
