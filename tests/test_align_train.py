@@ -391,3 +391,40 @@ def test_export_of_an_alignment_checkpoint_gives_the_lm_folder_and_the_heads(run
         assert torch.equal(heads.state_dict()[name], value), name
     tok = AutoTokenizer.from_pretrained(out)  # the run's tokenizer (the prep folder's) travels with the export
     assert tok("a red circle")["input_ids"]
+
+
+def test_the_image_embeddings_cache_moves_with_its_prep_folder(tmp_path):
+    """A prep folder copied elsewhere (to a machine without open_clip) reads its cache: no tower is built."""
+    from PIL import Image
+
+    from r1_ds.align.data import load_image_embeddings, parse_triples
+
+    src = tmp_path / "here"
+    (src / "triples").mkdir(parents=True)
+    (src / "img").mkdir()
+    for name, colour in (("a", "red"), ("b", "blue")):
+        Image.new("RGB", (8, 8), colour).save(src / "img" / f"{name}.png")
+    rows = [{"id": n, "kind": "image-text", "image": f"img/{n}.png", "text": n} for n in ("a", "b")]
+    rows.append({"id": "c", "kind": "image-text", "image": "img/gone.png", "text": "c"})
+    (src / "triples" / "triples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    def tower():  # mean colour as the "embedding"
+        return (lambda x: x), (lambda im: torch.tensor(im.getpixel((0, 0)), dtype=torch.float)), 3
+
+    cache = "triples/image_embeds/t.pt"
+    table, failed = load_image_embeddings(parse_triples(str(src / "triples" / "triples.jsonl"))[0], str(src / cache),
+                                          tower)
+    shutil.copytree(src, tmp_path / "there")
+    shutil.rmtree(src)
+
+    def no_tower():
+        raise AssertionError("the cache should have every image")
+
+    moved, moved_failed = load_image_embeddings(
+        parse_triples(str(tmp_path / "there" / "triples" / "triples.jsonl"))[0], str(tmp_path / "there" / cache),
+        no_tower)
+    there = str(tmp_path / "there" / "img")
+    assert sorted(moved) == [os.path.join(there, "a.png"), os.path.join(there, "b.png")]
+    assert moved_failed == {os.path.join(there, "gone.png"): "missing_image"}
+    assert torch.equal(moved[os.path.join(there, "a.png")], torch.tensor([255.0, 0, 0]))
+    assert [torch.equal(moved[p.replace("here", "there")], e) for p, e in table.items()] == [True, True]
