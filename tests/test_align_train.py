@@ -121,8 +121,28 @@ def runs(sample_dir, tmp_path_factory, zero1_json):
 
 
 def _two_rank_body(data_dir: str, out: str, ds_json: str, grad_args: tuple) -> dict:
-    """On each of 2 spawned ranks: the gathered info_nce gradients, then a 2-step ZeRO-1 alignment run."""
-    return {"grads": _grads_on_rank(*grad_args), "params": _zero1_run(data_dir, out, ds_json, 8)}
+    """On each of 2 spawned ranks: the gathered info_nce gradients, then the 2-step alignment run under ZeRO-1 and
+    under ZeRO-2 (the same run: gradients reduce-scattered instead of all-reduced)."""
+    return {"grads": _grads_on_rank(*grad_args), "params": _zero1_run(data_dir, out, ds_json, 8),
+            "zero2_params": _zero1_run(data_dir, out + "_zero2", _with_zero_stage(ds_json, 2), 8),
+            "zero2_ds": json.load(open(os.path.join(out + "_zero2", "ds_config.json")))}
+
+
+def _with_zero_stage(ds_json: str, stage: int) -> str:
+    """A copy of the DeepSpeed JSON `ds_json` with ZeRO stage `stage`, beside it."""
+    with open(ds_json) as f:
+        ds = json.load(f)
+    ds["zero_optimization"] = {"stage": stage}
+    path = os.path.join(os.path.dirname(ds_json), f"zero{stage}.json")
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        with open(path + ".tmp", "w") as f:
+            json.dump(ds, f)
+        os.replace(path + ".tmp", path)
+    if dist.is_initialized():
+        dist.barrier()
+    return path
 
 
 GRAD_CASE = (8, 6, 3, [1, 1, 0, 1, 1, 0, 0, 1], 7.0)  # rows, dim, seed, mask (3 valid rows on rank 0, 2 on 1), scale
@@ -200,8 +220,10 @@ def _zero1_run(data_dir: str, out: str, ds_json: str, micro: int) -> dict:
 
 
 @pytest.mark.slow
-def test_zero1_on_two_ranks_trains_like_one_process_over_the_whole_batch(two_ranks, runs):
-    two = [r["params"] for r in two_ranks]
+@pytest.mark.parametrize("run", ["params", "zero2_params"])
+def test_zero1_on_two_ranks_trains_like_one_process_over_the_whole_batch(two_ranks, runs, run):
+    two = [r[run] for r in two_ranks]  # ZeRO-1 and ZeRO-2 both match the one-process ZeRO-1 run
+    assert two_ranks[0]["zero2_ds"]["zero_optimization"]["stage"] == 2
     for name, value in runs["zero1_reference"].items():
         assert torch.equal(two[0][name], two[1][name]), name  # replicas agree
         # Adam's first steps move each weight by about lr * sign(grad): where a gradient is within summation noise
@@ -345,3 +367,64 @@ def test_image_rows_repeat_in_the_sampling_order():
     train = [{"image": [torch.zeros(2)]}, {"image": []}, {"image": [torch.zeros(2)]}]
     assert sample_order(train, 1) == [0, 1, 2]
     assert sample_order(train, 3) == [0, 0, 0, 1, 2, 2, 2]
+
+
+@pytest.mark.slow
+def test_export_of_an_alignment_checkpoint_gives_the_lm_folder_and_the_heads(runs, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r1_ds.align import AlignHeads
+    from r1_ds.cli import main as cli_main
+
+    run = os.path.join(runs["dir"], "long")
+    out = str(tmp_path / "hf")
+    assert cli_main(["export", os.path.join(run, "checkpoints"), out]) == 0
+    lm = AutoModelForCausalLM.from_pretrained(out)  # the checkpoint's LM, as the run's final save wrote it
+    ref = AutoModelForCausalLM.from_pretrained(os.path.join(run, "align", "lm"))
+    assert lm.state_dict().keys() == ref.state_dict().keys()
+    for name, value in ref.state_dict().items():
+        assert torch.equal(lm.state_dict()[name], value), name
+    heads = AlignHeads.from_pretrained(os.path.join(out, "align_heads"))
+    ref_heads = AlignHeads.from_pretrained(os.path.join(run, "align", "heads"))
+    assert heads.config.to_diff_dict() == ref_heads.config.to_diff_dict()
+    for name, value in ref_heads.state_dict().items():
+        assert torch.equal(heads.state_dict()[name], value), name
+    tok = AutoTokenizer.from_pretrained(out)  # the run's tokenizer (the prep folder's) travels with the export
+    assert tok("a red circle")["input_ids"]
+
+
+def test_the_image_embeddings_cache_moves_with_its_prep_folder(tmp_path):
+    """A prep folder copied elsewhere (to a machine without open_clip) reads its cache: no tower is built."""
+    from PIL import Image
+
+    from r1_ds.align.data import load_image_embeddings, parse_triples
+
+    src = tmp_path / "here"
+    (src / "triples").mkdir(parents=True)
+    (src / "img").mkdir()
+    for name, colour in (("a", "red"), ("b", "blue")):
+        Image.new("RGB", (8, 8), colour).save(src / "img" / f"{name}.png")
+    rows = [{"id": n, "kind": "image-text", "image": f"img/{n}.png", "text": n} for n in ("a", "b")]
+    rows.append({"id": "c", "kind": "image-text", "image": "img/gone.png", "text": "c"})
+    (src / "triples" / "triples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    def tower():  # mean colour as the "embedding"
+        return (lambda x: x), (lambda im: torch.tensor(im.getpixel((0, 0)), dtype=torch.float)), 3
+
+    cache = "triples/image_embeds/t.pt"
+    table, failed = load_image_embeddings(parse_triples(str(src / "triples" / "triples.jsonl"))[0], str(src / cache),
+                                          tower)
+    shutil.copytree(src, tmp_path / "there")
+    shutil.rmtree(src)
+
+    def no_tower():
+        raise AssertionError("the cache should have every image")
+
+    moved, moved_failed = load_image_embeddings(
+        parse_triples(str(tmp_path / "there" / "triples" / "triples.jsonl"))[0], str(tmp_path / "there" / cache),
+        no_tower)
+    there = str(tmp_path / "there" / "img")
+    assert sorted(moved) == [os.path.join(there, "a.png"), os.path.join(there, "b.png")]
+    assert moved_failed == {os.path.join(there, "gone.png"): "missing_image"}
+    assert torch.equal(moved[os.path.join(there, "a.png")], torch.tensor([255.0, 0, 0]))
+    assert [torch.equal(moved[p.replace("here", "there")], e) for p, e in table.items()] == [True, True]

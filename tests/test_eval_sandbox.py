@@ -103,3 +103,39 @@ def test_a_flood_of_output_is_capped_and_an_escaped_child_is_killed():
         assert run_python(escape, limits).passed
         time.sleep(0.2)
         assert _leftovers() == []
+
+
+@pytest.fixture
+def unshare_refused(tmp_path, monkeypatch):
+    """An `unshare` on PATH that fails as it does where user namespaces are not allowed; the cached probe
+    results are cleared before and after, so the real system's answer returns for the other tests."""
+    from r1_ds.evaluation import sandbox
+
+    fake = tmp_path / "bin" / "unshare"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    for cached in (sandbox.namespaces_available, sandbox.isolation_warning):
+        cached.cache_clear()
+    yield
+    for cached in (sandbox.namespaces_available, sandbox.isolation_warning):
+        cached.cache_clear()
+
+
+def test_where_unshare_is_refused_the_evaluation_warns_and_still_runs_with_the_limits(unshare_refused, caplog):
+    from r1_ds.evaluation.humaneval import score_samples
+    from r1_ds.evaluation.sandbox import isolation_warning
+
+    assert not namespaces_available()
+    problems = load_problems(limit=2)
+    first, second = problems
+    samples = [{"task_id": first, "completion": problems[first]["canonical_solution"]},
+               {"task_id": second, "completion": "    while True:\n        pass\n"},
+               {"task_id": second, "completion": "    x = bytearray(10 * 1024 ** 3)\n"}]
+    scored = score_samples(problems, samples, limits=Limits(timeout_s=2.0), workers=2)
+    assert [s["passed"] for s in scored] == [True, False, False]
+    assert scored[1]["result"] == "timed out" and "MemoryError" in scored[2]["result"]
+    assert "WITH network access" in isolation_warning()
+    assert "cannot create network/mount/user namespaces" in caplog.text  # logged, once per process
+    assert _leftovers() == []

@@ -74,8 +74,10 @@ def parse_triples(path: str) -> tuple[list[Row], Counter]:
                 dropped["missing_image"] += 1
                 continue
             seen.add(rid)
-            views = [os.path.join(root, v) for v in rec.get("image_views") or [] if isinstance(v, str)] if has[0] else []
-            rows.append(Row(id=rid, kind=rec["kind"], has=has, image=os.path.join(root, image) if has[0] else None, views=views,
+            views = [os.path.normpath(os.path.join(root, v)) for v in rec.get("image_views") or []
+                     if isinstance(v, str)] if has[0] else []
+            image = os.path.normpath(os.path.join(root, image)) if has[0] else None
+            rows.append(Row(id=rid, kind=rec["kind"], has=has, image=image, views=views,
                             text=text if has[1] else "", code=code if has[2] else ""))
     return rows, dropped
 
@@ -103,25 +105,37 @@ class AlignData:
 
 def load_image_embeddings(rows: list[Row], cache_file: str, build_tower) -> tuple[dict[str, torch.Tensor], dict]:
     """{path: embedding} of every image and view of `rows`, and {path: reason} of those that failed, from
-    `cache_file` when it has them all, else computed with `build_tower()` -> (visual, preprocess, dim) and saved."""
+    `cache_file` when it has them all, else computed with `build_tower()` -> (visual, preprocess, dim) and saved.
+
+    The cache names images relative to its own folder, so a prep folder moved or copied whole (to a GPU machine
+    without open_clip, say) keeps its cache: the tower is built only for images the cache lacks."""
     from data_prep.atomic import atomic_open
 
     from .image_tower import embed_images
 
+    base = os.path.dirname(os.path.abspath(cache_file))
+
+    def absolute(paths):  # an absolute name (a cache of an older layout) stays as it is
+        return [os.path.normpath(os.path.join(base, p)) for p in paths]
+
     wanted = sorted({p for r in rows if r.image for p in [r.image, *r.views]})
     cached = torch.load(cache_file, weights_only=True) if os.path.isfile(cache_file) else {"paths": [], "failed": {}}
-    known = set(cached["paths"]) | set(cached["failed"])
-    if not set(wanted) <= known:
+    paths, failed = absolute(cached["paths"]), dict(zip(absolute(cached["failed"]), cached["failed"].values()))
+    if not {os.path.normpath(p) for p in wanted} <= set(paths) | set(failed):
         visual, preprocess, _ = build_tower()
         emb, failed = embed_images(wanted, visual, preprocess)
         ok = [i for i, p in enumerate(wanted) if p not in failed]
-        cached = {"paths": [wanted[i] for i in ok], "embeds": emb[ok] if ok else emb[:0], "failed": failed}
-        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        paths, embeds = [os.path.normpath(wanted[i]) for i in ok], emb[ok] if ok else emb[:0]
+        failed = {os.path.normpath(p): why for p, why in failed.items()}
+        os.makedirs(base, exist_ok=True)
         with atomic_open(cache_file, "wb") as f:
-            torch.save(cached, f)
+            torch.save({"paths": [os.path.relpath(p, base) for p in paths], "embeds": embeds,
+                        "failed": {os.path.relpath(p, base): why for p, why in failed.items()}}, f)
         log.info("image tower embeddings of %d images cached in %s (%d failed)", len(ok), cache_file, len(failed))
-    table = {p: e for p, e in zip(cached["paths"], cached["embeds"])} if cached["paths"] else {}
-    return table, dict(cached["failed"])
+    else:
+        embeds = cached["embeds"]
+    table = dict(zip(paths, embeds)) if paths else {}
+    return table, failed
 
 
 def build_align_data(rows: list[Row], dropped: Counter, images: dict[str, torch.Tensor], failed: dict[str, str],

@@ -86,6 +86,13 @@ def tower_key(model_name: str, checkpoint: str | None, image_size: int | None, s
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def embeddings_cache(triples: str, model_name: str, checkpoint: str | None, image_size: int | None,
+                     seed: int) -> str:
+    """The cache file of a tower's embeddings of the images of `triples` (a triples.jsonl): beside it."""
+    key = tower_key(model_name, checkpoint, image_size, seed)
+    return os.path.join(os.path.dirname(triples), "image_embeds", f"{model_name}-{key}.pt")
+
+
 @torch.no_grad()
 def embed_images(paths: list[str], visual, preprocess, *, batch_size: int = 32) -> tuple[torch.Tensor, dict]:
     """Embeddings (len(paths), dim) of the images; unreadable ones get a zero row and are returned in

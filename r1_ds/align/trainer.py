@@ -78,7 +78,7 @@ def prepare_data(cfg: TrainConfig, *, rank: int, vocab_size: int):
     from deepspeed import comm as dist
 
     from .data import build_align_data, load_image_embeddings, parse_triples
-    from .image_tower import build_image_tower, tower_key
+    from .image_tower import build_image_tower, embeddings_cache
 
     a = cfg.align
     path = triples_file(a.triples)
@@ -89,8 +89,7 @@ def prepare_data(cfg: TrainConfig, *, rank: int, vocab_size: int):
     if not a.use_views:
         for r in rows:
             r.views = []
-    key = tower_key(a.image_tower, a.image_tower_checkpoint, a.image_size, cfg.seed)
-    cache = os.path.join(os.path.dirname(path), "image_embeds", f"{a.image_tower}-{key}.pt")
+    cache = embeddings_cache(path, a.image_tower, a.image_tower_checkpoint, a.image_size, cfg.seed)
 
     def tower():
         return build_image_tower(a.image_tower, a.image_tower_checkpoint, image_size=a.image_size, seed=cfg.seed)
@@ -194,18 +193,25 @@ def retrieval_metrics(module: AlignModel, items: list[dict], *, image_dim: int, 
     return out
 
 
+def is_align_checkpoint(tag_dir: str, *, trusted: bool = False) -> bool:
+    """Whether an alignment run wrote this tag folder (its client state holds the MINE state). The file is
+    memory-mapped and read weights-only (unless trusted), so no tensor is read."""
+    from ..parallel.deepspeed_patches import weights_only_loads
+
+    path = os.path.join(tag_dir, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(path):
+        return False
+    with weights_only_loads(trusted):
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # weights-only (guard)
+    return "r1_align_mine" in state
+
+
 def check_align_checkpoint(load_dir: str, tag: str, *, trusted: bool = False) -> None:
     """Refuse, before DeepSpeed reads it, a checkpoint that an alignment run did not write (its module differs).
     Read weights-only with the checkpoint allowlist (r1_ds.safe_load) unless the user trusts the checkpoint."""
     from ..checkpoint import CheckpointError
-    from ..parallel.deepspeed_patches import weights_only_loads
 
-    path = os.path.join(load_dir, tag, "mp_rank_00_model_states.pt")
-    state = {}
-    if os.path.isfile(path):
-        with weights_only_loads(trusted):
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # weights-only (guard)
-    if "r1_align_mine" not in state:
+    if not is_align_checkpoint(os.path.join(load_dir, tag), trusted=trusted):
         raise CheckpointError(f"{os.path.join(load_dir, tag)} is not an alignment checkpoint (no r1_align_mine state). "
                               "Fix: resume from an alignment run's checkpoints, or start fresh with "
                               "checkpoint.resume=none (model.init_from=<an exported LM folder> starts from its weights).")
@@ -402,7 +408,8 @@ def train_align(cfg: TrainConfig):
                 acc.zero_()
                 valid.zero_()
                 present.zero_()
-                t_last, pairs_since = now, 0
+                # the next interval starts here: pairs/s counts training steps, not the held-out retrieval
+                t_last, pairs_since = time.perf_counter(), 0
             if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done != total:
                 ckpt.save(engine, ckpt_dir, done, client_state(done), keep=cfg.checkpoint.keep)
         if start < total or not found:

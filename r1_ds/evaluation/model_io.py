@@ -20,14 +20,21 @@ def check_model_dir(path: str, *, needs_tokenizer: bool = True) -> None:
                              "a tokenizer into the folder with `tokenizer.save_pretrained`.")
 
 
-def load_causal_lm(path: str, *, device: str = "cpu", needs_tokenizer: bool = True):
-    """(model in eval mode on `device`, tokenizer or None) from an exported folder."""
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def load_causal_lm(path: str, *, device: str = "cpu", needs_tokenizer: bool = True, dtype: str | None = None):
+    """(model in eval mode on `device`, tokenizer or None) from an exported folder; dtype: bf16, fp16 or fp32
+    (None: the folder's own)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import r1_ds.model  # noqa: F401  (registers the R1 classes with Auto*)
 
     check_model_dir(path, needs_tokenizer=needs_tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    import torch
+
+    kwargs = {"dtype": getattr(torch, DTYPES[dtype])} if dtype else {}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
     return model, AutoTokenizer.from_pretrained(path) if needs_tokenizer else None
 
 
