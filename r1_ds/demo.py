@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.align_steps:
         alignment_stage(out, data=data, hf=hf, steps=args.align_steps, processes=args.processes, env=env)
 
-    from .evaluation import evaluation_table
+    from .evaluation.demo_table import evaluation_table
 
     log.info("\n%s", evaluation_table(str(hf), shards=str(data / "shards"),
                                       triples=str(data / "triples" / "triples.jsonl"),

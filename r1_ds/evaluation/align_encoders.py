@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model_io import EvalInputError
-from .retrieval import Embed
+from .model_io import Embed, EvalInputError
 
 
 @dataclass

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+Embed = Callable[[list], "torch.Tensor"]  # texts, codes or image paths -> (n, d) embeddings
 
 
 class EvalInputError(ValueError):

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from r1_ds.align.retrieval import recall_at_k
 
-from .model_io import EvalInputError
+from .model_io import Embed, EvalInputError
 
 KS = (1, 5, 10)
-Embed = Callable[[list], torch.Tensor]
 
 
 def image_text_recall(sim: torch.Tensor, image_of_text: Sequence[int], ks: Sequence[int] = KS) -> dict[str, float]:

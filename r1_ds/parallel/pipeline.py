@@ -27,7 +27,7 @@ from torch import nn
 
 from ..model import R1Config, R1ForCausalLM
 from ..model.modeling_r1 import R1DecoderLayer
-from .state_dict_mapping import TIED_KEY, pipe_layer_prefixes  # noqa: F401 (pipe_layer_prefixes: callers' import)
+from .state_dict_mapping import TIED_KEY
 from .tensor_parallel import apply_tensor_parallel, tensor_parallel_group, tensor_parallel_loss_fn
 from .topology import ParallelDims
 from .tp_layers import copy_to_tp
@@ -151,6 +151,5 @@ def decoder_layers(module: nn.Module) -> list[R1DecoderLayer]:
 
 __all__ = [
     "DEFAULT_PARTITION", "TIED_KEY", "build_pipeline", "decoder_layers",
-    "pipe_layer_prefixes",
     "shard_for_tensor_parallel", "tied_lm_head",
 ]

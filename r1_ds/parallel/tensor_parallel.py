@@ -30,7 +30,6 @@ from torch import nn
 
 from r1_ds.model.modeling_r1 import R1ForCausalLM, R1HierarchicalAttention, R1LevelGate, causal_lm_loss
 
-from .state_dict_mapping import universal_checkpoint_info  # noqa: F401 (imported from here by r1_ds.train)
 from .topology import TensorParallelError, check_tensor_parallel
 from .tp_layers import (
     ColumnParallelLinear,
