@@ -196,7 +196,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         save()
-        del q, k, v, grad
+        q = k = v = grad = None  # free this length's tensors before the next (the closures above are done)
         if cuda:
             torch.cuda.empty_cache()
 

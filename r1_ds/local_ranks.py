@@ -169,7 +169,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args, timeout: flo
                         f"ranks {missing} of {world_size} did not finish within timeout={timeout}s "
                         f"(finished: {sorted(outputs)}); they were killed. Raise `timeout` or look for a collective "
                         "that only some ranks call."
-                    )
+                    ) from None
                 continue
             if ok:
                 outputs[rank] = pickle.loads(payload)

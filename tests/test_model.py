@@ -382,11 +382,11 @@ def test_depth_scaled_init_variances():
     cfg = R1Config(hidden_size=256, intermediate_size=512, num_hidden_layers=6, level_heads=(4, 8, 16),
                    vocab_size=128, local_window=16, paragraph_size=8, document_size=32, max_position_embeddings=64)
     m = R1ForCausalLM(cfg)
-    for l, layer in enumerate(m.model.layers, start=1):
+    for depth, layer in enumerate(m.model.layers, start=1):
         for lin in (layer.self_attn.q_proj, layer.mlp.up_proj, layer.mlp.down_proj):
-            expected = 1.0 / (lin.in_features * 2**l)
+            expected = 1.0 / (lin.in_features * 2**depth)
             measured = lin.weight.float().var().item()
-            assert abs(measured / expected - 1) < 0.05, (l, lin, measured, expected)
+            assert abs(measured / expected - 1) < 0.05, (depth, lin, measured, expected)
     normal = R1ForCausalLM(R1Config(**{**cfg.to_diff_dict(), "init_scheme": "normal", "initializer_range": 0.02}))
     for layer in normal.model.layers:
         assert abs(layer.mlp.up_proj.weight.std().item() / 0.02 - 1) < 0.05
@@ -478,8 +478,8 @@ def test_presets_have_their_sizes():
     expected = {"125m": 124e6, "350m": 360e6, "1.3b": 1.32e9}
     for name, target in expected.items():
         c = R1Config.from_preset(name)
-        d, L, V, I = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
-        n = V * d + L * (4 * d * d + 3 * d * 3 + 3 + 3 * d * I + 2 * d) + d
+        d, L, V, inter = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
+        n = V * d + L * (4 * d * d + 3 * d * 3 + 3 + 3 * d * inter + 2 * d) + d
         assert abs(n / target - 1) < 0.05, (name, n)
     assert set(PRESETS) >= {"tiny", "125m", "350m", "1.3b"}
     m = R1ForCausalLM(R1Config.from_preset("tiny", tie_word_embeddings=True))

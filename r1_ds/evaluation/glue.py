@@ -79,7 +79,7 @@ def finetune_task(model_dir: str, tokenizer, name: str, train: list[Example], de
     order: list[int] = []
     model.train()
     t0 = time.perf_counter()
-    for step in range(steps):
+    for _ in range(steps):
         if len(order) < batch_size:
             order += rng.permutation(len(rows)).tolist()
         idx, order = order[:batch_size], order[batch_size:]
