@@ -1,5 +1,5 @@
-"""Settings of the scale-out engine, language ID and near-deduplication (a base of ``PrepConfig``), their flags,
-and ``--config prep.yaml`` (read by the training stack's loader, ``r1_ds.config``).
+"""Settings of the scale-out engine, language ID and near-deduplication (a base of ``PrepConfig``; their flags are
+generated from the fields, data_prep/config_flags.py), and ``--config prep.yaml`` (read by the training stack's loader, ``r1_ds.config``).
 
 Fields in ``HOW_FIELDS`` say how the work is spread (executor, workers, cluster resources); they never change the
 output, so they stay out of the settings fingerprint and a run may resume with other values.
@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_prep.config_flags import field_default
 from data_prep.errors import PrepError
 
 EXECUTORS = ("local", "slurm", "ray")
@@ -56,31 +57,6 @@ class ScaleSettings:
     """Seed of the MinHash permutations."""
 
 
-def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("scale-out (datatrove executors; docs/data_at_scale.md)")
-    g.add_argument("--config", metavar="PREP.yaml", help="settings file (YAML/JSON, keys = PrepConfig fields); "
-                   "flags that differ from their defaults override it")
-    g.add_argument("--executor", choices=EXECUTORS, default=None,
-                   help="run the text filters on datatrove's local / slurm / ray executor (default: one process)")
-    g.add_argument("--workers", type=int, default=1, help="tasks run at once (default: 1)")
-    g.add_argument("--tasks", type=int, default=None, help="tasks the input files are split into (default: 4/worker)")
-    g.add_argument("--cpus-per-task", type=int, default=1, help="slurm/ray: CPUs per task (default: 1)")
-    g.add_argument("--mem-per-cpu-gb", type=float, default=2.0, help="slurm/ray: memory per CPU (default: 2)")
-    g.add_argument("--slurm-partition", default=None, help="slurm: partition to submit to")
-    g.add_argument("--slurm-time", default="24:00:00", help="slurm: time limit per task (default: 24:00:00)")
-    g = parser.add_argument_group("language identification and near-deduplication")
-    g.add_argument("--no-langid", dest="langid", action="store_false", help="no language stage (text)")
-    g.add_argument("--languages", nargs="+", default=[], metavar="LANG",
-                   help="keep only these languages (ISO 639-1 codes, e.g. en de)")
-    g.add_argument("--langid-model", default="py3langid", metavar="py3langid|FILE",
-                   help="language model: the one inside py3langid (default) or a langid.py model file")
-    g.add_argument("--near-dedup", action="store_true", help="MinHash near-duplicate removal (needs --executor)")
-    g.add_argument("--minhash-ngram", type=int, default=5, help="words per shingle (default: 5)")
-    g.add_argument("--minhash-buckets", type=int, default=14, help="LSH bands (default: 14)")
-    g.add_argument("--minhash-hashes-per-bucket", type=int, default=8, help="hashes per band (default: 8)")
-    g.add_argument("--minhash-seed", type=int, default=1, help="seed of the MinHash permutations (default: 1)")
-
-
 def validate_scale(cfg: ScaleSettings) -> None:
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -123,7 +99,7 @@ def apply_config_file(args: argparse.Namespace, values: dict[str, Any], cls: typ
         return values
     from r1_ds.config import ConfigError, load_dataclass, read_mapping
 
-    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(cls)}
     try:
         given = read_mapping(path)
         from_file = load_dataclass(cls, overrides=given)  # top-level keys: no dots, so set as they are
@@ -134,10 +110,6 @@ def apply_config_file(args: argparse.Namespace, values: dict[str, Any], cls: typ
         if _same(values[name], defaults[name]):
             merged[name] = getattr(from_file, name)
     return merged
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _same(a: Any, b: Any) -> bool:
