@@ -34,7 +34,7 @@ FLAG_GROUPS = {
     "tokenizer and packing": ["vocab_size", "tokenizer", "seq_len", "shard_rows"],
     "run": ["part_size", "image_part_size", "seed", "device", "overwrite"],
     "scale-out (datatrove executors; docs/data_at_scale.md)": [
-        "executor", "workers", "tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time",
+        "executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time",
     ],
     "language identification and near-deduplication": [
         "langid", "languages", "langid_model", "near_dedup", "minhash_ngram", "minhash_buckets",

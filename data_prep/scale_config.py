@@ -16,7 +16,7 @@ from data_prep.config_flags import field_default
 from data_prep.errors import PrepError
 
 EXECUTORS = ("local", "slurm", "ray")
-HOW_FIELDS = ("executor", "workers", "tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time")
+HOW_FIELDS = ("executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time")
 
 
 class Submitted(Exception):
@@ -31,6 +31,9 @@ class ScaleSettings:
     """Tasks run at once (local: worker processes; slurm/ray: concurrent tasks, -1 for all)."""
     tasks: int | None = None
     """Tasks the input files are split into (contiguous ranges, balanced by bytes); None: 4 per worker."""
+    dedup_tasks: int | None = None
+    """Buckets the exact dedup is split into, one task each (MinHash adds one task per band); None: as many as
+    --tasks. Fixed by the first run of an output (kept in its plan)."""
     cpus_per_task: int = 1
     """Slurm / Ray: CPUs reserved per task."""
     mem_per_cpu_gb: float = 2.0
@@ -65,6 +68,7 @@ def validate_scale(cfg: ScaleSettings) -> None:
     need(cfg.workers >= 1 or (cfg.workers == -1 and cfg.executor in ("slurm", "ray")),
          f"--workers {cfg.workers}: must be at least 1 (-1, all tasks at once, only with slurm or ray)")
     need(cfg.tasks is None or cfg.tasks >= 1, f"--tasks {cfg.tasks}: must be at least 1")
+    need(cfg.dedup_tasks is None or cfg.dedup_tasks >= 1, f"--dedup-tasks {cfg.dedup_tasks}: must be at least 1")
     need(not cfg.near_dedup or cfg.executor is not None,
          "--near-dedup: runs on the engine only; add --executor local (with --workers 1 for one process)")
     need(cfg.executor != "slurm" or bool(cfg.slurm_partition),

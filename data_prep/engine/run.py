@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from data_prep.atomic import atomic_write_json
 from data_prep.document import TEXT
-from data_prep.engine.dedup import DuplicateListFilter, GlobalDedup, SignatureWriter
+from data_prep.engine.dedup import DedupBuckets, DuplicateListFilter, NearClusters, SignatureWriter
 from data_prep.engine.executors import build_executor
 from data_prep.engine.inputs import list_inputs
 from data_prep.engine.steps import PLAN_FILE, PartWriter, R1FilterStep, R1Reader, TaskSink, filter_stats_path
@@ -44,7 +44,7 @@ def plan_tasks(sizes: Sequence[int], tasks: int) -> list[tuple[int, int]]:
 
 
 def _load_or_make_plan(
-    engine_dir: Path, specs: list[str], exclude: tuple[Path, ...], tasks: int, flag: str
+    engine_dir: Path, specs: list[str], exclude: tuple[Path, ...], tasks: int, dedup_tasks: int | None, flag: str
 ) -> dict[str, Any]:
     """The plan of the first run is kept: resuming with another task count would mix two task layouts."""
     path = engine_dir / PLAN_FILE
@@ -56,10 +56,8 @@ def _load_or_make_plan(
     files = list_inputs(specs, exclude)
     if not files:
         raise PrepError(f"{flag} {' '.join(specs)}: no input file found; pass files, folders, globs or URLs")
-    plan = {
-        "files": [vars(f) for f in files],
-        "ranges": plan_tasks([f.size for f in files], tasks),
-    }
+    ranges = plan_tasks([f.size for f in files], tasks)
+    plan = {"files": [vars(f) for f in files], "ranges": ranges, "dedup_tasks": dedup_tasks or len(ranges)}
     atomic_write_json(path, plan)
     return plan
 
@@ -79,12 +77,12 @@ def run_engine(
     """Filter one modality's inputs on ``cfg.executor``; returns per-stage counts over all tasks."""
     engine_dir = out / "engine" / modality
     plan = _load_or_make_plan(engine_dir, specs, exclude, cfg.tasks or TASKS_PER_WORKER * max(cfg.workers, 1),
-                              flag=f"--{modality}")
+                              cfg.dedup_tasks, flag=f"--{modality}")
     tasks = len(plan["ranges"])
     log.info("engine (%s, %s): %d files in %d tasks, %d workers", cfg.executor, modality, len(plan["files"]), tasks,
              cfg.workers)
     stages = _pipelines(filters, modality=modality, out=out, engine_dir=engine_dir, cfg=cfg, text_field=text_field,
-                        id_field=id_field, part_size=part_size, tasks=tasks)
+                        id_field=id_field, part_size=part_size, tasks=tasks, buckets=plan.get("dedup_tasks", tasks))
     executor = None
     executors = []
     for name, (pipeline, n_tasks) in stages.items():
@@ -105,7 +103,7 @@ def run_engine(
     return merge_task_stats(engine_dir, tasks)
 
 
-def _pipelines(filters, *, modality, out, engine_dir, cfg, text_field, id_field, part_size, tasks):
+def _pipelines(filters, *, modality, out, engine_dir, cfg, text_field, id_field, part_size, tasks, buckets):
     """{stage: (pipeline, tasks)}: without an exact_dedup stage there is nothing to share, so one stage."""
     names = [f.name for f in filters]
 
@@ -119,17 +117,22 @@ def _pipelines(filters, *, modality, out, engine_dir, cfg, text_field, id_field,
     cut = names.index("exact_dedup")
     minhash = (MinHashParams(ngram=cfg.minhash_ngram, bands=cfg.minhash_buckets, rows=cfg.minhash_hashes_per_bucket,
                              seed=cfg.minhash_seed) if cfg.near_dedup else None)
-    dedup: list[BaseFilter] = [DuplicateListFilter("exact_dedup", engine_dir, "exact")]
+    dedup: list[BaseFilter] = [DuplicateListFilter("exact_dedup", engine_dir, "exact", buckets)]
     if minhash:
-        dedup.append(DuplicateListFilter("near_dedup", engine_dir, "near"))
+        dedup.append(DuplicateListFilter("near_dedup", engine_dir, "near", buckets))
     chain = filters[:cut] + dedup + filters[cut + 1 :]
     sig_sink = TaskSink(out, modality, names[:cut], write=False)
     sink = TaskSink(out, modality, [f.name for f in chain], write=True)
-    return {
-        "signatures": (steps(sig_sink, filters[:cut]) + [SignatureWriter(engine_dir, minhash, sig_sink)], tasks),
-        "dedup": ([GlobalDedup(engine_dir, tasks)], 1),
-        "filter": (steps(sink, chain) + [PartWriter(out, engine_dir, sink)], tasks),
+    bands = minhash.bands if minhash else 0
+    stages = {
+        "signatures": (steps(sig_sink, filters[:cut]) + [SignatureWriter(engine_dir, minhash, sig_sink, buckets)],
+                       tasks),
+        "dedup": ([DedupBuckets(engine_dir, tasks, buckets)], buckets + bands),
     }
+    if minhash:
+        stages["cluster"] = ([NearClusters(engine_dir, tasks, buckets, bands)], 1)
+    stages["filter"] = (steps(sink, chain) + [PartWriter(out, engine_dir, sink)], tasks)
+    return stages
 
 
 def merge_task_stats(engine_dir: Path, tasks: int) -> dict[str, dict[str, Any]]:
