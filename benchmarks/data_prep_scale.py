@@ -60,13 +60,11 @@ def engine_run(corpus: Path, out: Path, *, workers: int, tasks: int, near_dedup:
     totals = run_engine(specs=[str(corpus)], filters=text_filters(), out=out, cfg=cfg, text_field="text",
                              id_field=None)
     wall = time.perf_counter() - t
-    import numpy as np
-
     first = next(iter(totals.values()))
     kept = list(totals.values())[-1]["kept"]
-    engine = out / "engine" / "text"
-    sig_cpu = sum(float(np.load(p)["cpu_s"]) for p in (engine / "signatures").glob("*.npz"))
-    filt_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in (engine / "filter_stats").glob("*.json"))
+    timing = out / "engine" / "text" / "logs" / "timing"  # each task's own CPU and wall seconds
+    sig_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in timing.glob("signatures_*.json"))
+    filt_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in timing.glob("filter_*.json"))
     n = first["in"]
     return {"workers": workers, "tasks": tasks, "docs": n, "kept": kept, "wall_s": round(wall, 2),
             "docs_per_s": round(n / wall, 1), "signatures_cpu_s": round(sig_cpu, 2),

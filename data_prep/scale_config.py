@@ -16,7 +16,9 @@ from data_prep.config_flags import field_default
 from data_prep.errors import PrepError
 
 EXECUTORS = ("local", "slurm", "ray")
-HOW_FIELDS = ("executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time")
+HOW_FIELDS = (
+    "executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time"
+)
 
 
 class Submitted(Exception):
@@ -25,12 +27,14 @@ class Submitted(Exception):
 
 @dataclass
 class ScaleSettings:
-    executor: str | None = None
-    """None: the single-process runner; local | slurm | ray: text goes through datatrove's executor of that name."""
+    executor: str = "local"
+    """datatrove executor that runs the tasks: local (worker processes, or this process with one worker), slurm
+    or ray."""
     workers: int = 1
     """Tasks run at once (local: worker processes; slurm/ray: concurrent tasks, -1 for all)."""
     tasks: int | None = None
-    """Tasks the input files are split into (contiguous ranges, balanced by bytes); None: 4 per worker."""
+    """Tasks the input files are split into (contiguous ranges, balanced by bytes; the unit of resume); None: 4 per
+    worker, 1 with one worker."""
     dedup_tasks: int | None = None
     """Buckets the exact dedup is split into, one task each (MinHash adds one task per band); None: as many as
     --tasks. Fixed by the first run of an output (kept in its plan)."""
@@ -49,7 +53,7 @@ class ScaleSettings:
     langid_model: str = "py3langid"
     """py3langid (the model inside the package) or the path of a langid.py model file."""
     near_dedup: bool = False
-    """MinHash near-duplicate removal across all tasks (engine only; after exact dedup)."""
+    """MinHash near-duplicate removal across all tasks (after exact dedup)."""
     minhash_ngram: int = 5
     """Words per shingle (FineWeb: 5)."""
     minhash_buckets: int = 14
@@ -69,8 +73,6 @@ def validate_scale(cfg: ScaleSettings) -> None:
          f"--workers {cfg.workers}: must be at least 1 (-1, all tasks at once, only with slurm or ray)")
     need(cfg.tasks is None or cfg.tasks >= 1, f"--tasks {cfg.tasks}: must be at least 1")
     need(cfg.dedup_tasks is None or cfg.dedup_tasks >= 1, f"--dedup-tasks {cfg.dedup_tasks}: must be at least 1")
-    need(not cfg.near_dedup or cfg.executor is not None,
-         "--near-dedup: runs on the engine only; add --executor local (with --workers 1 for one process)")
     need(cfg.executor != "slurm" or bool(cfg.slurm_partition),
          "--executor slurm: needs --slurm-partition NAME (the partition the tasks are submitted to)")
     need(min(cfg.minhash_ngram, cfg.minhash_buckets, cfg.minhash_hashes_per_bucket) >= 1,
@@ -85,8 +87,7 @@ def validate_scale(cfg: ScaleSettings) -> None:
 
 
 def scale_fingerprint(d: dict[str, Any]) -> dict[str, Any]:
-    """Drop the how-fields from a settings dict; whether the engine runs stays (its part layout differs)."""
-    d["engine"] = d.get("executor") is not None
+    """Drop the how-fields from a settings dict."""
     for key in HOW_FIELDS:
         d.pop(key, None)
     return d

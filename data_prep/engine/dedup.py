@@ -90,13 +90,14 @@ class SignatureWriter(PipelineStep):
         sha1 = np.array(sha1s, dtype="S20").reshape(len(sha1s))
         band_keys = np.array(bands, dtype=np.uint64).reshape(len(sha1s), self.minhash.bands if self.minhash else 0)
         which = bucket_of(sha1, self.buckets)
-        members: dict[str, np.ndarray] = {"n": np.array(len(sha1)), "cpu_s": np.array(self.sink.times()["cpu_s"])}
+        members: dict[str, np.ndarray] = {"n": np.array(len(sha1))}
         for b in range(self.buckets):
             pos = np.flatnonzero(which == b)
             members[f"sha1_{b}"], members[f"pos_{b}"] = sha1[pos], pos
         for j in range(band_keys.shape[1]):
             members[f"band_{j}"] = band_keys[:, j]
         _save_npz(_signature_path(self.engine_dir, rank), **members)
+        self.sink.write_timing(self.engine_dir, "signatures")
 
 
 def find_duplicates(sha1: np.ndarray, bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
