@@ -113,6 +113,9 @@ class PrepConfig(ScaleSettings):
     """Tokens per packed row."""
     shard_rows: int = 1024
     """Rows per shard file."""
+    pack_tasks: int = 1
+    """Packing tasks: the kept parts are cut into this many contiguous groups, each tokenized and packed into its
+    own shards by one task on the executor; 1 packs the whole corpus as one stream."""
     part_size: int = 1000
     """Text and code: the quality classifier gets the survivors of each part of this many input documents of a task
     as one batch."""
@@ -156,6 +159,7 @@ def validate(cfg: PrepConfig) -> None:
 
     need(cfg.seq_len >= 2, f"--seq-len {cfg.seq_len}: must be at least 2 tokens; e.g. --seq-len 512")
     need(cfg.shard_rows >= 1, f"--shard-rows {cfg.shard_rows}: must be at least 1; e.g. --shard-rows 1024")
+    need(cfg.pack_tasks >= 1, f"--pack-tasks {cfg.pack_tasks}: must be at least 1; e.g. --pack-tasks 16")
     need(
         cfg.vocab_size >= MIN_VOCAB,
         f"--vocab-size {cfg.vocab_size}: byte-level BPE needs at least {MIN_VOCAB} (256 bytes + <|endoftext|>)",
@@ -443,8 +447,8 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         timings["tokenizer"] = time.perf_counter() - t
         t = time.perf_counter()
         shards_fp = digest([file_sha256(tok_dir / "tokenizer.json"), lm_fps, cfg.seq_len, cfg.shard_rows])
-        refresh_stage(out, "shards", shards_fp, [out / "shards"])
-        shards_meta = _pack(out, tok_dir, seq_len=cfg.seq_len, shard_rows=cfg.shard_rows)
+        refresh_stage(out, "shards", shards_fp, [out / "shards", out / "engine" / "pack"])
+        shards_meta = _pack(cfg, out, tok_dir)
         timings["pack"] = time.perf_counter() - t
 
     stats = build_stats(results, skipped, configs, triples=triples, shards=shards_meta, tokenizer=tokenizer_info)
@@ -454,19 +458,27 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     return stats
 
 
-def _pack(out: Path, tok_dir: Path, *, seq_len: int, shard_rows: int) -> dict[str, Any]:
-    """Pack (or resume packing); a finished shard folder that fails its checks on open is repacked: shards whose
-    bytes are still right are kept, the others rewritten."""
-    from data_prep.packing import pack_documents
-    from data_prep.shards import META_FILE, DataError
+def _pack(cfg: PrepConfig, out: Path, tok_dir: Path) -> dict[str, Any]:
+    """Pack (or resume packing) on the executor; a finished shard folder that fails its checks on open is repacked:
+    shards whose bytes are still right are kept, the others rewritten."""
+    from data_prep.engine.pack import TASKS_DIR, pack_on_executor
+    from data_prep.shards import META_FILE, DataError, PackedShards
 
     shards = out / "shards"
+
+    def pack() -> dict[str, Any]:
+        return pack_on_executor(cfg, out, tok_dir, seq_len=cfg.seq_len, shard_rows=cfg.shard_rows,
+                                pack_tasks=cfg.pack_tasks)
+
+    if not (shards / META_FILE).is_file():
+        return pack()
     try:
-        return pack_documents(_packing_texts(out), tok_dir, shards, seq_len=seq_len, shard_rows=shard_rows)
+        return PackedShards(shards).meta
     except DataError as err:
         log.warning("shards: %s; repacking", err)
         (shards / META_FILE).unlink()
-        return pack_documents(_packing_texts(out), tok_dir, shards, seq_len=seq_len, shard_rows=shard_rows)
+        shutil.rmtree(shards / TASKS_DIR, ignore_errors=True)
+        return pack()
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

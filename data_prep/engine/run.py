@@ -119,7 +119,7 @@ def run_engine(
             executors.append(executor)
         if cfg.executor == "local" and cfg.workers == 1:
             for ex in executors:
-                _run_here(ex)
+                run_local_tasks(ex)
         elif cfg.executor == "local":
             for ex in executors:
                 ex.run()
@@ -134,7 +134,7 @@ def run_engine(
     return merge_task_stats(out, modality, tasks)
 
 
-def _run_here(executor: Any) -> None:
+def run_local_tasks(executor: Any) -> None:
     """One worker: the tasks one after another in this process, each through the executor's own per-task run
     (logs, stats, completion marks). ``LocalPipelineExecutor.run`` would also start a multiprocess manager
     process, which outlives a killed run, and copy the pipeline for every task (a model filter would load its model
