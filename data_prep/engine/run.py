@@ -139,7 +139,11 @@ def run_local_tasks(executor: Any) -> None:
     (logs, stats, completion marks). ``LocalPipelineExecutor.run`` would also start a multiprocess manager
     process, which outlives a killed run, and copy the pipeline for every task (a model filter would load its model
     once per task)."""
+    from datatrove.utils.stats import Stats
+
     for rank in range(executor.world_size):
+        for step in executor.pipeline:  # each task's logged stats count that task only
+            step.stats = Stats(str(step))
         executor._run_for_rank(rank)  # skips a completed task
 
 
