@@ -10,8 +10,8 @@ import argparse
 import logging
 import sys
 
-from data_prep.errors import PrepError
 from data_prep.config_flags import FlagSpec, add_dataclass_arguments
+from data_prep.errors import PrepError
 from data_prep.scale_config import EXECUTORS, Submitted
 
 log = logging.getLogger("data_prep")
@@ -34,7 +34,8 @@ FLAG_GROUPS = {
     "tokenizer and packing": ["vocab_size", "tokenizer", "seq_len", "shard_rows", "pack_tasks"],
     "run": ["part_size", "image_part_size", "seed", "device", "overwrite"],
     "scale-out (datatrove executors; docs/data_at_scale.md)": [
-        "executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time",
+        "executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition",
+        "slurm_time",
     ],
     "language identification and near-deduplication": [
         "langid", "languages", "langid_model", "near_dedup", "minhash_ngram", "minhash_buckets",

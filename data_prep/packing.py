@@ -1,10 +1,11 @@
 """Tokenize kept documents and pack them into fixed-length rows: the training shards ``r1-ds train`` reads.
 
 Documents are concatenated in a fixed order, each followed by ``<|endoftext|>``, and the token stream is cut into
-rows of ``seq_len``. With several pack tasks (``--pack-tasks``), each task packs its own contiguous share of the kept
-parts as one such stream into its own shards, and one meta.json lists them all in task order. The last row is padded with ``<|endoftext|>`` (pad = eos) so no text is lost. Each shard
-``shard_NNNNN.bin`` is a raw little-endian C-order array (rows, seq_len) of uint16 (vocab <= 65536) or uint32,
-written atomically; ``meta.json`` (format in data_prep/shards.py: dtype, token range, checksums) is written last.
+rows of ``seq_len``. The last row is padded with ``<|endoftext|>`` (pad = eos) so no text is lost. With several pack
+tasks (``--pack-tasks``, data_prep/engine/pack.py), each task packs its own contiguous share of the kept parts as one
+such stream into its own shards, and one meta.json lists them all in task order. Each shard ``shard_NNNNN.bin`` is
+a raw little-endian C-order array (rows, seq_len) of uint16 (vocab <= 65536) or uint32, written atomically;
+``meta.json`` (format in data_prep/shards.py: dtype, token range, checksums) is written last.
 A resumed run re-tokenizes (deterministic) and skips shards whose file already holds exactly the bytes it would
 write, so shards are neither duplicated nor lost.
 """

@@ -1,5 +1,6 @@
-"""Settings of the scale-out engine, language ID and near-deduplication (a base of ``PrepConfig``; their flags are
-generated from the fields, data_prep/config_flags.py), and ``--config prep.yaml`` (read by the training stack's loader, ``r1_ds.config``).
+"""Settings of the engine's executors, language ID and near-deduplication (a base of ``PrepConfig``; their flags
+are generated from the fields, data_prep/config_flags.py), and ``--config prep.yaml`` (read by the training
+stack's loader, ``r1_ds.config``).
 
 Fields in ``HOW_FIELDS`` say how the work is spread (executor, workers, cluster resources); they never change the
 output, so they stay out of the settings fingerprint and a run may resume with other values.

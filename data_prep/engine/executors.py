@@ -13,6 +13,7 @@ from typing import Any
 
 from data_prep.scale_config import ScaleSettings
 
+
 def build_executor(
     cfg: ScaleSettings, pipeline: list[Any], *, stage: str, tasks: int, logging_dir: Path, depends: Any = None
 ) -> Any:

@@ -19,8 +19,8 @@ from datatrove.pipeline.base import PipelineStep
 from data_prep.atomic import atomic_write_json
 from data_prep.document import CODE, TEXT
 from data_prep.engine.executors import build_executor
-from data_prep.errors import PrepError
 from data_prep.engine.run import plan_tasks, run_local_tasks
+from data_prep.errors import PrepError
 from data_prep.packing import SHARDS_PER_TASK, pack_stream, write_meta
 from data_prep.scale_config import ScaleSettings, Submitted
 from data_prep.writers import state_name

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from data_prep.atomic import atomic_write_json
-from data_prep.document import TEXT
+from data_prep.document import TEXT, Document
 from data_prep.engine.dedup import DedupBuckets, DuplicateListFilter, NearClusters, SignatureWriter
 from data_prep.engine.executors import build_executor
 from data_prep.engine.inputs import list_inputs
-from data_prep.document import Document
 from data_prep.engine.steps import PLAN_FILE, PartWriter, R1FilterStep, R1Reader, TaskSink, commit_path
 from data_prep.errors import PrepError
 from data_prep.filters.base import BaseFilter

@@ -130,8 +130,7 @@ def test_stop_word_rule_applies_to_english_only(language_filter):
 def test_dedup_split_over_tasks_and_buckets_equals_the_single_process_reference(tmp_path, tasks, buckets):
     """Signatures per task, exact dedup per hash bucket, MinHash links per band, clusters in one task: the same
     decisions as ``find_duplicates`` over the whole corpus, whatever the task and bucket counts."""
-    from data_prep.engine.dedup import (
-        DedupBuckets, NearClusters, SignatureWriter, _near_path, exact_positions)
+    from data_prep.engine.dedup import DedupBuckets, NearClusters, SignatureWriter, _near_path, exact_positions
     from data_prep.engine.steps import TaskSink
     from data_prep.filters.exact_dedup import content_hash
 
