@@ -98,6 +98,14 @@ def test_near_dedup_across_tasks_from_compressed_inputs(tmp_path):
     }
     assert stats["input"] == 16 and stats["stages"]["near_dedup"]["in"] == 15
 
+    # 2 workers, the dedup split into 2 buckets: exactly the same kept documents and stats
+    two = tmp_path / "out2"
+    cfg.out, cfg.workers, cfg.dedup_tasks = str(two), 2, 2
+    assert run(cfg)["modalities"]["text"] == stats
+    kept = [[json.loads(line) for p in sorted((o / "kept" / "text").glob("*.jsonl")) for line in p.open()]
+            for o in (out, two)]
+    assert kept[0] == kept[1] and len(kept[0]) == stats["kept"]
+
 
 @pytest.fixture(scope="module")
 def language_filter():
