@@ -31,7 +31,7 @@ FLAG_GROUPS = {
         "clip_model", "clip_mode", "clip_threshold", "clip_keep_fraction", "clip_decode_processes",
     ],
     "augmentation and triples": ["image_views", "image_crop_scale", "image_flip", "docstring_pairs_per_file"],
-    "tokenizer and packing": ["vocab_size", "tokenizer", "seq_len", "shard_rows", "pack_tasks"],
+    "tokenizer and packing": ["vocab_size", "tokenizer_sample", "tokenizer", "seq_len", "shard_rows", "pack_tasks"],
     "run": ["part_size", "image_part_size", "seed", "device", "overwrite"],
     "scale-out (datatrove executors; docs/data_at_scale.md)": [
         "executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition",

@@ -107,6 +107,8 @@ class PrepConfig(ScaleSettings):
     """Max docstring/code pairs per kept Python file."""
     vocab_size: int = 8192
     """BPE vocabulary size (including <|endoftext|>); unused with ``tokenizer``."""
+    tokenizer_sample: int | None = None
+    """Train the tokenizer on this many kept documents, spread evenly over the kept text and code; None: on all."""
     tokenizer: str | None = None
     """Pack with this tokenizer folder (e.g. OUT/tokenizer of a run on a sample) instead of training one."""
     seq_len: int = 512
@@ -159,6 +161,8 @@ def validate(cfg: PrepConfig) -> None:
 
     need(cfg.seq_len >= 2, f"--seq-len {cfg.seq_len}: must be at least 2 tokens; e.g. --seq-len 512")
     need(cfg.shard_rows >= 1, f"--shard-rows {cfg.shard_rows}: must be at least 1; e.g. --shard-rows 1024")
+    need(cfg.tokenizer_sample is None or cfg.tokenizer_sample >= 1,
+         f"--tokenizer-sample {cfg.tokenizer_sample}: must be at least 1 document (or left out: all kept ones)")
     need(cfg.pack_tasks >= 1, f"--pack-tasks {cfg.pack_tasks}: must be at least 1; e.g. --pack-tasks 16")
     need(
         cfg.vocab_size >= MIN_VOCAB,
@@ -298,6 +302,19 @@ def _quality_filter(cfg: PrepConfig, out: Path, sample_labels: Path | None) -> t
     return QualityClassifierFilter(head_dir, threshold=cfg.quality_threshold, device=cfg.device), None
 
 
+def _evenly(texts: Iterator[str], total: int, sample: int | None) -> Iterator[str]:
+    """``sample`` of the ``total`` texts, spread evenly through them (all of them when ``sample`` is None)."""
+    if not sample or sample >= total:
+        yield from texts
+        return
+    picks = iter(i * total // sample for i in range(sample))  # rising, distinct since sample < total
+    want = next(picks)
+    for i, text in enumerate(texts):
+        if i == want:
+            yield text
+            want = next(picks, -1)
+
+
 def _packing_texts(out: Path) -> Iterator[str]:
     for modality in (TEXT, CODE):
         for rec in iter_kept(out, modality):
@@ -432,16 +449,19 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         if cfg.tokenizer:  # reused: its own bytes are what the shards depend on
             tok_fp = digest(["given", [file_sha256(f) for f in sorted(Path(cfg.tokenizer).iterdir()) if f.is_file()]])
         else:
-            tok_fp = digest(["trained", lm_fps, cfg.vocab_size, cfg.seq_len])
+            tok_fp = digest(["trained", lm_fps, cfg.vocab_size, cfg.seq_len, cfg.tokenizer_sample])
         refresh_stage(out, "tokenizer", tok_fp, [tok_dir])
         if not (tok_dir / "tokenizer.json").is_file():
             if cfg.tokenizer:
                 copy_tokenizer(cfg.tokenizer, tok_dir)
             else:
-                train_tokenizer(_packing_texts(out), tok_dir, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
+                texts = _evenly(_packing_texts(out), n_lm_docs, cfg.tokenizer_sample)
+                train_tokenizer(texts, tok_dir, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
         tokenizer_info = {
             "path": "tokenizer",
             **({"copied_from": cfg.tokenizer} if cfg.tokenizer else {}),
+            **({"trained_on_documents": min(cfg.tokenizer_sample, n_lm_docs)}
+               if cfg.tokenizer_sample and not cfg.tokenizer else {}),
             **json.loads((tok_dir / "tokenizer_config.json").read_text(encoding="utf-8")),
         }
         timings["tokenizer"] = time.perf_counter() - t
