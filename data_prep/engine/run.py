@@ -32,7 +32,7 @@ TASKS_PER_WORKER = 4  # more tasks than workers: a slow file delays one small ta
 def default_tasks(workers: int) -> int:
     """4 per worker; one worker gets one task per modality (one kept part, whose documents load with
     ``datasets.load_dataset`` in one schema)."""
-    return TASKS_PER_WORKER * workers if workers > 1 else 1
+    return 1 if workers == 1 else TASKS_PER_WORKER * max(workers, 1)  # -1 (all at once): 4
 
 
 def plan_tasks(sizes: Sequence[int], tasks: int) -> list[tuple[int, int]]:
