@@ -1,5 +1,6 @@
 """Throughput of `r1-ds prep` on the datatrove engine: documents per second with 1, 2, ... local workers, plus the
-per-document cost of the parts that do not scale with workers (global dedup, tokenization) and of reading.
+per-document cost of reading, signatures, the whole-corpus dedup decision in one process (the reference the engine
+splits over buckets and bands) and tokenization.
 
     python benchmarks/data_prep_scale.py                          # 1 and 2 workers, 6,000 documents
     python benchmarks/data_prep_scale.py --workers 1 2 4 8 16 --docs 40000 --json $OUT/data_prep_scale.json
@@ -8,9 +9,9 @@ The corpus is generated: each document is two Python documentation chunks (~3,10
 no document is a duplicate of another) written to gzipped JSONL files. The text pipeline is the default one
 (read, length, exact dedup, language, Gopher, C4, FineWeb, entropy; no quality model) plus MinHash near-dedup
 (14 x 8) unless --no-near-dedup. `docs_per_s` is wall-clock, from the start of the engine to its merged stats
-(start-up of the worker processes and the global dedup included); `docs_per_cpu_s` divides by the CPU seconds the
-tasks of the two parallel stages spent (each task measures its own), which other jobs on a shared machine do not
-inflate.
+(start-up of the worker processes and the dedup stages included); `docs_per_cpu_s` divides by the CPU seconds the
+tasks of the signatures and filter stages spent (each task measures its own, in engine/text/logs/timing/), which
+other jobs on a shared machine do not inflate.
 """
 
 from __future__ import annotations
@@ -60,13 +61,11 @@ def engine_run(corpus: Path, out: Path, *, workers: int, tasks: int, near_dedup:
     totals = run_engine(specs=[str(corpus)], filters=text_filters(), out=out, cfg=cfg, text_field="text",
                              id_field=None)
     wall = time.perf_counter() - t
-    import numpy as np
-
     first = next(iter(totals.values()))
     kept = list(totals.values())[-1]["kept"]
-    engine = out / "engine" / "text"
-    sig_cpu = sum(float(np.load(p)["cpu_s"]) for p in (engine / "signatures").glob("*.npz"))
-    filt_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in (engine / "filter_stats").glob("*.json"))
+    timing = out / "engine" / "text" / "logs" / "timing"  # each task's own CPU and wall seconds
+    sig_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in timing.glob("signatures_*.json"))
+    filt_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in timing.glob("filter_*.json"))
     n = first["in"]
     return {"workers": workers, "tasks": tasks, "docs": n, "kept": kept, "wall_s": round(wall, 2),
             "docs_per_s": round(n / wall, 1), "signatures_cpu_s": round(sig_cpu, 2),
@@ -74,8 +73,8 @@ def engine_run(corpus: Path, out: Path, *, workers: int, tasks: int, near_dedup:
 
 
 def serial_costs(corpus: Path, n_dedup: int) -> dict:
-    """Per-document costs of single-process parts, in one thread: reading (gunzip + JSON), signatures, the global
-    dedup decision (on n_dedup synthetic signatures), and tokenization with a byte-level BPE."""
+    """Per-document costs in one thread: reading (gunzip + JSON), signatures, the whole-corpus dedup decision in one
+    process (``find_duplicates`` on n_dedup synthetic signatures), and tokenization with a byte-level BPE."""
     import numpy as np
 
     from data_prep.engine.dedup import find_duplicates

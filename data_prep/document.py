@@ -28,6 +28,9 @@ class Document:
     """Raw bytes that are not text: the encoded image file for image pairs, else None."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Labels written by readers and filters (language, entropy, quality score, CLIP cosine, read errors)."""
+    position: int = 0
+    """Index in its task's input, set by the engine's reader: model filters get the survivors of each part of
+    ``part_size`` input documents as one batch, whatever the filters before them dropped."""
 
 
 def normalize_result(result: FilterResult, default_reason: str) -> tuple[bool, str | None]:

@@ -1,7 +1,8 @@
-"""The whole prep run: sample corpus (optional) -> quality head (optional) -> filter each modality -> triples ->
-tokenizer -> packed shards -> stats.json. Every stage commits atomically and is skipped when already done, so
-rerunning the same command after a crash resumes where it stopped. Each stage also records a fingerprint of its
-inputs (data_prep/fingerprints.py): a rerun after inputs changed redoes the stages that read them, and the ones after.
+"""The whole prep run: sample corpus (optional) -> quality head (optional) -> filter each modality (the engine,
+data_prep/engine: datatrove's executor, one worker in this process by default) -> triples -> tokenizer -> packed
+shards -> stats.json. Every stage commits atomically and is skipped when already done, so rerunning the same
+command after a crash resumes where it stopped. Each stage also records a fingerprint of its inputs
+(data_prep/fingerprints.py): a rerun after inputs changed redoes the stages that read them, and the ones after.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from data_prep.document import CODE, IMAGE, MODALITIES, TEXT
 from data_prep.errors import PrepError
 from data_prep.filters.base import BaseFilter
 from data_prep.fingerprints import digest, inputs_digest, refresh_stage
-from data_prep.pipeline import Pipeline, stage_io
+from data_prep.pipeline import stage_io
 from data_prep.readers import check_paths
 from data_prep.scale_config import ScaleSettings, scale_fingerprint, validate_scale
 from data_prep.tokenizer_train import MIN_VOCAB
@@ -106,16 +107,23 @@ class PrepConfig(ScaleSettings):
     """Max docstring/code pairs per kept Python file."""
     vocab_size: int = 8192
     """BPE vocabulary size (including <|endoftext|>); unused with ``tokenizer``."""
+    tokenizer_sample: int | None = None
+    """Train the tokenizer on this many kept documents, spread evenly over the kept text and code; None: on all."""
     tokenizer: str | None = None
     """Pack with this tokenizer folder (e.g. OUT/tokenizer of a run on a sample) instead of training one."""
     seq_len: int = 512
     """Tokens per packed row."""
     shard_rows: int = 1024
     """Rows per shard file."""
+    pack_tasks: int = 1
+    """Packing tasks: the kept parts are cut into this many contiguous groups, each tokenized and packed into its
+    own shards by one task on the executor; 1 packs the whole corpus as one stream."""
     part_size: int = 1000
-    """Documents per committed part (text and code); the unit of resume."""
+    """Text and code: the quality classifier gets the survivors of each part of this many input documents of a task
+    as one batch."""
     image_part_size: int = 256
-    """Image pairs per committed part (also the top-k pool in CLIP topk mode)."""
+    """Images: the CLIP filter gets the survivors of each part of this many input pairs of a task as one batch
+    (also its top-k pool in topk mode)."""
     seed: int = 0
     """Seed for the sample corpus and augmentation."""
 
@@ -153,6 +161,9 @@ def validate(cfg: PrepConfig) -> None:
 
     need(cfg.seq_len >= 2, f"--seq-len {cfg.seq_len}: must be at least 2 tokens; e.g. --seq-len 512")
     need(cfg.shard_rows >= 1, f"--shard-rows {cfg.shard_rows}: must be at least 1; e.g. --shard-rows 1024")
+    need(cfg.tokenizer_sample is None or cfg.tokenizer_sample >= 1,
+         f"--tokenizer-sample {cfg.tokenizer_sample}: must be at least 1 document (or left out: all kept ones)")
+    need(cfg.pack_tasks >= 1, f"--pack-tasks {cfg.pack_tasks}: must be at least 1; e.g. --pack-tasks 16")
     need(
         cfg.vocab_size >= MIN_VOCAB,
         f"--vocab-size {cfg.vocab_size}: byte-level BPE needs at least {MIN_VOCAB} (256 bytes + <|endoftext|>)",
@@ -179,16 +190,15 @@ def validate(cfg: PrepConfig) -> None:
     need(cfg.clip_mode in ("clipscore", "topk"), f"--clip-mode {cfg.clip_mode}: must be clipscore or topk")
     validate_scale(cfg)
     hint = "pass an existing file or folder"
-    if cfg.executor:  # the engine reads through fsspec: globs and URLs too
-        from data_prep.engine.inputs import check_inputs
+    from data_prep.engine.inputs import check_inputs
 
-        check_inputs("--text", cfg.text)
-    else:
-        check_paths("--text", cfg.text, hint + " (JSONL, Parquet, or a folder of .txt/.md/.jsonl/.parquet)")
+    check_inputs("--text", cfg.text)  # read through fsspec: globs and URLs too
     check_paths("--code", cfg.code, hint + " (a source tree)")
     check_paths("--images", cfg.images, hint + " (an image folder, a CSV/JSONL manifest or a .tar)")
     for flag, paths in (("--text", cfg.text), ("--code", cfg.code), ("--images", cfg.images)):
         for p in paths:
+            if "://" in p or any(c in p for c in "*?["):  # URLs and globs: checked by check_inputs
+                continue
             need(
                 not _is_empty_input(Path(p)),
                 f"{flag} {p}: is empty (a 0-byte file or a folder without files), so it holds no documents; "
@@ -292,6 +302,19 @@ def _quality_filter(cfg: PrepConfig, out: Path, sample_labels: Path | None) -> t
     return QualityClassifierFilter(head_dir, threshold=cfg.quality_threshold, device=cfg.device), None
 
 
+def _evenly(texts: Iterator[str], total: int, sample: int | None) -> Iterator[str]:
+    """``sample`` of the ``total`` texts, spread evenly through them (all of them when ``sample`` is None)."""
+    if not sample or sample >= total:
+        yield from texts
+        return
+    picks = iter(i * total // sample for i in range(sample))  # rising, distinct since sample < total
+    want = next(picks)
+    for i, text in enumerate(texts):
+        if i == want:
+            yield text
+            want = next(picks, -1)
+
+
 def _packing_texts(out: Path) -> Iterator[str]:
     for modality in (TEXT, CODE):
         for rec in iter_kept(out, modality):
@@ -302,9 +325,6 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     """Run (or resume) the prep pipeline; returns the stats written to OUT/stats.json."""
     from data_prep import stages
     from data_prep.filters.clip_score import ClipScoreFilter
-    from data_prep.readers.code import iter_code_documents
-    from data_prep.readers.image import iter_image_documents
-    from data_prep.readers.text import iter_text_documents
     from data_prep.shards import file_sha256
     from data_prep.tokenizer_train import copy_tokenizer, train_tokenizer
 
@@ -319,8 +339,8 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t = time.perf_counter()
 
-    text_in = [] if cfg.executor else [Path(p) for p in cfg.text]  # engine: URLs and globs stay strings
-    code_in, image_in = [Path(p) for p in cfg.code], [Path(p) for p in cfg.images]
+    # Text inputs stay strings: globs and URLs are read through fsspec (data_prep/engine/inputs.py).
+    text_in, code_in, image_in = list(cfg.text), [Path(p) for p in cfg.code], [Path(p) for p in cfg.images]
     sample_labels = None
     if cfg.sample:
         from data_prep.sample_corpus import build_sample_corpus
@@ -332,12 +352,8 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             images=cfg.sample_images,
             seed=cfg.seed,
         )
-        text_in, code_in, image_in, sample_labels = (
-            text_in + sc.text,
-            code_in + sc.code,
-            image_in + sc.images,
-            sc.quality_labels,
-        )
+        text_in += [str(p) for p in sc.text]
+        code_in, image_in, sample_labels = code_in + sc.code, image_in + sc.images, sc.quality_labels
         timings["sample_corpus"] = time.perf_counter() - t
 
     # Our own outputs are never inputs, even when --out lies inside an input folder. (The sample corpus under
@@ -348,40 +364,33 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     configs: dict[str, list[dict[str, Any]]] = {}
 
     stage_fps: dict[str, str] = {}  # modality -> fingerprint of its filter stage (what later stages read)
+    given = {TEXT: ("--text", cfg.text), CODE: ("--code", cfg.code), IMAGE: ("--images", cfg.images)}
 
-    def filter_modality(
-        modality: str, roots: list[Path], filters: list[BaseFilter], docs: Iterator[Any], part_size: int, t0: float
-    ):
-        # t0: when the modality's block began, so its timing includes building the filters (e.g. head training)
-        fp = stage_fps[modality] = digest([cfg.fingerprint(), inputs_digest(roots, out=out)])
-        outputs = [out / d / modality for d in ("kept", "rejects", "state")]
+    def filter_modality(modality: str, specs: list[str], filters: list[BaseFilter], part_size: int, t0: float):
+        # The engine (data_prep/engine, docs/data_at_scale.md) on datatrove's executor: local with one worker unless
+        # told otherwise. The stage is fingerprinted by its settings and inputs (local files by listing, other specs
+        # by name); t0: when the modality's block began, so its timing includes building the filters.
+        from data_prep.engine.run import run_engine
+
+        local = [p for p in specs if "://" not in p and Path(p).exists()]
+        remote = sorted(set(specs) - set(local))  # globs and URLs: by name
+        fp = stage_fps[modality] = digest([cfg.fingerprint(), inputs_digest([Path(p) for p in local], out=out), remote])
+        outputs = [out / d / modality for d in ("kept", "rejects", "state", "engine")]
         refresh_stage(out, f"filter_{modality}", fp, outputs)
-        results[modality] = Pipeline(modality, filters, out_dir=out, part_size=part_size).run(docs)
-        given = {TEXT: ("--text", cfg.text), CODE: ("--code", cfg.code), IMAGE: ("--images", cfg.images)}[modality]
-        if given[1] and stage_io(results[modality])[0] == 0:
+        results[modality] = run_engine(
+            modality=modality, specs=specs, filters=filters, out=out, cfg=cfg, text_field=cfg.text_field,
+            id_field=cfg.id_field, exclude=exclude, part_size=part_size,
+        )
+        flag, paths = given[modality]
+        if paths and stage_io(results[modality])[0] == 0:
             raise PrepError(
-                f"{given[0]} {' '.join(given[1])}: no document was read (no file of a supported kind, or only empty "
+                f"{flag} {' '.join(paths)}: no document was read (no file of a supported kind, or only empty "
                 "ones); pass inputs with documents, or drop the flag"
             )
         configs[modality] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
         timings[modality] = time.perf_counter() - t0
 
-    def engine_modality(modality: str, roots: list[Path], filters: list[BaseFilter], specs: list[str], t0: float):
-        # the same filters on datatrove's executors (data_prep/engine, docs/data_at_scale.md); the stage is
-        # fingerprinted like filter_modality's (local roots by listing, other specs by name), its task marks included
-        from data_prep.engine.run import run_engine
-
-        fp = stage_fps[modality] = digest([cfg.fingerprint(), inputs_digest(roots, out=out), sorted(specs)])
-        outputs = [out / d / modality for d in ("kept", "rejects", "state", "engine")]
-        refresh_stage(out, f"filter_{modality}", fp, outputs)
-        results[modality] = run_engine(
-            modality=modality, specs=specs, filters=filters, out=out, cfg=cfg, text_field=cfg.text_field,
-            id_field=cfg.id_field, exclude=exclude, part_size=cfg.part_size,
-        )
-        configs[modality] = [{"name": f.name, **_jsonable(f.config())} for f in filters]
-        timings[modality] = time.perf_counter() - t0
-
-    if text_in or cfg.text:
+    if text_in:
         t = time.perf_counter()
         quality, why = _quality_filter(cfg, out, sample_labels)
         if why:
@@ -396,18 +405,11 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             languages=cfg.languages,
             langid_model=cfg.langid_model,
         )
-        if cfg.executor:
-            engine_modality(TEXT, text_in, filters, list(cfg.text) + [str(p) for p in text_in], t)
-        else:
-            docs = iter_text_documents(text_in, text_field=cfg.text_field, id_field=cfg.id_field, exclude=exclude)
-            filter_modality(TEXT, text_in, filters, docs, cfg.part_size, t)
+        filter_modality(TEXT, text_in, filters, cfg.part_size, t)
     if code_in:
         t = time.perf_counter()
         filters = stages.code_filters(max_chars=cfg.max_chars, python_compile=cfg.python_compile)
-        if cfg.executor:
-            engine_modality(CODE, code_in, filters, [str(p) for p in code_in], t)
-        else:
-            filter_modality(CODE, code_in, filters, iter_code_documents(code_in, exclude=exclude), cfg.part_size, t)
+        filter_modality(CODE, [str(p) for p in code_in], filters, cfg.part_size, t)
     if image_in:
         t = time.perf_counter()
         clip = None
@@ -426,8 +428,7 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
             )
             log.info("image: CLIP filter skipped: %s", skipped[IMAGE]["clip"])
         filters = stages.image_filters(clip=clip)
-        docs = iter_image_documents(image_in, exclude=exclude)
-        filter_modality(IMAGE, image_in, filters, docs, cfg.image_part_size, t)
+        filter_modality(IMAGE, [str(p) for p in image_in], filters, cfg.image_part_size, t)
 
     t = time.perf_counter()
     refresh_stage(out, "triples", digest([stage_fps.get(IMAGE), stage_fps.get(CODE)]), [out / "triples"])
@@ -448,23 +449,26 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         if cfg.tokenizer:  # reused: its own bytes are what the shards depend on
             tok_fp = digest(["given", [file_sha256(f) for f in sorted(Path(cfg.tokenizer).iterdir()) if f.is_file()]])
         else:
-            tok_fp = digest(["trained", lm_fps, cfg.vocab_size, cfg.seq_len])
+            tok_fp = digest(["trained", lm_fps, cfg.vocab_size, cfg.seq_len, cfg.tokenizer_sample])
         refresh_stage(out, "tokenizer", tok_fp, [tok_dir])
         if not (tok_dir / "tokenizer.json").is_file():
             if cfg.tokenizer:
                 copy_tokenizer(cfg.tokenizer, tok_dir)
             else:
-                train_tokenizer(_packing_texts(out), tok_dir, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
+                texts = _evenly(_packing_texts(out), n_lm_docs, cfg.tokenizer_sample)
+                train_tokenizer(texts, tok_dir, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
         tokenizer_info = {
             "path": "tokenizer",
             **({"copied_from": cfg.tokenizer} if cfg.tokenizer else {}),
+            **({"trained_on_documents": min(cfg.tokenizer_sample, n_lm_docs)}
+               if cfg.tokenizer_sample and not cfg.tokenizer else {}),
             **json.loads((tok_dir / "tokenizer_config.json").read_text(encoding="utf-8")),
         }
         timings["tokenizer"] = time.perf_counter() - t
         t = time.perf_counter()
         shards_fp = digest([file_sha256(tok_dir / "tokenizer.json"), lm_fps, cfg.seq_len, cfg.shard_rows])
-        refresh_stage(out, "shards", shards_fp, [out / "shards"])
-        shards_meta = _pack(out, tok_dir, seq_len=cfg.seq_len, shard_rows=cfg.shard_rows)
+        refresh_stage(out, "shards", shards_fp, [out / "shards", out / "engine" / "pack"])
+        shards_meta = _pack(cfg, out, tok_dir)
         timings["pack"] = time.perf_counter() - t
 
     stats = build_stats(results, skipped, configs, triples=triples, shards=shards_meta, tokenizer=tokenizer_info)
@@ -474,19 +478,27 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
     return stats
 
 
-def _pack(out: Path, tok_dir: Path, *, seq_len: int, shard_rows: int) -> dict[str, Any]:
-    """Pack (or resume packing); a finished shard folder that fails its checks on open is repacked: shards whose
-    bytes are still right are kept, the others rewritten."""
-    from data_prep.packing import pack_documents
-    from data_prep.shards import META_FILE, DataError
+def _pack(cfg: PrepConfig, out: Path, tok_dir: Path) -> dict[str, Any]:
+    """Pack (or resume packing) on the executor; a finished shard folder that fails its checks on open is repacked:
+    shards whose bytes are still right are kept, the others rewritten."""
+    from data_prep.engine.pack import TASKS_DIR, pack_on_executor
+    from data_prep.shards import META_FILE, DataError, PackedShards
 
     shards = out / "shards"
+
+    def pack() -> dict[str, Any]:
+        return pack_on_executor(cfg, out, tok_dir, seq_len=cfg.seq_len, shard_rows=cfg.shard_rows,
+                                pack_tasks=cfg.pack_tasks)
+
+    if not (shards / META_FILE).is_file():
+        return pack()
     try:
-        return pack_documents(_packing_texts(out), tok_dir, shards, seq_len=seq_len, shard_rows=shard_rows)
+        return PackedShards(shards).meta
     except DataError as err:
         log.warning("shards: %s; repacking", err)
         (shards / META_FILE).unlink()
-        return pack_documents(_packing_texts(out), tok_dir, shards, seq_len=seq_len, shard_rows=shard_rows)
+        shutil.rmtree(shards / TASKS_DIR, ignore_errors=True)
+        return pack()
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

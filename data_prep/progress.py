@@ -8,7 +8,7 @@ from typing import Callable
 
 class Progress:
     """``update(docs, bytes_done)`` logs at most every ``every_s`` seconds through ``emit`` (a logger method).
-    Without ``total_bytes`` (the single-process runner reads a stream of unknown size) the line has no ETA."""
+    Without ``total_bytes`` (a stream of unknown size) the line has no ETA."""
 
     def __init__(self, label: str, total_bytes: int | None, emit: Callable[[str], None], *, every_s: float = 10.0):
         self.label = label

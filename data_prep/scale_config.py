@@ -1,5 +1,6 @@
-"""Settings of the scale-out engine, language ID and near-deduplication (a base of ``PrepConfig``), their flags,
-and ``--config prep.yaml`` (read by the training stack's loader, ``r1_ds.config``).
+"""Settings of the engine's executors, language ID and near-deduplication (a base of ``PrepConfig``; their flags
+are generated from the fields, data_prep/config_flags.py), and ``--config prep.yaml`` (read by the training
+stack's loader, ``r1_ds.config``).
 
 Fields in ``HOW_FIELDS`` say how the work is spread (executor, workers, cluster resources); they never change the
 output, so they stay out of the settings fingerprint and a run may resume with other values.
@@ -12,10 +13,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_prep.config_flags import field_default
 from data_prep.errors import PrepError
 
 EXECUTORS = ("local", "slurm", "ray")
-HOW_FIELDS = ("executor", "workers", "tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time")
+HOW_FIELDS = (
+    "executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time"
+)
 
 
 class Submitted(Exception):
@@ -24,12 +28,17 @@ class Submitted(Exception):
 
 @dataclass
 class ScaleSettings:
-    executor: str | None = None
-    """None: the single-process runner; local | slurm | ray: text goes through datatrove's executor of that name."""
+    executor: str = "local"
+    """datatrove executor that runs the tasks: local (worker processes, or this process with one worker), slurm
+    or ray."""
     workers: int = 1
     """Tasks run at once (local: worker processes; slurm/ray: concurrent tasks, -1 for all)."""
     tasks: int | None = None
-    """Tasks the input files are split into (contiguous ranges, balanced by bytes); None: 4 per worker."""
+    """Tasks the input files are split into (contiguous ranges, balanced by bytes; the unit of resume); None: 4 per
+    worker, 1 with one worker."""
+    dedup_tasks: int | None = None
+    """Buckets the exact dedup is split into, one task each (MinHash adds one task per band); None: as many as
+    --tasks. Fixed by the first run of an output (kept in its plan)."""
     cpus_per_task: int = 1
     """Slurm / Ray: CPUs reserved per task."""
     mem_per_cpu_gb: float = 2.0
@@ -45,7 +54,7 @@ class ScaleSettings:
     langid_model: str = "py3langid"
     """py3langid (the model inside the package) or the path of a langid.py model file."""
     near_dedup: bool = False
-    """MinHash near-duplicate removal across all tasks (engine only; after exact dedup)."""
+    """MinHash near-duplicate removal across all tasks (after exact dedup)."""
     minhash_ngram: int = 5
     """Words per shingle (FineWeb: 5)."""
     minhash_buckets: int = 14
@@ -56,31 +65,6 @@ class ScaleSettings:
     """Seed of the MinHash permutations."""
 
 
-def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("scale-out (datatrove executors; docs/data_at_scale.md)")
-    g.add_argument("--config", metavar="PREP.yaml", help="settings file (YAML/JSON, keys = PrepConfig fields); "
-                   "flags that differ from their defaults override it")
-    g.add_argument("--executor", choices=EXECUTORS, default=None,
-                   help="run the text filters on datatrove's local / slurm / ray executor (default: one process)")
-    g.add_argument("--workers", type=int, default=1, help="tasks run at once (default: 1)")
-    g.add_argument("--tasks", type=int, default=None, help="tasks the input files are split into (default: 4/worker)")
-    g.add_argument("--cpus-per-task", type=int, default=1, help="slurm/ray: CPUs per task (default: 1)")
-    g.add_argument("--mem-per-cpu-gb", type=float, default=2.0, help="slurm/ray: memory per CPU (default: 2)")
-    g.add_argument("--slurm-partition", default=None, help="slurm: partition to submit to")
-    g.add_argument("--slurm-time", default="24:00:00", help="slurm: time limit per task (default: 24:00:00)")
-    g = parser.add_argument_group("language identification and near-deduplication")
-    g.add_argument("--no-langid", dest="langid", action="store_false", help="no language stage (text)")
-    g.add_argument("--languages", nargs="+", default=[], metavar="LANG",
-                   help="keep only these languages (ISO 639-1 codes, e.g. en de)")
-    g.add_argument("--langid-model", default="py3langid", metavar="py3langid|FILE",
-                   help="language model: the one inside py3langid (default) or a langid.py model file")
-    g.add_argument("--near-dedup", action="store_true", help="MinHash near-duplicate removal (needs --executor)")
-    g.add_argument("--minhash-ngram", type=int, default=5, help="words per shingle (default: 5)")
-    g.add_argument("--minhash-buckets", type=int, default=14, help="LSH bands (default: 14)")
-    g.add_argument("--minhash-hashes-per-bucket", type=int, default=8, help="hashes per band (default: 8)")
-    g.add_argument("--minhash-seed", type=int, default=1, help="seed of the MinHash permutations (default: 1)")
-
-
 def validate_scale(cfg: ScaleSettings) -> None:
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -89,8 +73,7 @@ def validate_scale(cfg: ScaleSettings) -> None:
     need(cfg.workers >= 1 or (cfg.workers == -1 and cfg.executor in ("slurm", "ray")),
          f"--workers {cfg.workers}: must be at least 1 (-1, all tasks at once, only with slurm or ray)")
     need(cfg.tasks is None or cfg.tasks >= 1, f"--tasks {cfg.tasks}: must be at least 1")
-    need(not cfg.near_dedup or cfg.executor is not None,
-         "--near-dedup: runs on the engine only; add --executor local (with --workers 1 for one process)")
+    need(cfg.dedup_tasks is None or cfg.dedup_tasks >= 1, f"--dedup-tasks {cfg.dedup_tasks}: must be at least 1")
     need(cfg.executor != "slurm" or bool(cfg.slurm_partition),
          "--executor slurm: needs --slurm-partition NAME (the partition the tasks are submitted to)")
     need(min(cfg.minhash_ngram, cfg.minhash_buckets, cfg.minhash_hashes_per_bucket) >= 1,
@@ -105,8 +88,7 @@ def validate_scale(cfg: ScaleSettings) -> None:
 
 
 def scale_fingerprint(d: dict[str, Any]) -> dict[str, Any]:
-    """Drop the how-fields from a settings dict; whether the engine runs stays (its part layout differs)."""
-    d["engine"] = d.get("executor") is not None
+    """Drop the how-fields from a settings dict."""
     for key in HOW_FIELDS:
         d.pop(key, None)
     return d
@@ -123,7 +105,7 @@ def apply_config_file(args: argparse.Namespace, values: dict[str, Any], cls: typ
         return values
     from r1_ds.config import ConfigError, load_dataclass, read_mapping
 
-    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(cls)}
     try:
         given = read_mapping(path)
         from_file = load_dataclass(cls, overrides=given)  # top-level keys: no dots, so set as they are
@@ -134,10 +116,6 @@ def apply_config_file(args: argparse.Namespace, values: dict[str, Any], cls: typ
         if _same(values[name], defaults[name]):
             merged[name] = getattr(from_file, name)
     return merged
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -1,52 +1,82 @@
-"""Deduplication across all tasks, in three steps (the layout of datatrove's own dedup):
+"""Deduplication across all tasks, split over tasks at every step (the layout of datatrove's own MinHash dedup):
 
-1. every task writes the SHA-1 of each document that reaches the dedup stage, plus its MinHash band keys
-   (``engine/signatures/<task>.npz``);
-2. one task reads all signatures in task order, which is the input order, and decides: exact duplicates keep the
-   first copy (as the single-process ``ExactDedupFilter`` does); near-duplicates are clusters of the remaining
-   documents linked by a shared band key (union-find), and each cluster keeps its first document
-   (``engine/duplicates/<task>.json``: the positions to drop, per task);
-3. every task filters again and drops those positions at the ``exact_dedup`` and ``near_dedup`` stages.
+1. ``signatures`` (every task): the SHA-1 of each document that reaches the dedup stage goes into one of
+   ``dedup_tasks`` buckets by its first bytes, and, with MinHash, each band's keys are kept per band
+   (``engine/signatures/<task>.npz``, one member per bucket and per band, read member by member);
+2. ``dedup`` (``dedup_tasks`` + one task per band): exact bucket b reads bucket b of every task in task order,
+   which is the input order, and marks every copy after the first (``engine/exact/<bucket>.npz``, the positions to
+   drop per task); band j sorts band j's keys of every document and writes the links between documents that share
+   a key (``engine/links/<band>.npy``);
+3. ``cluster`` (one task, MinHash only): union-find over the links; each cluster keeps its first document in input
+   order, the others are near duplicates unless already exact ones (``engine/near/<task>.npy``);
+4. ``filter`` (every task): drops those positions at the ``exact_dedup`` and ``near_dedup`` stages.
 
-Memory of step 2: 20 bytes of SHA-1 plus 8 bytes per band per document (14 bands: 132 bytes a document, about
-13 GB for 100 M documents); docs/data_at_scale.md says how to shard it beyond one node.
+The decisions equal ``find_duplicates``, the single-process reference (tested): a SHA-1 lives in exactly one bucket,
+so "first copy in input order" is decided there; an exact copy has the band keys of its original, so linking it too
+leaves the clusters of the other documents and their first documents unchanged.
+
+Memory: an exact bucket holds 28 bytes per document of its bucket (SHA-1 + position), a band task 16 bytes per
+document (key + position), the cluster task 16 bytes per link; none holds the whole corpus's signatures.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-from data_prep.atomic import atomic_open, atomic_write_json
+from data_prep.atomic import atomic_open
 from data_prep.document import Document, FilterResult
 from data_prep.engine.steps import TaskSink
 from data_prep.filters.base import BaseFilter
 from data_prep.filters.exact_dedup import content_hash
 from data_prep.minhash import MinHasher, MinHashParams
-from data_prep.writers import state_name
 
 
 def _signature_path(engine_dir: Path, rank: int) -> Path:
     return engine_dir / "signatures" / f"{rank:05d}.npz"
 
 
-def _duplicates_path(engine_dir: Path, rank: int) -> Path:
-    return engine_dir / "duplicates" / state_name(rank)
+def _exact_path(engine_dir: Path, bucket: int) -> Path:
+    return engine_dir / "exact" / f"{bucket:05d}.npz"
+
+
+def _links_path(engine_dir: Path, band: int) -> Path:
+    return engine_dir / "links" / f"{band:05d}.npy"
+
+
+def _near_path(engine_dir: Path, rank: int) -> Path:
+    return engine_dir / "near" / f"{rank:05d}.npy"
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_open(path, "wb") as f:
+        np.save(f, array)
+
+
+def bucket_of(sha1: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket of each SHA-1 (S20 array): its first 8 bytes as an integer, modulo ``buckets``."""
+    raw = np.frombuffer(np.ascontiguousarray(sha1, dtype="S20").tobytes(), dtype=np.uint8).reshape(-1, 20)
+    head = raw[:, :8].copy().view(">u8").ravel().astype(np.uint64)
+    return (head % np.uint64(buckets)).astype(np.int64)
 
 
 class SignatureWriter(PipelineStep):
-    """Step 1: SHA-1 and band keys of every document that reaches it, in order."""
+    """Step 1: SHA-1 (bucketed) and band keys of every document that reaches it, in order."""
 
     name = "r1 dedup signatures"
     type = "🫂 - DEDUP"
 
-    def __init__(self, engine_dir: Path, minhash: MinHashParams | None, sink: TaskSink):
+    def __init__(self, engine_dir: Path, minhash: MinHashParams | None, sink: TaskSink, buckets: int):
         super().__init__()
-        self.engine_dir, self.minhash, self.sink = Path(engine_dir), minhash, sink
+        self.engine_dir, self.minhash, self.sink, self.buckets = Path(engine_dir), minhash, sink, buckets
 
     def run(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
         self.sink.begin(rank)
@@ -57,14 +87,17 @@ class SignatureWriter(PipelineStep):
             if hasher is not None:
                 bands.append(hasher.band_keys(doc.text))
             self.stat_update("signatures")
-        n_bands = self.minhash.bands if self.minhash else 0
-        with atomic_open(_signature_path(self.engine_dir, rank), "wb") as f:
-            np.savez(
-                f,
-                sha1=np.array(sha1s, dtype="S20").reshape(len(sha1s)),
-                bands=np.array(bands, dtype=np.uint64).reshape(len(sha1s), n_bands),
-                cpu_s=np.array(self.sink.times()["cpu_s"]),
-            )
+        sha1 = np.array(sha1s, dtype="S20").reshape(len(sha1s))
+        band_keys = np.array(bands, dtype=np.uint64).reshape(len(sha1s), self.minhash.bands if self.minhash else 0)
+        which = bucket_of(sha1, self.buckets)
+        members: dict[str, np.ndarray] = {"n": np.array(len(sha1))}
+        for b in range(self.buckets):
+            pos = np.flatnonzero(which == b)
+            members[f"sha1_{b}"], members[f"pos_{b}"] = sha1[pos], pos
+        for j in range(band_keys.shape[1]):
+            members[f"band_{j}"] = band_keys[:, j]
+        _save_npz(_signature_path(self.engine_dir, rank), **members)
+        self.sink.write_timing(self.engine_dir, "signatures")
 
 
 def find_duplicates(sha1: np.ndarray, bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,57 +137,107 @@ def find_duplicates(sha1: np.ndarray, bands: np.ndarray) -> tuple[np.ndarray, np
     return exact, near
 
 
-class GlobalDedup(PipelineStep):
-    """Step 2 (one task): reads every task's signatures and writes each task's positions to drop."""
+class DedupBuckets(PipelineStep):
+    """Step 2: task r < buckets decides exact bucket r; task buckets + j writes the links of band j."""
 
-    name = "r1 global dedup"
+    name = "r1 dedup buckets"
     type = "🫂 - DEDUP"
 
-    def __init__(self, engine_dir: Path, tasks: int):
+    def __init__(self, engine_dir: Path, tasks: int, buckets: int):
         super().__init__()
-        self.engine_dir, self.tasks = Path(engine_dir), tasks
+        self.engine_dir, self.tasks, self.buckets = Path(engine_dir), tasks, buckets
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
-        loaded = [np.load(_signature_path(self.engine_dir, t)) for t in range(self.tasks)]
-        counts = [len(x["sha1"]) for x in loaded]
-        exact, near = find_duplicates(
-            np.concatenate([x["sha1"] for x in loaded]), np.concatenate([x["bands"] for x in loaded])
-        )
-        self.stat_update("exact_duplicates", value=int(exact.sum()))
-        self.stat_update("near_duplicates", value=int(near.sum()))
-        start = 0
-        for t, n in enumerate(counts):
-            atomic_write_json(
-                _duplicates_path(self.engine_dir, t),
-                {
-                    "num_docs": n,
-                    "exact": np.flatnonzero(exact[start : start + n]).tolist(),
-                    "near": np.flatnonzero(near[start : start + n]).tolist(),
-                },
-            )
-            start += n
+        sigs = [np.load(_signature_path(self.engine_dir, t)) for t in range(self.tasks)]
+        if rank < self.buckets:
+            self._exact_bucket(sigs, rank)
+        else:
+            self._band_links(sigs, rank - self.buckets)
+
+    def _exact_bucket(self, sigs: list[Any], b: int) -> None:
+        sha1 = np.concatenate([s[f"sha1_{b}"] for s in sigs])  # task order, positions rising: input order
+        task = np.concatenate([np.full(len(s[f"pos_{b}"]), t) for t, s in enumerate(sigs)]).astype(np.int64)
+        pos = np.concatenate([s[f"pos_{b}"] for s in sigs]).astype(np.int64)
+        dup = np.ones(len(sha1), dtype=bool)
+        if len(sha1):
+            dup[np.unique(sha1, return_index=True)[1]] = False  # return_index: the first occurrence
+        self.stat_update("exact_duplicates", value=int(dup.sum()))
+        _save_npz(_exact_path(self.engine_dir, b), **{f"t{t}": pos[dup & (task == t)] for t in range(self.tasks)})
+
+    def _band_links(self, sigs: list[Any], j: int) -> None:
+        keys = np.concatenate([s[f"band_{j}"] for s in sigs])  # global position = index
+        order = np.argsort(keys, kind="stable")
+        same = np.flatnonzero(keys[order][1:] == keys[order][:-1])  # order[i + 1] shares order[i]'s key
+        links = np.stack([order[same], order[same + 1]], axis=1).astype(np.int64)  # (L, 2) global positions
+        self.stat_update("links", value=len(links))
+        _save_npy(_links_path(self.engine_dir, j), links)
+
+
+def exact_positions(engine_dir: Path, rank: int, buckets: int) -> np.ndarray:
+    """Sorted positions of task ``rank`` that exact dedup drops (from every bucket)."""
+    parts = [np.load(_exact_path(engine_dir, b))[f"t{rank}"] for b in range(buckets)]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+class NearClusters(PipelineStep):
+    """Step 3 (one task, MinHash only): clusters of linked documents; all but each cluster's first are dropped."""
+
+    name = "r1 near-dup clusters"
+    type = "🫂 - DEDUP"
+
+    def __init__(self, engine_dir: Path, tasks: int, buckets: int, bands: int):
+        super().__init__()
+        self.engine_dir, self.tasks, self.buckets, self.bands = Path(engine_dir), tasks, buckets, bands
+
+    def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
+        counts = [int(np.load(_signature_path(self.engine_dir, t))["n"]) for t in range(self.tasks)]
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        links = np.concatenate([np.load(_links_path(self.engine_dir, j)) for j in range(self.bands)])
+        parent: dict[int, int] = {}
+
+        def root(i: int) -> int:
+            r = i
+            while parent.get(r, r) != r:
+                r = parent[r]
+            while parent.get(i, i) != r:  # path compression
+                parent[i], i = r, parent[i]
+            return r
+
+        for a, b in links.tolist():
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)  # the root is the cluster's first document
+        near = np.array(sorted(i for i in parent if root(i) != i), dtype=np.int64)
+        for t in range(self.tasks):
+            mine = near[(near >= starts[t]) & (near < starts[t + 1])] - starts[t]
+            mine = np.setdiff1d(mine, exact_positions(self.engine_dir, t, self.buckets))  # exact copies go first
+            _save_npy(_near_path(self.engine_dir, t), mine)
+            self.stat_update("near_duplicates", value=len(mine))
 
 
 class DuplicateListFilter(BaseFilter):
-    """Step 3: drops the positions step 2 listed for this task (``kind``: exact or near).
+    """Step 4: drops the positions steps 2 and 3 listed for this task (``kind``: exact or near).
 
     Positions count the documents that reach the exact dedup stage; the near stage sees the exact survivors, so it
     keeps counting positions of the same sequence by skipping the exact ones.
     """
 
-    def __init__(self, name: str, engine_dir: Path, kind: str):
+    def __init__(self, name: str, engine_dir: Path, kind: str, buckets: int):
         self.name = name
         self.kind = kind
         """exact | near."""
         self._engine_dir = Path(engine_dir)
+        self._buckets = buckets
         self._drop: set[int] = set()
         self._skip: set[int] = set()
         self._pos = 0
 
     def begin_task(self, rank: int) -> None:
-        lists = json.loads(_duplicates_path(self._engine_dir, rank).read_text(encoding="utf-8"))
-        self._drop = set(lists[self.kind])
-        self._skip = set(lists["exact"]) if self.kind == "near" else set()
+        exact = set(exact_positions(self._engine_dir, rank, self._buckets).tolist())
+        if self.kind == "exact":
+            self._drop, self._skip = exact, set()
+        else:
+            self._drop, self._skip = set(np.load(_near_path(self._engine_dir, rank)).tolist()), exact
         self._pos = 0
 
     def filter(self, doc: Document) -> FilterResult:

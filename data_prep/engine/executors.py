@@ -1,5 +1,5 @@
-"""datatrove executors for the engine's three stages (signatures -> global dedup -> filter), chained by
-``depends`` on Slurm and Ray; local stages run one after another in this process.
+"""datatrove executors for the engine's stages (signatures -> dedup buckets -> [near-dup clusters] -> filter),
+chained by ``depends`` on Slurm and Ray; local stages run one after another.
 
 Every stage has its own logging folder ``engine/logs/<stage>/`` (completions, per-task stats and logs), so a
 rerun skips the tasks each stage already completed.
@@ -13,13 +13,11 @@ from typing import Any
 
 from data_prep.scale_config import ScaleSettings
 
-STAGES = ("signatures", "dedup", "filter")
-
 
 def build_executor(
     cfg: ScaleSettings, pipeline: list[Any], *, stage: str, tasks: int, logging_dir: Path, depends: Any = None
 ) -> Any:
-    """One stage's executor; a one-task stage (the global dedup) runs with one worker. Slurm tasks activate the
+    """One stage's executor; a one-task stage (the near-dup clusters) runs with one worker. Slurm tasks activate the
     virtual environment this process runs in (when it is one), so they import the same data_prep."""
     workers = 1 if tasks == 1 else cfg.workers
     if cfg.executor == "local":

@@ -1,8 +1,10 @@
-"""Text inputs through fsspec: local files and folders, globs, remote URLs (``s3://``, ``hf://``, ``https://``, any
-protocol whose fsspec package is installed), each file optionally compressed (``.gz``, ``.zst``, ``.bz2``, ``.xz``).
+"""The engine's inputs. Text through fsspec: local files and folders, globs, remote URLs (``s3://``, ``hf://``,
+``https://``, any protocol whose fsspec package is installed), each file optionally compressed (``.gz``, ``.zst``,
+``.bz2``, ``.xz``). Code: local source trees, every file one input. Images: each folder, manifest or tar is one
+input (a folder pairs images with sidecar captions, a manifest names files anywhere, so they are not split).
 
-Local files and folders are listed by the same sorted walk as the single-process reader and parsed by the same
-functions, so both paths see the same documents, with the same ids, sources and order.
+Local files and folders are listed by a sorted walk and parsed by the readers of data_prep/readers, so ids,
+sources and order do not depend on how the files are split into tasks.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.document import CODE, TEXT, Document
+from data_prep.document import CODE, IMAGE, TEXT, Document
 from data_prep.errors import PrepError
 from data_prep.readers import _files
 from data_prep.readers import text as text_reader
@@ -28,7 +30,7 @@ class InputFile:
     path: str
     """Local path or URL (with its protocol)."""
     rel: str
-    """Id prefix: ``root-name/relative/path``, as the single-process reader builds it."""
+    """Id prefix: ``root-name/relative/path``, as data_prep/readers builds it."""
     size: int
     """Bytes on disk (compressed), for balancing tasks and the ETA."""
 
@@ -57,10 +59,16 @@ def check_inputs(flag: str, specs: list[str]) -> None:
             raise PrepError(f"{flag} {spec}: matches no file; fix the pattern or the URL")
 
 
-def list_inputs(specs: list[str], exclude: tuple[Path, ...] = ()) -> list[InputFile]:
-    """Every input file in the reader's order: specs in the given order, files sorted within each."""
+def list_inputs(specs: list[str], exclude: tuple[Path, ...] = (), modality: str = TEXT) -> list[InputFile]:
+    """Every input file in the reader's order: specs in the given order, files sorted within each. Image inputs
+    stay whole (a folder pairs images with sidecar captions, a manifest names files anywhere): one unit each."""
     files: list[InputFile] = []
     for spec in specs:
+        if modality == IMAGE:
+            root = Path(spec)
+            size = sum(p.stat().st_size for p in _files.walk_files(root, exclude)) if root.is_dir() else 0
+            files.append(InputFile(spec, root.name, size or (root.stat().st_size if root.is_file() else 0)))
+            continue
         if _is_url(spec) or _has_glob(spec):
             files.extend(_list_fsspec(spec))
             continue
@@ -118,16 +126,21 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
 
 
 def iter_input_documents(
-    f: InputFile, *, text_field: str, id_field: str | None, modality: str = TEXT
+    f: InputFile, *, text_field: str, id_field: str | None, modality: str = TEXT, exclude: tuple[Path, ...] = ()
 ) -> Iterator[Document]:
-    """The documents of one input file; bad content becomes dropped items, as in the single-process reader.
-    Code inputs are local source trees (every file one document, read by the single-process reader's function)."""
+    """The documents of one input file; bad content becomes dropped items. Code inputs are local source trees
+    (every file one document); image inputs are whole folders, manifests or tars (data_prep/readers/image.py)."""
     if modality == CODE:
         yield code_document(Path(f.path), f.rel)
         return
+    if modality == IMAGE:
+        from data_prep.readers.image import iter_image_documents
+
+        yield from iter_image_documents([Path(f.path)], exclude=exclude)
+        return
     local = not _is_url(f.path) and Path(f.path).exists()
     if local and not f.path.lower().endswith(tuple(COMPRESSIONS)):
-        # Uncompressed local files: the single-process reader itself (one code path for parsing).
+        # Uncompressed local files: the local reader itself (one code path for parsing).
         yield from text_reader.iter_file_documents(Path(f.path), f.rel, text_field, id_field, MAX_PLAIN_BYTES)
         return
     import fsspec

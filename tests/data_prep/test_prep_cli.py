@@ -206,11 +206,12 @@ def _prep(out, crash=None):
 
 
 def _tree(root):
-    # kept/rejects record each document's source path, which contains the output folder: normalise it
+    # kept/rejects record each document's source path, which contains the output folder: normalise it. The
+    # executor's logs (engine/<modality>/logs: timestamps, timings) are the run's diary, not its output.
     return {
         p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes().replace(str(root).encode(), b"<OUT>")).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and "logs" not in p.relative_to(root).parts[2:3]
     }
 
 

@@ -1,5 +1,5 @@
-"""The datatrove engine: 2 workers = 1 worker = the single-process runner (same documents, same stats), resume of a
-killed multi-worker run, fsspec inputs, the Slurm / Ray executors' parameters, and --config."""
+"""The datatrove engine: 2 workers = 1 worker = the default run (same documents, same stats), resume of a killed
+multi-worker run, fsspec inputs, the Slurm / Ray executors' parameters, and --config."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data_prep.cli import main
@@ -37,9 +38,9 @@ def corpus(sample) -> Path:
 def runs(corpus, sample, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for name, kw in {"single": {}, "one": dict(executor="local", workers=1, tasks=4),
+    for name, kw in {"single": dict(tasks=1), "one": dict(executor="local", workers=1, tasks=4),
                      "two": dict(executor="local", workers=2, tasks=4)}.items():
-        code = [str(p) for p in sample.code] if name != "one" else []  # code: single process vs 2 workers
+        code = [str(p) for p in sample.code] if name != "one" else []  # code: one task vs 2 workers
         out[name] = (root / name, run(PrepConfig(out=str(root / name), text=[str(corpus)], code=code, **SMALL, **kw)))
     return out
 
@@ -131,7 +132,7 @@ def test_config_file_through_the_training_loader(tmp_path, corpus, caplog):
 
 def test_engine_errors_name_the_flag(tmp_path, caplog):
     assert main(["--out", str(tmp_path / "o"), "--near-dedup", "--text", str(tmp_path)]) == 2
-    assert "--near-dedup: runs on the engine only" in caplog.text
+    assert "--near-dedup" not in caplog.text and "is empty" in caplog.text  # near-dedup runs on every run
     assert main(["--out", str(tmp_path / "o"), "--executor", "local", "--text", str(tmp_path / "*.zst")]) == 2
     assert "matches no file" in caplog.text
     assert main(["--out", str(tmp_path / "o"), "--langid-model", str(tmp_path / "nope.npz")]) == 2
@@ -197,3 +198,51 @@ def test_slurm_run_submits_then_asks_for_a_rerun(corpus, tmp_path, monkeypatch, 
     (last,) = launched
     assert last.depends.depends is not None and last.depends.depends.depends is None  # filter <- dedup <- signatures
     assert not (out / "stats.json").exists()
+
+
+def _task_streams(out: Path) -> list[list[int]]:
+    """Each pack task's token stream (its shards in order), its last row's padding cut off by the documents count."""
+    from data_prep.packing import SHARDS_PER_TASK
+    from data_prep.shards import PackedShards
+
+    ps = PackedShards(out / "shards")
+    rows: dict[int, list] = {}
+    for s in ps.meta["shards"]:
+        task = int(s["file"][len("shard_"):-len(".bin")]) // SHARDS_PER_TASK
+        arr = np.fromfile(out / "shards" / s["file"], dtype=ps.dtype).reshape(-1, ps.seq_len)
+        rows.setdefault(task, []).extend(arr.tolist())
+    return [sum(r, []) for _, r in sorted(rows.items())]
+
+
+def _documents(stream: list[int], eos: int) -> list[tuple[int, ...]]:
+    """The documents of a token stream; the padding of the last row splits into empty ones, which are dropped (a
+    kept document is never empty)."""
+    docs, cur = [], []
+    for t in stream:
+        if t == eos:
+            docs.append(tuple(cur))
+            cur = []
+        else:
+            cur.append(t)
+    return [d for d in docs if d]
+
+
+def test_packing_split_over_two_tasks_holds_the_same_documents_and_tokens(runs, corpus, sample, tmp_path):
+    """--pack-tasks 2 on 2 workers, with the one-pack-task run's tokenizer: each task packs its own shards; together
+    they hold the same documents (as token sequences, in the same order) and tokens; only the padding rows differ."""
+    one = runs["two"][0]  # text and code, 4 tasks on 2 workers, one pack task
+    out = tmp_path / "packed2"
+    stats = run(PrepConfig(out=str(out), text=[str(corpus)], code=[str(p) for p in sample.code], **SMALL,
+                           executor="local", workers=2, tasks=4, pack_tasks=2, tokenizer=str(one / "tokenizer")))
+    metas = [json.loads((o / "shards" / "meta.json").read_text()) for o in (one, out)]
+    kept = stats["modalities"]["text"]["kept"] + stats["modalities"]["code"]["kept"]
+    assert metas[0]["num_documents"] == metas[1]["num_documents"] == kept
+    assert metas[0]["num_tokens"] == metas[1]["num_tokens"]
+    streams = [_task_streams(o) for o in (one, out)]
+    assert len(streams[0]) == 1 and len(streams[1]) == 2  # two tasks, each with its own shards
+    eos = metas[0]["eos_token_id"]
+    per_task = [_documents(s, eos) for s in streams[1]]
+    ref = _documents(streams[0][0], eos)
+    assert all(per_task) and [d for docs in per_task for d in docs] == ref
+    assert len(ref) == metas[0]["num_documents"]
+    assert {s["file"] for s in metas[1]["shards"]} >= {"shard_00000.bin", "shard_100000.bin"}

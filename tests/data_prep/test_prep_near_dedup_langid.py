@@ -98,6 +98,14 @@ def test_near_dedup_across_tasks_from_compressed_inputs(tmp_path):
     }
     assert stats["input"] == 16 and stats["stages"]["near_dedup"]["in"] == 15
 
+    # 2 workers, the dedup split into 2 buckets: exactly the same kept documents and stats
+    two = tmp_path / "out2"
+    cfg.out, cfg.workers, cfg.dedup_tasks = str(two), 2, 2
+    assert run(cfg)["modalities"]["text"] == stats
+    kept = [[json.loads(line) for p in sorted((o / "kept" / "text").glob("*.jsonl")) for line in p.open()]
+            for o in (out, two)]
+    assert kept[0] == kept[1] and len(kept[0]) == stats["kept"]
+
 
 @pytest.fixture(scope="module")
 def language_filter():
@@ -124,3 +132,32 @@ def test_stop_word_rule_applies_to_english_only(language_filter):
     d = doc(german)
     language_filter.filter(d)
     assert GopherQualityFilter().filter(d) is True
+
+
+@pytest.mark.parametrize("tasks, buckets", [(1, 1), (3, 2), (4, 5)])
+def test_dedup_split_over_tasks_and_buckets_equals_the_single_process_reference(tmp_path, tasks, buckets):
+    """Signatures per task, exact dedup per hash bucket, MinHash links per band, clusters in one task: the same
+    decisions as ``find_duplicates`` over the whole corpus, whatever the task and bucket counts."""
+    from data_prep.engine.dedup import DedupBuckets, NearClusters, SignatureWriter, _near_path, exact_positions
+    from data_prep.engine.steps import TaskSink
+    from data_prep.filters.exact_dedup import content_hash
+
+    docs = _distinct_docs(24)
+    texts = docs + [_near_copy(docs[3]), docs[7], _near_copy(docs[3], 80), docs[0], _near_copy(docs[20], 80)]
+    texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))]  # copies before and after originals
+    params = MinHashParams()
+    cuts = np.linspace(0, len(texts), tasks + 1).astype(int)
+    for t in range(tasks):
+        sink = TaskSink(tmp_path, "text", [], write=False)
+        SignatureWriter(tmp_path, params, sink, buckets).run(iter(doc(x) for x in texts[cuts[t]:cuts[t + 1]]), rank=t)
+    for r in range(buckets + params.bands):
+        DedupBuckets(tmp_path, tasks, buckets).run(rank=r)
+    NearClusters(tmp_path, tasks, buckets, params.bands).run()
+    exact = np.concatenate([exact_positions(tmp_path, t, buckets) + cuts[t] for t in range(tasks)])
+    near = np.concatenate([np.load(_near_path(tmp_path, t)) + cuts[t] for t in range(tasks)])
+
+    hasher = MinHasher(params)
+    ref_exact, ref_near = find_duplicates(np.array([bytes.fromhex(content_hash(doc(x))) for x in texts], dtype="S20"),
+                                          np.stack([hasher.band_keys(x) for x in texts]))
+    assert exact.tolist() == np.flatnonzero(ref_exact).tolist() and len(exact) == 2
+    assert sorted(near.tolist()) == np.flatnonzero(ref_near).tolist() and len(near) == 3

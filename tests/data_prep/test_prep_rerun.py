@@ -183,3 +183,17 @@ def test_an_unreadable_prep_config_is_a_user_error(corpus, tmp_path, caplog):
     (out / "prep_config.json").write_text("{broken")
     assert _prep(out, corpus) == 2
     assert "prep_config.json is not readable JSON" in caplog.text and "--overwrite" in caplog.text
+
+
+def test_tokenizer_trained_on_an_even_sample_of_the_kept_documents(corpus, tmp_path):
+    from data_prep.prep import _evenly
+
+    assert list(_evenly(iter(range(10)), 10, 3)) == [0, 3, 6] and list(_evenly(iter(range(4)), 4, 9)) == [0, 1, 2, 3]
+    full, sampled = tmp_path / "full", tmp_path / "sampled"
+    assert _prep(full, corpus) == 0 and _prep(sampled, corpus, "--tokenizer-sample", "1") == 0
+    stats = json.loads((sampled / "stats.json").read_text())
+    assert stats["tokenizer"]["trained_on_documents"] == 1 and "trained_on_documents" not in json.loads(
+        (full / "stats.json").read_text())["tokenizer"]
+    vocabs = [(o / "tokenizer" / "tokenizer.json").read_bytes() for o in (full, sampled)]
+    assert vocabs[0] != vocabs[1]
+    assert _packed_texts(sampled) == [t for *_, t in _kept(sampled)]  # every kept document packed all the same
