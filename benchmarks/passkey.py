@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         ds_base = json.load(f)
     card = torch.cuda.get_device_name().split()[-1].lower() if torch.cuda.is_available() else "cpu"
     path = args.json or os.path.join(ROOT, "benchmarks", "results", f"passkey_{card}.json")
-    result = {"benchmark": "passkey", **provenance(argv), "r1": args.r1, "llama": args.llama, "lr": args.lr,
+    result = {"benchmark": "passkey", **provenance(__file__, argv), "r1": args.r1, "llama": args.llama, "lr": args.lr,
               "tokens_per_step": args.tokens_per_step, "rows": []}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     for length in args.lengths:

@@ -28,6 +28,8 @@ import gc
 import json
 import os
 import platform
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -70,7 +72,8 @@ def parse_args(argv=None):
     return args
 
 
-def provenance(argv) -> dict:
+def provenance(script: str, argv) -> dict:
+    """Date, card, commit (and whether the tree differed from it), the command that made a result."""
     try:
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
@@ -79,7 +82,7 @@ def provenance(argv) -> dict:
         commit, dirty = None, None
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "commit": commit, "dirty": dirty, "command": " ".join([os.path.basename(sys.argv[0])] + list(argv)),
+            "commit": commit, "dirty": dirty, "command": shlex.join(["python", os.path.relpath(os.path.abspath(script), ROOT), *argv]),
             "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -88,6 +91,7 @@ def train_config(args, name: str, vocab_size: int, seq_len: int, steps: int, eva
     from r1_ds.config import load_train_config
 
     out = os.path.join(args.work_dir, name)
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run folder (scratch: its checkpoint is exported, not resumed)
     overrides = {
         "deepspeed_config": args.deepspeed_config, "output_dir": out, "seed": args.seed,
         "model.preset": args.preset, "model.overrides": {"vocab_size": vocab_size, "max_position_embeddings": seq_len},
@@ -110,7 +114,7 @@ def llama_model(preset: str, vocab_size: int, seq_len: int):
     heads = r1.level_heads[1]
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=r1.hidden_size, intermediate_size=r1.intermediate_size,
                          num_hidden_layers=r1.num_hidden_layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=seq_len, rms_norm_eps=r1.rms_norm_eps, rope_theta=r1.rope_theta,
+                         max_position_embeddings=seq_len, rms_norm_eps=r1.rms_norm_eps,
                          tie_word_embeddings=True, attn_implementation="sdpa")
     return LlamaForCausalLM(config)
 
@@ -177,6 +181,11 @@ def final_heldout(model, args, seq_len: int) -> dict:
                         batch_size=args.micro_batch, max_sequences=args.final_sequences or None)
 
 
+def corpus_summary(data: str) -> dict | None:
+    path = os.path.join(data, "corpus.json")
+    return json.load(open(path))["pack"] if os.path.isfile(path) else None
+
+
 def plot(rows: dict, path: str, title: str) -> None:
     import matplotlib
 
@@ -228,6 +237,12 @@ def main(argv=None) -> int:
     print(f"quality: {args.preset}, {steps} steps x {tokens_per_step} tokens = {steps * tokens_per_step / 1e6:.1f}M "
           f"tokens per model, held-out every {eval_every} steps, vocab {vocab}, seq {seq_len}", flush=True)
     rows = {}
+    result = {"benchmark": "quality", **provenance(__file__, argv), "preset": args.preset, "seq_len": seq_len,
+              "vocab_size": vocab, "global_batch": args.global_batch, "micro_batch": args.micro_batch, "lr": args.lr,
+              "warmup_frac": args.warmup_frac, "seed": args.seed, "eval_sequences": args.eval_sequences,
+              "deepspeed_config": json.load(open(args.deepspeed_config)), "corpus": corpus_summary(args.data),
+              "models": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     for name in args.models:
         cfg = train_config(args, name, vocab, seq_len, steps, eval_every)
         t0 = time.perf_counter()
@@ -255,15 +270,8 @@ def main(argv=None) -> int:
 
             export_hf(os.path.join(cfg.output_dir, "checkpoints"), args.export_r1)
             rows[name]["export"] = os.path.abspath(args.export_r1)
-    corpus = os.path.join(args.data, "corpus.json")
-    result = {"benchmark": "quality", **provenance(argv), "preset": args.preset, "seq_len": seq_len,
-              "vocab_size": vocab, "global_batch": args.global_batch, "micro_batch": args.micro_batch, "lr": args.lr,
-              "warmup_frac": args.warmup_frac, "seed": args.seed, "eval_sequences": args.eval_sequences,
-              "deepspeed_config": json.load(open(args.deepspeed_config)),
-              "corpus": json.load(open(corpus))["pack"] if os.path.isfile(corpus) else None, "models": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=2)
+        with open(json_path, "w") as f:  # after every model: a run cut short keeps the finished ones
+            json.dump(result, f, indent=2)
     plot(rows, png_path, f"held-out loss, {args.preset}, seq {seq_len}, {result['card']}")
     print()
     print(table(rows))

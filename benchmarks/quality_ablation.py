@@ -105,7 +105,7 @@ def train_variant(args, variant: str, seed: int, train_ds, heldout_ds) -> dict:
     res = heldout_loss(model, heldout_ds, seq_len=args.seq_len, batch_size=args.batch,
                        max_sequences=args.eval_sequences or None)
     return {"variant": variant, "seed": seed, "heldout_loss": res["loss"], "heldout_tokens": res["tokens"],
-            "last_train_loss": float(loss), "train_s": train_s,
+            "last_train_loss": loss.item(), "train_s": train_s,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
@@ -144,6 +144,7 @@ def main(argv=None) -> int:
         return 2
     device = args.device.split(":")[0]
     path = args.json or os.path.join(ROOT, "benchmarks", "results", f"quality_ablation_{device}.json")
+    made = provenance(__file__, argv)  # the code that runs, not the tree at the end
     runs = []
     for seed in args.seeds:
         for v in args.variants:
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
             print(json.dumps(runs[-1]), flush=True)
     summary = summarise(runs, args.variants)
     settings = {k: v for k, v in vars(args).items() if k != "json"}
-    result = {"benchmark": "quality_ablation", **provenance(argv), "settings": settings,
+    result = {"benchmark": "quality_ablation", **made, "settings": settings,
               "tokens_per_variant": args.steps * args.batch * args.seq_len, "runs": runs, "summary": summary}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
