@@ -13,7 +13,7 @@ weights benchmarks/quality.py trained (--r1, --llama):
   llama      the dense baseline;
 fine-tune --steps for L (loss on the answer tokens only; a fresh example every row, seeded) with DeepSpeed
 (--deepspeed-config, micro-batch max(1, --tokens-per-step // L), constant learning rate after a 10-step warm-up),
-then the accuracy on --eval-examples held-out examples (other seeds). Every row is written to the JSON as it
+then the accuracy on --eval-examples held-out examples (other seeds; rounded up to whole micro-batches). Every row is written to the JSON as it
 finishes, so a run cut short keeps the finished rows.
 """
 
@@ -132,8 +132,9 @@ def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
     train_s = time.perf_counter() - t0
     engine.module.eval()
     correct = []
-    for start in range(0, args.eval_examples, micro):
-        exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, min(start + micro, args.eval_examples))]
+    n_eval = -(-args.eval_examples // micro) * micro  # whole batches: no new shape to compile
+    for start in range(0, n_eval, micro):
+        exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
         correct += answers_correct(engine.module, exs, engine.device)
     eval_s = time.perf_counter() - t0 - train_s
     row = {"model": name, "length": length, "steps": steps, "micro_batch": micro, "train_s": train_s, "eval_s": eval_s,

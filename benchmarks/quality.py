@@ -177,8 +177,10 @@ def final_heldout(model, args, seq_len: int) -> dict:
     from r1_ds.data import PackedShards
     from r1_ds.evaluation.perplexity import heldout_loss
 
-    return heldout_loss(model, PackedShards(os.path.join(args.data, "heldout")), seq_len=seq_len,
-                        batch_size=args.micro_batch, max_sequences=args.final_sequences or None)
+    ds = PackedShards(os.path.join(args.data, "heldout"))
+    rows = min(args.final_sequences or len(ds), len(ds))
+    rows = max(args.micro_batch, rows // args.micro_batch * args.micro_batch)  # whole batches: no new shape to compile
+    return heldout_loss(model, ds, seq_len=seq_len, batch_size=args.micro_batch, max_sequences=min(rows, len(ds)))
 
 
 def corpus_summary(data: str) -> dict | None:
