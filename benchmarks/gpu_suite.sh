@@ -101,10 +101,10 @@ step clip 200 "$PY" benchmarks/data_prep.py --device cuda
 # made on CPU by benchmarks/quality_corpus.py); trained weights go to runs/quality/ (kept on a warm machine for
 # passkey and HumanEval). passkey: retrieval at 16k, 32k and 4k after a short fine-tune from those weights.
 # ablation: levels and gate removed in turn at small size (its CPU run is in benchmarks/results/ already).
-step quality 540 "$PY" benchmarks/quality.py --data .quality_data/pack --deepspeed-config /tmp/r1_bf16.json \
+step quality 520 "$PY" benchmarks/quality.py --data .quality_data/pack --deepspeed-config /tmp/r1_bf16.json \
     --token-budget "${QUALITY_TOKENS:-16e6}" --export-r1 runs/quality/r1_hf --export-llama runs/quality/llama_hf \
     --json "$OUT/quality_h100.json"
-step passkey 420 "$PY" benchmarks/passkey.py --r1 runs/quality/r1_hf --llama runs/quality/llama_hf \
+step passkey 480 "$PY" benchmarks/passkey.py --r1 runs/quality/r1_hf --llama runs/quality/llama_hf \
     --tokenizer .quality_data/pack/tokenizer --deepspeed-config /tmp/r1_bf16.json \
     --lengths ${PASSKEY_LENGTHS:-16384 32768 4096} --json "$OUT/passkey_h100.json"
 step ablation 200 "$PY" benchmarks/quality_ablation.py --data .quality_data/pack --device cuda --seq-len 2048 \
