@@ -46,10 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
     p.add_argument("--models", nargs="+", default=["r1", "r1_window", "llama"], choices=["r1", "r1_window", "llama"])
     p.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 32768])
-    p.add_argument("--steps", nargs="+", default=["4096:100", "16384:50", "32768:40"],
+    p.add_argument("--steps", nargs="+", default=["4096:150", "16384:100", "32768:60"],
                    help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)")
     p.add_argument("--tokens-per-step", type=int, default=16384, help="micro-batch = max(1, this // length)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--eval-examples", type=int, default=50)
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
     p.add_argument("--json", help="results (default: benchmarks/results/passkey_<card>.json)")
