@@ -33,8 +33,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.quality import provenance  # noqa: E402
-from r1_ds.evaluation.passkey import answers_correct, batch, make_example  # noqa: E402
+from benchmarks.quality import provenance
+from r1_ds.evaluation.passkey import answers_correct, batch, make_example
 
 EVAL_SEED = 1_000_000  # evaluation examples use seeds from here on; training ones from 0
 
@@ -140,7 +140,7 @@ def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
     row = {"model": name, "length": length, "steps": steps, "micro_batch": micro, "train_s": train_s, "eval_s": eval_s,
            "first_loss": losses[0], "last_loss": sum(losses[-5:]) / len(losses[-5:]),
            "accuracy": sum(correct) / len(correct), "eval_examples": len(correct)}
-    engine = model = None  # noqa: F841
+    engine = model = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

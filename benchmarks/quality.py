@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 
 import torch
 
@@ -75,9 +76,10 @@ def parse_args(argv=None):
 def provenance(script: str, argv) -> dict:
     """Date, card, commit (and whether the tree differed from it), the command that made a result."""
     try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip()
         dirty = bool(subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
+                                    capture_output=True, text=True, check=False).stdout.strip())
     except OSError:
         commit, dirty = None, None
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -139,9 +141,18 @@ def train_dense(cfg, model):
     from r1_ds.data import ProgressiveSampler, batch_iterator, open_dataset
     from r1_ds.distributed import init_distributed
     from r1_ds.evaluation.during_training import engine_heldout_loss
-    from r1_ds.parallel.deepspeed_patches import needs_fp32_clip_patch, patch_fp32_grad_clipping
-    from r1_ds.train import (WarmupCosine, build_ds_config, find_ds_config, param_groups, resolve_stages,
-                             train_step_data_parallel)
+    from r1_ds.parallel.deepspeed_patches import (
+        needs_fp32_clip_patch,
+        patch_fp32_grad_clipping,
+    )
+    from r1_ds.train import (
+        WarmupCosine,
+        build_ds_config,
+        find_ds_config,
+        param_groups,
+        resolve_stages,
+        train_step_data_parallel,
+    )
 
     init_distributed()
     ds_config, _, plan, _, _ = build_ds_config(cfg, read_mapping(find_ds_config(cfg.deepspeed_config)), world_size=1,
@@ -183,9 +194,43 @@ def final_heldout(model, args, seq_len: int) -> dict:
     return heldout_loss(model, ds, seq_len=seq_len, batch_size=args.micro_batch, max_sequences=min(rows, len(ds)))
 
 
+def run_model(name: str, cfg, args, *, vocab: int, seq_len: int, tokens_per_step: int) -> dict:
+    """Train one model, evaluate it on the whole held-out split, export it; its row of the results."""
+    t0 = time.perf_counter()
+    if name == "r1":
+        engine, curve = train_r1(cfg)
+    else:
+        torch.manual_seed(cfg.seed)  # as train() seeds R1's initial weights
+        engine, curve = train_dense(cfg, llama_model(args.preset, vocab, seq_len))
+    train_s = time.perf_counter() - t0
+    module = engine.module
+    final = final_heldout(module, args, seq_len)
+    steps = cfg.schedule.steps
+    row = {"params_m": sum(p.numel() for p in module.parameters()) / 1e6, "tokens": steps * tokens_per_step,
+           "steps": steps, "train_s": train_s, "final": final,
+           "curve": [{**p, "tokens": p["step"] * tokens_per_step} for p in curve]}
+    print(f"{name}: final held-out loss {final['loss']:.4f} over {final['tokens']} tokens ({train_s:.0f} s)", flush=True)
+    if name == "llama" and args.export_llama:
+        module.save_pretrained(args.export_llama)
+        row["export"] = os.path.abspath(args.export_llama)
+    engine = module = None
+    gc.collect()
+    if name == "r1" and args.export_r1:
+        from r1_ds.checkpoint import export_hf
+
+        export_hf(os.path.join(cfg.output_dir, "checkpoints"), args.export_r1)
+        row["export"] = os.path.abspath(args.export_r1)
+    return row
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
 def corpus_summary(data: str) -> dict | None:
     path = os.path.join(data, "corpus.json")
-    return json.load(open(path))["pack"] if os.path.isfile(path) else None
+    return read_json(path)["pack"] if os.path.isfile(path) else None
 
 
 def plot(rows: dict, path: str, title: str) -> None:
@@ -196,6 +241,8 @@ def plot(rows: dict, path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in rows.items():
+        if "error" in r:
+            continue
         ax.plot([p["tokens"] / 1e6 for p in r["curve"]], [p["heldout_loss"] for p in r["curve"]], marker="o",
                 markersize=3, label=f"{name} ({r['params_m']:.1f}M params)")
     ax.set_xlabel("training tokens (M)")
@@ -212,9 +259,12 @@ def table(rows: dict) -> str:
     head = f"{'model':>6} {'params M':>9} {'tokens M':>9} {'train s':>8} {'tokens/s':>10} {'held-out loss':>14} {'ppl':>8}"
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
+        if "error" in r:
+            lines.append(f"{name:>6}  failed: {r['error']}")
+            continue
         lines.append(f"{name:>6} {r['params_m']:>9.1f} {r['tokens'] / 1e6:>9.2f} {r['train_s']:>8.0f} "
                      f"{r['tokens'] / r['train_s']:>10,.0f} {r['final']['loss']:>14.4f} {r['final']['perplexity']:>8.2f}")
-    if "r1" in rows and "llama" in rows:
+    if all(n in rows and "error" not in rows[n] for n in ("r1", "llama")):
         a, b = rows["r1"]["final"]["loss"], rows["llama"]["final"]["loss"]
         lines.append(f"R1 - Llama held-out loss: {a - b:+.4f} ({(a - b) / b:+.2%} of Llama's; goal: <= +1%)")
     return "\n".join(lines)
@@ -242,43 +292,26 @@ def main(argv=None) -> int:
     result = {"benchmark": "quality", **provenance(__file__, argv), "preset": args.preset, "seq_len": seq_len,
               "vocab_size": vocab, "global_batch": args.global_batch, "micro_batch": args.micro_batch, "lr": args.lr,
               "warmup_frac": args.warmup_frac, "seed": args.seed, "eval_sequences": args.eval_sequences,
-              "deepspeed_config": json.load(open(args.deepspeed_config)), "corpus": corpus_summary(args.data),
+              "deepspeed_config": read_json(args.deepspeed_config), "corpus": corpus_summary(args.data),
               "models": rows}
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     for name in args.models:
         cfg = train_config(args, name, vocab, seq_len, steps, eval_every)
-        t0 = time.perf_counter()
-        if name == "r1":
-            engine, curve = train_r1(cfg)
-        else:
-            torch.manual_seed(cfg.seed)  # as train() seeds R1's initial weights
-            engine, curve = train_dense(cfg, llama_model(args.preset, vocab, seq_len))
-        train_s = time.perf_counter() - t0
-        module = engine.module
-        final = final_heldout(module, args, seq_len)
-        if name == "llama" and args.export_llama:
-            module.save_pretrained(args.export_llama)
-        rows[name] = {"params_m": sum(p.numel() for p in module.parameters()) / 1e6, "tokens": steps * tokens_per_step,
-                      "steps": steps, "train_s": train_s, "final": final,
-                      "curve": [{**p, "tokens": p["step"] * tokens_per_step} for p in curve]}
-        print(f"{name}: final held-out loss {final['loss']:.4f} over {final['tokens']} tokens ({train_s:.0f} s)",
-              flush=True)
-        engine = module = None  # noqa: F841  (free the GPU before the next model)
+        try:  # one model failing (its traceback is printed) still leaves the other's figures
+            rows[name] = run_model(name, cfg, args, vocab=vocab, seq_len=seq_len, tokens_per_step=tokens_per_step)
+        except Exception as err:  # noqa: BLE001
+            traceback.print_exc()
+            rows[name] = {"error": f"{type(err).__name__}: {err}"}
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        if name == "r1" and args.export_r1:
-            from r1_ds.checkpoint import export_hf
-
-            export_hf(os.path.join(cfg.output_dir, "checkpoints"), args.export_r1)
-            rows[name]["export"] = os.path.abspath(args.export_r1)
         with open(json_path, "w") as f:  # after every model: a run cut short keeps the finished ones
             json.dump(result, f, indent=2)
     plot(rows, png_path, f"held-out loss, {args.preset}, seq {seq_len}, {result['card']}")
     print()
     print(table(rows))
     print(f"\nwrote {json_path} and {png_path}")
-    return 0
+    return 1 if any("error" in r for r in rows.values()) else 0
 
 
 if __name__ == "__main__":

@@ -34,14 +34,14 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.quality import provenance  # noqa: E402
+from benchmarks.quality import provenance
 
 VARIANTS = {
-    "full": dict(attention_levels=[1, 2, 3], level_gate=True),
-    "no_L1": dict(attention_levels=[2, 3], level_gate=True),
-    "no_L2": dict(attention_levels=[1, 3], level_gate=True),
-    "no_L3": dict(attention_levels=[1, 2], level_gate=True),
-    "no_gate": dict(attention_levels=[1, 2, 3], level_gate=False),
+    "full": {"attention_levels": [1, 2, 3], "level_gate": True},
+    "no_L1": {"attention_levels": [2, 3], "level_gate": True},
+    "no_L2": {"attention_levels": [1, 3], "level_gate": True},
+    "no_L3": {"attention_levels": [1, 2], "level_gate": True},
+    "no_gate": {"attention_levels": [1, 2, 3], "level_gate": False},
 }
 
 

@@ -24,6 +24,7 @@ Both shard folders name ../tokenizer, so OUT/pack travels as one folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -138,16 +139,13 @@ def write_raw(args, raw: Path) -> dict:
         shutil.copyfile(path, dst)
         counts[split]["code_files"] += 1
         counts[split]["code_bytes"] += size
-    sinks = {s: open(raw / s / "text.jsonl", "w", encoding="utf-8") for s in counts}
-    try:
+    with contextlib.ExitStack() as stack:
+        sinks = {s: stack.enter_context(open(raw / s / "text.jsonl", "w", encoding="utf-8")) for s in counts}
         for key, text in collect_text(Path(args.site_packages), max_bytes=int(args.max_text_mb * MB)):
             split = split_of(key, len(text))
             sinks[split].write(json.dumps({"id": key, "text": text}) + "\n")
             counts[split]["text_docs"] += 1
             counts[split]["text_bytes"] += len(text)
-    finally:
-        for f in sinks.values():
-            f.close()
     return counts
 
 

@@ -11,8 +11,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import passkey, quality, quality_ablation, quality_corpus  # noqa: E402
-from r1_ds.evaluation.passkey import answers_correct, batch, make_example  # noqa: E402
+from benchmarks import passkey, quality, quality_ablation, quality_corpus
+from r1_ds.evaluation.passkey import answers_correct, batch, make_example
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,11 @@ def tokenizer(corpus):
     return AutoTokenizer.from_pretrained(str(corpus / "pack" / "tokenizer"))
 
 
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def _files(root):
     return {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
 
@@ -39,13 +44,16 @@ def test_heldout_shares_no_source_with_train(corpus):
     raw = corpus / "raw"
     train, held = _files(raw / "train" / "code"), _files(raw / "heldout" / "code")
     assert train and held and not train & held
-    ids = {s: {json.loads(line)["id"] for line in open(raw / s / "text.jsonl")} for s in ("train", "heldout")}
+    ids = {}
+    for s in ("train", "heldout"):
+        with open(raw / s / "text.jsonl") as f:
+            ids[s] = {json.loads(line)["id"] for line in f}
     assert not ids["train"] & ids["heldout"]
     assert all(quality_corpus.heldout(k, 100) for k in held) and not any(quality_corpus.heldout(k, 100) for k in train)
-    metas = [json.load(open(corpus / "pack" / s / "meta.json")) for s in ("train", "heldout")]
+    metas = [_json(corpus / "pack" / s / "meta.json") for s in ("train", "heldout")]
     assert metas[0]["tokenizer_sha256"] == metas[1]["tokenizer_sha256"]  # one tokenizer
     assert all(m["tokenizer"] == "../tokenizer" and m["num_sequences"] > 0 for m in metas)
-    summary = json.load(open(corpus / "pack" / "corpus.json"))["pack"]
+    summary = _json(corpus / "pack" / "corpus.json")["pack"]
     assert summary["train"]["tokens"] > 10 * summary["heldout"]["tokens"] > 0
 
 
@@ -91,7 +99,7 @@ def test_quality_end_to_end_tiny(corpus, tmp_path):
     quality.main(["--tiny", "--data", str(corpus / "pack"), "--token-budget", "3000", "--eval-sequences", "4",
                   "--final-sequences", "8", "--work-dir", str(tmp_path / "runs"), "--export-r1", str(tmp_path / "r1"),
                   "--export-llama", str(tmp_path / "llama"), "--json", str(out)])
-    res = json.load(open(out))
+    res = _json(out)
     assert res["commit"] and res["card"] == "cpu" and res["command"].startswith("python benchmarks/quality.py --tiny")
     for name in ("r1", "llama"):
         r = res["models"][name]
@@ -113,7 +121,7 @@ def test_quality_end_to_end_tiny(corpus, tmp_path):
 def test_passkey_benchmark_tiny(corpus, tmp_path):
     out = tmp_path / "p.json"
     passkey.main(["--tiny", "--tokenizer", str(corpus / "pack" / "tokenizer"), "--json", str(out)])
-    rows = json.load(open(out))["rows"]
+    rows = _json(out)["rows"]
     assert [r["model"] for r in rows] == ["r1", "r1_window", "llama"]
     assert all(r["length"] == 256 and r["eval_examples"] == 4 and 0 <= r["accuracy"] <= 1 for r in rows)
     assert rows[0]["first_loss"] != rows[1]["first_loss"]  # window-only is another function of the same weights
@@ -125,7 +133,7 @@ def test_ablation_tiny(corpus, tmp_path):
     quality_ablation.main(["--data", str(corpus / "pack"), "--steps", "2", "--seeds", "0", "--hidden", "64",
                            "--layers", "1", "--seq-len", "128", "--batch", "2", "--eval-sequences", "2",
                            "--variants", "full", "no_L2", "no_gate", "--json", str(out)])
-    res = json.load(open(out))
+    res = _json(out)
     assert [s["variant"] for s in res["summary"]] == ["full", "no_L2", "no_gate"]
     assert res["summary"][0]["vs_full"] == 0.0 and res["summary"][1]["vs_full"] != 0.0
-    assert "| no_gate |" in open(tmp_path / "a.md").read()
+    assert "| no_gate |" in (tmp_path / "a.md").read_text()
