@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 
 import torch
 
@@ -188,12 +189,14 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     for length in args.lengths:
         for name in args.models:
-            try:
+            try:  # a row that fails (out of memory, a missing folder) is recorded and the others still run
                 row = run_one(name, length, args, tokenizer, ds_base)
-            except torch.OutOfMemoryError:
-                row = {"model": name, "length": length, "error": "out of memory"}
+            except Exception as err:  # noqa: BLE001
+                traceback.print_exc()
+                row = {"model": name, "length": length, "error": f"{type(err).__name__}: {str(err)[:300]}"}
                 gc.collect()
-                torch.cuda.empty_cache()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
             with open(path, "w") as f:  # every finished row, in case the run is cut short
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
     print()
     print(table(result["rows"]))
     print(f"\nwrote {path}")
-    return 0
+    return 1 if any("error" in r for r in result["rows"]) else 0
 
 
 if __name__ == "__main__":

@@ -96,9 +96,9 @@ def test_passkey_accuracy_is_exact_match(tokenizer):
 
 def test_quality_end_to_end_tiny(corpus, tmp_path):
     out = tmp_path / "q.json"
-    quality.main(["--tiny", "--data", str(corpus / "pack"), "--token-budget", "3000", "--eval-sequences", "4",
+    assert quality.main(["--tiny", "--data", str(corpus / "pack"), "--token-budget", "3000", "--eval-sequences", "4",
                   "--final-sequences", "8", "--work-dir", str(tmp_path / "runs"), "--export-r1", str(tmp_path / "r1"),
-                  "--export-llama", str(tmp_path / "llama"), "--json", str(out)])
+                  "--export-llama", str(tmp_path / "llama"), "--json", str(out)]) == 0
     res = _json(out)
     assert res["commit"] and res["card"] == "cpu" and res["command"].startswith("python benchmarks/quality.py --tiny")
     for name in ("r1", "llama"):
@@ -120,7 +120,7 @@ def test_quality_end_to_end_tiny(corpus, tmp_path):
 
 def test_passkey_benchmark_tiny(corpus, tmp_path):
     out = tmp_path / "p.json"
-    passkey.main(["--tiny", "--tokenizer", str(corpus / "pack" / "tokenizer"), "--json", str(out)])
+    assert passkey.main(["--tiny", "--tokenizer", str(corpus / "pack" / "tokenizer"), "--json", str(out)]) == 0
     rows = _json(out)["rows"]
     assert [r["model"] for r in rows] == ["r1", "r1_window", "llama"]
     assert all(r["length"] == 256 and r["eval_examples"] == 4 and 0 <= r["accuracy"] <= 1 for r in rows)
