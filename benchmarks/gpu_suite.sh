@@ -42,8 +42,9 @@ for src, dst in (("ds_configs/single_gpu_bf16.json", "/tmp/r1_bf16.json"), ("ds_
     json.dump(c, open(dst, "w"))
 EOF
 
-step() {  # name, seconds, command...
-    local name=$1 limit=$2
+step() {  # name, seconds, command...   (LIMIT_<name>=S overrides a step's limit, to fit steps into one call)
+    local name=$1 limit_var="LIMIT_$1"
+    local limit=${!limit_var:-$2}
     shift 2
     want "$name" || return 0
     echo "== $name (limit ${limit}s): $*"
@@ -113,6 +114,13 @@ ALIGN_CMD=("$PY" -m r1_ds.train --deepspeed_config "${ALIGN_DS:-/tmp/r1_bf16.jso
 want align && rm -rf /tmp/r1_align_run
 want align && step align 300 "${ALIGN_CMD[@]}" && "$PY" benchmarks/align_summary.py /tmp/r1_align_run --json "$OUT/align_350m.json" \
     --command "${ALIGN_CMD[*]}" | tee "$OUT/align_summary.txt"
+# quality (docs/quality.md): R1 against Llama 125m at equal tokens on the offline corpus (carry .quality_data/pack,
+# made on CPU by benchmarks/quality_corpus.py); trained weights go to runs/quality/ (kept on a warm machine for
+# passkey and HumanEval). passkey: retrieval at 16k, 32k and 4k after a short fine-tune from those weights.
+# ablation: levels and gate removed in turn at small size (its CPU run is in benchmarks/results/ already).
+step quality 520 "$PY" benchmarks/quality.py --data .quality_data/pack --deepspeed-config /tmp/r1_bf16.json \
+    --token-budget "${QUALITY_TOKENS:-16e6}" --export-r1 runs/quality/r1_hf --export-llama runs/quality/llama_hf \
+    --json "$OUT/quality_h100.json"
 # humaneval: pass@1 and pass@10 of MODEL (a folder of `r1-ds export`): 10 samples per problem at T=0.8 (pass@1 and
 # pass@10 by the unbiased estimator), all 164 problems, bf16, batches of one prompt length (up to 160 sequences),
 # 16 sandboxed test runs at a time; seconds per problem for generation and execution apart; $OUT/humaneval.json and
@@ -120,3 +128,10 @@ want align && step align 300 "${ALIGN_CMD[@]}" && "$PY" benchmarks/align_summary
 # --greedy (a greedy pass@1 too), --limit N; a CPU smoke run: HE_ARGS="--device cpu --limit 3 --n 2 --max-new-tokens 16".
 want humaneval && step humaneval 540 "$PY" benchmarks/humaneval_gpu.py --model "${MODEL:?set MODEL to an exported folder}" \
     --json "$OUT/humaneval.json" --workers 16 ${HE_ARGS:-}
+# passkey and ablation (docs/quality.md), after quality on the same warm machine
+step passkey 480 "$PY" benchmarks/passkey.py --r1 runs/quality/r1_hf --llama runs/quality/llama_hf \
+    --tokenizer .quality_data/pack/tokenizer --deepspeed-config /tmp/r1_bf16.json \
+    --lengths ${PASSKEY_LENGTHS:-16384 32768 4096} --json "$OUT/passkey_h100.json"
+step ablation 200 "$PY" benchmarks/quality_ablation.py --data .quality_data/pack --device cuda --seq-len 2048 \
+    --hidden 256 --layers 4 --level-heads 2 4 8 --local-window 128 --paragraph 128 --document 1024 --steps 200 \
+    --batch 8 --seeds 0 1 --json "$OUT/quality_ablation_cuda.json"

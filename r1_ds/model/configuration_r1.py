@@ -57,6 +57,11 @@ class R1Config(PretrainedConfig):
       L3 document range: summaries of every complete document group of ``document_size`` tokens,
          ``level_heads[2]`` heads.
     A sigmoid gate ``alpha = sigmoid(W_g [h_L1; h_L2; h_L3] + b_g)`` weighs the levels per token.
+
+    Ablations (docs/quality.md): ``attention_levels`` keeps a subset of the levels (a removed level's
+    output is zero before the gate, so it adds nothing and passes no gradient back); ``level_gate=False``
+    replaces the learned gate by fixed equal weights (alpha_i = sigmoid(0) = 1/2; the gate's weights
+    stay in the model, unused, so checkpoints keep one layout).
     """
 
     model_type = "r1_ds"
@@ -80,6 +85,8 @@ class R1Config(PretrainedConfig):
         init_scheme: str = "depth_scaled",  # "depth_scaled": Var(W_l) = 1/(fan_in * 2^l); "normal": N(0, initializer_range^2)
         label_smoothing: float = 0.0,  # of model(labels=...)'s loss; 0: plain cross entropy (the trainer sets its own)
         drop_path_rate: float = 0.0,  # DropPath rate now; the trainer raises it during training
+        attention_levels: tuple[int, ...] | list[int] = (1, 2, 3),  # levels that contribute (ablation: e.g. [1])
+        level_gate: bool = True,  # learned level gate; False: fixed alpha = 1/2 for every level (ablation)
         tie_word_embeddings: bool = True,  # share embedding and LM-head weights
         use_cache: bool = True,
         pad_token_id: int | None = None,
@@ -103,6 +110,8 @@ class R1Config(PretrainedConfig):
         self.init_scheme = init_scheme
         self.label_smoothing = label_smoothing
         self.drop_path_rate = drop_path_rate
+        self.attention_levels = list(attention_levels)
+        self.level_gate = level_gate
         self.use_cache = use_cache
         # HF generic code looks for this name (e.g. to size caches); it is the widest level's count.
         self.num_attention_heads = max(self.level_heads) if self.level_heads else 1
@@ -176,6 +185,14 @@ class R1Config(PretrainedConfig):
             fail("label_smoothing", self.label_smoothing, "must be in [0, 1)", "use e.g. 0.1")
         if not 0.0 <= self.drop_path_rate < 1.0:
             fail("drop_path_rate", self.drop_path_rate, "must be in [0, 1)", "use e.g. 0.1")
+        levels = self.attention_levels
+        if (not levels or any(not isinstance(x, int) or x not in (1, 2, 3) for x in levels)
+                or list(levels) != sorted(set(levels))):
+            fail("attention_levels", levels, "must be a non-empty, sorted list of distinct levels from 1, 2, 3",
+                 "use e.g. [1, 2, 3] (all), [1] (window only) or [1, 3]")
+        if not isinstance(self.level_gate, bool):
+            fail("level_gate", self.level_gate, "must be true or false", "use level_gate=True (learned gate) or "
+                 "False (fixed equal weights)")
         if self.init_scheme not in ("depth_scaled", "normal"):
             fail("init_scheme", self.init_scheme, "must be 'depth_scaled' or 'normal'", "pick one of the two")
         if self.rope_theta <= 0 or not math.isfinite(self.rope_theta):

@@ -234,7 +234,13 @@ class R1HierarchicalAttention(nn.Module):
         return hierarchical_attention_eager(q, k_all, v_all, q_all, q_pos, **self.kernel_kwargs())
 
     def fuse(self, h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.gate(h1, h2, h3)  # (B, T, 3); a tensor-parallel gate takes the same call
+        keep = self.config.attention_levels
+        if len(keep) < 3:  # ablation: a removed level is zero, so it adds nothing and passes no gradient back
+            h1, h2, h3 = (h if i + 1 in keep else torch.zeros_like(h) for i, h in enumerate((h1, h2, h3)))
+        if self.config.level_gate:
+            logits = self.gate(h1, h2, h3)  # (B, T, 3); a tensor-parallel gate takes the same call
+        else:  # ablation: sigmoid(0) = 1/2 for every level
+            logits = h1.new_zeros(*h1.shape[:-1], 3, dtype=torch.float32)
         fused, alpha = gated_sum(h1, h2, h3, logits)  # alpha: (B, T, 3)
         return self.o_proj(fused), alpha
 

@@ -1,0 +1,213 @@
+"""Passkey retrieval at long context after a short fine-tune at that length: R1, R1 window-only, Llama.
+
+    python benchmarks/passkey.py --r1 $OUT/r1_hf --llama $OUT/llama_hf --deepspeed-config /tmp/r1_bf16.json \
+        --lengths 4096 16384 32768 --json benchmarks/results/passkey_h100.json
+    python benchmarks/passkey.py --tiny           # CPU: random-init tiny models, 256 tokens, seconds
+
+The task is r1_ds/evaluation/passkey.py (a 5-digit key at a random depth in repeated filler, asked for at the end;
+exact-match accuracy of the greedy answer; chance is ~1e-5). For each length L and each model, starting from the
+weights benchmarks/quality.py trained (--r1, --llama):
+  r1         the R1 folder as trained;
+  r1_window  the same weights with the paragraph and document levels removed (attention_levels=[1]): only the
+             local window of local_window tokens reaches back, so it cannot see a needle farther away;
+  llama      the dense baseline;
+fine-tune --steps for L (loss on the answer tokens only; a fresh example every row, seeded) with DeepSpeed
+(--deepspeed-config, micro-batch max(1, --tokens-per-step // L), constant learning rate after a 10-step warm-up),
+then the accuracy on --eval-examples held-out examples (other seeds; rounded up to whole micro-batches). Every row is written to the JSON as it
+finishes, so a run cut short keeps the finished rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.quality import provenance
+from r1_ds.evaluation.passkey import answers_correct, batch, make_example
+
+EVAL_SEED = 1_000_000  # evaluation examples use seeds from here on; training ones from 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--r1", help="R1 Hugging Face folder (benchmarks/quality.py --export-r1)")
+    p.add_argument("--llama", help="Llama folder (benchmarks/quality.py --export-llama)")
+    p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
+    p.add_argument("--models", nargs="+", default=["r1", "r1_window", "llama"], choices=["r1", "r1_window", "llama"])
+    p.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 32768])
+    p.add_argument("--steps", nargs="+", default=["4096:150", "16384:100", "32768:60"],
+                   help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)")
+    p.add_argument("--tokens-per-step", type=int, default=16384, help="micro-batch = max(1, this // length)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--eval-examples", type=int, default=50)
+    p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
+    p.add_argument("--json", help="results (default: benchmarks/results/passkey_<card>.json)")
+    p.add_argument("--tiny", action="store_true", help="CPU check: random-init tiny R1 and Llama, length 256")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.lengths, args.steps, args.tokens_per_step, args.eval_examples = [256], ["3"], 512, 4
+        args.deepspeed_config = os.path.join(ROOT, "ds_configs", "tiny_cpu.json")
+    return args
+
+
+def steps_for(spec: list[str], length: int) -> int:
+    table = {}
+    for item in spec:
+        if ":" in item:
+            k, v = item.split(":")
+            table[int(k)] = int(v)
+        else:
+            table[None] = int(item)
+    if length in table:
+        return table[length]
+    if None in table:
+        return table[None]
+    raise SystemExit(f"passkey: --steps gives no step count for length {length}; add {length}:STEPS")
+
+
+def tiny_models(tokenizer_dir: str, out: str) -> tuple[str, str]:
+    """Random-init tiny R1 and Llama folders (the CPU check has no trained weights)."""
+    from transformers import AutoTokenizer
+
+    from benchmarks.quality import llama_model
+    from r1_ds.model import R1Config, R1ForCausalLM
+
+    vocab = -(-len(AutoTokenizer.from_pretrained(tokenizer_dir)) // 64) * 64
+    torch.manual_seed(0)
+    R1ForCausalLM(R1Config.from_preset("tiny", vocab_size=vocab)).save_pretrained(os.path.join(out, "r1"))
+    llama_model("tiny", vocab, 256).save_pretrained(os.path.join(out, "llama"))
+    return os.path.join(out, "r1"), os.path.join(out, "llama")
+
+
+def load(name: str, args, length: int):
+    from transformers import AutoModelForCausalLM
+
+    from r1_ds.model import R1ForCausalLM
+
+    if name == "llama":
+        model = AutoModelForCausalLM.from_pretrained(args.llama, dtype=torch.float32, attn_implementation="sdpa")
+        model.config.max_position_embeddings = max(length, model.config.max_position_embeddings)
+        return model
+    extra = {"attention_levels": [1]} if name == "r1_window" else {}
+    model = R1ForCausalLM.from_pretrained(args.r1, dtype=torch.float32, **extra)
+    model.config.max_position_embeddings = max(length, model.config.max_position_embeddings)
+    model.config.label_smoothing = 0.0
+    model.config._attn_implementation = "flex_attention" if torch.cuda.is_available() else "eager"
+    return model
+
+
+def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
+    import deepspeed
+
+    steps = steps_for(args.steps, length)
+    micro = max(1, args.tokens_per_step // length)
+    ds = copy.deepcopy(ds_base)
+    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1, train_batch_size=micro)
+    ds["optimizer"]["params"]["lr"] = args.lr
+    torch.manual_seed(0)
+    model = load(name, args, length)
+    warm = 10
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm)))
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        ids, labels = batch([make_example(tokenizer, length, step * micro + i) for i in range(micro)], engine.device)
+        loss = engine(input_ids=ids, labels=labels, use_cache=False).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    train_s = time.perf_counter() - t0
+    engine.module.eval()
+    correct = []
+    n_eval = -(-args.eval_examples // micro) * micro  # whole batches: no new shape to compile
+    for start in range(0, n_eval, micro):
+        exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
+        correct += answers_correct(engine.module, exs, engine.device)
+    eval_s = time.perf_counter() - t0 - train_s
+    row = {"model": name, "length": length, "steps": steps, "micro_batch": micro, "train_s": train_s, "eval_s": eval_s,
+           "first_loss": losses[0], "last_loss": sum(losses[-5:]) / len(losses[-5:]),
+           "accuracy": sum(correct) / len(correct), "eval_examples": len(correct)}
+    engine = model = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'length':>7} {'model':>10} {'steps':>6} {'train s':>8} {'loss first -> last':>20} {'accuracy':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['length']:>7} {r['model']:>10}  {r['error']}")
+            continue
+        lines.append(f"{r['length']:>7} {r['model']:>10} {r['steps']:>6} {r['train_s']:>8.0f} "
+                     f"{r['first_loss']:>9.3f} -> {r['last_loss']:<8.3f} {r['accuracy']:>9.0%}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from r1_ds.distributed import init_distributed
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tmp = tempfile.mkdtemp(prefix="passkey_tiny_") if args.tiny else None
+    if args.tiny:
+        args.r1, args.llama = tiny_models(args.tokenizer, tmp)
+    need = {"r1": args.r1, "r1_window": args.r1, "llama": args.llama}
+    missing = sorted({m for m in args.models if not need[m]})
+    if missing:
+        print(f"passkey: --models {' '.join(missing)} need{'s' if len(missing) == 1 else ''} a weights folder "
+              f"(--r1 / --llama, written by benchmarks/quality.py --export-r1 / --export-llama)", file=sys.stderr)
+        return 2
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    init_distributed()
+    with open(args.deepspeed_config) as f:
+        ds_base = json.load(f)
+    card = torch.cuda.get_device_name().split()[-1].lower() if torch.cuda.is_available() else "cpu"
+    path = args.json or os.path.join(ROOT, "benchmarks", "results", f"passkey_{card}.json")
+    result = {"benchmark": "passkey", **provenance(__file__, argv), "r1": args.r1, "llama": args.llama, "lr": args.lr,
+              "tokens_per_step": args.tokens_per_step, "rows": []}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for length in args.lengths:
+        for name in args.models:
+            try:  # a row that fails (out of memory, a missing folder) is recorded and the others still run
+                row = run_one(name, length, args, tokenizer, ds_base)
+            except Exception as err:  # noqa: BLE001
+                traceback.print_exc()
+                row = {"model": name, "length": length, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            with open(path, "w") as f:  # every finished row, in case the run is cut short
+                json.dump(result, f, indent=2)
+    print()
+    print(table(result["rows"]))
+    print(f"\nwrote {path}")
+    return 1 if any("error" in r for r in result["rows"]) else 0
+
+
+if __name__ == "__main__":
+    from r1_ds.distributed import exit_process
+
+    exit_process(main())

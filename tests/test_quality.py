@@ -1,0 +1,139 @@
+"""The quality benchmark's pieces on CPU at tiny size: the offline corpus and its held-out split, the passkey
+task, and benchmarks/quality.py, passkey.py and quality_ablation.py end to end."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import passkey, quality, quality_ablation, quality_corpus
+from r1_ds.evaluation.passkey import answers_correct, batch, make_example
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small real corpus through `r1-ds prep` (a few seconds): 1.5 MB of source, a 1k vocabulary."""
+    out = tmp_path_factory.mktemp("quality_corpus")
+    quality_corpus.main(["--out", str(out), "--max-code-mb", "1.5", "--per-package-mb", "0.2", "--max-text-mb", "0.5",
+                         "--heldout-permille", "100", "--vocab-size", "1024", "--seq-len", "256"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(corpus / "pack" / "tokenizer"))
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _files(root):
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
+
+
+def test_heldout_shares_no_source_with_train(corpus):
+    raw = corpus / "raw"
+    train, held = _files(raw / "train" / "code"), _files(raw / "heldout" / "code")
+    assert train and held and not train & held
+    ids = {}
+    for s in ("train", "heldout"):
+        with open(raw / s / "text.jsonl") as f:
+            ids[s] = {json.loads(line)["id"] for line in f}
+    assert not ids["train"] & ids["heldout"]
+    assert all(quality_corpus.heldout(k, 100) for k in held) and not any(quality_corpus.heldout(k, 100) for k in train)
+    metas = [_json(corpus / "pack" / s / "meta.json") for s in ("train", "heldout")]
+    assert metas[0]["tokenizer_sha256"] == metas[1]["tokenizer_sha256"]  # one tokenizer
+    assert all(m["tokenizer"] == "../tokenizer" and m["num_sequences"] > 0 for m in metas)
+    summary = _json(corpus / "pack" / "corpus.json")["pack"]
+    assert summary["train"]["tokens"] > 10 * summary["heldout"]["tokens"] > 0
+
+
+def test_passkey_example_is_deterministic_and_answerable(tokenizer):
+    a, b, c = (make_example(tokenizer, 600, s) for s in (7, 7, 8))
+    assert a == b and a != c
+    assert len(a.input_ids) == 600
+    key_text = tokenizer.decode(a.input_ids[a.answer_start:]).strip()
+    assert key_text == a.key and len(a.key) == 5 and a.key.isdigit()
+    needle = tokenizer.decode(a.input_ids[a.needle_start:a.answer_start])
+    assert needle.startswith(f" The pass key is {a.key}.")
+    assert tokenizer.decode(a.input_ids[:a.answer_start]).count(a.key) == 2  # only in the needle
+    depths = [make_example(tokenizer, 600, s).depth for s in range(20)]
+    assert 0.03 < min(depths) < max(depths) < 0.97 and len(set(depths)) > 5
+    ids, labels = batch([a, c])
+    assert (labels[0, :a.answer_start] == -100).all() and (labels[0, a.answer_start:] == ids[0, a.answer_start:]).all()
+    with pytest.raises(ValueError, match="too short.*Fix"):
+        make_example(tokenizer, 40, 0)
+
+
+class _Oracle(torch.nn.Module):
+    """Logits that put the next token (shifted by `shift`) first: exact when shift is 0."""
+
+    def __init__(self, vocab, shift=0):
+        super().__init__()
+        self.vocab, self.shift = vocab, shift
+
+    def forward(self, input_ids, use_cache=False):
+        nxt = torch.roll(input_ids, -1, dims=1)
+        nxt = (nxt + self.shift) % self.vocab
+        return type("Out", (), {"logits": torch.nn.functional.one_hot(nxt, self.vocab).float()})()
+
+
+def test_passkey_accuracy_is_exact_match(tokenizer):
+    exs = [make_example(tokenizer, 300, s) for s in range(3)]
+    vocab = len(tokenizer)
+    assert answers_correct(_Oracle(vocab), exs) == [True, True, True]
+    assert answers_correct(_Oracle(vocab, shift=1), exs) == [False, False, False]
+
+
+def test_quality_end_to_end_tiny(corpus, tmp_path):
+    out = tmp_path / "q.json"
+    assert quality.main(["--tiny", "--data", str(corpus / "pack"), "--token-budget", "3000", "--eval-sequences", "4",
+                  "--final-sequences", "8", "--work-dir", str(tmp_path / "runs"), "--export-r1", str(tmp_path / "r1"),
+                  "--export-llama", str(tmp_path / "llama"), "--json", str(out)]) == 0
+    res = _json(out)
+    assert res["commit"] and res["card"] == "cpu" and res["command"].startswith("python benchmarks/quality.py --tiny")
+    for name in ("r1", "llama"):
+        r = res["models"][name]
+        assert r["tokens"] == r["steps"] * 4 * 128 and len(r["curve"]) >= 2
+        assert r["curve"][-1]["tokens"] == r["tokens"]
+        assert r["curve"][-1]["heldout_loss"] < r["curve"][0]["heldout_loss"]  # both learn
+    assert (tmp_path / "q.png").stat().st_size > 0
+    # the export is the trained model: `r1-ds eval perplexity`'s loader and function give the table's number
+    from r1_ds.data import PackedShards
+    from r1_ds.evaluation.model_io import load_causal_lm
+    from r1_ds.evaluation.perplexity import heldout_loss
+
+    model, _ = load_causal_lm(str(tmp_path / "r1"), needs_tokenizer=False)
+    again = heldout_loss(model, PackedShards(str(corpus / "pack" / "heldout")), seq_len=128, batch_size=2,
+                         max_sequences=8)
+    assert again["loss"] == pytest.approx(res["models"]["r1"]["final"]["loss"], abs=1e-4)
+
+
+def test_passkey_benchmark_tiny(corpus, tmp_path):
+    out = tmp_path / "p.json"
+    assert passkey.main(["--tiny", "--tokenizer", str(corpus / "pack" / "tokenizer"), "--json", str(out)]) == 0
+    rows = _json(out)["rows"]
+    assert [r["model"] for r in rows] == ["r1", "r1_window", "llama"]
+    assert all(r["length"] == 256 and r["eval_examples"] == 4 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert rows[0]["first_loss"] != rows[1]["first_loss"]  # window-only is another function of the same weights
+    assert passkey.steps_for(["4096:100", "7"], 4096) == 100 and passkey.steps_for(["4096:100", "7"], 8) == 7
+
+
+def test_ablation_tiny(corpus, tmp_path):
+    out = tmp_path / "a.json"
+    quality_ablation.main(["--data", str(corpus / "pack"), "--steps", "2", "--seeds", "0", "--hidden", "64",
+                           "--layers", "1", "--seq-len", "128", "--batch", "2", "--eval-sequences", "2",
+                           "--variants", "full", "no_L2", "no_gate", "--json", str(out)])
+    res = _json(out)
+    assert [s["variant"] for s in res["summary"]] == ["full", "no_L2", "no_gate"]
+    assert res["summary"][0]["vs_full"] == 0.0 and res["summary"][1]["vs_full"] != 0.0
+    assert "| no_gate |" in (tmp_path / "a.md").read_text()
