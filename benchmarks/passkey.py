@@ -104,7 +104,7 @@ def load(name: str, args, length: int):
     model = R1ForCausalLM.from_pretrained(args.r1, dtype=torch.float32, **extra)
     model.config.max_position_embeddings = max(length, model.config.max_position_embeddings)
     model.config.label_smoothing = 0.0
-    model.config._attn_implementation = "flex_attention" if torch.cuda.is_available() else "eager"
+    model.set_attn_implementation("flex_attention" if torch.cuda.is_available() else "eager")
     return model
 
 

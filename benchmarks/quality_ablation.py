@@ -84,7 +84,7 @@ def train_variant(args, variant: str, seed: int, train_ds, heldout_ds) -> dict:
     vocab = -(-train_ds.vocab_size // 64) * 64
     torch.manual_seed(seed)  # the same initial weights for every variant (one parameter layout)
     model = R1ForCausalLM(model_config(args, vocab, variant)).to(args.device)
-    model.config._attn_implementation = "flex_attention" if args.device.startswith("cuda") else "eager"
+    model.set_attn_implementation("flex_attention" if args.device.startswith("cuda") else "eager")
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(max(1, args.steps // 20), args.steps, 0.1))
     order = np.random.default_rng(seed).permutation(len(train_ds))

@@ -10,7 +10,7 @@ from r1_ds.model import R1Config, R1ConfigError, R1ForCausalLM
 def _model(seed=0, **overrides):
     torch.manual_seed(seed)
     model = R1ForCausalLM(R1Config.from_preset("tiny", **overrides)).eval()
-    model.config._attn_implementation = "eager"
+    model.set_attn_implementation("eager")
     return model
 
 

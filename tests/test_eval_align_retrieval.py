@@ -104,7 +104,7 @@ def test_eval_retrieval_through_an_alignment_run(run, tmp_path, capsys):
 
 
 def test_demo_table_reports_image_text_retrieval_of_the_alignment_run(run, tmp_path):
-    from r1_ds.evaluation import evaluation_table
+    from r1_ds.evaluation.demo_table import evaluation_table
 
     out = str(tmp_path / "demo.json")
     table = evaluation_table(tiny_export(), align_run=str(run), humaneval_problems=0, out=out)

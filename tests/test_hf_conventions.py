@@ -524,7 +524,7 @@ def test_readme_commands_are_what_the_demo_runs(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(demo, "_run", lambda cmd, env: ran.append((cmd, env)))
     # the steps that read what the commands would have written (nothing here: _run only records)
-    monkeypatch.setattr("r1_ds.evaluation.evaluation_table", lambda *a, **k: "")
+    monkeypatch.setattr("r1_ds.evaluation.demo_table.evaluation_table", lambda *a, **k: "")
     monkeypatch.setattr("r1_ds.align.trainer.read_retrieval", lambda path: {})
     parser = __import__("argparse").ArgumentParser()
     demo.add_arguments(parser)

@@ -45,7 +45,7 @@ def tokenizer_dir(train_config: dict) -> str | None:
 
 def export_align(tag_dir: str, out: str, *, dtype: str | None = None, trusted: bool = False) -> str:
     """Write the LM folder and OUT/align_heads from an alignment checkpoint's tag folder; returns `out`."""
-    from ..checkpoint import _check_replaceable, _write_hf_folder, check_output_folder, export_folder, hf_state_dict
+    from ..checkpoint_export import _check_replaceable, _write_hf_folder, check_output_folder, export_folder, hf_state_dict
     from ..metrics import log0
     from .heads import AlignHeads
 
