@@ -6,10 +6,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean help
+.PHONY: install demo test lint format clean help
 help:
 	@echo "make demo   - set up .venv, then prep the sample corpus, train, export and generate (CPU, a few minutes)"
-	@echo "make test   - set up .venv, then run the test suite"
+	@echo "make test   - set up .venv, then lint (ruff) and run the test suite"
+	@echo "make format - let ruff format the tree and fix what it can"
 	@echo "make clean  - remove build outputs (keeps .venv)"
 
 $(STAMP): pyproject.toml
@@ -23,7 +24,15 @@ install: $(STAMP)
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/r1-ds demo --out outputs/demo
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -31,8 +31,12 @@ def copy_prep(src: str, dst: str) -> None:
 
     triples = os.path.join(src, "triples", "triples.jsonl")
     rows, _ = parse_triples(triples)
-    shutil.copytree(os.path.join(src, "triples"), os.path.join(dst, "triples"), dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("image_embeds"))
+    shutil.copytree(
+        os.path.join(src, "triples"),
+        os.path.join(dst, "triples"),
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("image_embeds"),
+    )
     shutil.copytree(os.path.join(src, "tokenizer"), os.path.join(dst, "tokenizer"), dirs_exist_ok=True)
     src_abs = os.path.abspath(src)
     for path in sorted({p for r in rows if r.image for p in [r.image, *r.views]}):
@@ -60,16 +64,27 @@ def main() -> int:
         src = args.src
         if not src:
             src = os.path.join(scratch, "prep")
-            subprocess.run([sys.executable, "-m", "data_prep", "--out", src, "--vocab-size", str(args.vocab_size)],
-                           cwd=ROOT, check=True)
+            subprocess.run(
+                [sys.executable, "-m", "data_prep", "--out", src, "--vocab-size", str(args.vocab_size)],
+                cwd=ROOT,
+                check=True,
+            )
         copy_prep(src, args.out)
     path = os.path.join(args.out, "triples", "triples.jsonl")
     rows, dropped = parse_triples(path)
     cache = embeddings_cache(path, args.image_tower, None, args.image_size, args.seed)  # the trainer's
     table, failed = load_image_embeddings(
-        rows, cache, lambda: build_image_tower(args.image_tower, None, image_size=args.image_size, seed=args.seed))
-    log.info("%s: %d rows (%d dropped while reading), %d image embeddings cached in %s (%d images failed)",
-             args.out, len(rows), sum(dropped.values()), len(table), cache, len(failed))
+        rows, cache, lambda: build_image_tower(args.image_tower, None, image_size=args.image_size, seed=args.seed)
+    )
+    log.info(
+        "%s: %d rows (%d dropped while reading), %d image embeddings cached in %s (%d images failed)",
+        args.out,
+        len(rows),
+        sum(dropped.values()),
+        len(table),
+        cache,
+        len(failed),
+    )
     return 0
 
 

@@ -112,20 +112,37 @@ def main() -> None:
     tokens = args.tokens or (65536 if cuda else 4096)
     repeats = args.repeats or (10 if cuda else 3)
     dtype = torch.bfloat16 if cuda else torch.float32
-    kw = dict(level_heads=level_heads, window=args.window, paragraph_size=args.paragraph,
-              document_size=args.document, top_k=args.top_k, rope_theta=10000.0)
+    kw = dict(
+        level_heads=level_heads,
+        window=args.window,
+        paragraph_size=args.paragraph,
+        document_size=args.document,
+        top_k=args.top_k,
+        rope_theta=10000.0,
+    )
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backends = ([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-                if cuda else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+    backends = (
+        [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        if cuda
+        else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+    )
     meta = {
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "dtype": str(dtype), "d": d, "level_heads": level_heads,
-        "dense_heads": dense_heads, "window": args.window, "paragraph": args.paragraph,
-        "document": args.document, "top_k": args.top_k, "tokens_per_step": tokens,
-        "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:]), "compile": args.compile,
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "d": d,
+        "level_heads": level_heads,
+        "dense_heads": dense_heads,
+        "window": args.window,
+        "paragraph": args.paragraph,
+        "document": args.document,
+        "top_k": args.top_k,
+        "tokens_per_step": tokens,
+        "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:]),
+        "compile": args.compile,
     }
     suffix = "_compiled" if args.compile else ""
     out = args.json or os.path.join(os.environ.get("OUT", "benchmarks/results"), f"attention_{dev}{suffix}.json")
@@ -160,6 +177,7 @@ def main() -> None:
             def step():
                 o = dense_attention(q, k, v, cos, sin, dense_heads, backend)
                 o.transpose(1, 2).reshape(B, T, d).backward(grad)
+
             return step
 
         best = None
@@ -188,8 +206,9 @@ def main() -> None:
             row["r1_peak_gib"] = peak_mem(r1_step, dev)
         except torch.OutOfMemoryError as err:
             row["r1_error"] = str(err).splitlines()[0][:120]
-        dense_f, r1_f = attention_flops(T, d=d, window=args.window, paragraph=args.paragraph,
-                                        document=args.document, top_k=args.top_k)
+        dense_f, r1_f = attention_flops(
+            T, d=d, window=args.window, paragraph=args.paragraph, document=args.document, top_k=args.top_k
+        )
         row["dense_fwd_gflop"], row["r1_fwd_gflop"] = B * dense_f / 1e9, B * r1_f / 1e9
         if "dense_ms" in row and "r1_ms" in row:
             row["speedup"] = row["dense_ms"] / row["r1_ms"]
@@ -204,12 +223,16 @@ def main() -> None:
         return format(x, f) if isinstance(x, (int, float)) else "-"
 
     print(f"\nHierarchical attention vs dense causal SDPA, fwd+bwd, {meta['device']}, {dtype}, d={d}")
-    print(f"{'T':>7} {'B':>3} {'dense ms':>9} {'backend':>18} {'R1 ms':>8} {'speedup':>8} "
-          f"{'dense GiB':>9} {'R1 GiB':>7} {'FLOP ratio':>10}")
+    print(
+        f"{'T':>7} {'B':>3} {'dense ms':>9} {'backend':>18} {'R1 ms':>8} {'speedup':>8} "
+        f"{'dense GiB':>9} {'R1 GiB':>7} {'FLOP ratio':>10}"
+    )
     for r in sorted(rows, key=lambda r: r["T"]):
-        print(f"{r['T']:>7} {r['batch']:>3} {fmt(r.get('dense_ms'), '9.2f')} {r.get('dense_backend', '-'):>18} "
-              f"{fmt(r.get('r1_ms'), '8.2f')} {fmt(r.get('speedup'), '8.2f')} {fmt(r.get('dense_peak_gib'), '9.2f')} "
-              f"{fmt(r.get('r1_peak_gib'), '7.2f')} {r['dense_fwd_gflop'] / r['r1_fwd_gflop']:>10.1f}")
+        print(
+            f"{r['T']:>7} {r['batch']:>3} {fmt(r.get('dense_ms'), '9.2f')} {r.get('dense_backend', '-'):>18} "
+            f"{fmt(r.get('r1_ms'), '8.2f')} {fmt(r.get('speedup'), '8.2f')} {fmt(r.get('dense_peak_gib'), '9.2f')} "
+            f"{fmt(r.get('r1_peak_gib'), '7.2f')} {r['dense_fwd_gflop'] / r['r1_fwd_gflop']:>10.1f}"
+        )
 
 
 if __name__ == "__main__":

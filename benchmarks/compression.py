@@ -51,9 +51,16 @@ def build_model(name: str, seq: int) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, layers, heads, inter = LLAMA_SIZES[name]
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=heads, intermediate_size=inter, max_position_embeddings=max(seq, 2048),
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=max(seq, 2048),
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -64,8 +71,11 @@ def synthetic_tokens(rows: int, seq: int, vocab: int, seed: int, device, active:
     active = min(active, vocab)
     succ = torch.randint(active, (active, 4), generator=torch.Generator().manual_seed(0)).to(device)  # same everywhere
     g = torch.Generator().manual_seed(seed)
-    choice = torch.multinomial(torch.tensor([0.6, 0.2, 0.15, 0.05]), rows * seq, replacement=True,
-                               generator=g).view(rows, seq).to(device)
+    choice = (
+        torch.multinomial(torch.tensor([0.6, 0.2, 0.15, 0.05]), rows * seq, replacement=True, generator=g)
+        .view(rows, seq)
+        .to(device)
+    )
     toks = torch.empty(rows, seq, dtype=torch.long, device=device)
     toks[:, 0] = torch.randint(active, (rows,), generator=g).to(device)
     for t in range(1, seq):
@@ -96,8 +106,16 @@ def sync(device) -> None:
 
 def section_for(run: str, args) -> dict:
     """The r1_compression section of one run; `timing` on: the table reports device time per reduction."""
-    base = {"enabled": True, "topk_ratio": args.topk_ratio, "bits": 8, "error_feedback": True,
-            "selection": args.selection, "warmup_steps": args.warmup, "auto_fallback": False, "timing": True}
+    base = {
+        "enabled": True,
+        "topk_ratio": args.topk_ratio,
+        "bits": 8,
+        "error_feedback": True,
+        "selection": args.selection,
+        "warmup_steps": args.warmup,
+        "auto_fallback": False,
+        "timing": True,
+    }
     if run == "dense":
         return dict(base, warmup_steps=10**9)  # installed for the byte counts, never leaves dense warmup
     if run == "auto":
@@ -122,8 +140,10 @@ def run_one(run: str, args, device, data: torch.Tensor, held_out: torch.Tensor) 
         "data_types": {"grad_accum_dtype": "fp32"},
         "zero_optimization": {"stage": 1},
         "communication_data_type": args.dense_comm,
-        "optimizer": {"type": "AdamW", "params": {"lr": args.lr, "betas": [0.9, 0.95], "weight_decay": 0.1,
-                                                  "torch_adam": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": args.lr, "betas": [0.9, 0.95], "weight_decay": 0.1, "torch_adam": True},
+        },
         "gradient_clipping": 1.0,
         "steps_per_print": 10**9,
         "r1_compression": section_for(run, args),
@@ -182,15 +202,20 @@ def run_one(run: str, args, device, data: torch.Tensor, held_out: torch.Tensor) 
 
 def table(results: list[dict], label: str) -> str:
     dense = next((r for r in results if r["run"] == "dense"), None)
-    lines = [f"| run ({label}) | step ms | speedup | reduce ms | compress ms | MB sent/rank/step | vs dense fp32 "
-             "| eval loss | vs dense | mode |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| run ({label}) | step ms | speedup | reduce ms | compress ms | MB sent/rank/step | vs dense fp32 "
+        "| eval loss | vs dense | mode |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         speed = f"{dense['step_ms'] / r['step_ms']:.2f}x" if dense else "-"
         gap = f"{(r['eval_loss'] - dense['eval_loss']) / dense['eval_loss'] * 100:+.2f}%" if dense else "-"
         mode = "/".join(r["modes"]) + (f" ({r['decision']})" if r["decision"] else "")
-        lines.append(f"| {r['run']} | {r['step_ms']:.1f} | {speed} | {r['reduce_ms']:.1f} | {r['compress_ms']:.1f} "
-                     f"| {r['bytes_sent'] / 1e6:.1f} | {r['dense_fp32_bytes'] / max(r['bytes_sent'], 1):.1f}x "
-                     f"| {r['eval_loss']:.4f} | {gap} | {mode} |")
+        lines.append(
+            f"| {r['run']} | {r['step_ms']:.1f} | {speed} | {r['reduce_ms']:.1f} | {r['compress_ms']:.1f} "
+            f"| {r['bytes_sent'] / 1e6:.1f} | {r['dense_fp32_bytes'] / max(r['bytes_sent'], 1):.1f}x "
+            f"| {r['eval_loss']:.4f} | {gap} | {mode} |"
+        )
     return "\n".join(lines)
 
 
@@ -201,15 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=10, help="r1_compression.warmup_steps (dense steps first)")
     ap.add_argument("--probe-steps", type=int, default=5, help="auto: steps timed per side")
-    ap.add_argument("--measure-from", type=int, default=0,
-                    help="first step of the timing window (default: warmup + 2 * probe-steps + 2)")
+    ap.add_argument(
+        "--measure-from",
+        type=int,
+        default=0,
+        help="first step of the timing window (default: warmup + 2 * probe-steps + 2)",
+    )
     ap.add_argument("--micro-batch", type=int, default=8, help="sequences per GPU per step")
     ap.add_argument("--seq", type=int, default=1024, help="tokens per sequence")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--topk-ratio", type=float, default=0.05)
     ap.add_argument("--selection", default="threshold", choices=["threshold", "topk"])
-    ap.add_argument("--dense-comm", default="fp32", choices=["fp32", "bf16"],
-                    help="communication_data_type of the dense all-reduce (fp32 is the baseline the byte ratios compare with)")
+    ap.add_argument(
+        "--dense-comm",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="communication_data_type of the dense all-reduce (fp32 is the baseline the byte ratios compare with)",
+    )
     ap.add_argument("--label", default=None, help="transport name for the table (default: from NCCL env)")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -225,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if not cuda:  # CPU smoke run: skip DeepSpeed's shm op, which leaks 66 MB of /dev/shm per rank (r1_ds/local_ranks.py)
+    if (
+        not cuda
+    ):  # CPU smoke run: skip DeepSpeed's shm op, which leaks 66 MB of /dev/shm per rank (r1_ds/local_ranks.py)
         from r1_ds.parallel.deepspeed_patches import disable_cpu_shm_comm
 
         disable_cpu_shm_comm()
@@ -247,20 +282,32 @@ def main(argv: list[str] | None = None) -> int:
         r = run_one(run, args, device, data, held_out)
         results.append(r)
         if rank == 0:
-            print(f"[compression bench] {run}: {r['step_ms']:.1f} ms/step, eval loss {r['eval_loss']:.4f}, "
-                  f"{r['bytes_sent'] / 1e6:.1f} MB/rank/step, modes {r['modes']} {r['decision'] or ''} "
-                  f"{r['probe'] or ''}", flush=True)
+            print(
+                f"[compression bench] {run}: {r['step_ms']:.1f} ms/step, eval loss {r['eval_loss']:.4f}, "
+                f"{r['bytes_sent'] / 1e6:.1f} MB/rank/step, modes {r['modes']} {r['decision'] or ''} "
+                f"{r['probe'] or ''}",
+                flush=True,
+            )
 
     if rank == 0:
-        meta = {"label": label, "world": world, "model": args.model, "params": results[0]["params"],
-                "busbw_GBps": busbw, "args": vars(args), "torch": torch.__version__,
-                "deepspeed": deepspeed.__version__,
-                "gpu": torch.cuda.get_device_name() if cuda else "cpu",
-                "nccl_env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_")}}
+        meta = {
+            "label": label,
+            "world": world,
+            "model": args.model,
+            "params": results[0]["params"],
+            "busbw_GBps": busbw,
+            "args": vars(args),
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "gpu": torch.cuda.get_device_name() if cuda else "cpu",
+            "nccl_env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_")},
+        }
         payload = json.dumps({"meta": meta, "results": results}, indent=1)
-        text = (f"{args.model} ({results[0]['params'] / 1e6:.0f}M params), DP {world}, {label} "
-                f"(all-reduce bus bandwidth {busbw:.1f} GB/s), {args.steps} steps, micro-batch {args.micro_batch} x "
-                f"{args.seq} tokens, timing from step {args.measure_from}\n\n{table(results, label)}\n")
+        text = (
+            f"{args.model} ({results[0]['params'] / 1e6:.0f}M params), DP {world}, {label} "
+            f"(all-reduce bus bandwidth {busbw:.1f} GB/s), {args.steps} steps, micro-batch {args.micro_batch} x "
+            f"{args.seq} tokens, timing from step {args.measure_from}\n\n{table(results, label)}\n"
+        )
         paths = [args.json] if args.json else []
         if os.environ.get("OUT"):
             paths.append(os.path.join(os.environ["OUT"], f"compression_{label}.json"))

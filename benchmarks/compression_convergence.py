@@ -49,16 +49,29 @@ def main(argv: list[str] | None = None) -> None:
         evals = {r["eval_loss"] for r in per_rank}
         assert len(evals) == 1, f"{name}: replicas disagree on the held-out loss {evals}"
         floor = per_rank[0]["entropy_floor"]  # the same data (and floor) for every run
-        results[name] = {"config": section, "train_loss": curve, "eval_loss": per_rank[0]["eval_loss"],
-                         "mean_ratio": per_rank[0]["mean_ratio_compressed_steps"], "wall_s": time.time() - t0,
-                         "last_stats": per_rank[0]["stats"]}
+        results[name] = {
+            "config": section,
+            "train_loss": curve,
+            "eval_loss": per_rank[0]["eval_loss"],
+            "mean_ratio": per_rank[0]["mean_ratio_compressed_steps"],
+            "wall_s": time.time() - t0,
+            "last_stats": per_rank[0]["stats"],
+        }
         print(f"{name}: held-out loss {results[name]['eval_loss']:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"compression_convergence_w{args.world}")
-    meta = {"world": args.world, "steps": args.steps, "warmup_steps": args.warmup, "model": "TinyLM dim 64, 2 layers",
-            "optimizer": "AdamW lr 3e-3, clip 1.0", "micro_batch": 16, "seq": SEQ, "entropy_floor": floor,
-            "torch": torch.__version__}
+    meta = {
+        "world": args.world,
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "model": "TinyLM dim 64, 2 layers",
+        "optimizer": "AdamW lr 3e-3, clip 1.0",
+        "micro_batch": 16,
+        "seq": SEQ,
+        "entropy_floor": floor,
+        "torch": torch.__version__,
+    }
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "runs": results}, f, indent=1)
     try:
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, r in results.items():
             k = 10  # moving average, the raw per-step loss is noisy
             y = r["train_loss"]
-            smooth = [sum(y[max(0, i - k + 1):i + 1]) / len(y[max(0, i - k + 1):i + 1]) for i in range(len(y))]
+            smooth = [sum(y[max(0, i - k + 1) : i + 1]) / len(y[max(0, i - k + 1) : i + 1]) for i in range(len(y))]
             ax.plot(smooth, label=f"{name} (held-out {r['eval_loss']:.3f})")
         ax.axhline(floor, color="grey", ls=":", label=f"entropy floor {floor:.3f}")
         ax.axvline(args.warmup, color="grey", ls="--", lw=0.8)

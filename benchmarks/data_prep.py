@@ -256,8 +256,9 @@ def gpu_rows(args) -> list[dict]:
     rows = []
     docs = image_docs(args.clip_pairs, size=256, fmt="JPEG")
     for processes in (False, True):  # decode in threads, then in worker processes (the CUDA default: past the GIL)
-        clip = ClipScoreFilter(args.clip_arch, mode="topk", device=args.device, batch_size=args.clip_batch,
-                               decode_processes=processes)
+        clip = ClipScoreFilter(
+            args.clip_arch, mode="topk", device=args.device, batch_size=args.clip_batch, decode_processes=processes
+        )
         clip.cosines(docs[: 2 * args.clip_batch])  # build + warm up (cuDNN autotune, allocator, worker start)
         torch.cuda.synchronize()
         _, rate = timeit(lambda d: clip.filter_batch(d), docs, args.repeats)  # GPU: wall clock is what counts

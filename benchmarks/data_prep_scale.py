@@ -58,8 +58,7 @@ def engine_run(corpus: Path, out: Path, *, workers: int, tasks: int, near_dedup:
 
     cfg = ScaleSettings(executor="local", workers=workers, tasks=tasks, near_dedup=near_dedup)
     t = time.perf_counter()
-    totals = run_engine(specs=[str(corpus)], filters=text_filters(), out=out, cfg=cfg, text_field="text",
-                             id_field=None)
+    totals = run_engine(specs=[str(corpus)], filters=text_filters(), out=out, cfg=cfg, text_field="text", id_field=None)
     wall = time.perf_counter() - t
     first = next(iter(totals.values()))
     kept = list(totals.values())[-1]["kept"]
@@ -67,9 +66,17 @@ def engine_run(corpus: Path, out: Path, *, workers: int, tasks: int, near_dedup:
     sig_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in timing.glob("signatures_*.json"))
     filt_cpu = sum(json.loads(p.read_text())["cpu_s"] for p in timing.glob("filter_*.json"))
     n = first["in"]
-    return {"workers": workers, "tasks": tasks, "docs": n, "kept": kept, "wall_s": round(wall, 2),
-            "docs_per_s": round(n / wall, 1), "signatures_cpu_s": round(sig_cpu, 2),
-            "filter_cpu_s": round(filt_cpu, 2), "docs_per_cpu_s": round(n / (sig_cpu + filt_cpu), 1)}
+    return {
+        "workers": workers,
+        "tasks": tasks,
+        "docs": n,
+        "kept": kept,
+        "wall_s": round(wall, 2),
+        "docs_per_s": round(n / wall, 1),
+        "signatures_cpu_s": round(sig_cpu, 2),
+        "filter_cpu_s": round(filt_cpu, 2),
+        "docs_per_cpu_s": round(n / (sig_cpu + filt_cpu), 1),
+    }
 
 
 def serial_costs(corpus: Path, n_dedup: int) -> dict:
@@ -137,8 +144,11 @@ def main() -> None:
         raw = make_corpus(tmp / "corpus", args.docs, args.files)
         rows = []
         for w in args.workers:
-            rows.append(engine_run(tmp / "corpus", tmp / f"out_w{w}", workers=w, tasks=max(args.tasks, w),
-                                   near_dedup=args.near_dedup))
+            rows.append(
+                engine_run(
+                    tmp / "corpus", tmp / f"out_w{w}", workers=w, tasks=max(args.tasks, w), near_dedup=args.near_dedup
+                )
+            )
             print(f"workers={w}: {rows[-1]}", flush=True)
         serial = serial_costs(tmp / "corpus", args.dedup_sample)
         print(f"serial parts (one thread): {serial}", flush=True)

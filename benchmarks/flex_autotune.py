@@ -30,17 +30,24 @@ H1, H2, _ = kw["level_heads"]
 g_, G_ = kw["paragraph_size"], kw["document_size"]
 n_par = T // g_
 q, k, v = (torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-qr, kbuf, vbuf, _, _, S = ha.flex_operands(q, k, v, level_heads=kw["level_heads"], paragraph_size=g_,
-                                           document_size=G_, rope_theta=kw["rope_theta"])
+qr, kbuf, vbuf, _, _, S = ha.flex_operands(
+    q, k, v, level_heads=kw["level_heads"], paragraph_size=g_, document_size=G_, rope_theta=kw["rope_theta"]
+)
 with torch.no_grad():
-    idx, valid, _ = ha._route_compiled(q, k, n_heads=H2, paragraph_size=g_, top_k=kw["top_k"], first_block=0,
-                                        n_blocks=T // g_)
+    idx, valid, _ = ha._route_compiled(
+        q, k, n_heads=H2, paragraph_size=g_, top_k=kw["top_k"], first_block=0, n_blocks=T // g_
+    )
 cases = {
-    "L1": ([ha.split_heads(x, H1) for x in (qr, kbuf[:, S:], vbuf[:, S:])],
-           ha._window_block_mask(T, kw["window"], g_, "cuda"), (d // H1) ** -0.5),
-    "L2": ([ha.split_heads(x, H2) for x in (qr, kbuf, vbuf)],
-           ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_, span=G_ // g_),
-           (d // H2) ** -0.5),
+    "L1": (
+        [ha.split_heads(x, H1) for x in (qr, kbuf[:, S:], vbuf[:, S:])],
+        ha._window_block_mask(T, kw["window"], g_, "cuda"),
+        (d // H1) ** -0.5,
+    ),
+    "L2": (
+        [ha.split_heads(x, H2) for x in (qr, kbuf, vbuf)],
+        ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_, span=G_ // g_),
+        (d // H2) ** -0.5,
+    ),
 }
 tuned = torch.compile(flex_attention, dynamic=False, mode="max-autotune-no-cudagraphs")
 
@@ -66,5 +73,8 @@ for name in args.levels:
         with torch.no_grad():
             fwd = timed(fn)
         both = timed(lambda: fn().backward(grad))
-        print(f"{name} hd {hd} T {T} B {B} {label:<14} fwd {fwd:7.2f} ms  bwd {both - fwd:7.2f} ms  "
-              f"fwd+bwd {both:7.2f} ms  (first call {first:5.1f} s)", flush=True)
+        print(
+            f"{name} hd {hd} T {T} B {B} {label:<14} fwd {fwd:7.2f} ms  bwd {both - fwd:7.2f} ms  "
+            f"fwd+bwd {both:7.2f} ms  (first call {first:5.1f} s)",
+            flush=True,
+        )

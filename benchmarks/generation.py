@@ -59,11 +59,20 @@ def build(name: str, preset: str, context: int, new_tokens: int, device: str) ->
         from transformers import LlamaConfig, LlamaForCausalLM
 
         heads = r1.level_heads[1]
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=r1.vocab_size, hidden_size=r1.hidden_size, intermediate_size=r1.intermediate_size,
-            num_hidden_layers=r1.num_hidden_layers, num_attention_heads=heads, num_key_value_heads=heads,
-            max_position_embeddings=length, rms_norm_eps=r1.rms_norm_eps, tie_word_embeddings=True,
-            attn_implementation="sdpa"))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=r1.vocab_size,
+                hidden_size=r1.hidden_size,
+                intermediate_size=r1.intermediate_size,
+                num_hidden_layers=r1.num_hidden_layers,
+                num_attention_heads=heads,
+                num_key_value_heads=heads,
+                max_position_embeddings=length,
+                rms_norm_eps=r1.rms_norm_eps,
+                tie_word_embeddings=True,
+                attn_implementation="sdpa",
+            )
+        )
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     return model.to(device=device, dtype=dtype).eval()
 
@@ -103,10 +112,16 @@ def bench_one(name: str, args, context: int) -> dict:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     ttft, decode_s, _ = generate(model, prompt, args.new_tokens, args.device)
-    row = {"model": name, "preset": args.preset, "context": context, "batch": args.batch,
-           "new_tokens": args.new_tokens, "ttft_ms": round(ttft * 1e3, 2),
-           "decode_tokens_per_s": round(args.batch * (args.new_tokens - 1) / decode_s, 1),
-           "decode_ms_per_step": round(decode_s * 1e3 / (args.new_tokens - 1), 2)}
+    row = {
+        "model": name,
+        "preset": args.preset,
+        "context": context,
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "ttft_ms": round(ttft * 1e3, 2),
+        "decode_tokens_per_s": round(args.batch * (args.new_tokens - 1) / decode_s, 1),
+        "decode_ms_per_step": round(decode_s * 1e3 / (args.new_tokens - 1), 2),
+    }
     if args.device == "cuda":
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del model
@@ -116,15 +131,19 @@ def bench_one(name: str, args, context: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'model':<6} {'context':>8} {'batch':>5} {'TTFT ms':>10} {'decode tok/s':>13} {'ms/step':>8} "
-             f"{'peak GiB':>9} {'decode vs llama':>16}"]
+    lines = [
+        f"{'model':<6} {'context':>8} {'batch':>5} {'TTFT ms':>10} {'decode tok/s':>13} {'ms/step':>8} "
+        f"{'peak GiB':>9} {'decode vs llama':>16}"
+    ]
     llama = {(r["context"], r["batch"]): r for r in rows if r["model"] == "llama"}
     for r in rows:
         ref = llama.get((r["context"], r["batch"]))
         ratio = f"{r['decode_tokens_per_s'] / ref['decode_tokens_per_s']:.2f}x" if ref and r is not ref else ""
-        lines.append(f"{r['model']:<6} {r['context']:>8} {r['batch']:>5} {r['ttft_ms']:>10.1f} "
-                     f"{r['decode_tokens_per_s']:>13.1f} {r['decode_ms_per_step']:>8.2f} "
-                     f"{r.get('peak_gib', float('nan')):>9.2f} {ratio:>16}")
+        lines.append(
+            f"{r['model']:<6} {r['context']:>8} {r['batch']:>5} {r['ttft_ms']:>10.1f} "
+            f"{r['decode_tokens_per_s']:>13.1f} {r['decode_ms_per_step']:>8.2f} "
+            f"{r.get('peak_gib', float('nan')):>9.2f} {ratio:>16}"
+        )
     return "\n".join(lines)
 
 
@@ -135,12 +154,17 @@ def main(argv=None) -> int:
         for name in args.models:
             rows.append(bench_one(name, args, context))
             print(json.dumps(rows[-1]), flush=True)
-    result = {"benchmark": "generation", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "command": " ".join(["python", "benchmarks/generation.py", *sys.argv[1:]]),
-              "rows": rows}
-    path = args.json or (os.path.join(os.environ["OUT"], f"generation_{args.device}.json") if os.environ.get("OUT")
-                         else None)
+    result = {
+        "benchmark": "generation",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "command": " ".join(["python", "benchmarks/generation.py", *sys.argv[1:]]),
+        "rows": rows,
+    }
+    path = args.json or (
+        os.path.join(os.environ["OUT"], f"generation_{args.device}.json") if os.environ.get("OUT") else None
+    )
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:

@@ -23,8 +23,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SHOWN = ("pass@1", "pass@10", "passed_samples", "generation_seconds_per_problem", "execution_seconds_per_problem",
-         "seconds_per_problem")
+SHOWN = (
+    "pass@1",
+    "pass@10",
+    "passed_samples",
+    "generation_seconds_per_problem",
+    "execution_seconds_per_problem",
+    "seconds_per_problem",
+)
 
 
 def table(runs: dict[str, dict]) -> str:
@@ -71,25 +77,43 @@ def main() -> int:
     settings = [("sampled", args.n, args.temperature)] + ([("greedy", 1, 0.0)] if args.greedy else [])
     runs = {}
     for name, n, temperature in settings:
-        results, scored = humaneval.evaluate(model, tok, n=n, temperature=temperature, top_p=args.top_p,
-                                             max_new_tokens=args.max_new_tokens, limit=args.limit,
-                                             batch_size=args.batch_size, workers=args.workers, limits=limits)
-        results["samples_file"] = humaneval.write_samples(
-            os.path.splitext(args.json)[0] + f"_{name}.json", scored)
+        results, scored = humaneval.evaluate(
+            model,
+            tok,
+            n=n,
+            temperature=temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            limits=limits,
+        )
+        results["samples_file"] = humaneval.write_samples(os.path.splitext(args.json)[0] + f"_{name}.json", scored)
         runs[name] = results
         print(f"{name}: " + ", ".join(f"{k} {results[k]:.4f}" for k in SHOWN if k in results), flush=True)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         commit = None
-    report = {"benchmark": "humaneval", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "commit": commit,
-              "command": " ".join(["python", "benchmarks/humaneval_gpu.py", *sys.argv[1:]]),
-              "model": os.path.abspath(args.model), "parameters": sum(p.numel() for p in model.parameters()),
-              "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "batch_size": args.batch_size,
-              **runs}
+    report = {
+        "benchmark": "humaneval",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "commit": commit,
+        "command": " ".join(["python", "benchmarks/humaneval_gpu.py", *sys.argv[1:]]),
+        "model": os.path.abspath(args.model),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "batch_size": args.batch_size,
+        **runs,
+    }
     atomic_write_json(args.json, report)
     print(table(runs))
     return 0

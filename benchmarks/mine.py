@@ -10,7 +10,6 @@ then reads the bound on 20,000 held-out samples. Prints a table and writes the r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,8 +30,15 @@ def run_case(d: int, mi: float, variant: str, *, steps: int, batch: int, seed: i
     for _ in range(steps):
         est.update(*correlated_gaussians(batch, d, rho, generator=gen))
     value = est.estimate(*correlated_gaussians(20_000, d, rho, generator=gen))
-    return {"d": d, "true_mi": mi, "variant": variant, "seed": seed, "estimate": value,
-            "rel_error": (value - mi) / mi, "seconds": time.perf_counter() - t}
+    return {
+        "d": d,
+        "true_mi": mi,
+        "variant": variant,
+        "seed": seed,
+        "estimate": value,
+        "rel_error": (value - mi) / mi,
+        "seconds": time.perf_counter() - t,
+    }
 
 
 def main(argv=None) -> int:
@@ -59,11 +65,18 @@ def main(argv=None) -> int:
     if args.out:
         from data_prep.atomic import atomic_write_json
 
-        atomic_write_json(args.out, {"command": " ".join(["python", "benchmarks/mine.py", *(argv or sys.argv[1:])]),
-                                     "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                                                f"{os.cpu_count()} CPUs, torch {torch.__version__}",
-                                     "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "batch": args.batch,
-                                     "rows": rows})
+        atomic_write_json(
+            args.out,
+            {
+                "command": " ".join(["python", "benchmarks/mine.py", *(argv or sys.argv[1:])]),
+                "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                f"{os.cpu_count()} CPUs, torch {torch.__version__}",
+                "date": time.strftime("%Y-%m-%d"),
+                "steps": args.steps,
+                "batch": args.batch,
+                "rows": rows,
+            },
+        )
     return 0
 
 

@@ -50,9 +50,12 @@ def arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--attn", default="auto", help="attention implementation; auto: flex_attention on cuda")
     p.add_argument("--activation-checkpointing", type=int, default=0, help="recompute every N decoder layers")
     p.add_argument("--timeout", type=int, default=480, help="seconds per layout")
-    p.add_argument("--baseline", default=None,
-                   help="a parallel_layouts.json of an earlier call whose 1-GPU result is the scaling baseline "
-                        "(to split the layouts over several calls of limited length)")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="a parallel_layouts.json of an earlier call whose 1-GPU result is the scaling baseline "
+        "(to split the layouts over several calls of limited length)",
+    )
     p.add_argument("--out", default=None, help="JSON path (default $OUT/parallel_layouts.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--layout", default=None, help=argparse.SUPPRESS)
@@ -66,18 +69,22 @@ def arguments(argv=None) -> argparse.Namespace:
 def ds_config(args, data: int, pipe: int) -> dict:
     per_step = args.micro_batch * data
     if args.global_batch % per_step:
-        raise SystemExit(f"--global-batch {args.global_batch} is not a multiple of micro-batch {args.micro_batch} x "
-                         f"data {data} = {per_step}; choose sizes that divide")
+        raise SystemExit(
+            f"--global-batch {args.global_batch} is not a multiple of micro-batch {args.micro_batch} x "
+            f"data {data} = {per_step}; choose sizes that divide"
+        )
     cfg = {
         "train_batch_size": args.global_batch,
         "train_micro_batch_size_per_gpu": args.micro_batch,
         "gradient_accumulation_steps": args.global_batch // per_step,
         "gradient_clipping": 1.0,
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.1,
-                                                  "torch_adam": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.1, "torch_adam": True},
+        },
         "zero_optimization": {"stage": 1},
         "bf16": {"enabled": True},
-        "steps_per_print": 10 ** 9,
+        "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
     if pipe > 1:
@@ -112,8 +119,9 @@ def worker(args) -> None:
     torch.manual_seed(0)
     with device:
         model = R1ForCausalLM(config)
-    model.set_attn_implementation(args.attn if args.attn != "auto"
-                                  else "flex_attention" if device.type == "cuda" else "eager")
+    model.set_attn_implementation(
+        args.attn if args.attn != "auto" else "flex_attention" if device.type == "cuda" else "eager"
+    )
     ds = ds_config(args, data, pipe)
     if pipe > 1:
         module = build_pipeline(model, dims, activation_checkpoint_interval=args.activation_checkpointing)
@@ -124,8 +132,9 @@ def worker(args) -> None:
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable()
         module = model
-    engine, *_ = deepspeed.initialize(model=module, model_parameters=[p for p in module.parameters()], config=ds,
-                                      mpu=mpu)
+    engine, *_ = deepspeed.initialize(
+        model=module, model_parameters=[p for p in module.parameters()], config=ds, mpu=mpu
+    )
     gas = engine.gradient_accumulation_steps()
 
     def micro_batches(step: int):
@@ -162,19 +171,30 @@ def worker(args) -> None:
         loss = one_step(step)
     sync()
     elapsed = time.perf_counter() - t0
-    peak_mem = torch.tensor([torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else 0.0],
-                            device=device)
+    peak_mem = torch.tensor(
+        [torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0], device=device
+    )
     dist.all_reduce(peak_mem, op=dist.ReduceOp.MAX)
     if rank == 0:
         tokens_per_s = args.global_batch * args.seq_len * args.steps / elapsed
         fpt = flops_per_token(config, args.seq_len)
         peak = peak_flops("bf16") if device.type == "cuda" else None
         result = {
-            "layout": args.layout, "pipe": pipe, "tensor": tensor, "data": data, "gpus": world,
-            "tokens_per_s": tokens_per_s, "tokens_per_s_per_gpu": tokens_per_s / world,
+            "layout": args.layout,
+            "pipe": pipe,
+            "tensor": tensor,
+            "data": data,
+            "gpus": world,
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_gpu": tokens_per_s / world,
             "mfu": fpt * tokens_per_s / (peak * world) if peak else None,
-            "step_s": elapsed / args.steps, "grad_accum": gas, "peak_mem_gib": float(peak_mem.item()),
-            "loss": loss, "preset": args.preset, "seq_len": args.seq_len, "global_batch": args.global_batch,
+            "step_s": elapsed / args.steps,
+            "grad_accum": gas,
+            "peak_mem_gib": float(peak_mem.item()),
+            "loss": loss,
+            "preset": args.preset,
+            "seq_len": args.seq_len,
+            "global_batch": args.global_batch,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         }
         with open(args.result, "w") as f:
@@ -189,12 +209,37 @@ def run_layout(args, layout: str) -> dict:
     n = pipe * tensor * data
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         result_path = tmp.name
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           os.path.abspath(__file__), "--worker", "--layout", layout, "--result", result_path,
-           "--preset", args.preset, "--seq-len", str(args.seq_len), "--global-batch", str(args.global_batch),
-           "--micro-batch", str(args.micro_batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--device", args.device, "--attn", args.attn, "--activation-checkpointing",
-           str(args.activation_checkpointing)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        os.path.abspath(__file__),
+        "--worker",
+        "--layout",
+        layout,
+        "--result",
+        result_path,
+        "--preset",
+        args.preset,
+        "--seq-len",
+        str(args.seq_len),
+        "--global-batch",
+        str(args.global_batch),
+        "--micro-batch",
+        str(args.micro_batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+        "--attn",
+        args.attn,
+        "--activation-checkpointing",
+        str(args.activation_checkpointing),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
     if args.device == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
@@ -209,8 +254,7 @@ def run_layout(args, layout: str) -> dict:
         with open(result_path) as f:
             result = json.load(f)
     else:
-        result = {"layout": layout, "pipe": pipe, "tensor": tensor, "data": data, "gpus": n,
-                  "error": f"exit {rc}"}
+        result = {"layout": layout, "pipe": pipe, "tensor": tensor, "data": data, "gpus": n, "error": f"exit {rc}"}
     os.unlink(result_path)
     result["job_wall_s"] = wall
     return result
@@ -218,8 +262,10 @@ def run_layout(args, layout: str) -> dict:
 
 def table(results: list[dict]) -> str:
     base = next((r for r in results if r.get("gpus") == 1 and "tokens_per_s" in r), None)
-    head = (f"{'layout (pipe x tensor x data)':<30}{'GPUs':>5}{'tokens/s':>12}{'per GPU':>10}{'scaling':>9}"
-            f"{'MFU':>7}{'step s':>8}{'peak GiB':>10}")
+    head = (
+        f"{'layout (pipe x tensor x data)':<30}{'GPUs':>5}{'tokens/s':>12}{'per GPU':>10}{'scaling':>9}"
+        f"{'MFU':>7}{'step s':>8}{'peak GiB':>10}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         name = f"{r['pipe']} x {r['tensor']} x {r['data']}"
@@ -230,8 +276,10 @@ def table(results: list[dict]) -> str:
         r["scaling_efficiency"] = eff
         eff_s = f"{eff:.0%}" if eff is not None else "-"
         mfu_s = f"{r['mfu']:.0%}" if r.get("mfu") else "-"
-        lines.append(f"{name:<30}{r['gpus']:>5}{r['tokens_per_s']:>12,.0f}{r['tokens_per_s_per_gpu']:>10,.0f}"
-                     f"{eff_s:>9}{mfu_s:>7}{r['step_s']:>8.2f}{r['peak_mem_gib']:>10.1f}")
+        lines.append(
+            f"{name:<30}{r['gpus']:>5}{r['tokens_per_s']:>12,.0f}{r['tokens_per_s_per_gpu']:>10,.0f}"
+            f"{eff_s:>9}{mfu_s:>7}{r['step_s']:>8.2f}{r['peak_mem_gib']:>10.1f}"
+        )
     return "\n".join(lines)
 
 

@@ -34,8 +34,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.quality import provenance
-from r1_ds.evaluation.passkey import answers_correct, batch, make_example
+from benchmarks.quality import provenance  # noqa: E402 (after the sys.path line above)
+from r1_ds.evaluation.passkey import answers_correct, batch, make_example  # noqa: E402 (after the sys.path line above)
 
 EVAL_SEED = 1_000_000  # evaluation examples use seeds from here on; training ones from 0
 
@@ -47,8 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
     p.add_argument("--models", nargs="+", default=["r1", "r1_window", "llama"], choices=["r1", "r1_window", "llama"])
     p.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 32768])
-    p.add_argument("--steps", nargs="+", default=["4096:150", "16384:100", "32768:60"],
-                   help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)")
+    p.add_argument(
+        "--steps",
+        nargs="+",
+        default=["4096:150", "16384:100", "32768:60"],
+        help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)",
+    )
     p.add_argument("--tokens-per-step", type=int, default=16384, help="micro-batch = max(1, this // length)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--eval-examples", type=int, default=50)
@@ -120,8 +124,11 @@ def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
     model = load(name, args, length)
     warm = 10
     engine, *_ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm)))
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=ds,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm)),
+    )
     t0 = time.perf_counter()
     losses = []
     for step in range(steps):
@@ -138,9 +145,18 @@ def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
         exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
         correct += answers_correct(engine.module, exs, engine.device)
     eval_s = time.perf_counter() - t0 - train_s
-    row = {"model": name, "length": length, "steps": steps, "micro_batch": micro, "train_s": train_s, "eval_s": eval_s,
-           "first_loss": losses[0], "last_loss": sum(losses[-5:]) / len(losses[-5:]),
-           "accuracy": sum(correct) / len(correct), "eval_examples": len(correct)}
+    row = {
+        "model": name,
+        "length": length,
+        "steps": steps,
+        "micro_batch": micro,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "first_loss": losses[0],
+        "last_loss": sum(losses[-5:]) / len(losses[-5:]),
+        "accuracy": sum(correct) / len(correct),
+        "eval_examples": len(correct),
+    }
     engine = model = None
     gc.collect()
     if torch.cuda.is_available():
@@ -155,8 +171,10 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"{r['length']:>7} {r['model']:>10}  {r['error']}")
             continue
-        lines.append(f"{r['length']:>7} {r['model']:>10} {r['steps']:>6} {r['train_s']:>8.0f} "
-                     f"{r['first_loss']:>9.3f} -> {r['last_loss']:<8.3f} {r['accuracy']:>9.0%}")
+        lines.append(
+            f"{r['length']:>7} {r['model']:>10} {r['steps']:>6} {r['train_s']:>8.0f} "
+            f"{r['first_loss']:>9.3f} -> {r['last_loss']:<8.3f} {r['accuracy']:>9.0%}"
+        )
     return "\n".join(lines)
 
 
@@ -174,8 +192,11 @@ def main(argv=None) -> int:
     need = {"r1": args.r1, "r1_window": args.r1, "llama": args.llama}
     missing = sorted({m for m in args.models if not need[m]})
     if missing:
-        print(f"passkey: --models {' '.join(missing)} need{'s' if len(missing) == 1 else ''} a weights folder "
-              f"(--r1 / --llama, written by benchmarks/quality.py --export-r1 / --export-llama)", file=sys.stderr)
+        print(
+            f"passkey: --models {' '.join(missing)} need{'s' if len(missing) == 1 else ''} a weights folder "
+            f"(--r1 / --llama, written by benchmarks/quality.py --export-r1 / --export-llama)",
+            file=sys.stderr,
+        )
         return 2
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -184,8 +205,15 @@ def main(argv=None) -> int:
         ds_base = json.load(f)
     card = torch.cuda.get_device_name().split()[-1].lower() if torch.cuda.is_available() else "cpu"
     path = args.json or os.path.join(ROOT, "benchmarks", "results", f"passkey_{card}.json")
-    result = {"benchmark": "passkey", **provenance(__file__, argv), "r1": args.r1, "llama": args.llama, "lr": args.lr,
-              "tokens_per_step": args.tokens_per_step, "rows": []}
+    result = {
+        "benchmark": "passkey",
+        **provenance(__file__, argv),
+        "r1": args.r1,
+        "llama": args.llama,
+        "lr": args.lr,
+        "tokens_per_step": args.tokens_per_step,
+        "rows": [],
+    }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     for length in args.lengths:
         for name in args.models:

@@ -21,8 +21,9 @@ p.add_argument("--dim", type=int, default=2048)
 p.add_argument("--level-heads", type=int, nargs=3, default=(8, 16, 32))
 p.add_argument("--rows", type=int, default=30)
 args = p.parse_args()
-kw = dict(level_heads=tuple(args.level_heads), window=128, paragraph_size=128, document_size=1024, top_k=4,
-          rope_theta=10000.0)
+kw = dict(
+    level_heads=tuple(args.level_heads), window=128, paragraph_size=128, document_size=1024, top_k=4, rope_theta=10000.0
+)
 B, T, d = args.batch, args.T, args.dim
 H1, H2, H3 = args.level_heads
 q, k, v = (torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
@@ -55,34 +56,48 @@ def leaf(*xs):
 timed("whole step fwd+bwd", whole)
 timed("whole step fwd only", lambda: ha.hierarchical_attention_flex(q, k, v, **kw))
 whole_graph = torch.compile(ha.hierarchical_attention_flex, fullgraph=True, dynamic=False)
-timed("whole step fwd+bwd, one compiled graph (as under model.compile)",
-      lambda: torch.autograd.backward(whole_graph(q, k, v, **kw), (g, g, g)))
+timed(
+    "whole step fwd+bwd, one compiled graph (as under model.compile)",
+    lambda: torch.autograd.backward(whole_graph(q, k, v, **kw), (g, g, g)),
+)
 
 # the shared glue, then each level's kernel on ready inputs
 g_, G_ = kw["paragraph_size"], kw["document_size"]
 n_par = T // g_
 glue_kw = {key: kw[key] for key in ("level_heads", "paragraph_size", "document_size", "rope_theta")}
 *outs, S = ha.flex_operands(q, k, v, **glue_kw)
-timed("glue (rotary, summaries, key layout) fwd+bwd",
-      lambda: torch.autograd.backward(ha.flex_operands(q, k, v, **glue_kw)[:5], [torch.ones_like(o) for o in outs]))
+timed(
+    "glue (rotary, summaries, key layout) fwd+bwd",
+    lambda: torch.autograd.backward(ha.flex_operands(q, k, v, **glue_kw)[:5], [torch.ones_like(o) for o in outs]),
+)
 qr, kbuf, vbuf, k3, v3 = leaf(*outs)
 m1 = ha._window_block_mask(T, kw["window"], g_, "cuda")
 l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kbuf[:, S:], H1), ha.split_heads(vbuf[:, S:], H1))
 o1g = torch.randn(B, H1, T, d // H1, device="cuda", dtype=torch.bfloat16)
 l1_ops = leaf(qr, kbuf[:, S:], vbuf[:, S:])
-timed(f"L1 in use: explicit banded (hd {d // H1})",
-      lambda: ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_).backward(o1g))
+timed(
+    f"L1 in use: explicit banded (hd {d // H1})",
+    lambda: ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_).backward(o1g),
+)
 timed(f"L1 flex kernel fwd+bwd (hd {d // H1})", lambda: ha._flex(*l1_in, m1, (d // H1) ** -0.5).backward(o1g))
-l1b = [x.detach().contiguous().view(B, H1, T, 2, d // H1 // 2).transpose(2, 3).reshape(B, 2 * H1, T, d // H1 // 2)
-       .requires_grad_(True) for x in l1_in]
+l1b = [
+    x.detach()
+    .contiguous()
+    .view(B, H1, T, 2, d // H1 // 2)
+    .transpose(2, 3)
+    .reshape(B, 2 * H1, T, d // H1 // 2)
+    .requires_grad_(True)
+    for x in l1_in
+]
 o1b = torch.randn(B, 2 * H1, T, d // H1 // 2, device="cuda", dtype=torch.bfloat16)
 timed(f"L1 flex kernel fwd+bwd at hd {d // H1 // 2} (same window)", lambda: ha._flex(*l1b, m1, 0.1).backward(o1b))
 
 
 def l2_mask():
     with torch.no_grad():
-        idx, valid, _ = ha._route_compiled(q, k, n_heads=H2, paragraph_size=g_, top_k=kw["top_k"], first_block=0,
-                                            n_blocks=T // g_)
+        idx, valid, _ = ha._route_compiled(
+            q, k, n_heads=H2, paragraph_size=g_, top_k=kw["top_k"], first_block=0, n_blocks=T // g_
+        )
         return ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_, span=G_ // g_)
 
 
@@ -94,14 +109,19 @@ timed(f"L2 flex kernel fwd+bwd (hd {d // H2})", lambda: ha._flex(*l2_in, m2, (d 
 timed("L3 in use fwd+bwd", lambda: ha._document_attention(qr, k3, v3, H3, G_, T).backward(g))
 sdpa_l3 = torch.compile(ha._document_attention_sdpa, dynamic=False)
 timed("L3 through SDPA, compiled", lambda: sdpa_l3(qr, k3, v3, H3, G_, T).backward(g))
-timed("dense cuDNN SDPA fwd+bwd (16 x 128, no rotary)", lambda: torch.nn.functional.scaled_dot_product_attention(
-    *[ha.split_heads(x, 16) for x in (q, k, v)], is_causal=True).backward(torch.ones(B, 16, T, 128, device="cuda",
-                                                                                     dtype=torch.bfloat16)))
+timed(
+    "dense cuDNN SDPA fwd+bwd (16 x 128, no rotary)",
+    lambda: torch.nn.functional.scaled_dot_product_attention(
+        *[ha.split_heads(x, 16) for x in (q, k, v)], is_causal=True
+    ).backward(torch.ones(B, 16, T, 128, device="cuda", dtype=torch.bfloat16)),
+)
 
 for _ in range(3):
     whole()
 torch.cuda.synchronize()
-with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
+with torch.profiler.profile(
+    activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+) as prof:
     whole()
     torch.cuda.synchronize()
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))

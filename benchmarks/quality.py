@@ -43,8 +43,11 @@ sys.path.insert(0, ROOT)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=os.path.join(ROOT, ".quality_data", "pack"),
-                   help="folder with train/ and heldout/ shards (benchmarks/quality_corpus.py)")
+    p.add_argument(
+        "--data",
+        default=os.path.join(ROOT, ".quality_data", "pack"),
+        help="folder with train/ and heldout/ shards (benchmarks/quality_corpus.py)",
+    )
     p.add_argument("--preset", default="125m")
     p.add_argument("--models", nargs="+", default=["r1", "llama"], choices=["r1", "llama"])
     p.add_argument("--seq-len", type=int, help="tokens per row (default: the shards')")
@@ -60,11 +63,14 @@ def parse_args(argv=None):
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
     p.add_argument("--work-dir", default="/tmp/r1_quality", help="run folders (checkpoints: GBs at 125m)")
     p.add_argument("--export-r1", help="export the trained R1 here as a Hugging Face folder (`r1-ds export`)")
-    p.add_argument("--export-llama", help="save the trained Llama here (save_pretrained; benchmarks/passkey.py reads it)")
+    p.add_argument(
+        "--export-llama", help="save the trained Llama here (save_pretrained; benchmarks/passkey.py reads it)"
+    )
     p.add_argument("--json", help="results (default: benchmarks/results/quality_<card>.json)")
     p.add_argument("--png", help="curves (default: the JSON path with .png)")
-    p.add_argument("--tiny", action="store_true",
-                   help="CPU check: tiny preset, seq 128, ds_configs/tiny_cpu.json, 2 evaluations")
+    p.add_argument(
+        "--tiny", action="store_true", help="CPU check: tiny preset, seq 128, ds_configs/tiny_cpu.json, 2 evaluations"
+    )
     args = p.parse_args(argv)
     if args.tiny:
         args.preset, args.seq_len, args.micro_batch, args.global_batch = "tiny", args.seq_len or 128, 2, 4
@@ -76,16 +82,28 @@ def parse_args(argv=None):
 def provenance(script: str, argv) -> dict:
     """Date, card, commit (and whether the tree differed from it), the command that made a result."""
     try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=False).stdout.strip())
+        commit = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        )
     except OSError:
         commit, dirty = None, None
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "commit": commit, "dirty": dirty, "command": shlex.join(["python", os.path.relpath(os.path.abspath(script), ROOT), *argv]),
-            "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "commit": commit,
+        "dirty": dirty,
+        "command": shlex.join(["python", os.path.relpath(os.path.abspath(script), ROOT), *argv]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def train_config(args, name: str, vocab_size: int, seq_len: int, steps: int, eval_every: int):
@@ -95,14 +113,27 @@ def train_config(args, name: str, vocab_size: int, seq_len: int, steps: int, eva
     out = os.path.join(args.work_dir, name)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run folder (scratch: its checkpoint is exported, not resumed)
     overrides = {
-        "deepspeed_config": args.deepspeed_config, "output_dir": out, "seed": args.seed,
-        "model.preset": args.preset, "model.overrides": {"vocab_size": vocab_size, "max_position_embeddings": seq_len},
-        "data.path": os.path.join(args.data, "train"), "data.seq_len": seq_len, "data.micro_batch": args.micro_batch,
-        "schedule.global_batch": args.global_batch, "schedule.steps": steps, "schedule.lr": args.lr,
-        "schedule.warmup_steps": max(1, int(args.warmup_frac * steps)), "schedule.label_smoothing": 0.0,
-        "checkpoint.every": 0, "checkpoint.resume": "none", "log.every": eval_every, "log.eval_every": eval_every,
-        "log.eval_data": os.path.join(args.data, "heldout"), "log.eval_sequences": args.eval_sequences,
-        "log.progress": False, "log.tensorboard": False,
+        "deepspeed_config": args.deepspeed_config,
+        "output_dir": out,
+        "seed": args.seed,
+        "model.preset": args.preset,
+        "model.overrides": {"vocab_size": vocab_size, "max_position_embeddings": seq_len},
+        "data.path": os.path.join(args.data, "train"),
+        "data.seq_len": seq_len,
+        "data.micro_batch": args.micro_batch,
+        "schedule.global_batch": args.global_batch,
+        "schedule.steps": steps,
+        "schedule.lr": args.lr,
+        "schedule.warmup_steps": max(1, int(args.warmup_frac * steps)),
+        "schedule.label_smoothing": 0.0,
+        "checkpoint.every": 0,
+        "checkpoint.resume": "none",
+        "log.every": eval_every,
+        "log.eval_every": eval_every,
+        "log.eval_data": os.path.join(args.data, "heldout"),
+        "log.eval_sequences": args.eval_sequences,
+        "log.progress": False,
+        "log.tensorboard": False,
     }
     return load_train_config(None, overrides)
 
@@ -114,10 +145,18 @@ def llama_model(preset: str, vocab_size: int, seq_len: int):
 
     r1 = R1Config.from_preset(preset)
     heads = r1.level_heads[1]
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=r1.hidden_size, intermediate_size=r1.intermediate_size,
-                         num_hidden_layers=r1.num_hidden_layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=seq_len, rms_norm_eps=r1.rms_norm_eps,
-                         tie_word_embeddings=True, attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=r1.hidden_size,
+        intermediate_size=r1.intermediate_size,
+        num_hidden_layers=r1.num_hidden_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=seq_len,
+        rms_norm_eps=r1.rms_norm_eps,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(config)
 
 
@@ -128,8 +167,11 @@ def train_r1(cfg):
 
     engine = train(cfg)
     records = read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
-    return engine, [{"step": r["step"], "train_loss": r["loss"], "heldout_loss": r["heldout_loss"],
-                     "elapsed_s": r["elapsed_s"]} for r in records if r.get("heldout_loss") is not None]
+    return engine, [
+        {"step": r["step"], "train_loss": r["loss"], "heldout_loss": r["heldout_loss"], "elapsed_s": r["elapsed_s"]}
+        for r in records
+        if r.get("heldout_loss") is not None
+    ]
 
 
 def train_dense(cfg, model):
@@ -155,8 +197,12 @@ def train_dense(cfg, model):
     )
 
     init_distributed()
-    ds_config, _, plan, _, _ = build_ds_config(cfg, read_mapping(find_ds_config(cfg.deepspeed_config)), world_size=1,
-                                               device_type=get_accelerator().device_name())
+    ds_config, _, plan, _, _ = build_ds_config(
+        cfg,
+        read_mapping(find_ds_config(cfg.deepspeed_config)),
+        world_size=1,
+        device_type=get_accelerator().device_name(),
+    )
     vocab = model.config.vocab_size
     dataset, seq_len = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=vocab, seed=cfg.seed)
     sampler = ProgressiveSampler(len(dataset), resolve_stages(cfg, plan.global_batch), cfg.seed)
@@ -164,22 +210,37 @@ def train_dense(cfg, model):
     s = cfg.schedule
     schedule = WarmupCosine(s.warmup_steps, s.steps, s.min_lr_ratio)
     engine, *_ = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, ds_config["optimizer"]["params"].get("weight_decay", 0.0)),
-        config=ds_config, lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        model=model,
+        model_parameters=param_groups(model, ds_config["optimizer"]["params"].get("weight_decay", 0.0)),
+        config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
     if needs_fp32_clip_patch(engine):
         patch_fp32_grad_clipping(engine)
     curve, t0 = [], time.perf_counter()
     for step in range(s.steps):
-        micro = sampler.micro_batches(step, data_rank=0, data_size=1, micro_batch=engine.train_micro_batch_size_per_gpu())
-        loss = train_step_data_parallel(engine, batch_iterator(dataset, micro, seq_len),
-                                        engine.gradient_accumulation_steps())
+        micro = sampler.micro_batches(
+            step, data_rank=0, data_size=1, micro_batch=engine.train_micro_batch_size_per_gpu()
+        )
+        loss = train_step_data_parallel(
+            engine, batch_iterator(dataset, micro, seq_len), engine.gradient_accumulation_steps()
+        )
         done = step + 1
         if done % cfg.log.eval_every == 0 or done == s.steps:
-            curve.append({"step": done, "train_loss": float(loss), "elapsed_s": time.perf_counter() - t0,
-                          "heldout_loss": engine_heldout_loss(engine, heldout, seq_len=seq_len, pipeline=False,
-                                                              sequences=cfg.log.eval_sequences)})
-            print(f"llama step {done}/{s.steps}: train {float(loss):.4f} held-out {curve[-1]['heldout_loss']:.4f}",
-                  flush=True)
+            curve.append(
+                {
+                    "step": done,
+                    "train_loss": float(loss),
+                    "elapsed_s": time.perf_counter() - t0,
+                    "heldout_loss": engine_heldout_loss(
+                        engine, heldout, seq_len=seq_len, pipeline=False, sequences=cfg.log.eval_sequences
+                    ),
+                }
+            )
+            print(
+                f"llama step {done}/{s.steps}: train {float(loss):.4f} held-out {curve[-1]['heldout_loss']:.4f}",
+                flush=True,
+            )
     return engine, curve
 
 
@@ -206,10 +267,17 @@ def run_model(name: str, cfg, args, *, vocab: int, seq_len: int, tokens_per_step
     module = engine.module
     final = final_heldout(module, args, seq_len)
     steps = cfg.schedule.steps
-    row = {"params_m": sum(p.numel() for p in module.parameters()) / 1e6, "tokens": steps * tokens_per_step,
-           "steps": steps, "train_s": train_s, "final": final,
-           "curve": [{**p, "tokens": p["step"] * tokens_per_step} for p in curve]}
-    print(f"{name}: final held-out loss {final['loss']:.4f} over {final['tokens']} tokens ({train_s:.0f} s)", flush=True)
+    row = {
+        "params_m": sum(p.numel() for p in module.parameters()) / 1e6,
+        "tokens": steps * tokens_per_step,
+        "steps": steps,
+        "train_s": train_s,
+        "final": final,
+        "curve": [{**p, "tokens": p["step"] * tokens_per_step} for p in curve],
+    }
+    print(
+        f"{name}: final held-out loss {final['loss']:.4f} over {final['tokens']} tokens ({train_s:.0f} s)", flush=True
+    )
     if name == "llama" and args.export_llama:
         module.save_pretrained(args.export_llama)
         row["export"] = os.path.abspath(args.export_llama)
@@ -243,8 +311,13 @@ def plot(rows: dict, path: str, title: str) -> None:
     for name, r in rows.items():
         if "error" in r:
             continue
-        ax.plot([p["tokens"] / 1e6 for p in r["curve"]], [p["heldout_loss"] for p in r["curve"]], marker="o",
-                markersize=3, label=f"{name} ({r['params_m']:.1f}M params)")
+        ax.plot(
+            [p["tokens"] / 1e6 for p in r["curve"]],
+            [p["heldout_loss"] for p in r["curve"]],
+            marker="o",
+            markersize=3,
+            label=f"{name} ({r['params_m']:.1f}M params)",
+        )
     ax.set_xlabel("training tokens (M)")
     ax.set_ylabel("held-out loss (cross entropy, nats/token)")
     ax.set_title(title)
@@ -256,14 +329,18 @@ def plot(rows: dict, path: str, title: str) -> None:
 
 
 def table(rows: dict) -> str:
-    head = f"{'model':>6} {'params M':>9} {'tokens M':>9} {'train s':>8} {'tokens/s':>10} {'held-out loss':>14} {'ppl':>8}"
+    head = (
+        f"{'model':>6} {'params M':>9} {'tokens M':>9} {'train s':>8} {'tokens/s':>10} {'held-out loss':>14} {'ppl':>8}"
+    )
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
         if "error" in r:
             lines.append(f"{name:>6}  failed: {r['error']}")
             continue
-        lines.append(f"{name:>6} {r['params_m']:>9.1f} {r['tokens'] / 1e6:>9.2f} {r['train_s']:>8.0f} "
-                     f"{r['tokens'] / r['train_s']:>10,.0f} {r['final']['loss']:>14.4f} {r['final']['perplexity']:>8.2f}")
+        lines.append(
+            f"{name:>6} {r['params_m']:>9.1f} {r['tokens'] / 1e6:>9.2f} {r['train_s']:>8.0f} "
+            f"{r['tokens'] / r['train_s']:>10,.0f} {r['final']['loss']:>14.4f} {r['final']['perplexity']:>8.2f}"
+        )
     if all(n in rows and "error" not in rows[n] for n in ("r1", "llama")):
         a, b = rows["r1"]["final"]["loss"], rows["llama"]["final"]["loss"]
         lines.append(f"R1 - Llama held-out loss: {a - b:+.4f} ({(a - b) / b:+.2%} of Llama's; goal: <= +1%)")
@@ -286,14 +363,28 @@ def main(argv=None) -> int:
     card = torch.cuda.get_device_name().split()[-1].lower() if torch.cuda.is_available() else "cpu"
     json_path = args.json or os.path.join(ROOT, "benchmarks", "results", f"quality_{card}.json")
     png_path = args.png or os.path.splitext(json_path)[0] + ".png"
-    print(f"quality: {args.preset}, {steps} steps x {tokens_per_step} tokens = {steps * tokens_per_step / 1e6:.1f}M "
-          f"tokens per model, held-out every {eval_every} steps, vocab {vocab}, seq {seq_len}", flush=True)
+    print(
+        f"quality: {args.preset}, {steps} steps x {tokens_per_step} tokens = {steps * tokens_per_step / 1e6:.1f}M "
+        f"tokens per model, held-out every {eval_every} steps, vocab {vocab}, seq {seq_len}",
+        flush=True,
+    )
     rows = {}
-    result = {"benchmark": "quality", **provenance(__file__, argv), "preset": args.preset, "seq_len": seq_len,
-              "vocab_size": vocab, "global_batch": args.global_batch, "micro_batch": args.micro_batch, "lr": args.lr,
-              "warmup_frac": args.warmup_frac, "seed": args.seed, "eval_sequences": args.eval_sequences,
-              "deepspeed_config": read_json(args.deepspeed_config), "corpus": corpus_summary(args.data),
-              "models": rows}
+    result = {
+        "benchmark": "quality",
+        **provenance(__file__, argv),
+        "preset": args.preset,
+        "seq_len": seq_len,
+        "vocab_size": vocab,
+        "global_batch": args.global_batch,
+        "micro_batch": args.micro_batch,
+        "lr": args.lr,
+        "warmup_frac": args.warmup_frac,
+        "seed": args.seed,
+        "eval_sequences": args.eval_sequences,
+        "deepspeed_config": read_json(args.deepspeed_config),
+        "corpus": corpus_summary(args.data),
+        "models": rows,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     for name in args.models:
         cfg = train_config(args, name, vocab, seq_len, steps, eval_every)

@@ -34,7 +34,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.quality import provenance
+from benchmarks.quality import provenance  # noqa: E402 (after the sys.path line above)
 
 VARIANTS = {
     "full": {"attention_levels": [1, 2, 3], "level_gate": True},
@@ -70,10 +70,20 @@ def parse_args(argv=None):
 def model_config(args, vocab_size: int, variant: str):
     from r1_ds.model import R1Config
 
-    return R1Config(vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=-(-args.hidden * 8 // 3 // 16) * 16,
-                    num_hidden_layers=args.layers, level_heads=args.level_heads, local_window=args.local_window,
-                    paragraph_size=args.paragraph, document_size=args.document, route_top_k=args.top_k,
-                    max_position_embeddings=args.seq_len, label_smoothing=0.0, **VARIANTS[variant])
+    return R1Config(
+        vocab_size=vocab_size,
+        hidden_size=args.hidden,
+        intermediate_size=-(-args.hidden * 8 // 3 // 16) * 16,
+        num_hidden_layers=args.layers,
+        level_heads=args.level_heads,
+        local_window=args.local_window,
+        paragraph_size=args.paragraph,
+        document_size=args.document,
+        route_top_k=args.top_k,
+        max_position_embeddings=args.seq_len,
+        label_smoothing=0.0,
+        **VARIANTS[variant],
+    )
 
 
 def train_variant(args, variant: str, seed: int, train_ds, heldout_ds) -> dict:
@@ -93,7 +103,7 @@ def train_variant(args, variant: str, seed: int, train_ds, heldout_ds) -> dict:
     model.train()
     t0 = time.perf_counter()
     for step in range(args.steps):
-        x = train_ds.batch(order[step * args.batch:(step + 1) * args.batch], args.seq_len).to(args.device)
+        x = train_ds.batch(order[step * args.batch : (step + 1) * args.batch], args.seq_len).to(args.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
             loss = model(input_ids=x, labels=x, use_cache=False).loss
         opt.zero_grad(set_to_none=True)
@@ -102,11 +112,18 @@ def train_variant(args, variant: str, seed: int, train_ds, heldout_ds) -> dict:
         opt.step()
         sched.step()
     train_s = time.perf_counter() - t0
-    res = heldout_loss(model, heldout_ds, seq_len=args.seq_len, batch_size=args.batch,
-                       max_sequences=args.eval_sequences or None)
-    return {"variant": variant, "seed": seed, "heldout_loss": res["loss"], "heldout_tokens": res["tokens"],
-            "last_train_loss": loss.item(), "train_s": train_s,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    res = heldout_loss(
+        model, heldout_ds, seq_len=args.seq_len, batch_size=args.batch, max_sequences=args.eval_sequences or None
+    )
+    return {
+        "variant": variant,
+        "seed": seed,
+        "heldout_loss": res["loss"],
+        "heldout_tokens": res["tokens"],
+        "last_train_loss": loss.item(),
+        "train_s": train_s,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
@@ -115,18 +132,30 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
     for v in variants:
         losses = {r["seed"]: r["heldout_loss"] for r in runs if r["variant"] == v}
         diffs = [losses[s] - full[s] for s in losses if s in full]
-        out.append({"variant": v, "mean": float(np.mean(list(losses.values()))),
-                    "spread": float(np.ptp(list(losses.values()))), "vs_full": float(np.mean(diffs)) if diffs else None,
-                    "vs_full_min": float(min(diffs)) if diffs else None, "vs_full_max": float(max(diffs)) if diffs else None})
+        out.append(
+            {
+                "variant": v,
+                "mean": float(np.mean(list(losses.values()))),
+                "spread": float(np.ptp(list(losses.values()))),
+                "vs_full": float(np.mean(diffs)) if diffs else None,
+                "vs_full_min": float(min(diffs)) if diffs else None,
+                "vs_full_max": float(max(diffs)) if diffs else None,
+            }
+        )
     return out
 
 
 def table(summary: list[dict], seeds: list[int]) -> str:
-    lines = [f"| variant | held-out loss (mean of {len(seeds)} seeds) | spread over seeds | vs full (mean; min..max) |",
-             "|---|---|---|---|"]
+    lines = [
+        f"| variant | held-out loss (mean of {len(seeds)} seeds) | spread over seeds | vs full (mean; min..max) |",
+        "|---|---|---|---|",
+    ]
     for s in summary:
-        vs = "" if s["variant"] == "full" or s["vs_full"] is None else \
-            f"{s['vs_full']:+.4f} ({s['vs_full_min']:+.4f}..{s['vs_full_max']:+.4f})"
+        vs = (
+            ""
+            if s["variant"] == "full" or s["vs_full"] is None
+            else f"{s['vs_full']:+.4f} ({s['vs_full_min']:+.4f}..{s['vs_full_max']:+.4f})"
+        )
         lines.append(f"| {s['variant']} | {s['mean']:.4f} | {s['spread']:.4f} | {vs} |")
     return "\n".join(lines)
 
@@ -139,8 +168,11 @@ def main(argv=None) -> int:
     train_ds = PackedShards(os.path.join(args.data, "train"))
     heldout_ds = PackedShards(os.path.join(args.data, "heldout"))
     if args.seq_len > train_ds.seq_len:
-        print(f"quality_ablation: --seq-len {args.seq_len} is longer than the shards' rows ({train_ds.seq_len}); "
-              f"use --seq-len <= {train_ds.seq_len}", file=sys.stderr)
+        print(
+            f"quality_ablation: --seq-len {args.seq_len} is longer than the shards' rows ({train_ds.seq_len}); "
+            f"use --seq-len <= {train_ds.seq_len}",
+            file=sys.stderr,
+        )
         return 2
     device = args.device.split(":")[0]
     path = args.json or os.path.join(ROOT, "benchmarks", "results", f"quality_ablation_{device}.json")
@@ -152,17 +184,25 @@ def main(argv=None) -> int:
             print(json.dumps(runs[-1]), flush=True)
     summary = summarise(runs, args.variants)
     settings = {k: v for k, v in vars(args).items() if k != "json"}
-    result = {"benchmark": "quality_ablation", **made, "settings": settings,
-              "tokens_per_variant": args.steps * args.batch * args.seq_len, "runs": runs, "summary": summary}
+    result = {
+        "benchmark": "quality_ablation",
+        **made,
+        "settings": settings,
+        "tokens_per_variant": args.steps * args.batch * args.seq_len,
+        "runs": runs,
+        "summary": summary,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     md = table(summary, args.seeds)
     with open(os.path.splitext(path)[0] + ".md", "w") as f:
-        f.write(f"# R1 ablation at small size\n\n{result['date']}, {result['card']}, commit {result['commit']}, "
-                f"`{result['command']}`\n\n{runs[0]['params_m']:.2f}M parameters, "
-                f"{result['tokens_per_variant']:,} training tokens per variant, held-out "
-                f"{runs[0]['heldout_tokens']:,} tokens.\n\n{md}\n")
+        f.write(
+            f"# R1 ablation at small size\n\n{result['date']}, {result['card']}, commit {result['commit']}, "
+            f"`{result['command']}`\n\n{runs[0]['params_m']:.2f}M parameters, "
+            f"{result['tokens_per_variant']:,} training tokens per variant, held-out "
+            f"{runs[0]['heldout_tokens']:,} tokens.\n\n{md}\n"
+        )
     print()
     print(md)
     print(f"\nwrote {path}")

@@ -65,8 +65,11 @@ def heldout(key: str, permille: int) -> bool:
 def _files(root: Path, suffixes: tuple[str, ...], skip_site_packages: bool = False):
     """Regular files under root with one of the suffixes, in sorted order (no symlinks followed)."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", ".git")
-                             and not (skip_site_packages and d == "site-packages"))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if d not in ("__pycache__", ".git") and not (skip_site_packages and d == "site-packages")
+        )
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if name.endswith(suffixes) and path.is_file() and not path.is_symlink() and path.stat().st_size < MB:
@@ -130,8 +133,12 @@ def write_raw(args, raw: Path) -> dict:
 
     for split in counts:
         (raw / split / "code").mkdir(parents=True, exist_ok=True)
-    for key, path in collect_code(Path(args.stdlib), Path(args.site_packages), max_bytes=int(args.max_code_mb * MB),
-                                  per_package=int(args.per_package_mb * MB)):
+    for key, path in collect_code(
+        Path(args.stdlib),
+        Path(args.site_packages),
+        max_bytes=int(args.max_code_mb * MB),
+        per_package=int(args.per_package_mb * MB),
+    ):
         size = path.stat().st_size
         split = split_of(key, size)
         dst = raw / split / "code" / key
@@ -153,9 +160,17 @@ def prep(split_dir: Path, out: Path, *, vocab_size: int, seq_len: int, tokenizer
     """`r1-ds prep` of one split (its real entry point, data_prep.prep.run); returns its stats.json."""
     from data_prep.prep import PrepConfig, run
 
-    cfg = PrepConfig(out=str(out), text=[str(split_dir / "text.jsonl")], code=[str(split_dir / "code")],
-                     quality_model="none", docstring_pairs_per_file=0, vocab_size=vocab_size, seq_len=seq_len,
-                     tokenizer=str(tokenizer) if tokenizer else None, shard_rows=1024)
+    cfg = PrepConfig(
+        out=str(out),
+        text=[str(split_dir / "text.jsonl")],
+        code=[str(split_dir / "code")],
+        quality_model="none",
+        docstring_pairs_per_file=0,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        tokenizer=str(tokenizer) if tokenizer else None,
+        shard_rows=1024,
+    )
     return run(cfg)
 
 
@@ -179,9 +194,14 @@ def assemble(train_run: Path, heldout_run: Path, pack: Path) -> dict:
     out = {}
     for split in ("train", "heldout"):
         ds = PackedShards(str(pack / split))
-        out[split] = {"sequences": len(ds), "seq_len": ds.seq_len, "tokens": len(ds) * ds.seq_len,
-                      "vocab_size": ds.vocab_size, "dtype": ds.meta["dtype"],
-                      "mib": sum(f.stat().st_size for f in (pack / split).iterdir()) / MB}
+        out[split] = {
+            "sequences": len(ds),
+            "seq_len": ds.seq_len,
+            "tokens": len(ds) * ds.seq_len,
+            "vocab_size": ds.vocab_size,
+            "dtype": ds.meta["dtype"],
+            "mib": sum(f.stat().st_size for f in (pack / split).iterdir()) / MB,
+        }
     return out
 
 
@@ -197,12 +217,21 @@ def main(argv=None) -> int:
     print(f"raw corpus ({t_raw:.0f} s): {json.dumps(counts)}", flush=True)
     prep(raw / "train", out / "prep_train", vocab_size=args.vocab_size, seq_len=args.seq_len, tokenizer=None)
     t_train = time.perf_counter() - t0 - t_raw
-    prep(raw / "heldout", out / "prep_heldout", vocab_size=args.vocab_size, seq_len=args.seq_len,
-         tokenizer=out / "prep_train" / "tokenizer")
+    prep(
+        raw / "heldout",
+        out / "prep_heldout",
+        vocab_size=args.vocab_size,
+        seq_len=args.seq_len,
+        tokenizer=out / "prep_train" / "tokenizer",
+    )
     t_prep = time.perf_counter() - t0 - t_raw
     summary = assemble(out / "prep_train", out / "prep_heldout", out / "pack")
-    report = {"inputs": counts, "pack": summary, "seconds": {"raw": t_raw, "prep_train": t_train, "prep_all": t_prep},
-              "settings": {k: v for k, v in vars(args).items()}}
+    report = {
+        "inputs": counts,
+        "pack": summary,
+        "seconds": {"raw": t_raw, "prep_train": t_train, "prep_all": t_prep},
+        "settings": {k: v for k, v in vars(args).items()},
+    }
     (out / "pack" / "corpus.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0

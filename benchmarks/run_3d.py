@@ -53,13 +53,41 @@ def train(args, name: str, layout: tuple[int, int, int], compress: bool, work: s
     with open(ds_path, "w") as f:
         json.dump(ds, f)
     out = os.path.join(work, name)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "r1_ds.train",
-           "--preset", args.preset, "--pipe", str(pipe), "--tensor", str(tensor), "--steps", str(args.steps),
-           "--seq-len", str(args.seq_len), "--global-batch", str(args.global_batch),
-           "--micro-batch", str(args.micro_batch), "--deepspeed_config", ds_path, "--output-dir", out,
-           "--resume", "none", "--no-progress", "--warmup-steps", str(max(1, args.steps // 10)),
-           "--set", "log.tensorboard=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "r1_ds.train",
+        "--preset",
+        args.preset,
+        "--pipe",
+        str(pipe),
+        "--tensor",
+        str(tensor),
+        "--steps",
+        str(args.steps),
+        "--seq-len",
+        str(args.seq_len),
+        "--global-batch",
+        str(args.global_batch),
+        "--micro-batch",
+        str(args.micro_batch),
+        "--deepspeed_config",
+        ds_path,
+        "--output-dir",
+        out,
+        "--resume",
+        "none",
+        "--no-progress",
+        "--warmup-steps",
+        str(max(1, args.steps // 10)),
+        "--set",
+        "log.tensorboard=false",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if args.device == "cpu":
         env["DS_ACCELERATOR"] = "cpu"
@@ -70,11 +98,15 @@ def train(args, name: str, layout: tuple[int, int, int], compress: bool, work: s
     records = read_metrics(os.path.join(out, "metrics.jsonl"))
     timed = [r for r in records if r["step"] > args.steps // 4] or records  # skip compile / warm-up steps
     row = {
-        "name": name, "layout": f"{pipe}x{tensor}x{data}", "procs": nproc, "compression": compress,
+        "name": name,
+        "layout": f"{pipe}x{tensor}x{data}",
+        "procs": nproc,
+        "compression": compress,
         "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed),
         "mfu": sum(r["mfu"] for r in timed) / len(timed) if all(r.get("mfu") is not None for r in timed) else None,
         "peak_mem_gib": max(r.get("peak_mem_gib") or 0 for r in records),
-        "final_loss": records[-1]["loss"], "curve": [(r["step"], r["loss"]) for r in records],
+        "final_loss": records[-1]["loss"],
+        "curve": [(r["step"], r["loss"]) for r in records],
         "compression_ratio": records[-1].get("compression/ratio_vs_fp32"),
     }
     row.update(export_and_load(out, env))
@@ -84,15 +116,22 @@ def train(args, name: str, layout: tuple[int, int, int], compress: bool, work: s
 def export_and_load(run_dir: str, env: dict) -> dict:
     """r1-ds export, then from_pretrained in a fresh process: the folder loads and gives finite logits."""
     hf = os.path.join(run_dir, "hf")
-    proc = subprocess.run([sys.executable, "-m", "r1_ds.cli", "export", os.path.join(run_dir, "checkpoints"), hf],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "r1_ds.cli", "export", os.path.join(run_dir, "checkpoints"), hf],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return {"export": "failed: " + proc.stderr[-300:]}
-    check = ("import torch, r1_ds; from transformers import AutoModelForCausalLM\n"
-             f"m = AutoModelForCausalLM.from_pretrained({hf!r}).eval()\n"
-             "x = torch.randint(0, m.config.vocab_size, (1, 32))\n"
-             "with torch.no_grad(): y = m(x, labels=x)\n"
-             "assert torch.isfinite(y.logits).all(); print(type(m).__name__, y.loss.item())\n")
+    check = (
+        "import torch, r1_ds; from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({hf!r}).eval()\n"
+        "x = torch.randint(0, m.config.vocab_size, (1, 32))\n"
+        "with torch.no_grad(): y = m(x, labels=x)\n"
+        "assert torch.isfinite(y.logits).all(); print(type(m).__name__, y.loss.item())\n"
+    )
     proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True)
     return {"export": "loaded" if proc.returncode == 0 else "load failed: " + proc.stderr[-300:]}
 
@@ -109,32 +148,49 @@ def main() -> None:
     p.add_argument("--global-batch", type=int, default=16)
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--compression-warmup", type=int, default=5, help="dense steps before compressing")
-    p.add_argument("--deepspeed-config", default=None, help="default: tiny_cpu.json on cpu, pipeline_2stage.json on cuda")
+    p.add_argument(
+        "--deepspeed-config", default=None, help="default: tiny_cpu.json on cpu, pipeline_2stage.json on cuda"
+    )
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.deepspeed_config = args.deepspeed_config or os.path.join(
-        ROOT, "ds_configs", "tiny_cpu.json" if args.device == "cpu" else "pipeline_2stage.json")
+        ROOT, "ds_configs", "tiny_cpu.json" if args.device == "cpu" else "pipeline_2stage.json"
+    )
     layout = parse_layout(args.layout)
     if layout[0] * layout[1] * layout[2] != args.nproc:
-        raise SystemExit(f"--layout {args.layout} has {layout[0] * layout[1] * layout[2]} ranks but --nproc is {args.nproc}")
+        raise SystemExit(
+            f"--layout {args.layout} has {layout[0] * layout[1] * layout[2]} ranks but --nproc is {args.nproc}"
+        )
 
     work = tempfile.mkdtemp(prefix="run_3d_")
-    rows = [train(args, "reference", parse_layout(args.reference), False, work),
-            train(args, "3d", layout, False, work),
-            train(args, "3d_compressed", layout, True, work)]
+    rows = [
+        train(args, "reference", parse_layout(args.reference), False, work),
+        train(args, "3d", layout, False, work),
+        train(args, "3d_compressed", layout, True, work),
+    ]
     ref = rows[0].get("final_loss")
-    meta = {"date": datetime.date.today().isoformat(), "device": args.device, "host": platform.node(),
-            "command": "python benchmarks/run_3d.py " + " ".join(sys.argv[1:]), **vars(args)}
-    out = args.json or os.path.join(os.environ.get("OUT", os.path.join(ROOT, "benchmarks", "results")),
-                                    f"run_3d_{args.device}.json")
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "device": args.device,
+        "host": platform.node(),
+        "command": "python benchmarks/run_3d.py " + " ".join(sys.argv[1:]),
+        **vars(args),
+    }
+    out = args.json or os.path.join(
+        os.environ.get("OUT", os.path.join(ROOT, "benchmarks", "results")), f"run_3d_{args.device}.json"
+    )
     with open(out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n3D run, {args.preset}, {args.steps} steps, global batch {args.global_batch} x {args.seq_len} tokens ({args.device})")
-    print(f"{'run':14} {'layout':7} {'procs':>5} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>8} {'final loss':>10} "
-          f"{'vs ref':>7} {'bytes/':>7} export")
+    print(
+        f"\n3D run, {args.preset}, {args.steps} steps, global batch {args.global_batch} x {args.seq_len} tokens ({args.device})"
+    )
+    print(
+        f"{'run':14} {'layout':7} {'procs':>5} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>8} {'final loss':>10} "
+        f"{'vs ref':>7} {'bytes/':>7} export"
+    )
     for r in rows:
         if "error" in r:
             print(f"{r['name']:14} FAILED: {r['error'][-300:]}")
@@ -142,8 +198,10 @@ def main() -> None:
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         ratio = f"{r['compression_ratio']:.1f}x" if r.get("compression_ratio") else "-"
         vs = f"{(r['final_loss'] / ref - 1):+.2%}" if ref else "-"
-        print(f"{r['name']:14} {r['layout']:7} {r['procs']:>5} {r['tokens_per_s']:>10,.0f} {mfu:>6} "
-              f"{r['peak_mem_gib']:>8.2f} {r['final_loss']:>10.4f} {vs:>7} {ratio:>7} {r['export']}")
+        print(
+            f"{r['name']:14} {r['layout']:7} {r['procs']:>5} {r['tokens_per_s']:>10,.0f} {mfu:>6} "
+            f"{r['peak_mem_gib']:>8.2f} {r['final_loss']:>10.4f} {vs:>7} {ratio:>7} {r['export']}"
+        )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,15 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # -- one training run, executed on every rank -----------------------------------------------------------------------
 
 
-def train_tiny_lm(compression: dict | None, *, steps: int, micro_batch: int = 16, lr: float = 3e-3,
-                  eval_sequences: int = 256, seed: int = 0) -> dict:
+def train_tiny_lm(
+    compression: dict | None,
+    *,
+    steps: int,
+    micro_batch: int = 16,
+    lr: float = 3e-3,
+    eval_sequences: int = 256,
+    seed: int = 0,
+) -> dict:
     """Train TinyLM with DeepSpeed (ZeRO-0, fp32, AdamW) on this rank's shard; `compression` is the r1_compression
     section or None for dense. Returns this rank's train losses, the held-out loss and the last reducer stats."""
     import deepspeed
@@ -113,7 +120,7 @@ def train_tiny_lm(compression: dict | None, *, steps: int, micro_batch: int = 16
     losses, ratios = [], []
     t0 = time.perf_counter()
     for step in range(steps):
-        batch = data[step * micro_batch:(step + 1) * micro_batch]
+        batch = data[step * micro_batch : (step + 1) * micro_batch]
         loss = lm_loss(engine(batch[:, :-1]), batch[:, 1:])
         engine.backward(loss)
         engine.step()
@@ -136,5 +143,12 @@ def train_tiny_lm(compression: dict | None, *, steps: int, micro_batch: int = 16
 
 def compression_section(mode: str, warmup_steps: int) -> dict:
     """The r1_compression section of the curves: the issue's numbers, timing-based fallback off (deterministic)."""
-    return {"enabled": True, "mode": mode, "topk_ratio": 0.05, "bits": 8, "error_feedback": True,
-            "warmup_steps": warmup_steps, "auto_fallback": False}
+    return {
+        "enabled": True,
+        "mode": mode,
+        "topk_ratio": 0.05,
+        "bits": 8,
+        "error_feedback": True,
+        "warmup_steps": warmup_steps,
+        "auto_fallback": False,
+    }

@@ -45,20 +45,32 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", default=["r1", "llama"], choices=["r1", "llama"])
     p.add_argument("--tokens", type=int, default=16384, help="tokens per step (micro-batch = tokens // seq_len)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=5,
-                   help="untimed steps first (compilation, allocator; at least 1: its loss is the table's first loss)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="untimed steps first (compilation, allocator; at least 1: its loss is the table's first loss)",
+    )
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (both models)")
-    p.add_argument("--compile-blocks", action="store_true",
-                   help="torch.compile each decoder block in place (both models, torchtitan-style): how much of "
-                        "the gap is Python and kernel-launch overhead")
+    p.add_argument(
+        "--compile-blocks",
+        action="store_true",
+        help="torch.compile each decoder block in place (both models, torchtitan-style): how much of "
+        "the gap is Python and kernel-launch overhead",
+    )
     p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
-    p.add_argument("--profile", action="store_true",
-                   help="after timing, trace one step with torch.profiler and print the 25 costliest kernels")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing, trace one step with torch.profiler and print the 25 costliest kernels",
+    )
     args = p.parse_args(argv)
     if args.warmup < 1:
-        p.error(f"--warmup {args.warmup}: must be at least 1 (the first step's loss is the one the table compares "
-                "the last against); use --warmup 1")
+        p.error(
+            f"--warmup {args.warmup}: must be at least 1 (the first step's loss is the one the table compares "
+            "the last against); use --warmup 1"
+        )
     return args
 
 
@@ -74,10 +86,18 @@ def llama_model(preset: str, seq_len: int) -> torch.nn.Module:
 
     r1 = R1Config.from_preset(preset)
     heads = r1.level_heads[1]
-    config = LlamaConfig(vocab_size=r1.vocab_size, hidden_size=r1.hidden_size, intermediate_size=r1.intermediate_size,
-                         num_hidden_layers=r1.num_hidden_layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=max(seq_len, 2048), rms_norm_eps=r1.rms_norm_eps,
-                         tie_word_embeddings=True, attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=r1.vocab_size,
+        hidden_size=r1.hidden_size,
+        intermediate_size=r1.intermediate_size,
+        num_hidden_layers=r1.num_hidden_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max(seq_len, 2048),
+        rms_norm_eps=r1.rms_norm_eps,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(config)
 
 
@@ -85,8 +105,13 @@ def model_flops(name: str, preset: str, seq_len: int) -> float:
     c = R1Config.from_preset(preset, max_position_embeddings=max(seq_len, 2048))
     if name == "r1":
         return flops_per_token(c, seq_len)
-    return dense_flops_per_token(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                                 num_layers=c.num_hidden_layers, vocab_size=c.vocab_size, seq_len=seq_len)
+    return dense_flops_per_token(
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_layers=c.num_hidden_layers,
+        vocab_size=c.vocab_size,
+        seq_len=seq_len,
+    )
 
 
 def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict:
@@ -106,7 +131,9 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
             model = r1_model(preset, seq_len) if name == "r1" else llama_model(preset, seq_len)
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable()
-        if args.compile_blocks:  # R1: the trainer's --compile (r1_ds.model_setup.compile_blocks); Llama: the same by hand
+        if (
+            args.compile_blocks
+        ):  # R1: the trainer's --compile (r1_ds.model_setup.compile_blocks); Llama: the same by hand
             if name == "r1":
                 from r1_ds.model_setup import compile_blocks
 
@@ -146,12 +173,19 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
                 step()
                 torch.cuda.synchronize()
                 t1 = time.perf_counter() - t1
-            print(f"profile of one {name} {preset} step at {seq_len} tokens ({t1 * 1e3:.0f} ms wall, profiled):\n"
-                  + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70))
-        row.update(tokens_per_s=tok_s, step_s=dt / args.steps, first_loss=first_loss, loss=float(loss),
-                   first_grad_norm=None if first_grad_norm is None else float(first_grad_norm),
-                   mfu=model_flops(name, preset, seq_len) * tok_s / peak if peak else None,
-                   peak_mem_gib=peak_memory_gib())
+            print(
+                f"profile of one {name} {preset} step at {seq_len} tokens ({t1 * 1e3:.0f} ms wall, profiled):\n"
+                + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
+            )
+        row.update(
+            tokens_per_s=tok_s,
+            step_s=dt / args.steps,
+            first_loss=first_loss,
+            loss=float(loss),
+            first_grad_norm=None if first_grad_norm is None else float(first_grad_norm),
+            mfu=model_flops(name, preset, seq_len) * tok_s / peak if peak else None,
+            peak_mem_gib=peak_memory_gib(),
+        )
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"
     finally:
@@ -167,8 +201,10 @@ def _learns(row: dict) -> bool:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'size':>5} {'seq':>6} {'model':>6} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
-            f"{'peak GiB':>9} {'loss first -> last':>20}  vs llama")
+    head = (
+        f"{'size':>5} {'seq':>6} {'model':>6} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
+        f"{'peak GiB':>9} {'loss first -> last':>20}  vs llama"
+    )
     lines = [head, "-" * len(head)]
     llama = {(r["size"], r["seq_len"]): r.get("tokens_per_s") for r in rows if r["model"] == "llama"}
     for r in rows:
@@ -179,8 +215,10 @@ def table(rows: list[dict]) -> str:
         ratio = f"{r['tokens_per_s'] / base:.2f}x" if base and r["model"] == "r1" else ""
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         loss = f"{r['first_loss']:.2f} -> {r['loss']:.2f}" + ("" if _learns(r) else " (!)")
-        lines.append(f"{r['size']:>5} {r['seq_len']:>6} {r['model']:>6} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
-                     f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {loss:>20}  {ratio}")
+        lines.append(
+            f"{r['size']:>5} {r['seq_len']:>6} {r['model']:>6} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
+            f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {loss:>20}  {ratio}"
+        )
     if not all(_learns(r) for r in rows if "error" not in r):
         lines.append("(!) the loss did not fall on a batch the model sees every step: that model is not training")
     return "\n".join(lines)
@@ -204,12 +242,20 @@ def main(argv=None) -> int:
                 row = bench_one(name, preset, seq_len, args, ds_base)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    result = {"benchmark": "train_throughput", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-              "deepspeed_config": os.path.relpath(args.deepspeed_config, ROOT), "tokens_per_step": args.tokens,
-              "steps": args.steps, "warmup": args.warmup, "activation_checkpointing": args.activation_checkpointing,
-              "compile_blocks": args.compile_blocks,
-              "rows": rows}
+    result = {
+        "benchmark": "train_throughput",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "deepspeed_config": os.path.relpath(args.deepspeed_config, ROOT),
+        "tokens_per_step": args.tokens,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "activation_checkpointing": args.activation_checkpointing,
+        "compile_blocks": args.compile_blocks,
+        "rows": rows,
+    }
     path = args.json or (os.path.join(os.environ["OUT"], "train_throughput.json") if os.environ.get("OUT") else None)
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -20,26 +20,54 @@ log = logging.getLogger("data_prep")
 # Flag layout: which fields go in which --help group; a field missing here still gets its flag ("other settings").
 FLAG_GROUPS = {
     "inputs (none given: the built-in sample corpus)": [
-        "out", "text", "code", "images", "sample", "sample_text_docs", "sample_code_files", "sample_images",
-        "text_field", "id_field",
+        "out",
+        "text",
+        "code",
+        "images",
+        "sample",
+        "sample_text_docs",
+        "sample_code_files",
+        "sample_images",
+        "text_field",
+        "id_field",
     ],
     "filters": ["max_chars", "entropy_threshold", "entropy_window", "python_compile"],
     "quality classifier (BERT-style encoder + trained head)": [
-        "quality_model", "quality_labels", "quality_backbone", "quality_threshold", "quality_max_length",
+        "quality_model",
+        "quality_labels",
+        "quality_backbone",
+        "quality_threshold",
+        "quality_max_length",
     ],
     "CLIP image-caption filter (skipped unless --clip-model)": [
-        "clip_model", "clip_mode", "clip_threshold", "clip_keep_fraction", "clip_decode_processes",
+        "clip_model",
+        "clip_mode",
+        "clip_threshold",
+        "clip_keep_fraction",
+        "clip_decode_processes",
     ],
     "augmentation and triples": ["image_views", "image_crop_scale", "image_flip", "docstring_pairs_per_file"],
     "tokenizer and packing": ["vocab_size", "tokenizer_sample", "tokenizer", "seq_len", "shard_rows", "pack_tasks"],
     "run": ["part_size", "image_part_size", "seed", "device", "overwrite"],
     "scale-out (datatrove executors; docs/data_at_scale.md)": [
-        "executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition",
+        "executor",
+        "workers",
+        "tasks",
+        "dedup_tasks",
+        "cpus_per_task",
+        "mem_per_cpu_gb",
+        "slurm_partition",
         "slurm_time",
     ],
     "language identification and near-deduplication": [
-        "langid", "languages", "langid_model", "near_dedup", "minhash_ngram", "minhash_buckets",
-        "minhash_hashes_per_bucket", "minhash_seed",
+        "langid",
+        "languages",
+        "langid_model",
+        "near_dedup",
+        "minhash_ngram",
+        "minhash_buckets",
+        "minhash_hashes_per_bucket",
+        "minhash_seed",
     ],
 }
 # What a field's type cannot say: flag names kept for existing command lines, choices, metavars.
@@ -67,15 +95,22 @@ def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_dataclass_arguments(parser, PrepConfig, FLAG_GROUPS, FLAG_SPECS)
     g = parser.add_argument_group("not settings of the run")
-    g.add_argument("--config", metavar="PREP.yaml", help="settings file (YAML/JSON, keys = PrepConfig fields); "
-                   "flags that differ from their defaults override it")
+    g.add_argument(
+        "--config",
+        metavar="PREP.yaml",
+        help="settings file (YAML/JSON, keys = PrepConfig fields); flags that differ from their defaults override it",
+    )
     g.add_argument(
         "--quality-head-out",
         metavar="DIR",
         help="with --train-quality-head: only train the head, save it to DIR and exit",
     )
-    g.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="logging level (default: %(default)s)")
+    g.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="logging level (default: %(default)s)",
+    )
 
 
 def _config_from_args(args: argparse.Namespace):

@@ -13,8 +13,9 @@ write, so shards are neither duplicated nor lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -47,8 +48,9 @@ def pack_documents(
     shards_dir = Path(shards_dir)
     if (shards_dir / META_FILE).is_file():
         return PackedShards(shards_dir).meta
-    packed = pack_stream(texts, tokenizer_dir, shards_dir, seq_len=seq_len, shard_rows=shard_rows,
-                         batch_docs=batch_docs)
+    packed = pack_stream(
+        texts, tokenizer_dir, shards_dir, seq_len=seq_len, shard_rows=shard_rows, batch_docs=batch_docs
+    )
     return write_meta([packed], tokenizer_dir, shards_dir, seq_len=seq_len)
 
 
@@ -60,8 +62,13 @@ def write_meta(packed: list[dict[str, Any]], tokenizer_dir: Path, shards_dir: Pa
     tok = Tokenizer.from_file(str(tok_file))
     shards = [s for p in packed for s in p["shards"]]
     meta = {
-        **format_meta(shards, seq_len=seq_len, vocab_size=tok.get_vocab_size(), eos_token_id=tok.token_to_id(EOS),
-                      tokenizer_file=tok_file),
+        **format_meta(
+            shards,
+            seq_len=seq_len,
+            vocab_size=tok.get_vocab_size(),
+            eos_token_id=tok.token_to_id(EOS),
+            tokenizer_file=tok_file,
+        ),
         **{k: sum(p[k] for p in packed) for k in ("num_documents", "num_tokens", "padding_tokens")},
         "separator": EOS,
     }

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from data_prep.document import Document
 from data_prep.filters.base import BaseFilter
@@ -54,9 +55,17 @@ class Pipeline:
         from data_prep.engine.run import run_engine
         from data_prep.scale_config import ScaleSettings
 
-        return run_engine(modality=self.modality, specs=[], filters=self.filters, out=self.out_dir,
-                          cfg=ScaleSettings(executor="local", workers=1), text_field="text", id_field=None,
-                          part_size=self.part_size, documents=list(docs))
+        return run_engine(
+            modality=self.modality,
+            specs=[],
+            filters=self.filters,
+            out=self.out_dir,
+            cfg=ScaleSettings(executor="local", workers=1),
+            text_field="text",
+            id_field=None,
+            part_size=self.part_size,
+            documents=list(docs),
+        )
 
 
 def apply_filter(f: BaseFilter, docs: list[Document], *, modality: str, errors: int = 0) -> tuple[list[Any], int]:

@@ -12,9 +12,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from data_prep.atomic import atomic_write_json, clean_temp_files
 from data_prep.augment import AugmentConfig
@@ -161,8 +162,10 @@ def validate(cfg: PrepConfig) -> None:
 
     need(cfg.seq_len >= 2, f"--seq-len {cfg.seq_len}: must be at least 2 tokens; e.g. --seq-len 512")
     need(cfg.shard_rows >= 1, f"--shard-rows {cfg.shard_rows}: must be at least 1; e.g. --shard-rows 1024")
-    need(cfg.tokenizer_sample is None or cfg.tokenizer_sample >= 1,
-         f"--tokenizer-sample {cfg.tokenizer_sample}: must be at least 1 document (or left out: all kept ones)")
+    need(
+        cfg.tokenizer_sample is None or cfg.tokenizer_sample >= 1,
+        f"--tokenizer-sample {cfg.tokenizer_sample}: must be at least 1 document (or left out: all kept ones)",
+    )
     need(cfg.pack_tasks >= 1, f"--pack-tasks {cfg.pack_tasks}: must be at least 1; e.g. --pack-tasks 16")
     need(
         cfg.vocab_size >= MIN_VOCAB,
@@ -378,8 +381,15 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         outputs = [out / d / modality for d in ("kept", "rejects", "state", "engine")]
         refresh_stage(out, f"filter_{modality}", fp, outputs)
         results[modality] = run_engine(
-            modality=modality, specs=specs, filters=filters, out=out, cfg=cfg, text_field=cfg.text_field,
-            id_field=cfg.id_field, exclude=exclude, part_size=part_size,
+            modality=modality,
+            specs=specs,
+            filters=filters,
+            out=out,
+            cfg=cfg,
+            text_field=cfg.text_field,
+            id_field=cfg.id_field,
+            exclude=exclude,
+            part_size=part_size,
         )
         flag, paths = given[modality]
         if paths and stage_io(results[modality])[0] == 0:
@@ -460,8 +470,11 @@ def run(cfg: PrepConfig) -> dict[str, Any]:
         tokenizer_info = {
             "path": "tokenizer",
             **({"copied_from": cfg.tokenizer} if cfg.tokenizer else {}),
-            **({"trained_on_documents": min(cfg.tokenizer_sample, n_lm_docs)}
-               if cfg.tokenizer_sample and not cfg.tokenizer else {}),
+            **(
+                {"trained_on_documents": min(cfg.tokenizer_sample, n_lm_docs)}
+                if cfg.tokenizer_sample and not cfg.tokenizer
+                else {}
+            ),
             **json.loads((tok_dir / "tokenizer_config.json").read_text(encoding="utf-8")),
         }
         timings["tokenizer"] = time.perf_counter() - t
@@ -487,8 +500,9 @@ def _pack(cfg: PrepConfig, out: Path, tok_dir: Path) -> dict[str, Any]:
     shards = out / "shards"
 
     def pack() -> dict[str, Any]:
-        return pack_on_executor(cfg, out, tok_dir, seq_len=cfg.seq_len, shard_rows=cfg.shard_rows,
-                                pack_tasks=cfg.pack_tasks)
+        return pack_on_executor(
+            cfg, out, tok_dir, seq_len=cfg.seq_len, shard_rows=cfg.shard_rows, pack_tasks=cfg.pack_tasks
+        )
 
     if not (shards / META_FILE).is_file():
         return pack()

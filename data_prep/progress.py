@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class Progress:
@@ -33,9 +33,7 @@ class Progress:
             return rate
         share = min(self.bytes_done / self.total_bytes, 1.0)
         eta = elapsed * (1 - share) / share if share > 0 else float("nan")
-        return (
-            f"{rate}, {100 * share:.1f}% of {self.total_bytes / 1e6:.1f} MB read, ETA {format_eta(eta)}"
-        )
+        return f"{rate}, {100 * share:.1f}% of {self.total_bytes / 1e6:.1f} MB read, ETA {format_eta(eta)}"
 
 
 def format_eta(seconds: float) -> str:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from data_prep.atomic import atomic_dir
 from data_prep.errors import PrepError
@@ -95,8 +96,13 @@ class Encoder:
             if not texts:
                 return torch.zeros(0, self.hidden_size)
             with torch.autocast("cuda", enabled=self._device.startswith("cuda"), dtype=torch.bfloat16):
-                emb = self._model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
-                                         normalize_embeddings=True, show_progress_bar=False)
+                emb = self._model.encode(
+                    list(texts),
+                    batch_size=self.batch_size,
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
             return emb.float().cpu()
         # Batch texts of similar length together (less padding), then restore the input order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -164,12 +170,19 @@ class SequenceClassifierScorer:
             self._tokenizer = AutoTokenizer.from_pretrained(self.path)
             self._model = AutoModelForSequenceClassification.from_pretrained(self.path).to(self._device).eval()
             if (labels := self._model.config.num_labels) != 1:
-                raise PrepError(f"--quality-model {self.path}: a sequence classifier with {labels} labels; the "
-                                "quality filter needs one regression output (num_labels=1)")
+                raise PrepError(
+                    f"--quality-model {self.path}: a sequence classifier with {labels} labels; the "
+                    "quality filter needs one regression output (num_labels=1)"
+                )
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self._tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt").to(self._device)
+            batch = self._tokenizer(
+                list(texts[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self._device)
             with torch.inference_mode():
                 out.extend(self._model(**batch).logits[:, 0].float().cpu().tolist())
         return out
@@ -269,7 +282,8 @@ class QualityHead:
         head_dir = Path(head_dir)
         self._classifier = (
             SequenceClassifierScorer(head_dir, device=device, batch_size=batch_size)
-            if is_sequence_classifier(head_dir) else None
+            if is_sequence_classifier(head_dir)
+            else None
         )
         if self._classifier is not None:
             return

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "sample_manifest.json"
 
 
-
 @dataclass(frozen=True)
 class SampleCorpus:
     root: Path

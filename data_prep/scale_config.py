@@ -18,7 +18,14 @@ from data_prep.errors import PrepError
 
 EXECUTORS = ("local", "slurm", "ray")
 HOW_FIELDS = (
-    "executor", "workers", "tasks", "dedup_tasks", "cpus_per_task", "mem_per_cpu_gb", "slurm_partition", "slurm_time"
+    "executor",
+    "workers",
+    "tasks",
+    "dedup_tasks",
+    "cpus_per_task",
+    "mem_per_cpu_gb",
+    "slurm_partition",
+    "slurm_time",
 )
 
 
@@ -70,14 +77,20 @@ def validate_scale(cfg: ScaleSettings) -> None:
         if not ok:
             raise PrepError(msg)
 
-    need(cfg.workers >= 1 or (cfg.workers == -1 and cfg.executor in ("slurm", "ray")),
-         f"--workers {cfg.workers}: must be at least 1 (-1, all tasks at once, only with slurm or ray)")
+    need(
+        cfg.workers >= 1 or (cfg.workers == -1 and cfg.executor in ("slurm", "ray")),
+        f"--workers {cfg.workers}: must be at least 1 (-1, all tasks at once, only with slurm or ray)",
+    )
     need(cfg.tasks is None or cfg.tasks >= 1, f"--tasks {cfg.tasks}: must be at least 1")
     need(cfg.dedup_tasks is None or cfg.dedup_tasks >= 1, f"--dedup-tasks {cfg.dedup_tasks}: must be at least 1")
-    need(cfg.executor != "slurm" or bool(cfg.slurm_partition),
-         "--executor slurm: needs --slurm-partition NAME (the partition the tasks are submitted to)")
-    need(min(cfg.minhash_ngram, cfg.minhash_buckets, cfg.minhash_hashes_per_bucket) >= 1,
-         "--minhash-ngram / --minhash-buckets / --minhash-hashes-per-bucket: must be at least 1")
+    need(
+        cfg.executor != "slurm" or bool(cfg.slurm_partition),
+        "--executor slurm: needs --slurm-partition NAME (the partition the tasks are submitted to)",
+    )
+    need(
+        min(cfg.minhash_ngram, cfg.minhash_buckets, cfg.minhash_hashes_per_bucket) >= 1,
+        "--minhash-ngram / --minhash-buckets / --minhash-hashes-per-bucket: must be at least 1",
+    )
     bad = [lang for lang in cfg.languages if not (len(lang) in (2, 3) and lang.isalpha() and lang.islower())]
     need(not bad, f"--languages {' '.join(bad)}: use lower-case ISO 639-1 codes such as en, de, fr, zh")
     if cfg.langid:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from data_prep.filters.base import BaseFilter
 from data_prep.filters.c4_quality import C4QualityFilter

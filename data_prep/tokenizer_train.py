@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from data_prep.atomic import atomic_dir
 from data_prep.errors import PrepError

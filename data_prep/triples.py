@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from data_prep.atomic import atomic_open, atomic_write_json
 from data_prep.augment import AugmentConfig, docstring_pairs, image_views

@@ -86,7 +86,7 @@ def _clean_leftovers(save_dir: str) -> None:
     for stale in glob.glob(os.path.join(save_dir, TMP_PREFIX + "*")):
         name = os.path.basename(stale)
         if name.startswith(ASIDE_PREFIX) and os.path.isdir(stale):
-            final = os.path.join(save_dir, name[len(ASIDE_PREFIX):])
+            final = os.path.join(save_dir, name[len(ASIDE_PREFIX) :])
             if not os.path.exists(final):
                 os.rename(stale, final)
                 log0("restored %s from an interrupted re-save", final, level=logging.WARNING)
@@ -103,7 +103,7 @@ def _prune(save_dir: str, step: int, keep: int) -> None:
     (an abandoned future after resuming from an older tag) are left alone, the one just saved is never
     removed."""
     older = [t for t in list_tags(save_dir) if step_of(t) < step]
-    for old in older[:max(0, len(older) - (keep - 1))]:
+    for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
 
 
@@ -119,18 +119,25 @@ def save(engine, save_dir: str, step: int, client_state: dict, *, keep: int = 0)
         _clean_leftovers(save_dir)
     dist.barrier()
     try:
-        engine.save_checkpoint(save_dir, tag=tmp_tag, client_state={**client_state, "universal_checkpoint_info":
-                                                                      client_state.get("universal_checkpoint_info",
-                                                                                       UNIVERSAL_INFO)},
-                               save_latest=False)
+        engine.save_checkpoint(
+            save_dir,
+            tag=tmp_tag,
+            client_state={
+                **client_state,
+                "universal_checkpoint_info": client_state.get("universal_checkpoint_info", UNIVERSAL_INFO),
+            },
+            save_latest=False,
+        )
     except (OSError, RuntimeError) as err:
         if isinstance(err, RuntimeError) and "write" not in str(err):  # torch.save's "file write failed"
             raise
         shutil.rmtree(os.path.join(save_dir, tmp_tag), ignore_errors=True)  # frees the space it took
         prev = last_good(save_dir)
-        raise CheckpointError(f"saving the checkpoint of step {step} to {save_dir} failed ({err}); the partial "
-                              f"folder was removed and {prev or 'no earlier checkpoint'} stays the one to resume from. "
-                              "Fix: free disk space (or choose a checkpoint.dir with room), then resume.") from None
+        raise CheckpointError(
+            f"saving the checkpoint of step {step} to {save_dir} failed ({err}); the partial "
+            f"folder was removed and {prev or 'no earlier checkpoint'} stays the one to resume from. "
+            "Fix: free disk space (or choose a checkpoint.dir with room), then resume."
+        ) from None
     dist.barrier()  # every rank's files are in the temp folder
     final = os.path.join(save_dir, tag)
     if rank0:
@@ -164,13 +171,17 @@ def find_resume(save_dir: str, resume: str) -> tuple[str, str] | None:
     if os.path.isfile(os.path.join(path, "latest")):
         tag = read_latest(path)
         if tag is None:
-            raise CheckpointError(f"checkpoint.resume={resume!r}: {path}/latest is empty. Fix: write an existing tag "
-                                  f"({list_tags(path)}) into latest, or pass a tag folder.")
+            raise CheckpointError(
+                f"checkpoint.resume={resume!r}: {path}/latest is empty. Fix: write an existing tag "
+                f"({list_tags(path)}) into latest, or pass a tag folder."
+            )
         return path, _existing_tag(path, tag)
     if os.path.isdir(path) and glob.glob(os.path.join(path, "mp_rank_*_model_states.pt")):
         return os.path.dirname(path), os.path.basename(path)
-    raise CheckpointError(f"checkpoint.resume={resume!r} is neither a checkpoint folder (with a `latest` file) nor a "
-                          "tag folder (with mp_rank_*_model_states.pt). Fix: pass one of those, \"auto\" or \"none\".")
+    raise CheckpointError(
+        f"checkpoint.resume={resume!r} is neither a checkpoint folder (with a `latest` file) nor a "
+        'tag folder (with mp_rank_*_model_states.pt). Fix: pass one of those, "auto" or "none".'
+    )
 
 
 def _auto_resume(save_dir: str) -> tuple[str, str] | None:
@@ -185,15 +196,22 @@ def _auto_resume(save_dir: str) -> tuple[str, str] | None:
     complete = complete_tags(save_dir)
     problem = f"names {tag!r}, which is not a complete checkpoint" if tag is not None else latest_problem(save_dir)
     if complete:
-        log0("checkpoint folder %s: `latest` %s; resuming from the newest complete checkpoint %s", save_dir,
-             problem, complete[-1], level=logging.WARNING)
+        log0(
+            "checkpoint folder %s: `latest` %s; resuming from the newest complete checkpoint %s",
+            save_dir,
+            problem,
+            complete[-1],
+            level=logging.WARNING,
+        )
         return save_dir, complete[-1]
     if tag is None and not list_tags(save_dir):
         return None  # a new run
-    raise CheckpointError(f"{save_dir}/latest {problem}, and no global_step* folder there is complete (holds "
-                          f"mp_rank_00_model_states.pt): {list_tags(save_dir)}. Fix: restore the checkpoint, or move "
-                          "the folder away / set checkpoint.resume=none to start a new run (it would overwrite "
-                          "these folders).")
+    raise CheckpointError(
+        f"{save_dir}/latest {problem}, and no global_step* folder there is complete (holds "
+        f"mp_rank_00_model_states.pt): {list_tags(save_dir)}. Fix: restore the checkpoint, or move "
+        "the folder away / set checkpoint.resume=none to start a new run (it would overwrite "
+        "these folders)."
+    )
 
 
 def _existing_tag(save_dir: str, tag: str) -> str:
@@ -201,9 +219,11 @@ def _existing_tag(save_dir: str, tag: str) -> str:
     if os.path.isdir(os.path.join(save_dir, tag)):
         return tag
     aside = os.path.join(save_dir, ASIDE_PREFIX + tag)
-    fix = (f"rename {aside} to {os.path.join(save_dir, tag)} (a re-save of that step was interrupted)"
-           if os.path.isdir(aside) else
-           f"restore the folder, or write an existing tag ({list_tags(save_dir)}) into latest")
+    fix = (
+        f"rename {aside} to {os.path.join(save_dir, tag)} (a re-save of that step was interrupted)"
+        if os.path.isdir(aside)
+        else f"restore the folder, or write an existing tag ({list_tags(save_dir)}) into latest"
+    )
     raise CheckpointError(f"{save_dir}/latest names {tag!r}, which does not exist. Fix: {fix}.")
 
 
@@ -216,8 +236,10 @@ def load(engine, load_dir: str, tag: str, *, trusted: bool = False) -> dict:
     except UnsafeFileError as err:
         raise CheckpointError(f"{err}. Nothing of it was loaded. Fix: {TRUST_FIX}.") from None
     if path is None:
-        raise CheckpointError(f"DeepSpeed could not load {os.path.join(load_dir, tag)}. Fix: check the folder is "
-                              "complete, or start fresh with checkpoint.resume=none.")
+        raise CheckpointError(
+            f"DeepSpeed could not load {os.path.join(load_dir, tag)}. Fix: check the folder is "
+            "complete, or start fresh with checkpoint.resume=none."
+        )
     log0("resumed from %s at step %d", path, engine.global_steps)
     return client_state or {}
 
@@ -261,9 +283,14 @@ def read_saved_checkpoint(load_dir: str, tag: str, *, trusted: bool = False) -> 
         elif isinstance(state.get("r1_train_config"), dict) and "dp_world_size" in state:
             par = state["r1_train_config"].get("parallel", {})
             layout = (int(par.get("pipe", 1)), int(par.get("tensor", 1)), int(state["dp_world_size"]))
-    return SavedCheckpoint(path=path, layout=layout, universal=os.path.isdir(os.path.join(path, "zero")),
-                           optimizer_shards=bool(glob.glob(os.path.join(path, "*optim_states.pt"))),
-                           model_config=model_config, dtype=dtype)
+    return SavedCheckpoint(
+        path=path,
+        layout=layout,
+        universal=os.path.isdir(os.path.join(path, "zero")),
+        optimizer_shards=bool(glob.glob(os.path.join(path, "*optim_states.pt"))),
+        model_config=model_config,
+        dtype=dtype,
+    )
 
 
 def check_resume_layout(saved: SavedCheckpoint, *, pipe: int, tensor: int, data: int, zero_stage: int) -> None:
@@ -277,12 +304,18 @@ def check_resume_layout(saved: SavedCheckpoint, *, pipe: int, tensor: int, data:
     """
     now = (pipe, tensor, data)
     if saved.layout is None:
-        log0("resume: %s does not record its parallel layout; loading it as %s", saved.path, _layout_str(now),
-             level=logging.WARNING)
+        log0(
+            "resume: %s does not record its parallel layout; loading it as %s",
+            saved.path,
+            _layout_str(now),
+            level=logging.WARNING,
+        )
         return
     was, here = _layout_str(saved.layout), _layout_str(now)
-    export_fix = (f"export it (`r1-ds export {saved.path} <hf_dir>`) and start a new run with model.init_from=<hf_dir> "
-                  "(weights only: the optimizer restarts)")
+    export_fix = (
+        f"export it (`r1-ds export {saved.path} <hf_dir>`) and start a new run with model.init_from=<hf_dir> "
+        "(weights only: the optimizer restarts)"
+    )
     if saved.universal:
         if (saved.layout[0] > 1) != (pipe > 1):
             kind = "pipeline" if saved.layout[0] > 1 else "non-pipeline"
@@ -290,29 +323,37 @@ def check_resume_layout(saved: SavedCheckpoint, *, pipe: int, tensor: int, data:
                 f"resume: the universal checkpoint {saved.path} comes from a {kind} "
                 f"run ({was}) and this run is {here}: universal checkpoints keep DeepSpeed's parameter names, which "
                 f"differ between pipeline and non-pipeline runs. Fix: keep parallel.pipe "
-                f"{'> 1' if saved.layout[0] > 1 else '= 1'}, or {export_fix}.")
+                f"{'> 1' if saved.layout[0] > 1 else '= 1'}, or {export_fix}."
+            )
         if zero_stage < 1:
             raise CheckpointError(
                 f"resume: {saved.path} is a universal checkpoint and this run ({here}) uses ZeRO stage {zero_stage}; "
                 "DeepSpeed restores universal checkpoints through the ZeRO optimizer only. Fix: set "
-                '"zero_optimization": {"stage": 1} in the DeepSpeed JSON.')
+                '"zero_optimization": {"stage": 1} in the DeepSpeed JSON.'
+            )
         return
     if saved.layout == now or (saved.layout[:2] == now[:2] and not saved.optimizer_shards):
         return
     if saved.optimizer_shards and (saved.layout[0] > 1) == (pipe > 1):
         tag = os.path.basename(saved.path)
-        fix = (f"convert it to a universal checkpoint and resume from that:\n"
-               f"    python -m deepspeed.checkpoint.ds_to_universal --input_folder {saved.path} "
-               f"--output_folder <new_dir>/{tag}\n"
-               f"    echo {tag} > <new_dir>/latest\n"
-               f"and set checkpoint.resume=<new_dir> (r1-ds then loads it with DeepSpeed's load_universal; this run "
-               f"needs ZeRO stage >= 1); or resume with the saved layout {was}")
+        fix = (
+            f"convert it to a universal checkpoint and resume from that:\n"
+            f"    python -m deepspeed.checkpoint.ds_to_universal --input_folder {saved.path} "
+            f"--output_folder <new_dir>/{tag}\n"
+            f"    echo {tag} > <new_dir>/latest\n"
+            f"and set checkpoint.resume=<new_dir> (r1-ds then loads it with DeepSpeed's load_universal; this run "
+            f"needs ZeRO stage >= 1); or resume with the saved layout {was}"
+        )
     elif saved.optimizer_shards:
         fix = f"{export_fix}; or resume with the saved layout {was}"
     else:
-        fix = (f"resume with the saved layout {was}, or change only parallel.data; or {export_fix}. (Checkpoints "
-               "without optimizer shards, i.e. fp32/fp16 without ZeRO, cannot be converted by ds_to_universal: train "
-               "with ZeRO stage 1 to be able to change the layout later)")
-    raise CheckpointError(f"resume: {saved.path} was saved by a run with layout {was}; this run is {here}, and "
-                          "DeepSpeed cannot reshard that checkpoint's weights and optimizer state on load. "
-                          f"Fix: {fix}.")
+        fix = (
+            f"resume with the saved layout {was}, or change only parallel.data; or {export_fix}. (Checkpoints "
+            "without optimizer shards, i.e. fp32/fp16 without ZeRO, cannot be converted by ds_to_universal: train "
+            "with ZeRO stage 1 to be able to change the layout later)"
+        )
+    raise CheckpointError(
+        f"resume: {saved.path} was saved by a run with layout {was}; this run is {here}, and "
+        "DeepSpeed cannot reshard that checkpoint's weights and optimizer state on load. "
+        f"Fix: {fix}."
+    )

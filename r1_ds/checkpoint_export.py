@@ -46,9 +46,11 @@ def resolve_tag_dir(ckpt: str, tag: str | None = None) -> str:
     else:
         latest = read_latest(ckpt)
         if latest is None:
-            raise CheckpointError(f"{ckpt} is not a DeepSpeed checkpoint: no `latest` file and no "
-                                  "mp_rank_*_model_states.pt. Fix: pass the checkpoint folder of a run "
-                                  "(<output_dir>/checkpoints) or one of its global_step* folders.")
+            raise CheckpointError(
+                f"{ckpt} is not a DeepSpeed checkpoint: no `latest` file and no "
+                "mp_rank_*_model_states.pt. Fix: pass the checkpoint folder of a run "
+                "(<output_dir>/checkpoints) or one of its global_step* folders."
+            )
         path = os.path.join(ckpt, latest)
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint tag folder {path} does not exist")
@@ -64,24 +66,35 @@ def _load_pt(path: str) -> dict:
         raise CheckpointError(f"{err}. Nothing of it was loaded. Fix: {TRUST_FIX}.") from None
     except Exception as err:  # noqa: BLE001 - zip, pickle and I/O errors all mean the same: unreadable
         reason = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(f"{path} does not load ({type(err).__name__}: {reason}): truncated or corrupt."
-                              f"{fallback_hint(os.path.dirname(path))}") from None
+        raise CheckpointError(
+            f"{path} does not load ({type(err).__name__}: {reason}): truncated or corrupt."
+            f"{fallback_hint(os.path.dirname(path))}"
+        ) from None
 
 
 def _model_config(engine_state: dict, where: str):
     if "r1_model_config" not in engine_state:
-        raise CheckpointError(f"{where} has no r1_model_config: it was not written by `r1-ds train`. Fix: export "
-                              "checkpoints of r1-ds runs only.")
-    return R1Config(**{k: v for k, v in engine_state["r1_model_config"].items()
-                       if k not in ("architectures", "model_type", "transformers_version", "auto_map")})
+        raise CheckpointError(
+            f"{where} has no r1_model_config: it was not written by `r1-ds train`. Fix: export "
+            "checkpoints of r1-ds runs only."
+        )
+    return R1Config(
+        **{
+            k: v
+            for k, v in engine_state["r1_model_config"].items()
+            if k not in ("architectures", "model_type", "transformers_version", "auto_map")
+        }
+    )
 
 
 def merge_tensor_ranks(per_rank: dict[int, dict], where: str) -> dict:
     """One full HF state dict from {tensor rank: that rank's HF state dict} (R1_TP_PLAN's shards)."""
     ranks = sorted(per_rank)
     if ranks != list(range(len(ranks))):
-        raise CheckpointError(f"{where}: tensor-parallel shards {ranks} found, expected 0..{len(ranks) - 1}. Fix: "
-                              "export a complete checkpoint folder (one file per tensor rank).")
+        raise CheckpointError(
+            f"{where}: tensor-parallel shards {ranks} found, expected 0..{len(ranks) - 1}. Fix: "
+            "export a complete checkpoint folder (one file per tensor rank)."
+        )
     if len(ranks) == 1:
         return per_rank[0]
     try:
@@ -111,8 +124,10 @@ def _hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
     if engine_state.get("module") is not None:  # not a pipeline: mp_rank_XX holds tensor rank XX's module
         if engine_state.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0) == 3:
             if len(states) > 1:
-                raise CheckpointError(f"{tag_dir}: a ZeRO-3 checkpoint with {len(states)} tensor ranks; r1-ds does "
-                                      "not train tensor parallel with ZeRO-3, so this folder is not one of its runs.")
+                raise CheckpointError(
+                    f"{tag_dir}: a ZeRO-3 checkpoint with {len(states)} tensor ranks; r1-ds does "
+                    "not train tensor parallel with ZeRO-3, so this folder is not one of its runs."
+                )
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             module = get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(tag_dir), os.path.basename(tag_dir))
@@ -135,8 +150,9 @@ def _hf_state_dict(tag_dir: str) -> tuple[dict, dict]:
         for key, value in _load_pt(path).items():
             part[prefixes[layer] + key] = value
     if not per_rank:
-        raise CheckpointError(f"{tag_dir} has neither a module in {os.path.basename(states[0])} nor layer_*-"
-                              "model_states.pt files")
+        raise CheckpointError(
+            f"{tag_dir} has neither a module in {os.path.basename(states[0])} nor layer_*-model_states.pt files"
+        )
     return merge_tensor_ranks(per_rank, tag_dir), engine_state
 
 
@@ -154,7 +170,7 @@ def _universal_state_dict(tag_dir: str, engine_state: dict) -> dict:
             continue
         value = _load_pt(path)["param"]
         if name.startswith(f"tied_modules.{TIED_KEY}."):
-            key = prefixes[0] + name[len(f"tied_modules.{TIED_KEY}."):]
+            key = prefixes[0] + name[len(f"tied_modules.{TIED_KEY}.") :]
         elif name.split(".", 1)[0].isdigit():
             layer, rest = name.split(".", 1)
             key = prefixes[int(layer)] + rest
@@ -166,8 +182,7 @@ def _universal_state_dict(tag_dir: str, engine_state: dict) -> dict:
     return sd
 
 
-def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None = None,
-              trusted: bool = False) -> str:
+def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None = None, trusted: bool = False) -> str:
     """Write a Hugging Face folder (config.json, model.safetensors, model code, tokenizer when the run
     had one) that `AutoModelForCausalLM.from_pretrained` loads; returns `out`. Any layout (pipe x tensor
     x data) gives one folder: tensor shards are merged, data replicas are one copy. Files are read
@@ -178,8 +193,10 @@ def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None 
     sd, engine_state = hf_state_dict(tag_dir, trusted=trusted)
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise CheckpointError(f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}{' ...' if len(bad) > 4 else ''}): the "
-                              f"run had diverged when it saved this checkpoint.{fallback_hint(tag_dir)}")
+        raise CheckpointError(
+            f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}{' ...' if len(bad) > 4 else ''}): the "
+            f"run had diverged when it saved this checkpoint.{fallback_hint(tag_dir)}"
+        )
     out = os.path.abspath(out)
     check_output_folder(out, "export folder")
     _check_replaceable(out)
@@ -205,17 +222,21 @@ def check_output_folder(path: str, what: str) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as err:
-        raise CheckpointError(f"{what} {path}: {parent} is not writable ({err.strerror}). Fix: choose a writable "
-                              "folder, or change its permissions / mount.") from None
+        raise CheckpointError(
+            f"{what} {path}: {parent} is not writable ({err.strerror}). Fix: choose a writable "
+            "folder, or change its permissions / mount."
+        ) from None
 
 
 def _check_replaceable(out: str) -> None:
     """An existing `out` is replaced whole by the export: only an empty folder or a model folder (one with
     config.json) may be, never a folder of other files."""
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "config.json")):
-        raise CheckpointError(f"export folder {out} exists and is not a model folder (no config.json; it holds "
-                              f"{sorted(os.listdir(out))[:5]}): the export would replace it whole. Fix: pass a new or "
-                              "empty folder, or an earlier export to replace.")
+        raise CheckpointError(
+            f"export folder {out} exists and is not a model folder (no config.json; it holds "
+            f"{sorted(os.listdir(out))[:5]}): the export would replace it whole. Fix: pass a new or "
+            "empty folder, or an earlier export to replace."
+        )
 
 
 @contextmanager
@@ -248,20 +269,29 @@ def _write_hf_folder(out: str, sd: dict, engine_state: dict, *, tag_dir: str, dt
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: train_dtype}[dtype]
     model = R1ForCausalLM(config)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
-    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(shapes[k])})" for k, v in sd.items() if k in shapes
-             and v.shape != shapes[k]]
+    wrong = [
+        f"{k} {tuple(v.shape)} (model: {tuple(shapes[k])})"
+        for k, v in sd.items()
+        if k in shapes and v.shape != shapes[k]
+    ]
     if wrong:
-        raise CheckpointError(f"{tag_dir}: weights do not have the model's shapes: {wrong[:4]}. Tensor-parallel "
-                              "shards that were not merged look like this. Fix: export the original checkpoint "
-                              "folder (all mp_rank_*/layer_* files), not a partial copy.")
+        raise CheckpointError(
+            f"{tag_dir}: weights do not have the model's shapes: {wrong[:4]}. Tensor-parallel "
+            "shards that were not merged look like this. Fix: export the original checkpoint "
+            "folder (all mp_rank_*/layer_* files), not a partial copy."
+        )
     missing, unexpected = model.load_state_dict(sd, strict=False)
     allowed_missing = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - allowed_missing or unexpected:
-        raise CheckpointError(f"{tag_dir}: weights do not match the R1 config: missing {sorted(set(missing) - allowed_missing)}"
-                              f", unexpected {sorted(unexpected)}")
+        raise CheckpointError(
+            f"{tag_dir}: weights do not match the R1 config: missing {sorted(set(missing) - allowed_missing)}"
+            f", unexpected {sorted(unexpected)}"
+        )
     model = model.to(torch_dtype)
     model.config.dtype = torch_dtype
-    model.set_attn_implementation("eager")  # the reference; `from_pretrained(..., attn_implementation=...)` may change it
+    model.set_attn_implementation(
+        "eager"
+    )  # the reference; `from_pretrained(..., attn_implementation=...)` may change it
     tok, tokenizer = engine_state.get("r1_tokenizer_dir"), None
     if tok and os.path.isdir(tok):
         from transformers import AutoTokenizer
@@ -274,6 +304,11 @@ def _write_hf_folder(out: str, sd: dict, engine_state: dict, *, tag_dir: str, dt
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
         log0("copied the tokenizer from %s", tok)
-    write_model_card(out, model.config, step=engine_state.get("global_steps"),
-                     train_config=engine_state.get("r1_train_config") or {}, layout=engine_state.get("r1_layout"),
-                     has_tokenizer=tokenizer is not None)
+    write_model_card(
+        out,
+        model.config,
+        step=engine_state.get("global_steps"),
+        train_config=engine_state.get("r1_train_config") or {},
+        layout=engine_state.get("r1_layout"),
+        has_tokenizer=tokenizer is not None,
+    )

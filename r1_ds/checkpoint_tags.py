@@ -24,7 +24,7 @@ def tag_for(step: int) -> str:
 
 
 def step_of(tag: str) -> int:
-    return int(tag[len("global_step"):])
+    return int(tag[len("global_step") :])
 
 
 def read_latest(save_dir: str) -> str | None:
@@ -80,31 +80,47 @@ def previous_complete(tag_dir: str) -> str | None:
 
 def list_tags(save_dir: str) -> list[str]:
     """Complete checkpoint tags in `save_dir`, oldest first (by step)."""
-    tags = [d for d in os.listdir(save_dir) if re.fullmatch(r"global_step\d+", d)
-            and os.path.isdir(os.path.join(save_dir, d))] if os.path.isdir(save_dir) else []
+    tags = (
+        [
+            d
+            for d in os.listdir(save_dir)
+            if re.fullmatch(r"global_step\d+", d) and os.path.isdir(os.path.join(save_dir, d))
+        ]
+        if os.path.isdir(save_dir)
+        else []
+    )
     return sorted(tags, key=step_of)
 
 
-TRUST_FIX = ("if you trust where this checkpoint comes from, pass --trust-checkpoint (checkpoint.trust=true), "
-             "which unpickles it as it is")
+TRUST_FIX = (
+    "if you trust where this checkpoint comes from, pass --trust-checkpoint (checkpoint.trust=true), "
+    "which unpickles it as it is"
+)
 
 
 def fallback_hint(tag_dir: str) -> str:
     """What to do instead of loading `tag_dir`: the previous complete tag, if there is one."""
     prev = previous_complete(tag_dir)
     if prev is None:
-        return " No earlier complete checkpoint exists in that folder. Fix: restore the file from a copy, or start a " \
-               "new run (checkpoint.resume=none, another output folder)."
-    return (f" The previous complete checkpoint is {prev}. Fix: resume from it (checkpoint.resume={prev}) or export "
-            f"it (r1-ds export {prev} OUT), or restore the file from a copy.")
+        return (
+            " No earlier complete checkpoint exists in that folder. Fix: restore the file from a copy, or start a "
+            "new run (checkpoint.resume=none, another output folder)."
+        )
+    return (
+        f" The previous complete checkpoint is {prev}. Fix: resume from it (checkpoint.resume={prev}) or export "
+        f"it (r1-ds export {prev} OUT), or restore the file from a copy."
+    )
 
 
 def verify_tag(tag_dir: str, *, trusted: bool = False) -> None:
     """Open the pickle of every .pt file of a tag folder (not its tensors) before anything loads it: a
     truncated or garbage file, or one that names callables outside the allowlist, is refused here with its
     name and the previous complete tag, on every rank alike (they read the same shared folder)."""
-    files = sorted(glob.glob(os.path.join(tag_dir, "*.pt")) + glob.glob(os.path.join(tag_dir, "zero", "*.pt"))
-                   + glob.glob(os.path.join(tag_dir, "zero", "*", "*.pt")))
+    files = sorted(
+        glob.glob(os.path.join(tag_dir, "*.pt"))
+        + glob.glob(os.path.join(tag_dir, "zero", "*.pt"))
+        + glob.glob(os.path.join(tag_dir, "zero", "*", "*.pt"))
+    )
     if not files:
         raise CheckpointError(f"{tag_dir} holds no .pt files: it is not a complete checkpoint.{fallback_hint(tag_dir)}")
     for path in files:
@@ -112,7 +128,9 @@ def verify_tag(tag_dir: str, *, trusted: bool = False) -> None:
             names = unsafe_globals(path)
         except Exception as err:  # noqa: BLE001 - zip, pickle and I/O errors all mean the same: unreadable
             reason = str(err).split(". ")[0].split("\n")[0]
-            raise CheckpointError(f"{path} is not a readable checkpoint file ({type(err).__name__}: {reason}): "
-                                  f"truncated or corrupt.{fallback_hint(tag_dir)}") from None
+            raise CheckpointError(
+                f"{path} is not a readable checkpoint file ({type(err).__name__}: {reason}): "
+                f"truncated or corrupt.{fallback_hint(tag_dir)}"
+            ) from None
         if names and not trusted:
             raise CheckpointError(f"{UnsafeFileError(path, names)}. Nothing of it was loaded. Fix: {TRUST_FIX}.")

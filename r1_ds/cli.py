@@ -20,13 +20,20 @@ class Command(NamedTuple):
 
 
 COMMANDS = {
-    "prep": Command("data_prep.cli", "clean, label and augment a text/image/code corpus; train a tokenizer; pack "
-                    "shards", "add_prep_arguments", "run_prep"),
+    "prep": Command(
+        "data_prep.cli",
+        "clean, label and augment a text/image/code corpus; train a tokenizer; pack shards",
+        "add_prep_arguments",
+        "run_prep",
+    ),
     "train": Command("r1_ds.train", "train an R1 model with DeepSpeed (launch with deepspeed, torchrun or accelerate)"),
-    "export": Command("r1_ds.export", "convert a DeepSpeed checkpoint (any parallel layout) to one Hugging Face folder"),
+    "export": Command(
+        "r1_ds.export", "convert a DeepSpeed checkpoint (any parallel layout) to one Hugging Face folder"
+    ),
     "generate": Command("r1_ds.generate", "generate text from a Hugging Face folder"),
-    "eval": Command("r1_ds.evaluation.cli", "evaluate a Hugging Face folder: perplexity, HumanEval pass@k, GLUE, "
-                    "retrieval"),
+    "eval": Command(
+        "r1_ds.evaluation.cli", "evaluate a Hugging Face folder: perplexity, HumanEval pass@k, GLUE, retrieval"
+    ),
     "plot": Command("r1_ds.plot", "plot the loss curve of a run from its metrics.jsonl"),
     "demo": Command("r1_ds.demo", "the end-to-end demo on the built-in sample data (what `make demo` runs)"),
 }
@@ -39,8 +46,7 @@ def _load(command: Command):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="r1-ds", description="R1 models with DeepSpeed: "
-                                     + ", ".join(COMMANDS) + ".")
+    parser = argparse.ArgumentParser(prog="r1-ds", description="R1 models with DeepSpeed: " + ", ".join(COMMANDS) + ".")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub.add_parser(name, help=command.help, add_help=False)

@@ -186,8 +186,10 @@ class TrainConfig:
 def read_mapping(path: str) -> dict:
     """A YAML or JSON file as a dict (YAML when the name ends in .yaml/.yml)."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist. Fix: pass an existing file (see ds_configs/ and "
-                          "docs/training.md for examples).")
+        raise ConfigError(
+            f"config file {path!r} does not exist. Fix: pass an existing file (see ds_configs/ and "
+            "docs/training.md for examples)."
+        )
     with open(path) as f:
         text = f.read()
     try:
@@ -211,8 +213,10 @@ def _build(cls, data: dict, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where or 'the training config'}; known keys: "
-                          f"{sorted(fields)}. Fix: correct the spelling or remove them.")
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or 'the training config'}; known keys: "
+            f"{sorted(fields)}. Fix: correct the spelling or remove them."
+        )
     kwargs = {}
     for name, value in data.items():
         sub = _SECTIONS.get((cls, name))
@@ -247,10 +251,14 @@ _SCALARS = {"bool": ((bool,), "true"), "int": ((int,), "100"), "float": ((int, f
 
 
 _SECTIONS = {
-    (TrainConfig, "model"): ModelSettings, (TrainConfig, "data"): DataSettings,
-    (TrainConfig, "schedule"): ScheduleSettings, (TrainConfig, "checkpoint"): CheckpointSettings,
-    (TrainConfig, "parallel"): ParallelSettings, (TrainConfig, "precision"): PrecisionSettings,
-    (TrainConfig, "log"): LogSettings, (ScheduleSettings, "stages"): StageSettings,
+    (TrainConfig, "model"): ModelSettings,
+    (TrainConfig, "data"): DataSettings,
+    (TrainConfig, "schedule"): ScheduleSettings,
+    (TrainConfig, "checkpoint"): CheckpointSettings,
+    (TrainConfig, "parallel"): ParallelSettings,
+    (TrainConfig, "precision"): PrecisionSettings,
+    (TrainConfig, "log"): LogSettings,
+    (ScheduleSettings, "stages"): StageSettings,
     (TrainConfig, "align"): AlignSettings,
 }
 
@@ -266,7 +274,7 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
 
 
 def parse_set(item: str) -> tuple[str, Any]:
-    """"schedule.lr=3e-4" -> ("schedule.lr", 0.0003); the value is read as YAML (numbers, lists, null)."""
+    """ "schedule.lr=3e-4" -> ("schedule.lr", 0.0003); the value is read as YAML (numbers, lists, null)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set schedule.warmup_steps=100")
     key, raw = item.split("=", 1)
@@ -309,8 +317,12 @@ def validate(cfg: TrainConfig) -> None:
     # _model_fields imports transformers: only when there is something to check
     unknown = sorted(set(cfg.model.overrides) - _model_fields()) if cfg.model.overrides else []
     if unknown:  # R1Config, like any PretrainedConfig, would keep a typo as a stray attribute and ignore it
-        fail("model.overrides", unknown, "names fields R1Config does not have",
-             "spell them as in docs/architecture.md (e.g. num_hidden_layers, hidden_size, level_heads)")
+        fail(
+            "model.overrides",
+            unknown,
+            "names fields R1Config does not have",
+            "spell them as in docs/architecture.md (e.g. num_hidden_layers, hidden_size, level_heads)",
+        )
     if cfg.checkpoint.keep < 0:
         fail("checkpoint.keep", cfg.checkpoint.keep, "must be >= 0 (0 keeps every checkpoint)", "use e.g. 3")
 
@@ -318,8 +330,12 @@ def validate(cfg: TrainConfig) -> None:
     if s.steps < 1:  # types were checked when the settings were read
         fail("schedule.steps", s.steps, "must be an integer >= 1", "set the number of optimizer steps")
     if not 0 <= s.warmup_steps < s.steps:  # s.steps >= 1 here
-        fail("schedule.warmup_steps", s.warmup_steps, f"must be in [0, schedule.steps={s.steps})",
-             "use a shorter warm-up")
+        fail(
+            "schedule.warmup_steps",
+            s.warmup_steps,
+            f"must be in [0, schedule.steps={s.steps})",
+            "use a shorter warm-up",
+        )
     if not 0.0 <= s.min_lr_ratio <= 1.0:
         fail("schedule.min_lr_ratio", s.min_lr_ratio, "must be in [0, 1]", "use e.g. 0.1")
     if not 0.0 <= s.drop_path_max < 1.0:
@@ -341,27 +357,42 @@ def validate(cfg: TrainConfig) -> None:
     if s.stages:
         fixed = sum(st.steps for st in s.stages[:-1])
         if fixed >= s.steps:
-            fail("schedule.stages", [st.steps for st in s.stages], f"the stages before the last take {fixed} steps, "
-                 f"leaving none of schedule.steps={s.steps} for the last stage", "raise schedule.steps or shorten stages")
+            fail(
+                "schedule.stages",
+                [st.steps for st in s.stages],
+                f"the stages before the last take {fixed} steps, "
+                f"leaving none of schedule.steps={s.steps} for the last stage",
+                "raise schedule.steps or shorten stages",
+            )
     if cfg.model.attn_implementation not in ("auto", *ATTN_IMPLEMENTATIONS):  # auto: flex on CUDA, else eager
-        fail("model.attn_implementation", cfg.model.attn_implementation,
-             f"must be auto, {', '.join(ATTN_IMPLEMENTATIONS[:-1])} or {ATTN_IMPLEMENTATIONS[-1]}",
-             "pick one of the three")
+        fail(
+            "model.attn_implementation",
+            cfg.model.attn_implementation,
+            f"must be auto, {', '.join(ATTN_IMPLEMENTATIONS[:-1])} or {ATTN_IMPLEMENTATIONS[-1]}",
+            "pick one of the three",
+        )
     if cfg.checkpoint.every < 0:
         fail("checkpoint.every", cfg.checkpoint.every, "must be >= 0", "use 0 to save only at the end")
     if cfg.log.every < 1:
         fail("log.every", cfg.log.every, "must be >= 1", "use 1 to log every step")
-    if cfg.log.eval_every < 0 or (cfg.log.eval_every and (not cfg.log.eval_data
-                                                          or cfg.log.eval_every % cfg.log.every)):
-        fail("log.eval_every", cfg.log.eval_every, "must be >= 0; > 0 needs log.eval_data and a multiple of "
-             f"log.every={cfg.log.every} (it is logged with the other metrics)",
-             "set log.eval_data to a held-out packed shard folder and eval_every to a multiple of log.every, "
-             "or log.eval_every=0")
+    if cfg.log.eval_every < 0 or (cfg.log.eval_every and (not cfg.log.eval_data or cfg.log.eval_every % cfg.log.every)):
+        fail(
+            "log.eval_every",
+            cfg.log.eval_every,
+            "must be >= 0; > 0 needs log.eval_data and a multiple of "
+            f"log.every={cfg.log.every} (it is logged with the other metrics)",
+            "set log.eval_data to a held-out packed shard folder and eval_every to a multiple of log.every, "
+            "or log.eval_every=0",
+        )
     if cfg.log.check_finite_every < 1:
         fail("log.check_finite_every", cfg.log.check_finite_every, "must be >= 1", "use 1 to check every step")
     if cfg.data.seq_len is not None and cfg.data.seq_len < 2:
-        fail("data.seq_len (--seq-len)", cfg.data.seq_len, "must be an integer >= 2 (tokens per training sequence)",
-             "use e.g. 128, or leave it out to use the shards' seq_len")
+        fail(
+            "data.seq_len (--seq-len)",
+            cfg.data.seq_len,
+            "must be an integer >= 2 (tokens per training sequence)",
+            "use e.g. 128, or leave it out to use the shards' seq_len",
+        )
     if cfg.data.micro_batch is not None and cfg.data.micro_batch < 1:
         fail("data.micro_batch (--micro-batch)", cfg.data.micro_batch, "must be an integer >= 1", "use e.g. 2")
     if cfg.precision.dtype not in (None, "bf16", "fp16", "fp32"):
@@ -386,9 +417,18 @@ def _auto(value):
     return None if value == "auto" else value
 
 
-def resolve_batch(*, world_size: int, pipe: int, tensor: int, data: int, ds_config: dict,
-                  micro_batch: int | None = None, global_batch: int | None = None, grad_accum: int | None = None,
-                  stage_batches: tuple[int, ...] = ()) -> tuple[ParallelDims, BatchPlan]:
+def resolve_batch(
+    *,
+    world_size: int,
+    pipe: int,
+    tensor: int,
+    data: int,
+    ds_config: dict,
+    micro_batch: int | None = None,
+    global_batch: int | None = None,
+    grad_accum: int | None = None,
+    stage_batches: tuple[int, ...] = (),
+) -> tuple[ParallelDims, BatchPlan]:
     """The one start-up check of layout and batch sizes; errors show the numbers and the fix.
 
     `micro_batch`, `global_batch`, `grad_accum` come from the command line or training config (they
@@ -402,9 +442,11 @@ def resolve_batch(*, world_size: int, pipe: int, tensor: int, data: int, ds_conf
         raise BatchSizeError(str(err)) from None
     dp = dims.data
     mine = {"micro": micro_batch, "global": global_batch, "gas": grad_accum}
-    ds = {"micro": _auto(ds_config.get("train_micro_batch_size_per_gpu")),
-          "global": _auto(ds_config.get("train_batch_size")),
-          "gas": _auto(ds_config.get("gradient_accumulation_steps"))}
+    ds = {
+        "micro": _auto(ds_config.get("train_micro_batch_size_per_gpu")),
+        "global": _auto(ds_config.get("train_batch_size")),
+        "gas": _auto(ds_config.get("gradient_accumulation_steps")),
+    }
     chosen = {k: v for k, v in mine.items() if v is not None}
     user_set = bool(chosen)
     for k in ("micro", "global", "gas"):
@@ -420,31 +462,55 @@ def resolve_batch(*, world_size: int, pipe: int, tensor: int, data: int, ds_conf
     micro, gbs, gas = chosen.get("micro"), chosen.get("global"), chosen.get("gas")
     if micro is None:
         if gbs % (gas * dp):
-            raise BatchSizeError(_mismatch(gbs, None, gas, dims, "train_batch_size is not divisible by "
-                                           f"gradient_accumulation_steps {gas} x data_parallel {dp}"))
+            raise BatchSizeError(
+                _mismatch(
+                    gbs,
+                    None,
+                    gas,
+                    dims,
+                    f"train_batch_size is not divisible by gradient_accumulation_steps {gas} x data_parallel {dp}",
+                )
+            )
         micro = gbs // (gas * dp)
     elif gas is None:
         if gbs % (micro * dp):
-            raise BatchSizeError(_mismatch(gbs, micro, None, dims, "train_batch_size is not divisible by "
-                                           f"micro_batch {micro} x data_parallel {dp} = {micro * dp}"))
+            raise BatchSizeError(
+                _mismatch(
+                    gbs,
+                    micro,
+                    None,
+                    dims,
+                    f"train_batch_size is not divisible by micro_batch {micro} x data_parallel {dp} = {micro * dp}",
+                )
+            )
         gas = gbs // (micro * dp)
     elif gbs is None:
         gbs = micro * gas * dp
     if gbs != micro * gas * dp:
-        raise BatchSizeError(_mismatch(gbs, micro, gas, dims, f"micro_batch {micro} x grad_accum {gas} x "
-                                       f"data_parallel {dp} = {micro * gas * dp}, not {gbs}"))
+        raise BatchSizeError(
+            _mismatch(
+                gbs,
+                micro,
+                gas,
+                dims,
+                f"micro_batch {micro} x grad_accum {gas} x data_parallel {dp} = {micro * gas * dp}, not {gbs}",
+            )
+        )
     for i, b in enumerate(stage_batches):
         if b % (micro * dp):
             raise BatchSizeError(
                 f"progressive stage {i + 2} has global_batch={b}, which is not a multiple of micro_batch {micro} x "
                 f"data_parallel {dp} = {micro * dp} (layout {dims.describe()}). Fix: use a global batch that is a "
-                f"multiple of {micro * dp}, or change data.micro_batch.")
+                f"multiple of {micro * dp}, or change data.micro_batch."
+            )
     return dims, BatchPlan(micro_batch=micro, grad_accum=gas, global_batch=gbs, data_parallel=dp)
 
 
-_NAMES = {"micro": "train_micro_batch_size_per_gpu (data.micro_batch)",
-          "global": "train_batch_size (schedule.global_batch)",
-          "gas": "gradient_accumulation_steps (schedule.grad_accum)"}
+_NAMES = {
+    "micro": "train_micro_batch_size_per_gpu (data.micro_batch)",
+    "global": "train_batch_size (schedule.global_batch)",
+    "gas": "gradient_accumulation_steps (schedule.grad_accum)",
+}
 
 
 def _mismatch(gbs, micro, gas, dims: ParallelDims, rule: str) -> str:
@@ -457,7 +523,9 @@ def _mismatch(gbs, micro, gas, dims: ParallelDims, rule: str) -> str:
     if gas and gbs % (gas * dp) == 0:
         fixes.append(f"train_micro_batch_size_per_gpu={gbs // (gas * dp)}")
     fix = " or ".join(fixes) if fixes else f"a train_batch_size that is a multiple of data_parallel {dp}"
-    return (f"batch sizes disagree: train_batch_size={gbs}, train_micro_batch_size_per_gpu={micro}, "
-            f"gradient_accumulation_steps={gas}, layout {dims.describe()} (data_parallel={dp}): {rule}. "
-            f"The rule is train_batch_size == micro_batch x grad_accum x data_parallel. Fix: set {fix} "
-            "(or leave one of the three out and it is derived).")
+    return (
+        f"batch sizes disagree: train_batch_size={gbs}, train_micro_batch_size_per_gpu={micro}, "
+        f"gradient_accumulation_steps={gas}, layout {dims.describe()} (data_parallel={dp}): {rule}. "
+        f"The rule is train_batch_size == micro_batch x grad_accum x data_parallel. Fix: set {fix} "
+        "(or leave one of the three out and it is derived)."
+    )

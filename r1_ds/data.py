@@ -29,8 +29,16 @@ import torch
 
 from data_prep.shards import DataError, PackedShards
 
-__all__ = ["DataError", "PackedShards", "Mixture", "SyntheticTokens", "open_dataset", "ProgressiveSampler", "Stage",
-           "batch_iterator"]
+__all__ = [
+    "DataError",
+    "PackedShards",
+    "Mixture",
+    "SyntheticTokens",
+    "open_dataset",
+    "ProgressiveSampler",
+    "Stage",
+    "batch_iterator",
+]
 
 log = logging.getLogger("r1_ds.data")
 
@@ -107,8 +115,10 @@ class Mixture:
 
 def _mixture_items(path: Any) -> tuple[list[str], list[float] | None]:
     """data.path as a list: folders (weighted by their rows) or {path, weight} mappings."""
-    form = ("Fix: write data.path as a list of folders (each weighted by its rows), or of {path: DIR, weight: W} "
-            "mappings with W > 0 for every folder")
+    form = (
+        "Fix: write data.path as a list of folders (each weighted by its rows), or of {path: DIR, weight: W} "
+        "mappings with W > 0 for every folder"
+    )
     if not path:
         raise DataError(f"data.path=[]: an empty list names no data. {form}, or leave data.path empty (synthetic).")
     if all(isinstance(p, str) and p for p in path):
@@ -116,8 +126,10 @@ def _mixture_items(path: Any) -> tuple[list[str], list[float] | None]:
     folders, weights = [], []
     for i, item in enumerate(path):
         if not (isinstance(item, dict) and set(item) == {"path", "weight"} and isinstance(item["path"], str)):
-            raise DataError(f"data.path[{i}]={item!r}: every item must be a folder, or every item a mapping with "
-                            f"exactly the keys path and weight. {form}.")
+            raise DataError(
+                f"data.path[{i}]={item!r}: every item must be a folder, or every item a mapping with "
+                f"exactly the keys path and weight. {form}."
+            )
         w = item["weight"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
             raise DataError(f"data.path[{i}].weight={w!r}: must be a number > 0 (its share is weight / sum). {form}.")
@@ -136,23 +148,29 @@ def open_mixture(path: list) -> Mixture:
     sources = [PackedShards(f) for f in folders]
     for f, s in zip(folders, sources):
         if not len(s):
-            raise DataError(f"data.path: {f} holds no rows, so it cannot give its share of the mixture. Fix: drop it "
-                            "from data.path, or pack documents into it.")
+            raise DataError(
+                f"data.path: {f} holds no rows, so it cannot give its share of the mixture. Fix: drop it "
+                "from data.path, or pack documents into it."
+            )
     ids = [_tokenizer_identity(s) for s in sources]
     if len(set(ids)) > 1:
-        described = "; ".join(f"{f}: vocab {v}, eos {e}, tokenizer sha256 {str(h)[:12]}" for f, (v, e, h) in
-                              zip(folders, ids))
-        raise DataError(f"data.path: the folders were not packed with one tokenizer ({described}); the same token "
-                        "id would mean different text. Fix: pack every folder with the same tokenizer "
-                        "(`r1-ds prep --tokenizer DIR`, DIR = the tokenizer folder of one run), or train on one.")
+        described = "; ".join(
+            f"{f}: vocab {v}, eos {e}, tokenizer sha256 {str(h)[:12]}" for f, (v, e, h) in zip(folders, ids)
+        )
+        raise DataError(
+            f"data.path: the folders were not packed with one tokenizer ({described}); the same token "
+            "id would mean different text. Fix: pack every folder with the same tokenizer "
+            "(`r1-ds prep --tokenizer DIR`, DIR = the tokenizer folder of one run), or train on one."
+        )
     ds = Mixture(sources, weights)
     for f, share, q, s in zip(folders, ds.shares, ds.quota, sources):
         log.info("data mixture: %s: share %.3f, %d of %d rows (%d in the folder)", f, share, q, len(ds), len(s))
     return ds
 
 
-def open_dataset(path: str | list | None, *, seq_len: int | None, vocab_size: int, synthetic_sequences: int = 4096,
-                 seed: int = 0):
+def open_dataset(
+    path: str | list | None, *, seq_len: int | None, vocab_size: int, synthetic_sequences: int = 4096, seed: int = 0
+):
     """The training set and the sequence length to train at. `path` None or "synthetic": sample data; a list:
     a mixture of packed folders."""
     if path in (None, "", "synthetic"):
@@ -163,16 +181,22 @@ def open_dataset(path: str | list | None, *, seq_len: int | None, vocab_size: in
     elif isinstance(path, str):
         ds = PackedShards(path)
     else:
-        raise DataError(f"data.path={path!r}: must be a packed shard folder or a list of them. Fix: e.g. "
-                        "data.path=runs/prep/shards.")
+        raise DataError(
+            f"data.path={path!r}: must be a packed shard folder or a list of them. Fix: e.g. "
+            "data.path=runs/prep/shards."
+        )
     seq_len = seq_len or ds.seq_len
     if seq_len > ds.seq_len:
-        raise DataError(f"data.seq_len={seq_len} is longer than the packed sequences ({ds.seq_len} tokens in "
-                        f"{path}). Fix: set data.seq_len <= {ds.seq_len}, or re-pack with a longer seq_len.")
+        raise DataError(
+            f"data.seq_len={seq_len} is longer than the packed sequences ({ds.seq_len} tokens in "
+            f"{path}). Fix: set data.seq_len <= {ds.seq_len}, or re-pack with a longer seq_len."
+        )
     if ds.vocab_size > vocab_size:  # the reader checked that every token id lies below ds.vocab_size
-        raise DataError(f"the shards in {path} use a vocabulary of {ds.vocab_size} tokens (largest id "
-                        f"{ds.max_token_id}) but the model has vocab_size={vocab_size}. Fix: set "
-                        f"model.overrides.vocab_size >= {ds.vocab_size} (a multiple of 64 is fastest).")
+        raise DataError(
+            f"the shards in {path} use a vocabulary of {ds.vocab_size} tokens (largest id "
+            f"{ds.max_token_id}) but the model has vocab_size={vocab_size}. Fix: set "
+            f"model.overrides.vocab_size >= {ds.vocab_size} (a multiple of 64 is fastest)."
+        )
     return ds, seq_len
 
 
@@ -203,7 +227,8 @@ class ProgressiveSampler:
                 raise DataError(
                     f"stage {i + 1} reads the first {s.data_fraction:.0%} of the data = {n} sequences, fewer than its "
                     f"global batch of {s.global_batch}. Fix: raise data_fraction, lower global_batch, or add data "
-                    f"({num_samples} sequences in all).")
+                    f"({num_samples} sequences in all)."
+                )
 
     def stage_size(self, i: int) -> int:
         return int(self.num_samples * self.stages[i].data_fraction)
@@ -233,24 +258,32 @@ class ProgressiveSampler:
         """The `global_batch` sequence indices of optimizer step `step` (0-based)."""
         i, epoch, pos = self._position(step)
         b = self.stages[i].global_batch
-        return self._permutation(i, epoch)[pos * b:(pos + 1) * b]
+        return self._permutation(i, epoch)[pos * b : (pos + 1) * b]
 
     def micro_batches(self, step: int, *, data_rank: int, data_size: int, micro_batch: int) -> list[np.ndarray]:
         """This data rank's micro-batches of step `step`, in order: gas arrays of `micro_batch` indices."""
         idx = self.global_indices(step)
         per_micro = micro_batch * data_size
         if len(idx) % per_micro:
-            raise DataError(f"global batch {len(idx)} is not a multiple of micro_batch {micro_batch} x data parallel "
-                            f"{data_size} = {per_micro}")
+            raise DataError(
+                f"global batch {len(idx)} is not a multiple of micro_batch {micro_batch} x data parallel "
+                f"{data_size} = {per_micro}"
+            )
         grid = idx.reshape(len(idx) // per_micro, data_size, micro_batch)  # (gas, data, micro)
         return [grid[m, data_rank] for m in range(grid.shape[0])]
 
     def state_dict(self, step: int) -> dict:
         """What a checkpoint stores: enough to check that a resumed run reads the same data."""
         i, epoch, pos = self._position(step)
-        return {"step": step, "stage": i, "epoch": epoch, "position": pos * self.stages[i].global_batch,
-                "seed": self.seed, "num_samples": self.num_samples,
-                "stages": [[s.start, s.steps, s.global_batch, s.data_fraction] for s in self.stages]}
+        return {
+            "step": step,
+            "stage": i,
+            "epoch": epoch,
+            "position": pos * self.stages[i].global_batch,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "stages": [[s.start, s.steps, s.global_batch, s.data_fraction] for s in self.stages],
+        }
 
     def check_resume(self, state: dict | None, step: int) -> None:
         """Refuse to resume on different data or a different stage plan (the batches would differ)."""
@@ -263,18 +296,25 @@ class ProgressiveSampler:
                 raise DataError(
                     f"resume: the checkpoint was trained with data {key}={state.get(key)} but this run has "
                     f"{mine[key]}; the data order would change. Fix: resume with the same data and seed, or start "
-                    "a new run (checkpoint.resume=none) / load only the weights.")
+                    "a new run (checkpoint.resume=none) / load only the weights."
+                )
+
         # the stages trained so far must be the same; the current one may be lengthened, later ones changed; the
         # last stage of a finished run counts as current (raising schedule.steps extends it)
         def trained(stages):
-            return [(st[0], st[2], st[3]) + ((st[1],) if st[0] + st[1] <= step and i < len(stages) - 1 else ())
-                    for i, st in enumerate(stages) if st[0] < step]
+            return [
+                (st[0], st[2], st[3]) + ((st[1],) if st[0] + st[1] <= step and i < len(stages) - 1 else ())
+                for i, st in enumerate(stages)
+                if st[0] < step
+            ]
 
         if trained(state.get("stages", [])) != trained(mine["stages"]):
-            raise DataError(f"resume at step {step}: the stages trained so far differ from the checkpoint's "
-                            f"(start, steps, global_batch, data_fraction: {state.get('stages')} vs {mine['stages']}). "
-                            "Fix: keep the finished stages and the current stage's batch and data fraction as they "
-                            "were; only the current stage's length and later stages may change.")
+            raise DataError(
+                f"resume at step {step}: the stages trained so far differ from the checkpoint's "
+                f"(start, steps, global_batch, data_fraction: {state.get('stages')} vs {mine['stages']}). "
+                "Fix: keep the finished stages and the current stage's batch and data fraction as they "
+                "were; only the current stage's length and later stages may change."
+            )
 
 
 def batch_iterator(dataset, micro_indices: list[np.ndarray], seq_len: int):

@@ -53,9 +53,14 @@ class FiniteCheck:
 
 
 def divergence_message(step: int, *, last_good: str | None, ckpt_dir: str) -> str:
-    where = (f"the last good checkpoint is {last_good}" if last_good else
-             f"no checkpoint was saved before it (in {ckpt_dir})")
-    return (f"training diverged: the loss or gradient norm is not finite at step {step}; the run stops without "
-            f"saving these weights, and "
-            f"{where}. Fix: resume from it with a lower learning rate (--lr), a longer warm-up (--warmup-steps) or "
-            "gradient clipping, or check the data around that step.")
+    where = (
+        f"the last good checkpoint is {last_good}"
+        if last_good
+        else f"no checkpoint was saved before it (in {ckpt_dir})"
+    )
+    return (
+        f"training diverged: the loss or gradient norm is not finite at step {step}; the run stops without "
+        f"saving these weights, and "
+        f"{where}. Fix: resume from it with a lower learning rate (--lr), a longer warm-up (--warmup-steps) or "
+        "gradient clipping, or check the data around that step."
+    )

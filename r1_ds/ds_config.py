@@ -30,25 +30,41 @@ def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_
     """The DeepSpeed dict to initialise with, plus (dims, batch plan, notes, parsed r1_compression section or None)."""
     auto = _auto_keys(ds_json)
     if auto:
-        raise ConfigError(f"the DeepSpeed JSON {cfg.deepspeed_config} has \"auto\" at {auto}: HF Trainer and accelerate "
-                          "fill those, r1-ds train does not. Fix: use a recipe with values (e.g. "
-                          "ds_configs/zero1_dp.json) or write them in.")
+        raise ConfigError(
+            f'the DeepSpeed JSON {cfg.deepspeed_config} has "auto" at {auto}: HF Trainer and accelerate '
+            "fill those, r1-ds train does not. Fix: use a recipe with values (e.g. "
+            "ds_configs/zero1_dp.json) or write them in."
+        )
     ds, compression = compression_config(ds_json)  # parsed once, now, not after deepspeed.initialize
     ds, notes = resolve_precision(ds, dtype=cfg.precision.dtype, apex=cfg.precision.apex, device_type=device_type)
     s = cfg.schedule
     if s.stages and s.global_batch is not None:
-        raise ConfigError(f"schedule.global_batch={s.global_batch} and schedule.stages are both set: each stage has "
-                          "its own global_batch. Fix: remove schedule.global_batch.")
+        raise ConfigError(
+            f"schedule.global_batch={s.global_batch} and schedule.stages are both set: each stage has "
+            "its own global_batch. Fix: remove schedule.global_batch."
+        )
     first = s.stages[0].global_batch if s.stages else s.global_batch
-    dims, plan = resolve_batch(world_size=world_size, pipe=cfg.parallel.pipe, tensor=cfg.parallel.tensor,
-                               data=cfg.parallel.data, ds_config=ds, micro_batch=cfg.data.micro_batch,
-                               global_batch=first, grad_accum=s.grad_accum,
-                               stage_batches=tuple(st.global_batch for st in s.stages[1:]))
-    ds.update(train_batch_size=plan.global_batch, train_micro_batch_size_per_gpu=plan.micro_batch,
-              gradient_accumulation_steps=plan.grad_accum)
+    dims, plan = resolve_batch(
+        world_size=world_size,
+        pipe=cfg.parallel.pipe,
+        tensor=cfg.parallel.tensor,
+        data=cfg.parallel.data,
+        ds_config=ds,
+        micro_batch=cfg.data.micro_batch,
+        global_batch=first,
+        grad_accum=s.grad_accum,
+        stage_batches=tuple(st.global_batch for st in s.stages[1:]),
+    )
+    ds.update(
+        train_batch_size=plan.global_batch,
+        train_micro_batch_size_per_gpu=plan.micro_batch,
+        gradient_accumulation_steps=plan.grad_accum,
+    )
     if "scheduler" in ds:
-        notes.append(f"DeepSpeed JSON scheduler {ds['scheduler'].get('type')!r} ignored: r1-ds uses schedule.* "
-                     "(linear warm-up + cosine)")
+        notes.append(
+            f"DeepSpeed JSON scheduler {ds['scheduler'].get('type')!r} ignored: r1-ds uses schedule.* "
+            "(linear warm-up + cosine)"
+        )
         ds.pop("scheduler")
     opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     params = opt.setdefault("params", {})
@@ -57,16 +73,22 @@ def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_
     params.setdefault("lr", 3e-4)
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if dims.tensor > 1 and stage >= 3:
-        raise ConfigError(f"parallel.tensor={dims.tensor} with zero_optimization.stage={stage}: ZeRO-3 would partition "
-                          "the tensor shards again, which r1-ds neither tests nor exports (the ZeRO-3 export reads "
-                          "tensor rank 0 only). Fix: set zero_optimization.stage to 0, 1 or 2, or parallel.tensor "
-                          "to 1.")
+        raise ConfigError(
+            f"parallel.tensor={dims.tensor} with zero_optimization.stage={stage}: ZeRO-3 would partition "
+            "the tensor shards again, which r1-ds neither tests nor exports (the ZeRO-3 export reads "
+            "tensor rank 0 only). Fix: set zero_optimization.stage to 0, 1 or 2, or parallel.tensor "
+            "to 1."
+        )
     if dims.pipeline_enabled and stage >= 2:
-        raise ConfigError(f"parallel.pipe={dims.pipe} with zero_optimization.stage={stage}: DeepSpeed's pipeline "
-                          "engine supports ZeRO stage 0 or 1 only. Fix: set zero_optimization.stage to 1, or "
-                          "parallel.pipe to 1.")
+        raise ConfigError(
+            f"parallel.pipe={dims.pipe} with zero_optimization.stage={stage}: DeepSpeed's pipeline "
+            "engine supports ZeRO stage 0 or 1 only. Fix: set zero_optimization.stage to 1, or "
+            "parallel.pipe to 1."
+        )
     if cfg.model.compile and stage >= 3:
-        raise ConfigError(f"model.compile=true with zero_optimization.stage={stage}: ZeRO-3 gathers and releases "
-                          "parameters in hooks around each module, which compiled blocks do not run the same way. "
-                          "Fix: set zero_optimization.stage to 0, 1 or 2, or model.compile to false.")
+        raise ConfigError(
+            f"model.compile=true with zero_optimization.stage={stage}: ZeRO-3 gathers and releases "
+            "parameters in hooks around each module, which compiled blocks do not run the same way. "
+            "Fix: set zero_optimization.stage to 0, 1 or 2, or model.compile to false."
+        )
     return ds, dims, plan, notes, compression

@@ -126,28 +126,37 @@ def check_deepspeed_keys(ds: dict, where: str) -> None:
         for e in err.errors():
             if e["type"] == "extra_forbidden":
                 key = e["loc"][-1]
-                section = [k for k, v in rec.items() if isinstance(v, _Recorder) and v.iterated and v.seen == set(v)
-                           and _contains_path(v, e["loc"])]
+                section = [
+                    k
+                    for k, v in rec.items()
+                    if isinstance(v, _Recorder) and v.iterated and v.seen == set(v) and _contains_path(v, e["loc"])
+                ]
                 place = ".".join([*(section[:1]), *map(str, e["loc"])])
                 model, fields = _pydantic_fields(err.title, e["loc"])
-                raise ConfigError(f"DeepSpeed JSON {where}: unknown key {place!r} ({model} has no field "
-                                  f"{key!r}).{_nearest(key, fields)} Fix: correct the spelling "
-                                  "or remove it (DeepSpeed's config reference lists the keys).") from None
+                raise ConfigError(
+                    f"DeepSpeed JSON {where}: unknown key {place!r} ({model} has no field "
+                    f"{key!r}).{_nearest(key, fields)} Fix: correct the spelling "
+                    "or remove it (DeepSpeed's config reference lists the keys)."
+                ) from None
         return  # another kind of invalid value: DeepSpeed reports it itself
     except Exception:  # noqa: BLE001 - an invalid value: DeepSpeed reports it at initialize, with its own words
         return
     known = rec.seen | READ_ELSEWHERE | OURS
     for key in rec:
         if key not in known:
-            raise ConfigError(f"DeepSpeed JSON {where}: unknown top-level key {key!r}; DeepSpeed would ignore it."
-                              f"{_nearest(key, rec.seen)} Fix: correct the spelling or remove it.")
+            raise ConfigError(
+                f"DeepSpeed JSON {where}: unknown top-level key {key!r}; DeepSpeed would ignore it."
+                f"{_nearest(key, rec.seen)} Fix: correct the spelling or remove it."
+            )
     for name in KEY_BY_KEY:
         section = rec.get(name)
         if isinstance(section, _Recorder) and not section.iterated:
             for key in section:
                 if key not in section.seen:
-                    raise ConfigError(f"DeepSpeed JSON {where}: unknown key '{name}.{key}'; DeepSpeed would ignore "
-                                      f"it.{_nearest(key, section.seen)} Fix: correct the spelling or remove it.")
+                    raise ConfigError(
+                        f"DeepSpeed JSON {where}: unknown key '{name}.{key}'; DeepSpeed would ignore "
+                        f"it.{_nearest(key, section.seen)} Fix: correct the spelling or remove it."
+                    )
 
 
 def _contains_path(section: dict, loc: tuple) -> bool:
@@ -163,5 +172,7 @@ def check_learning_rate(ds: dict, where: str) -> None:
     """The optimizer's lr must be a number > 0 (a negative lr trains uphill without any error)."""
     lr = ds.get("optimizer", {}).get("params", {}).get("lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-        raise ConfigError(f"DeepSpeed JSON {where}: optimizer.params.lr={lr!r} must be a number > 0. Fix: use e.g. "
-                          "3e-4 (or set schedule.lr / --lr).")
+        raise ConfigError(
+            f"DeepSpeed JSON {where}: optimizer.params.lr={lr!r} must be a number > 0. Fix: use e.g. "
+            "3e-4 (or set schedule.lr / --lr)."
+        )

@@ -29,9 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder for the Hugging Face model")
     p.add_argument("--tag", help="checkpoint tag to export (default: the one `latest` names)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="cast the weights (default: training dtype)")
-    p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true",
-                   help="unpickle the checkpoint as it is: only for checkpoints from a source you trust (by default "
-                        "files are read weights-only and a file naming other Python objects is refused)")
+    p.add_argument(
+        "--trust-checkpoint",
+        dest="trust_checkpoint",
+        action="store_true",
+        help="unpickle the checkpoint as it is: only for checkpoints from a source you trust (by default "
+        "files are read weights-only and a file naming other Python objects is refused)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", err)
         return 2
     except OSError as err:  # e.g. a full disk: the temp folder is gone, an old export at OUT is untouched
-        log.error("export to %s failed: %s. Nothing was written there. Fix: free space or choose another folder.",
-                  args.out, err)
+        log.error(
+            "export to %s failed: %s. Nothing was written there. Fix: free space or choose another folder.",
+            args.out,
+            err,
+        )
         return 2
     return 0
 

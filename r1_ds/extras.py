@@ -15,5 +15,7 @@ def require(module: str, *, extra: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise MissingExtra(f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not installed "
-                           f"({err}). Fix: pip install 'r1_ds[{extra}]'") from err
+        raise MissingExtra(
+            f"{purpose} needs the Python package {module.split('.')[0]!r}, which is not installed "
+            f"({err}). Fix: pip install 'r1_ds[{extra}]'"
+        ) from err

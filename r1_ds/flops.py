@@ -34,8 +34,16 @@ def visible_keys(seq_len: int, *, window: int, paragraph_size: int, document_siz
 
 def attention_keys_per_token(config, seq_len: int) -> float:
     """Mean number of keys one query attends to, summed over the three levels (see visible_keys)."""
-    return visible_keys(seq_len, window=config.local_window, paragraph_size=config.paragraph_size,
-                        document_size=config.document_size, top_k=config.route_top_k) / seq_len
+    return (
+        visible_keys(
+            seq_len,
+            window=config.local_window,
+            paragraph_size=config.paragraph_size,
+            document_size=config.document_size,
+            top_k=config.route_top_k,
+        )
+        / seq_len
+    )
 
 
 def flops_per_token(config, seq_len: int) -> float:
@@ -44,8 +52,9 @@ def flops_per_token(config, seq_len: int) -> float:
     return 3 * (2 * dense_params(config) + attn)
 
 
-def dense_flops_per_token(*, hidden_size: int, intermediate_size: int, num_layers: int, vocab_size: int,
-                          seq_len: int) -> float:
+def dense_flops_per_token(
+    *, hidden_size: int, intermediate_size: int, num_layers: int, vocab_size: int, seq_len: int
+) -> float:
     """The same count for a Llama-style decoder with full causal attention ((T + 1) / 2 keys on average)."""
     d = hidden_size
     dense = num_layers * (4 * d * d + 3 * d * intermediate_size) + d * vocab_size

@@ -22,8 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _check_arguments(folder: pathlib.Path, args: argparse.Namespace) -> str | None:
     """What is wrong with the command line, in one line with the fix, or None."""
     if not (folder / "config.json").is_file():
-        return (f"{folder} has no config.json, so it is not a model folder. Fix: pass a folder written by "
-                "`r1-ds export` or `save_pretrained`.")
+        return (
+            f"{folder} has no config.json, so it is not a model folder. Fix: pass a folder written by "
+            "`r1-ds export` or `save_pretrained`."
+        )
     if not args.prompt:
         return "--prompt is empty: there is nothing to continue. Fix: pass some text, e.g. --prompt 'def '."
     if args.max_new_tokens <= 0:
@@ -48,14 +50,24 @@ def run(args: argparse.Namespace) -> int:
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
     except (OSError, ValueError, KeyError) as err:
-        log.error("r1-ds generate: %s does not load as a model with a tokenizer (%s: %s). Fix: pass a folder written "
-                  "by `r1-ds export` or `save_pretrained`.", folder, type(err).__name__, str(err).splitlines()[0])
+        log.error(
+            "r1-ds generate: %s does not load as a model with a tokenizer (%s: %s). Fix: pass a folder written "
+            "by `r1-ds export` or `save_pretrained`.",
+            folder,
+            type(err).__name__,
+            str(err).splitlines()[0],
+        )
         return 2
     torch.manual_seed(args.seed)
     ids = tok(args.prompt, return_tensors="pt").input_ids
     sample = args.temperature > 0
-    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=sample,
-                         temperature=args.temperature if sample else None, top_p=args.top_p if sample else None,
-                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    out = model.generate(
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=sample,
+        temperature=args.temperature if sample else None,
+        top_p=args.top_p if sample else None,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
     sys.stdout.write(tok.decode(out[0], skip_special_tokens=True) + "\n")
     return 0

@@ -30,8 +30,17 @@ def log0(msg: str, *args, level: int = logging.INFO) -> None:
 class MetricsWriter:
     """metrics.jsonl (one JSON object per logged step), TensorBoard scalars and a tqdm bar, on rank 0."""
 
-    def __init__(self, out_dir: str, *, total_steps: int, start_step: int, tensorboard: bool = True,
-                 progress: bool = True, enabled: bool = True, monitor=None):
+    def __init__(
+        self,
+        out_dir: str,
+        *,
+        total_steps: int,
+        start_step: int,
+        tensorboard: bool = True,
+        progress: bool = True,
+        enabled: bool = True,
+        monitor=None,
+    ):
         self.enabled = enabled
         self.monitor = monitor if monitor is not None and getattr(monitor, "enabled", False) else None
         self.path = os.path.join(out_dir, "metrics.jsonl")
@@ -74,8 +83,13 @@ class MetricsWriter:
                     self._tb.add_scalar(f"train/{key}", value, step)
         if self.monitor is not None:
             x = record["step"] if monitor_step is None else monitor_step
-            self.monitor.write_events([(f"Train/R1/{key}", value, x) for key, value in record.items()
-                                       if key not in ("step", "time") and isinstance(value, (int, float))])
+            self.monitor.write_events(
+                [
+                    (f"Train/R1/{key}", value, x)
+                    for key, value in record.items()
+                    if key not in ("step", "time") and isinstance(value, (int, float))
+                ]
+            )
 
     def progress(self, steps: int, postfix: dict) -> None:
         if self._bar is not None:
@@ -125,6 +139,7 @@ def read_metrics(path: str) -> list[dict]:
                 rec = json.loads(line)
                 by_step[int(rec["step"])] = rec
             except (ValueError, KeyError, TypeError):
-                log.warning("%s line %d is not a complete metrics record (a killed run's partial line?); skipped",
-                            path, number)
+                log.warning(
+                    "%s line %d is not a complete metrics record (a killed run's partial line?); skipped", path, number
+                )
     return [by_step[s] for s in sorted(by_step)]

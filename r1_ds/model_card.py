@@ -37,18 +37,26 @@ def _data_summary(train_config: dict) -> str:
         return f"packed shards at `{path}`"
     with open(meta_path) as f:
         meta = json.load(f)
-    return (f"packed shards at `{path}`: {meta.get('num_sequences', '?')} rows of {meta.get('seq_len', '?')} tokens, "
-            f"vocabulary {meta.get('vocab_size', '?')} (written by `r1-ds prep`)")
+    return (
+        f"packed shards at `{path}`: {meta.get('num_sequences', '?')} rows of {meta.get('seq_len', '?')} tokens, "
+        f"vocabulary {meta.get('vocab_size', '?')} (written by `r1-ds prep`)"
+    )
 
 
 def model_card(config, *, step, train_config: dict, layout: dict | None, has_tokenizer: bool) -> str:
     """The README.md of an exported folder."""
     sched = train_config.get("schedule") or {}
     c = config
-    tok_line = ("tok = AutoTokenizer.from_pretrained(path)\n" if has_tokenizer else "")
-    gen = ('ids = tok(["def ", "import os"], return_tensors="pt", padding=True)\n'
-           'out = model.generate(**ids, max_new_tokens=32)\n'
-           'print(tok.batch_decode(out, skip_special_tokens=True))\n') if has_tokenizer else ""
+    tok_line = "tok = AutoTokenizer.from_pretrained(path)\n" if has_tokenizer else ""
+    gen = (
+        (
+            'ids = tok(["def ", "import os"], return_tensors="pt", padding=True)\n'
+            "out = model.generate(**ids, max_new_tokens=32)\n"
+            "print(tok.batch_decode(out, skip_special_tokens=True))\n"
+        )
+        if has_tokenizer
+        else ""
+    )
     return f"""---
 library_name: transformers
 tags: [r1_ds, hierarchical-attention, causal-lm]
@@ -71,10 +79,10 @@ sequence alone gives.
 
 ## Training
 - Data: {_data_summary(train_config)}.
-- Steps: {step} of {sched.get('steps', '?')}; peak learning rate {sched.get('lr', 'from the DeepSpeed JSON')},
-  {sched.get('warmup_steps', 0)} warm-up steps, label smoothing {sched.get('label_smoothing', '?')} in training
+- Steps: {step} of {sched.get("steps", "?")}; peak learning rate {sched.get("lr", "from the DeepSpeed JSON")},
+  {sched.get("warmup_steps", 0)} warm-up steps, label smoothing {sched.get("label_smoothing", "?")} in training
   (the shipped loss is plain cross entropy).
-- Layout: {layout or 'one process'} (pipeline x tensor x data), merged into this one folder.
+- Layout: {layout or "one process"} (pipeline x tensor x data), merged into this one folder.
 
 ## How to load
 ```python
@@ -85,11 +93,12 @@ path = "THIS_FOLDER"
 model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)  # or `import r1_ds.model` first
 {tok_line}{gen}```
 `attn_implementation="flex_attention"` selects the GPU fast path; "eager" (the default) is the reference.
-{'' if has_tokenizer else 'This folder has no tokenizer: the run trained on synthetic token ids.'}
+{"" if has_tokenizer else "This folder has no tokenizer: the run trained on synthetic token ids."}
 """
 
 
 def write_model_card(out: str, config, *, step, train_config: dict, layout: dict | None, has_tokenizer: bool) -> None:
-    atomic_write_text(os.path.join(out, "README.md"),
-                      model_card(config, step=step, train_config=train_config, layout=layout,
-                                 has_tokenizer=has_tokenizer))
+    atomic_write_text(
+        os.path.join(out, "README.md"),
+        model_card(config, step=step, train_config=train_config, layout=layout, has_tokenizer=has_tokenizer),
+    )

@@ -54,19 +54,26 @@ def compile_blocks(module: torch.nn.Module) -> int:
     return len(layers)
 
 
-def parallelize(model: R1ForCausalLM, dims: ParallelDims, *, partition: str,
-                activation_checkpoint_interval: int) -> tuple[torch.nn.Module, object, Callable[[float], None]]:
+def parallelize(
+    model: R1ForCausalLM, dims: ParallelDims, *, partition: str, activation_checkpoint_interval: int
+) -> tuple[torch.nn.Module, object, Callable[[float], None]]:
     """`model` laid over the ranks: this rank's pipeline stage (a `PipelineModule`), else the model with its
     tensor-parallel shards. Returns (module, mpu for deepspeed.initialize or None, the DropPath setter of
     `module` taking the rate)."""
     layers = model.config.num_hidden_layers
     if dims.pipeline_enabled:
-        module = build_pipeline(model, dims, partition_method=partition,
-                                activation_checkpoint_interval=activation_checkpoint_interval)
+        module = build_pipeline(
+            model, dims, partition_method=partition, activation_checkpoint_interval=activation_checkpoint_interval
+        )
         return module, None, partial(set_drop_path_rate, module, num_hidden_layers=layers)
     config = model.config
-    dims.check_model(num_hidden_layers=layers, level_heads=config.level_heads, hidden_size=config.hidden_size,
-                     intermediate_size=config.intermediate_size, vocab_size=config.vocab_size)
+    dims.check_model(
+        num_hidden_layers=layers,
+        level_heads=config.level_heads,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+    )
     shard_for_tensor_parallel(model, dims)
     mpu = None
     if dims.tensor > 1:

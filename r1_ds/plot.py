@@ -1,7 +1,7 @@
 """`r1-ds plot RUN`: the loss curve of a run (its metrics.jsonl) as a PNG.
 
-    r1-ds plot runs/tiny                    # -> runs/tiny/loss.png
-    r1-ds plot runs/a runs/b -o cmp.png     # several runs on one plot
+r1-ds plot runs/tiny                    # -> runs/tiny/loss.png
+r1-ds plot runs/a runs/b -o cmp.png     # several runs on one plot
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _metrics_path(run: str) -> str:
     path = run if run.endswith(".jsonl") else os.path.join(run, "metrics.jsonl")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: pass a run folder written by `r1-ds train` "
-                                "(it holds metrics.jsonl)")
+        raise FileNotFoundError(
+            f"{path} does not exist: pass a run folder written by `r1-ds train` (it holds metrics.jsonl)"
+        )
     return path
 
 
@@ -66,8 +67,9 @@ def plot_loss(runs: list[str], out: str, window: int = 1) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.out or os.path.join(args.runs[0] if not args.runs[0].endswith(".jsonl")
-                                   else os.path.dirname(args.runs[0]), "loss.png")
+    out = args.out or os.path.join(
+        args.runs[0] if not args.runs[0].endswith(".jsonl") else os.path.dirname(args.runs[0]), "loss.png"
+    )
     try:
         plot_loss(args.runs, out, args.smooth)
     except (FileNotFoundError, MissingExtra) as err:

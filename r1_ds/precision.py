@@ -13,9 +13,20 @@ import math
 # Apex `amp.initialize` defaults that matter for the translation (apex/amp/frontend.py, _initialize.py).
 _APEX_INIT_SCALE_POWER = 16  # dynamic scaling starts at 2^16
 _APEX_SCALE_WINDOW = 2000  # apex doubles the scale after 2000 overflow-free steps
-_APEX_KEYS = {"enabled", "opt_level", "keep_batchnorm_fp32", "master_weights", "loss_scale", "min_loss_scale",
-              "max_loss_scale", "cast_model_type", "patch_torch_functions", "cast_model_outputs", "num_losses",
-              "verbosity"}
+_APEX_KEYS = {
+    "enabled",
+    "opt_level",
+    "keep_batchnorm_fp32",
+    "master_weights",
+    "loss_scale",
+    "min_loss_scale",
+    "max_loss_scale",
+    "cast_model_type",
+    "patch_torch_functions",
+    "cast_model_outputs",
+    "num_losses",
+    "verbosity",
+}
 
 
 class PrecisionError(ValueError):
@@ -31,8 +42,9 @@ def translate_apex(apex: dict, *, dtype: str | None = None) -> tuple[dict, list[
     `dtype="bf16"` keeps the opt level's structure with bf16 (no loss scaling is needed then)."""
     unknown = sorted(set(apex) - _APEX_KEYS)
     if unknown:
-        raise PrecisionError(f"apex block: unknown key(s) {unknown}; Apex AMP knows {sorted(_APEX_KEYS)}. Fix: remove "
-                             "them.")
+        raise PrecisionError(
+            f"apex block: unknown key(s) {unknown}; Apex AMP knows {sorted(_APEX_KEYS)}. Fix: remove them."
+        )
     notes: list[str] = []
     if apex.get("enabled", True) is False:
         return {}, ["apex block has enabled=false: ignored"]
@@ -45,52 +57,69 @@ def translate_apex(apex: dict, *, dtype: str | None = None) -> tuple[dict, list[
     if level == "O3":
         raise PrecisionError(
             "apex.opt_level=O3 is pure fp16 without fp32 master weights; DeepSpeed always keeps fp32 master weights "
-            "for fp16, so O3 cannot be reproduced. Fix: use opt_level O2 (fp16 model, fp32 master weights).")
+            "for fp16, so O3 cannot be reproduced. Fix: use opt_level O2 (fp16 model, fp32 master weights)."
+        )
     if apex.get("master_weights") is False:
         raise PrecisionError(
             f"apex.master_weights=false with {level}: DeepSpeed's fp16/bf16 training always updates fp32 master "
-            "weights. Fix: remove master_weights or set it to true.")
+            "weights. Fix: remove master_weights or set it to true."
+        )
 
     patch: dict = {}
     if level == "O1":
         patch["torch_autocast"] = {"enabled": True, "dtype": "bfloat16" if half == "bf16" else "float16"}
         patch["fp16"] = {"enabled": False}
         patch["bf16"] = {"enabled": False}
-        notes.append(f"apex O1 -> torch_autocast {half}: fp32 weights, ops autocast to {half}"
-                     + ("; loss scaling by torch GradScaler (ZeRO stage 0 only)" if half == "fp16" else ""))
+        notes.append(
+            f"apex O1 -> torch_autocast {half}: fp32 weights, ops autocast to {half}"
+            + ("; loss scaling by torch GradScaler (ZeRO stage 0 only)" if half == "fp16" else "")
+        )
     else:  # O2
         patch[half] = {"enabled": True}
         patch["fp16" if half == "bf16" else "bf16"] = {"enabled": False}
-        notes.append(f"apex O2 -> {half}.enabled: {half} weights and activations, fp32 master weights in the "
-                     "DeepSpeed optimizer")
+        notes.append(
+            f"apex O2 -> {half}.enabled: {half} weights and activations, fp32 master weights in the DeepSpeed optimizer"
+        )
     if half == "fp16" and level == "O2":
         scale = apex.get("loss_scale", "dynamic")
         fp16 = patch["fp16"]
         if scale == "dynamic":
-            fp16.update(loss_scale=0, initial_scale_power=_APEX_INIT_SCALE_POWER, loss_scale_window=_APEX_SCALE_WINDOW,
-                        hysteresis=1, min_loss_scale=apex.get("min_loss_scale") or 1)
-            notes.append(f"apex loss_scale=dynamic -> fp16.loss_scale=0 (dynamic), initial 2^{_APEX_INIT_SCALE_POWER}, "
-                         f"x2 after {_APEX_SCALE_WINDOW} clean steps, /2 on every overflow (hysteresis=1), min "
-                         f"{fp16['min_loss_scale']}")
-            if apex.get("max_loss_scale") not in (None, 2.0 ** 24):
+            fp16.update(
+                loss_scale=0,
+                initial_scale_power=_APEX_INIT_SCALE_POWER,
+                loss_scale_window=_APEX_SCALE_WINDOW,
+                hysteresis=1,
+                min_loss_scale=apex.get("min_loss_scale") or 1,
+            )
+            notes.append(
+                f"apex loss_scale=dynamic -> fp16.loss_scale=0 (dynamic), initial 2^{_APEX_INIT_SCALE_POWER}, "
+                f"x2 after {_APEX_SCALE_WINDOW} clean steps, /2 on every overflow (hysteresis=1), min "
+                f"{fp16['min_loss_scale']}"
+            )
+            if apex.get("max_loss_scale") not in (None, 2.0**24):
                 notes.append(f"apex max_loss_scale={apex['max_loss_scale']} has no DeepSpeed setting: not applied")
         else:
             try:
                 value = float(scale)
             except (TypeError, ValueError):
-                raise PrecisionError(f"apex.loss_scale={scale!r}: must be \"dynamic\" or a number.") from None
+                raise PrecisionError(f'apex.loss_scale={scale!r}: must be "dynamic" or a number.') from None
             fp16["loss_scale"] = value
             notes.append(f"apex loss_scale={value} -> fp16.loss_scale={value} (static)")
     elif "loss_scale" in apex and half == "bf16":
-        notes.append(f"apex loss_scale={apex['loss_scale']!r} dropped: bf16 has fp32's exponent range, no loss "
-                     "scaling is needed")
+        notes.append(
+            f"apex loss_scale={apex['loss_scale']!r} dropped: bf16 has fp32's exponent range, no loss scaling is needed"
+        )
     elif "loss_scale" in apex and level == "O1" and apex["loss_scale"] != "dynamic":
-        raise PrecisionError(f"apex O1 with static loss_scale={apex['loss_scale']}: DeepSpeed's torch_autocast only "
-                             "scales dynamically. Fix: use loss_scale \"dynamic\" or opt_level O2.")
+        raise PrecisionError(
+            f"apex O1 with static loss_scale={apex['loss_scale']}: DeepSpeed's torch_autocast only "
+            'scales dynamically. Fix: use loss_scale "dynamic" or opt_level O2.'
+        )
     kbn = apex.get("keep_batchnorm_fp32")
     if kbn is not None:
-        notes.append(f"apex keep_batchnorm_fp32={kbn}: nothing to do (R1 has no BatchNorm; RMSNorm normalises in fp32 "
-                     "whatever the weight dtype)")
+        notes.append(
+            f"apex keep_batchnorm_fp32={kbn}: nothing to do (R1 has no BatchNorm; RMSNorm normalises in fp32 "
+            "whatever the weight dtype)"
+        )
     for key in ("cast_model_type", "patch_torch_functions", "cast_model_outputs", "num_losses", "verbosity"):
         if key in apex:
             notes.append(f"apex {key}={apex[key]!r}: implied by the opt level, not applied separately")
@@ -108,8 +137,9 @@ def merge_patch(ds_config: dict, patch: dict) -> dict:
     return out
 
 
-def resolve_precision(ds_config: dict, *, dtype: str | None = None, apex: dict | None = None,
-                      device_type: str = "cpu") -> tuple[dict, list[str]]:
+def resolve_precision(
+    ds_config: dict, *, dtype: str | None = None, apex: dict | None = None, device_type: str = "cpu"
+) -> tuple[dict, list[str]]:
     """Apply precision settings to a DeepSpeed config; refuse what this device cannot run.
 
     The apex block comes from the training config or from the DS JSON's "apex" (or legacy "amp") key;
@@ -132,8 +162,9 @@ def resolve_precision(ds_config: dict, *, dtype: str | None = None, apex: dict |
     fp16 = bool(cfg.get("fp16", {}).get("enabled"))
     bf16 = bool(cfg.get("bf16", {}).get("enabled"))
     autocast = cfg.get("torch_autocast", {})
-    autocast_fp16 = bool(autocast.get("enabled")) and str(autocast.get("dtype", "")).endswith(("float16", "fp16",
-                                                                                              "half"))
+    autocast_fp16 = bool(autocast.get("enabled")) and str(autocast.get("dtype", "")).endswith(
+        ("float16", "fp16", "half")
+    )
     autocast_fp16 = autocast_fp16 and "bfloat16" not in str(autocast.get("dtype", ""))
     if fp16 and bf16:
         raise PrecisionError("the DeepSpeed config enables both fp16 and bf16. Fix: enable one of them.")
@@ -141,7 +172,8 @@ def resolve_precision(ds_config: dict, *, dtype: str | None = None, apex: dict |
         raise PrecisionError(
             "fp16 training needs a GPU: DeepSpeed's CPU accelerator has no fp16 support (dynamic loss scaling and fp32 "
             "master weights run on CUDA). Fix: on CPU use bf16 (ds_configs/single_gpu_bf16.json works on CPU too, "
-            "slowly) or fp32 (ds_configs/tiny_cpu.json).")
+            "slowly) or fp32 (ds_configs/tiny_cpu.json)."
+        )
     return cfg, notes
 
 
@@ -163,7 +195,7 @@ def binary_exponent(x: float) -> int:
     return math.frexp(abs(x))[1] - 1
 
 
-def exponent_loss_scale(max_abs_grad: float, *, k: int, min_scale: float = 1.0, max_scale: float = 2.0 ** 24) -> float:
+def exponent_loss_scale(max_abs_grad: float, *, k: int, min_scale: float = 1.0, max_scale: float = 2.0**24) -> float:
     """S = 2^(k - max_exponent), max_exponent = binary_exponent(max |unscaled gradient|), clamped to
     [min_scale, max_scale]. The largest scaled gradient S * max|g| then lies in [2^k, 2^(k+1))."""
     if max_abs_grad == 0:
@@ -178,17 +210,19 @@ class ExponentLossScalePolicy:
     the step just taken and returns the scale for the next step, or None to leave DeepSpeed's dynamic
     scaler alone (on overflow, between measurements)."""
 
-    def __init__(self, k: int = 13, interval: int = 1, min_scale: float = 1.0, max_scale: float = 2.0 ** 24):
+    def __init__(self, k: int = 13, interval: int = 1, min_scale: float = 1.0, max_scale: float = 2.0**24):
         if not isinstance(k, int) or not 0 < k <= 15:
-            raise PrecisionError(f"loss_scale_policy.k={k!r}: must be an integer in 1..15 (fp16 overflows at 2^16). "
-                                 "Fix: use e.g. k=13 (two bits of headroom).")
+            raise PrecisionError(
+                f"loss_scale_policy.k={k!r}: must be an integer in 1..15 (fp16 overflows at 2^16). "
+                "Fix: use e.g. k=13 (two bits of headroom)."
+            )
         if not isinstance(interval, int) or interval < 1:
             raise PrecisionError(f"loss_scale_policy.interval={interval!r}: must be an integer >= 1.")
         self.k, self.interval, self.min_scale, self.max_scale = k, interval, min_scale, max_scale
         self.steps = 0
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "ExponentLossScalePolicy":
+    def from_config(cls, cfg: dict) -> ExponentLossScalePolicy:
         cfg = dict(cfg)
         kind = cfg.pop("type", "exponent")
         if kind != "exponent":
@@ -196,12 +230,14 @@ class ExponentLossScalePolicy:
         try:
             return cls(**cfg)
         except TypeError as err:
-            raise PrecisionError(f"loss_scale_policy: {err}; known keys: type, k, interval, min_scale, "
-                                 "max_scale") from None
+            raise PrecisionError(
+                f"loss_scale_policy: {err}; known keys: type, k, interval, min_scale, max_scale"
+            ) from None
 
     def update(self, max_abs_scaled_grad: float, current_scale: float) -> float | None:
         self.steps += 1
         if self.steps % self.interval or not math.isfinite(max_abs_scaled_grad):
             return None
-        return exponent_loss_scale(max_abs_scaled_grad / current_scale, k=self.k, min_scale=self.min_scale,
-                                   max_scale=self.max_scale)
+        return exponent_loss_scale(
+            max_abs_scaled_grad / current_scale, k=self.k, min_scale=self.min_scale, max_scale=self.max_scale
+        )

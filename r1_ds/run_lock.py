@@ -27,7 +27,7 @@ log = logging.getLogger("r1_ds.run_lock")
 
 LOCK_NAME = "run.lock"
 _HELD: dict[str, RunLock] = {}  # locks this process holds, by path: a process re-entering train() for a folder
-                                # it already holds (a notebook, a test after a failed run) takes it over itself
+# it already holds (a notebook, a test after a failed run) takes it over itself
 
 
 class RunLockError(ValueError):
@@ -55,14 +55,24 @@ class RunLock:
             raise RunLockError(
                 f"{os.path.dirname(self.path)} is in use by another run (pid {holder.get('pid')} on host "
                 f"{holder.get('host')}, since {holder.get('started')}); two runs would interleave their checkpoints. "
-                "Fix: wait for that run or stop it, or pass another --output-dir (--checkpoint-dir).") from None
+                "Fix: wait for that run or stop it, or pass another --output-dir (--checkpoint-dir)."
+            ) from None
         previous = _read(fd)
         if previous.get("pid"):
-            log.warning("took over %s from run pid %s on host %s, which is no longer running", self.path,
-                        previous.get("pid"), previous.get("host"))
+            log.warning(
+                "took over %s from run pid %s on host %s, which is no longer running",
+                self.path,
+                previous.get("pid"),
+                previous.get("host"),
+            )
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            ).encode(),
+            0,
+        )
         os.fsync(fd)
         self._fd = fd
         _HELD[os.path.realpath(self.path)] = self
@@ -172,8 +182,12 @@ def exit_with_launcher(interval_s: float = 1.0) -> threading.Thread | None:
             for pid, started in chain:
                 st = _stat(pid)
                 if st is None or st[1] != started:
-                    log.error("the launcher process %d is gone: this rank (pid %d) exits; the last complete "
-                              "checkpoint stays the one `latest` names", pid, os.getpid())
+                    log.error(
+                        "the launcher process %d is gone: this rank (pid %d) exits; the last complete "
+                        "checkpoint stays the one `latest` names",
+                        pid,
+                        os.getpid(),
+                    )
                     logging.shutdown()
                     os._exit(143)
             time.sleep(interval_s)

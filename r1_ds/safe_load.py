@@ -40,8 +40,10 @@ class UnsafeFileError(pickle.UnpicklingError):
 
     def __init__(self, path: str, names: list[str]):
         self.path, self.names = str(path), names
-        super().__init__(f"{path} holds Python objects outside the allowlist of what r1-ds and DeepSpeed store "
-                         f"({', '.join(names[:5])}); loading it would run code named by the file")
+        super().__init__(
+            f"{path} holds Python objects outside the allowlist of what r1-ds and DeepSpeed store "
+            f"({', '.join(names[:5])}); loading it would run code named by the file"
+        )
 
 
 def unsafe_globals(path: str) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 from .config import TrainConfig
 from .data import Stage
 
+
 class WarmupCosine:
     """LR multiplier of optimizer step t: linear warm-up over `warmup` steps to 1, then cosine to
     `min_ratio` at step `total`. An object (not a lambda) so the scheduler's state dict keeps it."""

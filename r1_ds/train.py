@@ -42,7 +42,7 @@ from .extras import MissingExtra
 from .flops import flops_per_token, peak_flops
 from .metrics import MetricsWriter, log0
 from .model import R1Config, R1ConfigError
-from .model_setup import build_model, compile_blocks, param_groups, parallelize
+from .model_setup import build_model, compile_blocks, parallelize, param_groups
 from .parallel.comm_hook import install_compression
 from .parallel.compression_config import CompressionConfigError
 from .parallel.deepspeed_patches import install_loss_scale_policy, needs_fp32_clip_patch, patch_fp32_grad_clipping
@@ -130,17 +130,25 @@ class Run:
 
     def batches(self, step: int):
         """This rank's micro-batches of `step` (None on middle pipeline stages, which read no data)."""
-        micro = self.sampler.micro_batches(step, data_rank=self.coords.data, data_size=self.dims.data,
-                                           micro_batch=self.engine.train_micro_batch_size_per_gpu())
+        micro = self.sampler.micro_batches(
+            step,
+            data_rank=self.coords.data,
+            data_size=self.dims.data,
+            micro_batch=self.engine.train_micro_batch_size_per_gpu(),
+        )
         loads_data = not self.pipeline or self.engine.is_first_stage() or self.engine.is_last_stage()
         return batch_iterator(self.dataset, micro, self.seq_len) if loads_data else None
 
     def client_state(self, step: int) -> dict:
         """What a checkpoint of `step` carries beside DeepSpeed's state (read back by resume and export)."""
-        state = {"universal_checkpoint_info": self.universal_info, "r1_sampler": self.sampler.state_dict(step),
-                 "r1_layout": {"pipe": self.dims.pipe, "tensor": self.dims.tensor, "data": self.dims.data},
-                 "r1_model_config": self.model_config.to_dict(), "r1_tokenizer_dir": self.dataset.tokenizer_dir,
-                 "r1_train_config": self.cfg.to_dict()}
+        state = {
+            "universal_checkpoint_info": self.universal_info,
+            "r1_sampler": self.sampler.state_dict(step),
+            "r1_layout": {"pipe": self.dims.pipe, "tensor": self.dims.tensor, "data": self.dims.data},
+            "r1_model_config": self.model_config.to_dict(),
+            "r1_tokenizer_dir": self.dataset.tokenizer_dir,
+            "r1_train_config": self.cfg.to_dict(),
+        }
         if self.reducer is not None:
             state["r1_compression"] = self.reducer.state_dict()
         return state
@@ -161,7 +169,8 @@ def setup(cfg: TrainConfig) -> Run:
         raise ConfigError(
             f"parallel.pipe={cfg.parallel.pipe} under `accelerate launch`: accelerate drives DeepSpeed's "
             "forward/backward/step, which the pipeline engine does not offer. Fix: set parallel.pipe=1 (data "
-            "parallel + ZeRO), or launch pipelines with `deepspeed` or `torchrun`.")
+            "parallel + ZeRO), or launch pipelines with `deepspeed` or `torchrun`."
+        )
 
     # ---- distributed start-up; a launched rank ends with its launcher
     run_lock.exit_with_launcher()
@@ -177,13 +186,18 @@ def setup(cfg: TrainConfig) -> Run:
     ds_path = find_ds_config(cfg.deepspeed_config)
     ds_json = read_mapping(ds_path)
     check_deepspeed_keys(ds_json, ds_path)  # typos refused with the nearest key DeepSpeed knows
-    ds_config, dims, plan, notes, compression = build_ds_config(cfg, ds_json, world_size=world,
-                                                                device_type=device_type)
+    ds_config, dims, plan, notes, compression = build_ds_config(cfg, ds_json, world_size=world, device_type=device_type)
     check_learning_rate(ds_config, ds_path)
     for note in notes:
         log0("precision/settings: %s", note)
-    log0("layout %s; batch: global %d = micro %d x grad_accum %d x data %d", dims.describe(), plan.global_batch,
-         plan.micro_batch, plan.grad_accum, plan.data_parallel)
+    log0(
+        "layout %s; batch: global %d = micro %d x grad_accum %d x data %d",
+        dims.describe(),
+        plan.global_batch,
+        plan.micro_batch,
+        plan.grad_accum,
+        plan.data_parallel,
+    )
     out_dir = cfg.output_dir
     ckpt_dir = cfg.checkpoint.dir or os.path.join(out_dir, "checkpoints")
 
@@ -205,33 +219,54 @@ def setup(cfg: TrainConfig) -> Run:
     config = model.config
     if saved:
         check_same_model(saved.model_config, config.to_dict(), saved.path)
-    dataset, seq_len = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=config.vocab_size,
-                                    synthetic_sequences=cfg.data.synthetic_sequences, seed=cfg.seed)
+    dataset, seq_len = open_dataset(
+        cfg.data.path,
+        seq_len=cfg.data.seq_len,
+        vocab_size=config.vocab_size,
+        synthetic_sequences=cfg.data.synthetic_sequences,
+        seed=cfg.seed,
+    )
     sampler = ProgressiveSampler(len(dataset), resolve_stages(cfg, plan.global_batch), cfg.seed)
-    heldout = open_dataset(cfg.log.eval_data, seq_len=seq_len, vocab_size=config.vocab_size)[0] \
-        if cfg.log.eval_every else None
+    heldout = (
+        open_dataset(cfg.log.eval_data, seq_len=seq_len, vocab_size=config.vocab_size)[0]
+        if cfg.log.eval_every
+        else None
+    )
     weight_decay = ds_config["optimizer"]["params"].get("weight_decay", 0.0)
 
     # ---- lay the model over the ranks, then DeepSpeed and our changes to it (r1_ds/parallel/deepspeed_patches.py)
-    module, mpu, set_drop_path = parallelize(model, dims, partition=cfg.parallel.partition,
-                                             activation_checkpoint_interval=cfg.model.activation_checkpoint_interval)
+    module, mpu, set_drop_path = parallelize(
+        model,
+        dims,
+        partition=cfg.parallel.partition,
+        activation_checkpoint_interval=cfg.model.activation_checkpoint_interval,
+    )
     del model  # a pipeline rank keeps only its stage
     if cfg.model.compile:
-        log0("model.compile: torch.compile on %d decoder block(s) of this rank (the first steps include compiling)",
-             compile_blocks(module))
+        log0(
+            "model.compile: torch.compile on %d decoder block(s) of this rank (the first steps include compiling)",
+            compile_blocks(module),
+        )
     s = cfg.schedule
     engine, *_ = deepspeed.initialize(
-        model=module, model_parameters=param_groups(module, weight_decay), config=ds_config, mpu=mpu,
+        model=module,
+        model_parameters=param_groups(module, weight_decay),
+        config=ds_config,
+        mpu=mpu,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, WarmupCosine(s.warmup_steps, s.steps, s.min_lr_ratio)))
+            opt, WarmupCosine(s.warmup_steps, s.steps, s.min_lr_ratio)
+        ),
+    )
     if needs_fp32_clip_patch(engine):
         patch_fp32_grad_clipping(engine)
     if cfg.precision.loss_scale_policy:
         install_loss_scale_policy(engine, ExponentLossScalePolicy.from_config(cfg.precision.loss_scale_policy))
     reducer = install_compression(engine, compression) if compression else None
     if engine.checkpoint_engine.is_decoupled():
-        raise ConfigError("a decoupled (asynchronous) DeepSpeed checkpoint engine cannot be saved atomically by "
-                          "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON.")
+        raise ConfigError(
+            "a decoupled (asynchronous) DeepSpeed checkpoint engine cannot be saved atomically by "
+            "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON."
+        )
 
     # ---- resume
     start = 0
@@ -239,8 +274,11 @@ def setup(cfg: TrainConfig) -> Run:
         client = ckpt.load(engine, *found, trusted=cfg.checkpoint.trust)
         start = engine.global_steps
         # loading updated the schedule's fields in place with the saved ones: this run's schedule is a fresh object
-        rebuild_schedule(engine.lr_scheduler, WarmupCosine(s.warmup_steps, s.steps, s.min_lr_ratio),
-                         ds_config["optimizer"]["params"]["lr"])
+        rebuild_schedule(
+            engine.lr_scheduler,
+            WarmupCosine(s.warmup_steps, s.steps, s.min_lr_ratio),
+            ds_config["optimizer"]["params"]["lr"],
+        )
         sampler.check_resume(client.get("r1_sampler"), start)
         if reducer is not None and client.get("r1_compression") is not None:
             # error buffers are per data rank: a run with another data size starts them empty (with a warning)
@@ -249,17 +287,37 @@ def setup(cfg: TrainConfig) -> Run:
 
     dtype = training_dtype(ds_config)
     return Run(
-        cfg=cfg, engine=engine, dims=dims, coords=dims.coords(rank), world=world, model_config=config,
-        dataset=dataset, seq_len=seq_len, sampler=sampler, heldout=heldout, set_drop_path=set_drop_path,
+        cfg=cfg,
+        engine=engine,
+        dims=dims,
+        coords=dims.coords(rank),
+        world=world,
+        model_config=config,
+        dataset=dataset,
+        seq_len=seq_len,
+        sampler=sampler,
+        heldout=heldout,
+        set_drop_path=set_drop_path,
         reducer=reducer,
-        metrics=MetricsWriter(out_dir, total_steps=s.steps, start_step=start, tensorboard=cfg.log.tensorboard,
-                              progress=cfg.log.progress, enabled=rank == 0, monitor=engine.monitor),
+        metrics=MetricsWriter(
+            out_dir,
+            total_steps=s.steps,
+            start_step=start,
+            tensorboard=cfg.log.tensorboard,
+            progress=cfg.log.progress,
+            enabled=rank == 0,
+            monitor=engine.monitor,
+        ),
         finite=FiniteCheck(every=cfg.log.check_finite_every, skips_overflow=dtype == "fp16"),
         flops_per_token=flops_per_token(config, seq_len),
         peak_flops=cfg.log.peak_tflops * 1e12 if cfg.log.peak_tflops else peak_flops(dtype),
-        ckpt_dir=ckpt_dir, start=start, resumed=bool(found), locks=locks,
+        ckpt_dir=ckpt_dir,
+        start=start,
+        resumed=bool(found),
+        locks=locks,
         # also at tensor 1, so that a universal checkpoint of a tensor-1 run knows how to split for a tensor-parallel one
-        universal_info=universal_checkpoint_info(config, dims.tensor, pipeline=dims.pipeline_enabled))
+        universal_info=universal_checkpoint_info(config, dims.tensor, pipeline=dims.pipeline_enabled),
+    )
 
 
 def check_resume(found: tuple[str, str], ds_config: dict, dims: ParallelDims, *, trusted: bool) -> SavedCheckpoint:
@@ -267,12 +325,21 @@ def check_resume(found: tuple[str, str], ds_config: dict, dims: ParallelDims, *,
     reads it; a ds_to_universal folder is loaded with DeepSpeed's load_universal, set in `ds_config` to match."""
     saved = ckpt.read_saved_checkpoint(*found, trusted=trusted)
     check_same_precision(saved.dtype, training_dtype(ds_config), saved.path)
-    ckpt.check_resume_layout(saved, pipe=dims.pipe, tensor=dims.tensor, data=dims.data,
-                             zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0))
+    ckpt.check_resume_layout(
+        saved,
+        pipe=dims.pipe,
+        tensor=dims.tensor,
+        data=dims.data,
+        zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
+    )
     section = ds_config.setdefault("checkpoint", {})
     if bool(section.get("load_universal", False)) != saved.universal:
-        log0("checkpoint.load_universal set to %s in the DeepSpeed config: %s %s a universal checkpoint",
-             saved.universal, saved.path, "is" if saved.universal else "is not")
+        log0(
+            "checkpoint.load_universal set to %s in the DeepSpeed config: %s %s a universal checkpoint",
+            saved.universal,
+            saved.path,
+            "is" if saved.universal else "is not",
+        )
     section["load_universal"] = saved.universal
     return saved
 
@@ -312,19 +379,35 @@ def loop(run: Run) -> None:
             loss = logged_loss(step_loss, pipeline=run.pipeline)
             now = time.perf_counter()
             tok_s = tokens_since / max(now - t_last, 1e-9)
-            record = step_record(run, done=done, loss=loss, lr=lr, gas=gas, stage=i + 1, drop_path=rate,
-                                 tok_s=tok_s, elapsed_s=now - t_start)
+            record = step_record(
+                run,
+                done=done,
+                loss=loss,
+                lr=lr,
+                gas=gas,
+                stage=i + 1,
+                drop_path=rate,
+                tok_s=tok_s,
+                elapsed_s=now - t_start,
+            )
             run.metrics.write(record, monitor_step=engine.global_samples)
-            run.metrics.progress(steps_since, {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}",
-                                               "MFU": f"{record['mfu']:.1%}" if record["mfu"] is not None else None})
+            run.metrics.progress(
+                steps_since,
+                {
+                    "loss": f"{loss:.4f}",
+                    "tok/s": f"{tok_s:,.0f}",
+                    "MFU": f"{record['mfu']:.1%}" if record["mfu"] is not None else None,
+                },
+            )
             t_last, steps_since, tokens_since = now, 0, 0
 
         save_now = bool(cfg.checkpoint.every) and done % cfg.checkpoint.every == 0 and done != total
         if run.finite.due(done) or save_now or done == total:  # never save weights of a diverged run
             bad = run.finite.first_bad_step()
             if bad is not None:
-                raise DivergenceError(divergence_message(bad, last_good=ckpt.last_good(run.ckpt_dir),
-                                                         ckpt_dir=run.ckpt_dir))
+                raise DivergenceError(
+                    divergence_message(bad, last_good=ckpt.last_good(run.ckpt_dir), ckpt_dir=run.ckpt_dir)
+                )
         if save_now:
             ckpt.save(engine, run.ckpt_dir, done, run.client_state(done), keep=cfg.checkpoint.keep)
     if run.start < total or not run.resumed:
@@ -337,28 +420,57 @@ def enter_stage(engine, sampler: ProgressiveSampler, i: int, step: int) -> None:
     if engine.train_batch_size() != stage.global_batch:
         engine.set_train_batch_size(stage.global_batch)
     if len(sampler.stages) > 1:
-        log0("progressive stage %d/%d starts at step %d: global batch %d (grad_accum %d), first %.0f%% of "
-             "the data (%d sequences)", i + 1, len(sampler.stages), step, stage.global_batch,
-             engine.gradient_accumulation_steps(), 100 * stage.data_fraction, sampler.stage_size(i))
+        log0(
+            "progressive stage %d/%d starts at step %d: global batch %d (grad_accum %d), first %.0f%% of "
+            "the data (%d sequences)",
+            i + 1,
+            len(sampler.stages),
+            step,
+            stage.global_batch,
+            engine.gradient_accumulation_steps(),
+            100 * stage.data_fraction,
+            sampler.stage_size(i),
+        )
 
 
-def step_record(run: Run, *, done: int, loss: float, lr: float, gas: int, stage: int, drop_path: float,
-                tok_s: float, elapsed_s: float) -> dict:
+def step_record(
+    run: Run,
+    *,
+    done: int,
+    loss: float,
+    lr: float,
+    gas: int,
+    stage: int,
+    drop_path: float,
+    tok_s: float,
+    elapsed_s: float,
+) -> dict:
     """The metrics.jsonl record of step `done` (and the held-out loss on log.eval_every steps)."""
     engine, cfg = run.engine, run.cfg
     mfu = run.flops_per_token * tok_s / (run.peak_flops * run.world) if run.peak_flops else None
     norm = engine.get_global_grad_norm()
     scaler = getattr(engine.optimizer, "loss_scaler", None)
-    record = {"step": done, "loss": loss, "lr": lr, "global_batch": engine.train_batch_size(),
-              "grad_accum": gas, "stage": stage, "drop_path": drop_path, "tokens_per_s": tok_s,
-              "mfu": mfu, "grad_norm": float(norm) if norm is not None else None,
-              "loss_scale": float(scaler.cur_scale) if scaler is not None and hasattr(scaler, "cur_scale") else None,
-              "elapsed_s": elapsed_s, "peak_mem_gib": peak_memory_gib()}
+    record = {
+        "step": done,
+        "loss": loss,
+        "lr": lr,
+        "global_batch": engine.train_batch_size(),
+        "grad_accum": gas,
+        "stage": stage,
+        "drop_path": drop_path,
+        "tokens_per_s": tok_s,
+        "mfu": mfu,
+        "grad_norm": float(norm) if norm is not None else None,
+        "loss_scale": float(scaler.cur_scale) if scaler is not None and hasattr(scaler, "cur_scale") else None,
+        "elapsed_s": elapsed_s,
+        "peak_mem_gib": peak_memory_gib(),
+    }
     if run.reducer is not None:
         record.update({f"compression/{k}": v for k, v in (run.reducer.last_stats() or {}).items()})
     if run.heldout is not None and (done % cfg.log.eval_every == 0 or done == cfg.schedule.steps):
-        record["heldout_loss"] = engine_heldout_loss(engine, run.heldout, seq_len=run.seq_len, pipeline=run.pipeline,
-                                                     sequences=cfg.log.eval_sequences)
+        record["heldout_loss"] = engine_heldout_loss(
+            engine, run.heldout, seq_len=run.seq_len, pipeline=run.pipeline, sequences=cfg.log.eval_sequences
+        )
     return record
 
 
@@ -380,8 +492,17 @@ def train(cfg: TrainConfig):
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors of bad input: `r1-ds train` prints their one-line message and exits with code 2."""
-    return (ConfigError, DataError, PrecisionError, CheckpointError, LayoutError, R1ConfigError, CompressionConfigError,
-            RunLockError, MissingExtra)
+    return (
+        ConfigError,
+        DataError,
+        PrecisionError,
+        CheckpointError,
+        LayoutError,
+        R1ConfigError,
+        CompressionConfigError,
+        RunLockError,
+        MissingExtra,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -391,13 +512,18 @@ def run(args: argparse.Namespace) -> int:
         overrides = cli_overrides(args)
         cfg = load_train_config(args.config, overrides)
         acc_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-        if under_accelerate() and acc_file and "deepspeed_config" not in overrides and not (
-                args.config and "deepspeed_config" in read_mapping(args.config)):
+        if (
+            under_accelerate()
+            and acc_file
+            and "deepspeed_config" not in overrides
+            and not (args.config and "deepspeed_config" in read_mapping(args.config))
+        ):
             cfg.deepspeed_config = acc_file  # the JSON accelerate was given, unless the CLI or file names one
         train(cfg)
     except user_errors() as err:  # the same on every rank: say it once
-        log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s: %s",
-                type(err).__name__, err)
+        log.log(
+            logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s: %s", type(err).__name__, err
+        )
         code = 2
     except DivergenceError as err:  # not a user error, but one line too; a failed run (nothing saved after it)
         log.log(logging.ERROR if os.environ.get("RANK", "0") == "0" else logging.DEBUG, "%s", err)

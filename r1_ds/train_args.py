@@ -8,20 +8,37 @@ import argparse
 from .config import parse_set
 
 _FLAGS = {  # --flag -> dotted training-config key (the CLI is the top of the precedence order)
-    "deepspeed_config": "deepspeed_config", "output_dir": "output_dir", "seed": "seed",
-    "preset": "model.preset", "data": "data.path", "seq_len": "data.seq_len", "micro_batch": "data.micro_batch",
-    "global_batch": "schedule.global_batch", "grad_accum": "schedule.grad_accum", "steps": "schedule.steps",
-    "lr": "schedule.lr", "warmup_steps": "schedule.warmup_steps", "pipe": "parallel.pipe",
-    "tensor": "parallel.tensor", "save_every": "checkpoint.every", "checkpoint_dir": "checkpoint.dir",
-    "resume": "checkpoint.resume", "log_every": "log.every", "compile": "model.compile",
+    "deepspeed_config": "deepspeed_config",
+    "output_dir": "output_dir",
+    "seed": "seed",
+    "preset": "model.preset",
+    "data": "data.path",
+    "seq_len": "data.seq_len",
+    "micro_batch": "data.micro_batch",
+    "global_batch": "schedule.global_batch",
+    "grad_accum": "schedule.grad_accum",
+    "steps": "schedule.steps",
+    "lr": "schedule.lr",
+    "warmup_steps": "schedule.warmup_steps",
+    "pipe": "parallel.pipe",
+    "tensor": "parallel.tensor",
+    "save_every": "checkpoint.every",
+    "checkpoint_dir": "checkpoint.dir",
+    "resume": "checkpoint.resume",
+    "log_every": "log.every",
+    "compile": "model.compile",
     "trust_checkpoint": "checkpoint.trust",
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="training config (YAML or JSON); see docs/training.md")
-    p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
-                   help="DeepSpeed JSON (default: the training config's, else ds_configs/tiny_cpu.json)")
+    p.add_argument(
+        "--deepspeed_config",
+        "--deepspeed-config",
+        dest="deepspeed_config",
+        help="DeepSpeed JSON (default: the training config's, else ds_configs/tiny_cpu.json)",
+    )
     p.add_argument("--output-dir", dest="output_dir", help="run folder: metrics, TensorBoard, checkpoints")
     p.add_argument("--preset", help="model size: tiny, 125m, 350m, 1.3b")
     p.add_argument("--data", help="packed shard folder (default: synthetic sample data)")
@@ -35,18 +52,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipe", type=int, help="pipeline stages")
     p.add_argument("--tensor", type=int, help="tensor-parallel size")
     p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps (0: at the end)")
-    p.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="checkpoint folder (default: OUTPUT_DIR/checkpoints)")
+    p.add_argument(
+        "--checkpoint-dir", dest="checkpoint_dir", help="checkpoint folder (default: OUTPUT_DIR/checkpoints)"
+    )
     p.add_argument("--resume", help='"auto" (default), "none", or a checkpoint folder')
-    p.add_argument("--trust-checkpoint", dest="trust_checkpoint", action="store_true", default=None,
-                   help="unpickle the resumed checkpoint as it is (checkpoint.trust): only for checkpoints from a "
-                        "source you trust; by default they are read weights-only and other Python objects are refused")
+    p.add_argument(
+        "--trust-checkpoint",
+        dest="trust_checkpoint",
+        action="store_true",
+        default=None,
+        help="unpickle the resumed checkpoint as it is (checkpoint.trust): only for checkpoints from a "
+        "source you trust; by default they are read weights-only and other Python objects are refused",
+    )
     p.add_argument("--log-every", dest="log_every", type=int, help="log metrics every N steps")
     p.add_argument("--seed", type=int, help="seed of the initial weights and the data order")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any training-config field, e.g. --set schedule.drop_path_max=0.1 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any training-config field, e.g. --set schedule.drop_path_max=0.1 (repeatable)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
-    p.add_argument("--compile", dest="compile", action="store_true", default=None,
-                   help="torch.compile each decoder block (model.compile)")
+    p.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_true",
+        default=None,
+        help="torch.compile each decoder block (model.compile)",
+    )
     # Launchers append these; DeepSpeed reads LOCAL_RANK from the environment anyway.
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
 

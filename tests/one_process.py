@@ -13,9 +13,17 @@ import os
 from r1_ds.metrics import read_metrics
 
 TINY = {
-    "deepspeed_config": "ds_configs/tiny_cpu.json", "model.preset": "tiny", "model.overrides": {"vocab_size": 256},
-    "data.seq_len": 32, "data.synthetic_sequences": 64, "schedule.steps": 6, "schedule.warmup_steps": 1,
-    "checkpoint.every": 2, "log.progress": False, "log.tensorboard": False, "seed": 3,
+    "deepspeed_config": "ds_configs/tiny_cpu.json",
+    "model.preset": "tiny",
+    "model.overrides": {"vocab_size": 256},
+    "data.seq_len": 32,
+    "data.synthetic_sequences": 64,
+    "schedule.steps": 6,
+    "schedule.warmup_steps": 1,
+    "checkpoint.every": 2,
+    "log.progress": False,
+    "log.tensorboard": False,
+    "seed": 3,
 }
 
 
@@ -23,8 +31,9 @@ def config(out_dir: str, **overrides):
     """TINY plus dotted overrides (`__` stands for `.`) into `out_dir`."""
     from r1_ds.config import load_train_config
 
-    return load_train_config(None, {**TINY, "output_dir": str(out_dir),
-                                    **{k.replace("__", "."): v for k, v in overrides.items()}})
+    return load_train_config(
+        None, {**TINY, "output_dir": str(out_dir), **{k.replace("__", "."): v for k, v in overrides.items()}}
+    )
 
 
 def train_once(out_dir: str, **overrides):

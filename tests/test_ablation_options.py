@@ -59,8 +59,8 @@ def test_removed_level_passes_no_gradient():
     d = model.config.hidden_size
     for layer in model.model.layers:
         g = layer.self_attn.gate.weight.grad
-        assert g[:3, d:2 * d].abs().max() == 0  # L2's columns
-        assert g[:3, :d].abs().max() > 0 and g[:3, 2 * d:].abs().max() > 0  # kept levels learn
+        assert g[:3, d : 2 * d].abs().max() == 0  # L2's columns
+        assert g[:3, :d].abs().max() > 0 and g[:3, 2 * d :].abs().max() > 0  # kept levels learn
 
 
 def test_fixed_gate_weighs_levels_equally():

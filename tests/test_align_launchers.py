@@ -18,13 +18,35 @@ def test_accelerate_launch_trains_the_alignment_objective(tmp_path):
     zero1 = json.load(open(os.path.join(ROOT, "ds_configs", "tiny_cpu.json")))
     zero1["zero_optimization"] = {"stage": 1}
     (tmp_path / "zero1.json").write_text(json.dumps(zero1))
-    settings = align_overrides(data, "unused", **{"schedule.global_batch": 16, "data.micro_batch": 8,
-                                                  "schedule.warmup_steps": 0, "log.every": 1, "align.eval_every": 2})
+    settings = align_overrides(
+        data,
+        "unused",
+        **{
+            "schedule.global_batch": 16,
+            "data.micro_batch": 8,
+            "schedule.warmup_steps": 0,
+            "log.every": 1,
+            "align.eval_every": 2,
+        },
+    )
     for key in ("deepspeed_config", "output_dir", "schedule.steps"):  # from accelerate, _launch and TRAIN
         settings.pop(key)
-    cmd = [os.path.join(BIN, "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
-           str(tmp_path / "zero1.json"), "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", *TRAIN]
+    cmd = [
+        os.path.join(BIN, "accelerate"),
+        "launch",
+        "--use_deepspeed",
+        "--deepspeed_config_file",
+        str(tmp_path / "zero1.json"),
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *TRAIN,
+    ]
     for key, value in settings.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     proc, ds = _launch(cmd, tmp_path / "run")

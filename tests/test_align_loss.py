@@ -42,8 +42,9 @@ def test_info_nce_equals_the_formula_and_its_cross_entropy_form():
 def test_info_nce_is_symmetric_only_where_asked():
     a, b = features(seed=1)
     assert float(info_nce(a, b, 5.0)) == pytest.approx(float(info_nce(b, a, 5.0)), rel=1e-6)
-    assert float(info_nce(a, b, 5.0, symmetric=False)) != pytest.approx(float(info_nce(b, a, 5.0, symmetric=False)),
-                                                                        rel=1e-3)
+    assert float(info_nce(a, b, 5.0, symmetric=False)) != pytest.approx(
+        float(info_nce(b, a, 5.0, symmetric=False)), rel=1e-3
+    )
 
 
 def test_rows_missing_a_modality_are_neither_queries_nor_negatives():
@@ -86,8 +87,10 @@ def test_model_side_alignment_code_does_not_import_deepspeed():
     import subprocess
     import sys
 
-    code = ("import sys; import r1_ds.align.loss, r1_ds.align.mine, r1_ds.align.heads, r1_ds.align.model, "
-            "r1_ds.align.retrieval, r1_ds.align.data; from r1_ds.align import info_nce, MineEstimator; "
-            "print('deepspeed' in sys.modules)")
+    code = (
+        "import sys; import r1_ds.align.loss, r1_ds.align.mine, r1_ds.align.heads, r1_ds.align.model, "
+        "r1_ds.align.retrieval, r1_ds.align.data; from r1_ds.align import info_nce, MineEstimator; "
+        "print('deepspeed' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr

@@ -34,9 +34,19 @@ def write_sample_triples(out: str, *, images: int = 96, code_files: int = 30) ->
             lines.append(raw)  # the corpus's broken line stays broken
             continue
         code = rec.get("code")
-        lines.append(json.dumps({"id": rec["id"], "kind": "image-text-code" if code else "image-text",
-                                 "image": f"corpus/images/{rec['image']}", "image_views": [],
-                                 "text": rec["caption"], "code": code, "source": "sample"}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": rec["id"],
+                    "kind": "image-text-code" if code else "image-text",
+                    "image": f"corpus/images/{rec['image']}",
+                    "image_views": [],
+                    "text": rec["caption"],
+                    "code": code,
+                    "source": "sample",
+                }
+            )
+        )
         texts += [rec["caption"], code or ""]
     for path in sorted((corpus.root / "code").rglob("*.py"))[:code_files]:
         try:
@@ -44,8 +54,18 @@ def write_sample_triples(out: str, *, images: int = 96, code_files: int = 30) ->
         except UnicodeDecodeError:
             continue
         for pair in docstring_pairs(source, AugmentConfig()):
-            lines.append(json.dumps({"id": f"{path.name}::{pair['name']}", "kind": "text-code", "image": None,
-                                     "image_views": [], "text": pair["text"], "code": pair["code"]}))
+            lines.append(
+                json.dumps(
+                    {
+                        "id": f"{path.name}::{pair['name']}",
+                        "kind": "text-code",
+                        "image": None,
+                        "image_views": [],
+                        "text": pair["text"],
+                        "code": pair["code"],
+                    }
+                )
+            )
             texts += [pair["text"], pair["code"]]
     lines.append(json.dumps({"id": "bad:kind", "kind": "video-text", "text": "a clip", "image": None}))
     os.makedirs(os.path.join(out, "triples"), exist_ok=True)
@@ -56,12 +76,30 @@ def write_sample_triples(out: str, *, images: int = 96, code_files: int = 30) ->
 
 
 def align_overrides(data_dir: str, out_dir: str, **more) -> dict:
-    return {"deepspeed_config": "ds_configs/tiny_cpu.json", "model.preset": "tiny", "output_dir": out_dir,
-            "align.objective": "align", "align.triples": data_dir, "align.proj_dim": 32, "align.image_hidden": 128,
-            "align.text_len": 32, "align.code_len": 64, "schedule.global_batch": 32, "data.micro_batch": 16,
-            "schedule.steps": 60, "schedule.warmup_steps": 5, "schedule.lr": 3e-3, "align.eval_every": 60,
-            "align.mine_every": 10, "align.mine_warmup": 20, "log.progress": False, "log.tensorboard": False,
-            "seed": 3, **TOWER, **more}
+    return {
+        "deepspeed_config": "ds_configs/tiny_cpu.json",
+        "model.preset": "tiny",
+        "output_dir": out_dir,
+        "align.objective": "align",
+        "align.triples": data_dir,
+        "align.proj_dim": 32,
+        "align.image_hidden": 128,
+        "align.text_len": 32,
+        "align.code_len": 64,
+        "schedule.global_batch": 32,
+        "data.micro_batch": 16,
+        "schedule.steps": 60,
+        "schedule.warmup_steps": 5,
+        "schedule.lr": 3e-3,
+        "align.eval_every": 60,
+        "align.mine_every": 10,
+        "align.mine_warmup": 20,
+        "log.progress": False,
+        "log.tensorboard": False,
+        "seed": 3,
+        **TOWER,
+        **more,
+    }
 
 
 def train_here(overrides: dict):
@@ -76,8 +114,16 @@ def _state(engine) -> dict:
     return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
 
 
-RESUME = {"schedule.steps": 4, "schedule.warmup_steps": 1, "checkpoint.every": 2, "align.mine_every": 1,
-          "align.mine_warmup": 1, "align.eval_every": 2, "schedule.global_batch": 16, "data.micro_batch": 8}
+RESUME = {
+    "schedule.steps": 4,
+    "schedule.warmup_steps": 1,
+    "checkpoint.every": 2,
+    "align.mine_every": 1,
+    "align.mine_warmup": 1,
+    "align.eval_every": 2,
+    "schedule.global_batch": 16,
+    "data.micro_batch": 8,
+}
 
 
 def _one_rank_runs(data_dir: str, tmp: str, ds_json: str) -> dict:
@@ -91,9 +137,20 @@ def _one_rank_runs(data_dir: str, tmp: str, ds_json: str) -> dict:
     with open(os.path.join(dst, "latest"), "w") as f:
         f.write("global_step2")
     resumed = _state(train_here(align_overrides(data_dir, os.path.join(tmp, "resumed"), **RESUME)))
-    train_here(align_overrides(data_dir, os.path.join(tmp, "lm"), **{
-        "align.objective": "lm+align", "align.weight": 0.5, "data.seq_len": 32, "schedule.steps": 2,
-        "schedule.warmup_steps": 0, "align.eval_every": 100}))  # synthetic LM data beside the triples
+    train_here(
+        align_overrides(
+            data_dir,
+            os.path.join(tmp, "lm"),
+            **{
+                "align.objective": "lm+align",
+                "align.weight": 0.5,
+                "data.seq_len": 32,
+                "schedule.steps": 2,
+                "schedule.warmup_steps": 0,
+                "align.eval_every": 100,
+            },
+        )
+    )  # synthetic LM data beside the triples
     return {"full": full, "resumed": resumed, "zero1_reference": reference}
 
 
@@ -123,9 +180,12 @@ def runs(sample_dir, tmp_path_factory, zero1_json):
 def _two_rank_body(data_dir: str, out: str, ds_json: str, grad_args: tuple) -> dict:
     """On each of 2 spawned ranks: the gathered info_nce gradients, then the 2-step alignment run under ZeRO-1 and
     under ZeRO-2 (the same run: gradients reduce-scattered instead of all-reduced)."""
-    return {"grads": _grads_on_rank(*grad_args), "params": _zero1_run(data_dir, out, ds_json, 8),
-            "zero2_params": _zero1_run(data_dir, out + "_zero2", _with_zero_stage(ds_json, 2), 8),
-            "zero2_ds": json.load(open(os.path.join(out + "_zero2", "ds_config.json")))}
+    return {
+        "grads": _grads_on_rank(*grad_args),
+        "params": _zero1_run(data_dir, out, ds_json, 8),
+        "zero2_params": _zero1_run(data_dir, out + "_zero2", _with_zero_stage(ds_json, 2), 8),
+        "zero2_ds": json.load(open(os.path.join(out + "_zero2", "ds_config.json"))),
+    }
 
 
 def _with_zero_stage(ds_json: str, stage: int) -> str:
@@ -158,8 +218,9 @@ def two_ranks(sample_dir, tmp_path_factory, zero1_json):
     n, d, seed, mask, scale = GRAD_CASE
     a, b = _features(n, d, seed)
     out = str(tmp_path_factory.mktemp("align_two") / "two")
-    return run_distributed(_two_rank_body, 2, sample_dir, out, zero1_json,
-                           (a, b, torch.tensor(mask, dtype=torch.bool), scale), timeout=300)
+    return run_distributed(
+        _two_rank_body, 2, sample_dir, out, zero1_json, (a, b, torch.tensor(mask, dtype=torch.bool), scale), timeout=300
+    )
 
 
 def metrics_of(run_dir: str) -> dict:
@@ -206,16 +267,31 @@ def test_resume_equals_the_uninterrupted_run(runs):
 @pytest.mark.slow
 def test_lm_plus_align_adds_the_weighted_alignment_loss_to_the_lm_loss(runs):
     for rec in metrics_of(os.path.join(runs["dir"], "lm")).values():
-        align = sum(rec[f"align/{p}/weight"] * rec[f"align/{p}/loss"] for p in ("image-text", "image-code", "text-code"))
+        align = sum(
+            rec[f"align/{p}/weight"] * rec[f"align/{p}/loss"] for p in ("image-text", "image-code", "text-code")
+        )
         assert 0 < rec["lm_loss"] < 10
         assert rec["loss"] == pytest.approx(rec["lm_loss"] + 0.5 * align, rel=1e-5)  # what the step minimised
 
 
 def _zero1_run(data_dir: str, out: str, ds_json: str, micro: int) -> dict:
     """2 steps of global batch 16 under ZeRO-1, as `micro` rows per rank (16 on one rank, 8 on each of two)."""
-    engine = train_here(align_overrides(data_dir, out, **{
-        "deepspeed_config": ds_json, "schedule.steps": 2, "schedule.warmup_steps": 0, "schedule.global_batch": 16,
-        "data.micro_batch": micro, "align.eval_every": 100, "align.mine_every": 1, "align.mine_warmup": 0}))
+    engine = train_here(
+        align_overrides(
+            data_dir,
+            out,
+            **{
+                "deepspeed_config": ds_json,
+                "schedule.steps": 2,
+                "schedule.warmup_steps": 0,
+                "schedule.global_batch": 16,
+                "data.micro_batch": micro,
+                "align.eval_every": 100,
+                "align.mine_every": 1,
+                "align.mine_warmup": 0,
+            },
+        )
+    )
     return _state(engine)
 
 
@@ -336,10 +412,16 @@ def test_bad_rows_are_dropped_and_counted_by_reason(tmp_path):
         def __call__(self, text, add_special_tokens=False, truncation=False, max_length=None):
             return {"input_ids": [ord(c) % 50 for c in text][:max_length]}
 
-    data = build_align_data(parsed, dropped, *images, Tok(), text_len=8, code_len=8, vocab_size=64,
-                            held_out_percent=50)
-    assert dict(data.dropped) == {"duplicate_id": 1, "empty_text": 1, "empty_code": 1, "missing_image": 2,
-                                  "unreadable_image": 1, "unknown_kind": 1, "broken_json": 2}
+    data = build_align_data(parsed, dropped, *images, Tok(), text_len=8, code_len=8, vocab_size=64, held_out_percent=50)
+    assert dict(data.dropped) == {
+        "duplicate_id": 1,
+        "empty_text": 1,
+        "empty_code": 1,
+        "missing_image": 2,
+        "unreadable_image": 1,
+        "unknown_kind": 1,
+        "broken_json": 2,
+    }
     assert sorted(r["id"] for r in data.train + data.held_out) == ["ok", "tc"]
 
 
@@ -412,8 +494,9 @@ def test_the_image_embeddings_cache_moves_with_its_prep_folder(tmp_path):
         return (lambda x: x), (lambda im: torch.tensor(im.getpixel((0, 0)), dtype=torch.float)), 3
 
     cache = "triples/image_embeds/t.pt"
-    table, failed = load_image_embeddings(parse_triples(str(src / "triples" / "triples.jsonl"))[0], str(src / cache),
-                                          tower)
+    table, failed = load_image_embeddings(
+        parse_triples(str(src / "triples" / "triples.jsonl"))[0], str(src / cache), tower
+    )
     shutil.copytree(src, tmp_path / "there")
     shutil.rmtree(src)
 
@@ -421,8 +504,10 @@ def test_the_image_embeddings_cache_moves_with_its_prep_folder(tmp_path):
         raise AssertionError("the cache should have every image")
 
     moved, moved_failed = load_image_embeddings(
-        parse_triples(str(tmp_path / "there" / "triples" / "triples.jsonl"))[0], str(tmp_path / "there" / cache),
-        no_tower)
+        parse_triples(str(tmp_path / "there" / "triples" / "triples.jsonl"))[0],
+        str(tmp_path / "there" / cache),
+        no_tower,
+    )
     there = str(tmp_path / "there" / "img")
     assert sorted(moved) == [os.path.join(there, "a.png"), os.path.join(there, "b.png")]
     assert moved_failed == {os.path.join(there, "gone.png"): "missing_image"}

@@ -15,14 +15,20 @@ def _operands(T, g, G, heads, seed):
 
 
 # windows inside one block, at a block's edge, reaching two, three and four blocks, and of one token
-@pytest.mark.parametrize("T, window, g", [(96, 8, 8), (96, 5, 8), (128, 16, 16), (96, 9, 8), (96, 17, 8),
-                                          (96, 24, 8), (96, 1, 8)])
+@pytest.mark.parametrize(
+    "T, window, g", [(96, 8, 8), (96, 5, 8), (128, 16, 16), (96, 9, 8), (96, 17, 8), (96, 24, 8), (96, 1, 8)]
+)
 def test_banded_window_attention_equals_flex_l1(T, window, g):
     heads = (2, 4, 8)
     qr, kbuf, vbuf, _, _, S = _operands(T, g, 4 * g, heads, seed=0)
     H = heads[0]
-    flex = ha._flex(ha.split_heads(qr, H), ha.split_heads(kbuf[:, S:], H), ha.split_heads(vbuf[:, S:], H),
-                    ha._window_block_mask(T, window, g, "cpu"), (64 // H) ** -0.5)
+    flex = ha._flex(
+        ha.split_heads(qr, H),
+        ha.split_heads(kbuf[:, S:], H),
+        ha.split_heads(vbuf[:, S:], H),
+        ha._window_block_mask(T, window, g, "cpu"),
+        (64 // H) ** -0.5,
+    )
     banded = ha._window_attention_banded(qr, kbuf[:, S:], vbuf[:, S:], H, window, g)
     torch.testing.assert_close(banded, flex, atol=2e-5, rtol=1e-4)
 
@@ -62,8 +68,16 @@ def test_block_indices_equal_a_stable_argsort(shape):
             assert table.is_contiguous(), f"strides {table.stride()}: the fused kernels read rows as contiguous"
 
 
-TABLES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks", "q_indices",
-          "full_q_num_blocks", "full_q_indices")
+TABLES = (
+    "kv_num_blocks",
+    "kv_indices",
+    "full_kv_num_blocks",
+    "full_kv_indices",
+    "q_num_blocks",
+    "q_indices",
+    "full_q_num_blocks",
+    "full_q_indices",
+)
 
 
 def test_block_tables_are_row_major():
@@ -73,10 +87,19 @@ def test_block_tables_are_row_major():
     (commits 91839fd to 90d05e4; the loss stopped falling). The CPU path never reads the tables, so only this shows it."""
     torch.manual_seed(0)
     T, g = 256, 8
-    idx, valid, _ = ha.route_paragraphs(torch.randn(2, T, 32), torch.randn(2, T, 32), n_heads=2, paragraph_size=g,
-                                        top_k=3, first_block=0, n_blocks=T // g)
-    masks = {"L1": ha._window_block_mask(T, 16, g, "cpu"),
-             "L2": ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=4)}
+    idx, valid, _ = ha.route_paragraphs(
+        torch.randn(2, T, 32),
+        torch.randn(2, T, 32),
+        n_heads=2,
+        paragraph_size=g,
+        top_k=3,
+        first_block=0,
+        n_blocks=T // g,
+    )
+    masks = {
+        "L1": ha._window_block_mask(T, 16, g, "cpu"),
+        "L2": ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=4),
+    }
     for level, mask in masks.items():
         for name in TABLES:
             table = getattr(mask, name)
@@ -101,8 +124,14 @@ def test_flex_path_at_its_padded_length_equals_the_reference():
     from r1_ds.model import R1Config
 
     c = R1Config.from_preset("tiny")
-    kw = dict(level_heads=tuple(c.level_heads), window=c.local_window, paragraph_size=c.paragraph_size,
-              document_size=c.document_size, top_k=c.route_top_k, rope_theta=c.rope_theta)
+    kw = dict(
+        level_heads=tuple(c.level_heads),
+        window=c.local_window,
+        paragraph_size=c.paragraph_size,
+        document_size=c.document_size,
+        top_k=c.route_top_k,
+        rope_theta=c.rope_theta,
+    )
     T = 257
     assert ha.flex_length(T, c.paragraph_size) - T >= 3 * c.paragraph_size
     torch.manual_seed(3)
@@ -129,8 +158,14 @@ def _tiny_kernel_kwargs():
     from r1_ds.model import R1Config
 
     c = R1Config.from_preset("tiny")
-    return c, dict(level_heads=tuple(c.level_heads), window=c.local_window, paragraph_size=c.paragraph_size,
-                   document_size=c.document_size, top_k=c.route_top_k, rope_theta=c.rope_theta)
+    return c, dict(
+        level_heads=tuple(c.level_heads),
+        window=c.local_window,
+        paragraph_size=c.paragraph_size,
+        document_size=c.document_size,
+        top_k=c.route_top_k,
+        rope_theta=c.rope_theta,
+    )
 
 
 # (history, new queries): a first token, inside the first paragraph, at paragraph and document edges (tiny: g 8,
@@ -142,8 +177,8 @@ def test_decode_path_equals_the_reference(T, Tq):
     c, kw = _tiny_kernel_kwargs()
     torch.manual_seed(T)
     q, k, v = (torch.randn(2, T, c.hidden_size) for _ in range(3))
-    ref = ha.hierarchical_attention_eager(q[:, T - Tq:], k, v, q, range(T - Tq, T), **kw)
-    out = ha.hierarchical_attention_decode(q[:, T - Tq:], k, v, q, **kw)
+    ref = ha.hierarchical_attention_eager(q[:, T - Tq :], k, v, q, range(T - Tq, T), **kw)
+    out = ha.hierarchical_attention_decode(q[:, T - Tq :], k, v, q, **kw)
     for level, (a, b) in enumerate(zip(out, ref), start=1):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=f"L{level}")
 
@@ -160,8 +195,9 @@ def test_fast_path_generation_equals_the_reference_model():
     for impl in ("eager", "flex_attention"):
         model.set_attn_implementation(impl)
         with torch.no_grad():
-            runs[impl] = model.generate(ids, max_new_tokens=12, do_sample=False, output_logits=True,
-                                        return_dict_in_generate=True)
+            runs[impl] = model.generate(
+                ids, max_new_tokens=12, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
     assert torch.equal(runs["eager"].sequences, runs["flex_attention"].sequences)
     for a, b in zip(runs["flex_attention"].logits, runs["eager"].logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -30,8 +30,16 @@ BASE_CONFIG = {
 
 def _section(**overrides) -> dict:
     """A deterministic r1_compression section: compress from step 1, no timing-based decisions, 1-D params too."""
-    s = {"enabled": True, "topk_ratio": 0.05, "bits": 8, "error_feedback": True, "warmup_steps": 1,
-         "auto_fallback": False, "dense_1d": False, "quant_chunk": 16}
+    s = {
+        "enabled": True,
+        "topk_ratio": 0.05,
+        "bits": 8,
+        "error_feedback": True,
+        "warmup_steps": 1,
+        "auto_fallback": False,
+        "dense_1d": False,
+        "quant_chunk": 16,
+    }
     s.update(overrides)
     return s
 
@@ -59,18 +67,21 @@ def test_config_defaults_and_disabled():
     assert rest == {"train_batch_size": 8} and ours == {"enabled": True}
 
 
-@pytest.mark.parametrize("section,match", [
-    ({"topk_ratio": 0.0}, r"r1_compression.topk_ratio=0.0: must be in \(0, 1\]; use e.g. 0.05"),
-    ({"topk_ratio": 1.5}, r"topk_ratio=1.5: must be in \(0, 1\]"),
-    ({"bits": 4}, r"r1_compression.bits=4: only 8-bit .*; set bits to 8"),
-    ({"bits": True}, r"bits=True: must be an integer"),
-    ({"warmup_steps": -1}, r"warmup_steps=-1: must be >= 0"),
-    ({"mode": "ring"}, r"mode='ring': must be 'leader' or 'allgather'"),
-    ({"selection": "sort"}, r"selection='sort': must be 'threshold' or 'topk'"),
-    ({"error_feedback": "yes"}, r"error_feedback='yes': must be true or false"),
-    ({"quant_chunk": 0}, r"quant_chunk=0: must be in \[1, 65536\]"),
-    ({"topk": 0.05}, r"unknown keys \['topk'\]; valid keys are \["),
-])
+@pytest.mark.parametrize(
+    "section,match",
+    [
+        ({"topk_ratio": 0.0}, r"r1_compression.topk_ratio=0.0: must be in \(0, 1\]; use e.g. 0.05"),
+        ({"topk_ratio": 1.5}, r"topk_ratio=1.5: must be in \(0, 1\]"),
+        ({"bits": 4}, r"r1_compression.bits=4: only 8-bit .*; set bits to 8"),
+        ({"bits": True}, r"bits=True: must be an integer"),
+        ({"warmup_steps": -1}, r"warmup_steps=-1: must be >= 0"),
+        ({"mode": "ring"}, r"mode='ring': must be 'leader' or 'allgather'"),
+        ({"selection": "sort"}, r"selection='sort': must be 'threshold' or 'topk'"),
+        ({"error_feedback": "yes"}, r"error_feedback='yes': must be true or false"),
+        ({"quant_chunk": 0}, r"quant_chunk=0: must be in \[1, 65536\]"),
+        ({"topk": 0.05}, r"unknown keys \['topk'\]; valid keys are \["),
+    ],
+)
 def test_config_errors_name_field_value_rule_fix(section, match):
     from r1_ds.parallel.compression_config import CompressionConfig
 
@@ -125,12 +136,16 @@ def test_bucket_plan_separates_dense_tensor_parallel_and_tied():
     bias = nn.Parameter(torch.zeros(3))
     half = nn.Parameter(torch.zeros(2, 2, dtype=torch.bfloat16))
     pairs = [(p, p.data) for p in (w1, bias, tied_w, tp_w, w2, half)]
-    buckets = plan_buckets(pairs, dense_1d=True, tied={id(tied_w): "tied:embed.weight"},
-                           is_tensor_parallel=lambda p: p is tp_w)
+    buckets = plan_buckets(
+        pairs, dense_1d=True, tied={id(tied_w): "tied:embed.weight"}, is_tensor_parallel=lambda p: p is tp_w
+    )
     assert [(b.key, [id(p) for p in b.params], b.numel, b.dense) for b in buckets] == [
-        ("float32/rep/-", [id(w1), id(w2)], 12, False), ("dense", [id(bias)], 3, True),
-        ("float32/rep/tied:embed.weight", [id(tied_w)], 6, False), ("float32/tp/-", [id(tp_w)], 6, False),
-        ("bfloat16/rep/-", [id(half)], 4, False)]
+        ("float32/rep/-", [id(w1), id(w2)], 12, False),
+        ("dense", [id(bias)], 3, True),
+        ("float32/rep/tied:embed.weight", [id(tied_w)], 6, False),
+        ("float32/tp/-", [id(tp_w)], 6, False),
+        ("bfloat16/rep/-", [id(half)], 4, False),
+    ]
     no_dense = plan_buckets(pairs, dense_1d=False, tied={}, is_tensor_parallel=lambda p: False)
     assert [b.key for b in no_dense] == ["float32/rep/-", "bfloat16/rep/-"]
     flat = torch.arange(9.0)
@@ -189,7 +204,7 @@ def _capture_conservation(reducer, log: list) -> None:
                 n = p.numel()
                 for src, dst in ((old, old_e), (reducer.errors, new_e)):
                     if b.key in src:
-                        dst[id(p)] = src[b.key][offset:offset + n].view(p.shape)
+                        dst[id(p)] = src[b.key][offset : offset + n].view(p.shape)
                 offset += n
         worst = 0.0
         for p, g in pairs:
@@ -260,8 +275,9 @@ def _refusals() -> dict:
 
 
 def _fallback_run(min_speedup: float) -> dict:
-    engine, reducer = _plain_engine(_section(auto_fallback=True, warmup_steps=2, probe_steps=2,
-                                             min_speedup=min_speedup))
+    engine, reducer = _plain_engine(
+        _section(auto_fallback=True, warmup_steps=2, probe_steps=2, min_speedup=min_speedup)
+    )
     out = _plain_steps(engine, reducer, range(7))
     out.update(decision=reducer.decision, probe=reducer.probe, errors=len(reducer.errors))
     return out
@@ -286,7 +302,8 @@ def _resume_run(ckpt_dir: str) -> dict:
         reducer2.load_state_dict(state)
         if restore == "full":  # the buffers as restored (before the first step they wait in _pending_errors)
             out["restored_equal"] = sorted(reducer2._pending_errors) == sorted(errors_at_save) and all(
-                torch.equal(reducer2._pending_errors[k], v) for k, v in errors_at_save.items())
+                torch.equal(reducer2._pending_errors[k], v) for k, v in errors_at_save.items()
+            )
             out["step"] = reducer2.step
         out[restore] = _plain_steps(engine2, reducer2, range(4, 7))["hashes"]
     # resumed with error feedback switched off: the saved residuals must not be added into new gradients
@@ -365,13 +382,21 @@ def _pipe_steps(engine, reducer, steps: range) -> dict:
     hashes, tied = [], []
     for step in steps:
         g = torch.Generator().manual_seed(100 * dp + step)
-        micro = [(torch.randint(VOCAB, (4, 8), generator=g), torch.randint(VOCAB, (4, 8), generator=g))
-                 for _ in range(2)]
+        micro = [
+            (torch.randint(VOCAB, (4, 8), generator=g), torch.randint(VOCAB, (4, 8), generator=g)) for _ in range(2)
+        ]
         engine.train_batch(iter(micro))
         hashes.append(_hash(engine.module.parameters()))
         tied.append(_hash([engine.module.tied_modules["embed"].weight]))
-    return {"hashes": hashes, "tied": tied, "stage": stage, "dp": dp, "stats": reducer.last_stats(),
-            "optimizer": type(engine.optimizer).__name__, "buckets": [b.key for b in reducer._buckets]}
+    return {
+        "hashes": hashes,
+        "tied": tied,
+        "stage": stage,
+        "dp": dp,
+        "stats": reducer.last_stats(),
+        "optimizer": type(engine.optimizer).__name__,
+        "buckets": [b.key for b in reducer._buckets],
+    }
 
 
 def _pipe_run(section: dict, dtype: str, zero: int, naive: bool = False, ckpt_dir: str | None = None) -> dict:
@@ -387,9 +412,13 @@ def _pipe_run(section: dict, dtype: str, zero: int, naive: bool = False, ckpt_di
     reducer2.load_state_dict(client["r1_compression"])
     restored = {k: v.clone() for k, v in reducer2._pending_errors.items()}
     resumed = _pipe_steps(engine2, reducer2, range(4, 6))
-    out.update(reference=reference["hashes"], resumed=resumed["hashes"],
-               restored_equal=bool(saved) and sorted(saved) == sorted(restored)
-               and all(torch.equal(saved[k], restored[k]) for k in saved))
+    out.update(
+        reference=reference["hashes"],
+        resumed=resumed["hashes"],
+        restored_equal=bool(saved)
+        and sorted(saved) == sorted(restored)
+        and all(torch.equal(saved[k], restored[k]) for k in saved),
+    )
     return out
 
 
@@ -417,8 +446,8 @@ class _TPMLP(nn.Module):
         torch.manual_seed(1)
         fc, proj = nn.Linear(dim, 4 * dim, bias=False), nn.Linear(4 * dim, dim, bias=False)
         shard = 4 * dim // tp
-        self.fc = nn.Parameter(fc.weight.detach()[tp_rank * shard:(tp_rank + 1) * shard].clone())
-        self.proj = nn.Parameter(proj.weight.detach()[:, tp_rank * shard:(tp_rank + 1) * shard].clone())
+        self.fc = nn.Parameter(fc.weight.detach()[tp_rank * shard : (tp_rank + 1) * shard].clone())
+        self.proj = nn.Parameter(proj.weight.detach()[:, tp_rank * shard : (tp_rank + 1) * shard].clone())
         self.fc.tensor_model_parallel = self.proj.tensor_model_parallel = True
         self.group = group
 
@@ -451,7 +480,7 @@ class _Head(nn.Module):
 def _tp_run(section: dict, naive: bool) -> dict:
     import deepspeed
     from deepspeed.pipe import PipelineModule
-    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology, PipelineParallelGrid
+    from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
 
     from r1_ds.parallel.comm_hook import install_compression
 
@@ -474,8 +503,13 @@ def _tp_run(section: dict, naive: bool) -> dict:
         params = list(engine.module.parameters())
         replicated.append(_hash(p for p in params if not getattr(p, "tensor_model_parallel", False)))
         full.append(_hash(engine.module.parameters()))
-    return {"tp": tp_rank, "dp": dp, "replicated": replicated, "full": full,
-            "buckets": [b.key for b in reducer._buckets]}
+    return {
+        "tp": tp_rank,
+        "dp": dp,
+        "replicated": replicated,
+        "full": full,
+        "buckets": [b.key for b in reducer._buckets],
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------

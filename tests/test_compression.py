@@ -114,11 +114,11 @@ def _ref_quantize(v: np.ndarray, chunk: int):
     q = np.zeros(p, np.int8)
     scales = np.zeros(p // chunk, np.float32)
     for c in range(p // chunk):
-        part = vp[c * chunk:(c + 1) * chunk]
+        part = vp[c * chunk : (c + 1) * chunk]
         amax = np.float32(np.abs(part).max())
         scales[c] = amax / np.float32(127)
         if amax > 0:
-            q[c * chunk:(c + 1) * chunk] = np.clip(np.round(part * (np.float32(127) / amax)), -127, 127)
+            q[c * chunk : (c + 1) * chunk] = np.clip(np.round(part * (np.float32(127) / amax)), -127, 127)
     return q, scales
 
 

@@ -8,8 +8,14 @@ import os
 import pytest
 
 from r1_ds.config import BatchSizeError, ConfigError, load_train_config, resolve_batch
-from r1_ds.precision import (ExponentLossScalePolicy, PrecisionError, binary_exponent, exponent_loss_scale,
-                             resolve_precision, translate_apex)
+from r1_ds.precision import (
+    ExponentLossScalePolicy,
+    PrecisionError,
+    binary_exponent,
+    exponent_loss_scale,
+    resolve_precision,
+    translate_apex,
+)
 from r1_ds.train import WarmupCosine, build_ds_config, cli_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +39,9 @@ def test_bad_batch_config_is_rejected_with_the_numbers_and_a_fix():
 
 
 def test_layout_must_divide_the_world_size():
-    with pytest.raises(BatchSizeError, match=r"pipe=4 x tensor=1 = 4 ranks per replica does not divide the world size 6"):
+    with pytest.raises(
+        BatchSizeError, match=r"pipe=4 x tensor=1 = 4 ranks per replica does not divide the world size 6"
+    ):
         resolve_batch(world_size=6, pipe=4, tensor=1, data=0, ds_config={"train_batch_size": 8})
 
 
@@ -42,8 +50,9 @@ def test_missing_batch_value_is_derived_and_ours_win_over_the_deepspeed_json(ds)
     assert (dims.data, plan.global_batch, plan.grad_accum) == (2, 8, 2)
     _, plan = resolve_batch(world_size=4, pipe=2, tensor=1, data=0, ds_config=ds, global_batch=32)
     assert (plan.micro_batch, plan.grad_accum, plan.global_batch) == (2, 8, 32)  # JSON gas yields to our batch
-    _, plan = resolve_batch(world_size=1, pipe=1, tensor=1, data=0, ds_config={"train_batch_size": "auto"},
-                            micro_batch=4, grad_accum=3)
+    _, plan = resolve_batch(
+        world_size=1, pipe=1, tensor=1, data=0, ds_config={"train_batch_size": "auto"}, micro_batch=4, grad_accum=3
+    )
     assert plan.global_batch == 12
     _, plan = resolve_batch(world_size=4, pipe=1, tensor=1, data=0, ds_config={"train_batch_size": 32})
     assert (plan.micro_batch, plan.grad_accum) == (8, 1)  # as DeepSpeed derives it: no accumulation
@@ -118,8 +127,14 @@ APEX = {"opt_level": "O2", "keep_batchnorm_fp32": True, "master_weights": True, 
 
 def test_apex_o2_dynamic_becomes_deepspeed_fp16_with_the_same_meaning():
     patch, notes = translate_apex(APEX)
-    assert patch["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 2000,
-                             "hysteresis": 1, "min_loss_scale": 1}
+    assert patch["fp16"] == {
+        "enabled": True,
+        "loss_scale": 0,
+        "initial_scale_power": 16,
+        "loss_scale_window": 2000,
+        "hysteresis": 1,
+        "min_loss_scale": 1,
+    }
     assert patch["bf16"] == {"enabled": False}
     assert any("keep_batchnorm_fp32" in n for n in notes) and any("fp32 master weights" in n for n in notes)
 
@@ -157,21 +172,21 @@ def test_fp16_is_refused_on_cpu_with_the_alternative():
 
 def test_exponent_loss_scale():
     assert binary_exponent(1.0) == 0 and binary_exponent(0.75) == -1 and binary_exponent(-3.0) == 1
-    assert binary_exponent(2.0 ** -20) == -20
+    assert binary_exponent(2.0**-20) == -20
     # max |g| = 0.75 -> max_exponent -1 -> S = 2^(13 + 1); the largest scaled gradient is in [2^13, 2^14)
     s = exponent_loss_scale(0.75, k=13)
-    assert s == 2.0 ** 14 and 2 ** 13 <= 0.75 * s < 2 ** 14
-    assert exponent_loss_scale(1e-12, k=13) == 2.0 ** 24  # clamped to max_scale
+    assert s == 2.0**14 and 2**13 <= 0.75 * s < 2**14
+    assert exponent_loss_scale(1e-12, k=13) == 2.0**24  # clamped to max_scale
     assert exponent_loss_scale(1e6, k=13, min_scale=1.0) == 1.0  # clamped to min_scale
     for g in (3e-7, 0.01, 1.9, 700.0):
-        s = exponent_loss_scale(g, k=13, min_scale=2.0 ** -30, max_scale=2.0 ** 60)
-        assert 2 ** 13 <= g * s < 2 ** 14 and math.log2(s).is_integer()
+        s = exponent_loss_scale(g, k=13, min_scale=2.0**-30, max_scale=2.0**60)
+        assert 2**13 <= g * s < 2**14 and math.log2(s).is_integer()
 
 
 def test_exponent_policy_reads_scaled_gradients_and_skips_overflow():
     policy = ExponentLossScalePolicy.from_config({"type": "exponent", "k": 12, "interval": 2})
     assert policy.update(0.5 * 1024, current_scale=1024) is None  # not a measuring step (interval 2)
-    assert policy.update(0.5 * 1024, current_scale=1024) == 2.0 ** 13  # unscaled max 0.5 -> 2^(12 + 1)
+    assert policy.update(0.5 * 1024, current_scale=1024) == 2.0**13  # unscaled max 0.5 -> 2^(12 + 1)
     policy.update(1.0, 1.0)
     assert policy.update(float("inf"), current_scale=1024) is None  # overflow: DeepSpeed's scaler decides
     with pytest.raises(PrecisionError, match="k=16"):
@@ -193,22 +208,28 @@ def test_model_flops_count_every_matmul_weight():
 
     config = R1Config.from_preset("tiny")
     model = R1ForCausalLM(config)
-    linear = sum(m.weight.numel() for m in model.model.layers.modules()
-                 if isinstance(m, (torch.nn.Linear, R1LevelGate)))
+    linear = sum(
+        m.weight.numel() for m in model.model.layers.modules() if isinstance(m, (torch.nn.Linear, R1LevelGate))
+    )
     linear -= sum(layer.self_attn.gate.weight[3:].numel() for layer in model.model.layers)  # alignment rows: no math
     assert dense_params(config) == linear + config.hidden_size * config.vocab_size  # + the (tied) LM head
     # query t of T=64 (window 16, paragraphs 8, documents 32, top-2 routing) sees on average:
-    assert attention_keys_per_token(config, 64) == sum(
-        min(t + 1, 16) + 1 + min(t // 8, 4) + 8 * min(t // 8, 2) + 1 + t // 32 for t in range(64)) / 64
+    assert (
+        attention_keys_per_token(config, 64)
+        == sum(min(t + 1, 16) + 1 + min(t // 8, 4) + 8 * min(t // 8, 2) + 1 + t // 32 for t in range(64)) / 64
+    )
     assert peak_flops("bf16", "NVIDIA H200") == 989e12 and peak_flops("bf16", "cpu") is None
 
 
-@pytest.mark.parametrize("overrides, shown", [
-    ({"log.every": "abc"}, "log.every='abc': must be of type int"),
-    ({"schedule.drop_path_max": True}, "schedule.drop_path_max=True: must be of type float"),
-    ({"model.overrides": {"num_layers": 4}}, "model.overrides=['num_layers']: names fields R1Config does not have"),
-    ({"checkpoint.keep": -3}, "checkpoint.keep=-3: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, shown",
+    [
+        ({"log.every": "abc"}, "log.every='abc': must be of type int"),
+        ({"schedule.drop_path_max": True}, "schedule.drop_path_max=True: must be of type float"),
+        ({"model.overrides": {"num_layers": 4}}, "model.overrides=['num_layers']: names fields R1Config does not have"),
+        ({"checkpoint.keep": -3}, "checkpoint.keep=-3: must be >= 0"),
+    ],
+)
 def test_bad_settings_name_the_setting_the_rule_and_the_fix(overrides, shown):
     with pytest.raises(ConfigError) as err:
         load_train_config(None, overrides)

@@ -45,8 +45,11 @@ def _outputs_and_grads(fn, xs, weight, level):
 # fp32: tight; bf16 against the fp32 reference on the same (rounded) inputs: bf16's own rounding. T = 2500 pads
 # to whole paragraphs. Window 384 spans four paragraphs: L1 through flex instead of the banded kernel (the
 # window only changes L1).
-CASES = [(T, dtype, tol, 128, level) for T, dtype, tol in ((2048, torch.float32, 2e-4), (2500, torch.float32, 2e-4),
-                                                           (2048, torch.bfloat16, 5e-2)) for level in (0, 1, 2)]
+CASES = [
+    (T, dtype, tol, 128, level)
+    for T, dtype, tol in ((2048, torch.float32, 2e-4), (2500, torch.float32, 2e-4), (2048, torch.bfloat16, 5e-2))
+    for level in (0, 1, 2)
+]
 CASES.append((2048, torch.float32, 2e-4, 384, 0))
 
 
@@ -64,9 +67,11 @@ def test_flex_path_forward_and_backward_equal_the_reference_on_cuda(T, dtype, to
     q, k, v = (torch.randn(1, T, d, device="cuda").to(dtype).float() for _ in range(3))
     weight = torch.randn(1, T, d, device="cuda")
     ref_out, ref_grads = _outputs_and_grads(
-        lambda q, k, v: ha.hierarchical_attention_eager(q, k, v, q, range(T), **kw), (q, k, v), weight, level)
-    out, grads = _outputs_and_grads(lambda q, k, v: ha.hierarchical_attention_flex(q, k, v, **kw),
-                                    [x.to(dtype) for x in (q, k, v)], weight, level)
+        lambda q, k, v: ha.hierarchical_attention_eager(q, k, v, q, range(T), **kw), (q, k, v), weight, level
+    )
+    out, grads = _outputs_and_grads(
+        lambda q, k, v: ha.hierarchical_attention_flex(q, k, v, **kw), [x.to(dtype) for x in (q, k, v)], weight, level
+    )
     err = _rel(out[level], ref_out[level])
     assert err < tol, f"L{level + 1} output differs by {err:.2e}"
     for name, a, b in zip("qkv", grads, ref_grads):  # every level reads all three
@@ -95,15 +100,28 @@ def test_l2_kernel_on_cuda_equals_dense_attention_and_flex_own_query_tables():
     torch.manual_seed(0)
     T, d, g, H = 4096, 2048, KW["paragraph_size"], KW["level_heads"][1]
     q, k, v = (torch.randn(1, T, d, device="cuda") for _ in range(3))
-    qr, kbuf, vbuf, _, _, _ = ha.flex_operands(q, k, v, level_heads=KW["level_heads"], paragraph_size=g,
-                                               document_size=KW["document_size"], rope_theta=KW["rope_theta"])
-    idx, valid, _ = ha._route_compiled(q, k, n_heads=H, paragraph_size=g, top_k=KW["top_k"], first_block=0,
-                                        n_blocks=T // g)
-    ours = ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g,
-                                   span=KW["document_size"] // g)
-    theirs = BlockMask.from_kv_blocks(ours.kv_num_blocks, ours.kv_indices, ours.full_kv_num_blocks,
-                                      ours.full_kv_indices, BLOCK_SIZE=g, mask_mod=ours.mask_mod,
-                                      seq_lengths=ours.seq_lengths)
+    qr, kbuf, vbuf, _, _, _ = ha.flex_operands(
+        q,
+        k,
+        v,
+        level_heads=KW["level_heads"],
+        paragraph_size=g,
+        document_size=KW["document_size"],
+        rope_theta=KW["rope_theta"],
+    )
+    idx, valid, _ = ha._route_compiled(
+        q, k, n_heads=H, paragraph_size=g, top_k=KW["top_k"], first_block=0, n_blocks=T // g
+    )
+    ours = ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=KW["document_size"] // g)
+    theirs = BlockMask.from_kv_blocks(
+        ours.kv_num_blocks,
+        ours.kv_indices,
+        ours.full_kv_num_blocks,
+        ours.full_kv_indices,
+        BLOCK_SIZE=g,
+        mask_mod=ours.mask_mod,
+        seq_lengths=ours.seq_lengths,
+    )
     xs = [ha.split_heads(x, H).detach() for x in (qr, kbuf, vbuf)]
     weight = torch.randn_like(xs[0])
     scale = (d // H) ** -0.5
@@ -142,8 +160,9 @@ def _small_model(seed=0) -> R1ForCausalLM:
 def _assert_gradients_close(model, grads, ref_grads):
     """All gradients as one vector within MODEL_TOL; the message names the parameter that differs most."""
     err = _rel(torch.cat([g.flatten() for g in grads]), torch.cat([g.flatten() for g in ref_grads]))
-    worst = max((_rel(a, b), name) for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads)
-                if b.norm() > 0)
+    worst = max(
+        (_rel(a, b), name) for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads) if b.norm() > 0
+    )
     assert err < MODEL_TOL, f"gradients differ by {err:.2e}; most in {worst[1]} ({worst[0]:.2e})"
 
 
@@ -218,8 +237,9 @@ def _chunked_reference_check(T, chunks, tol=2e-4, grads=True):
         sum(((o * weight) * (i + 1)).sum() for i, o in enumerate(outs)).backward()
     ref_leaves = [x.clone().requires_grad_(grads) for x in (q, k, v)]
     for lo, hi in chunks:
-        ref = ha.hierarchical_attention_eager(ref_leaves[0][:, lo:hi], ref_leaves[1], ref_leaves[2], ref_leaves[0],
-                                              range(lo, hi), **KW)
+        ref = ha.hierarchical_attention_eager(
+            ref_leaves[0][:, lo:hi], ref_leaves[1], ref_leaves[2], ref_leaves[0], range(lo, hi), **KW
+        )
         for level, (a, b) in enumerate(zip(outs, ref), start=1):
             err = _rel(a[:, lo:hi].detach(), b.detach())
             assert err < tol, f"T={T}: L{level} output at [{lo}, {hi}) differs by {err:.2e}"
@@ -253,19 +273,28 @@ def test_generation_with_prompts_of_several_lengths_on_cuda():
     """Prefill through the fast path (any prompt length), then decoding with the KV cache: the logits equal the
     eager reference's for every prompt length, in one process."""
     torch.manual_seed(0)
-    config = R1Config.from_preset("125m", num_hidden_layers=2, vocab_size=4096, hidden_size=512,
-                                  intermediate_size=1024, level_heads=(8, 16, 32), max_position_embeddings=8192)
+    config = R1Config.from_preset(
+        "125m",
+        num_hidden_layers=2,
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1024,
+        level_heads=(8, 16, 32),
+        max_position_embeddings=8192,
+    )
     model = R1ForCausalLM(config).cuda().eval()
     gen = torch.Generator("cuda").manual_seed(5)
     for n in (300, 5000, 1200):
         ids = torch.randint(0, 4096, (1, n), device="cuda", generator=gen)
         with torch.no_grad():
             model.set_attn_implementation("eager")
-            ref = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
-                                 return_dict_in_generate=True)
+            ref = model.generate(
+                ids, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
             model.set_attn_implementation("flex_attention")
-            out = model.generate(ids, max_new_tokens=4, do_sample=False, output_logits=True,
-                                 return_dict_in_generate=True)
+            out = model.generate(
+                ids, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
         assert _rel(out.logits[0], ref.logits[0]) < 1e-3, f"prompt {n}: prefill logits differ"
         if torch.equal(out.sequences, ref.sequences):  # same tokens fed back: decode logits must agree too
             for a, b in zip(out.logits, ref.logits):

@@ -53,8 +53,9 @@ def test_sampler_is_a_pure_function_of_step_and_layout_independent():
     b = ProgressiveSampler(64, [Stage(0, 4, 8, 1.0)], seed=1)
     assert np.array_equal(a.global_indices(3), b.global_indices(3))
     one_rank = np.concatenate(a.micro_batches(3, data_rank=0, data_size=1, micro_batch=4))
-    four_ranks = np.concatenate([np.concatenate(a.micro_batches(3, data_rank=r, data_size=4, micro_batch=2))
-                                 for r in range(4)])
+    four_ranks = np.concatenate(
+        [np.concatenate(a.micro_batches(3, data_rank=r, data_size=4, micro_batch=2)) for r in range(4)]
+    )
     assert sorted(one_rank) == sorted(four_ranks)  # same samples per step whatever the layout
 
 
@@ -140,7 +141,7 @@ def test_large_shards_are_checked_on_sampled_chunks_and_a_bounded_number_of_shar
 
     def read(offset, n):
         reads.append((offset, n))
-        return bytes(data[offset:offset + n])
+        return bytes(data[offset : offset + n])
 
     ref = sampled_sha256(read, len(data), chunks=4, chunk_bytes=1 << 16)
     assert reads[0][0] == 0 and reads[-1][0] + reads[-1][1] == len(data) and sum(n for _, n in reads) == 1 << 18
@@ -200,11 +201,18 @@ def test_a_mixture_needs_one_tokenizer_and_well_formed_weights(two_folders, tmp_
     empty = tmp_path / "e" / "shards"  # a finished folder with no rows (prep kept nothing to pack)
     empty.mkdir(parents=True)
     tokenizer = f"{a}/../tokenizer/tokenizer.json"
-    json.dump(format_meta([], seq_len=16, vocab_size=512, eos_token_id=1, tokenizer_file=tokenizer),
-              open(empty / "meta.json", "w"))
-    for bad, rule in (([], "names no data"), ([a, str(empty)], "holds no rows"), ([{"path": a, "weight": 0}], "must be a number > 0"),
-                      ([a, {"path": b, "weight": 1}], "every item must be a folder"),
-                      ([{"path": a, "share": 1}], "exactly the keys path and weight"), (5, "must be a packed")):
+    json.dump(
+        format_meta([], seq_len=16, vocab_size=512, eos_token_id=1, tokenizer_file=tokenizer),
+        open(empty / "meta.json", "w"),
+    )
+    for bad, rule in (
+        ([], "names no data"),
+        ([a, str(empty)], "holds no rows"),
+        ([{"path": a, "weight": 0}], "must be a number > 0"),
+        ([a, {"path": b, "weight": 1}], "every item must be a folder"),
+        ([{"path": a, "share": 1}], "exactly the keys path and weight"),
+        (5, "must be a packed"),
+    ):
         with pytest.raises(DataError, match=rule):
             open_dataset(bad, seq_len=None, vocab_size=512)
 
@@ -235,8 +243,15 @@ def test_a_mixture_trains(two_folders, tmp_path):
 
     a, b = two_folders
     out = str(tmp_path / "run")
-    overrides = {**BASE, "output_dir": out, "data.path": [{"path": a, "weight": 3}, {"path": b, "weight": 1}],
-                 "data.seq_len": 16, "schedule.global_batch": 4, "schedule.steps": 2, "checkpoint.every": 0}
+    overrides = {
+        **BASE,
+        "output_dir": out,
+        "data.path": [{"path": a, "weight": 3}, {"path": b, "weight": 1}],
+        "data.seq_len": 16,
+        "schedule.global_batch": 4,
+        "schedule.steps": 2,
+        "checkpoint.every": 0,
+    }
     assert run_distributed(_train_steps, 1, overrides, timeout=240) == [2]
     losses = [m["loss"] for m in read_metrics(f"{out}/metrics.jsonl")]
     assert len(losses) == 2 and all(np.isfinite(losses))

@@ -16,8 +16,11 @@ from r1_ds.precision import ExponentLossScalePolicy
 
 def _engine():
     """A stand-in engine with the attributes the patches replace; a patch that ran would rebind them."""
-    engine = types.SimpleNamespace(buffered_allreduce_fallback=object(), clip_fp32_gradients=object(),
-                                   module=types.SimpleNamespace(loss_fn=object()))
+    engine = types.SimpleNamespace(
+        buffered_allreduce_fallback=object(),
+        clip_fp32_gradients=object(),
+        module=types.SimpleNamespace(loss_fn=object()),
+    )
     engine.optimizer = types.SimpleNamespace(step=object(), loss_scaler=types.SimpleNamespace(cur_scale=1.0))
     return engine
 
@@ -43,8 +46,12 @@ APPLY = {
 
 
 def test_the_table_lists_every_patch():
-    patch_functions = set(patches.__all__) - {"PINNED_DEEPSPEED", "DeepSpeedVersionError", "check_deepspeed_version",
-                                              "needs_fp32_clip_patch"}
+    patch_functions = set(patches.__all__) - {
+        "PINNED_DEEPSPEED",
+        "DeepSpeedVersionError",
+        "check_deepspeed_version",
+        "needs_fp32_clip_patch",
+    }
     assert patch_functions == set(APPLY)
 
 
@@ -57,12 +64,20 @@ def test_every_patch_refuses_an_unknown_deepspeed_version(name, monkeypatch):
     monkeypatch.setattr(deepspeed, "__version__", "0.20.0")
     monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", "untouched")
     engine = _engine()
-    before = (engine.buffered_allreduce_fallback, engine.clip_fp32_gradients, engine.optimizer.step,
-              engine.module.loss_fn)
+    before = (
+        engine.buffered_allreduce_fallback,
+        engine.clip_fp32_gradients,
+        engine.optimizer.step,
+        engine.module.loss_fn,
+    )
     load = torch.load
     with pytest.raises(patches.DeepSpeedVersionError, match=rf"{name} was written for DeepSpeed 0\.19\.8.*0\.20\.0"):
         APPLY[name](engine)
-    assert (engine.buffered_allreduce_fallback, engine.clip_fp32_gradients, engine.optimizer.step,
-            engine.module.loss_fn) == before
+    assert (
+        engine.buffered_allreduce_fallback,
+        engine.clip_fp32_gradients,
+        engine.optimizer.step,
+        engine.module.loss_fn,
+    ) == before
     assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] == "untouched"
     assert torch.load is load

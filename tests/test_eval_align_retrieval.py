@@ -35,18 +35,40 @@ def run(tmp_path_factory):
     (prep / "triples").mkdir()
     with open(prep / "triples" / "triples.jsonl", "w") as f:
         for i in range(8):
-            f.write(json.dumps({"id": str(i), "kind": "text-code", "text": f"Return the argument plus {i}.",
-                                "code": f"def add_{i}(x):\n    return x + {i}\n"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": str(i),
+                        "kind": "text-code",
+                        "text": f"Return the argument plus {i}.",
+                        "code": f"def add_{i}(x):\n    return x + {i}\n",
+                    }
+                )
+                + "\n"
+            )
     out = root / "out"
     shutil.copytree(tiny_export(), out / "align" / "lm")
     torch.manual_seed(1)
     heads = AlignHeads(AlignHeadsConfig(hidden_size=64, image_dim=32, proj_dim=16, image_hidden=24))
     heads.set_image_stats(torch.randn(10, 32) * 2 + 1)  # buffers saved with the heads: must be applied
     heads.save_pretrained(out / "align" / "heads")
-    (out / "train_config.json").write_text(json.dumps(
-        {"seed": SEED, "align": {"objective": "align", "triples": str(prep), "tokenizer": None, "image_tower": tower,
-                                 "image_tower_checkpoint": None, "image_size": None, "text_len": TEXT_LEN,
-                                 "code_len": CODE_LEN}}))
+    (out / "train_config.json").write_text(
+        json.dumps(
+            {
+                "seed": SEED,
+                "align": {
+                    "objective": "align",
+                    "triples": str(prep),
+                    "tokenizer": None,
+                    "image_tower": tower,
+                    "image_tower_checkpoint": None,
+                    "image_size": None,
+                    "text_len": TEXT_LEN,
+                    "code_len": CODE_LEN,
+                },
+            }
+        )
+    )
     return out
 
 
@@ -73,9 +95,14 @@ def reference_embeddings(run, tower: str = "r1-eval-tiny-clip"):
 
     def strings(proj, limit):
         def embed(items):
-            pooled = [lm.model(torch.tensor([tok(s, add_special_tokens=False).input_ids[:limit]])).last_hidden_state
-                      .mean(1)[0] for s in items]
+            pooled = [
+                lm.model(torch.tensor([tok(s, add_special_tokens=False).input_ids[:limit]])).last_hidden_state.mean(1)[
+                    0
+                ]
+                for s in items
+            ]
             return F.normalize(proj(torch.stack(pooled)), dim=-1)
+
         return embed
 
     return images, strings(heads.text_proj, TEXT_LEN), strings(heads.code_proj, CODE_LEN)
@@ -84,10 +111,16 @@ def reference_embeddings(run, tower: str = "r1-eval-tiny-clip"):
 def test_eval_retrieval_through_an_alignment_run(run, tmp_path, capsys):
     out = str(tmp_path / "r.json")
     triples = str(run.parent / "prep" / "triples" / "triples.jsonl")
-    assert cli_main(["eval", "retrieval", "--align", str(run), "--karpathy", "synthetic", "--triples", triples,
-                     "--out", out]) == 0
+    assert (
+        cli_main(
+            ["eval", "retrieval", "--align", str(run), "--karpathy", "synthetic", "--triples", triples, "--out", out]
+        )
+        == 0
+    )
     res = json.load(open(out))
-    assert res["synthetic"] and "alignment run" in res["image_text"]["encoder"] and "SYNTHETIC" in capsys.readouterr().out
+    assert (
+        res["synthetic"] and "alignment run" in res["image_text"]["encoder"] and "SYNTHETIC" in capsys.readouterr().out
+    )
     images, texts, codes = reference_embeddings(run)
     paths, caps, owner = load_karpathy(KARPATHY)
     assert res["image_text"]["images"] == 24 and res["image_text"]["captions"] == 120
@@ -122,6 +155,10 @@ def test_bad_alignment_folders_are_user_errors(run, tmp_path, caplog):
     assert "holds no align/lm and align/heads" in caplog.text and "Fix:" in caplog.text
     assert cli_main(["eval", "retrieval", "--align", str(run), "--karpathy", "synthetic", "--clip", "ViT-B-32"]) == 2
     assert "--align alone" in caplog.text
-    assert cli_main(["eval", "retrieval", "--align", str(run), "--karpathy", "synthetic",
-                     "--tokenizer", str(tmp_path / "none")]) == 2
+    assert (
+        cli_main(
+            ["eval", "retrieval", "--align", str(run), "--karpathy", "synthetic", "--tokenizer", str(tmp_path / "none")]
+        )
+        == 2
+    )
     assert "--tokenizer" in caplog.text

@@ -1,8 +1,13 @@
 """Batched sampling for HumanEval: prompts of any length share a batch, padded on the left; batched greedy
 completions equal one prompt at a time; n samples per prompt; Codex's truncation."""
 
-from r1_ds.evaluation.generation import (equal_length_batches, generate_completions, length_sorted_batches, pad_left,
-                                         truncate_at_stops)
+from r1_ds.evaluation.generation import (
+    equal_length_batches,
+    generate_completions,
+    length_sorted_batches,
+    pad_left,
+    truncate_at_stops,
+)
 
 
 def test_batches_cover_every_request_once_longest_prompts_first():
@@ -29,8 +34,14 @@ def test_batched_greedy_equals_one_prompt_at_a_time_and_sampling_gives_n():
     from tests.test_eval_cli import tiny_export
 
     model, tok = load_causal_lm(tiny_export())
-    prompts = ["def add(a, b):\n", "def mul(a, b):\n", "def f(x):\n", "def g(y):\n", "import math\n",
-               "def longest_common_prefix(words: list[str]) -> str:\n    \"\"\"The prefix all words share.\"\"\"\n"]
+    prompts = [
+        "def add(a, b):\n",
+        "def mul(a, b):\n",
+        "def f(x):\n",
+        "def g(y):\n",
+        "import math\n",
+        'def longest_common_prefix(words: list[str]) -> str:\n    """The prefix all words share."""\n',
+    ]
     lengths = [len(tok(p, add_special_tokens=False).input_ids) for p in prompts]
     assert len(set(lengths)) > 2 and max(lengths) > 2 * min(lengths)  # one batch pads some rows a lot
     batched = generate_completions(model, tok, prompts, n=2, max_new_tokens=8, batch_size=16)
@@ -60,8 +71,9 @@ def test_stopping_at_the_stop_sequences_changes_no_completion_and_ends_batches_e
 
     prompts = ["def add(a, b):\n", "def mul(a, b):\n", "import math\n", "def f(x):\n    return"]
     stops = ("e", "t", "(")  # frequent in a random model's text, so rows stop at different steps
-    full = generate_completions(Recording(), tok, prompts, max_new_tokens=40, batch_size=2, stops=stops,
-                                stop_early=False)
+    full = generate_completions(
+        Recording(), tok, prompts, max_new_tokens=40, batch_size=2, stops=stops, stop_early=False
+    )
     assert widths == [40, 40]
     early = generate_completions(Recording(), tok, prompts, max_new_tokens=40, batch_size=2, stops=stops)
     assert early == full

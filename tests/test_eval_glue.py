@@ -43,9 +43,12 @@ def test_correlations_match_scipy_with_ties(seed):
 
 
 def test_glue_average_is_the_mean_of_task_scores():
-    metrics = {"cola": {"mcc": 40.0}, "mrpc": {"f1": 80.0, "accuracy": 70.0}, "mnli": {"accuracy_m": 60.0,
-                                                                                          "accuracy_mm": 62.0},
-               "wnli": {"accuracy": 50.0}}
+    metrics = {
+        "cola": {"mcc": 40.0},
+        "mrpc": {"f1": 80.0, "accuracy": 70.0},
+        "mnli": {"accuracy_m": 60.0, "accuracy_mm": 62.0},
+        "wnli": {"accuracy": 50.0},
+    }
     scores = {t: gm.task_score(m) for t, m in metrics.items()}
     assert scores == {"cola": 40.0, "mrpc": 75.0, "mnli": 61.0, "wnli": 50.0}
     avg = gm.glue_average(scores)
@@ -78,7 +81,8 @@ def test_datasets_folders_read_like_the_tsv_layout(tmp_path):
             return Dataset.from_dict({**cols, "label": [y if spec.num_labels == 1 else int(y) for _, y in examples]})
 
         DatasetDict({"train": table(train), **{s: table(devs[d]) for s, d in zip(dev_splits, spec.dev)}}).save_to_disk(
-            str(tmp_path / name))
+            str(tmp_path / name)
+        )
         assert load_task(str(tmp_path), name) == (train, devs)
         # the Hub's parquet layout of the same splits
         parquet = tmp_path / "parquet" / name
@@ -106,12 +110,32 @@ def test_eval_glue_fine_tunes_and_learns_synthetic_sst2(tmp_path, capsys):
     from tests.test_eval_cli import tiny_export
 
     out = str(tmp_path / "glue.json")
-    assert cli_main(["eval", "glue", "--model", tiny_export(), "--glue-dir", "synthetic", "--tasks", "sst2,stsb,mnli",
-                     "--epochs", "5", "--lr", "1e-3", "--out", out]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "glue",
+                "--model",
+                tiny_export(),
+                "--glue-dir",
+                "synthetic",
+                "--tasks",
+                "sst2,stsb,mnli",
+                "--epochs",
+                "5",
+                "--lr",
+                "1e-3",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     res = json.load(open(out))
     assert res["synthetic"] and "SYNTHETIC" in capsys.readouterr().out
     assert set(res["tasks"]) == {"sst2", "stsb", "mnli"}
     assert {"pearson", "spearman"} <= set(res["tasks"]["stsb"]) and {"accuracy_m", "accuracy_mm"} <= set(
-        res["tasks"]["mnli"])
+        res["tasks"]["mnli"]
+    )
     assert res["tasks"]["sst2"]["accuracy"] > 75  # chance is 50: the head and the decoder learn
     assert res["glue_average"] == pytest.approx(np.mean([r["score"] for r in res["tasks"].values()]))

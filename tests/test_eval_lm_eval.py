@@ -2,15 +2,15 @@
 loglikelihood (multiple choice) and generation. Offline: the tasks read local JSONL files."""
 
 import os
-import shutil
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.slow
 lm_eval = pytest.importorskip("lm_eval")
-TASKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "r1_ds", "evaluation",
-                     "lm_eval_tasks")
+TASKS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "r1_ds", "evaluation", "lm_eval_tasks"
+)
 
 
 def _left_padding_supported() -> bool:
@@ -48,8 +48,12 @@ def test_loglikelihood_task_runs_batched(tmp_path):
     assert 0.0 <= res["acc,none"] <= 1.0 and res["sample_len"] == 12
 
 
-@pytest.mark.xfail(not _left_padding_supported(), raises=ValueError, strict=True,
-                   reason="lm-eval pads generation batches on the left, which R1 rejects until it supports it")
+@pytest.mark.xfail(
+    not _left_padding_supported(),
+    raises=ValueError,
+    strict=True,
+    reason="lm-eval pads generation batches on the left, which R1 rejects until it supports it",
+)
 def test_generation_task_runs_batched(tmp_path):
     res = _evaluate(tmp_path, "r1_synthetic_copy")
     assert 0.0 <= res["exact_match,none"] <= 1.0

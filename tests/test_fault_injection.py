@@ -41,8 +41,9 @@ def reference(tmp_path_factory):
 
 
 def _weights(out, tag: str) -> dict:
-    return torch.load(os.path.join(str(out), "checkpoints", tag, "mp_rank_00_model_states.pt"),
-                      weights_only=True)["module"]
+    return torch.load(os.path.join(str(out), "checkpoints", tag, "mp_rank_00_model_states.pt"), weights_only=True)[
+        "module"
+    ]
 
 
 def _resume_and_compare(out, reference) -> None:
@@ -69,9 +70,11 @@ def test_kill_mid_step_then_resume_equals_the_uninterrupted_run(tmp_path, monkey
     def step(engine, batches, gas):
         calls.append(1)
         if len(calls) == kill_step:
+
             def first_then_die():
                 yield next(iter(batches))
                 raise Killed(f"step {kill_step}")
+
             return real(engine, first_then_die(), gas)
         return real(engine, batches, gas)
 
@@ -88,19 +91,23 @@ def test_sigkill_of_a_real_run_then_resume_equals_the_uninterrupted_run(tmp_path
     """The same as above with a real process and a real SIGKILL (at the start of step 5): what the in-process
     kills simulate is what a killed `python -m r1_ds.train` leaves."""
     args = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")] + ["--output-dir", str(tmp_path)]
-    die_at_step_5 = ("import os, signal, sys, r1_ds.train as t; real = t.train_step_data_parallel; calls = []\n"
-                     "def step(*a):\n    calls.append(1)\n    if len(calls) == 5: os.kill(os.getpid(), signal.SIGKILL)\n"
-                     "    return real(*a)\n"
-                     "t.train_step_data_parallel = step; sys.exit(t.main(sys.argv[1:]))")
+    die_at_step_5 = (
+        "import os, signal, sys, r1_ds.train as t; real = t.train_step_data_parallel; calls = []\n"
+        "def step(*a):\n    calls.append(1)\n    if len(calls) == 5: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(*a)\n"
+        "t.train_step_data_parallel = step; sys.exit(t.main(sys.argv[1:]))"
+    )
     env = {**os.environ, "PYTHONPATH": ROOT, "DS_ACCELERATOR": "cpu"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # a world of its own
         env.pop(key, None)
-    killed = subprocess.run([sys.executable, "-c", die_at_step_5, *args], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", die_at_step_5, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert ckpt.read_latest(str(tmp_path / "checkpoints")) == "global_step4"
-    resumed = subprocess.run([sys.executable, "-m", "r1_ds.train", *args], env=env, cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "r1_ds.train", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert losses(tmp_path) == reference["losses"]
     for name, value in reference["weights"].items():
@@ -168,10 +175,12 @@ def _kill_while_writing_latest(monkeypatch):
     monkeypatch.setattr(ckpt, "atomic_write_text", atomic_write_text)
 
 
-SAVE_FAULTS = {"mid_deepspeed_write": (_kill_inside_deepspeed_write, "global_step2"),
-               "after_deepspeed_write": (_kill_after_deepspeed_wrote, "global_step2"),
-               "before_latest": (_kill_before_latest, "global_step2"),
-               "while_writing_latest": (_kill_while_writing_latest, "global_step2")}
+SAVE_FAULTS = {
+    "mid_deepspeed_write": (_kill_inside_deepspeed_write, "global_step2"),
+    "after_deepspeed_write": (_kill_after_deepspeed_wrote, "global_step2"),
+    "before_latest": (_kill_before_latest, "global_step2"),
+    "while_writing_latest": (_kill_while_writing_latest, "global_step2"),
+}
 
 
 @pytest.mark.parametrize("fault", sorted(SAVE_FAULTS))
@@ -249,7 +258,7 @@ def zero1_run(tmp_path_factory):
     return base
 
 
-CORRUPTIONS = {"truncated": lambda b: b[:len(b) // 3], "garbage": lambda b: os.urandom(len(b)), "empty": lambda b: b""}
+CORRUPTIONS = {"truncated": lambda b: b[: len(b) // 3], "garbage": lambda b: os.urandom(len(b)), "empty": lambda b: b""}
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
@@ -275,7 +284,11 @@ def test_a_corrupt_checkpoint_file_is_named_with_the_previous_complete_tag(tmp_p
     if corruption != "truncated":
         return
     # the fix the message gives works: resume from the previous tag
-    train_once(tmp_path / "resumed", deepspeed_config=str(zero1_run / "ds.json"), schedule__steps=4,
-               checkpoint__resume=previous)
+    train_once(
+        tmp_path / "resumed",
+        deepspeed_config=str(zero1_run / "ds.json"),
+        schedule__steps=4,
+        checkpoint__resume=previous,
+    )
     assert sorted(losses(tmp_path / "resumed")) == [3, 4]
     assert losses(tmp_path / "resumed") == {s: v for s, v in losses(zero1_run / "run").items() if s > 2}

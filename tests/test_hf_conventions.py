@@ -23,8 +23,17 @@ PAD = 0
 
 def tiny(**overrides) -> R1Config:
     # A larger init than the depth-scaled default so that every level contributes visibly.
-    return R1Config.from_preset("tiny", **{"init_scheme": "normal", "initializer_range": 0.2, "pad_token_id": PAD,
-                                           "bos_token_id": PAD, "eos_token_id": PAD, **overrides})
+    return R1Config.from_preset(
+        "tiny",
+        **{
+            "init_scheme": "normal",
+            "initializer_range": 0.2,
+            "pad_token_id": PAD,
+            "bos_token_id": PAD,
+            "eos_token_id": PAD,
+            **overrides,
+        },
+    )
 
 
 def model(seed=0, **overrides) -> R1ForCausalLM:
@@ -76,9 +85,9 @@ def test_batched_greedy_generation_equals_each_prompt_alone(side, use_cache):
     m = model(seed=3)
     rows = prompts(seed=4)
     ids, mask = padded(rows, side)
-    out = greedy(m, ids, attention_mask=mask, use_cache=use_cache)[:, ids.shape[1]:]
+    out = greedy(m, ids, attention_mask=mask, use_cache=use_cache)[:, ids.shape[1] :]
     for i, r in enumerate(rows):
-        assert torch.equal(out[i], greedy(m, r[None])[0, len(r):]), f"row {i} ({side} padding)"
+        assert torch.equal(out[i], greedy(m, r[None])[0, len(r) :]), f"row {i} ({side} padding)"
 
 
 def test_left_padding_with_position_ids_as_transformers_tests_pass_them():
@@ -104,7 +113,7 @@ def test_manual_decoding_with_cache_equals_full_forward():
         out = m(ids[:, :head], attention_mask=mask[:, :head], use_cache=True)
         cache, steps = out.past_key_values if hasattr(out, "past_key_values") else out.cache, []
         for t in range(head, ids.shape[1]):
-            out = m(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache, use_cache=True)
+            out = m(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
@@ -123,11 +132,14 @@ def test_packed_documents_from_position_ids_equal_separate_rows():
         assert m(ids, position_ids=pos, labels=labels).loss.isfinite()
 
 
-@pytest.mark.parametrize("position_ids, rule", [
-    (lambda T: torch.arange(T)[None] + 3, "position_ids disagree with the token order"),
-    (lambda T: torch.arange(T)[None].flip(-1), "position_ids disagree with the token order"),
-    (lambda T: torch.arange(T + 1)[None], r"position_ids has shape \(1, 21\)"),
-])
+@pytest.mark.parametrize(
+    "position_ids, rule",
+    [
+        (lambda T: torch.arange(T)[None] + 3, "position_ids disagree with the token order"),
+        (lambda T: torch.arange(T)[None].flip(-1), "position_ids disagree with the token order"),
+        (lambda T: torch.arange(T + 1)[None], r"position_ids has shape \(1, 21\)"),
+    ],
+)
 def test_position_ids_r1_cannot_honour_raise(position_ids, rule):
     m = model()
     ids = torch.randint(1, 512, (1, 20))
@@ -171,7 +183,11 @@ def test_cuda_flex_path_with_left_padding_equals_each_prompt_alone():
     # the fused flex kernels on its own; logits match the eager reference, greedy tokens the prompt alone.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    m = R1ForCausalLM(R1Config.from_preset("125m", num_hidden_layers=2, vocab_size=4096, pad_token_id=PAD)).cuda().eval()
+    m = (
+        R1ForCausalLM(R1Config.from_preset("125m", num_hidden_layers=2, vocab_size=4096, pad_token_id=PAD))
+        .cuda()
+        .eval()
+    )
     rows = [r.cuda() for r in prompts(lens=(1300, 300, 40), vocab=4096)]
     ids, mask = padded(rows, "left")
     valid = mask.bool()
@@ -181,9 +197,9 @@ def test_cuda_flex_path_with_left_padding_equals_each_prompt_alone():
         m.set_attn_implementation("flex_attention")
         flex = m(ids, attention_mask=mask, use_cache=False).logits[valid]
         assert (flex - eager).abs().max() <= 2e-3 * eager.abs().max()
-        out = greedy(m, ids, attention_mask=mask)[:, ids.shape[1]:]
+        out = greedy(m, ids, attention_mask=mask)[:, ids.shape[1] :]
         for i, r in enumerate(rows):
-            assert torch.equal(out[i], greedy(m, r[None])[0, len(r):]), f"row {i}"
+            assert torch.equal(out[i], greedy(m, r[None])[0, len(r) :]), f"row {i}"
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -240,8 +256,12 @@ def test_sequence_classification_pools_the_last_token_on_either_side():
 # ----------------------------------------------------------------------------- an exported folder
 
 
-TEXTS = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n",
-         "The quick brown fox jumps over the lazy dog.\n", "for i in range(10):\n    print(i * i)\n"] * 20
+TEXTS = [
+    "def add(a, b):\n    return a + b\n",
+    "import os\nprint(os.getcwd())\n",
+    "The quick brown fox jumps over the lazy dog.\n",
+    "for i in range(10):\n    print(i * i)\n",
+] * 20
 
 
 @pytest.fixture(scope="module")
@@ -257,14 +277,21 @@ def release(tmp_path_factory):
     train_tokenizer(TEXTS, root / "tok", vocab_size=300, min_frequency=1)
     tok = AutoTokenizer.from_pretrained(root / "tok", padding_side="left")
     torch.manual_seed(0)
-    m = R1ForCausalLM(R1Config.from_preset("tiny", vocab_size=320, init_scheme="normal", initializer_range=0.2,
-                                           label_smoothing=0.1)).eval()
+    m = R1ForCausalLM(
+        R1Config.from_preset("tiny", vocab_size=320, init_scheme="normal", initializer_range=0.2, label_smoothing=0.1)
+    ).eval()
     prepare_release(m, tok)
     out = root / "hf"
     m.save_pretrained(out)
     tok.save_pretrained(out)
-    write_model_card(str(out), m.config, step=7, layout={"pipe": 2, "tensor": 1, "data": 1}, has_tokenizer=True,
-                     train_config={"data": {"path": "synthetic"}, "schedule": {"steps": 7, "label_smoothing": 0.1}})
+    write_model_card(
+        str(out),
+        m.config,
+        step=7,
+        layout={"pipe": 2, "tensor": 1, "data": 1},
+        has_tokenizer=True,
+        train_config={"data": {"path": "synthetic"}, "schedule": {"steps": 7, "label_smoothing": 0.1}},
+    )
     return out
 
 
@@ -278,8 +305,12 @@ def test_release_folder_carries_ids_auto_map_and_model_card(release):
         assert (cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"]) == (eos, eos, eos), name
     cfg = json.loads((release / "config.json").read_text())
     assert cfg["label_smoothing"] == 0.0
-    assert set(cfg["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM",
-                                    "AutoModelForSequenceClassification"}
+    assert set(cfg["auto_map"]) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForCausalLM",
+        "AutoModelForSequenceClassification",
+    }
     card = (release / "README.md").read_text()
     for part in ("## Architecture", "## Training", "## How to load", "Steps: 7 of 7", "synthetic"):
         assert part in card, part
@@ -320,13 +351,18 @@ def test_lm_eval_hflm_batches_give_what_one_at_a_time_gives(release):
 
     m = AutoModelForCausalLM.from_pretrained(release).eval()
     tok = AutoTokenizer.from_pretrained(release)
-    ll = [Instance("loglikelihood", {}, pair, i) for i, pair in
-          enumerate([("def add(a", ", b):"), ("import", " os"), ("x", " = 1")])]
-    gen = [Instance("generate_until", {}, (c, {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}), i)
-           for i, c in enumerate(["def add(a", "import os\nprint(", "x"])]
+    ll = [
+        Instance("loglikelihood", {}, pair, i)
+        for i, pair in enumerate([("def add(a", ", b):"), ("import", " os"), ("x", " = 1")])
+    ]
+    gen = [
+        Instance("generate_until", {}, (c, {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}), i)
+        for i, c in enumerate(["def add(a", "import os\nprint(", "x"])
+    ]
     batched, alone = (lm_eval.HFLM(pretrained=m, tokenizer=tok, batch_size=n, device="cpu") for n in (3, 1))
-    torch.testing.assert_close([x for x, _ in batched.loglikelihood(ll)], [x for x, _ in alone.loglikelihood(ll)],
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        [x for x, _ in batched.loglikelihood(ll)], [x for x, _ in alone.loglikelihood(ll)], atol=1e-4, rtol=1e-4
+    )
     assert batched.generate_until(gen) == alone.generate_until(gen)
 
 
@@ -353,8 +389,17 @@ def test_hf_trainer_runs_a_few_steps_and_learns(tmp_path):
     m.train()
     x = torch.randint(1, 512, (8, 24))
     data = [{"input_ids": r, "labels": r} for r in x]
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
-                             use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=m, args=args, train_dataset=data)
     before = m.model.layers[0].self_attn.gate.weight.detach().clone()
     trainer.train()
@@ -368,8 +413,9 @@ def test_torch_compile_of_the_forward_equals_eager():
     x = torch.randint(1, 512, (2, 24))
     compiled = torch.compile(m, backend="aot_eager")
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x, use_cache=False).logits, m(x, use_cache=False).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            compiled(x, use_cache=False).logits, m(x, use_cache=False).logits, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_deepspeed_auto_json_is_filled_by_hf_trainer_and_read_by_accelerate(tmp_path):
@@ -377,13 +423,25 @@ def test_deepspeed_auto_json_is_filled_by_hf_trainer_and_read_by_accelerate(tmp_
     from transformers import TrainingArguments
 
     path = str(ROOT / "ds_configs" / "hf_trainer_auto.json")
-    args = TrainingArguments(output_dir=str(tmp_path), deepspeed=path, use_cpu=True, per_device_train_batch_size=4,
-                             gradient_accumulation_steps=2, learning_rate=3e-4, max_grad_norm=0.5, report_to=[])
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        deepspeed=path,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        learning_rate=3e-4,
+        max_grad_norm=0.5,
+        report_to=[],
+    )
     filled = args.hf_deepspeed_config
     filled.trainer_config_finalize(args, model(), 100)
     assert "auto" not in json.dumps(filled.config)
     c = filled.config
-    assert (c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"], c["gradient_clipping"]) == (4, 2, 0.5)
+    assert (c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"], c["gradient_clipping"]) == (
+        4,
+        2,
+        0.5,
+    )
     assert c["optimizer"]["params"]["lr"] == 3e-4 and c["scheduler"]["params"]["total_num_steps"] == 100
     plugin = DeepSpeedPlugin(hf_ds_config=path)  # accelerate fills "auto" from its own arguments at prepare()
     assert plugin.deepspeed_config["zero_optimization"]["stage"] == 1
@@ -408,13 +466,28 @@ def _monitor_body(out_dir):
 
     from r1_ds.metrics import MetricsWriter
 
-    monitor = MonitorMaster(get_monitor_config({
-        "tensorboard": {"enabled": True, "output_path": out_dir, "job_name": "tb"},
-        "csv_monitor": {"enabled": True, "output_path": out_dir, "job_name": "csv"}}))
+    monitor = MonitorMaster(
+        get_monitor_config(
+            {
+                "tensorboard": {"enabled": True, "output_path": out_dir, "job_name": "tb"},
+                "csv_monitor": {"enabled": True, "output_path": out_dir, "job_name": "csv"},
+            }
+        )
+    )
     writer = MetricsWriter(out_dir, total_steps=2, start_step=0, tensorboard=False, progress=False, monitor=monitor)
     for step in (1, 2):
-        writer.write({"step": step, "loss": 3.0 / step, "tokens_per_s": 1000.0 * step, "mfu": 0.25, "grad_norm": 1.5,
-                      "compression/ratio": 0.05, "loss_scale": None}, monitor_step=16 * step)
+        writer.write(
+            {
+                "step": step,
+                "loss": 3.0 / step,
+                "tokens_per_s": 1000.0 * step,
+                "mfu": 0.25,
+                "grad_norm": 1.5,
+                "compression/ratio": 0.05,
+                "loss_scale": None,
+            },
+            monitor_step=16 * step,
+        )
     tb = monitor.tb_monitor.summary_writer
     writer.close()
     return {"tb_closed": tb.all_writers is None or tb.file_writer is None}
@@ -438,8 +511,10 @@ def test_help_imports_neither_torch_nor_deepspeed():
     import subprocess
     import sys
 
-    code = ("import sys; from r1_ds.cli import main; main(['--help']); "
-            "print(sorted(m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys; from r1_ds.cli import main; main(['--help']); "
+        "print(sorted(m for m in ('torch', 'deepspeed', 'transformers') if m in sys.modules))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
@@ -457,11 +532,17 @@ def test_every_command_and_flag_has_help(capsys):
         add_arguments, _ = _load(command)
         parser = argparse.ArgumentParser()
         add_arguments(parser)
-        missing = [a.option_strings or a.dest for a in parser._actions
-                   if not a.help and not isinstance(a, argparse._HelpAction)]
+        missing = [
+            a.option_strings or a.dest
+            for a in parser._actions
+            if not a.help and not isinstance(a, argparse._HelpAction)
+        ]
         assert not missing, f"r1-ds {name}: flags without help: {missing}"
-    shown = [line.split()[0] for line in listed.split("positional arguments:")[1].splitlines()[2:]
-             if line.startswith("    ") and not line.startswith("      ")]
+    shown = [
+        line.split()[0]
+        for line in listed.split("positional arguments:")[1].splitlines()[2:]
+        if line.startswith("    ") and not line.startswith("      ")
+    ]
     assert shown == list(COMMANDS)  # no command named in help that does not exist
 
 
@@ -469,18 +550,26 @@ def test_every_imported_package_is_declared_in_pyproject():
     import ast
     import importlib.metadata
     import sys
+
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {r.split(";")[0].split("[")[0].split("=")[0].split("<")[0].split(">")[0].strip().lower()
-                .replace("_", "-") for r in project["dependencies"] + sum(project["optional-dependencies"].values(), [])}
+    declared = {
+        r.split(";")[0].split("[")[0].split("=")[0].split("<")[0].split(">")[0].strip().lower().replace("_", "-")
+        for r in project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    }
     dists = importlib.metadata.packages_distributions()
     ours = {"r1_ds", "data_prep", "tests", "benchmarks"}
     undeclared = set()
     for path in [*(ROOT / "r1_ds").rglob("*.py"), *(ROOT / "data_prep").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
                 if top in ours or top in sys.stdlib_module_names:

@@ -84,7 +84,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 hit = dfs(nxt)
                 if hit:
@@ -109,8 +109,11 @@ def test_find_cycle_finds_one():
 def test_r1_ds_import_graph_has_no_cycle():
     edges, raw = graph()
     assert len(edges) > 30  # the walk found the package
-    stale = [(a, b) for a, b in sorted(KNOWN_CIRCLE_EDGES)
-             if not any(t == b and in_function for t, _, in_function in raw.get(a, []))]
+    stale = [
+        (a, b)
+        for a, b in sorted(KNOWN_CIRCLE_EDGES)
+        if not any(t == b and in_function for t, _, in_function in raw.get(a, []))
+    ]
     assert not stale, f"KNOWN_CIRCLE_EDGES lists imports that are gone (delete them there): {stale}"
     for a, b in KNOWN_CIRCLE_EDGES:
         assert not b.startswith("r1_ds.parallel") and not a.startswith("r1_ds.parallel")
@@ -123,9 +126,13 @@ def test_parallel_defers_only_optional_third_party_imports():
     """Inside function bodies r1_ds.parallel imports only the optional heavy dependencies of DEFERRED_OK, never
     an r1_ds module (that would hide a circle) and nothing that could as well be imported at the top."""
     _, raw = graph()
-    bad = [f"{name} line {line}: {target}"
-           for name, found in raw.items() if name.startswith(f"{PACKAGE}.parallel")
-           for target, line, in_function in found
-           if in_function and target.split(".")[0] not in DEFERRED_OK]
-    assert not bad, (f"r1_ds.parallel imports inside function bodies (allowed there: {sorted(DEFERRED_OK)}):\n  "
-                     + "\n  ".join(bad))
+    bad = [
+        f"{name} line {line}: {target}"
+        for name, found in raw.items()
+        if name.startswith(f"{PACKAGE}.parallel")
+        for target, line, in_function in found
+        if in_function and target.split(".")[0] not in DEFERRED_OK
+    ]
+    assert not bad, (
+        f"r1_ds.parallel imports inside function bodies (allowed there: {sorted(DEFERRED_OK)}):\n  " + "\n  ".join(bad)
+    )

@@ -21,8 +21,9 @@ def _env():
 
 
 def _launch(cmd, out, timeout=240):
-    proc = subprocess.run(cmd + ["--output-dir", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        cmd + ["--output-dir", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
     assert steps == [1, 2]
@@ -39,9 +40,22 @@ def test_accelerate_launch_data_parallel_zero1(tmp_path):
     zero1 = json.load(open(os.path.join(ROOT, "ds_configs", "tiny_cpu.json")))
     zero1["zero_optimization"] = {"stage": 1}
     (tmp_path / "zero1.json").write_text(json.dumps(zero1))
-    cmd = [os.path.join(BIN, "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
-           str(tmp_path / "zero1.json"), "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", *TRAIN]
+    cmd = [
+        os.path.join(BIN, "accelerate"),
+        "launch",
+        "--use_deepspeed",
+        "--deepspeed_config_file",
+        str(tmp_path / "zero1.json"),
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *TRAIN,
+    ]
     _, ds = _launch(cmd, tmp_path / "run")
     assert ds["zero_optimization"]["stage"] == 1  # the file accelerate was given, not the default
 
@@ -77,8 +91,14 @@ exit_process(3)
 def test_exit_process_keeps_the_code_and_output_and_skips_teardown_after_distributed(mode, tmp_path):
     """A rank that ran a process group ends without the interpreter's teardown (where a gloo thread destroyed
     while joinable can abort a finished rank), yet keeps its exit code and everything it printed."""
-    proc = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, mode, str(tmp_path / "store")], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, mode, str(tmp_path / "store")],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert proc.stdout == "written before the exit"
     assert ("interpreter teardown ran" in proc.stderr) == (mode == "plain"), proc.stderr[-3000:]

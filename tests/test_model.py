@@ -32,15 +32,24 @@ def model(seed=0, **overrides) -> R1ForCausalLM:
 
 
 def kernel_kwargs(cfg):
-    return dict(level_heads=tuple(cfg.level_heads), window=cfg.local_window, paragraph_size=cfg.paragraph_size,
-                document_size=cfg.document_size, top_k=cfg.route_top_k, rope_theta=cfg.rope_theta)
+    return dict(
+        level_heads=tuple(cfg.level_heads),
+        window=cfg.local_window,
+        paragraph_size=cfg.paragraph_size,
+        document_size=cfg.document_size,
+        top_k=cfg.route_top_k,
+        rope_theta=cfg.rope_theta,
+    )
 
 
 def test_model_code_knows_nothing_of_deepspeed():
     for path in (ROOT / "r1_ds" / "model").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             for name in names:
                 assert not name.startswith("deepspeed"), f"{path.name} imports {name}"
                 assert not name.startswith("torch.distributed"), f"{path.name} imports {name}"
@@ -102,14 +111,19 @@ def test_every_level_and_routing_is_causal():
     base = hierarchical_attention_eager(q, k, v, q, pos, **kernel_kwargs(cfg))
     q2, k2, v2 = q.clone(), k.clone(), v.clone()
     for x in (q2, k2, v2):
-        x[:, t + 1:] = torch.randn_like(x[:, t + 1:]) * 5
+        x[:, t + 1 :] = torch.randn_like(x[:, t + 1 :]) * 5
     changed = hierarchical_attention_eager(q2, k2, v2, q2, pos, **kernel_kwargs(cfg))
     for level, (a, b) in enumerate(zip(base, changed), start=1):
         assert torch.equal(a[:, : t + 1], b[:, : t + 1]), f"level {level} output at <= {t} saw the future"
-        assert not torch.equal(a[:, t + 1:], b[:, t + 1:]), f"level {level} ignores its inputs"
+        assert not torch.equal(a[:, t + 1 :], b[:, t + 1 :]), f"level {level} ignores its inputs"
     # The routing decision for every paragraph that contains a position <= t is unchanged too.
-    kw = dict(n_heads=cfg.level_heads[1], paragraph_size=cfg.paragraph_size, top_k=cfg.route_top_k,
-              first_block=0, n_blocks=t // cfg.paragraph_size + 1)
+    kw = dict(
+        n_heads=cfg.level_heads[1],
+        paragraph_size=cfg.paragraph_size,
+        top_k=cfg.route_top_k,
+        first_block=0,
+        n_blocks=t // cfg.paragraph_size + 1,
+    )
     r1, r2 = route_paragraphs(q, k, **kw), route_paragraphs(q2, k2, **kw)
     assert torch.equal(r1[0] * r1[1], r2[0] * r2[1]) and torch.equal(r1[1], r2[1])
 
@@ -136,13 +150,14 @@ def test_routing_uses_entropy_for_the_number_of_paths():
     assert torch.allclose(ent[0, 0, 1:], torch.log(n_cand[1:].float()), atol=1e-5)
     # A router that points hard at one paragraph: entropy ~ 0 -> exactly one path, the right one.
     k = torch.zeros(1, 10 * g, d)
-    k[:, 2 * g: 3 * g] = 50.0
+    k[:, 2 * g : 3 * g] = 50.0
     q = torch.ones(1, 10 * g, d)
     idx, valid, ent = route_paragraphs(q, k, n_heads=H, paragraph_size=g, top_k=3, first_block=9, n_blocks=1)
     assert valid.sum().item() == 1 and idx[0, 0, 0, 0].item() == 2 and ent.item() < 1e-3
     # Every routed paragraph lies strictly before the query paragraph.
-    idx, valid, _ = route_paragraphs(torch.randn(1, 40, d), torch.randn(1, 40, d), n_heads=2, paragraph_size=g,
-                                     top_k=3, first_block=0, n_blocks=10)
+    idx, valid, _ = route_paragraphs(
+        torch.randn(1, 40, d), torch.randn(1, 40, d), n_heads=2, paragraph_size=g, top_k=3, first_block=0, n_blocks=10
+    )
     blocks = torch.arange(10)[None, None, :, None].expand_as(idx)
     assert bool(((idx < blocks) | ~valid).all())
 
@@ -212,8 +227,15 @@ def test_flex_block_tables_agree_with_mask(T, window, g):
     assert torch.equal(kernel, dense) and not wrong_full.any()
     torch.manual_seed(0)
     B, H, span = 2, 4, 4
-    idx, valid, _ = route_paragraphs(torch.randn(B, T, 32), torch.randn(B, T, 32), n_heads=H, paragraph_size=g,
-                                     top_k=3, first_block=0, n_blocks=T // g)
+    idx, valid, _ = route_paragraphs(
+        torch.randn(B, T, 32),
+        torch.randn(B, T, 32),
+        n_heads=H,
+        paragraph_size=g,
+        top_k=3,
+        first_block=0,
+        n_blocks=T // g,
+    )
     assert valid.any()
     bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
     KV = bm.seq_lengths[1]
@@ -230,18 +252,34 @@ def test_l2_query_side_tables_are_the_transpose_of_the_key_side():
 
     g, span, T = 8, 4, 256
     torch.manual_seed(0)
-    idx, valid, _ = route_paragraphs(torch.randn(2, T, 32), torch.randn(2, T, 32), n_heads=2, paragraph_size=g,
-                                     top_k=3, first_block=0, n_blocks=T // g)
+    idx, valid, _ = route_paragraphs(
+        torch.randn(2, T, 32),
+        torch.randn(2, T, 32),
+        n_heads=2,
+        paragraph_size=g,
+        top_k=3,
+        first_block=0,
+        n_blocks=T // g,
+    )
     bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
-    ref = BlockMask.from_kv_blocks(bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices,
-                                   BLOCK_SIZE=g, mask_mod=bm.mask_mod, seq_lengths=bm.seq_lengths)
+    ref = BlockMask.from_kv_blocks(
+        bm.kv_num_blocks,
+        bm.kv_indices,
+        bm.full_kv_num_blocks,
+        bm.full_kv_indices,
+        BLOCK_SIZE=g,
+        mask_mod=bm.mask_mod,
+        seq_lengths=bm.seq_lengths,
+    )
 
     def used(num, indices):  # the set of listed blocks per row, order aside
         keep = torch.arange(indices.shape[-1]) < num[..., None]
         return torch.where(keep, indices, -1).sort(-1).values
 
-    for ours, theirs in (((bm.q_num_blocks, bm.q_indices), (ref.q_num_blocks, ref.q_indices)),
-                         ((bm.full_q_num_blocks, bm.full_q_indices), (ref.full_q_num_blocks, ref.full_q_indices))):
+    for ours, theirs in (
+        ((bm.q_num_blocks, bm.q_indices), (ref.q_num_blocks, ref.q_indices)),
+        ((bm.full_q_num_blocks, bm.full_q_indices), (ref.full_q_num_blocks, ref.full_q_indices)),
+    ):
         assert torch.equal(ours[0], theirs[0])
         assert torch.equal(used(*ours), used(*theirs))
     assert int(bm.full_q_num_blocks.sum()) > 0 and int(bm.q_num_blocks.sum()) > 0
@@ -256,8 +294,15 @@ def test_each_l2_summary_block_is_read_by_nearby_query_blocks_only():
     g, span, T = 8, 4, 512
     n_par = T // g
     torch.manual_seed(0)
-    idx, valid, _ = route_paragraphs(torch.randn(1, T, 32), torch.randn(1, T, 32), n_heads=2, paragraph_size=g,
-                                     top_k=3, first_block=0, n_blocks=n_par)
+    idx, valid, _ = route_paragraphs(
+        torch.randn(1, T, 32),
+        torch.randn(1, T, 32),
+        n_heads=2,
+        paragraph_size=g,
+        top_k=3,
+        first_block=0,
+        n_blocks=n_par,
+    )
     bm = paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g, span=span)
     n_sb = summary_len(n_par, g) // g
     readers = bm.q_num_blocks[..., :n_sb]  # query blocks per summary block (summary blocks are partial)
@@ -367,8 +412,9 @@ def test_label_smoothing_matches_torch():
     labels = torch.randint(0, 31, (2, 9))
     labels[0, 3] = -100
     ours = causal_lm_loss(logits, labels, 0.1)
-    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 31), labels[:, 1:].reshape(-1), label_smoothing=0.1,
-                          ignore_index=-100)
+    ref = F.cross_entropy(
+        logits[:, :-1].reshape(-1, 31), labels[:, 1:].reshape(-1), label_smoothing=0.1, ignore_index=-100
+    )
     torch.testing.assert_close(ours, ref)
     m = model(label_smoothing=0.1)  # a training setting; the default is plain cross entropy
     x = torch.randint(0, m.config.vocab_size, (2, 20))
@@ -379,8 +425,17 @@ def test_label_smoothing_matches_torch():
 
 def test_depth_scaled_init_variances():
     torch.manual_seed(0)
-    cfg = R1Config(hidden_size=256, intermediate_size=512, num_hidden_layers=6, level_heads=(4, 8, 16),
-                   vocab_size=128, local_window=16, paragraph_size=8, document_size=32, max_position_embeddings=64)
+    cfg = R1Config(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=6,
+        level_heads=(4, 8, 16),
+        vocab_size=128,
+        local_window=16,
+        paragraph_size=8,
+        document_size=32,
+        max_position_embeddings=64,
+    )
     m = R1ForCausalLM(cfg)
     for depth, layer in enumerate(m.model.layers, start=1):
         for lin in (layer.self_attn.q_proj, layer.mlp.up_proj, layer.mlp.down_proj):
@@ -450,16 +505,19 @@ def test_sequence_classification_head():
     torch.testing.assert_close(out.logits[1:], alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides, field, shown", [
-    (dict(level_heads=(3, 4, 8)), "level_heads", "[3, 4, 8]"),
-    (dict(level_heads=(2, 4, 16)), "level_heads", "[2, 4, 16]"),  # head size 4: too few rotary frequencies
-    (dict(document_size=20), "document_size", "20"),
-    (dict(paragraph_size=1, document_size=32), "paragraph_size", "1"),
-    (dict(local_window=512), "local_window", "512"),
-    (dict(route_top_k=-1), "route_top_k", "-1"),
-    (dict(init_scheme="xavier"), "init_scheme", "'xavier'"),
-    (dict(label_smoothing=1.0), "label_smoothing", "1.0"),
-])
+@pytest.mark.parametrize(
+    "overrides, field, shown",
+    [
+        (dict(level_heads=(3, 4, 8)), "level_heads", "[3, 4, 8]"),
+        (dict(level_heads=(2, 4, 16)), "level_heads", "[2, 4, 16]"),  # head size 4: too few rotary frequencies
+        (dict(document_size=20), "document_size", "20"),
+        (dict(paragraph_size=1, document_size=32), "paragraph_size", "1"),
+        (dict(local_window=512), "local_window", "512"),
+        (dict(route_top_k=-1), "route_top_k", "-1"),
+        (dict(init_scheme="xavier"), "init_scheme", "'xavier'"),
+        (dict(label_smoothing=1.0), "label_smoothing", "1.0"),
+    ],
+)
 def test_config_validation_names_field_value_rule(overrides, field, shown):
     with pytest.raises(R1ConfigError) as err:
         R1Config.from_preset("tiny", **overrides)
@@ -485,7 +543,16 @@ def test_presets_have_their_sizes():
     m = R1ForCausalLM(R1Config.from_preset("tiny", tie_word_embeddings=True))
     c = m.config
     # per layer: q, k, v, o; the level gate (3d -> 3, stored as 3d -> 8); SwiGLU; two norms
-    formula = c.vocab_size * c.hidden_size + c.num_hidden_layers * (
-        4 * c.hidden_size**2 + 8 * 3 * c.hidden_size + 8 + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
-    ) + c.hidden_size
+    formula = (
+        c.vocab_size * c.hidden_size
+        + c.num_hidden_layers
+        * (
+            4 * c.hidden_size**2
+            + 8 * 3 * c.hidden_size
+            + 8
+            + 3 * c.hidden_size * c.intermediate_size
+            + 2 * c.hidden_size
+        )
+        + c.hidden_size
+    )
     assert sum(p.numel() for p in m.parameters()) == formula

@@ -76,10 +76,18 @@ def _pipeline_step(activation_checkpoint_interval: int):
 
     torch.manual_seed(SEED)
     model = R1ForCausalLM(R1Config.from_preset("tiny"))
-    module = build_pipeline(model, ParallelDims.build(dist.get_world_size(), pipe=2),
-                            activation_checkpoint_interval=activation_checkpoint_interval)
-    ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "gradient_clipping": CLIP,
-          "optimizer": {"type": "SGD", "params": {"lr": LR}}, "steps_per_print": 10 ** 6}
+    module = build_pipeline(
+        model,
+        ParallelDims.build(dist.get_world_size(), pipe=2),
+        activation_checkpoint_interval=activation_checkpoint_interval,
+    )
+    ds = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 2,
+        "gradient_clipping": CLIP,
+        "optimizer": {"type": "SGD", "params": {"lr": LR}},
+        "steps_per_print": 10**6,
+    }
     engine, *_ = deepspeed.initialize(model=module, model_parameters=list(module.parameters()), config=ds)
     assert needs_fp32_clip_patch(engine)
     patch_fp32_grad_clipping(engine)
@@ -92,8 +100,13 @@ def _pipeline_step(activation_checkpoint_interval: int):
         if prefix and hasattr(layer, "state_dict"):
             params.update({prefix + k: v.clone() for k, v in layer.state_dict().items()})
     tied = module.tied_modules["embed"].weight.detach().clone()
-    return {"loss": float(loss), "grad_norm": engine.get_global_grad_norm(), "params": params, "tied": tied,
-            "stage_layers": [type(f).__name__ for f in module.forward_funcs]}
+    return {
+        "loss": float(loss),
+        "grad_norm": engine.get_global_grad_norm(),
+        "params": params,
+        "tied": tied,
+        "stage_layers": [type(f).__name__ for f in module.forward_funcs],
+    }
 
 
 def _pipeline_steps():

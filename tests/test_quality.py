@@ -11,16 +11,32 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import passkey, quality, quality_ablation, quality_corpus
-from r1_ds.evaluation.passkey import answers_correct, batch, make_example
+from benchmarks import passkey, quality, quality_ablation, quality_corpus  # noqa: E402 (after the sys.path line above)
+from r1_ds.evaluation.passkey import answers_correct, batch, make_example  # noqa: E402 (after the sys.path line above)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A small real corpus through `r1-ds prep` (a few seconds): 1.5 MB of source, a 1k vocabulary."""
     out = tmp_path_factory.mktemp("quality_corpus")
-    quality_corpus.main(["--out", str(out), "--max-code-mb", "1.5", "--per-package-mb", "0.2", "--max-text-mb", "0.5",
-                         "--heldout-permille", "100", "--vocab-size", "1024", "--seq-len", "256"])
+    quality_corpus.main(
+        [
+            "--out",
+            str(out),
+            "--max-code-mb",
+            "1.5",
+            "--per-package-mb",
+            "0.2",
+            "--max-text-mb",
+            "0.5",
+            "--heldout-permille",
+            "100",
+            "--vocab-size",
+            "1024",
+            "--seq-len",
+            "256",
+        ]
+    )
     return out
 
 
@@ -61,15 +77,17 @@ def test_passkey_example_is_deterministic_and_answerable(tokenizer):
     a, b, c = (make_example(tokenizer, 600, s) for s in (7, 7, 8))
     assert a == b and a != c
     assert len(a.input_ids) == 600
-    key_text = tokenizer.decode(a.input_ids[a.answer_start:]).strip()
+    key_text = tokenizer.decode(a.input_ids[a.answer_start :]).strip()
     assert key_text == a.key and len(a.key) == 5 and a.key.isdigit()
-    needle = tokenizer.decode(a.input_ids[a.needle_start:a.answer_start])
+    needle = tokenizer.decode(a.input_ids[a.needle_start : a.answer_start])
     assert needle.startswith(f" The pass key is {a.key}.")
-    assert tokenizer.decode(a.input_ids[:a.answer_start]).count(a.key) == 2  # only in the needle
+    assert tokenizer.decode(a.input_ids[: a.answer_start]).count(a.key) == 2  # only in the needle
     depths = [make_example(tokenizer, 600, s).depth for s in range(20)]
     assert 0.03 < min(depths) < max(depths) < 0.97 and len(set(depths)) > 5
     ids, labels = batch([a, c])
-    assert (labels[0, :a.answer_start] == -100).all() and (labels[0, a.answer_start:] == ids[0, a.answer_start:]).all()
+    assert (labels[0, : a.answer_start] == -100).all() and (
+        labels[0, a.answer_start :] == ids[0, a.answer_start :]
+    ).all()
     with pytest.raises(ValueError, match="too short.*Fix"):
         make_example(tokenizer, 40, 0)
 
@@ -96,9 +114,30 @@ def test_passkey_accuracy_is_exact_match(tokenizer):
 
 def test_quality_end_to_end_tiny(corpus, tmp_path):
     out = tmp_path / "q.json"
-    assert quality.main(["--tiny", "--data", str(corpus / "pack"), "--token-budget", "3000", "--eval-sequences", "4",
-                  "--final-sequences", "8", "--work-dir", str(tmp_path / "runs"), "--export-r1", str(tmp_path / "r1"),
-                  "--export-llama", str(tmp_path / "llama"), "--json", str(out)]) == 0
+    assert (
+        quality.main(
+            [
+                "--tiny",
+                "--data",
+                str(corpus / "pack"),
+                "--token-budget",
+                "3000",
+                "--eval-sequences",
+                "4",
+                "--final-sequences",
+                "8",
+                "--work-dir",
+                str(tmp_path / "runs"),
+                "--export-r1",
+                str(tmp_path / "r1"),
+                "--export-llama",
+                str(tmp_path / "llama"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = _json(out)
     assert res["commit"] and res["card"] == "cpu" and res["command"].startswith("python benchmarks/quality.py --tiny")
     for name in ("r1", "llama"):
@@ -113,8 +152,9 @@ def test_quality_end_to_end_tiny(corpus, tmp_path):
     from r1_ds.evaluation.perplexity import heldout_loss
 
     model, _ = load_causal_lm(str(tmp_path / "r1"), needs_tokenizer=False)
-    again = heldout_loss(model, PackedShards(str(corpus / "pack" / "heldout")), seq_len=128, batch_size=2,
-                         max_sequences=8)
+    again = heldout_loss(
+        model, PackedShards(str(corpus / "pack" / "heldout")), seq_len=128, batch_size=2, max_sequences=8
+    )
     assert again["loss"] == pytest.approx(res["models"]["r1"]["final"]["loss"], abs=1e-4)
 
 
@@ -130,9 +170,32 @@ def test_passkey_benchmark_tiny(corpus, tmp_path):
 
 def test_ablation_tiny(corpus, tmp_path):
     out = tmp_path / "a.json"
-    quality_ablation.main(["--data", str(corpus / "pack"), "--steps", "2", "--seeds", "0", "--hidden", "64",
-                           "--layers", "1", "--seq-len", "128", "--batch", "2", "--eval-sequences", "2",
-                           "--variants", "full", "no_L2", "no_gate", "--json", str(out)])
+    quality_ablation.main(
+        [
+            "--data",
+            str(corpus / "pack"),
+            "--steps",
+            "2",
+            "--seeds",
+            "0",
+            "--hidden",
+            "64",
+            "--layers",
+            "1",
+            "--seq-len",
+            "128",
+            "--batch",
+            "2",
+            "--eval-sequences",
+            "2",
+            "--variants",
+            "full",
+            "no_L2",
+            "no_gate",
+            "--json",
+            str(out),
+        ]
+    )
     res = _json(out)
     assert [s["variant"] for s in res["summary"]] == ["full", "no_L2", "no_gate"]
     assert res["summary"][0]["vs_full"] == 0.0 and res["summary"][1]["vs_full"] != 0.0

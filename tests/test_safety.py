@@ -143,8 +143,9 @@ def test_export_refuses_nan_weights(tmp_path, four_steps):
     name = next(iter(state["module"]))
     state["module"][name].fill_(float("nan"))
     torch.save(state, path)
-    with pytest.raises(ckpt.CheckpointError,
-                       match=f"NaN or Inf.*{name}.*previous complete checkpoint is .*global_step2"):
+    with pytest.raises(
+        ckpt.CheckpointError, match=f"NaN or Inf.*{name}.*previous complete checkpoint is .*global_step2"
+    ):
         ckpt.export_hf(str(run / "checkpoints"), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
 
@@ -160,17 +161,26 @@ def _ds_json(tmp_path, **changes) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"gradient_cliping": 1.0}, "unknown top-level key 'gradient_cliping'.*Did you mean 'gradient_clipping'"),
-    ({"zero_optimisation": {"stage": 1}},
-     "unknown top-level key 'zero_optimisation'.*Did you mean 'zero_optimization'"),
-    ({"zero_optimization": {"stage": 1, "offload_optimizer": {"devce": "cpu"}}},
-     "'zero_optimization.offload_optimizer.devce'.*Did you mean 'device'"),
-    ({"fp16": {"enabled": False, "initial_scale_pwr": 8}},
-     "'fp16.initial_scale_pwr'.*Did you mean 'initial_scale_power'"),
-    ({"optimizer": {"type": "AdamW", "parms": {"lr": 1e-3}}}, "'optimizer.parms'.*Did you mean 'params'"),
-    ({"optimizer": {"type": "AdamW", "params": {"lr": -1e-3}}}, r"optimizer.params.lr=-0.001 must be a number > 0"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"gradient_cliping": 1.0}, "unknown top-level key 'gradient_cliping'.*Did you mean 'gradient_clipping'"),
+        (
+            {"zero_optimisation": {"stage": 1}},
+            "unknown top-level key 'zero_optimisation'.*Did you mean 'zero_optimization'",
+        ),
+        (
+            {"zero_optimization": {"stage": 1, "offload_optimizer": {"devce": "cpu"}}},
+            "'zero_optimization.offload_optimizer.devce'.*Did you mean 'device'",
+        ),
+        (
+            {"fp16": {"enabled": False, "initial_scale_pwr": 8}},
+            "'fp16.initial_scale_pwr'.*Did you mean 'initial_scale_power'",
+        ),
+        ({"optimizer": {"type": "AdamW", "parms": {"lr": 1e-3}}}, "'optimizer.parms'.*Did you mean 'params'"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": -1e-3}}}, r"optimizer.params.lr=-0.001 must be a number > 0"),
+    ],
+)
 def test_deepspeed_json_typos_and_a_negative_lr_are_refused(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
         train_once(tmp_path / "run", deepspeed_config=_ds_json(tmp_path, **changes))
@@ -178,13 +188,28 @@ def test_deepspeed_json_typos_and_a_negative_lr_are_refused(tmp_path, changes, m
 
 
 def test_a_user_error_ends_the_command_with_exit_code_2_and_one_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, "-m", "r1_ds.train", "--deepspeed_config",
-                           _ds_json(tmp_path, zero_optimization={"stage": 0, "overlap_com": True}),
-                           "--output-dir", str(tmp_path / "run"), "--no-progress"],
-                          env={**env, "PYTHONPATH": ROOT, "DS_ACCELERATOR": "cpu"}, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "r1_ds.train",
+            "--deepspeed_config",
+            _ds_json(tmp_path, zero_optimization={"stage": 0, "overlap_com": True}),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+        env={**env, "PYTHONPATH": ROOT, "DS_ACCELERATOR": "cpu"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -256,8 +281,10 @@ def test_a_full_disk_during_a_save_removes_the_partial_folder_and_keeps_latest(t
 
 
 # loads r1_ds/run_lock.py by path: no torch or transformers import, so these small processes start in a moment
-PRELUDE = ("import importlib.util, sys, time; spec = importlib.util.spec_from_file_location('run_lock', "
-           f"{RUN_LOCK!r}); run_lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(run_lock); ")
+PRELUDE = (
+    "import importlib.util, sys, time; spec = importlib.util.spec_from_file_location('run_lock', "
+    f"{RUN_LOCK!r}); run_lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(run_lock); "
+)
 
 
 def _python(code: str) -> subprocess.Popen:
@@ -289,15 +316,22 @@ def test_a_rank_exits_when_its_launcher_is_killed(tmp_path, kill):
     """runner ('deepspeed') -> launch ('deepspeed.launcher.launch') -> rank; SIGKILL the runner (the launch
     process lives on, orphaned) or the direct parent; the rank's watchdog ends it either way."""
     pid_file = tmp_path / "rank.pid"
-    rank = ("run_lock.exit_with_launcher(interval_s=0.2); "
-            f"open({str(pid_file)!r}, 'w').write(str(__import__('os').getpid())); time.sleep(60)")
+    rank = (
+        "run_lock.exit_with_launcher(interval_s=0.2); "
+        f"open({str(pid_file)!r}, 'w').write(str(__import__('os').getpid())); time.sleep(60)"
+    )
     # the chain, built explicitly: runner (argv names deepspeed) -> launch (argv names launch) -> rank
-    launch_code = ("import subprocess, sys, time, os; subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
-                   "env={**os.environ, 'LOCAL_RANK': '0'}); time.sleep(60)")
-    runner_code = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', sys.argv[1], "
-                   "sys.argv[2], 'deepspeed.launcher.launch']); print(p.pid, flush=True); time.sleep(60)")
-    runner = subprocess.Popen([sys.executable, "-c", runner_code, launch_code, PRELUDE + rank, "deepspeed"],
-                              stdout=subprocess.PIPE, text=True)
+    launch_code = (
+        "import subprocess, sys, time, os; subprocess.Popen([sys.executable, '-c', sys.argv[1]], "
+        "env={**os.environ, 'LOCAL_RANK': '0'}); time.sleep(60)"
+    )
+    runner_code = (
+        "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', sys.argv[1], "
+        "sys.argv[2], 'deepspeed.launcher.launch']); print(p.pid, flush=True); time.sleep(60)"
+    )
+    runner = subprocess.Popen(
+        [sys.executable, "-c", runner_code, launch_code, PRELUDE + rank, "deepspeed"], stdout=subprocess.PIPE, text=True
+    )
     launch_pid = int(runner.stdout.readline())
     deadline = time.time() + 30
     while not pid_file.exists() or not pid_file.read_text():

@@ -76,24 +76,37 @@ def test_each_rank_s_heads_equal_the_full_model_s_heads():
     torch.manual_seed(3)
     q, k, v = (torch.randn(2, T, cfg.hidden_size) for _ in range(3))
     pos = torch.arange(T)
-    kw = dict(window=cfg.local_window, paragraph_size=cfg.paragraph_size, document_size=cfg.document_size,
-              top_k=cfg.route_top_k, rope_theta=cfg.rope_theta)
+    kw = dict(
+        window=cfg.local_window,
+        paragraph_size=cfg.paragraph_size,
+        document_size=cfg.document_size,
+        top_k=cfg.route_top_k,
+        rope_theta=cfg.rope_theta,
+    )
     full = hierarchical_attention_eager(q, k, v, q, pos, level_heads=tuple(cfg.level_heads), **kw)
     H2 = cfg.level_heads[1]
-    idx_full, valid_full, ent_full = route_paragraphs(q, k, n_heads=H2, paragraph_size=cfg.paragraph_size,
-                                                      top_k=cfg.route_top_k, first_block=0, n_blocks=T // 8)
+    idx_full, valid_full, ent_full = route_paragraphs(
+        q, k, n_heads=H2, paragraph_size=cfg.paragraph_size, top_k=cfg.route_top_k, first_block=0, n_blocks=T // 8
+    )
     assert valid_full.sum(-1).float().mean() > 1  # routing really picks several paragraphs here
     w = cfg.hidden_size // tp
     for r in range(tp):
         cols = slice(r * w, (r + 1) * w)
         local_heads = tuple(h // tp for h in cfg.level_heads)
-        local = hierarchical_attention_eager(q[..., cols], k[..., cols], v[..., cols], q[..., cols], pos,
-                                             level_heads=local_heads, **kw)
+        local = hierarchical_attention_eager(
+            q[..., cols], k[..., cols], v[..., cols], q[..., cols], pos, level_heads=local_heads, **kw
+        )
         for lvl, (a, b) in enumerate(zip(full, local), start=1):
             torch.testing.assert_close(b, a[..., cols], msg=f"level {lvl}, rank {r}")
-        idx, valid, ent = route_paragraphs(q[..., cols], k[..., cols], n_heads=H2 // tp,
-                                           paragraph_size=cfg.paragraph_size, top_k=cfg.route_top_k,
-                                           first_block=0, n_blocks=T // 8)
+        idx, valid, ent = route_paragraphs(
+            q[..., cols],
+            k[..., cols],
+            n_heads=H2 // tp,
+            paragraph_size=cfg.paragraph_size,
+            top_k=cfg.route_top_k,
+            first_block=0,
+            n_blocks=T // 8,
+        )
         heads = slice(r * H2 // tp, (r + 1) * H2 // tp)
         assert torch.equal(valid, valid_full[:, heads])
         assert torch.equal(idx[valid], idx_full[:, heads][valid_full[:, heads]])
@@ -103,10 +116,14 @@ def test_each_rank_s_heads_equal_the_full_model_s_heads():
 def test_tensor_size_checks_name_the_rule_and_the_fix():
     cfg = tiny()  # level_heads (2, 4, 8), intermediate 176, vocab 512
     check_tensor_parallel(tensor=2, level_heads=cfg.level_heads, hidden_size=64, intermediate_size=176, vocab_size=512)
-    with pytest.raises(TensorParallelError, match=r"(?s)level 1 has 2 heads .*not divisible by tensor=4.*Fix: use a "
-                                                  r"tensor size in \[1, 2\]"):
-        check_tensor_parallel(tensor=4, level_heads=cfg.level_heads, hidden_size=64, intermediate_size=176,
-                              vocab_size=512)
+    with pytest.raises(
+        TensorParallelError,
+        match=r"(?s)level 1 has 2 heads .*not divisible by tensor=4.*Fix: use a "
+        r"tensor size in \[1, 2\]",
+    ):
+        check_tensor_parallel(
+            tensor=4, level_heads=cfg.level_heads, hidden_size=64, intermediate_size=176, vocab_size=512
+        )
     with pytest.raises(TensorParallelError, match=r"(?s)vocab_size=511 is not divisible by tensor=2.*pad it"):
         check_tensor_parallel(tensor=2, level_heads=(2, 4, 8), hidden_size=64, intermediate_size=176, vocab_size=511)
     with pytest.raises(TensorParallelError, match=r"intermediate_size=175"):
@@ -175,7 +192,7 @@ def test_universal_checkpoint_patterns_classify_every_parameter_once(pipeline):
         names = {}
         for idx, prefix in enumerate(pipe_layer_prefixes(cfg)):
             for hf in [n for n in hf_names if prefix and n.startswith(prefix)]:
-                names[hf] = f"{idx}.{hf[len(prefix):]}"
+                names[hf] = f"{idx}.{hf[len(prefix) :]}"
         names["model.embed_tokens.weight"] = "tied_modules.embed.weight"
     else:
         names = {n: n for n in hf_names}
@@ -212,11 +229,12 @@ def _tp_plain_body(steps: int):
     target[3] = -100
     want = F.cross_entropy(logits, target, label_smoothing=0.1, reduction="none")
     (want * torch.arange(20.0)).sum().backward()
-    local = logits.detach()[:, rank * 256:(rank + 1) * 256].clone().requires_grad_()
-    got = vocab_parallel_cross_entropy(local, target, vocab_start=rank * 256, vocab_size=512, group=group,
-                                       label_smoothing=0.1)
+    local = logits.detach()[:, rank * 256 : (rank + 1) * 256].clone().requires_grad_()
+    got = vocab_parallel_cross_entropy(
+        local, target, vocab_start=rank * 256, vocab_size=512, group=group, label_smoothing=0.1
+    )
     (got * torch.arange(20.0)).sum().backward()
-    out["ce"] = (got.detach(), want.detach(), local.grad, logits.grad[:, rank * 256:(rank + 1) * 256])
+    out["ce"] = (got.detach(), want.detach(), local.grad, logits.grad[:, rank * 256 : (rank + 1) * 256])
 
     ref = full_model()
     model = copy.deepcopy(ref)
@@ -239,8 +257,13 @@ def _tp_plain_body(steps: int):
             out["ref_grads"] = {n: p.grad.clone() for n, p in ref.named_parameters()}
         opt_ref.step()
         opt.step()
-    out.update(losses=losses, ref_losses=ref_losses, final=model.state_dict(), ref_final=ref.state_dict(),
-               ref_init=full_model().state_dict())
+    out.update(
+        losses=losses,
+        ref_losses=ref_losses,
+        final=model.state_dict(),
+        ref_final=ref.state_dict(),
+        ref_init=full_model().state_dict(),
+    )
     return out
 
 
@@ -278,10 +301,17 @@ def test_tensor_2_equals_one_process_model():
     for rank, r in enumerate((r0, r1)):
         sliced = shard_state_dict(ref_init, rank, 2)
         assert all(torch.equal(sliced[k], r["init"][k]) for k in sliced)
-    assert r0["init"]["model.layers.0.self_attn.gate.weight"].shape == (8, 96)  # 3 gate rows + 5 alignment rows, the input split
+    assert r0["init"]["model.layers.0.self_attn.gate.weight"].shape == (
+        8,
+        96,
+    )  # 3 gate rows + 5 alignment rows, the input split
 
-    _assert_full_equal(merge_tensor_parallel_state_dicts([r0["grads"], r1["grads"]]), r0["ref_grads"],
-                       atol=2e-5, what="gradients of step 1")
+    _assert_full_equal(
+        merge_tensor_parallel_state_dicts([r0["grads"], r1["grads"]]),
+        r0["ref_grads"],
+        atol=2e-5,
+        what="gradients of step 1",
+    )
     final = merge_tensor_parallel_state_dicts([r0["final"], r1["final"]])
     _assert_full_equal(final, r0["ref_final"], atol=1e-5, what=f"weights after {steps} SGD steps")
     moved = {k: (final[k] - ref_init[k]).abs().max().item() for k in ref_init}
@@ -300,10 +330,14 @@ ADAM_EPS = 1e-4
 
 
 def _ds_config(global_batch: int, *, micro: int = 1, zero: int = 0, load_universal: bool = False) -> dict:
-    cfg = {"train_batch_size": global_batch, "train_micro_batch_size_per_gpu": micro, "gradient_clipping": CLIP,
-           "optimizer": {"type": "AdamW", "params": {"lr": LR, "eps": ADAM_EPS, "weight_decay": 0.0,
-                                                    "torch_adam": True}},
-           "zero_optimization": {"stage": zero}, "steps_per_print": 10 ** 6}
+    cfg = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_clipping": CLIP,
+        "optimizer": {"type": "AdamW", "params": {"lr": LR, "eps": ADAM_EPS, "weight_decay": 0.0, "torch_adam": True}},
+        "zero_optimization": {"stage": zero},
+        "steps_per_print": 10**6,
+    }
     if load_universal:
         cfg["checkpoint"] = {"load_universal": True}
     return cfg
@@ -324,12 +358,14 @@ def _ds_tensor_data_run(steps: int, tensor: int, data: int, zero: int, save_dir:
     grid = PipelineParallelGrid(topology=dims.topology())
     group = tensor_parallel_group(dims)
     assert sorted(dist.get_process_group_ranks(group)) == sorted(
-        dist.get_process_group_ranks(grid.get_slice_parallel_group()))
+        dist.get_process_group_ranks(grid.get_slice_parallel_group())
+    )
     model = full_model()
     config = model.config
     apply_tensor_parallel(model, group)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                      config=_ds_config(data, zero=zero), mpu=grid)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=_ds_config(data, zero=zero), mpu=grid
+    )
     losses, norms = [], []
     for step in range(steps):
         ids, labels = batch(step, rows=data, ignore=False)  # equal token counts: mean of means = global mean
@@ -343,8 +379,11 @@ def _ds_tensor_data_run(steps: int, tensor: int, data: int, zero: int, save_dir:
             norms.append(float(engine.get_global_grad_norm()))
         losses.append(loss.item())
     if save_dir:
-        engine.save_checkpoint(save_dir, tag=f"global_step{steps}", client_state={
-            "universal_checkpoint_info": universal_checkpoint_info(config, tensor)})
+        engine.save_checkpoint(
+            save_dir,
+            tag=f"global_step{steps}",
+            client_state={"universal_checkpoint_info": universal_checkpoint_info(config, tensor)},
+        )
     return dict(coords=coords, losses=losses, norms=norms, state=engine.module.state_dict())
 
 
@@ -379,8 +418,12 @@ def _check_against_reference(results: list[dict], tensor: int, steps: int, rows:
         by_slot.setdefault((r["coords"].pipe, r["coords"].data), {})[r["coords"].tensor] = r
     for (pipe, data), shards in by_slot.items():
         merged = merge_tensor_parallel_state_dicts([shards[t]["state"] for t in range(tensor)])
-        _assert_full_equal(merged, {k: v for k, v in ref_state.items() if k in merged}, atol=2e-5,
-                           what=f"weights after {steps} AdamW steps (pipe {pipe}, data {data})")
+        _assert_full_equal(
+            merged,
+            {k: v for k, v in ref_state.items() if k in merged},
+            atol=2e-5,
+            what=f"weights after {steps} AdamW steps (pipe {pipe}, data {data})",
+        )
         _assert_replicated_identical([shards[t]["state"] for t in range(tensor)], f"pipe {pipe}, data {data}")
     for r in results:  # the global gradient norm DeepSpeed clipped with is the one-process norm
         torch.testing.assert_close(torch.tensor(r["norms"]), torch.tensor(ref_norms), rtol=1e-4, atol=0)
@@ -392,8 +435,11 @@ def _resume_body(universal_dir: str, step: int, rows: int):
     import deepspeed
 
     model = full_model(seed=5)  # other weights: everything must come from the checkpoint
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                      config=_ds_config(rows, micro=rows, zero=1, load_universal=True))
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=model.parameters(),
+        config=_ds_config(rows, micro=rows, zero=1, load_universal=True),
+    )
     engine.load_checkpoint(universal_dir, tag=f"global_step{step}")
     loaded = {k: v.clone() for k, v in engine.module.state_dict().items()}
     ids, labels = batch(step, rows=rows, ignore=False)
@@ -422,9 +468,23 @@ def test_tensor_2_data_2_deepspeed_equals_one_process_model_and_resumes_as_tenso
 
     universal = tmp_path / "universal"
     tag = f"global_step{steps}"
-    done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                           str(tmp_path / "ckpt" / tag), "--output_folder", str(universal / tag),
-                           "--num_extract_workers", "1", "--num_merge_workers", "1"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(tmp_path / "ckpt" / tag),
+            "--output_folder",
+            str(universal / tag),
+            "--num_extract_workers",
+            "1",
+            "--num_merge_workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     (universal / "latest").write_text(tag)
     ((loaded, after),) = run_distributed(_resume_body, 1, str(universal), steps, 2)

@@ -89,8 +89,9 @@ def test_pipeline_progressive_stages_switch_batch_without_restart():
     # the two stages hold complementary layers; the tied embedding lives on both, kept equal
     names = [set(r["params"]) for r in run["ranks"]]
     assert not (names[0] & names[1]) - {"model.embed_tokens.weight"}
-    assert torch.equal(run["ranks"][0]["params"]["model.embed_tokens.weight"],
-                       run["ranks"][1]["params"]["model.embed_tokens.weight"])
+    assert torch.equal(
+        run["ranks"][0]["params"]["model.embed_tokens.weight"], run["ranks"][1]["params"]["model.embed_tokens.weight"]
+    )
 
 
 @pytest.mark.slow
@@ -218,8 +219,11 @@ def test_re_saving_a_step_keeps_the_old_folder_until_the_new_one_is_in_place(tmp
     monkeypatch.setattr(ckpt.os, "rename", rename)
     assert calls[0] == (str(tmp_path / "global_step4"), str(tmp_path / ".tmp-old-global_step4"))
     assert ckpt.read_latest(str(tmp_path)) == "global_step4" and not (tmp_path / "global_step4").exists()
-    with pytest.raises(ckpt.CheckpointError, match=r"latest names 'global_step4', which does not exist\. Fix: "
-                                                   r"rename .*\.tmp-old-global_step4"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"latest names 'global_step4', which does not exist\. Fix: "
+        r"rename .*\.tmp-old-global_step4",
+    ):
         ckpt.find_resume(str(tmp_path), "auto")
     _save(tmp_path, 5, b"step5")  # the next save puts the old folder back, then saves
     assert _payload(tmp_path, "global_step4") == b"second"
@@ -233,8 +237,11 @@ def test_resume_from_a_checkpoint_folder_checks_its_latest(tmp_path):
     ckpt.write_latest(str(tmp_path), "global_step2")
     assert ckpt.find_resume("unused", str(tmp_path)) == (str(tmp_path), "global_step2")
     ckpt.write_latest(str(tmp_path), "global_step9")
-    with pytest.raises(ckpt.CheckpointError, match=r"latest names 'global_step9', which does not exist\. Fix: "
-                                                   r"restore the folder, or write an existing tag"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"latest names 'global_step9', which does not exist\. Fix: "
+        r"restore the folder, or write an existing tag",
+    ):
         ckpt.find_resume("unused", str(tmp_path))
     ckpt.write_latest(str(tmp_path), "")
     with pytest.raises(ckpt.CheckpointError, match=r"latest is empty\. Fix:"):

@@ -36,8 +36,27 @@ from r1_ds.parallel.topology import LayoutError, ParallelDims
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-ARGS = ["--preset", "tiny", "--seq-len", "64", "--global-batch", "4", "--micro-batch", "2", "--steps", "3",
-        "--warmup-steps", "1", "--save-every", "2", "--seed", "7", "--no-progress", "--set", "log.tensorboard=false"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--seq-len",
+    "64",
+    "--global-batch",
+    "4",
+    "--micro-batch",
+    "2",
+    "--steps",
+    "3",
+    "--warmup-steps",
+    "1",
+    "--save-every",
+    "2",
+    "--seed",
+    "7",
+    "--no-progress",
+    "--set",
+    "log.tensorboard=false",
+]
 LAYOUTS = {  # name -> (pipe, tensor, data, ZeRO stage)
     "t2d2": (1, 2, 2, 0),  # no pipeline: DeepSpeed gets the grid as mpu; fp32 clipping through our patch
     "p2t2": (2, 2, 1, 0),
@@ -48,7 +67,7 @@ LAYOUTS = {  # name -> (pipe, tensor, data, ZeRO stage)
 # ----------------------------------------------------------------------------- runs (each once per session)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tmp() -> str:
     path = tempfile.mkdtemp(prefix="r1_ds_train_3d_")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
@@ -92,8 +111,9 @@ def _launch(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Run `cmd` in a session of its own; past `timeout` seconds (times R1_TEST_TIMEOUT_SCALE) kill it and every
     process it started (torchrun's workers sit in sessions of their own), then fail the test."""
     timeout = scaled_timeout(timeout)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -106,9 +126,12 @@ def _launch(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
             out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:  # an orphaned grandchild still holds the pipes
             out, err = "", ""
-        pytest.fail(f"{' '.join(cmd)}\ndid not finish in {timeout:.0f} s and was killed with its workers. Fix: look "
-                    "for a hang in the output below, or raise R1_TEST_TIMEOUT_SCALE on a slow machine.\n"
-                    + out[-3000:] + err[-5000:])
+        pytest.fail(
+            f"{' '.join(cmd)}\ndid not finish in {timeout:.0f} s and was killed with its workers. Fix: look "
+            "for a hang in the output below, or raise R1_TEST_TIMEOUT_SCALE on a slow machine.\n"
+            + out[-3000:]
+            + err[-5000:]
+        )
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -116,10 +139,15 @@ def _train(name: str, nproc: int, *extra: str, expect: int = 0) -> dict:
     """`python -m r1_ds.train` (via tests.train_probe) on `nproc` processes; the run folder, metrics and
     each rank's probe logits."""
     out = os.path.join(_tmp(), name)
-    launcher = ([sys.executable] if nproc == 1 else  # --standalone: torchrun picks a free port itself
-                [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(nproc)])
-    proc = _launch([*launcher, "-m", "tests.train_probe", *ARGS, *extra, "--output-dir", out],
-                   timeout=360 if nproc >= 8 else 240)
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        # --standalone: torchrun picks a free port itself
+        else [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", str(nproc)]
+    )
+    proc = _launch(
+        [*launcher, "-m", "tests.train_probe", *ARGS, *extra, "--output-dir", out], timeout=360 if nproc >= 8 else 240
+    )
     assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-5000:]
     if expect:
         return {"dir": out, "stderr": proc.stderr}
@@ -128,16 +156,17 @@ def _train(name: str, nproc: int, *extra: str, expect: int = 0) -> dict:
     return {"dir": out, "metrics": metrics, "logits": logits, "stderr": proc.stderr}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def one_process() -> dict:
     return _train("one_process", 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layout_run(name: str) -> dict:
     pipe, tensor, data, zero = LAYOUTS[name]
-    return _train(name, pipe * tensor * data, "--pipe", str(pipe), "--tensor", str(tensor),
-                  "--deepspeed_config", _ds_json(zero))
+    return _train(
+        name, pipe * tensor * data, "--pipe", str(pipe), "--tensor", str(tensor), "--deepspeed_config", _ds_json(zero)
+    )
 
 
 def trained_logits(run: dict, pipe: int, tensor: int, data: int) -> torch.Tensor:
@@ -207,10 +236,22 @@ def test_3d_zero1_checkpoint_resumes_as_pipe_2_tensor_1_data_2_through_ds_to_uni
     src = layout_run("p2t2d2")
     universal = os.path.join(_tmp(), "resumed_3d", "checkpoints")
     os.makedirs(universal)
-    done = _launch([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                    os.path.join(src["dir"], "checkpoints", "global_step2"), "--output_folder",
-                    os.path.join(universal, "global_step2"), "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                   timeout=120)
+    done = _launch(
+        [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            os.path.join(src["dir"], "checkpoints", "global_step2"),
+            "--output_folder",
+            os.path.join(universal, "global_step2"),
+            "--num_extract_workers",
+            "1",
+            "--num_merge_workers",
+            "1",
+        ],
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     with open(os.path.join(universal, "latest"), "w") as f:
         f.write("global_step2")
@@ -246,18 +287,23 @@ def test_a_layout_change_without_conversion_is_refused_by_the_trainer():
 
 def test_start_up_layout_check_covers_what_tensor_parallelism_splits():
     dims = ParallelDims.build(4, tensor=2)
-    dims.check_model(num_hidden_layers=2, level_heads=(2, 4, 8), hidden_size=64, intermediate_size=176,
-                     vocab_size=512)
-    with pytest.raises(LayoutError, match=r"(?s)parallel.tensor=2 .*vocab_size=511 is not divisible by tensor=2.*"
-                                          r"pad it to a multiple of 2"):
-        dims.check_model(num_hidden_layers=2, level_heads=(2, 4, 8), hidden_size=64, intermediate_size=176,
-                         vocab_size=511)
+    dims.check_model(num_hidden_layers=2, level_heads=(2, 4, 8), hidden_size=64, intermediate_size=176, vocab_size=512)
+    with pytest.raises(
+        LayoutError,
+        match=r"(?s)parallel.tensor=2 .*vocab_size=511 is not divisible by tensor=2.*"
+        r"pad it to a multiple of 2",
+    ):
+        dims.check_model(
+            num_hidden_layers=2, level_heads=(2, 4, 8), hidden_size=64, intermediate_size=176, vocab_size=511
+        )
     with pytest.raises(LayoutError, match=r"intermediate_size=175 is not divisible by tensor=2"):
-        dims.check_model(num_hidden_layers=2, level_heads=(2, 4, 8), hidden_size=64, intermediate_size=175,
-                         vocab_size=512)
+        dims.check_model(
+            num_hidden_layers=2, level_heads=(2, 4, 8), hidden_size=64, intermediate_size=175, vocab_size=512
+        )
     with pytest.raises(LayoutError, match=r"tensor=4 does not divide the 2 heads of attention level L1"):
-        ParallelDims.build(4, tensor=4).check_model(num_hidden_layers=2, level_heads=(2, 4, 8), hidden_size=64,
-                                                    intermediate_size=176, vocab_size=512)
+        ParallelDims.build(4, tensor=4).check_model(
+            num_hidden_layers=2, level_heads=(2, 4, 8), hidden_size=64, intermediate_size=176, vocab_size=512
+        )
     with pytest.raises(LayoutError, match=r"pipe=2 x tensor=2 x data=2 = 8 ranks does not match the world size 4"):
         ParallelDims.build(4, pipe=2, tensor=2, data=2)
 
@@ -282,14 +328,20 @@ def test_resume_layout_rules():
     check_resume_layout(_saved((2, 2, 2), universal=True), pipe=2, tensor=1, data=4, **ok)
     check_resume_layout(_saved((1, 1, 1), universal=True), pipe=1, tensor=2, data=1, **ok)
     check_resume_layout(_saved(None), pipe=1, tensor=2, data=2, **ok)  # unknown (old checkpoint): warns, loads
-    with pytest.raises(CheckpointError, match=r"(?s)layout pipe=2 x tensor=2 x data=2; this run is pipe=2 x "
-                                              r"tensor=1 x data=2.*ds_to_universal --input_folder /ckpt/global_step2 "
-                                              r"--output_folder <new_dir>/global_step2"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)layout pipe=2 x tensor=2 x data=2; this run is pipe=2 x "
+        r"tensor=1 x data=2.*ds_to_universal --input_folder /ckpt/global_step2 "
+        r"--output_folder <new_dir>/global_step2",
+    ):
         check_resume_layout(_saved((2, 2, 2)), pipe=2, tensor=1, data=2, **ok)
     with pytest.raises(CheckpointError, match=r"(?s)ds_to_universal"):  # data only, but ZeRO shards per data rank
         check_resume_layout(_saved((1, 1, 2)), pipe=1, tensor=1, data=4, **ok)
-    with pytest.raises(CheckpointError, match=r"(?s)pipeline run \(pipe=2 x tensor=2 x data=1\).*pipe=1 x "
-                                              r"tensor=2 x data=1.*r1-ds export"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)pipeline run \(pipe=2 x tensor=2 x data=1\).*pipe=1 x "
+        r"tensor=2 x data=1.*r1-ds export",
+    ):
         check_resume_layout(_saved((2, 2, 1), universal=True), pipe=1, tensor=2, data=1, **ok)
     with pytest.raises(CheckpointError, match=r"universal checkpoint and this run .* uses ZeRO stage 0.*stage\": 1"):
         check_resume_layout(_saved((1, 2, 1), universal=True), pipe=1, tensor=1, data=2, zero_stage=0)
@@ -307,8 +359,10 @@ def test_tensor_and_pipe_peers_read_the_same_rows_and_data_ranks_disjoint_ones()
     topo = dims.topology()
     sampler = ProgressiveSampler(64, [Stage(start=0, steps=4, global_batch=8, data_fraction=1.0)], seed=3)
     for step in range(4):
-        rows = {rank: sampler.micro_batches(step, data_rank=dims.coords(rank).data, data_size=dims.data, micro_batch=2)
-                for rank in range(8)}
+        rows = {
+            rank: sampler.micro_batches(step, data_rank=dims.coords(rank).data, data_size=dims.data, micro_batch=2)
+            for rank in range(8)
+        }
         by_data = []
         for d in range(dims.data):
             group = topo.filter_match(data=d)  # DeepSpeed's ranks of data slice d: every pipe x tensor peer

@@ -14,11 +14,13 @@ TRAIN = ROOT / "r1_ds" / "train.py"
 
 def test_train_script_imports_its_own_modules_at_the_top_only():
     tree = ast.parse(TRAIN.read_text())
-    deferred = [f"line {node.lineno}: {node.module or ''}"
-                for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-                for node in ast.walk(fn)
-                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(
-                    ("r1_ds", "data_prep")))]
+    deferred = [
+        f"line {node.lineno}: {node.module or ''}"
+        for fn in ast.walk(tree)
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(fn)
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(("r1_ds", "data_prep")))
+    ]
     assert not deferred, f"r1_ds/train.py imports our modules inside functions: {deferred}; import them at the top"
 
 
@@ -31,8 +33,11 @@ LONG_FILES_ALLOWED = {"r1_ds/model/modeling_r1.py", "r1_ds/model/hierarchical_at
 
 
 def test_no_r1_ds_module_is_over_600_lines_but_the_model_files():
-    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "r1_ds").rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 600}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "r1_ds").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 600
+    }
     assert set(long) <= LONG_FILES_ALLOWED, f"over 600 lines: {long}; cut them by responsibility"
 
 

@@ -21,7 +21,7 @@ from r1_ds.metrics import read_metrics
 from tests.train_probe import probe_logits
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tmp() -> str:
     """One scratch folder per test session (created lazily: the spawned ranks import this module too)."""
     path = tempfile.mkdtemp(prefix="r1_ds_train_runs_")
@@ -30,9 +30,16 @@ def _tmp() -> str:
 
 
 BASE = {
-    "deepspeed_config": "ds_configs/tiny_cpu.json", "model.preset": "tiny", "data.seq_len": 64,
-    "schedule.steps": 4, "schedule.warmup_steps": 1, "schedule.drop_path_max": 0.2, "checkpoint.every": 2,
-    "log.progress": False, "log.tensorboard": False, "seed": 7,
+    "deepspeed_config": "ds_configs/tiny_cpu.json",
+    "model.preset": "tiny",
+    "data.seq_len": 64,
+    "schedule.steps": 4,
+    "schedule.warmup_steps": 1,
+    "schedule.drop_path_max": 0.2,
+    "checkpoint.every": 2,
+    "log.progress": False,
+    "log.tensorboard": False,
+    "seed": 7,
 }
 
 
@@ -46,9 +53,13 @@ def _train_body(overrides: dict) -> dict:
     module = engine.module
     from torch._dynamo.utils import counters
 
-    out = {"rank": int(os.environ["RANK"]), "params": {}, "optimizer_steps": engine.global_steps,
-           "compiled_blocks": sum(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules()),
-           "compiled_frames": counters["frames"]["ok"]}  # graphs dynamo built (recompiles included)
+    out = {
+        "rank": int(os.environ["RANK"]),
+        "params": {},
+        "optimizer_steps": engine.global_steps,
+        "compiled_blocks": sum(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules()),
+        "compiled_frames": counters["frames"]["ok"],
+    }  # graphs dynamo built (recompiles included)
     if getattr(engine, "is_pipe_parallel", False):
         prefixes = pipe_layer_prefixes(module.r1_config)
         for local, layer in enumerate(module.forward_funcs):
@@ -65,8 +76,7 @@ def _train_body(overrides: dict) -> dict:
 
 def _run(name: str, overrides: dict, world_size: int = 2) -> dict:
     out_dir = os.path.join(_tmp(), name)
-    ranks = run_distributed(_train_body, world_size, {**BASE, "output_dir": out_dir, **overrides},
-                            timeout=240)
+    ranks = run_distributed(_train_body, world_size, {**BASE, "output_dir": out_dir, **overrides}, timeout=240)
     metrics = {r["step"]: r for r in read_metrics(os.path.join(out_dir, "metrics.jsonl"))}
     return {"dir": out_dir, "ranks": ranks, "metrics": metrics}
 
@@ -81,8 +91,14 @@ def _resume_from_step2(src: dict, name: str, overrides: dict) -> dict:
     return _run(name, overrides)
 
 
-def write_packed_shards(base: str, *, num_sequences: int = 96, seq_len: int = 64, vocab_size: int = 512,
-                        token_ids: tuple[int, int] | None = None) -> str:
+def write_packed_shards(
+    base: str,
+    *,
+    num_sequences: int = 96,
+    seq_len: int = 64,
+    vocab_size: int = 512,
+    token_ids: tuple[int, int] | None = None,
+) -> str:
     """A packed shard folder in data_prep's format (2 uint16 shards) with a word-level tokenizer at
     ../tokenizer (the same for every call with this vocab_size), rows drawn from `token_ids` [low, high)
     (default [2, vocab_size)); returns the shard folder."""
@@ -95,7 +111,8 @@ def write_packed_shards(base: str, *, num_sequences: int = 96, seq_len: int = 64
     tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token="t1").save_pretrained(
-        os.path.join(base, "tokenizer"))
+        os.path.join(base, "tokenizer")
+    )
 
     shards_dir = os.path.join(base, "shards")
     os.makedirs(shards_dir)
@@ -103,18 +120,24 @@ def write_packed_shards(base: str, *, num_sequences: int = 96, seq_len: int = 64
     low, high = token_ids or (2, vocab_size)
     shards = []
     for i, n in enumerate((num_sequences // 2, num_sequences - num_sequences // 2)):
-        rows = np.stack([np.resize(rng.integers(low, high, size=int(rng.integers(3, 9))), seq_len)
-                         for _ in range(n)]).astype(np.uint16)
+        rows = np.stack(
+            [np.resize(rng.integers(low, high, size=int(rng.integers(3, 9))), seq_len) for _ in range(n)]
+        ).astype(np.uint16)
         rows.tofile(os.path.join(shards_dir, f"shard_{i:05d}.bin"))
         shards.append(shard_record(f"shard_{i:05d}.bin", rows))
-    meta = format_meta(shards, seq_len=seq_len, vocab_size=vocab_size, eos_token_id=1,
-                       tokenizer_file=os.path.join(base, "tokenizer", "tokenizer.json"))
+    meta = format_meta(
+        shards,
+        seq_len=seq_len,
+        vocab_size=vocab_size,
+        eos_token_id=1,
+        tokenizer_file=os.path.join(base, "tokenizer", "tokenizer.json"),
+    )
     with open(os.path.join(shards_dir, "meta.json"), "w") as f:
         json.dump(meta, f)
     return shards_dir
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def packed_data() -> str:
     return write_packed_shards(os.path.join(_tmp(), "data"))
 
@@ -123,51 +146,53 @@ def _dp() -> dict:
     return {"schedule.global_batch": 4, "data.path": packed_data()}  # micro 2 (tiny_cpu.json) x data 2 -> gas 1
 
 
-PP = {"parallel.pipe": 2, "schedule.stages": [{"steps": 2, "global_batch": 4, "data_fraction": 0.5},
-                                              {"global_batch": 8}]}
+PP = {
+    "parallel.pipe": 2,
+    "schedule.stages": [{"steps": 2, "global_batch": 4, "data_fraction": 0.5}, {"global_batch": 8}],
+}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data_parallel() -> dict:
     return _run("dp", _dp())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data_parallel_resumed() -> dict:
     return _resume_from_step2(data_parallel(), "dp_resumed", _dp())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pipeline() -> dict:
     return _run("pp", PP)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pipeline_resumed() -> dict:
     return _resume_from_step2(pipeline(), "pp_resumed", PP)
 
 
 NO_DROP = {"schedule.drop_path_max": 0.0, "checkpoint.every": 0, "schedule.steps": 3}  # eager and inductor draw
-                                                                                        # DropPath masks differently
+# DropPath masks differently
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data_parallel_eager_no_drop() -> dict:
     return _run("dp_eager", {**_dp(), **NO_DROP})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data_parallel_compiled_no_drop() -> dict:
     return _run("dp_compiled", {**_dp(), **NO_DROP, "model.compile": True})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pipeline_compiled_no_drop() -> dict:
     """The same 4-sequence batches as the data-parallel runs, as 2 pipeline stages x 2 micro-batches."""
     return _run("pp_compiled", {**_dp(), **NO_DROP, "parallel.pipe": 2, "model.compile": True})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data_parallel_compiled_drop_path() -> dict:
     """Compiled blocks with DropPath rising every step (BASE: drop_path_max 0.2)."""
     return _run("dp_compiled_drop", {**_dp(), "model.compile": True})

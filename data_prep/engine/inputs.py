@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import io
 import lzma
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from data_prep.document import CODE, IMAGE, TEXT, Document
 from data_prep.errors import PrepError
@@ -53,8 +53,10 @@ def check_inputs(flag: str, specs: list[str]) -> None:
         try:
             found = bool(_list_fsspec(spec))
         except Exception as exc:  # noqa: BLE001 - a missing protocol package, credentials, network: one message
-            raise PrepError(f"{flag} {spec}: cannot be listed through fsspec ({exc}); check the URL, the protocol's "
-                            "package (e.g. s3fs for s3://) and its credentials") from exc
+            raise PrepError(
+                f"{flag} {spec}: cannot be listed through fsspec ({exc}); check the URL, the protocol's "
+                "package (e.g. s3fs for s3://) and its credentials"
+            ) from exc
         if not found:
             raise PrepError(f"{flag} {spec}: matches no file; fix the pattern or the URL")
 
@@ -150,8 +152,9 @@ def iter_input_documents(
     if kind == "jsonl":
         # zstandard's reader has no line iteration of its own: a buffer on top gives it
         open_file = (lambda: io.BufferedReader(opener.open())) if compression == "zstd" else opener.open
-        yield from text_reader._iter_jsonl(f.path, f.rel, text_field, id_field, open_file=open_file,
-                                           stream_errors=_stream_errors())
+        yield from text_reader._iter_jsonl(
+            f.path, f.rel, text_field, id_field, open_file=open_file, stream_errors=_stream_errors()
+        )
     elif kind == "plain":
         try:
             with opener as fh:
@@ -160,8 +163,11 @@ def iter_input_documents(
             yield text_reader._bad(f.rel, f.path, "truncated_file")
             return
         text, err = (None, "file_too_large") if len(data) > MAX_PLAIN_BYTES else _files.decode_text(data)
-        yield text_reader._bad(f.rel, f.path, err) if err else Document(id=f.rel, text=text, modality="text",
-                                                                          source=f.path)
+        yield (
+            text_reader._bad(f.rel, f.path, err)
+            if err
+            else Document(id=f.rel, text=text, modality="text", source=f.path)
+        )
     elif kind == "parquet":
         with opener as fh:
             yield from text_reader._iter_parquet(fh, f.rel, text_field, id_field, source=f.path)

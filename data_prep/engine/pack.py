@@ -47,16 +47,23 @@ class PackTask(PipelineStep):
     name = "r1 pack"
     type = "💽 - WRITER"
 
-    def __init__(self, groups: list[list[str]], tokenizer_dir: Path, shards_dir: Path, *, seq_len: int,
-                 shard_rows: int):
+    def __init__(
+        self, groups: list[list[str]], tokenizer_dir: Path, shards_dir: Path, *, seq_len: int, shard_rows: int
+    ):
         super().__init__()
         self.groups, self.tokenizer_dir, self.shards_dir = groups, Path(tokenizer_dir), Path(shards_dir)
         self.seq_len, self.shard_rows = seq_len, shard_rows
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> None:
         texts = (json.loads(line)["text"] for part in self.groups[rank] for line in open(part, encoding="utf-8"))
-        packed = pack_stream(texts, self.tokenizer_dir, self.shards_dir, seq_len=self.seq_len,
-                             shard_rows=self.shard_rows, first_shard=rank * SHARDS_PER_TASK)
+        packed = pack_stream(
+            texts,
+            self.tokenizer_dir,
+            self.shards_dir,
+            seq_len=self.seq_len,
+            shard_rows=self.shard_rows,
+            first_shard=rank * SHARDS_PER_TASK,
+        )
         self.stat_update("documents", value=packed["num_documents"])
         atomic_write_json(pack_commit_path(self.shards_dir, rank), packed)
 
@@ -89,7 +96,8 @@ def pack_on_executor(
     packed = [_committed(shards_dir, p) for p in range(len(groups))]
     if any(p is None for p in packed):
         if cfg.executor == "slurm":
-            raise Submitted(f"packing: {len(groups)} tasks submitted to Slurm; rerun this command when they finish "
-                            f"(logs: {logs})")
+            raise Submitted(
+                f"packing: {len(groups)} tasks submitted to Slurm; rerun this command when they finish (logs: {logs})"
+            )
         raise PrepError(f"packing: tasks did not finish; see {logs} and rerun to resume")
     return write_meta(packed, tokenizer_dir, shards_dir, seq_len=seq_len)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from data_prep.atomic import atomic_write_json
 from data_prep.document import TEXT, Document
@@ -75,8 +76,7 @@ def _load_or_make_plan(
     else:
         files = list_inputs(specs, exclude, modality)
         if not files:
-            raise PrepError(f"--{modality} {' '.join(specs)}: no input file found; pass files, folders, globs or "
-                            "URLs")
+            raise PrepError(f"--{modality} {' '.join(specs)}: no input file found; pass files, folders, globs or URLs")
         plan = {"files": [vars(f) for f in files], "ranges": plan_tasks([f.size for f in files], tasks)}
     plan |= {"exclude": [str(p) for p in exclude], "dedup_tasks": dedup_tasks or len(plan["ranges"])}
     atomic_write_json(path, plan)
@@ -99,22 +99,52 @@ def run_engine(
     """Filter one modality's inputs (``specs``, or ``documents`` in memory) on ``cfg.executor``; returns per-stage
     counts over all tasks."""
     engine_dir = out / "engine" / modality
-    plan = _load_or_make_plan(engine_dir, specs, exclude, cfg.tasks or default_tasks(cfg.workers),
-                              cfg.dedup_tasks, modality=modality, documents=documents, part_size=part_size)
+    plan = _load_or_make_plan(
+        engine_dir,
+        specs,
+        exclude,
+        cfg.tasks or default_tasks(cfg.workers),
+        cfg.dedup_tasks,
+        modality=modality,
+        documents=documents,
+        part_size=part_size,
+    )
     tasks = len(plan["ranges"])
     todo = _uncommitted(out, modality, engine_dir, tasks)
     if len(todo) < tasks:
         log.info("Skipping %d of %d %s tasks: committed by an earlier run", tasks - len(todo), tasks, modality)
     if todo:
-        log.info("engine (%s, %s): %d tasks over %d files, %d workers", cfg.executor, modality, tasks,
-                 len(plan["files"]), cfg.workers)
-        stages = _pipelines(filters, modality=modality, out=out, engine_dir=engine_dir, cfg=cfg,
-                            text_field=text_field, id_field=id_field, part_size=part_size, tasks=tasks,
-                            buckets=plan.get("dedup_tasks", tasks), documents=documents)
+        log.info(
+            "engine (%s, %s): %d tasks over %d files, %d workers",
+            cfg.executor,
+            modality,
+            tasks,
+            len(plan["files"]),
+            cfg.workers,
+        )
+        stages = _pipelines(
+            filters,
+            modality=modality,
+            out=out,
+            engine_dir=engine_dir,
+            cfg=cfg,
+            text_field=text_field,
+            id_field=id_field,
+            part_size=part_size,
+            tasks=tasks,
+            buckets=plan.get("dedup_tasks", tasks),
+            documents=documents,
+        )
         n_stages, executor, executors = len(stages), None, []
         for name, (pipeline, n_tasks) in stages.items():
-            executor = build_executor(cfg, pipeline, stage=f"{modality}-{name}", tasks=n_tasks,
-                                      logging_dir=engine_dir / "logs" / name, depends=executor)
+            executor = build_executor(
+                cfg,
+                pipeline,
+                stage=f"{modality}-{name}",
+                tasks=n_tasks,
+                logging_dir=engine_dir / "logs" / name,
+                depends=executor,
+            )
             executors.append(executor)
         if cfg.executor == "local" and cfg.workers == 1:
             for ex in executors:
@@ -127,8 +157,10 @@ def run_engine(
     missing = _uncommitted(out, modality, engine_dir, tasks)
     if missing:  # the first check found tasks to run, so n_stages is set
         if cfg.executor == "slurm":
-            raise Submitted(f"engine: {n_stages} stages submitted to Slurm ({tasks} tasks each); rerun this "
-                            f"command when they finish to merge the stats and pack (logs: {engine_dir / 'logs'})")
+            raise Submitted(
+                f"engine: {n_stages} stages submitted to Slurm ({tasks} tasks each); rerun this "
+                f"command when they finish to merge the stats and pack (logs: {engine_dir / 'logs'})"
+            )
         raise PrepError(f"engine: tasks {missing[:10]} did not finish; see {engine_dir / 'logs'} and rerun to resume")
     return merge_task_stats(out, modality, tasks)
 
@@ -155,21 +187,30 @@ def _uncommitted(out: Path, modality: str, engine_dir: Path, tasks: int) -> list
     return missing
 
 
-def _pipelines(filters, *, modality, out, engine_dir, cfg, text_field, id_field, part_size, tasks, buckets,
-               documents):
+def _pipelines(filters, *, modality, out, engine_dir, cfg, text_field, id_field, part_size, tasks, buckets, documents):
     """{stage: (pipeline, tasks)}: without an exact_dedup stage there is nothing to share, so one stage."""
     names = [f.name for f in filters]
 
     def steps(sink: TaskSink, chain: list[BaseFilter]) -> list[Any]:
-        return [R1Reader(engine_dir, sink, text_field=text_field, id_field=id_field, documents=documents),
-                *[R1FilterStep(f, sink, part_size=part_size) for f in chain]]
+        return [
+            R1Reader(engine_dir, sink, text_field=text_field, id_field=id_field, documents=documents),
+            *[R1FilterStep(f, sink, part_size=part_size) for f in chain],
+        ]
 
     if "exact_dedup" not in names:
         sink = TaskSink(out, modality, names, write=True)
         return {"filter": (steps(sink, filters) + [PartWriter(out, engine_dir, sink)], tasks)}
     cut = names.index("exact_dedup")
-    minhash = (MinHashParams(ngram=cfg.minhash_ngram, bands=cfg.minhash_buckets, rows=cfg.minhash_hashes_per_bucket,
-                             seed=cfg.minhash_seed) if cfg.near_dedup else None)
+    minhash = (
+        MinHashParams(
+            ngram=cfg.minhash_ngram,
+            bands=cfg.minhash_buckets,
+            rows=cfg.minhash_hashes_per_bucket,
+            seed=cfg.minhash_seed,
+        )
+        if cfg.near_dedup
+        else None
+    )
     dedup: list[BaseFilter] = [DuplicateListFilter("exact_dedup", engine_dir, "exact", buckets)]
     if minhash:
         dedup.append(DuplicateListFilter("near_dedup", engine_dir, "near", buckets))
@@ -178,8 +219,10 @@ def _pipelines(filters, *, modality, out, engine_dir, cfg, text_field, id_field,
     sink = TaskSink(out, modality, [f.name for f in chain], write=True)
     bands = minhash.bands if minhash else 0
     stages = {
-        "signatures": (steps(sig_sink, filters[:cut]) + [SignatureWriter(engine_dir, minhash, sig_sink, buckets)],
-                       tasks),
+        "signatures": (
+            steps(sig_sink, filters[:cut]) + [SignatureWriter(engine_dir, minhash, sig_sink, buckets)],
+            tasks,
+        ),
         "dedup": ([DedupBuckets(engine_dir, tasks, buckets)], buckets + bands),
     }
     if minhash:

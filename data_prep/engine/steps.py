@@ -15,9 +15,10 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter as DatatroveFilter
@@ -82,8 +83,9 @@ class TaskSink:
         if self._stack is not None:
             self._stack.close()
         self.write_timing(engine_dir, "filter")
-        atomic_write_json(commit_path(self.out_dir, self.modality, self.rank),
-                          {"num_docs": num_docs, "stages": self.stages})
+        atomic_write_json(
+            commit_path(self.out_dir, self.modality, self.rank), {"num_docs": num_docs, "stages": self.stages}
+        )
         maybe_crash("filter", next(_commits))
 
     def write_timing(self, engine_dir: Path, stage: str) -> None:
@@ -91,8 +93,10 @@ class TaskSink:
 
     def times(self) -> dict[str, float]:
         """CPU and wall seconds of this task so far (the benchmark sums CPU seconds over tasks)."""
-        return {"cpu_s": round(time.process_time() - self._clock[0], 3),
-                "wall_s": round(time.perf_counter() - self._clock[1], 3)}
+        return {
+            "cpu_s": round(time.process_time() - self._clock[0], 3),
+            "wall_s": round(time.perf_counter() - self._clock[1], 3),
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stack": None, "_rejects": None}
@@ -105,8 +109,15 @@ class R1Reader(PipelineStep):
     name = "r1 reader"
     type = "📖 - READER"
 
-    def __init__(self, engine_dir: Path, sink: TaskSink, *, text_field: str, id_field: str | None,
-                 documents: list[Document] | None = None):
+    def __init__(
+        self,
+        engine_dir: Path,
+        sink: TaskSink,
+        *,
+        text_field: str,
+        id_field: str | None,
+        documents: list[Document] | None = None,
+    ):
         super().__init__()
         self.engine_dir, self.sink, self.text_field, self.id_field = Path(engine_dir), sink, text_field, id_field
         self.modality = sink.modality
@@ -129,8 +140,9 @@ class R1Reader(PipelineStep):
         progress = Progress(f"task {rank}", sum(f.size for f in files), logger.info)
         n = done_bytes = 0
         for f in files:
-            for doc in iter_input_documents(f, text_field=self.text_field, id_field=self.id_field,
-                                            modality=self.modality, exclude=exclude):
+            for doc in iter_input_documents(
+                f, text_field=self.text_field, id_field=self.id_field, modality=self.modality, exclude=exclude
+            ):
                 n += 1
                 yield doc
             done_bytes += f.size

@@ -8,7 +8,8 @@ Filters with state that must survive a crash (deduplication) implement ``state_d
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from data_prep.document import Document, FilterResult
 

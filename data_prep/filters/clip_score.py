@@ -13,8 +13,9 @@ import io
 import logging
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Sequence
+from typing import Any
 
 from data_prep.document import Document, FilterResult
 from data_prep.errors import PrepError
@@ -113,8 +114,9 @@ class ClipScoreFilter(BaseFilter):
             )
 
     def config(self) -> dict[str, Any]:
-        return {k: v for k, v in super().config().items()
-                if k not in ("workers", "fast_preprocess", "decode_processes")}
+        return {
+            k: v for k, v in super().config().items() if k not in ("workers", "fast_preprocess", "decode_processes")
+        }
 
     def _load(self) -> None:
         if self._model is not None:
@@ -190,8 +192,10 @@ class ClipScoreFilter(BaseFilter):
         return self._device.startswith("cuda") if self.decode_processes is None else self.decode_processes
 
     def _fall_back_to_threads(self):
-        log.warning("clip: the image-decoding worker processes could not start (a script that spawns processes "
-                    "needs an `if __name__ == \"__main__\":` guard); decoding in threads instead")
+        log.warning(
+            "clip: the image-decoding worker processes could not start (a script that spawns processes "
+            'needs an `if __name__ == "__main__":` guard); decoding in threads instead'
+        )
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
         self.decode_processes = False
@@ -251,9 +255,7 @@ class ClipScoreFilter(BaseFilter):
                 if self._fast is not None:
                     images = self._to_pixels([pixels[i] for i in ok])  # (B, 3, H, W)
                 else:
-                    images = torch.stack([pixels[i] for i in ok]).to(
-                        self._device, non_blocking=True
-                    )  # (B, 3, H, W)
+                    images = torch.stack([pixels[i] for i in ok]).to(self._device, non_blocking=True)  # (B, 3, H, W)
                 texts = self._tokenizer([chunk[i].text for i in ok]).to(self._device)  # (B, 77)
                 use_amp = self._device.startswith("cuda")
                 with torch.inference_mode(), torch.autocast("cuda", enabled=use_amp, dtype=torch.float16):

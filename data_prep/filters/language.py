@@ -5,7 +5,7 @@ ships inside a package instead of a fastText download).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from data_prep.document import Document, FilterResult
 from data_prep.filters.base import BaseFilter

@@ -5,8 +5,8 @@ Missing paths are user errors and raise PrepError before any work starts (``chec
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from data_prep.errors import PrepError
 

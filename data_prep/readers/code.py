@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from data_prep.document import CODE, Document
 from data_prep.filters.read_error import READ_ERROR_KEY

@@ -12,8 +12,9 @@ import io
 import json
 import logging
 import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from data_prep.document import IMAGE, Document
 from data_prep.filters.read_error import READ_ERROR_KEY

@@ -6,8 +6,9 @@ import gzip
 import json
 import logging
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO
 
 from data_prep.document import TEXT, Document
 from data_prep.filters.read_error import READ_ERROR_KEY

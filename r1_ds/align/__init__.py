@@ -11,9 +11,16 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "info_nce": "loss", "gather_rows": "loss", "MineEstimator": "mine", "pair_weights": "mine",
-    "recall_at_k": "retrieval", "AlignHeads": "heads", "AlignHeadsConfig": "heads", "PAIRS": "heads",
-    "AlignModel": "model", "AlignSettings": "settings",
+    "info_nce": "loss",
+    "gather_rows": "loss",
+    "MineEstimator": "mine",
+    "pair_weights": "mine",
+    "recall_at_k": "retrieval",
+    "AlignHeads": "heads",
+    "AlignHeadsConfig": "heads",
+    "PAIRS": "heads",
+    "AlignModel": "model",
+    "AlignSettings": "settings",
 }
 __all__ = sorted(_EXPORTS)
 

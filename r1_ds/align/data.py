@@ -22,8 +22,11 @@ from ..data import DataError
 
 log = logging.getLogger("r1_ds.align")
 
-KIND_MODALITIES = {"image-text-code": (True, True, True), "image-text": (True, True, False),
-                   "text-code": (False, True, True)}
+KIND_MODALITIES = {
+    "image-text-code": (True, True, True),
+    "image-text": (True, True, False),
+    "text-code": (False, True, True),
+}
 """Which of (image, text, code) each triple kind holds."""
 
 
@@ -74,11 +77,23 @@ def parse_triples(path: str) -> tuple[list[Row], Counter]:
                 dropped["missing_image"] += 1
                 continue
             seen.add(rid)
-            views = [os.path.normpath(os.path.join(root, v)) for v in rec.get("image_views") or []
-                     if isinstance(v, str)] if has[0] else []
+            views = (
+                [os.path.normpath(os.path.join(root, v)) for v in rec.get("image_views") or [] if isinstance(v, str)]
+                if has[0]
+                else []
+            )
             image = os.path.normpath(os.path.join(root, image)) if has[0] else None
-            rows.append(Row(id=rid, kind=rec["kind"], has=has, image=image, views=views,
-                            text=text if has[1] else "", code=code if has[2] else ""))
+            rows.append(
+                Row(
+                    id=rid,
+                    kind=rec["kind"],
+                    has=has,
+                    image=image,
+                    views=views,
+                    text=text if has[1] else "",
+                    code=code if has[2] else "",
+                )
+            )
     return rows, dropped
 
 
@@ -99,8 +114,12 @@ class AlignData:
 
     def summary(self) -> dict:
         kinds = Counter(tuple(r["has"]) for r in self.train + self.held_out)
-        return {"train_rows": len(self.train), "held_out_rows": len(self.held_out),
-                "dropped": dict(self.dropped), "rows_by_modalities": {str(k): v for k, v in kinds.items()}}
+        return {
+            "train_rows": len(self.train),
+            "held_out_rows": len(self.held_out),
+            "dropped": dict(self.dropped),
+            "rows_by_modalities": {str(k): v for k, v in kinds.items()},
+        }
 
 
 def load_image_embeddings(rows: list[Row], cache_file: str, build_tower) -> tuple[dict[str, torch.Tensor], dict]:
@@ -129,8 +148,14 @@ def load_image_embeddings(rows: list[Row], cache_file: str, build_tower) -> tupl
         failed = {os.path.normpath(p): why for p, why in failed.items()}
         os.makedirs(base, exist_ok=True)
         with atomic_open(cache_file, "wb") as f:
-            torch.save({"paths": [os.path.relpath(p, base) for p in paths], "embeds": embeds,
-                        "failed": {os.path.relpath(p, base): why for p, why in failed.items()}}, f)
+            torch.save(
+                {
+                    "paths": [os.path.relpath(p, base) for p in paths],
+                    "embeds": embeds,
+                    "failed": {os.path.relpath(p, base): why for p, why in failed.items()},
+                },
+                f,
+            )
         log.info("image tower embeddings of %d images cached in %s (%d failed)", len(ok), cache_file, len(failed))
     else:
         embeds = cached["embeds"]
@@ -138,8 +163,18 @@ def load_image_embeddings(rows: list[Row], cache_file: str, build_tower) -> tupl
     return table, failed
 
 
-def build_align_data(rows: list[Row], dropped: Counter, images: dict[str, torch.Tensor], failed: dict[str, str],
-                     tokenizer, *, text_len: int, code_len: int, vocab_size: int, held_out_percent: float) -> AlignData:
+def build_align_data(
+    rows: list[Row],
+    dropped: Counter,
+    images: dict[str, torch.Tensor],
+    failed: dict[str, str],
+    tokenizer,
+    *,
+    text_len: int,
+    code_len: int,
+    vocab_size: int,
+    held_out_percent: float,
+) -> AlignData:
     """Drop rows whose image failed (by reason), tokenise, split. Views that failed are skipped silently."""
     dropped = Counter(dropped)
     dim = next(iter(images.values())).shape[0] if images else 1
@@ -152,12 +187,19 @@ def build_align_data(rows: list[Row], dropped: Counter, images: dict[str, torch.
         text = tokenize(tokenizer, r.text, text_len) if r.has[1] else []
         code = tokenize(tokenizer, r.code, code_len) if r.has[2] else []
         max_id = max([max_id, *text, *code])
-        item = {"id": r.id, "has": r.has, "text": text, "code": code,
-                "image": [images[p] for p in [r.image, *r.views] if p in images] if r.has[0] else []}
+        item = {
+            "id": r.id,
+            "has": r.has,
+            "text": text,
+            "code": code,
+            "image": [images[p] for p in [r.image, *r.views] if p in images] if r.has[0] else [],
+        }
         (held if held_out(r.id, held_out_percent) else train).append(item)
     if max_id >= vocab_size:
-        raise DataError(f"the alignment tokenizer produces token id {max_id} but the model has vocab_size={vocab_size}. "
-                        f"Fix: set model.overrides.vocab_size > {max_id} (the tokenizer's vocabulary size).")
+        raise DataError(
+            f"the alignment tokenizer produces token id {max_id} but the model has vocab_size={vocab_size}. "
+            f"Fix: set model.overrides.vocab_size > {max_id} (the tokenizer's vocabulary size)."
+        )
     return AlignData(train=train, held_out=held, dropped=dropped, image_dim=dim)
 
 
@@ -178,8 +220,8 @@ def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     tokens = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+        tokens[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
     return tokens, mask
 
 

@@ -25,10 +25,13 @@ def heads_config(heads: dict[str, torch.Tensor], align: dict):
 
     proj_dim, hidden_size = heads["text_proj.weight"].shape
     image_hidden = heads["image_proj.1.weight"].shape[0] if "image_proj.3.weight" in heads else 0
-    return AlignHeadsConfig(hidden_size=hidden_size, image_dim=heads["image_mean"].shape[0], proj_dim=proj_dim,
-                            image_hidden=image_hidden,
-                            **{k: align[k] for k in ("init_temperature", "min_temperature", "max_temperature")
-                               if k in align})
+    return AlignHeadsConfig(
+        hidden_size=hidden_size,
+        image_dim=heads["image_mean"].shape[0],
+        proj_dim=proj_dim,
+        image_hidden=image_hidden,
+        **{k: align[k] for k in ("init_temperature", "min_temperature", "max_temperature") if k in align},
+    )
 
 
 def tokenizer_dir(train_config: dict) -> str | None:
@@ -45,22 +48,32 @@ def tokenizer_dir(train_config: dict) -> str | None:
 
 def export_align(tag_dir: str, out: str, *, dtype: str | None = None, trusted: bool = False) -> str:
     """Write the LM folder and OUT/align_heads from an alignment checkpoint's tag folder; returns `out`."""
-    from ..checkpoint_export import _check_replaceable, _write_hf_folder, check_output_folder, export_folder, hf_state_dict
+    from ..checkpoint_export import (
+        _check_replaceable,
+        _write_hf_folder,
+        check_output_folder,
+        export_folder,
+        hf_state_dict,
+    )
     from ..metrics import log0
     from .heads import AlignHeads
 
     sd, state = hf_state_dict(tag_dir, trusted=trusted)
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise CheckpointError(f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}): the run had diverged when it saved "
-                              "this checkpoint. Fix: export an earlier checkpoint (--tag global_stepN).")
+        raise CheckpointError(
+            f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}): the run had diverged when it saved "
+            "this checkpoint. Fix: export an earlier checkpoint (--tag global_stepN)."
+        )
     lm = {k.removeprefix("lm."): v for k, v in sd.items() if k.startswith("lm.")}
     head_sd = {k.removeprefix("heads."): v for k, v in sd.items() if k.startswith("heads.")}
     other = sorted(set(sd) - {f"lm.{k}" for k in lm} - {f"heads.{k}" for k in head_sd})
     if not lm or not head_sd or other:
-        raise CheckpointError(f"{tag_dir}: an alignment checkpoint holds the LM (lm.*) and the heads (heads.*); this "
-                              f"one has {len(lm)} LM and {len(head_sd)} head tensors and {other[:4]} besides. Fix: "
-                              "export a checkpoint that `r1-ds train` with align.objective wrote.")
+        raise CheckpointError(
+            f"{tag_dir}: an alignment checkpoint holds the LM (lm.*) and the heads (heads.*); this "
+            f"one has {len(lm)} LM and {len(head_sd)} head tensors and {other[:4]} besides. Fix: "
+            "export a checkpoint that `r1-ds train` with align.objective wrote."
+        )
     train_config = state.get("r1_train_config") or {}
     heads = AlignHeads(heads_config(head_sd, train_config.get("align") or {}))
     heads.load_state_dict(head_sd, strict=True)
@@ -73,6 +86,11 @@ def export_align(tag_dir: str, out: str, *, dtype: str | None = None, trusted: b
     with export_folder(out) as tmp:
         _write_hf_folder(tmp, lm, {**state, "r1_tokenizer_dir": tok}, tag_dir=tag_dir, dtype=dtype)
         heads.save_pretrained(os.path.join(tmp, HEADS_FOLDER))
-    log0("exported the alignment checkpoint %s (step %s): LM in %s, heads in %s", tag_dir, state.get("global_steps"),
-         out, os.path.join(out, HEADS_FOLDER))
+    log0(
+        "exported the alignment checkpoint %s (step %s): LM in %s, heads in %s",
+        tag_dir,
+        state.get("global_steps"),
+        out,
+        os.path.join(out, HEADS_FOLDER),
+    )
     return out

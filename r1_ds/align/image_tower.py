@@ -24,16 +24,17 @@ class ImageTowerError(DataError):
     """The image tower cannot be built or its checkpoint does not fit it; the message names the file."""
 
 
-def build_image_tower(model_name: str, checkpoint: str | None = None, *, image_size: int | None = None,
-                      seed: int = 0):
+def build_image_tower(model_name: str, checkpoint: str | None = None, *, image_size: int | None = None, seed: int = 0):
     """(visual module in eval mode without gradients, preprocess transform, output dim) of open_clip's
     `model_name`. checkpoint: a local file holding the CLIP model's state dict (keys "visual.*") or the vision
     tower's alone; None builds it random-init (seeded: every rank gets the same tower) with a warning."""
     import open_clip
 
     if model_name not in open_clip.list_models():
-        raise ImageTowerError(f"align.image_tower={model_name!r} is not an open_clip model. Fix: pick one of "
-                              "open_clip.list_models(), e.g. 'ViT-B-32'.")
+        raise ImageTowerError(
+            f"align.image_tower={model_name!r} is not an open_clip model. Fix: pick one of "
+            "open_clip.list_models(), e.g. 'ViT-B-32'."
+        )
     torch.manual_seed(seed)
     kwargs = {"force_image_size": image_size} if image_size else {}
     model = open_clip.create_model(model_name, pretrained=None, **kwargs)
@@ -41,8 +42,11 @@ def build_image_tower(model_name: str, checkpoint: str | None = None, *, image_s
     if checkpoint:
         _load_visual(visual, checkpoint, model_name)
     else:
-        warnings.warn(f"image tower {model_name} is random-init (no align.image_tower_checkpoint): fine for tests and "
-                      "the demo, not for real alignment", stacklevel=2)
+        warnings.warn(
+            f"image tower {model_name} is random-init (no align.image_tower_checkpoint): fine for tests and "
+            "the demo, not for real alignment",
+            stacklevel=2,
+        )
     visual.eval().requires_grad_(False)
     size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
     preprocess = open_clip.image_transform(size, is_train=False)
@@ -51,18 +55,24 @@ def build_image_tower(model_name: str, checkpoint: str | None = None, *, image_s
 
 def _load_visual(visual: torch.nn.Module, checkpoint: str, model_name: str) -> None:
     if not os.path.isfile(checkpoint):
-        raise ImageTowerError(f"align.image_tower_checkpoint={checkpoint!r} does not exist. Fix: give the path of a "
-                              f"local {model_name} checkpoint file, or leave it empty for a random-init tower.")
+        raise ImageTowerError(
+            f"align.image_tower_checkpoint={checkpoint!r} does not exist. Fix: give the path of a "
+            f"local {model_name} checkpoint file, or leave it empty for a random-init tower."
+        )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets one message naming it
-        raise ImageTowerError(f"align.image_tower_checkpoint={checkpoint!r} is not a readable torch checkpoint "
-                              f"({type(err).__name__}: {err}). Fix: pass an open_clip {model_name} state dict.") from None
+        raise ImageTowerError(
+            f"align.image_tower_checkpoint={checkpoint!r} is not a readable torch checkpoint "
+            f"({type(err).__name__}: {err}). Fix: pass an open_clip {model_name} state dict."
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ImageTowerError(f"align.image_tower_checkpoint={checkpoint!r} holds a {type(state).__name__}, not a "
-                              "state dict. Fix: save model.state_dict() of an open_clip model.")
+        raise ImageTowerError(
+            f"align.image_tower_checkpoint={checkpoint!r} holds a {type(state).__name__}, not a "
+            "state dict. Fix: save model.state_dict() of an open_clip model."
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("visual.") for k in state):
         state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
@@ -70,9 +80,11 @@ def _load_visual(visual: torch.nn.Module, checkpoint: str, model_name: str) -> N
         visual.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0:3]
-        raise ImageTowerError(f"align.image_tower_checkpoint={checkpoint!r} does not fit the {model_name} image "
-                              f"tower: {' '.join(first)[:400]}. Fix: use a checkpoint of the same open_clip model "
-                              "(align.image_tower), with the same image size.") from None
+        raise ImageTowerError(
+            f"align.image_tower_checkpoint={checkpoint!r} does not fit the {model_name} image "
+            f"tower: {' '.join(first)[:400]}. Fix: use a checkpoint of the same open_clip model "
+            "(align.image_tower), with the same image size."
+        ) from None
 
 
 def tower_key(model_name: str, checkpoint: str | None, image_size: int | None, seed: int) -> str:
@@ -86,8 +98,7 @@ def tower_key(model_name: str, checkpoint: str | None, image_size: int | None, s
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def embeddings_cache(triples: str, model_name: str, checkpoint: str | None, image_size: int | None,
-                     seed: int) -> str:
+def embeddings_cache(triples: str, model_name: str, checkpoint: str | None, image_size: int | None, seed: int) -> str:
     """The cache file of a tower's embeddings of the images of `triples` (a triples.jsonl): beside it."""
     key = tower_key(model_name, checkpoint, image_size, seed)
     return os.path.join(os.path.dirname(triples), "image_embeds", f"{model_name}-{key}.pt")

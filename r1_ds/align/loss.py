@@ -36,7 +36,7 @@ class _GatherRows(torch.autograd.Function):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)  # every rank's loss reaches every rank's rows
         start = dist.get_rank(ctx.group) * ctx.rows
-        return grad[start:start + ctx.rows], None
+        return grad[start : start + ctx.rows], None
 
 
 def gather_rows(x: torch.Tensor, group) -> torch.Tensor:
@@ -61,8 +61,15 @@ def group_size(group) -> int:
     return dist.get_world_size(group)
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float, *, mask: torch.Tensor | None = None,
-             symmetric: bool = True, group=None) -> torch.Tensor:
+def info_nce(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    mask: torch.Tensor | None = None,
+    symmetric: bool = True,
+    group=None,
+) -> torch.Tensor:
     """InfoNCE between paired features `a` (N, D) and `b` (N, D): row i of `a` matches row i of `b`.
 
     logit_scale: s = 1 / temperature (a tensor keeps its gradient). mask: (N,) bool, rows holding both

@@ -34,13 +34,24 @@ class MineEstimator:
     critic initialisation and the shuffles (the same seed gives the same estimates on every rank).
     """
 
-    def __init__(self, dim_a: int, dim_b: int, *, hidden: int = 128, lr: float = 1e-3, ema_rate: float = 0.01,
-                 variant: str = "mine", clip: float = 5.0, seed: int = 0):
+    def __init__(
+        self,
+        dim_a: int,
+        dim_b: int,
+        *,
+        hidden: int = 128,
+        lr: float = 1e-3,
+        ema_rate: float = 0.01,
+        variant: str = "mine",
+        clip: float = 5.0,
+        seed: int = 0,
+    ):
         if variant not in ("mine", "smile"):
             raise ValueError(f"MineEstimator: variant={variant!r} must be 'mine' or 'smile'")
         gen = torch.Generator().manual_seed(seed)
-        self.critic = nn.Sequential(nn.Linear(dim_a + dim_b, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                    nn.Linear(hidden, 1))
+        self.critic = nn.Sequential(
+            nn.Linear(dim_a + dim_b, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
         with torch.no_grad():
             for p in self.critic.parameters():  # PyTorch's default init, but from our generator
                 bound = 1 / math.sqrt(p.shape[-1] if p.dim() > 1 else hidden)
@@ -75,8 +86,13 @@ class MineEstimator:
         else:
             batch = float(lme.detach())
             r = self.ema_rate
-            self.log_ema = batch if self.log_ema is None else float(
-                torch.logaddexp(torch.tensor(math.log1p(-r) + self.log_ema), torch.tensor(math.log(r) + batch)))
+            self.log_ema = (
+                batch
+                if self.log_ema is None
+                else float(
+                    torch.logaddexp(torch.tensor(math.log1p(-r) + self.log_ema), torch.tensor(math.log(r) + batch))
+                )
+            )
             # d/dT of exp(lme - log_ema) is grad E_Q[e^T] / ema: the bias-corrected gradient of log E_Q[e^T]
             loss = -(joint.mean() - torch.exp(lme - self.log_ema))
         self.optimizer.zero_grad(set_to_none=True)
@@ -92,8 +108,13 @@ class MineEstimator:
         return float(self._bound(*self._scores(a, b, self._perm(a.shape[0], salt))))
 
     def state_dict(self) -> dict:
-        return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "log_ema": self.log_ema, "updates": self.updates, "seed": self.seed}
+        return {
+            "critic": self.critic.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "log_ema": self.log_ema,
+            "updates": self.updates,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.critic.load_state_dict(state["critic"])
@@ -101,8 +122,9 @@ class MineEstimator:
         self.log_ema, self.updates, self.seed = state["log_ema"], state["updates"], state["seed"]
 
 
-def pair_weights(estimates: dict[str, float], *, temperature: float = 1.0, low: float = 0.5,
-                 high: float = 2.0) -> dict[str, float]:
+def pair_weights(
+    estimates: dict[str, float], *, temperature: float = 1.0, low: float = 0.5, high: float = 2.0
+) -> dict[str, float]:
     """Loss weight per pair from its MI estimate: w_p = P softmax(-I_p / temperature), clipped to [low, high].
 
     P is the number of pairs. The least-aligned pair (lowest estimate) gets the most weight; equal estimates give
@@ -111,8 +133,10 @@ def pair_weights(estimates: dict[str, float], *, temperature: float = 1.0, low: 
     finite = [v for v in estimates.values() if v is not None and math.isfinite(v)]
     fill = sum(finite) / len(finite) if finite else 0.0
     names = list(estimates)
-    vals = torch.tensor([estimates[p] if estimates[p] is not None and math.isfinite(estimates[p]) else fill
-                         for p in names], dtype=torch.float64)
+    vals = torch.tensor(
+        [estimates[p] if estimates[p] is not None and math.isfinite(estimates[p]) else fill for p in names],
+        dtype=torch.float64,
+    )
     w = len(names) * torch.softmax(-vals / temperature, dim=0)
     return {p: float(min(high, max(low, x))) for p, x in zip(names, w.tolist())}
 

@@ -31,8 +31,9 @@ class AlignModel(nn.Module):
     `lm_weight` (the alignment loss then counts `align_weight` times).
     """
 
-    def __init__(self, lm: nn.Module, heads: AlignHeads, *, group=None, align_weight: float = 1.0,
-                 lm_weight: float = 1.0):
+    def __init__(
+        self, lm: nn.Module, heads: AlignHeads, *, group=None, align_weight: float = 1.0, lm_weight: float = 1.0
+    ):
         super().__init__()
         self.lm, self.heads = lm, heads
         self.group, self.align_weight, self.lm_weight = group, align_weight, lm_weight
@@ -50,9 +51,11 @@ class AlignModel(nn.Module):
         """Unit-norm embeddings per modality, (N, D) each (rows missing a modality hold whatever, masked later)."""
         n = batch["has"].shape[0]
         pooled = self.encode_tokens(batch["tokens"], batch["token_mask"])
-        return {"image": self.heads.project("image", batch["image"]),
-                "text": self.heads.project("text", pooled[:n]),
-                "code": self.heads.project("code", pooled[n:])}
+        return {
+            "image": self.heads.project("image", batch["image"]),
+            "text": self.heads.project("text", pooled[:n]),
+            "code": self.heads.project("code", pooled[n:]),
+        }
 
     def forward(self, batch: dict) -> dict:
         feats = self.embed(batch)

@@ -18,12 +18,16 @@ def recall_at_k(sim: torch.Tensor, k: int, positives: torch.Tensor | None = None
         raise ValueError(f"recall_at_k needs a (queries x candidates) matrix, got shape {tuple(sim.shape)}")
     if positives is None:
         if sim.shape[0] != sim.shape[1]:
-            raise ValueError(f"recall_at_k without positives needs a square matrix (match i = candidate i), got "
-                             f"shape {tuple(sim.shape)}")
+            raise ValueError(
+                f"recall_at_k without positives needs a square matrix (match i = candidate i), got "
+                f"shape {tuple(sim.shape)}"
+            )
         positives = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
     elif positives.shape != sim.shape:
-        raise ValueError(f"recall_at_k: sim {tuple(sim.shape)} and positives {tuple(positives.shape)} must be one "
-                         "(queries, candidates) shape")
+        raise ValueError(
+            f"recall_at_k: sim {tuple(sim.shape)} and positives {tuple(positives.shape)} must be one "
+            "(queries, candidates) shape"
+        )
     if k < 1:
         raise ValueError(f"recall_at_k: k={k} must be >= 1")
     if sim.shape[0] == 0:

@@ -80,8 +80,12 @@ def validate_align(a: AlignSettings, fail) -> None:
     if a.objective not in ("lm", "align", "lm+align"):
         fail("align.objective", a.objective, "must be lm, align or lm+align", "pick one of the three")
     if a.enabled and not a.triples:
-        fail("align.triples", a.triples, f"is required with align.objective={a.objective}",
-             "point it at the prep folder (or its triples/triples.jsonl)")
+        fail(
+            "align.triples",
+            a.triples,
+            f"is required with align.objective={a.objective}",
+            "point it at the prep folder (or its triples/triples.jsonl)",
+        )
     if not isinstance(a.kinds, list):
         fail("align.kinds", a.kinds, "must be a list", "write e.g. --set align.kinds=[image-text-code]")
     unknown = sorted(set(a.kinds) - {"image-text-code", "image-text", "text-code"})
@@ -90,19 +94,36 @@ def validate_align(a: AlignSettings, fail) -> None:
     if not a.weight > 0:
         fail("align.weight", a.weight, "must be > 0", "use e.g. 1.0")
     if not 0 < a.min_temperature <= a.init_temperature <= a.max_temperature:
-        fail("align.init_temperature", a.init_temperature,
-             f"must lie in [min_temperature={a.min_temperature}, max_temperature={a.max_temperature}], min > 0",
-             "use e.g. 0.01 <= 0.07 <= 1.0")
+        fail(
+            "align.init_temperature",
+            a.init_temperature,
+            f"must lie in [min_temperature={a.min_temperature}, max_temperature={a.max_temperature}], min > 0",
+            "use e.g. 0.01 <= 0.07 <= 1.0",
+        )
     if not 0 < a.held_out_percent < 100:
         fail("align.held_out_percent", a.held_out_percent, "must be in (0, 100)", "use e.g. 20")
     if a.mine_variant not in ("mine", "smile"):
         fail("align.mine_variant", a.mine_variant, "must be mine or smile", "pick one")
     if not 0 < a.weight_min <= 1 <= a.weight_max:
-        fail("align.weight_min/weight_max", (a.weight_min, a.weight_max), "need 0 < weight_min <= 1 <= weight_max",
-             "use e.g. 0.5 and 2.0")
+        fail(
+            "align.weight_min/weight_max",
+            (a.weight_min, a.weight_max),
+            "need 0 < weight_min <= 1 <= weight_max",
+            "use e.g. 0.5 and 2.0",
+        )
     if not 0 <= a.mine_smoothing < 1:
         fail("align.mine_smoothing", a.mine_smoothing, "must be in [0, 1)", "use e.g. 0.5")
-    for name in ("image_repeats", "eval_every", "eval_rows", "mine_every", "mine_steps", "mine_batch", "mine_buffer", "proj_dim",
-                 "text_len", "code_len"):
+    for name in (
+        "image_repeats",
+        "eval_every",
+        "eval_rows",
+        "mine_every",
+        "mine_steps",
+        "mine_batch",
+        "mine_buffer",
+        "proj_dim",
+        "text_len",
+        "code_len",
+    ):
         if getattr(a, name) < 1:
             fail(f"align.{name}", getattr(a, name), "must be >= 1", "use a positive integer")

@@ -28,13 +28,19 @@ from .data import collate, sample_order
 from .heads import PAIRS, AlignHeads, AlignHeadsConfig
 from .loss import gather_rows_no_grad, infonce_bound
 from .mine import MineEstimator, pair_weights
-from .model import PAIR_SIDES, MODALITIES, AlignModel
+from .model import MODALITIES, PAIR_SIDES, AlignModel
 from .retrieval import recall_at_k
 
 log = logging.getLogger("r1_ds.align")
 
-EVAL_DIRECTIONS = (("image", "text"), ("text", "image"), ("image", "code"), ("code", "image"), ("text", "code"),
-                   ("code", "text"))
+EVAL_DIRECTIONS = (
+    ("image", "text"),
+    ("text", "image"),
+    ("image", "code"),
+    ("code", "image"),
+    ("text", "code"),
+    ("code", "text"),
+)
 
 
 def check_layout(cfg: TrainConfig) -> None:
@@ -45,12 +51,14 @@ def check_layout(cfg: TrainConfig) -> None:
             "the pooled text and code features of every row of a micro-batch in one place, and DeepSpeed's pipeline "
             "engine passes one activation tensor per micro-batch through its stages and computes a per-micro-batch "
             "loss on the last stage only, with no way to gather features across data-parallel ranks with gradients. "
-            "Fix: train alignment data parallel (parallel.pipe=1, ZeRO stage 0-2).")
+            "Fix: train alignment data parallel (parallel.pipe=1, ZeRO stage 0-2)."
+        )
     if cfg.parallel.tensor > 1:
         raise ConfigError(
             f"parallel.tensor={cfg.parallel.tensor} with align.objective={cfg.align.objective}: alignment runs data "
             "parallel only (its negatives are gathered over the world group, which under tensor parallelism would "
-            "repeat each row once per tensor rank). Fix: set parallel.tensor=1.")
+            "repeat each row once per tensor rank). Fix: set parallel.tensor=1."
+        )
 
 
 def triples_file(path: str) -> str:
@@ -58,8 +66,10 @@ def triples_file(path: str) -> str:
     if os.path.isdir(path):
         path = os.path.join(path, "triples", "triples.jsonl")
     if not os.path.isfile(path):
-        raise DataError(f"align.triples: {path!r} does not exist. Fix: run `r1-ds prep --out DIR` and pass DIR or "
-                        "DIR/triples/triples.jsonl.")
+        raise DataError(
+            f"align.triples: {path!r} does not exist. Fix: run `r1-ds prep --out DIR` and pass DIR or "
+            "DIR/triples/triples.jsonl."
+        )
     return path
 
 
@@ -68,8 +78,10 @@ def load_tokenizer(path: str | None, triples: str):
 
     path = path or os.path.join(os.path.dirname(os.path.dirname(triples)), "tokenizer")
     if not os.path.isdir(path):
-        raise DataError(f"align.tokenizer: {path!r} is not a tokenizer folder. Fix: set align.tokenizer to the "
-                        "folder `r1-ds prep` wrote (OUT/tokenizer).")
+        raise DataError(
+            f"align.tokenizer: {path!r} is not a tokenizer folder. Fix: set align.tokenizer to the "
+            "folder `r1-ds prep` wrote (OUT/tokenizer)."
+        )
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -109,8 +121,16 @@ def prepare_data(cfg: TrainConfig, *, rank: int, vocab_size: int):
     if rank != 0:
         images = load_image_embeddings(rows, cache, tower)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    data = build_align_data(rows, dropped, *images, tokenizer, text_len=a.text_len, code_len=a.code_len,
-                            vocab_size=vocab_size, held_out_percent=a.held_out_percent)
+    data = build_align_data(
+        rows,
+        dropped,
+        *images,
+        tokenizer,
+        text_len=a.text_len,
+        code_len=a.code_len,
+        vocab_size=vocab_size,
+        held_out_percent=a.held_out_percent,
+    )
     return data, pad
 
 
@@ -120,8 +140,9 @@ class MineWeights:
 
     def __init__(self, a, *, proj_dim: int, seed: int):
         self.a = a
-        self.est = [MineEstimator(proj_dim, proj_dim, lr=1e-3, variant=a.mine_variant, seed=seed + p)
-                    for p in range(len(PAIRS))]
+        self.est = [
+            MineEstimator(proj_dim, proj_dim, lr=1e-3, variant=a.mine_variant, seed=seed + p) for p in range(len(PAIRS))
+        ]
         self.buffers: list[torch.Tensor | None] = [None] * len(PAIRS)  # (n, 2, D)
         self.estimates: list[float | None] = [None] * len(PAIRS)
         self.raw: list[float | None] = [None] * len(PAIRS)
@@ -134,7 +155,7 @@ class MineWeights:
                 continue
             new = torch.stack([feats[MODALITIES[i]][rows], feats[MODALITIES[j]][rows]], dim=1).float().cpu()
             buf = new if self.buffers[p] is None else torch.cat([self.buffers[p], new])
-            self.buffers[p] = buf[-self.a.mine_buffer:]
+            self.buffers[p] = buf[-self.a.mine_buffer :]
 
     def update(self, step: int) -> None:
         a = self.a
@@ -151,13 +172,22 @@ class MineWeights:
             old = self.estimates[p]
             self.estimates[p] = value if old is None else a.mine_smoothing * old + (1 - a.mine_smoothing) * value
         if step >= a.mine_warmup:
-            w = pair_weights({PAIRS[p]: e for p, e in enumerate(self.estimates)}, temperature=a.weight_temperature,
-                             low=a.weight_min, high=a.weight_max)
+            w = pair_weights(
+                {PAIRS[p]: e for p, e in enumerate(self.estimates)},
+                temperature=a.weight_temperature,
+                low=a.weight_min,
+                high=a.weight_max,
+            )
             self.weights = [w[p] for p in PAIRS]
 
     def state_dict(self) -> dict:
-        return {"est": [e.state_dict() for e in self.est], "buffers": self.buffers, "estimates": self.estimates,
-                "raw": self.raw, "weights": self.weights}
+        return {
+            "est": [e.state_dict() for e in self.est],
+            "buffers": self.buffers,
+            "estimates": self.estimates,
+            "raw": self.raw,
+            "weights": self.weights,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for e, s in zip(self.est, state["est"]):
@@ -167,14 +197,15 @@ class MineWeights:
 
 
 @torch.no_grad()
-def retrieval_metrics(module: AlignModel, items: list[dict], *, image_dim: int, pad_id: int, max_rows: int,
-                      device) -> dict:
+def retrieval_metrics(
+    module: AlignModel, items: list[dict], *, image_dim: int, pad_id: int, max_rows: int, device
+) -> dict:
     """Held-out R@1 / R@5 per direction (query -> candidates among the rows holding both), with chance R@1."""
     was_training = module.training
     module.eval()
     feats = {m: [] for m in MODALITIES}
     for start in range(0, len(items), 64):
-        batch = collate(items[start:start + 64], image_dim=image_dim, pad_id=pad_id)
+        batch = collate(items[start : start + 64], image_dim=image_dim, pad_id=pad_id)
         emb = module.embed({k: v.to(device) for k, v in batch.items()})
         for m in MODALITIES:
             feats[m].append(emb[m].float().cpu())
@@ -188,8 +219,14 @@ def retrieval_metrics(module: AlignModel, items: list[dict], *, image_dim: int, 
             continue
         sim = feats[q][rows] @ feats[c][rows].T
         name = f"eval/{q}->{c}"
-        out.update({f"{name}/R@1": recall_at_k(sim, 1), f"{name}/R@5": recall_at_k(sim, 5),
-                    f"{name}/chance@1": 1 / rows.numel(), f"{name}/n": int(rows.numel())})
+        out.update(
+            {
+                f"{name}/R@1": recall_at_k(sim, 1),
+                f"{name}/R@5": recall_at_k(sim, 5),
+                f"{name}/chance@1": 1 / rows.numel(),
+                f"{name}/n": int(rows.numel()),
+            }
+        )
     return out
 
 
@@ -212,13 +249,23 @@ def check_align_checkpoint(load_dir: str, tag: str, *, trusted: bool = False) ->
     from ..checkpoint import CheckpointError
 
     if not is_align_checkpoint(os.path.join(load_dir, tag), trusted=trusted):
-        raise CheckpointError(f"{os.path.join(load_dir, tag)} is not an alignment checkpoint (no r1_align_mine state). "
-                              "Fix: resume from an alignment run's checkpoints, or start fresh with "
-                              "checkpoint.resume=none (model.init_from=<an exported LM folder> starts from its weights).")
+        raise CheckpointError(
+            f"{os.path.join(load_dir, tag)} is not an alignment checkpoint (no r1_align_mine state). "
+            "Fix: resume from an alignment run's checkpoints, or start fresh with "
+            "checkpoint.resume=none (model.init_from=<an exported LM folder> starts from its weights)."
+        )
 
 
-def pair_metrics(summed: torch.Tensor, valid: torch.Tensor, present: torch.Tensor, *, heads: AlignHeads,
-                 mine: MineWeights, weights: torch.Tensor, with_lm: bool) -> dict:
+def pair_metrics(
+    summed: torch.Tensor,
+    valid: torch.Tensor,
+    present: torch.Tensor,
+    *,
+    heads: AlignHeads,
+    mine: MineWeights,
+    weights: torch.Tensor,
+    with_lm: bool,
+) -> dict:
     """The logged losses since the last record: summed = (per-pair loss sums, LM loss sum, objective sum,
     micro-steps), averaged over the data ranks; valid / present = rows holding each pair and micro-steps that
     held it, over all ranks. A pair's loss is its mean over the micro-steps that held it."""
@@ -229,11 +276,16 @@ def pair_metrics(summed: torch.Tensor, valid: torch.Tensor, present: torch.Tenso
     for p, name in enumerate(PAIRS):
         loss_p = float(summed[p]) / float(present[p]) if present[p] else None
         rows = float(valid[p] / present[p]) if present[p] else 0
-        out.update({f"align/{name}/loss": loss_p,
-                    f"align/{name}/temperature": 1 / float(heads.logit_scale(p).detach()),
-                    f"align/{name}/mine": mine.raw[p], f"align/{name}/mine_smoothed": mine.estimates[p],
-                    f"align/{name}/weight": float(weights[p]),  # as applied in these steps
-                    f"align/{name}/infonce_bound": infonce_bound(loss_p, int(rows)) if rows else None})
+        out.update(
+            {
+                f"align/{name}/loss": loss_p,
+                f"align/{name}/temperature": 1 / float(heads.logit_scale(p).detach()),
+                f"align/{name}/mine": mine.raw[p],
+                f"align/{name}/mine_smoothed": mine.estimates[p],
+                f"align/{name}/weight": float(weights[p]),  # as applied in these steps
+                f"align/{name}/infonce_bound": infonce_bound(loss_p, int(rows)) if rows else None,
+            }
+        )
     return out
 
 
@@ -242,11 +294,10 @@ def train_align(cfg: TrainConfig):
     from .. import checkpoint as ckpt
     from ..distributed import init_distributed, peak_memory_gib
     from ..ds_config import build_ds_config, find_ds_config
-    from ..model_setup import build_model, param_groups
-    from ..schedule import WarmupCosine, step_seed
-
     from ..ds_schema import check_deepspeed_keys, check_learning_rate
+    from ..model_setup import build_model, param_groups
     from ..run_lock import exit_with_launcher, lock_run_folders
+    from ..schedule import WarmupCosine, step_seed
 
     check_layout(cfg)
     from deepspeed.accelerator import get_accelerator
@@ -261,17 +312,25 @@ def train_align(cfg: TrainConfig):
     ds_path = find_ds_config(cfg.deepspeed_config)
     ds_json = read_mapping(ds_path)
     check_deepspeed_keys(ds_json, ds_path)  # the LM trainer's start-up checks, the same order
-    ds_config, dims, plan, notes, compression = build_ds_config(cfg, ds_json, world_size=world,
-                                                                device_type=device_type)
+    ds_config, dims, plan, notes, compression = build_ds_config(cfg, ds_json, world_size=world, device_type=device_type)
     check_learning_rate(ds_config, ds_path)
     if compression:
-        raise ConfigError("r1_compression with align.objective: the compressed all-reduce is not wired into the "
-                          "alignment trainer. Fix: remove the r1_compression section from the DeepSpeed JSON.")
+        raise ConfigError(
+            "r1_compression with align.objective: the compressed all-reduce is not wired into the "
+            "alignment trainer. Fix: remove the r1_compression section from the DeepSpeed JSON."
+        )
     for note in notes:
         log0("precision/settings: %s", note)
     a = cfg.align
-    log0("alignment (%s): layout %s; rows per step: global %d = micro %d x grad_accum %d x data %d", a.objective,
-         dims.describe(), plan.global_batch, plan.micro_batch, plan.grad_accum, plan.data_parallel)
+    log0(
+        "alignment (%s): layout %s; rows per step: global %d = micro %d x grad_accum %d x data %d",
+        a.objective,
+        dims.describe(),
+        plan.global_batch,
+        plan.micro_batch,
+        plan.grad_accum,
+        plan.data_parallel,
+    )
     out_dir = cfg.output_dir
     ckpt_dir = cfg.checkpoint.dir or os.path.join(out_dir, "checkpoints")
     ckpt.check_output_folder(out_dir, "output folder")
@@ -281,8 +340,13 @@ def train_align(cfg: TrainConfig):
     if found:
         saved = ckpt.read_saved_checkpoint(*found, trusted=cfg.checkpoint.trust)  # its pickles scanned first
         check_align_checkpoint(*found, trusted=cfg.checkpoint.trust)
-        ckpt.check_resume_layout(saved, pipe=dims.pipe, tensor=dims.tensor, data=dims.data,
-                                 zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0))
+        ckpt.check_resume_layout(
+            saved,
+            pipe=dims.pipe,
+            tensor=dims.tensor,
+            data=dims.data,
+            zero_stage=ds_config.get("zero_optimization", {}).get("stage", 0),
+        )
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "train_config.json"), cfg.to_dict())
         atomic_write_json(os.path.join(out_dir, "ds_config.json"), ds_config)
@@ -292,15 +356,26 @@ def train_align(cfg: TrainConfig):
     config = lm.config
     data, pad_id = prepare_data(cfg, rank=rank, vocab_size=config.vocab_size)
     summary = data.summary()
-    log0("triples: %d train rows, %d held out; dropped by reason: %s", summary["train_rows"],
-         summary["held_out_rows"], summary["dropped"] or "none")
+    log0(
+        "triples: %d train rows, %d held out; dropped by reason: %s",
+        summary["train_rows"],
+        summary["held_out_rows"],
+        summary["dropped"] or "none",
+    )
     if rank == 0:
         atomic_write_json(os.path.join(out_dir, "align_data.json"), summary)
     torch.manual_seed(cfg.seed + 1)
-    heads = AlignHeads(AlignHeadsConfig(hidden_size=config.hidden_size, image_dim=data.image_dim,
-                                        proj_dim=a.proj_dim, image_hidden=a.image_hidden,
-                                        init_temperature=a.init_temperature, min_temperature=a.min_temperature,
-                                        max_temperature=a.max_temperature))
+    heads = AlignHeads(
+        AlignHeadsConfig(
+            hidden_size=config.hidden_size,
+            image_dim=data.image_dim,
+            proj_dim=a.proj_dim,
+            image_hidden=a.image_hidden,
+            init_temperature=a.init_temperature,
+            min_temperature=a.min_temperature,
+            max_temperature=a.max_temperature,
+        )
+    )
     train_images = [it["image"][0] for it in data.train if it["image"]]
     if train_images:
         heads.set_image_stats(torch.stack(train_images))
@@ -310,18 +385,27 @@ def train_align(cfg: TrainConfig):
     order = sample_order(data.train, a.image_repeats)
     sampler = ProgressiveSampler(len(order), [Stage(0, cfg.schedule.steps, plan.global_batch, 1.0)], cfg.seed)
     if with_lm:
-        lm_data, seq_len = open_dataset(cfg.data.path, seq_len=cfg.data.seq_len, vocab_size=config.vocab_size,
-                                        synthetic_sequences=cfg.data.synthetic_sequences, seed=cfg.seed)
-        lm_sampler = ProgressiveSampler(len(lm_data), [Stage(0, cfg.schedule.steps, plan.global_batch, 1.0)],
-                                        cfg.seed)
+        lm_data, seq_len = open_dataset(
+            cfg.data.path,
+            seq_len=cfg.data.seq_len,
+            vocab_size=config.vocab_size,
+            synthetic_sequences=cfg.data.synthetic_sequences,
+            seed=cfg.seed,
+        )
+        lm_sampler = ProgressiveSampler(len(lm_data), [Stage(0, cfg.schedule.steps, plan.global_batch, 1.0)], cfg.seed)
     weight_decay = ds_config["optimizer"]["params"].get("weight_decay", 0.0)
     schedule = WarmupCosine(cfg.schedule.warmup_steps, cfg.schedule.steps, cfg.schedule.min_lr_ratio)
     engine, *_ = deepspeed.initialize(
-        model=module, model_parameters=param_groups(module, weight_decay), config=ds_config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        model=module,
+        model_parameters=param_groups(module, weight_decay),
+        config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
     if engine.checkpoint_engine.is_decoupled():
-        raise ConfigError("a decoupled (asynchronous) DeepSpeed checkpoint engine cannot be saved atomically by "
-                          "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON.")
+        raise ConfigError(
+            "a decoupled (asynchronous) DeepSpeed checkpoint engine cannot be saved atomically by "
+            "r1-ds. Fix: remove the decoupled checkpoint setting from the DeepSpeed JSON."
+        )
     mine = MineWeights(a, proj_dim=a.proj_dim, seed=cfg.seed)
 
     start = 0
@@ -332,13 +416,24 @@ def train_align(cfg: TrainConfig):
         mine.load_state_dict(client["r1_align_mine"])
 
     def client_state(step: int) -> dict:
-        return {"r1_sampler": sampler.state_dict(step), "r1_align_mine": mine.state_dict(),
-                "r1_layout": {"pipe": dims.pipe, "tensor": dims.tensor, "data": dims.data},
-                "r1_model_config": config.to_dict(), "r1_train_config": cfg.to_dict(), "r1_align": True}
+        return {
+            "r1_sampler": sampler.state_dict(step),
+            "r1_align_mine": mine.state_dict(),
+            "r1_layout": {"pipe": dims.pipe, "tensor": dims.tensor, "data": dims.data},
+            "r1_model_config": config.to_dict(),
+            "r1_train_config": cfg.to_dict(),
+            "r1_align": True,
+        }
 
     total = cfg.schedule.steps
-    metrics = MetricsWriter(out_dir, total_steps=total, start_step=start, tensorboard=cfg.log.tensorboard,
-                            progress=cfg.log.progress, enabled=rank == 0)
+    metrics = MetricsWriter(
+        out_dir,
+        total_steps=total,
+        start_step=start,
+        tensorboard=cfg.log.tensorboard,
+        progress=cfg.log.progress,
+        enabled=rank == 0,
+    )
     coords = dims.coords(rank)
     device = engine.device
     t_last, pairs_since, t_start, last_logged = time.perf_counter(), 0, time.perf_counter(), start
@@ -351,15 +446,28 @@ def train_align(cfg: TrainConfig):
             lr = engine.get_lr()[0]
             torch.manual_seed(step_seed(cfg.seed, step, coords.data, coords.pipe))
             view_rng = np.random.default_rng([cfg.seed, step, coords.data]) if a.use_views else None
-            micro = sampler.micro_batches(step, data_rank=coords.data, data_size=dims.data,
-                                          micro_batch=engine.train_micro_batch_size_per_gpu())
-            lm_batches = (batch_iterator(lm_data, lm_sampler.micro_batches(
-                step, data_rank=coords.data, data_size=dims.data, micro_batch=engine.train_micro_batch_size_per_gpu()),
-                seq_len) if with_lm else None)
+            micro = sampler.micro_batches(
+                step, data_rank=coords.data, data_size=dims.data, micro_batch=engine.train_micro_batch_size_per_gpu()
+            )
+            lm_batches = (
+                batch_iterator(
+                    lm_data,
+                    lm_sampler.micro_batches(
+                        step,
+                        data_rank=coords.data,
+                        data_size=dims.data,
+                        micro_batch=engine.train_micro_batch_size_per_gpu(),
+                    ),
+                    seq_len,
+                )
+                if with_lm
+                else None
+            )
             weights = torch.tensor(mine.weights)
             for m, idx in enumerate(micro):
-                batch = collate([data.train[order[i]] for i in idx], image_dim=data.image_dim, pad_id=pad_id,
-                                view_rng=view_rng)
+                batch = collate(
+                    [data.train[order[i]] for i in idx], image_dim=data.image_dim, pad_id=pad_id, view_rng=view_rng
+                )
                 batch["weights"] = weights
                 if with_lm:
                     batch["lm_ids"] = next(lm_batches)[0]
@@ -378,7 +486,7 @@ def train_align(cfg: TrainConfig):
                     count = float((has[:, i] & has[:, j]).sum())
                     valid[p] += count
                     present[p] += count > 0
-                acc[:len(PAIRS)] += out["pair_loss"].float().cpu()
+                acc[: len(PAIRS)] += out["pair_loss"].float().cpu()
                 if with_lm:
                     acc[len(PAIRS)] += float(out["lm_loss"])
                 acc[-2] += float(out["loss"].detach())
@@ -393,15 +501,29 @@ def train_align(cfg: TrainConfig):
                     dist.all_reduce(summed)
                     summed /= world
                 now = time.perf_counter()
-                record = {"step": done, "lr": lr, "pairs_per_s": pairs_since / max(now - t_last, 1e-9),
-                          "elapsed_s": now - t_start, "peak_mem_gib": peak_memory_gib(),
-                          **pair_metrics(summed, valid, present, heads=engine.module.heads, mine=mine,
-                                         weights=weights, with_lm=with_lm)}
+                record = {
+                    "step": done,
+                    "lr": lr,
+                    "pairs_per_s": pairs_since / max(now - t_last, 1e-9),
+                    "elapsed_s": now - t_start,
+                    "peak_mem_gib": peak_memory_gib(),
+                    **pair_metrics(
+                        summed, valid, present, heads=engine.module.heads, mine=mine, weights=weights, with_lm=with_lm
+                    ),
+                }
                 norm = engine.get_global_grad_norm()
                 record["grad_norm"] = float(norm) if norm is not None else None
                 if done % a.eval_every == 0 or done == total:
-                    record.update(retrieval_metrics(engine.module, data.held_out, image_dim=data.image_dim,
-                                                    pad_id=pad_id, max_rows=a.eval_rows, device=device))
+                    record.update(
+                        retrieval_metrics(
+                            engine.module,
+                            data.held_out,
+                            image_dim=data.image_dim,
+                            pad_id=pad_id,
+                            max_rows=a.eval_rows,
+                            device=device,
+                        )
+                    )
                 metrics.write(record)
                 metrics.progress(done - last_logged, {"loss": f"{record['loss']:.4f}"})
                 last_logged = done
@@ -422,8 +544,12 @@ def train_align(cfg: TrainConfig):
         metrics.close()
         for lock in run_locks:
             lock.release()
-    log0("done: %d alignment steps, checkpoints in %s, heads and LM in %s", total, ckpt_dir,
-         os.path.join(out_dir, "align"))
+    log0(
+        "done: %d alignment steps, checkpoints in %s, heads and LM in %s",
+        total,
+        ckpt_dir,
+        os.path.join(out_dir, "align"),
+    )
     return engine
 
 
@@ -436,6 +562,3 @@ def read_retrieval(metrics_path: str) -> dict:
         if any(k.startswith("eval/") for k in rec):
             last = rec
     return {k: v for k, v in last.items() if k.startswith("eval/")}
-
-
-

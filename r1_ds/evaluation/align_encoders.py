@@ -33,11 +33,15 @@ def find_run(path: str) -> str:
     for run in (path, os.path.dirname(os.path.abspath(path))):
         if os.path.isdir(os.path.join(run, "align", "heads")) and os.path.isdir(os.path.join(run, "align", "lm")):
             if not os.path.isfile(os.path.join(run, "train_config.json")):
-                raise EvalInputError(f"--align {path!r}: {run} has no train_config.json, which names the run's image "
-                                     "tower and tokenizer. Fix: pass the output folder of an alignment run.")
+                raise EvalInputError(
+                    f"--align {path!r}: {run} has no train_config.json, which names the run's image "
+                    "tower and tokenizer. Fix: pass the output folder of an alignment run."
+                )
             return run
-    raise EvalInputError(f"--align {path!r} holds no align/lm and align/heads. Fix: pass the output folder of an "
-                         "alignment run (`r1-ds train --set align.objective=align ...`), which writes them at its end.")
+    raise EvalInputError(
+        f"--align {path!r} holds no align/lm and align/heads. Fix: pass the output folder of an "
+        "alignment run (`r1-ds train --set align.objective=align ...`), which writes them at its end."
+    )
 
 
 def _tokenizer(settings: dict, tokenizer: str | None):
@@ -46,8 +50,10 @@ def _tokenizer(settings: dict, tokenizer: str | None):
 
     if tokenizer:
         if not os.path.isdir(tokenizer):
-            raise EvalInputError(f"--tokenizer {tokenizer!r} is not a folder. Fix: pass the tokenizer folder the "
-                                 "alignment run used (`r1-ds prep`'s OUT/tokenizer).")
+            raise EvalInputError(
+                f"--tokenizer {tokenizer!r} is not a folder. Fix: pass the tokenizer folder the "
+                "alignment run used (`r1-ds prep`'s OUT/tokenizer)."
+            )
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(tokenizer)
@@ -57,8 +63,9 @@ def _tokenizer(settings: dict, tokenizer: str | None):
         raise EvalInputError(f"the alignment run's tokenizer: {err} Or pass --tokenizer DIR.") from None
 
 
-def load_align_encoders(path: str, *, device: str = "cpu", tokenizer: str | None = None,
-                        batch_size: int = 32) -> AlignEncoders:
+def load_align_encoders(
+    path: str, *, device: str = "cpu", tokenizer: str | None = None, batch_size: int = 32
+) -> AlignEncoders:
     """The encoders of the alignment run at `path` (its output folder or its align/ folder)."""
     from r1_ds.align.data import pad_right, tokenize
     from r1_ds.align.heads import AlignHeads
@@ -79,13 +86,19 @@ def load_align_encoders(path: str, *, device: str = "cpu", tokenizer: str | None
     heads = AlignHeads.from_pretrained(os.path.join(run, "align", "heads")).to(device).eval()
     module = AlignModel(lm, heads).eval()
     try:
-        visual, preprocess, dim = build_image_tower(a["image_tower"], a["image_tower_checkpoint"],
-                                                    image_size=a["image_size"], seed=config.get("seed", TrainConfig.seed))
+        visual, preprocess, dim = build_image_tower(
+            a["image_tower"],
+            a["image_tower_checkpoint"],
+            image_size=a["image_size"],
+            seed=config.get("seed", TrainConfig.seed),
+        )
     except DataError as err:
         raise EvalInputError(f"the alignment run's image tower: {err}") from None
     if dim != heads.config.image_dim:
-        raise EvalInputError(f"the image tower {a['image_tower']} gives {dim}-d embeddings but the heads in {run} "
-                             f"take {heads.config.image_dim}. Fix: evaluate with the run's own train_config.json.")
+        raise EvalInputError(
+            f"the image tower {a['image_tower']} gives {dim}-d embeddings but the heads in {run} "
+            f"take {heads.config.image_dim}. Fix: evaluate with the run's own train_config.json."
+        )
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     def strings(modality: str, limit: int) -> Embed:
@@ -93,7 +106,7 @@ def load_align_encoders(path: str, *, device: str = "cpu", tokenizer: str | None
         def embed(items: list) -> torch.Tensor:
             out = []
             for i in range(0, len(items), batch_size):
-                ids, mask = pad_right([tokenize(tok, s, limit) for s in items[i:i + batch_size]], pad)
+                ids, mask = pad_right([tokenize(tok, s, limit) for s in items[i : i + batch_size]], pad)
                 out.append(module.embed_tokens(modality, ids.to(device), mask.to(device)).float().cpu())
             return torch.cat(out)
 
@@ -104,11 +117,18 @@ def load_align_encoders(path: str, *, device: str = "cpu", tokenizer: str | None
         emb, failed = embed_images(paths, visual, preprocess, batch_size=batch_size)
         if failed:
             first = next(iter(failed.items()))
-            raise EvalInputError(f"{len(failed)} image(s) could not be read, e.g. {first[0]} ({first[1]}). Fix: "
-                                 "pass the folder holding the images the JSON names (--images).")
+            raise EvalInputError(
+                f"{len(failed)} image(s) could not be read, e.g. {first[0]} ({first[1]}). Fix: "
+                "pass the folder holding the images the JSON names (--images)."
+            )
         return heads.project("image", emb.to(device)).float().cpu()
 
-    tower = f"{a['image_tower']} " + (f"from {a['image_tower_checkpoint']}" if a["image_tower_checkpoint"]
-                                      else "random-init")
-    return AlignEncoders(images=images, texts=strings("text", a["text_len"]), codes=strings("code", a["code_len"]),
-                         description=f"alignment run {run}: R1 pooled + text/code heads; {tower} tower + image head")
+    tower = f"{a['image_tower']} " + (
+        f"from {a['image_tower_checkpoint']}" if a["image_tower_checkpoint"] else "random-init"
+    )
+    return AlignEncoders(
+        images=images,
+        texts=strings("text", a["text_len"]),
+        codes=strings("code", a["code_len"]),
+        description=f"alignment run {run}: R1 pooled + text/code heads; {tower} tower + image head",
+    )

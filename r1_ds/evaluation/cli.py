@@ -23,8 +23,9 @@ TASKS = ("perplexity", "humaneval", "glue", "retrieval")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="task", metavar="TASK", required=True,
-                         help="what to evaluate: perplexity, humaneval, glue or retrieval")
+    sub = p.add_subparsers(
+        dest="task", metavar="TASK", required=True, help="what to evaluate: perplexity, humaneval, glue or retrieval"
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="Hugging Face folder written by `r1-ds export`")
     common.add_argument("--out", help="results JSON (default: MODEL/eval/TASK.json)")
@@ -46,13 +47,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--workers", type=int, default=2, help="sandboxed test runs at a time")
     s.add_argument("--timeout", type=float, default=5.0, help="seconds per test run, start-up included")
     s.add_argument("--memory-gb", type=float, default=2.0, help="address-space limit per test run")
-    s.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights and compute dtype (default: the "
-                                                                       "folder's own; bf16 on a GPU)")
+    s.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32"],
+        help="weights and compute dtype (default: the folder's own; bf16 on a GPU)",
+    )
 
     s = sub.add_parser("glue", parents=[common], help="fine-tune and score the GLUE tasks")
-    s.add_argument("--glue-dir", required=True,
-                   help="folder with the GLUE task folders (CoLA/ SST-2/ ... in the TSV layout, or `datasets` "
-                        "folders saved with save_to_disk); `synthetic` for the shipped synthetic set")
+    s.add_argument(
+        "--glue-dir",
+        required=True,
+        help="folder with the GLUE task folders (CoLA/ SST-2/ ... in the TSV layout, or `datasets` "
+        "folders saved with save_to_disk); `synthetic` for the shipped synthetic set",
+    )
     s.add_argument("--tasks", help="comma-separated subset, e.g. cola,sst2 (default: every task found)")
     s.add_argument("--epochs", type=float, default=3.0)
     s.add_argument("--lr", type=float, default=1e-4)
@@ -61,13 +68,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-train", type=int, help="train on at most N examples per task")
 
     s = sub.add_parser("retrieval", parents=[common], help="image<->text and text<->code recall@k")
-    s.add_argument("--align", help="output folder of an alignment run (holding align/lm, align/heads and "
-                                   "train_config.json): retrieval through its trained encoders and heads")
+    s.add_argument(
+        "--align",
+        help="output folder of an alignment run (holding align/lm, align/heads and "
+        "train_config.json): retrieval through its trained encoders and heads",
+    )
     s.add_argument("--tokenizer", help="tokenizer folder of --align (default: the one its train_config.json names)")
-    s.add_argument("--triples", help="triples.jsonl of `r1-ds prep`: text<->code R@k (without --align, with the "
-                                     "pooled hidden states of --model)")
-    s.add_argument("--karpathy", help="Karpathy-split JSON (images[].filename/.split/.sentences[].raw); "
-                                      "`synthetic` for the shipped synthetic set")
+    s.add_argument(
+        "--triples",
+        help="triples.jsonl of `r1-ds prep`: text<->code R@k (without --align, with the "
+        "pooled hidden states of --model)",
+    )
+    s.add_argument(
+        "--karpathy",
+        help="Karpathy-split JSON (images[].filename/.split/.sentences[].raw); "
+        "`synthetic` for the shipped synthetic set",
+    )
     s.add_argument("--images", help="image folder of --karpathy")
     s.add_argument("--split", default="test")
     s.add_argument("--clip", help="open_clip architecture for image<->text (e.g. ViT-B-32)")
@@ -134,9 +150,11 @@ def _perplexity(args) -> dict:
         raise EvalInputError(str(err).replace("data.path", "--data")) from err
     model, _ = load_causal_lm(model_dir, device=_device(args), needs_tokenizer=False)
     if ds.vocab_size > model.config.vocab_size:
-        raise EvalInputError(f"--data {args.data} uses {ds.vocab_size} token ids but the model has "
-                             f"vocab_size={model.config.vocab_size}. Fix: evaluate on shards packed with the "
-                             "model's tokenizer.")
+        raise EvalInputError(
+            f"--data {args.data} uses {ds.vocab_size} token ids but the model has "
+            f"vocab_size={model.config.vocab_size}. Fix: evaluate on shards packed with the "
+            "model's tokenizer."
+        )
     res = heldout_loss(model, ds, batch_size=args.batch_size, max_sequences=args.max_sequences)
     return {"task": "perplexity", "synthetic": False, "data": os.path.abspath(args.data), **res}
 
@@ -147,15 +165,31 @@ def _humaneval(args) -> dict:
     from .results import default_results_path
     from .sandbox import Limits
 
-    require_positive(n=args.n, max_new_tokens=args.max_new_tokens, timeout=args.timeout, memory_gb=args.memory_gb,
-                     limit=args.limit, batch_size=args.batch_size, workers=args.workers)
+    require_positive(
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        timeout=args.timeout,
+        memory_gb=args.memory_gb,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
     model_dir = _need_model(args)
     model, tok = load_causal_lm(model_dir, device=_device(args), dtype=args.dtype)
     limits = Limits(timeout_s=args.timeout, memory_bytes=int(args.memory_gb * (1 << 30)))
-    results, scored = humaneval.evaluate(model, tok, n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                         max_new_tokens=args.max_new_tokens, limit=args.limit,
-                                         batch_size=args.batch_size, workers=args.workers, limits=limits,
-                                         seed=args.seed)
+    results, scored = humaneval.evaluate(
+        model,
+        tok,
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        limits=limits,
+        seed=args.seed,
+    )
     results["samples_file"] = humaneval.write_samples(args.out or default_results_path(model_dir, "humaneval"), scored)
     return results
 
@@ -164,13 +198,23 @@ def _glue(args) -> dict:
     from . import glue
     from .model_io import require_positive
 
-    require_positive(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_len=args.max_len,
-                     max_train=args.max_train)
+    require_positive(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_len=args.max_len, max_train=args.max_train
+    )
     model_dir = _need_model(args)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    return glue.evaluate_glue(model_dir, args.glue_dir, tasks=tasks, epochs=args.epochs, lr=args.lr,
-                              batch_size=args.batch_size, max_len=args.max_len, max_train=args.max_train,
-                              device=_device(args), seed=args.seed)
+    return glue.evaluate_glue(
+        model_dir,
+        args.glue_dir,
+        tasks=tasks,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        max_train=args.max_train,
+        device=_device(args),
+        seed=args.seed,
+    )
 
 
 def _retrieval(args) -> dict:

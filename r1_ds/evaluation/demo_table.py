@@ -12,9 +12,17 @@ from .results import format_table, write_results
 log = logging.getLogger("r1_ds.evaluation")
 
 
-def evaluation_table(model_dir: str, *, shards: str | None = None, shards_held_out: bool = False,
-                     triples: str | None = None, align_run: str | None = None, humaneval_problems: int = 3,
-                     max_new_tokens: int = 64, out: str | None = None) -> str:
+def evaluation_table(
+    model_dir: str,
+    *,
+    shards: str | None = None,
+    shards_held_out: bool = False,
+    triples: str | None = None,
+    align_run: str | None = None,
+    humaneval_problems: int = 3,
+    max_new_tokens: int = 64,
+    out: str | None = None,
+) -> str:
     """Evaluate the exported folder `model_dir`; write the results JSON (default MODEL/eval/demo.json)
     and return the table. `align_run`: the output folder of an alignment run, whose encoders retrieve
     images and captions of the shipped synthetic Karpathy set; without it that row says it did not run."""
@@ -23,8 +31,13 @@ def evaluation_table(model_dir: str, *, shards: str | None = None, shards_held_o
     from . import humaneval
     from .model_io import load_causal_lm
     from .perplexity import heldout_loss
-    from .retrieval import image_text_retrieval, load_karpathy, load_text_code_pairs, pooled_lm_embedder, \
-        text_code_retrieval
+    from .retrieval import (
+        image_text_retrieval,
+        load_karpathy,
+        load_text_code_pairs,
+        pooled_lm_embedder,
+        text_code_retrieval,
+    )
     from .synthetic import DATA_DIR
 
     model, tok = load_causal_lm(model_dir)
@@ -39,8 +52,10 @@ def evaluation_table(model_dir: str, *, shards: str | None = None, shards_held_o
         embed = pooled_lm_embedder(model, tok)
         tc = text_code_retrieval(embed, embed, texts, codes)
         results["text_code_retrieval"] = {**tc, "encoder": "pooled LM states, no alignment head"}
-        rows += [(f"text->code retrieval ({tc['pairs']} prep pairs, pooled LM states)", f"R@{k}",
-                  tc[f"text_to_code_R@{k}"]) for k in (1, 10)]
+        rows += [
+            (f"text->code retrieval ({tc['pairs']} prep pairs, pooled LM states)", f"R@{k}", tc[f"text_to_code_R@{k}"])
+            for k in (1, 10)
+        ]
     if align_run:
         from .align_encoders import load_align_encoders
 
@@ -49,17 +64,28 @@ def evaluation_table(model_dir: str, *, shards: str | None = None, shards_held_o
         it = image_text_retrieval(enc.images, enc.texts, paths, caps, owner)
         chance = 100 / it["images"]  # both directions: 1 / images when every image has as many captions
         results["image_text_retrieval"] = {**it, "synthetic": True, "encoder": enc.description, "chance_R@1": chance}
-        rows += [(f"image->text retrieval (SYNTHETIC shapes, {it['images']} images, aligned encoders)", f"R@{k}",
-                  it[f"image_to_text_R@{k}"]) for k in (1, 5)]
-        rows += [("text->image retrieval (SYNTHETIC shapes)", "R@1", it["text_to_image_R@1"]),
-                 ("image<->text chance", "R@1", chance)]
+        rows += [
+            (
+                f"image->text retrieval (SYNTHETIC shapes, {it['images']} images, aligned encoders)",
+                f"R@{k}",
+                it[f"image_to_text_R@{k}"],
+            )
+            for k in (1, 5)
+        ]
+        rows += [
+            ("text->image retrieval (SYNTHETIC shapes)", "R@1", it["text_to_image_R@1"]),
+            ("image<->text chance", "R@1", chance),
+        ]
     else:
         rows.append(("image<->text retrieval", "not run", "no image-text encoder (no alignment run)"))
     if humaneval_problems:
-        he, _ = humaneval.evaluate(model, tok, n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                                   limit=humaneval_problems)
+        he, _ = humaneval.evaluate(
+            model, tok, n=1, temperature=0.0, max_new_tokens=max_new_tokens, limit=humaneval_problems
+        )
         results["humaneval"] = he
-        rows += [(f"HumanEval (first {he['problems']} problems, greedy)", "pass@1", he["pass@1"]),
-                 ("", "seconds/problem", he["seconds_per_problem"])]
+        rows += [
+            (f"HumanEval (first {he['problems']} problems, greedy)", "pass@1", he["pass@1"]),
+            ("", "seconds/problem", he["seconds_per_problem"]),
+        ]
     write_results(out or os.path.join(model_dir, "eval", "demo.json"), results)
     return format_table([(t, m, v) for t, m, v in rows], title=f"evaluation of {model_dir}")

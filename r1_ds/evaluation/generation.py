@@ -31,7 +31,7 @@ def length_sorted_batches(lengths: Sequence[int], repeats: int, batch_size: int)
     most `batch_size`: the prompts of a batch may differ in length, by as little as the sort allows."""
     order = sorted(range(len(lengths)), key=lambda p: -lengths[p])  # stable: equal lengths keep their order
     reqs = [p * repeats + r for p in order for r in range(repeats)]
-    return [reqs[i:i + batch_size] for i in range(0, len(reqs), batch_size)]
+    return [reqs[i : i + batch_size] for i in range(0, len(reqs), batch_size)]
 
 
 def equal_length_batches(lengths: Sequence[int], repeats: int, batch_size: int) -> list[list[int]]:
@@ -40,7 +40,7 @@ def equal_length_batches(lengths: Sequence[int], repeats: int, batch_size: int) 
     by_length: dict[int, list[int]] = {}
     for p in sorted(range(len(lengths)), key=lambda p: -lengths[p]):
         by_length.setdefault(lengths[p], []).extend(p * repeats + r for r in range(repeats))
-    return [reqs[i:i + batch_size] for reqs in by_length.values() for i in range(0, len(reqs), batch_size)]
+    return [reqs[i : i + batch_size] for reqs in by_length.values() for i in range(0, len(reqs), batch_size)]
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,8 +49,8 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -70,8 +70,9 @@ class StopSequences(StoppingCriteria):
         new = input_ids.shape[1] - self.prompt_width
         if new > 0 and new % self.every == 0:
             open_rows = (~self.done).nonzero().squeeze(1).tolist()
-            texts = self.tokenizer.batch_decode(input_ids[open_rows, self.prompt_width:].tolist(),
-                                                skip_special_tokens=True)
+            texts = self.tokenizer.batch_decode(
+                input_ids[open_rows, self.prompt_width :].tolist(), skip_special_tokens=True
+            )
             for row, text in zip(open_rows, texts):
                 if any(stop in text for stop in self.stops):
                     self.done[row] = True
@@ -79,10 +80,21 @@ class StopSequences(StoppingCriteria):
 
 
 @torch.no_grad()
-def generate_completions(model, tokenizer, prompts: Sequence[str], *, n: int = 1, temperature: float = 0.0,
-                         top_p: float = 0.95, max_new_tokens: int = 128, batch_size: int = 16,
-                         stops: Sequence[str] = (), seed: int = 0, stop_early: bool = True,
-                         mixed_lengths: bool = True) -> list[list[str]]:
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 0.95,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    stops: Sequence[str] = (),
+    seed: int = 0,
+    stop_early: bool = True,
+    mixed_lengths: bool = True,
+) -> list[list[str]]:
     """n completions per prompt (greedy when temperature == 0: one generation, repeated n times). stop_early:
     a batch ends once each of its rows has a stop sequence (StopSequences) rather than at max_new_tokens.
     mixed_lengths: prompts of different lengths share a batch (left-padded); False: batches without padding."""
@@ -111,12 +123,19 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], *, n: int = 1
         ids, mask = ids.to(device), mask.to(device)
         new = min(max_new_tokens, max_pos - ids.shape[1])
         stopping = [StopSequences(tokenizer, stops, ids.shape[1])] if stop_early and stops else None
-        gen = model.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=not greedy,
-                             temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-                             top_k=None if greedy else 0, pad_token_id=pad,  # top-p alone, as Codex
-                             stopping_criteria=StoppingCriteriaList(stopping) if stopping else None)
-        for r, row in zip(batch, gen[:, ids.shape[1]:].tolist()):
+        gen = model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            do_sample=not greedy,
+            temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p,
+            top_k=None if greedy else 0,
+            pad_token_id=pad,  # top-p alone, as Codex
+            stopping_criteria=StoppingCriteriaList(stopping) if stopping else None,
+        )
+        for r, row in zip(batch, gen[:, ids.shape[1] :].tolist()):
             if tokenizer.eos_token_id is not None and tokenizer.eos_token_id in row:
-                row = row[:row.index(tokenizer.eos_token_id)]
+                row = row[: row.index(tokenizer.eos_token_id)]
             out[r // draws].append(truncate_at_stops(tokenizer.decode(row, skip_special_tokens=True), stops))
     return [c * n if greedy else c for c in out]

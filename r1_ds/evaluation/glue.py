@@ -45,14 +45,26 @@ def predict(model, rows: list[list[int]], *, pad: int, batch_size: int, regressi
     model.eval()
     out = []
     for i in range(0, len(rows), batch_size):
-        ids, mask = _batch(rows[i:i + batch_size], pad, next(model.parameters()).device)
+        ids, mask = _batch(rows[i : i + batch_size], pad, next(model.parameters()).device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         out.append(logits[:, 0] if regression else logits.argmax(-1))
     return torch.cat(out).cpu().numpy()
 
 
-def finetune_task(model_dir: str, tokenizer, name: str, train: list[Example], devs: dict[str, list[Example]], *,
-                  epochs: float, lr: float, batch_size: int, max_len: int, device: str, seed: int) -> dict:
+def finetune_task(
+    model_dir: str,
+    tokenizer,
+    name: str,
+    train: list[Example],
+    devs: dict[str, list[Example]],
+    *,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    max_len: int,
+    device: str,
+    seed: int,
+) -> dict:
     """Fine-tune a fresh copy on `train`; {dev set: metrics x100} plus the task's score."""
     from r1_ds.model import R1ForSequenceClassification
 
@@ -64,8 +76,9 @@ def finetune_task(model_dir: str, tokenizer, name: str, train: list[Example], de
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the new head's "newly initialized" report is expected here
     try:
-        model = R1ForSequenceClassification.from_pretrained(model_dir, num_labels=spec.num_labels,
-                                                            dtype=torch.float32).to(device)
+        model = R1ForSequenceClassification.from_pretrained(
+            model_dir, num_labels=spec.num_labels, dtype=torch.float32
+        ).to(device)
     finally:
         hf_logging.set_verbosity(verbosity)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -73,8 +86,9 @@ def finetune_task(model_dir: str, tokenizer, name: str, train: list[Example], de
     labels = torch.tensor([y for _, y in train], dtype=torch.float32 if regression else torch.long)
     steps = max(1, math.ceil(epochs * len(rows) / batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) *
-                                              max(0.0, 1 - s / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps)
+    )
     rng = np.random.default_rng(seed)
     order: list[int] = []
     model.train()
@@ -90,12 +104,17 @@ def finetune_task(model_dir: str, tokenizer, name: str, train: list[Example], de
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-    result: dict = {"train_examples": len(rows), "steps": steps, "final_train_loss": float(loss.detach()),
-                    "train_seconds": time.perf_counter() - t0}
+    result: dict = {
+        "train_examples": len(rows),
+        "steps": steps,
+        "final_train_loss": float(loss.detach()),
+        "train_seconds": time.perf_counter() - t0,
+    }
     metrics: dict[str, float] = {}
     for stem, dev in devs.items():
-        pred = predict(model, _encode(tokenizer, dev, max_len), pad=pad, batch_size=batch_size * 2,
-                       regression=regression)
+        pred = predict(
+            model, _encode(tokenizer, dev, max_len), pad=pad, batch_size=batch_size * 2, regression=regression
+        )
         m = task_metrics(name, pred, np.array([y for _, y in dev]))
         suffix = {"dev_matched": "_m", "dev_mismatched": "_mm"}.get(stem, "")
         metrics.update({f"{k}{suffix}": v for k, v in m.items()})
@@ -103,17 +122,29 @@ def finetune_task(model_dir: str, tokenizer, name: str, train: list[Example], de
     return {**metrics, "score": task_score(metrics), **result}
 
 
-def evaluate_glue(model_dir: str, glue_dir: str, *, tasks: list[str] | None = None, epochs: float = 3.0,
-                  lr: float = 1e-4, batch_size: int = 16, max_len: int = 128, max_train: int | None = None,
-                  device: str = "cpu", seed: int = 0) -> dict:
+def evaluate_glue(
+    model_dir: str,
+    glue_dir: str,
+    *,
+    tasks: list[str] | None = None,
+    epochs: float = 3.0,
+    lr: float = 1e-4,
+    batch_size: int = 16,
+    max_len: int = 128,
+    max_train: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
     """Fine-tune and score each task; the per-task metrics and the GLUE average (x100)."""
     from transformers import AutoTokenizer
 
     synthetic = glue_dir == "synthetic"
     glue_dir = SYNTHETIC_DIR if synthetic else glue_dir
     if not os.path.isdir(glue_dir):
-        raise EvalInputError(f"--glue-dir {glue_dir!r} is not a folder. Fix: pass the folder holding CoLA/, SST-2/ "
-                             "... (GLUE's TSV layout) or the `datasets` task folders, or `synthetic`.")
+        raise EvalInputError(
+            f"--glue-dir {glue_dir!r} is not a folder. Fix: pass the folder holding CoLA/, SST-2/ "
+            "... (GLUE's TSV layout) or the `datasets` task folders, or `synthetic`."
+        )
     present = find_tasks(glue_dir)
     tasks = tasks or present
     unknown = [t for t in tasks if t not in TASKS]
@@ -121,8 +152,9 @@ def evaluate_glue(model_dir: str, glue_dir: str, *, tasks: list[str] | None = No
         raise EvalInputError(f"--tasks {unknown} unknown; choose from {list(TASKS)}")
     if not tasks:
         folders = ", ".join(s.folder for s in TASKS.values())
-        raise EvalInputError(f"--glue-dir {glue_dir} holds no GLUE task folder ({folders}). Fix: point it at the "
-                             "unpacked GLUE data.")
+        raise EvalInputError(
+            f"--glue-dir {glue_dir} holds no GLUE task folder ({folders}). Fix: point it at the unpacked GLUE data."
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     per_task = {}
     for name in tasks:
@@ -131,8 +163,26 @@ def evaluate_glue(model_dir: str, glue_dir: str, *, tasks: list[str] | None = No
             train = train[:max_train]
         if not train:
             raise EvalInputError(f"{name}: the train set is empty under {glue_dir}")
-        per_task[name] = finetune_task(model_dir, tokenizer, name, train, devs, epochs=epochs, lr=lr,
-                                       batch_size=batch_size, max_len=max_len, device=device, seed=seed)
+        per_task[name] = finetune_task(
+            model_dir,
+            tokenizer,
+            name,
+            train,
+            devs,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            max_len=max_len,
+            device=device,
+            seed=seed,
+        )
         log.info("glue %s: %s", name, {k: round(v, 2) for k, v in per_task[name].items() if isinstance(v, float)})
-    return {"task": "glue", "synthetic": synthetic, "data": os.path.abspath(glue_dir), "epochs": epochs, "lr": lr,
-            "tasks": per_task, **glue_average({t: r["score"] for t, r in per_task.items()})}
+    return {
+        "task": "glue",
+        "synthetic": synthetic,
+        "data": os.path.abspath(glue_dir),
+        "epochs": epochs,
+        "lr": lr,
+        "tasks": per_task,
+        **glue_average({t: r["score"] for t, r in per_task.items()}),
+    }

@@ -31,12 +31,31 @@ TASKS: dict[str, TaskSpec] = {
     "mrpc": TaskSpec("MRPC", ("#1 String", "#2 String"), "Quality", ("sentence1", "sentence2"), 2),
     "stsb": TaskSpec("STS-B", ("sentence1", "sentence2"), "score", ("sentence1", "sentence2"), 1),
     "qqp": TaskSpec("QQP", ("question1", "question2"), "is_duplicate", ("question1", "question2"), 2),
-    "mnli": TaskSpec("MNLI", ("sentence1", "sentence2"), "gold_label", ("premise", "hypothesis"), 3,
-                     dev=("dev_matched", "dev_mismatched"), label_names=("entailment", "neutral", "contradiction")),
-    "qnli": TaskSpec("QNLI", ("question", "sentence"), "label", ("question", "sentence"), 2,
-                     label_names=("entailment", "not_entailment")),
-    "rte": TaskSpec("RTE", ("sentence1", "sentence2"), "label", ("sentence1", "sentence2"), 2,
-                    label_names=("entailment", "not_entailment")),
+    "mnli": TaskSpec(
+        "MNLI",
+        ("sentence1", "sentence2"),
+        "gold_label",
+        ("premise", "hypothesis"),
+        3,
+        dev=("dev_matched", "dev_mismatched"),
+        label_names=("entailment", "neutral", "contradiction"),
+    ),
+    "qnli": TaskSpec(
+        "QNLI",
+        ("question", "sentence"),
+        "label",
+        ("question", "sentence"),
+        2,
+        label_names=("entailment", "not_entailment"),
+    ),
+    "rte": TaskSpec(
+        "RTE",
+        ("sentence1", "sentence2"),
+        "label",
+        ("sentence1", "sentence2"),
+        2,
+        label_names=("entailment", "not_entailment"),
+    ),
     "wnli": TaskSpec("WNLI", ("sentence1", "sentence2"), "label", ("sentence1", "sentence2"), 2),
 }
 
@@ -48,8 +67,9 @@ def _label(spec: TaskSpec, raw: str, where: str) -> float:
         return float(raw)
     if spec.label_names:
         if raw not in spec.label_names:
-            raise EvalInputError(f"{where}: label {raw!r} is not one of {list(spec.label_names)}. Fix: use the "
-                                 "GLUE TSV files unchanged.")
+            raise EvalInputError(
+                f"{where}: label {raw!r} is not one of {list(spec.label_names)}. Fix: use the GLUE TSV files unchanged."
+            )
         return float(spec.label_names.index(raw))
     return float(int(raw))
 
@@ -65,8 +85,10 @@ def read_tsv(path: str, spec: TaskSpec) -> list[Example]:
     header, out = rows[0], []
     missing = [c for c in (*spec.tsv_text, spec.tsv_label) if c not in header]
     if missing:
-        raise EvalInputError(f"{path}: the header lacks {missing} (it has {header[:8]}). Fix: use GLUE's TSV files "
-                             "unchanged (their first line is the header).")
+        raise EvalInputError(
+            f"{path}: the header lacks {missing} (it has {header[:8]}). Fix: use GLUE's TSV files "
+            "unchanged (their first line is the header)."
+        )
     cols = [header.index(c) for c in spec.tsv_text]
     lab = header.index(spec.tsv_label)
     for i, r in enumerate(rows[1:], start=2):
@@ -95,8 +117,10 @@ def _hf_splits(folder: str):
 def _from_hf(ds, spec: TaskSpec, where: str) -> list[Example]:
     missing = [c for c in (*spec.hf_text, "label") if c not in ds.column_names]
     if missing:
-        raise EvalInputError(f"{where}: columns {missing} are missing (it has {ds.column_names}). Fix: save the "
-                             "nyu-mll/glue configuration of this task unchanged.")
+        raise EvalInputError(
+            f"{where}: columns {missing} are missing (it has {ds.column_names}). Fix: save the "
+            "nyu-mll/glue configuration of this task unchanged."
+        )
     return [(tuple(row[c] for c in spec.hf_text), float(row["label"])) for row in ds if row["label"] != -1]
 
 
@@ -118,15 +142,19 @@ def load_task(glue_dir: str, name: str) -> tuple[list[Example], dict[str, list[E
         for stem in spec.dev:
             path = os.path.join(tsv_dir, f"{stem}.tsv")
             if not os.path.isfile(path):
-                raise EvalInputError(f"{path} is missing. Fix: GLUE's {spec.folder} folder holds train.tsv and "
-                                     f"{', '.join(s + '.tsv' for s in spec.dev)}.")
+                raise EvalInputError(
+                    f"{path} is missing. Fix: GLUE's {spec.folder} folder holds train.tsv and "
+                    f"{', '.join(s + '.tsv' for s in spec.dev)}."
+                )
             devs[stem] = read_tsv(path, spec)
         return read_tsv(os.path.join(tsv_dir, "train.tsv"), spec), devs
     splits = _hf_splits(hf_dir) if os.path.isdir(hf_dir) else None
     if splits is None:
-        raise EvalInputError(f"no {name} data under {glue_dir}: expected {spec.folder}/train.tsv (GLUE's TSV layout) "
-                             f"or {name}/ saved with `datasets` (save_to_disk or parquet files). Fix: point "
-                             "--glue-dir at the folder that holds the task folders.")
+        raise EvalInputError(
+            f"no {name} data under {glue_dir}: expected {spec.folder}/train.tsv (GLUE's TSV layout) "
+            f"or {name}/ saved with `datasets` (save_to_disk or parquet files). Fix: point "
+            "--glue-dir at the folder that holds the task folders."
+        )
     dev_splits = ["validation"] if len(spec.dev) == 1 else ["validation_matched", "validation_mismatched"]
     absent = [s for s in ["train", *dev_splits] if s not in splits]
     if absent:

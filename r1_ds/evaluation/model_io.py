@@ -18,13 +18,18 @@ class EvalInputError(ValueError):
 
 def check_model_dir(path: str, *, needs_tokenizer: bool = True) -> None:
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise EvalInputError(f"--model {path!r} has no config.json: it is not a Hugging Face folder. Fix: pass a "
-                             "folder written by `r1-ds export` (or `save_pretrained`).")
-    if needs_tokenizer and not any(os.path.isfile(os.path.join(path, f))
-                                   for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        raise EvalInputError(f"--model {path!r} has no tokenizer: this task needs one to read text. Fix: export a "
-                             "run that trained on `r1-ds prep` shards (the export copies their tokenizer), or save "
-                             "a tokenizer into the folder with `tokenizer.save_pretrained`.")
+        raise EvalInputError(
+            f"--model {path!r} has no config.json: it is not a Hugging Face folder. Fix: pass a "
+            "folder written by `r1-ds export` (or `save_pretrained`)."
+        )
+    if needs_tokenizer and not any(
+        os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    ):
+        raise EvalInputError(
+            f"--model {path!r} has no tokenizer: this task needs one to read text. Fix: export a "
+            "run that trained on `r1-ds prep` shards (the export copies their tokenizer), or save "
+            "a tokenizer into the folder with `tokenizer.save_pretrained`."
+        )
 
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

@@ -50,16 +50,23 @@ def make_example(tokenizer, length: int, seed: int) -> PasskeyExample:
     needle, answer = _ids(tokenizer, NEEDLE.format(key=key)), _ids(tokenizer, ANSWER.format(key=key))
     n_filler = length - len(intro) - len(needle) - len(question) - len(answer)
     if n_filler < 2 * len(unit):
-        raise ValueError(f"passkey length {length} is too short: the fixed parts take {length - n_filler} tokens and "
-                         f"the filler needs at least {2 * len(unit)}. Fix: use a length of at least "
-                         f"{length - n_filler + 2 * len(unit)}.")
+        raise ValueError(
+            f"passkey length {length} is too short: the fixed parts take {length - n_filler} tokens and "
+            f"the filler needs at least {2 * len(unit)}. Fix: use a length of at least "
+            f"{length - n_filler + 2 * len(unit)}."
+        )
     filler = (unit * (n_filler // len(unit) + 1))[:n_filler]
     depth = float(rng.uniform(0.05, 0.95))
     cut = min(n_filler, round(depth * n_filler / len(unit)) * len(unit))  # on a sentence boundary
     ids = intro + filler[:cut] + needle + filler[cut:] + question + answer
     assert len(ids) == length
-    return PasskeyExample(input_ids=ids, answer_start=length - len(answer), key=key, needle_start=len(intro) + cut,
-                          depth=(len(intro) + cut) / length)
+    return PasskeyExample(
+        input_ids=ids,
+        answer_start=length - len(answer),
+        key=key,
+        needle_start=len(intro) + cut,
+        depth=(len(intro) + cut) / length,
+    )
 
 
 def batch(examples: list[PasskeyExample], device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +74,7 @@ def batch(examples: list[PasskeyExample], device=None) -> tuple[torch.Tensor, to
     ids = torch.tensor([e.input_ids for e in examples], dtype=torch.long, device=device)
     labels = torch.full_like(ids, -100)
     for i, e in enumerate(examples):
-        labels[i, e.answer_start:] = ids[i, e.answer_start:]
+        labels[i, e.answer_start :] = ids[i, e.answer_start :]
     return ids, labels
 
 
@@ -80,5 +87,5 @@ def answers_correct(model, examples: list[PasskeyExample], device=None) -> list[
     out = []
     for i, e in enumerate(examples):
         s = e.answer_start
-        out.append(bool((pred[i, s - 1:] == ids[i, s:]).all()))
+        out.append(bool((pred[i, s - 1 :] == ids[i, s:]).all()))
     return out

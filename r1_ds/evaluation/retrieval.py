@@ -48,25 +48,32 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- data
 
 
-def load_karpathy(json_path: str, images_dir: str | None = None, split: str = "test",
-                  max_images: int | None = None) -> tuple[list[str], list[str], list[int]]:
+def load_karpathy(
+    json_path: str, images_dir: str | None = None, split: str = "test", max_images: int | None = None
+) -> tuple[list[str], list[str], list[int]]:
     """(image paths, captions, image index of each caption) of one split of a Karpathy-split JSON."""
     if not os.path.isfile(json_path):
-        raise EvalInputError(f"--karpathy {json_path!r} is not a file. Fix: pass the Karpathy split JSON "
-                             "(dataset_flickr30k.json) or `synthetic`.")
+        raise EvalInputError(
+            f"--karpathy {json_path!r} is not a file. Fix: pass the Karpathy split JSON "
+            "(dataset_flickr30k.json) or `synthetic`."
+        )
     with open(json_path) as f:
         data = json.load(f)
     images_dir = images_dir or os.path.join(os.path.dirname(json_path), "images")
     rows = [im for im in data.get("images", []) if im.get("split") == split][:max_images]
     if not rows:
-        raise EvalInputError(f"{json_path} has no image with split={split!r}. Fix: choose --split among "
-                             f"{sorted({im.get('split') for im in data.get('images', [])})}.")
+        raise EvalInputError(
+            f"{json_path} has no image with split={split!r}. Fix: choose --split among "
+            f"{sorted({im.get('split') for im in data.get('images', [])})}."
+        )
     paths, captions, owner = [], [], []
     for i, im in enumerate(rows):
         path = os.path.join(images_dir, im["filename"])
         if not os.path.isfile(path):
-            raise EvalInputError(f"image {path} (from {json_path}) is missing. Fix: pass --images, the folder "
-                                 "holding the images the JSON names.")
+            raise EvalInputError(
+                f"image {path} (from {json_path}) is missing. Fix: pass --images, the folder "
+                "holding the images the JSON names."
+            )
         paths.append(path)
         for s in im["sentences"]:
             captions.append(s["raw"])
@@ -78,8 +85,9 @@ def load_text_code_pairs(triples_path: str, max_items: int | None = None) -> tup
     """(texts, codes) of the triples (or text-code pairs) that have both, from `r1-ds prep`'s
     triples.jsonl; a text or code seen before is skipped, so each query has one match."""
     if not os.path.isfile(triples_path):
-        raise EvalInputError(f"--triples {triples_path!r} is not a file. Fix: pass OUT/triples/triples.jsonl "
-                             "written by `r1-ds prep`.")
+        raise EvalInputError(
+            f"--triples {triples_path!r} is not a file. Fix: pass OUT/triples/triples.jsonl written by `r1-ds prep`."
+        )
     texts, codes, seen = [], [], set()
     with open(triples_path) as f:
         for line in f:
@@ -97,14 +105,21 @@ def load_text_code_pairs(triples_path: str, max_items: int | None = None) -> tup
 # ----------------------------------------------------------------------------- evaluation
 
 
-def image_text_retrieval(embed_images: Embed, embed_texts: Embed, image_paths: list[str], captions: list[str],
-                         image_of_text: list[int], ks: Sequence[int] = KS) -> dict:
+def image_text_retrieval(
+    embed_images: Embed,
+    embed_texts: Embed,
+    image_paths: list[str],
+    captions: list[str],
+    image_of_text: list[int],
+    ks: Sequence[int] = KS,
+) -> dict:
     sim = cosine(embed_images(image_paths), embed_texts(captions))
     return {"images": len(image_paths), "captions": len(captions), **image_text_recall(sim, image_of_text, ks)}
 
 
-def text_code_retrieval(embed_texts: Embed, embed_codes: Embed, texts: list[str], codes: list[str],
-                        ks: Sequence[int] = KS) -> dict:
+def text_code_retrieval(
+    embed_texts: Embed, embed_codes: Embed, texts: list[str], codes: list[str], ks: Sequence[int] = KS
+) -> dict:
     sim = cosine(embed_texts(texts), embed_codes(codes))
     return {"pairs": len(texts), **paired_recall(sim, ("text", "code"), ks)}
 
@@ -122,7 +137,7 @@ def pooled_lm_embedder(model, tokenizer, *, max_len: int = 128, batch_size: int 
         device = next(model.parameters()).device
         out = []
         for i in range(0, len(texts), batch_size):
-            ids, mask = pad_right([tokenize(tokenizer, t, max_len) for t in texts[i:i + batch_size]], 0)
+            ids, mask = pad_right([tokenize(tokenizer, t, max_len) for t in texts[i : i + batch_size]], 0)
             ids, mask = ids.to(device), mask.to(device)
             h = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, D)
             out.append(masked_mean(h.float(), mask))  # right padding: the mask drops the pads
@@ -137,22 +152,30 @@ def open_clip_embedders(arch: str, weights: str, device: str) -> tuple[Embed, Em
     from PIL import Image
 
     if not weights or not os.path.isfile(weights):
-        raise EvalInputError(f"--clip-weights {weights!r} is not a file. Fix: pass a local open_clip checkpoint "
-                             "(no download happens here).")
+        raise EvalInputError(
+            f"--clip-weights {weights!r} is not a file. Fix: pass a local open_clip checkpoint "
+            "(no download happens here)."
+        )
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights, device=device)
     tokenizer = open_clip.get_tokenizer(arch)
     model.eval()
 
     @torch.no_grad()
     def images(paths: list) -> torch.Tensor:
-        return torch.cat([model.encode_image(torch.stack([preprocess(Image.open(p).convert("RGB"))
-                                                          for p in paths[i:i + 32]]).to(device)).cpu()
-                          for i in range(0, len(paths), 32)])
+        return torch.cat(
+            [
+                model.encode_image(
+                    torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[i : i + 32]]).to(device)
+                ).cpu()
+                for i in range(0, len(paths), 32)
+            ]
+        )
 
     @torch.no_grad()
     def texts(caps: list) -> torch.Tensor:
-        return torch.cat([model.encode_text(tokenizer(caps[i:i + 128]).to(device)).cpu()
-                          for i in range(0, len(caps), 128)])
+        return torch.cat(
+            [model.encode_text(tokenizer(caps[i : i + 128]).to(device)).cpu() for i in range(0, len(caps), 128)]
+        )
 
     return images, texts
 
@@ -166,8 +189,10 @@ def run_cli(args, *, need_model, device: str) -> dict:
     if not args.triples and not args.karpathy:
         raise EvalInputError("retrieval needs --triples FILE (text<->code) and/or --karpathy JSON (image<->text)")
     if args.align and (args.clip or args.model):
-        raise EvalInputError("--align evaluates an alignment run's own encoders; --model and --clip name others. "
-                             "Fix: pass --align alone, or --model / --clip without it.")
+        raise EvalInputError(
+            "--align evaluates an alignment run's own encoders; --model and --clip name others. "
+            "Fix: pass --align alone, or --model / --clip without it."
+        )
     aligned = None
     if args.align:
         from .align_encoders import load_align_encoders
@@ -192,10 +217,15 @@ def run_cli(args, *, need_model, device: str) -> dict:
             encoder = f"open_clip {args.clip}"
             embed_images, embed_texts = open_clip_embedders(args.clip, args.clip_weights, device)
         else:
-            raise EvalInputError("image<->text retrieval needs an image-text encoder: --align RUN (an alignment "
-                                 "run's output folder) or --clip ARCH --clip-weights FILE (open_clip).")
+            raise EvalInputError(
+                "image<->text retrieval needs an image-text encoder: --align RUN (an alignment "
+                "run's output folder) or --clip ARCH --clip-weights FILE (open_clip)."
+            )
         paths, caps, owner = load_karpathy(path, args.images, args.split, args.max_items)
-        results["image_text"] = {"encoder": encoder, "synthetic": synthetic,
-                                 **image_text_retrieval(embed_images, embed_texts, paths, caps, owner)}
+        results["image_text"] = {
+            "encoder": encoder,
+            "synthetic": synthetic,
+            **image_text_retrieval(embed_images, embed_texts, paths, caps, owner),
+        }
         results["synthetic"] = synthetic
     return results

@@ -52,7 +52,7 @@ class RunResult:
     stdout: str = ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def namespaces_available() -> bool:
     """True when `unshare` can create the network/mount/pid/user namespaces and the launcher can make
     the file system read-only inside them (checked once by running it)."""
@@ -63,14 +63,18 @@ def namespaces_available() -> bool:
         with open(prog, "w") as f:
             f.write("print('ok')\n")
         try:
-            proc = subprocess.run([*UNSHARE, sys.executable, "-I", "-S", LAUNCHER, d, prog, str(1 << 30), "5", "32",
-                                   "1"], capture_output=True, text=True, timeout=30)
+            proc = subprocess.run(
+                [*UNSHARE, sys.executable, "-I", "-S", LAUNCHER, d, prog, str(1 << 30), "5", "32", "1"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def process_limit_available() -> bool:
     """True when a run's process count can be capped: a pids cgroup can be created, or this process is
     not root (RLIMIT_NPROC binds every other user)."""
@@ -80,19 +84,23 @@ def process_limit_available() -> bool:
     return created or os.geteuid() != 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def isolation_warning() -> str | None:
     """None when runs are isolated; else the sentences to show the user (logged once)."""
     msgs = []
     if not namespaces_available():
-        msgs.append("sandbox: `unshare` cannot create network/mount/user namespaces here, so generated code runs "
-                    "WITH network access and write access outside its directory (limits, temporary directory and "
-                    "group kill still apply). Run the evaluation as root, enable unprivileged user namespaces "
-                    "(sysctl kernel.unprivileged_userns_clone=1), or inside a container without network.")
+        msgs.append(
+            "sandbox: `unshare` cannot create network/mount/user namespaces here, so generated code runs "
+            "WITH network access and write access outside its directory (limits, temporary directory and "
+            "group kill still apply). Run the evaluation as root, enable unprivileged user namespaces "
+            "(sysctl kernel.unprivileged_userns_clone=1), or inside a container without network."
+        )
     if not process_limit_available():
-        msgs.append("sandbox: running as root without a writable pids cgroup, so a run's process count is not "
-                    "capped (RLIMIT_NPROC does not bind root); the wall-clock group kill still ends it. Run as "
-                    "another user or where /sys/fs/cgroup is writable.")
+        msgs.append(
+            "sandbox: running as root without a writable pids cgroup, so a run's process count is not "
+            "capped (RLIMIT_NPROC does not bind root); the wall-clock group kill still ends it. Run as "
+            "another user or where /sys/fs/cgroup is writable."
+        )
     for m in msgs:
         log.warning("%s", m)
     return " ".join(msgs) or None
@@ -180,13 +188,29 @@ def run_python(program: str, limits: Limits = Limits()) -> RunResult:
         with open(path, "w") as f:
             f.write(program + f"\nprint({marker!r})\n")
         cpu = str(int(limits.timeout_s) + 1)
-        cmd = [sys.executable, "-I", "-S", LAUNCHER, workdir, path, str(limits.memory_bytes), cpu,
-               str(limits.max_processes), "1" if isolated else "0"]
+        cmd = [
+            sys.executable,
+            "-I",
+            "-S",
+            LAUNCHER,
+            workdir,
+            path,
+            str(limits.memory_bytes),
+            cpu,
+            str(limits.max_processes),
+            "1" if isolated else "0",
+        ]
         out_path, err_path = os.path.join(outdir, "stdout"), os.path.join(outdir, "stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(cgroup.wrap([*UNSHARE, *cmd] if isolated else cmd), cwd=workdir,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                                    env=_clean_env())
+            proc = subprocess.Popen(
+                cgroup.wrap([*UNSHARE, *cmd] if isolated else cmd),
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                env=_clean_env(),
+            )
         try:
             proc.wait(timeout=limits.timeout_s)
         except subprocess.TimeoutExpired:
@@ -216,10 +240,15 @@ def _tail(path: str, limit: int = 1 << 16) -> str:
 
 def _clean_env() -> dict:
     """A minimal environment: no tokens or proxies of this process reach the program."""
-    keep = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    keep = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     return keep
 
 
-__all__ = ["Limits", "RunResult", "isolation_warning", "namespaces_available", "process_limit_available",
-           "run_python"]
+__all__ = ["Limits", "RunResult", "isolation_warning", "namespaces_available", "process_limit_available", "run_python"]

@@ -14,8 +14,14 @@ import sys
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_RELATIME = 32, 1024, 2048, 4096, 16384, 1 << 21
 # A remount inside a user namespace must keep the flags the outer namespace locked, or it fails (EPERM).
-_KEPT = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-         "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
+_KEPT = {
+    "nosuid": MS_NOSUID,
+    "nodev": MS_NODEV,
+    "noexec": MS_NOEXEC,
+    "noatime": MS_NOATIME,
+    "nodiratime": MS_NODIRATIME,
+    "relatime": MS_RELATIME,
+}
 
 
 def _mount(libc, source, target, flags) -> None:
@@ -52,8 +58,11 @@ def drop_capabilities() -> None:
     cap = 0
     while libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
         cap += 1
-    if cap < 30 or libc.prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED, 0, 0, 0) != 0 \
-            or libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if (
+        cap < 30
+        or libc.prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED, 0, 0, 0) != 0
+        or libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+    ):
         raise OSError(ctypes.get_errno(), "could not drop capabilities")
 
 
@@ -63,8 +72,13 @@ def main() -> None:
         read_only_except(workdir)
         drop_capabilities()
     os.chdir(workdir)
-    limits = {resource.RLIMIT_AS: int(memory), resource.RLIMIT_CPU: int(cpu), resource.RLIMIT_NPROC: int(procs),
-              resource.RLIMIT_FSIZE: 16 << 20, resource.RLIMIT_CORE: 0}
+    limits = {
+        resource.RLIMIT_AS: int(memory),
+        resource.RLIMIT_CPU: int(cpu),
+        resource.RLIMIT_NPROC: int(procs),
+        resource.RLIMIT_FSIZE: 16 << 20,
+        resource.RLIMIT_CORE: 0,
+    }
     for res, value in limits.items():
         resource.setrlimit(res, (value, value))
     os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", program])

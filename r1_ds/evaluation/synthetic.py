@@ -59,8 +59,20 @@ def _rows(task: str, rng: random.Random, n: int) -> list[list[str]]:
             shared = rng.randint(0, 3)
             a = rng.sample(NOUNS, 3)
             b = a[:shared] + rng.sample([x for x in NOUNS if x not in a], 3 - shared)
-            rows.append([str(i), "synthetic", "syn", "2026", str(i), "none", "none", " ".join(["the"] + a) + " .",
-                         " ".join(["the"] + b) + " .", f"{5.0 * shared / 3:.3f}"])
+            rows.append(
+                [
+                    str(i),
+                    "synthetic",
+                    "syn",
+                    "2026",
+                    str(i),
+                    "none",
+                    "none",
+                    " ".join(["the"] + a) + " .",
+                    " ".join(["the"] + b) + " .",
+                    f"{5.0 * shared / 3:.3f}",
+                ]
+            )
         elif task == "mnli":  # entailment: same noun; neutral: another noun; contradiction: "not"
             s1, s2 = _pair(rng, y != 1)
             if y == 2:
@@ -72,7 +84,9 @@ def _rows(task: str, rng: random.Random, n: int) -> list[list[str]]:
             if task == "mrpc":
                 rows.append([str(y), str(2 * i), str(2 * i + 1), s1, s2])
             elif task == "qqp":
-                rows.append([str(i), str(2 * i), str(2 * i + 1), s1.replace(" .", " ?"), s2.replace(" .", " ?"), str(y)])
+                rows.append(
+                    [str(i), str(2 * i), str(2 * i + 1), s1.replace(" .", " ?"), s2.replace(" .", " ?"), str(y)]
+                )
             elif task in ("qnli", "rte"):
                 rows.append([str(i), s1, s2, "entailment" if y else "not_entailment"])
             else:  # wnli
@@ -85,11 +99,33 @@ HEADERS = {
     "cola": None,
     "sst2": ["sentence", "label"],
     "mrpc": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-    "stsb": ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
-             "score"],
+    "stsb": [
+        "index",
+        "genre",
+        "filename",
+        "year",
+        "old_index",
+        "source1",
+        "source2",
+        "sentence1",
+        "sentence2",
+        "score",
+    ],
     "qqp": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-    "mnli": ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-             "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"],
+    "mnli": [
+        "index",
+        "promptID",
+        "pairID",
+        "genre",
+        "sentence1_binary_parse",
+        "sentence2_binary_parse",
+        "sentence1_parse",
+        "sentence2_parse",
+        "sentence1",
+        "sentence2",
+        "label1",
+        "gold_label",
+    ],
     "qnli": ["index", "question", "sentence", "label"],
     "rte": ["index", "sentence1", "sentence2", "label"],
     "wnli": ["index", "sentence1", "sentence2", "label"],
@@ -124,14 +160,25 @@ def write_synthetic_karpathy(out: str, *, n_images: int = 40, seed: int = 0, tes
         shape, colour = SHAPES[i % len(SHAPES)], list(COLOURS)[(i // len(SHAPES) + i) % len(COLOURS)]
         bg = list(BACKGROUNDS)[(i // 3) % len(BACKGROUNDS)]
         name = f"shape_{i:04d}.png"
-        atomic_write_bytes(os.path.join(out, "images", name),
-                           png_bytes(draw_shape(shape_ops(shape, rng), COLOURS[colour], BACKGROUNDS[bg])))
+        atomic_write_bytes(
+            os.path.join(out, "images", name),
+            png_bytes(draw_shape(shape_ops(shape, rng), COLOURS[colour], BACKGROUNDS[bg])),
+        )
         templates = list(CAPTIONS) + ["a picture of a {colour} {shape}"]  # five captions per image
         raws = [t.format(colour=colour, shape=shape, bg=bg) for t in templates]
-        sents = [{"raw": r, "tokens": r.replace(",", "").split(), "imgid": i, "sentid": sentid + j}
-                 for j, r in enumerate(raws)]
-        images.append({"filename": name, "imgid": i, "split": "test" if i < test_images else "train",
-                       "sentids": [s["sentid"] for s in sents], "sentences": sents})
+        sents = [
+            {"raw": r, "tokens": r.replace(",", "").split(), "imgid": i, "sentid": sentid + j}
+            for j, r in enumerate(raws)
+        ]
+        images.append(
+            {
+                "filename": name,
+                "imgid": i,
+                "split": "test" if i < test_images else "train",
+                "sentids": [s["sentid"] for s in sents],
+                "sentences": sents,
+            }
+        )
         sentid += len(sents)
     path = os.path.join(out, "dataset_flickr30k.json")
     atomic_write_json(path, {"images": images, "dataset": "flickr30k (SYNTHETIC: r1_ds shapes)"})

@@ -15,8 +15,12 @@ def byte_level_tokenizer(texts: list[str], vocab_size: int = 512):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
 
@@ -28,11 +32,11 @@ def write_tiny_export(out: str, *, seed: int = 0, vocab_size: int = 512, **overr
 
     from r1_ds.model import R1Config, R1ForCausalLM
 
-    tok = byte_level_tokenizer([p["prompt"] + p["canonical_solution"] for p in read_problems().values()],
-                               vocab_size)
+    tok = byte_level_tokenizer([p["prompt"] + p["canonical_solution"] for p in read_problems().values()], vocab_size)
     torch.manual_seed(seed)
-    config = R1Config.from_preset("tiny", vocab_size=vocab_size, eos_token_id=tok.eos_token_id,
-                                  pad_token_id=tok.pad_token_id, **overrides)
+    config = R1Config.from_preset(
+        "tiny", vocab_size=vocab_size, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **overrides
+    )
     model = R1ForCausalLM(config).eval()
     model.set_attn_implementation("eager")
     os.makedirs(out, exist_ok=True)

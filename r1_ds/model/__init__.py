@@ -29,6 +29,12 @@ R1ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 R1ForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
-    "PRESETS", "R1Config", "R1ConfigError", "R1ForCausalLM", "R1ForSequenceClassification", "R1Model",
-    "R1PreTrainedModel", "causal_lm_loss",
+    "PRESETS",
+    "R1Config",
+    "R1ConfigError",
+    "R1ForCausalLM",
+    "R1ForSequenceClassification",
+    "R1Model",
+    "R1PreTrainedModel",
+    "causal_lm_loss",
 ]

@@ -15,15 +15,45 @@ from transformers import PretrainedConfig
 PRESETS: dict[str, dict] = {
     # GPU sizes use 128-token paragraphs: one paragraph is one FlexAttention tile on Hopper.
     # CPU tests and the demo: runs a training step in milliseconds.
-    "tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, level_heads=(2, 4, 8),
-                 local_window=16, paragraph_size=8, document_size=32, route_top_k=2,
-                 max_position_embeddings=256, vocab_size=512),
-    "125m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, level_heads=(6, 12, 24),
-                 paragraph_size=128, document_size=1024, max_position_embeddings=2048),
-    "350m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, level_heads=(8, 16, 32),
-                 paragraph_size=128, document_size=1024, max_position_embeddings=2048),
-    "1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, level_heads=(8, 16, 32),
-                 paragraph_size=128, document_size=1024, max_position_embeddings=2048),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        level_heads=(2, 4, 8),
+        local_window=16,
+        paragraph_size=8,
+        document_size=32,
+        route_top_k=2,
+        max_position_embeddings=256,
+        vocab_size=512,
+    ),
+    "125m": dict(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        level_heads=(6, 12, 24),
+        paragraph_size=128,
+        document_size=1024,
+        max_position_embeddings=2048,
+    ),
+    "350m": dict(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=24,
+        level_heads=(8, 16, 32),
+        paragraph_size=128,
+        document_size=1024,
+        max_position_embeddings=2048,
+    ),
+    "1.3b": dict(
+        hidden_size=2048,
+        intermediate_size=5504,
+        num_hidden_layers=24,
+        level_heads=(8, 16, 32),
+        paragraph_size=128,
+        document_size=1024,
+        max_position_embeddings=2048,
+    ),
 }
 
 # The attention kernels R1HierarchicalAttention dispatches on: "eager" is the reference (any device),
@@ -35,10 +65,12 @@ def check_attn_implementation(name) -> str:
     """`name` if R1 has that attention implementation, else a ValueError naming the value, the choices and
     the fix (any other value would run the eager path without a word)."""
     if name not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation={name!r} is not an R1 attention implementation: R1 has "
-                         f"{', '.join(ATTN_IMPLEMENTATIONS)} (three attention levels, no SDPA or FlashAttention "
-                         "variant). Fix: pass \"eager\" (the reference, any device) or \"flex_attention\" (the CUDA "
-                         "fast path).")
+        raise ValueError(
+            f"attn_implementation={name!r} is not an R1 attention implementation: R1 has "
+            f"{', '.join(ATTN_IMPLEMENTATIONS)} (three attention levels, no SDPA or FlashAttention "
+            'variant). Fix: pass "eager" (the reference, any device) or "flex_attention" (the CUDA '
+            "fast path)."
+        )
     return name
 
 
@@ -125,7 +157,7 @@ class R1Config(PretrainedConfig):
         self.validate()
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "R1Config":
+    def from_preset(cls, name: str, **overrides) -> R1Config:
         """A named size ("tiny", "125m", "350m", "1.3b"), with any field overridden."""
         if name not in PRESETS:
             raise R1ConfigError(
@@ -139,60 +171,108 @@ class R1Config(PretrainedConfig):
             raise R1ConfigError(f"R1Config.{field}={value!r}: {rule}. Fix: {fix}.")
 
         d = self.hidden_size
-        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                      "local_window", "paragraph_size", "document_size", "max_position_embeddings"):
+        for field in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "local_window",
+            "paragraph_size",
+            "document_size",
+            "max_position_embeddings",
+        ):
             v = getattr(self, field)
             if not isinstance(v, int) or v <= 0:
                 fail(field, v, "must be a positive integer", f"set {field} to a positive integer")
         if len(self.level_heads) != 3:
-            fail("level_heads", self.level_heads, "needs exactly three head counts (L1, L2, L3)",
-                 "pass e.g. level_heads=[8, 16, 32]")
+            fail(
+                "level_heads",
+                self.level_heads,
+                "needs exactly three head counts (L1, L2, L3)",
+                "pass e.g. level_heads=[8, 16, 32]",
+            )
         for i, h in enumerate(self.level_heads):
             if not isinstance(h, int) or h <= 0 or d % h:
-                fail("level_heads", self.level_heads,
-                     f"level {i + 1} has {h} heads, which must be a positive divisor of hidden_size={d}",
-                     f"use a head count that divides {d}")
+                fail(
+                    "level_heads",
+                    self.level_heads,
+                    f"level {i + 1} has {h} heads, which must be a positive divisor of hidden_size={d}",
+                    f"use a head count that divides {d}",
+                )
             if (d // h) % 2:
-                fail("level_heads", self.level_heads,
-                     f"level {i + 1} head size {d}/{h}={d // h} must be even for rotary embeddings",
-                     "choose head counts giving an even head size")
+                fail(
+                    "level_heads",
+                    self.level_heads,
+                    f"level {i + 1} head size {d}/{h}={d // h} must be even for rotary embeddings",
+                    "choose head counts giving an even head size",
+                )
         rope = math.gcd(*self.head_dims)
         if rope < 8:
-            fail("level_heads", self.level_heads,
-                 f"the head sizes must share a factor of at least 8: rotary runs once over chunks of "
-                 f"gcd(head sizes) = {rope} channels, fewer than 4 rotary frequencies per head",
-                 "choose head counts whose head sizes share a factor of at least 8 (e.g. 8/16/32)")
+            fail(
+                "level_heads",
+                self.level_heads,
+                f"the head sizes must share a factor of at least 8: rotary runs once over chunks of "
+                f"gcd(head sizes) = {rope} channels, fewer than 4 rotary frequencies per head",
+                "choose head counts whose head sizes share a factor of at least 8 (e.g. 8/16/32)",
+            )
         if self.paragraph_size < 2:
-            fail("paragraph_size", self.paragraph_size,
-                 "must be at least 2 (a one-token paragraph's summary is the token itself, which L1 already sees)",
-                 "use e.g. paragraph_size=64")
+            fail(
+                "paragraph_size",
+                self.paragraph_size,
+                "must be at least 2 (a one-token paragraph's summary is the token itself, which L1 already sees)",
+                "use e.g. paragraph_size=64",
+            )
         if self.document_size % self.paragraph_size:
-            fail("document_size", self.document_size,
-                 f"must be a multiple of paragraph_size={self.paragraph_size} (documents are made of whole paragraphs)",
-                 f"use e.g. document_size={self.paragraph_size * max(1, round(self.document_size / self.paragraph_size))}")
+            fail(
+                "document_size",
+                self.document_size,
+                f"must be a multiple of paragraph_size={self.paragraph_size} (documents are made of whole paragraphs)",
+                f"use e.g. document_size={self.paragraph_size * max(1, round(self.document_size / self.paragraph_size))}",
+            )
         if self.local_window > self.max_position_embeddings:
-            fail("local_window", self.local_window,
-                 f"must not exceed the context, max_position_embeddings={self.max_position_embeddings}",
-                 "use a window no larger than the context, or raise max_position_embeddings")
+            fail(
+                "local_window",
+                self.local_window,
+                f"must not exceed the context, max_position_embeddings={self.max_position_embeddings}",
+                "use a window no larger than the context, or raise max_position_embeddings",
+            )
         if self.paragraph_size > self.max_position_embeddings:
-            fail("paragraph_size", self.paragraph_size,
-                 f"must not exceed the context, max_position_embeddings={self.max_position_embeddings}",
-                 "use paragraphs shorter than the context")
+            fail(
+                "paragraph_size",
+                self.paragraph_size,
+                f"must not exceed the context, max_position_embeddings={self.max_position_embeddings}",
+                "use paragraphs shorter than the context",
+            )
         if not isinstance(self.route_top_k, int) or self.route_top_k < 0:
-            fail("route_top_k", self.route_top_k, "must be an integer >= 0 (0 turns routing off)",
-                 "use e.g. route_top_k=4")
+            fail(
+                "route_top_k",
+                self.route_top_k,
+                "must be an integer >= 0 (0 turns routing off)",
+                "use e.g. route_top_k=4",
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             fail("label_smoothing", self.label_smoothing, "must be in [0, 1)", "use e.g. 0.1")
         if not 0.0 <= self.drop_path_rate < 1.0:
             fail("drop_path_rate", self.drop_path_rate, "must be in [0, 1)", "use e.g. 0.1")
         levels = self.attention_levels
-        if (not levels or any(not isinstance(x, int) or x not in (1, 2, 3) for x in levels)
-                or list(levels) != sorted(set(levels))):
-            fail("attention_levels", levels, "must be a non-empty, sorted list of distinct levels from 1, 2, 3",
-                 "use e.g. [1, 2, 3] (all), [1] (window only) or [1, 3]")
+        if (
+            not levels
+            or any(not isinstance(x, int) or x not in (1, 2, 3) for x in levels)
+            or list(levels) != sorted(set(levels))
+        ):
+            fail(
+                "attention_levels",
+                levels,
+                "must be a non-empty, sorted list of distinct levels from 1, 2, 3",
+                "use e.g. [1, 2, 3] (all), [1] (window only) or [1, 3]",
+            )
         if not isinstance(self.level_gate, bool):
-            fail("level_gate", self.level_gate, "must be true or false", "use level_gate=True (learned gate) or "
-                 "False (fixed equal weights)")
+            fail(
+                "level_gate",
+                self.level_gate,
+                "must be true or false",
+                "use level_gate=True (learned gate) or False (fixed equal weights)",
+            )
         if self.init_scheme not in ("depth_scaled", "normal"):
             fail("init_scheme", self.init_scheme, "must be 'depth_scaled' or 'normal'", "pick one of the two")
         if self.rope_theta <= 0 or not math.isfinite(self.rope_theta):

@@ -22,7 +22,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-
 # ----------------------------------------------------------------------------- shared pieces
 
 
@@ -61,7 +60,8 @@ def _check_static_shapes(name: str, args) -> None:
             f"more would exceed torch.compile's recompile limit ({limit + 8}), after which it would silently run "
             f"uncompiled (FlexAttention's O(T^2) fallback). Sequence lengths are bucketed (flex_length), so this "
             f"comes from many batch sizes or dtypes: keep them fixed, or raise "
-            f"torch._dynamo.config.recompile_limit.")
+            f"torch._dynamo.config.recompile_limit."
+        )
     seen.add(key)
 
 
@@ -171,8 +171,14 @@ def summary_positions(n: int, size: int, device) -> torch.Tensor:
 
 
 def route_paragraphs(
-    q: torch.Tensor, k: torch.Tensor, *, n_heads: int, paragraph_size: int, top_k: int,
-    first_block: int, n_blocks: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    n_heads: int,
+    paragraph_size: int,
+    top_k: int,
+    first_block: int,
+    n_blocks: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Entropy-based routing: which earlier paragraphs each query paragraph reads token by token.
 
@@ -201,7 +207,7 @@ def route_paragraphs(
     kbar = split_heads(pool_groups(k, g), n_heads)
     rows = (blocks - 1).clamp(0, nb - 1)
     scores = (qbar[:, :, rows].float() @ kbar.float().transpose(-1, -2)) / math.sqrt(d // n_heads)
-    cand = (torch.arange(nb, device=q.device)[None, :] <= blocks[:, None] - 1)  # (n_blocks, nb)
+    cand = torch.arange(nb, device=q.device)[None, :] <= blocks[:, None] - 1  # (n_blocks, nb)
     scores = scores.masked_fill(~cand, float("-inf"))
     has = cand.any(-1)  # query blocks with at least one candidate
     p = torch.where(has[:, None], torch.softmax(scores.masked_fill(~has[:, None], 0.0), -1), 0.0)
@@ -234,8 +240,18 @@ def _null(x: torch.Tensor) -> torch.Tensor:
 
 
 def hierarchical_attention_eager(
-    q_new: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_hist: torch.Tensor, q_pos: torch.Tensor | range, *,
-    level_heads, window: int, paragraph_size: int, document_size: int, top_k: int, rope_theta: float,
+    q_new: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_hist: torch.Tensor,
+    q_pos: torch.Tensor | range,
+    *,
+    level_heads,
+    window: int,
+    paragraph_size: int,
+    document_size: int,
+    top_k: int,
+    rope_theta: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference hierarchical attention with dense masks (O(Tq * T) memory; for tests and decoding).
 
@@ -263,8 +279,11 @@ def hierarchical_attention_eager(
     # L1: causal sliding window over tokens.
     H = level_heads[0]
     mask = (kpos[None, :] <= qp) & (kpos[None, :] > qp - window)
-    outs.append(merge_heads(_masked_attention(split_heads(qr, H), split_heads(kr, H), split_heads(v, H), mask,
-                                              (d // H) ** -0.5)))
+    outs.append(
+        merge_heads(
+            _masked_attention(split_heads(qr, H), split_heads(kr, H), split_heads(v, H), mask, (d // H) ** -0.5)
+        )
+    )
 
     # L2: null + last `span` paragraph summaries + routed paragraphs at token resolution.
     H = level_heads[1]
@@ -280,8 +299,9 @@ def hierarchical_attention_eager(
     m_sum = (j < qb) & (j >= qb - span)  # (Tq, n_par)
     b0 = first // g
     n_qb = last // g - b0 + 1
-    idx, valid, _ = route_paragraphs(q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
-                                     first_block=b0, n_blocks=n_qb)  # routing carries no gradient
+    idx, valid, _ = route_paragraphs(
+        q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=b0, n_blocks=n_qb
+    )  # routing carries no gradient
     routed = torch.zeros(B, H, n_qb, n_par + 1, dtype=torch.bool, device=k.device)
     routed.scatter_(-1, torch.where(valid, idx, n_par), True)  # unused slots land in a spare column
     routed = routed[..., :n_par]
@@ -291,9 +311,9 @@ def hierarchical_attention_eager(
         m_tok = routed[:, :, (q_pos // g) - b0][..., tok_par] & (kpos < n_par * g)  # (B, H, Tq, T)
     else:
         m_tok = torch.zeros(B, H, len(q_pos), T, dtype=torch.bool, device=k.device)
-    mask = torch.cat([
-        torch.ones(B, H, len(q_pos), 1, dtype=torch.bool, device=k.device),
-        m_sum.expand(B, H, -1, -1), m_tok], dim=-1)
+    mask = torch.cat(
+        [torch.ones(B, H, len(q_pos), 1, dtype=torch.bool, device=k.device), m_sum.expand(B, H, -1, -1), m_tok], dim=-1
+    )
     outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, (d // H) ** -0.5)))
 
     # L3: null + summaries of every complete document group before the query's group.
@@ -321,8 +341,17 @@ def _rotary_at(x: torch.Tensor, pos: torch.Tensor, size: int, theta: float) -> t
 
 
 def hierarchical_attention_decode(
-    q_new: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_hist: torch.Tensor, *,
-    level_heads, window: int, paragraph_size: int, document_size: int, top_k: int, rope_theta: float,
+    q_new: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_hist: torch.Tensor,
+    *,
+    level_heads,
+    window: int,
+    paragraph_size: int,
+    document_size: int,
+    top_k: int,
+    rope_theta: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decoding: the newest Tq queries (positions T - Tq .. T - 1) of a T-token history, reading only the keys
     they can see. The same result as hierarchical_attention_eager(q_new, k, v, q_hist, range(T - Tq, T)), whose
@@ -350,8 +379,11 @@ def hierarchical_attention_decode(
     kpos = torch.arange(lo, T, device=dev)
     kr = rotary(k[:, lo:], *rope_table(kpos, r, rope_theta))
     mask = (kpos[None, :] <= qp) & (kpos[None, :] > qp - window)
-    outs.append(merge_heads(_masked_attention(split_heads(qr, H), split_heads(kr, H), split_heads(v[:, lo:], H),
-                                              mask, (d // H) ** -0.5)))
+    outs.append(
+        merge_heads(
+            _masked_attention(split_heads(qr, H), split_heads(kr, H), split_heads(v[:, lo:], H), mask, (d // H) ** -0.5)
+        )
+    )
 
     # L2: null + summaries of paragraphs [b - span, b) + the tokens of b's routed paragraphs.
     H = level_heads[1]
@@ -361,14 +393,16 @@ def hierarchical_attention_decode(
     b0, b1 = first // g, (T - 1) // g  # the queries' paragraphs
     j_lo, j_hi = max(0, b0 - span), min(b1, n_par)  # summaries any of them reads
     js = torch.arange(j_lo, j_hi, device=dev)
-    ks = split_heads(rotary(pool_groups(k[:, j_lo * g: j_hi * g], g), *rope_table(js * g + (g - 1) / 2, r,
-                                                                                  rope_theta)), H)
-    vs = split_heads(pool_groups(v[:, j_lo * g: j_hi * g], g), H)
+    ks = split_heads(
+        rotary(pool_groups(k[:, j_lo * g : j_hi * g], g), *rope_table(js * g + (g - 1) / 2, r, rope_theta)), H
+    )
+    vs = split_heads(pool_groups(v[:, j_lo * g : j_hi * g], g), H)
     qb = qp // g
     m_sum = (js[None, :] < qb) & (js[None, :] >= qb - span)  # (Tq, n_s)
     n_qb = b1 - b0 + 1
-    idx, valid, _ = route_paragraphs(q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
-                                     first_block=b0, n_blocks=n_qb)  # (B, H, n_qb, K); no gradient
+    idx, valid, _ = route_paragraphs(
+        q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=b0, n_blocks=n_qb
+    )  # (B, H, n_qb, K); no gradient
     K = idx.shape[-1]
     tok = (idx[..., None] * g + torch.arange(g, device=dev)).flatten(2)  # (B, H, n_qb * K * g) positions
     kt = torch.gather(split_heads(k, H), 2, tok[..., None].expand(-1, -1, -1, hd))
@@ -380,9 +414,10 @@ def hierarchical_attention_decode(
     null = _null(kt)
     keys = torch.cat([null, ks, kt], dim=2)
     values = torch.cat([null, vs, vt], dim=2)
-    mask = torch.cat([torch.ones(B, H, Tq, 1, dtype=torch.bool, device=dev), m_sum.expand(B, H, -1, -1),
-                      own & used], dim=-1)
-    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, hd ** -0.5)))
+    mask = torch.cat(
+        [torch.ones(B, H, Tq, 1, dtype=torch.bool, device=dev), m_sum.expand(B, H, -1, -1), own & used], dim=-1
+    )
+    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, hd**-0.5)))
 
     # L3: null + summaries of every complete document group before the query's group.
     H = level_heads[2]
@@ -400,7 +435,7 @@ def hierarchical_attention_decode(
 # ----------------------------------------------------------------------------- FlexAttention fast path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -462,6 +497,7 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     slot = torch.where(need == 1, used_rank, unused_rank).to(torch.int64).contiguous()
     return num.squeeze(-1).to(torch.int32), place_columns(slot)
 
+
 @torch.library.custom_op("r1_ds::transposed_indices", mutates_args=())
 def transposed_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """_as_indices of need's transpose (the query-side tables), as an opaque op: aten kernels, never inductor's.
@@ -475,8 +511,10 @@ def transposed_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @transposed_indices.register_fake
 def _(need):
     shape = (*need.shape[:-2], need.shape[-1], need.shape[-2])
-    return (torch.empty(shape[:-1], dtype=torch.int32, device=need.device),
-            torch.empty(shape, dtype=torch.int32, device=need.device))
+    return (
+        torch.empty(shape[:-1], dtype=torch.int32, device=need.device),
+        torch.empty(shape, dtype=torch.int32, device=need.device),
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -500,9 +538,15 @@ def _window_block_mask(T: int, window: int, block: int, device: str):
         all_ = (k_hi <= q_lo) & (k_lo > q_hi - window)  # every pair is visible
         num, idx = _as_indices(any_ & ~all_)
         full_num, full_idx = _as_indices(all_)
-        return BlockMask.from_kv_blocks(num[None, None], idx[None, None], full_num[None, None],
-                                        full_idx[None, None], BLOCK_SIZE=block, mask_mod=mask_mod,
-                                        seq_lengths=(T, T))
+        return BlockMask.from_kv_blocks(
+            num[None, None],
+            idx[None, None],
+            full_num[None, None],
+            full_idx[None, None],
+            BLOCK_SIZE=block,
+            mask_mod=mask_mod,
+            seq_lengths=(T, T),
+        )
 
 
 def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -510,8 +554,9 @@ def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
     return x if x.shape[1] == n else F.pad(x, (0, 0, 0, n - x.shape[1]))
 
 
-def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, length: int, paragraph_size: int,
-                         span: int):
+def paragraph_block_mask(
+    idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, length: int, paragraph_size: int, span: int
+):
     """L2 block mask over keys laid out as [summary blocks | `length` tokens]. Each summary block is
     [null, g - 1 summaries]: summary j sits at kv index (j // (g - 1)) * g + 1 + j % (g - 1).
 
@@ -545,10 +590,19 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
 
     # The constructor, not from_kv_blocks: the query-side tables (for the backward's dK/dV loop) come
     # from the same compiled graph instead of a dozen more small kernels per layer.
-    return BlockMask(seq_lengths=(length, S + length), kv_num_blocks=tables[0], kv_indices=tables[1],
-                     full_kv_num_blocks=tables[2], full_kv_indices=tables[3], q_num_blocks=tables[4],
-                     q_indices=tables[5], full_q_num_blocks=tables[6], full_q_indices=tables[7],
-                     BLOCK_SIZE=(g, g), mask_mod=mask_mod)
+    return BlockMask(
+        seq_lengths=(length, S + length),
+        kv_num_blocks=tables[0],
+        kv_indices=tables[1],
+        full_kv_num_blocks=tables[2],
+        full_kv_indices=tables[3],
+        q_num_blocks=tables[4],
+        q_indices=tables[5],
+        full_q_num_blocks=tables[6],
+        full_q_indices=tables[7],
+        BLOCK_SIZE=(g, g),
+        mask_mod=mask_mod,
+    )
 
 
 @compiled_on_cuda
@@ -582,8 +636,17 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
     def per_head(x):
         return x[None, None].expand(B, H, *x.shape).contiguous()
 
-    return (per_head(kv_num), per_head(kv_idx), full_num, full_idx, per_head(q_num), per_head(q_idx), full_q_num,
-            full_q_idx, full[..., n_sb:].contiguous())
+    return (
+        per_head(kv_num),
+        per_head(kv_idx),
+        full_num,
+        full_idx,
+        per_head(q_num),
+        per_head(q_idx),
+        full_q_num,
+        full_q_idx,
+        full[..., n_sb:].contiguous(),
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -604,8 +667,22 @@ _route_compiled = compiled_on_cuda(route_paragraphs)  # ~40 small kernels as one
 
 
 @compiled_on_cuda
-def _flex_inputs(q, k, v, cos, sin, cos_p, sin_p, cos_d, sin_d, n_par: int, summary_len: int, n_doc: int,
-                 paragraph_size: int, document_size: int):
+def _flex_inputs(
+    q,
+    k,
+    v,
+    cos,
+    sin,
+    cos_p,
+    sin_p,
+    cos_d,
+    sin_d,
+    n_par: int,
+    summary_len: int,
+    n_doc: int,
+    paragraph_size: int,
+    document_size: int,
+):
     """Every level's operands in one memory pass, all (B, ., d) with heads still folded:
     rotated queries; L2 keys / values laid out as [summary blocks of (null, g - 1 summaries) | tokens]
     (see paragraph_block_mask), whose token part also serves L1; L3 keys / values [null, document
@@ -631,8 +708,13 @@ def _document_attention_with(attend, qr, k3, v3, n_heads: int, document_size: in
     """L3 over [null, document summaries], per head through `attend(q, k, v, mask, scale)` with the dense
     (Tp, 1 + n_doc) bool mask. -> (B, length, d)"""
     B, Tp, d = qr.shape
-    o = attend(split_heads(qr, n_heads), split_heads(k3, n_heads), split_heads(v3, n_heads),
-               _document_mask(Tp, k3.shape[1], document_size, qr.device), (d // n_heads) ** -0.5)
+    o = attend(
+        split_heads(qr, n_heads),
+        split_heads(k3, n_heads),
+        split_heads(v3, n_heads),
+        _document_mask(Tp, k3.shape[1], document_size, qr.device),
+        (d // n_heads) ** -0.5,
+    )
     return merge_heads(o)[:, :length]
 
 
@@ -681,7 +763,7 @@ def _window_attention_banded(q, k, v, n_heads: int, window: int, block: int):
 
     def with_previous(x):  # (B, H, nb, (n_prev + 1) block, hd): key blocks i - n_prev .. i, zeros before block 0
         xb = F.pad(blocks(x), (0, 0, 0, 0, n_prev, 0))
-        return torch.cat([xb[:, :, j: j + nb] for j in range(n_prev + 1)], dim=3)
+        return torch.cat([xb[:, :, j : j + nb] for j in range(n_prev + 1)], dim=3)
 
     qi = torch.arange(block, device=q.device)[:, None] + n_prev * block  # query's place in its key tile
     kj = torch.arange((n_prev + 1) * block, device=q.device)[None, :]
@@ -702,8 +784,16 @@ BANDED_L1_MAX_BLOCKS = 3
 _window_attention_banded_compiled = compiled_on_cuda(_window_attention_banded)
 
 
-def flex_operands(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, level_heads, paragraph_size: int,
-                  document_size: int, rope_theta: float):
+def flex_operands(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    level_heads,
+    paragraph_size: int,
+    document_size: int,
+    rope_theta: float,
+):
     """`_flex_inputs` of (B, T, d) q, k, v padded to whole paragraphs, with the cached rope tables:
     (qr, kbuf, vbuf, k3, v3, S), S the length of L2's summary region at the front of kbuf / vbuf."""
     B, T, d = q.shape
@@ -716,13 +806,35 @@ def flex_operands(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, level_he
     def grid(n, step):
         return rope_grid(n, step, r, rope_theta, q.device)
 
-    return (*_flex_inputs(_pad_to(q, Tp), _pad_to(k, Tp), _pad_to(v, Tp), *grid(Tp, 1), *grid(n_par, g),
-                          *grid(n_doc, G), n_par, S, n_doc, g, G), S)
+    return (
+        *_flex_inputs(
+            _pad_to(q, Tp),
+            _pad_to(k, Tp),
+            _pad_to(v, Tp),
+            *grid(Tp, 1),
+            *grid(n_par, g),
+            *grid(n_doc, G),
+            n_par,
+            S,
+            n_doc,
+            g,
+            G,
+        ),
+        S,
+    )
 
 
 def hierarchical_attention_flex(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-    level_heads, window: int, paragraph_size: int, document_size: int, top_k: int, rope_theta: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    level_heads,
+    window: int,
+    paragraph_size: int,
+    document_size: int,
+    top_k: int,
+    rope_theta: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fast path for a whole causal sequence (training / prefill): same result as the eager
     reference with q_pos = arange(T), computed with FlexAttention block-sparse kernels.
@@ -745,20 +857,27 @@ def hierarchical_attention_flex(
     q, k, v = (_pad_to(x, T) for x in (q, k, v))
     B, _, d = q.shape
     g, G = paragraph_size, document_size
-    qr, kbuf, vbuf, k3, v3, S = flex_operands(q, k, v, level_heads=level_heads, paragraph_size=g,
-                                              document_size=G, rope_theta=rope_theta)
+    qr, kbuf, vbuf, k3, v3, S = flex_operands(
+        q, k, v, level_heads=level_heads, paragraph_size=g, document_size=G, rope_theta=rope_theta
+    )
     Tp = qr.shape[1]
 
     H = level_heads[0]
     if _blocks_before(window, g) + 1 <= BANDED_L1_MAX_BLOCKS:
         o1 = _window_attention_banded_compiled(qr, kbuf[:, S:], vbuf[:, S:], H, window, g)
     else:
-        o1 = _flex(split_heads(qr, H), split_heads(kbuf[:, S:], H), split_heads(vbuf[:, S:], H),
-                   _cached(_window_block_mask, Tp, window, g, str(q.device)), (d // H) ** -0.5)
+        o1 = _flex(
+            split_heads(qr, H),
+            split_heads(kbuf[:, S:], H),
+            split_heads(vbuf[:, S:], H),
+            _cached(_window_block_mask, Tp, window, g, str(q.device)),
+            (d // H) ** -0.5,
+        )
 
     H = level_heads[1]
-    idx, valid, _ = _route_compiled(q.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k,
-                                    first_block=0, n_blocks=Tp // g)  # routing carries no gradient
+    idx, valid, _ = _route_compiled(
+        q.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=0, n_blocks=Tp // g
+    )  # routing carries no gradient
     block_mask = paragraph_block_mask(idx, valid, n_par=T // g, length=Tp, paragraph_size=g, span=G // g)
     o2 = _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
 

@@ -60,15 +60,16 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 @compiled_on_cuda(dynamic=None)
-def level_gate_logits(h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor, weight: torch.Tensor,
-                      bias: torch.Tensor) -> torch.Tensor:
+def level_gate_logits(
+    h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """W_g [h1; h2; h3] + b_g (B, T, 3) in fp32, as three dot products per token and level. A matmul
     with 3 output columns falls back to slow untiled GEMM kernels on GPU (measured: 38% of a 1.3B
     training step); as a reduction it is one pass over h1, h2, h3."""
     d = h1.shape[-1]
     logits = bias.float()
     for i, h in enumerate((h1, h2, h3)):
-        logits = logits + (h.float().unsqueeze(-2) * weight[:, i * d:(i + 1) * d].float()).sum(-1)
+        logits = logits + (h.float().unsqueeze(-2) * weight[:, i * d : (i + 1) * d].float()).sum(-1)
     return logits
 
 
@@ -81,21 +82,29 @@ def gated_sum(h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor, logits: torc
 
 
 @compiled_on_cuda(dynamic=None)
-def _smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, ignore_index: int,
-                            reduction: str) -> torch.Tensor:
+def _smoothed_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, ignore_index: int, reduction: str
+) -> torch.Tensor:
     # Compiled, the fp32 upcast of the (B, T, V) logits never reaches memory.
-    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                           reduction=reduction)
+    return F.cross_entropy(
+        logits.float(), labels, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction
+    )
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.1,
-                   num_items_in_batch: int | torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+def causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.1,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """Label-smoothed next-token cross entropy. logits (B, T, V), labels (B, T) unshifted (HF style)."""
     logits = logits[:, :-1]
     labels = labels[:, 1:].to(logits.device)
     reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = _smoothed_cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), float(label_smoothing),
-                                   ignore_index, reduction)
+    loss = _smoothed_cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), float(label_smoothing), ignore_index, reduction
+    )
     if num_items_in_batch is not None:  # gradient accumulation: normalise by the tokens of all micro-batches
         loss = loss / num_items_in_batch
     return loss
@@ -188,8 +197,8 @@ class R1LevelGate(nn.Module):
 
 class R1HierarchicalAttention(nn.Module):
     """Three attention levels over one q/k/v projection, weighed per token by a sigmoid gate:
-        alpha = sigmoid(W_g [h_L1; h_L2; h_L3] + b_g)          alpha: (B, T, 3)
-        out   = W_o (h_L1 + sum_i alpha_i h_Li)                  (residual path to the L1 features)
+    alpha = sigmoid(W_g [h_L1; h_L2; h_L3] + b_g)          alpha: (B, T, 3)
+    out   = W_o (h_L1 + sum_i alpha_i h_Li)                  (residual path to the L1 features)
     """
 
     def __init__(self, config: R1Config, layer_idx: int):
@@ -205,8 +214,14 @@ class R1HierarchicalAttention(nn.Module):
 
     def kernel_kwargs(self) -> dict:
         c = self.config
-        return dict(level_heads=tuple(c.level_heads), window=c.local_window, paragraph_size=c.paragraph_size,
-                    document_size=c.document_size, top_k=c.route_top_k, rope_theta=c.rope_theta)
+        return dict(
+            level_heads=tuple(c.level_heads),
+            window=c.local_window,
+            paragraph_size=c.paragraph_size,
+            document_size=c.document_size,
+            top_k=c.route_top_k,
+            rope_theta=c.rope_theta,
+        )
 
     def levels(self, x: torch.Tensor, past_key_values: Cache | None = None, layout: TokenLayout | None = None):
         """The three level outputs (B, T, d) each, before gating. `layout` (None: each row is one dense
@@ -224,8 +239,9 @@ class R1HierarchicalAttention(nn.Module):
             k_all, q_all, v_all = k, q, v
         impl = self.config._attn_implementation
         if layout is not None:  # each sequence on its own, renumbered from 0
-            return attention_by_segment(q, k_all, v_all, q_all, layout, flex=impl == "flex_attention",
-                                        **self.kernel_kwargs())
+            return attention_by_segment(
+                q, k_all, v_all, q_all, layout, flex=impl == "flex_attention", **self.kernel_kwargs()
+            )
         if impl == "flex_attention" and past == 0:
             return hierarchical_attention_flex(q, k, v, **self.kernel_kwargs())
         if impl == "flex_attention":  # decoding: the new queries are the newest positions of the cache
@@ -244,8 +260,9 @@ class R1HierarchicalAttention(nn.Module):
         fused, alpha = gated_sum(h1, h2, h3, logits)  # alpha: (B, T, 3)
         return self.o_proj(fused), alpha
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None,
-                layout: TokenLayout | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, past_key_values: Cache | None = None, layout: TokenLayout | None = None
+    ) -> torch.Tensor:
         out, _ = self.fuse(*self.levels(hidden_states, past_key_values, layout))
         return out
 
@@ -262,10 +279,10 @@ class R1DecoderLayer(nn.Module):
         self.mlp = R1MLP(config)
         self.drop_path = DropPath(0.0)
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values: Cache | None = None,
-                layout: TokenLayout | None = None) -> torch.Tensor:
-        h = hidden_states + self.drop_path(self.self_attn(self.input_layernorm(hidden_states), past_key_values,
-                                                          layout))
+    def forward(
+        self, hidden_states: torch.Tensor, past_key_values: Cache | None = None, layout: TokenLayout | None = None
+    ) -> torch.Tensor:
+        h = hidden_states + self.drop_path(self.self_attn(self.input_layernorm(hidden_states), past_key_values, layout))
         return h + self.drop_path(self.mlp(self.post_attention_layernorm(h)))
 
 
@@ -299,14 +316,14 @@ class R1PreTrainedModel(PreTrainedModel):
         if isinstance(module, (nn.Linear, R1LevelGate)):
             depth = getattr(module, "_r1_depth", None)
             if c.init_scheme == "depth_scaled" and depth is not None:
-                std = 1.0 / math.sqrt(module.in_features * 2.0 ** depth)
+                std = 1.0 / math.sqrt(module.in_features * 2.0**depth)
             else:
                 std = c.initializer_range
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
             if isinstance(module, R1LevelGate):
-                module.weight[module.rows:].zero_()  # the alignment padding stays inert
+                module.weight[module.rows :].zero_()  # the alignment padding stays inert
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=c.initializer_range)
         elif isinstance(module, R1RMSNorm):
@@ -315,11 +332,16 @@ class R1PreTrainedModel(PreTrainedModel):
     def save_pretrained(self, *args, **kwargs):
         # Every head in auto_map, whichever is saved: the folder then loads with trust_remote_code as AutoModel,
         # AutoModelForCausalLM or AutoModelForSequenceClassification (save_pretrained adds only its own class).
-        heads = {"AutoModel": "R1Model", "AutoModelForCausalLM": "R1ForCausalLM",
-                 "AutoModelForSequenceClassification": "R1ForSequenceClassification"}
+        heads = {
+            "AutoModel": "R1Model",
+            "AutoModelForCausalLM": "R1ForCausalLM",
+            "AutoModelForSequenceClassification": "R1ForSequenceClassification",
+        }
         module = type(self).__module__.split(".")[-1]
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
-                                **{auto: f"{module}.{cls}" for auto, cls in heads.items()}}
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            **{auto: f"{module}.{cls}" for auto, cls in heads.items()},
+        }
         return super().save_pretrained(*args, **kwargs)
 
     def set_drop_path_rate(self, rate: float) -> None:
@@ -365,21 +387,31 @@ class R1Model(R1PreTrainedModel):
         self.embed_tokens = value
 
     @can_return_tuple
-    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, past_key_values: Cache | None = None,
-                use_cache: bool | None = None, output_hidden_states: bool | None = None,
-                output_attentions: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
         """position_ids come through kwargs: left out of the signature, generate() does not derive them
         from the mask (its right-padding ids restart after the pads); given, token_layout checks them."""
         past_key_values = _take_cache(past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("R1Model.forward: pass exactly one of input_ids and inputs_embeds")
         if output_attentions:
-            raise ValueError("R1Model: output_attentions is not available: each token attends over three levels "
-                             "with different keys (tokens, paragraph and document summaries), not one T x T map. "
-                             "Fix: leave output_attentions unset.")
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+            raise ValueError(
+                "R1Model: output_attentions is not available: each token attends over three levels "
+                "with different keys (tokens, paragraph and document summaries), not one T x T map. "
+                "Fix: leave output_attentions unset."
+            )
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None and not self.training:
@@ -388,10 +420,13 @@ class R1Model(R1PreTrainedModel):
             past_key_values = None
         past = 0 if past_key_values is None else past_key_values.get_seq_length()
         if past and getattr(past_key_values, "r1_packed", False):
-            raise ValueError("R1: this cache holds packed documents (position_ids restarting at 0); it cannot be "
-                             "continued. Fix: generate from each document on its own.")
-        layout = token_layout(attention_mask, kwargs.get("position_ids"), batch=h.shape[0], past=past,
-                              new=h.shape[1], device=h.device)
+            raise ValueError(
+                "R1: this cache holds packed documents (position_ids restarting at 0); it cannot be "
+                "continued. Fix: generate from each document on its own."
+            )
+        layout = token_layout(
+            attention_mask, kwargs.get("position_ids"), batch=h.shape[0], past=past, new=h.shape[1], device=h.device
+        )
         if layout is not None and layout.packed and past_key_values is not None:
             past_key_values.r1_packed = True
         hidden_states = []
@@ -405,8 +440,9 @@ class R1Model(R1PreTrainedModel):
         h = self.norm(repeat_last_token(h, layout))
         if output_hidden_states:
             hidden_states.append(h)  # as in HF models: the embeddings, each block's output, the last one normed
-        return BaseModelOutputWithPast(last_hidden_state=h, hidden_states=tuple(hidden_states) or None,
-                                       **{_CACHE_FIELD: past_key_values})
+        return BaseModelOutputWithPast(
+            last_hidden_state=h, hidden_states=tuple(hidden_states) or None, **{_CACHE_FIELD: past_key_values}
+        )
 
 
 class R1ForCausalLM(R1PreTrainedModel, GenerationMixin):
@@ -425,22 +461,37 @@ class R1ForCausalLM(R1PreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     @can_return_tuple
-    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                past_key_values: Cache | None = None, use_cache: bool | None = None,
-                logits_to_keep: int = 0, num_items_in_batch=None, output_hidden_states: bool | None = None,
-                **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        num_items_in_batch=None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         past_key_values = _take_cache(past_key_values, kwargs)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                         past_key_values=past_key_values, use_cache=use_cache,
-                         output_hidden_states=output_hidden_states, **kwargs)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
         h = out.last_hidden_state
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, self.config.label_smoothing, num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
-                                      **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)}
+        )
 
 
 class R1ForSequenceClassification(R1PreTrainedModel):
@@ -454,11 +505,23 @@ class R1ForSequenceClassification(R1PreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                output_hidden_states: bool | None = None, **kwargs) -> SequenceClassifierOutputWithPast:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                         use_cache=False, output_hidden_states=output_hidden_states, **kwargs)
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
         logits = self.score(out.last_hidden_state)  # (B, T, C)
         B, T = logits.shape[:2]
         if attention_mask is not None:  # the last unmasked token, whichever side the padding is on

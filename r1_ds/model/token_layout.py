@@ -52,11 +52,13 @@ def _check_mask(attention_mask: torch.Tensor, batch: int, total: int) -> torch.T
     if attention_mask.dim() != 2:
         raise ValueError(
             f"R1: attention_mask has shape {tuple(attention_mask.shape)}; R1 takes the 2-D (batch, past + new "
-            "tokens) mask of 0/1 (its three levels build their own masks). Fix: pass the tokenizer's attention_mask.")
+            "tokens) mask of 0/1 (its three levels build their own masks). Fix: pass the tokenizer's attention_mask."
+        )
     if tuple(attention_mask.shape) != (batch, total):
         raise ValueError(
             f"R1: attention_mask has shape {tuple(attention_mask.shape)}, but the batch has {batch} rows of "
-            f"{total} tokens (cached + new). Fix: pass the mask of every token so far, as generate() does.")
+            f"{total} tokens (cached + new). Fix: pass the mask of every token so far, as generate() does."
+        )
     if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
         raise ValueError("R1: attention_mask must hold only 0 (padding) and 1 (token). Fix: pass the tokenizer's mask.")
     return attention_mask.bool()
@@ -70,8 +72,9 @@ def _packed_runs(pos: torch.Tensor) -> bool:
     return bool(pos[0] == 0) and bool(((pos[1:] == 0) | (step == 1)).all())
 
 
-def token_layout(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, *, batch: int,
-                 past: int, new: int, device) -> TokenLayout | None:
+def token_layout(
+    attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, *, batch: int, past: int, new: int, device
+) -> TokenLayout | None:
     """The layout of a forward over `new` tokens after `past` cached ones; None when every row is one dense
     sequence (the fast path). Raises ValueError for masks and position ids R1 cannot honour."""
     total = past + new
@@ -80,8 +83,10 @@ def token_layout(attention_mask: torch.Tensor | None, position_ids: torch.Tensor
     if position_ids is not None:
         pos = position_ids.to(device).long()
         if pos.dim() != 2 or pos.shape[-1] != new or pos.shape[0] not in (1, batch):
-            raise ValueError(f"R1: position_ids has shape {tuple(pos.shape)}; expected ({batch}, {new}) "
-                             "(or (1, new)), one id per new token.")
+            raise ValueError(
+                f"R1: position_ids has shape {tuple(pos.shape)}; expected ({batch}, {new}) "
+                "(or (1, new)), one id per new token."
+            )
         pos = pos.expand(batch, new)
         if valid is None:
             implied = torch.arange(past, total, device=device).expand(batch, new)
@@ -97,7 +102,8 @@ def token_layout(attention_mask: torch.Tensor | None, position_ids: torch.Tensor
                     "counted from a sequence's first token, so a token's position must be its index among the "
                     "row's unmasked tokens (attention_mask), or, without a cache, restart at 0 where a packed "
                     "document starts (runs 0, 1, 2, ...). Fix: pass attention_mask.cumsum(-1) - 1 (or no "
-                    "position_ids), or pack documents as consecutive runs from 0.")
+                    "position_ids), or pack documents as consecutive runs from 0."
+                )
     if not packed and (valid is None or bool(valid.all())):
         return None
     ar = torch.arange(total, device=device)
@@ -129,8 +135,16 @@ def repeat_last_token(h: torch.Tensor, layout: TokenLayout | None) -> torch.Tens
     return h.gather(1, layout.source[..., None].expand_as(h))
 
 
-def attention_by_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_hist: torch.Tensor,
-                         layout: TokenLayout, *, flex: bool, **kernel_kwargs):
+def attention_by_segment(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_hist: torch.Tensor,
+    layout: TokenLayout,
+    *,
+    flex: bool,
+    **kernel_kwargs,
+):
     """The three level outputs (B, Tq, d) each, every sequence of `layout` computed on its own and
     renumbered from 0: q (B, Tq, d) the new queries; k, v, q_hist (B, past + Tq, d) the history. With
     `flex`, a sequence computed whole (no cache) takes the flex kernel and a decoding step the gathered decode
@@ -139,15 +153,15 @@ def attention_by_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_hi
     outs = [[], [], []]
     rows, cols = [], []
     for b, hist, query in layout.segments:
-        qs = q[b:b + 1, query]  # (1, m, d)
-        ks, vs = k[b:b + 1, hist], v[b:b + 1, hist]  # (1, n, d)
+        qs = q[b : b + 1, query]  # (1, m, d)
+        ks, vs = k[b : b + 1, hist], v[b : b + 1, hist]  # (1, n, d)
         n, m = hist.numel(), query.numel()
         if flex and m == n:
             levels = hierarchical_attention_flex(qs, ks, vs, **kernel_kwargs)
         elif flex:  # decoding: the new queries are the newest of their sequence
-            levels = hierarchical_attention_decode(qs, ks, vs, q_hist[b:b + 1, hist], **kernel_kwargs)
+            levels = hierarchical_attention_decode(qs, ks, vs, q_hist[b : b + 1, hist], **kernel_kwargs)
         else:
-            levels = hierarchical_attention_eager(qs, ks, vs, q_hist[b:b + 1, hist], range(n - m, n), **kernel_kwargs)
+            levels = hierarchical_attention_eager(qs, ks, vs, q_hist[b : b + 1, hist], range(n - m, n), **kernel_kwargs)
         for out, h in zip(outs, levels):
             out.append(h[0])
         rows.append(torch.full_like(query, b))

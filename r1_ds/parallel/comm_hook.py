@@ -45,53 +45,67 @@ def _check_engine(engine) -> None:
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 
     if not callable(getattr(engine, "buffered_allreduce_fallback", None)):
-        raise RuntimeError(f"{SECTION}: this DeepSpeed engine has no buffered_allreduce_fallback; the hook is written "
-                           "against deepspeed==0.19.8. Install that version or disable the section.")
+        raise RuntimeError(
+            f"{SECTION}: this DeepSpeed engine has no buffered_allreduce_fallback; the hook is written "
+            "against deepspeed==0.19.8. Install that version or disable the section."
+        )
     stage = engine.zero_optimization_stage()
     if stage >= 2:
         raise CompressionConfigError(
             f"{SECTION}: zero_optimization.stage={stage} is not supported: ZeRO-2/3 partition gradients "
             "and reduce them in per-parameter hooks on every micro-step, out of this hook's reach. "
-            "Set zero_optimization.stage to 0 or 1, or set r1_compression.enabled to false.")
+            "Set zero_optimization.stage to 0 or 1, or set r1_compression.enabled to false."
+        )
     if stage == 1 and not isinstance(engine.optimizer, BF16_Optimizer):
         raise CompressionConfigError(
             f"{SECTION}: ZeRO-1 with {type(engine.optimizer).__name__} is not supported: it reduce-scatters gradient "
             "slices to their owner ranks (reduce_gradients/average_tensor) in topology-dependent buckets, where top-k "
             "with per-rank error feedback has no stable place. Use bf16 with "
             '"data_types": {"grad_accum_dtype": "fp32"} (BF16_Optimizer, which also partitions the optimizer state '
-            "like ZeRO-1), or zero_optimization.stage 0.")
+            "like ZeRO-1), or zero_optimization.stage 0."
+        )
     if engine.fp16_enabled():
         raise CompressionConfigError(
             f"{SECTION}: fp16 is not supported: loss-scaled gradients put inf/NaN into the error buffers "
-            "on overflow steps. Use bf16 (\"bf16\": {\"enabled\": true}).")
+            'on overflow steps. Use bf16 ("bf16": {"enabled": true}).'
+        )
     if getattr(engine, "has_moe_layers", False):
         raise CompressionConfigError(
             f"{SECTION}: models with MoE layers are not supported (expert gradients reduce over expert "
-            "groups). Disable r1_compression for MoE models.")
+            "groups). Disable r1_compression for MoE models."
+        )
     if getattr(engine, "sequence_parallel_size", 1) != 1:
         raise CompressionConfigError(
             f"{SECTION}: sequence_parallel_size={engine.sequence_parallel_size} is not supported; "
-            "use sequence_parallel_size 1 or disable r1_compression.")
+            "use sequence_parallel_size 1 or disable r1_compression."
+        )
 
 
-def install_compression(engine, compression: CompressionConfig | dict | str | None) -> "CompressedReducer | None":
+def install_compression(engine, compression: CompressionConfig | dict | str | None) -> CompressedReducer | None:
     """Patch `engine` (DeepSpeedEngine or PipelineEngine, after deepspeed.initialize) to reduce data-parallel gradients
     compressed, per `compression`: the parsed section (`compression_config`), or the DeepSpeed dict / JSON path it
     is parsed from here. None when the section is absent or disabled."""
-    cfg = compression if isinstance(compression, CompressionConfig) or compression is None \
+    cfg = (
+        compression
+        if isinstance(compression, CompressionConfig) or compression is None
         else compression_config(compression)[1]
+    )
     if cfg is None or not cfg.enabled:
         return None
     _check_engine(engine)
     if getattr(engine, "_r1_compression", None) is not None:
         raise RuntimeError(f"{SECTION}: already installed on this engine; call install_compression once per engine")
-    reducer = CompressedReducer(engine, cfg, engine.buffered_allreduce_fallback)  # the original: warm-up, dense fallback
+    reducer = CompressedReducer(
+        engine, cfg, engine.buffered_allreduce_fallback
+    )  # the original: warm-up, dense fallback
     # reducer.reduce is looked up per call, so a wrapper set on the reducer later applies too
     replace_gradient_reduction(engine, lambda elements_per_buffer: reducer.reduce(elements_per_buffer))
     engine._r1_compression = reducer
-    _log(f"{SECTION}: installed (mode={cfg.mode}, topk_ratio={cfg.topk_ratio}, bits={cfg.bits}, "
-         f"error_feedback={cfg.error_feedback}, warmup_steps={cfg.warmup_steps}, auto_fallback={cfg.auto_fallback}, "
-         f"timing={cfg.timing}, dp_size={reducer.dp_size}, optimizer={type(engine.optimizer).__name__})")
+    _log(
+        f"{SECTION}: installed (mode={cfg.mode}, topk_ratio={cfg.topk_ratio}, bits={cfg.bits}, "
+        f"error_feedback={cfg.error_feedback}, warmup_steps={cfg.warmup_steps}, auto_fallback={cfg.auto_fallback}, "
+        f"timing={cfg.timing}, dp_size={reducer.dp_size}, optimizer={type(engine.optimizer).__name__})"
+    )
     return reducer
 
 
@@ -125,8 +139,12 @@ class CompressedReducer:
         self.dp_rank = dist.get_rank(group=self.dp_group)
         self._average = bool(getattr(engine, "gradient_average", True))
         self.step = 0  # reductions done (one per optimizer step)
-        self.schedule = CompressionSchedule(warmup_steps=cfg.warmup_steps, auto_fallback=cfg.auto_fallback,
-                                            probe_steps=cfg.probe_steps, min_speedup=cfg.min_speedup)
+        self.schedule = CompressionSchedule(
+            warmup_steps=cfg.warmup_steps,
+            auto_fallback=cfg.auto_fallback,
+            probe_steps=cfg.probe_steps,
+            min_speedup=cfg.min_speedup,
+        )
         self.errors: dict[str, torch.Tensor] = {}  # bucket key -> (numel,) fp32 error buffer on the grad device
         self._pending_errors: dict[str, torch.Tensor] = {}  # loaded before the buckets exist
         self._buckets: list[Bucket] | None = None
@@ -158,12 +176,16 @@ class CompressedReducer:
         decision = self.schedule.decide(dense, comp)
         speedup, floor = self.schedule.probe["speedup"], self.cfg.min_speedup
         if decision == "compressed":
-            _log(f"{SECTION}: keeping compression: reduction {dense * 1e3:.1f} ms dense vs {comp * 1e3:.1f} ms "
-                 f"compressed ({speedup:.2f}x >= min_speedup {floor})")
+            _log(
+                f"{SECTION}: keeping compression: reduction {dense * 1e3:.1f} ms dense vs {comp * 1e3:.1f} ms "
+                f"compressed ({speedup:.2f}x >= min_speedup {floor})"
+            )
         else:
-            _log(f"{SECTION}: stepping aside, dense all-reduce from step {self.step}: reduction {dense * 1e3:.1f} ms "
-                 f"dense vs {comp * 1e3:.1f} ms compressed ({speedup:.2f}x < min_speedup {floor}); "
-                 "the link is fast enough that compressing costs more than it saves")
+            _log(
+                f"{SECTION}: stepping aside, dense all-reduce from step {self.step}: reduction {dense * 1e3:.1f} ms "
+                f"dense vs {comp * 1e3:.1f} ms compressed ({speedup:.2f}x < min_speedup {floor}); "
+                "the link is fast enough that compressing costs more than it saves"
+            )
 
     # -- entry point ----------------------------------------------------------------------------------------------
 
@@ -191,8 +213,12 @@ class CompressedReducer:
         elapsed = time.perf_counter() - t0
         self.schedule.record(self.step, elapsed)
         comm_s = stats["comm_s"]
-        stats.update(step=self.step, mode=phase, reduce_s=elapsed,
-                     compress_s=max(0.0, elapsed - comm_s) if comm_s is not None else None)
+        stats.update(
+            step=self.step,
+            mode=phase,
+            reduce_s=elapsed,
+            compress_s=max(0.0, elapsed - comm_s) if comm_s is not None else None,
+        )
         stats["ratio"] = stats["dense_bytes"] / stats["bytes_sent"] if stats["bytes_sent"] else 1.0
         stats["ratio_vs_fp32"] = stats["dense_fp32_bytes"] / stats["bytes_sent"] if stats["bytes_sent"] else 1.0
         self._stats = stats
@@ -224,26 +250,29 @@ class CompressedReducer:
             if p.grad.is_sparse:
                 raise CompressionConfigError(
                     f"{SECTION}: sparse gradients (nn.Embedding(sparse=True)) are not supported; "
-                    "use dense embeddings or disable r1_compression.")
+                    "use dense embeddings or disable r1_compression."
+                )
             pairs.append((p, p.grad.data))
         return pairs
 
     def _plan(self, pairs) -> list[Bucket]:
         from deepspeed.runtime.utils import is_model_parallel_parameter
 
-        tied = {id(p): f"tied:{name}.{pname}"
-                for name, module in getattr(self._engine.module, "tied_modules", {}).items()
-                for pname, p in module.named_parameters()}
-        return plan_buckets(pairs, dense_1d=self.cfg.dense_1d, tied=tied,
-                            is_tensor_parallel=is_model_parallel_parameter)
+        tied = {
+            id(p): f"tied:{name}.{pname}"
+            for name, module in getattr(self._engine.module, "tied_modules", {}).items()
+            for pname, p in module.named_parameters()
+        }
+        return plan_buckets(
+            pairs, dense_1d=self.cfg.dense_1d, tied=tied, is_tensor_parallel=is_model_parallel_parameter
+        )
 
     def _grad_device(self) -> torch.device:
         pairs = self._param_grads()
         return pairs[0][1].device if pairs else torch.device("cpu")
 
     def _wire(self) -> Wire:
-        return Wire(self._dist, self.dp_group, self.dp_size, self.dp_rank,
-                    sync=self._sync if self.cfg.timing else None)
+        return Wire(self._dist, self.dp_group, self.dp_size, self.dp_rank, sync=self._sync if self.cfg.timing else None)
 
     # -- dense path -----------------------------------------------------------------------------------------------
 
@@ -253,8 +282,10 @@ class CompressedReducer:
 
     def _dense_bytes(self, numel: int) -> tuple[float, float]:
         """(wire bytes of DeepSpeed's all-reduce in its communication dtype, the same in fp32) for `numel`."""
-        return (ring_bytes("all_reduce", numel * self._comm_elem_size(), self.dp_size),
-                ring_bytes("all_reduce", numel * 4, self.dp_size))
+        return (
+            ring_bytes("all_reduce", numel * self._comm_elem_size(), self.dp_size),
+            ring_bytes("all_reduce", numel * 4, self.dp_size),
+        )
 
     def _reduce_dense(self, pairs, elements_per_buffer: int) -> dict[str, Any]:
         if self.errors:  # leaving compression: hand the carried error to this dense step, so nothing is lost
@@ -268,11 +299,23 @@ class CompressedReducer:
             self.errors.clear()
         numel = sum(g.numel() for _, g in pairs)
         wire = self._wire()
-        wire.run("all_reduce", numel * self._comm_elem_size(), self._stock, grads=None,
-                 elements_per_buffer=elements_per_buffer)
+        wire.run(
+            "all_reduce",
+            numel * self._comm_elem_size(),
+            self._stock,
+            grads=None,
+            elements_per_buffer=elements_per_buffer,
+        )
         dense, dense32 = self._dense_bytes(numel)
-        return dict(bytes_sent=dense, payload_bytes=numel * self._comm_elem_size(), dense_bytes=dense,
-                    dense_fp32_bytes=dense32, elements=numel, selected=numel, comm_s=wire.stats["comm_s"])
+        return dict(
+            bytes_sent=dense,
+            payload_bytes=numel * self._comm_elem_size(),
+            dense_bytes=dense,
+            dense_fp32_bytes=dense32,
+            elements=numel,
+            selected=numel,
+            comm_s=wire.stats["comm_s"],
+        )
 
     # -- compressed path ------------------------------------------------------------------------------------------
 
@@ -286,9 +329,13 @@ class CompressedReducer:
                 dense_grads.extend(gs)
                 continue
             x = self._bucket_input(b.key, gs)
-            kw = dict(select=lambda v, b=b: self._select(b, v), topk_ratio=self.cfg.topk_ratio,
-                      quant_chunk=self.cfg.quant_chunk, error_feedback=self.cfg.error_feedback,
-                      average=self._average)
+            kw = dict(
+                select=lambda v, b=b: self._select(b, v),
+                topk_ratio=self.cfg.topk_ratio,
+                quant_chunk=self.cfg.quant_chunk,
+                error_feedback=self.cfg.error_feedback,
+                average=self._average,
+            )
             if self.cfg.mode == "leader":
                 out, err = leader_reduce(x, wire, step=self.step, **kw)
             else:
@@ -299,8 +346,13 @@ class CompressedReducer:
                 g.copy_(o.view_as(g))
         if dense_grads:
             numel = sum(g.numel() for g in dense_grads)
-            wire.run("all_reduce", numel * self._comm_elem_size(), self._engine._reduce_non_expert_gradients,
-                     dense_grads, elements_per_buffer)
+            wire.run(
+                "all_reduce",
+                numel * self._comm_elem_size(),
+                self._engine._reduce_non_expert_gradients,
+                dense_grads,
+                elements_per_buffer,
+            )
             wire.stats["selected"] += numel
         acc = dict(wire.stats)
         numel = sum(g.numel() for _, g in pairs)
@@ -335,9 +387,15 @@ class CompressedReducer:
         Only the rank that writes DeepSpeed's client_state (data-parallel rank 0 of each model-parallel slice) can
         save; so the error buffers of all DP ranks are gathered, and kept on the writing rank only.
         """
-        sd: dict[str, Any] = dict(version=STATE_VERSION, step=self.step, decision=self.decision, probe=dict(self.probe),
-                                  dp_world_size=self.dp_size, errors={}, times={k: list(v) for k, v in
-                                                                               self.schedule.times.items()})
+        sd: dict[str, Any] = dict(
+            version=STATE_VERSION,
+            step=self.step,
+            decision=self.decision,
+            probe=dict(self.probe),
+            dp_world_size=self.dp_size,
+            errors={},
+            times={k: list(v) for k, v in self.schedule.times.items()},
+        )
         if not self.cfg.checkpoint_errors:
             return sd
         keep = bool(getattr(self._engine, "save_non_zero_checkpoint", self.dp_rank == 0))
@@ -345,11 +403,11 @@ class CompressedReducer:
             e = self.errors[key]
             full = torch.empty(self.dp_size, e.numel(), dtype=e.dtype, device="cpu") if keep else None
             for lo in range(0, e.numel(), _GATHER_SLICE):
-                piece = e[lo:lo + _GATHER_SLICE].contiguous()
+                piece = e[lo : lo + _GATHER_SLICE].contiguous()
                 out = torch.empty(self.dp_size * piece.numel(), dtype=e.dtype, device=e.device)
                 self._dist.all_gather_into_tensor(out, piece, group=self.dp_group)
                 if keep:
-                    full[:, lo:lo + piece.numel()] = out.view(self.dp_size, -1).cpu()
+                    full[:, lo : lo + piece.numel()] = out.view(self.dp_size, -1).cpu()
             if keep:
                 sd["errors"][key] = full
         sd["errors_complete"] = keep
@@ -363,7 +421,8 @@ class CompressedReducer:
             raise CompressionConfigError(
                 f"{SECTION} state version={sd.get('version')!r}: expected {STATE_VERSION}; this "
                 "checkpoint was written by another r1_ds version. Drop client_state['r1_compression'] "
-                "to resume with empty buffers.")
+                "to resume with empty buffers."
+            )
         self.step = int(sd["step"])
         self.schedule.decision = sd.get("decision")
         self.schedule.probe = dict(sd.get("probe", {}))
@@ -373,9 +432,11 @@ class CompressedReducer:
         # A run resumed with error_feedback off must not add the old residuals into its first gradients.
         errors = (sd.get("errors") or {}) if self.cfg.error_feedback else {}
         if errors and sd.get("dp_world_size") != self.dp_size:
-            msg = (f"{SECTION}: checkpoint has error buffers for dp_world_size={sd.get('dp_world_size')}, this run has "
-                   f"{self.dp_size}; they cannot be split differently. Resume with the same data-parallel size, or "
-                   "call load_state_dict(sd, strict=False) to start with empty buffers.")
+            msg = (
+                f"{SECTION}: checkpoint has error buffers for dp_world_size={sd.get('dp_world_size')}, this run has "
+                f"{self.dp_size}; they cannot be split differently. Resume with the same data-parallel size, or "
+                "call load_state_dict(sd, strict=False) to start with empty buffers."
+            )
             if strict:
                 raise CompressionConfigError(msg)
             from deepspeed.utils import logger
@@ -395,7 +456,8 @@ class CompressedReducer:
                 raise CompressionConfigError(
                     f"{SECTION}: checkpointed error buffer {key!r} has {e.numel()} elements, the model's "
                     f"bucket has {sizes.get(key)}; the model or its parallel layout changed. Resume the "
-                    "same model and layout, or drop client_state['r1_compression'].")
+                    "same model and layout, or drop client_state['r1_compression']."
+                )
         device = self._grad_device()
         self.errors = {k: v.to(device) for k, v in self._pending_errors.items()}
         self._pending_errors = {}

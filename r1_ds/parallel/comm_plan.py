@@ -5,8 +5,8 @@ of their own (a test shows that one flat bucket lets tied copies drift apart).""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -23,8 +23,9 @@ class Bucket:
     dense: bool  # reduced by DeepSpeed's own all-reduce (1-D params when dense_1d)
 
 
-def plan_buckets(pairs, *, dense_1d: bool, tied: dict[int, str],
-                 is_tensor_parallel: Callable[[torch.nn.Parameter], bool]) -> list[Bucket]:
+def plan_buckets(
+    pairs, *, dense_1d: bool, tied: dict[int, str], is_tensor_parallel: Callable[[torch.nn.Parameter], bool]
+) -> list[Bucket]:
     """Buckets, in order of first appearance, for (parameter, gradient) `pairs`. `tied`: id(parameter) -> a name
     ("tied:embed.weight") for the pipeline's tied weights; `is_tensor_parallel(p)`: p is a tensor shard."""
     buckets: dict[str, Bucket] = {}

@@ -7,7 +7,7 @@ feeds them gradients is r1_ds.parallel.comm_hook. docs/compression.md describes 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +58,17 @@ class Wire:
         self.stats["bytes_sent"] += ring_bytes(op, payload, self.world)
 
 
-def leader_reduce(x: torch.Tensor, wire: Wire, *, step: int, select: Callable[[torch.Tensor], torch.Tensor],
-                  topk_ratio: float, quant_chunk: int, error_feedback: bool,
-                  average: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def leader_reduce(
+    x: torch.Tensor,
+    wire: Wire,
+    *,
+    step: int,
+    select: Callable[[torch.Tensor], torch.Tensor],
+    topk_ratio: float,
+    quant_chunk: int,
+    error_feedback: bool,
+    average: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Leader positions + int8 reduce-scatter (all_to_all) + int8 all-gather. Returns (dense average, new error).
 
     Wire per rank: positions by broadcast ((W-1)/W * n/8 bytes as a bitmap), then 2 (W-1)/W * c bytes of int8 plus
@@ -75,16 +83,18 @@ def leader_reduce(x: torch.Tensor, wire: Wire, *, step: int, select: Callable[[t
     fmt = C.index_format(topk_ratio)
     idx = select(x) if rank == leader else None
     if fmt == "bitmap":
-        buf = C.pack_bitmap(idx, n) if rank == leader else torch.empty((n + 7) // 8, dtype=torch.uint8,
-                                                                      device=x.device)
+        buf = C.pack_bitmap(idx, n) if rank == leader else torch.empty((n + 7) // 8, dtype=torch.uint8, device=x.device)
         wire.run("broadcast", buf.numel(), dist.broadcast, buf, src, group=group)
         if rank != leader:
             idx = C.unpack_bitmap(buf, n)
     else:
         count = torch.tensor([idx.numel() if rank == leader else 0], dtype=torch.int64, device=x.device)
         wire.run("broadcast", 8, dist.broadcast, count, src, group=group)
-        buf = idx.to(torch.int32) if rank == leader else torch.empty(int(count.item()), dtype=torch.int32,
-                                                                      device=x.device)
+        buf = (
+            idx.to(torch.int32)
+            if rank == leader
+            else torch.empty(int(count.item()), dtype=torch.int32, device=x.device)
+        )
         wire.run("broadcast", 4 * buf.numel(), dist.broadcast, buf, src, group=group)
         idx = buf.long()
     c = idx.numel()
@@ -115,9 +125,16 @@ def leader_reduce(x: torch.Tensor, wire: Wire, *, step: int, select: Callable[[t
     return out, err
 
 
-def allgather_reduce(x: torch.Tensor, wire: Wire, *, select: Callable[[torch.Tensor], torch.Tensor],
-                     topk_ratio: float, quant_chunk: int, error_feedback: bool,
-                     average: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def allgather_reduce(
+    x: torch.Tensor,
+    wire: Wire,
+    *,
+    select: Callable[[torch.Tensor], torch.Tensor],
+    topk_ratio: float,
+    quant_chunk: int,
+    error_feedback: bool,
+    average: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every rank's own top-k: all-gather (positions, int8 values, scales), sum in rank order. Wire per rank grows
     as (W-1) * message, like DeepSpeed's sparse_allreduce. Returns (dense average, new error)."""
     dist, group, world = wire.dist, wire.group, wire.world
@@ -127,8 +144,14 @@ def allgather_reduce(x: torch.Tensor, wire: Wire, *, select: Callable[[torch.Ten
     c = idx.numel()
     wire.stats["selected"] += c
     counts = torch.empty(world, dtype=torch.int64, device=x.device)
-    wire.run("all_gather", 8, dist.all_gather_into_tensor, counts,
-             torch.tensor([c], dtype=torch.int64, device=x.device), group=group)
+    wire.run(
+        "all_gather",
+        8,
+        dist.all_gather_into_tensor,
+        counts,
+        torch.tensor([c], dtype=torch.int64, device=x.device),
+        group=group,
+    )
     counts_l = counts.tolist()
     p = C.padded_length(max(counts_l), chunk)
     q, scales = C.quantize_int8(F.pad(x[idx], (0, p - c)), chunk)
@@ -140,8 +163,7 @@ def allgather_reduce(x: torch.Tensor, wire: Wire, *, select: Callable[[torch.Ten
     all_i = torch.empty(world * ibuf.numel(), dtype=ibuf.dtype, device=x.device)
     all_q = torch.empty(world * p, dtype=torch.int8, device=x.device)
     all_s = torch.empty(world * scales.numel(), dtype=torch.float32, device=x.device)
-    wire.run("all_gather", ibuf.numel() * ibuf.element_size(), dist.all_gather_into_tensor, all_i, ibuf,
-             group=group)
+    wire.run("all_gather", ibuf.numel() * ibuf.element_size(), dist.all_gather_into_tensor, all_i, ibuf, group=group)
     wire.run("all_gather", q.numel(), dist.all_gather_into_tensor, all_q, q, group=group)
     wire.run("all_gather", 4 * scales.numel(), dist.all_gather_into_tensor, all_s, scales, group=group)
     vals = C.dequantize_int8(all_q, all_s, chunk).view(world, p)

@@ -48,7 +48,7 @@ class CompressionSchedule:
         return self.auto_fallback and self.decision is None and step >= self.compression_start + self.probe_steps
 
     def timed_side(self, step: int) -> str | None:
-        """"dense" or "compressed" when step `step`'s reduction time enters the probe, else None (call after
+        """ "dense" or "compressed" when step `step`'s reduction time enters the probe, else None (call after
         `decide` was called for a `due` step)."""
         if not self.auto_fallback or self.decision is not None:
             return None

@@ -68,11 +68,13 @@ class CompressionConfig:
     times its few reductions either way."""
 
     @classmethod
-    def from_dict(cls, section: dict) -> "CompressionConfig":
+    def from_dict(cls, section: dict) -> CompressionConfig:
         """Validate a config section; errors name the field, the value, the rule and the fix."""
         if not isinstance(section, dict):
-            raise CompressionConfigError(f"{SECTION}={section!r}: must be a JSON object; write e.g. "
-                                         f'"{SECTION}": {{"enabled": true, "topk_ratio": 0.05}}')
+            raise CompressionConfigError(
+                f"{SECTION}={section!r}: must be a JSON object; write e.g. "
+                f'"{SECTION}": {{"enabled": true, "topk_ratio": 0.05}}'
+            )
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(section) - set(known))
         if unknown:

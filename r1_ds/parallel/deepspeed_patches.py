@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import types
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -31,9 +31,16 @@ from ..safe_load import UnsafeFileError, deepspeed_globals, unsafe_globals
 PINNED_DEEPSPEED = "0.19.8"
 
 __all__ = [
-    "PINNED_DEEPSPEED", "DeepSpeedVersionError", "check_deepspeed_version", "disable_cpu_shm_comm",
-    "install_loss_scale_policy", "needs_fp32_clip_patch", "patch_fp32_grad_clipping", "pipeline_loss_fn",
-    "replace_gradient_reduction", "weights_only_loads",
+    "PINNED_DEEPSPEED",
+    "DeepSpeedVersionError",
+    "check_deepspeed_version",
+    "disable_cpu_shm_comm",
+    "install_loss_scale_policy",
+    "needs_fp32_clip_patch",
+    "patch_fp32_grad_clipping",
+    "pipeline_loss_fn",
+    "replace_gradient_reduction",
+    "weights_only_loads",
 ]
 
 
@@ -51,7 +58,8 @@ def check_deepspeed_version(patch: str, reverify: str) -> None:
         raise DeepSpeedVersionError(
             f"r1_ds patch {patch} was written for DeepSpeed {PINNED_DEEPSPEED}, but DeepSpeed {version} is installed. "
             f"Fix: install deepspeed=={PINNED_DEEPSPEED}, or re-verify {reverify} in DeepSpeed {version}, then update "
-            "PINNED_DEEPSPEED in r1_ds/parallel/deepspeed_patches.py and the pin in pyproject.toml.")
+            "PINNED_DEEPSPEED in r1_ds/parallel/deepspeed_patches.py and the pin in pyproject.toml."
+        )
 
 
 # ----------------------------------------------------------------------------- process start-up
@@ -66,8 +74,11 @@ def disable_cpu_shm_comm() -> None:
     66 MB /dev/shm file that DeepSpeed 0.19.8 never unlinks (`shared_close` is never called), so every run leaks
     RAM. Training never uses it (only `inference_all_reduce` does; gloo does our collectives). Call before
     `deepspeed.init_distributed`, on CPU only."""
-    check_deepspeed_version("disable_cpu_shm_comm", "that the CPU comm backend still checks "
-                            "deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] before loading the op")
+    check_deepspeed_version(
+        "disable_cpu_shm_comm",
+        "that the CPU comm backend still checks "
+        "deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'] before loading the op",
+    )
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -78,8 +89,11 @@ def disable_cpu_shm_comm() -> None:
 
 def needs_fp32_clip_patch(engine) -> bool:
     """True where DeepSpeed clips through `clip_fp32_gradients` (fp32, no ZeRO, clipping on)."""
-    return (engine.gradient_clipping() > 0.0 and getattr(engine, "torch_autocast_z0_gradscaler", None) is None
-            and not (engine.fp16_enabled() or engine.bfloat16_enabled() or engine.zero_optimization()))
+    return (
+        engine.gradient_clipping() > 0.0
+        and getattr(engine, "torch_autocast_z0_gradscaler", None) is None
+        and not (engine.fp16_enabled() or engine.bfloat16_enabled() or engine.zero_optimization())
+    )
 
 
 def patch_fp32_grad_clipping(engine) -> None:
@@ -96,9 +110,12 @@ def patch_fp32_grad_clipping(engine) -> None:
     `needs_fp32_clip_patch`). The grid is DeepSpeed's `mpu`: the pipeline's own, or the one a tensor x data run
     passes to `deepspeed.initialize` (there the model-parallel group is the tensor group); without one, every
     parameter is this rank's alone."""
-    check_deepspeed_version("patch_fp32_grad_clipping", "that DeepSpeedEngine._take_model_step still clips fp32 "
-                            "ZeRO-0 gradients through self.clip_fp32_gradients() and that get_global_grad_norm "
-                            "reads self._global_grad_norm")
+    check_deepspeed_version(
+        "patch_fp32_grad_clipping",
+        "that DeepSpeedEngine._take_model_step still clips fp32 "
+        "ZeRO-0 gradients through self.clip_fp32_gradients() and that get_global_grad_norm "
+        "reads self._global_grad_norm",
+    )
     from deepspeed import comm as dist
 
     grid = getattr(engine, "mpu", None)
@@ -106,8 +123,12 @@ def patch_fp32_grad_clipping(engine) -> None:
     def clip_fp32_gradients(self):
         tensor_rank = grid.get_slice_parallel_rank() if grid is not None else 0
         params = [p for p in self.module.parameters() if p.grad is not None]
-        counted = [p for p in params if not getattr(p, "ds_pipe_replicated", False)
-                   and (tensor_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+        counted = [
+            p
+            for p in params
+            if not getattr(p, "ds_pipe_replicated", False)
+            and (tensor_rank == 0 or getattr(p, "tensor_model_parallel", False))
+        ]
         sq = torch.zeros(1, dtype=torch.float32, device=params[0].device if params else "cpu")
         for p in counted:
             sq += p.grad.detach().float().pow(2).sum()
@@ -152,20 +173,26 @@ def install_loss_scale_policy(engine, policy) -> None:
     then writes the policy's scale into `optimizer.loss_scaler.cur_scale` for the next step. Why: DeepSpeed has
     no hook for a loss-scale rule; its scaler reads `cur_scale` when it scales the next loss. The gradients are
     read where FP16_Optimizer (`fp16_groups`) and ZeRO 1/2 (`averaged_gradients`) keep them."""
-    check_deepspeed_version("install_loss_scale_policy", "that FP16_Optimizer keeps gradients in fp16_groups, "
-                            "ZeRO 1/2 in averaged_gradients, and that the loss scaler scales by loss_scaler.cur_scale")
+    check_deepspeed_version(
+        "install_loss_scale_policy",
+        "that FP16_Optimizer keeps gradients in fp16_groups, "
+        "ZeRO 1/2 in averaged_gradients, and that the loss scaler scales by loss_scaler.cur_scale",
+    )
     from deepspeed import comm as dist
 
     opt = engine.optimizer
     scaler = getattr(opt, "loss_scaler", None)
     if scaler is None or not hasattr(scaler, "cur_scale"):
-        raise PrecisionError("loss_scale_policy needs fp16 with DeepSpeed's loss scaler (fp16.enabled=true); this "
-                             "engine has none. Fix: enable fp16 or remove precision.loss_scale_policy.")
+        raise PrecisionError(
+            "loss_scale_policy needs fp16 with DeepSpeed's loss scaler (fp16.enabled=true); this "
+            "engine has none. Fix: enable fp16 or remove precision.loss_scale_policy."
+        )
     inner_step = opt.step
 
     def step(*args, **kwargs):
-        m = torch.tensor([_max_abs_grad(opt, engine.module)], dtype=torch.float32,
-                         device=next(engine.module.parameters()).device)
+        m = torch.tensor(
+            [_max_abs_grad(opt, engine.module)], dtype=torch.float32, device=next(engine.module.parameters()).device
+        )
         dist.all_reduce(m, op=dist.ReduceOp.MAX)
         current = float(scaler.cur_scale)
         out = inner_step(*args, **kwargs)
@@ -189,9 +216,12 @@ def replace_gradient_reduction(engine, reduce: Callable[[int], object]) -> Calla
     PipelineEngine at ZeRO-0, BF16_Optimizer) reduces data-parallel gradients there, once per optimizer step at
     the accumulation boundary, before clipping. A call with its own gradient list (`grads=...`) is not
     DeepSpeed's reduction path and goes to the original."""
-    check_deepspeed_version("replace_gradient_reduction", "that DeepSpeedEngine.allreduce_gradients (and "
-                            "PipelineEngine's, and BF16_Optimizer's path) still reduce data-parallel gradients through "
-                            "self.buffered_allreduce_fallback(grads=None, elements_per_buffer=...)")
+    check_deepspeed_version(
+        "replace_gradient_reduction",
+        "that DeepSpeedEngine.allreduce_gradients (and "
+        "PipelineEngine's, and BF16_Optimizer's path) still reduce data-parallel gradients through "
+        "self.buffered_allreduce_fallback(grads=None, elements_per_buffer=...)",
+    )
     stock = engine.buffered_allreduce_fallback
 
     def buffered_allreduce_fallback(self, grads=None, elements_per_buffer=500000000):
@@ -212,8 +242,10 @@ def pipeline_loss_fn(module, loss_fn: Callable) -> Iterator[None]:
     `PipelineEngine.eval_batch` has no loss argument; its last stage calls `self.module.loss_fn(outputs, labels)`,
     looked up per micro-batch. The held-out loss during training is plain cross entropy, without the label
     smoothing the run trains with."""
-    check_deepspeed_version("pipeline_loss_fn", "that PipelineEngine.eval_batch's last stage computes its loss "
-                            "with self.module.loss_fn(outputs, labels)")
+    check_deepspeed_version(
+        "pipeline_loss_fn",
+        "that PipelineEngine.eval_batch's last stage computes its loss with self.module.loss_fn(outputs, labels)",
+    )
     trained = module.loss_fn
     module.loss_fn = loss_fn
     try:
@@ -239,9 +271,12 @@ def weights_only_loads(trusted: bool = False) -> Iterator[None]:
     if trusted:
         yield
         return
-    check_deepspeed_version("weights_only_loads", "that DeepSpeed's checkpoint reads still call torch.load through "
-                            "the torch module and that r1_ds.safe_load.deepspeed_globals lists every class its "
-                            "checkpoints pickle")
+    check_deepspeed_version(
+        "weights_only_loads",
+        "that DeepSpeed's checkpoint reads still call torch.load through "
+        "the torch module and that r1_ds.safe_load.deepspeed_globals lists every class its "
+        "checkpoints pickle",
+    )
     original = torch.load
 
     def load(f, *args, **kwargs):

@@ -96,12 +96,22 @@ def _specs(parts: _ModelParts, config: R1Config) -> list:
 
     L = config.num_hidden_layers
     tied = config.tie_word_embeddings
-    embed = (TiedModuleSpec(TIED_KEY, nn.Embedding, "embed", tied_weight_attr=["weight"]) if tied
-             else ModuleSpec(nn.Embedding, "embed"))
-    head = (TiedModuleSpec(TIED_KEY, nn.Embedding, "embed", forward_fn=tied_lm_head, tied_weight_attr=["weight"])
-            if tied else ModuleSpec(nn.Linear, "head"))
-    return [embed, *[ModuleSpec(R1DecoderLayer, str(i)) for i in range(L)], ModuleSpec(type(parts.get("norm")), "norm"),
-            head]
+    embed = (
+        TiedModuleSpec(TIED_KEY, nn.Embedding, "embed", tied_weight_attr=["weight"])
+        if tied
+        else ModuleSpec(nn.Embedding, "embed")
+    )
+    head = (
+        TiedModuleSpec(TIED_KEY, nn.Embedding, "embed", forward_fn=tied_lm_head, tied_weight_attr=["weight"])
+        if tied
+        else ModuleSpec(nn.Linear, "head")
+    )
+    return [
+        embed,
+        *[ModuleSpec(R1DecoderLayer, str(i)) for i in range(L)],
+        ModuleSpec(type(parts.get("norm")), "norm"),
+        head,
+    ]
 
 
 def shard_for_tensor_parallel(model: R1ForCausalLM, dims: ParallelDims) -> None:
@@ -117,16 +127,25 @@ def shard_for_tensor_parallel(model: R1ForCausalLM, dims: ParallelDims) -> None:
     # --- end tensor parallel
 
 
-def build_pipeline(model: R1ForCausalLM, dims: ParallelDims, *, partition_method: str = DEFAULT_PARTITION,
-                   activation_checkpoint_interval: int = 0):
+def build_pipeline(
+    model: R1ForCausalLM,
+    dims: ParallelDims,
+    *,
+    partition_method: str = DEFAULT_PARTITION,
+    activation_checkpoint_interval: int = 0,
+):
     """Cut `model` into a PipelineModule over `dims` (pipe x tensor x data). Call after
     `deepspeed.init_distributed`; afterwards only this rank's stage is referenced."""
     from deepspeed.pipe import PipelineModule
 
     config = model.config
-    dims.check_model(num_hidden_layers=config.num_hidden_layers, level_heads=config.level_heads,
-                     hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-                     vocab_size=config.vocab_size)
+    dims.check_model(
+        num_hidden_layers=config.num_hidden_layers,
+        level_heads=config.level_heads,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+    )
     shard_for_tensor_parallel(model, dims)
     parts = _ModelParts(model)
     try:
@@ -150,6 +169,10 @@ def decoder_layers(module: nn.Module) -> list[R1DecoderLayer]:
 
 
 __all__ = [
-    "DEFAULT_PARTITION", "TIED_KEY", "build_pipeline", "decoder_layers",
-    "shard_for_tensor_parallel", "tied_lm_head",
+    "DEFAULT_PARTITION",
+    "TIED_KEY",
+    "build_pipeline",
+    "decoder_layers",
+    "shard_for_tensor_parallel",
+    "tied_lm_head",
 ]

@@ -23,8 +23,12 @@ from .tp_layers import merge_shards, shard_tensor
 from .tp_plan import R1_TP_PLAN, param_sharding
 
 __all__ = [
-    "TIED_KEY", "merge_tensor_parallel_state_dicts", "pipe_layer_prefixes", "pipeline_parameter_names",
-    "shard_state_dict", "universal_checkpoint_info",
+    "TIED_KEY",
+    "merge_tensor_parallel_state_dicts",
+    "pipe_layer_prefixes",
+    "pipeline_parameter_names",
+    "shard_state_dict",
+    "universal_checkpoint_info",
 ]
 
 TIED_KEY = "embed"  # DeepSpeed tie key of the embedding / LM-head weight
@@ -41,20 +45,29 @@ def pipe_layer_prefixes(config: R1Config) -> list[str | None]:
 # ----------------------------------------------------------------------------- tensor shards
 
 
-def merge_tensor_parallel_state_dicts(state_dicts: list[dict[str, torch.Tensor]], plan: dict[str, str] = R1_TP_PLAN,
-                                      *, prefix: str = "", check_replicated: bool = True) -> dict[str, torch.Tensor]:
+def merge_tensor_parallel_state_dicts(
+    state_dicts: list[dict[str, torch.Tensor]],
+    plan: dict[str, str] = R1_TP_PLAN,
+    *,
+    prefix: str = "",
+    check_replicated: bool = True,
+) -> dict[str, torch.Tensor]:
     """The full state dict from the per-tensor-rank state dicts (in tensor-rank order). Sharded entries are
     concatenated (respecting strides); replicated entries are taken from rank 0 and, with
     `check_replicated`, must be equal on every rank (a difference means the ranks drifted apart)."""
     if not state_dicts:
-        raise TensorParallelError("merge_tensor_parallel_state_dicts: no state dicts given. Fix: pass one per "
-                                  "tensor rank, in tensor-rank order")
+        raise TensorParallelError(
+            "merge_tensor_parallel_state_dicts: no state dicts given. Fix: pass one per "
+            "tensor rank, in tensor-rank order"
+        )
     keys = list(state_dicts[0])
     for r, sd in enumerate(state_dicts[1:], start=1):
         if list(sd) != keys:
             missing = set(keys) ^ set(sd)
-            raise TensorParallelError(f"tensor rank {r}'s state dict has different keys from rank 0's "
-                                      f"(differences: {sorted(missing)[:5]}). Fix: pass state dicts of one layer set")
+            raise TensorParallelError(
+                f"tensor rank {r}'s state dict has different keys from rank 0's "
+                f"(differences: {sorted(missing)[:5]}). Fix: pass state dicts of one layer set"
+            )
     out = {}
     for key in keys:
         tensors = [sd[key] for sd in state_dicts]
@@ -64,15 +77,17 @@ def merge_tensor_parallel_state_dicts(state_dicts: list[dict[str, torch.Tensor]]
                 raise TensorParallelError(
                     f"replicated entry {key!r} differs across tensor ranks; the run's tensor ranks drifted apart "
                     "(replicated gradients were not identical). Fix: check that all tensor ranks see the same data "
-                    "and seed, or pass check_replicated=False to take rank 0's copy")
+                    "and seed, or pass check_replicated=False to take rank 0's copy"
+                )
             out[key] = tensors[0]
         else:
             out[key] = merge_shards(tensors, *how)
     return out
 
 
-def shard_state_dict(state_dict: dict[str, torch.Tensor], rank: int, world: int, plan: dict[str, str] = R1_TP_PLAN,
-                     *, prefix: str = "") -> dict[str, torch.Tensor]:
+def shard_state_dict(
+    state_dict: dict[str, torch.Tensor], rank: int, world: int, plan: dict[str, str] = R1_TP_PLAN, *, prefix: str = ""
+) -> dict[str, torch.Tensor]:
     """Tensor rank `rank`'s slice of a full state dict (e.g. a Hugging Face checkpoint) under `plan`."""
     out = {}
     for key, t in state_dict.items():
@@ -93,14 +108,15 @@ def pipeline_parameter_names(full: R1ForCausalLM) -> dict[str, str]:
     for idx, prefix in enumerate(pipe_layer_prefixes(config)):
         for name, _ in full.named_parameters():
             if prefix and name.startswith(prefix):
-                names[name] = f"{idx}.{name[len(prefix):]}"
+                names[name] = f"{idx}.{name[len(prefix) :]}"
     if config.tie_word_embeddings:
         names["model.embed_tokens.weight"] = f"tied_modules.{TIED_KEY}.weight"
     return names
 
 
-def universal_checkpoint_info(config, tensor: int, plan: dict[str, str] = R1_TP_PLAN, *,
-                              pipeline: bool = False) -> dict:
+def universal_checkpoint_info(
+    config, tensor: int, plan: dict[str, str] = R1_TP_PLAN, *, pipeline: bool = False
+) -> dict:
     """What `ds_to_universal` needs to merge this model's tensor shards, for
     `engine.save_checkpoint(..., client_state={"universal_checkpoint_info": universal_checkpoint_info(cfg, tp)})`.
 
@@ -137,6 +153,8 @@ def universal_checkpoint_info(config, tensor: int, plan: dict[str, str] = R1_TP_
         C.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: row,
         C.VOCABULARY_PARAMETER_PATTERNS: vocab,
         C.ORIGINAL_VOCAB_SIZE: config.vocab_size,
-        C.PARAMETER_WITH_SUB_PARAMS: [{"patterns": sub, "shape": (gate_rows, (d, d, d)), "partition_dim": 1}] if sub else [],
+        C.PARAMETER_WITH_SUB_PARAMS: [{"patterns": sub, "shape": (gate_rows, (d, d, d)), "partition_dim": 1}]
+        if sub
+        else [],
         C.SUB_PARAM_SHARD_WIDTHS: {p: [[d // tensor] * tensor] * 3 for p in sub},
     }

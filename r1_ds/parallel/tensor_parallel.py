@@ -21,8 +21,8 @@ row-parallel. Norms, b_g and the residual stream are replicated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -45,16 +45,26 @@ from .tp_layers import (
 from .tp_plan import R1_TP_PLAN, join_name, plan_matcher
 
 __all__ = [
-    "STYLES", "TensorParallelHierarchicalAttention", "TensorParallelR1ForCausalLM", "apply_tensor_parallel",
-    "forget_groups", "tensor_parallel_group", "tensor_parallel_loss_fn",
+    "STYLES",
+    "TensorParallelHierarchicalAttention",
+    "TensorParallelR1ForCausalLM",
+    "apply_tensor_parallel",
+    "forget_groups",
+    "tensor_parallel_group",
+    "tensor_parallel_loss_fn",
 ]
 
 # ----------------------------------------------------------------------------- validation
 
 
 def _check_config(config, tensor: int) -> None:
-    check_tensor_parallel(tensor=tensor, level_heads=config.level_heads, hidden_size=config.hidden_size,
-                          intermediate_size=config.intermediate_size, vocab_size=config.vocab_size)
+    check_tensor_parallel(
+        tensor=tensor,
+        level_heads=config.level_heads,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+    )
 
 
 # ----------------------------------------------------------------------------- module overrides
@@ -88,14 +98,31 @@ class TensorParallelR1ForCausalLM(R1ForCausalLM):
     """R1ForCausalLM whose LM head returns vocabulary-sharded logits: the loss is the vocabulary-parallel
     cross entropy (same value as `causal_lm_loss` on the full logits, label smoothing included)."""
 
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, past_key_values=None,
-                use_cache=None, logits_to_keep: int = 0, num_items_in_batch=None, **kwargs):
-        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-                              past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep,
-                              **kwargs)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        past_key_values=None,
+        use_cache=None,
+        logits_to_keep: int = 0,
+        num_items_in_batch=None,
+        **kwargs,
+    ):
+        out = super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
         if labels is not None:
             out.loss = tensor_parallel_loss_fn(self.lm_head, self.config.label_smoothing)(
-                out.logits, labels, num_items_in_batch=num_items_in_batch)
+                out.logits, labels, num_items_in_batch=num_items_in_batch
+            )
         return out
 
 
@@ -104,14 +131,23 @@ def tensor_parallel_loss_fn(lm_head: nn.Module, label_smoothing: float) -> Calla
     vocabulary-parallel loss for a sharded head, `causal_lm_loss` otherwise (also for a pipeline's
     last stage)."""
     if isinstance(lm_head, VocabParallelLMHead) and not lm_head.gather_output:
+
         def loss(logits, labels, num_items_in_batch=None):
             return vocab_parallel_causal_lm_loss(
-                logits, labels, vocab_start=lm_head.vocab_start, vocab_size=lm_head.out_features,
-                group=lm_head.group, label_smoothing=label_smoothing, num_items_in_batch=num_items_in_batch)
+                logits,
+                labels,
+                vocab_start=lm_head.vocab_start,
+                vocab_size=lm_head.out_features,
+                group=lm_head.group,
+                label_smoothing=label_smoothing,
+                num_items_in_batch=num_items_in_batch,
+            )
+
         return loss
 
     def loss(logits, labels, num_items_in_batch=None):
         return causal_lm_loss(logits, labels, label_smoothing, num_items_in_batch)
+
     return loss
 
 
@@ -129,33 +165,56 @@ class _Ctx:
 
 def _require(module, cls, style, name):
     if not isinstance(module, cls):
-        raise TensorParallelError(f"plan style {style!r} at {name!r} needs a {cls.__name__}, found "
-                                  f"{type(module).__name__}. Fix: point the plan entry at the right module")
+        raise TensorParallelError(
+            f"plan style {style!r} at {name!r} needs a {cls.__name__}, found "
+            f"{type(module).__name__}. Fix: point the plan entry at the right module"
+        )
 
 
 def _shard_param(full: nn.Parameter, ctx: _Ctx, dim: int, stride: int = 1) -> nn.Parameter:
     key = id(full)
     if key not in ctx.shared:
-        ctx.shared[key] = nn.Parameter(shard_tensor(full.data, dim, ctx.rank, ctx.world, stride),
-                                       requires_grad=full.requires_grad)
+        ctx.shared[key] = nn.Parameter(
+            shard_tensor(full.data, dim, ctx.rank, ctx.world, stride), requires_grad=full.requires_grad
+        )
     return ctx.shared[key]
 
 
 def _colwise(m: nn.Linear, name: str, ctx: _Ctx) -> nn.Module:
     _require(m, nn.Linear, "colwise", name)
-    new = ColumnParallelLinear(m.in_features, m.out_features, ctx.group, bias=m.bias is not None,
-                               copy_input=ctx.parent_style not in _COPIES_INPUT, device="meta")
+    new = ColumnParallelLinear(
+        m.in_features,
+        m.out_features,
+        ctx.group,
+        bias=m.bias is not None,
+        copy_input=ctx.parent_style not in _COPIES_INPUT,
+        device="meta",
+    )
     new.weight = _keep_marks(new.weight, _shard_param(m.weight, ctx, 0))
     if m.bias is not None:
         new.bias = _keep_marks(new.bias, _shard_param(m.bias, ctx, 0))
     return new
 
 
-def _rowwise(m: nn.Linear, name: str, ctx: _Ctx, *, stride: int = 1, feeds_sharded: bool = False,
-             cls: type[RowParallelLinear] = RowParallelLinear) -> nn.Module:
+def _rowwise(
+    m: nn.Linear,
+    name: str,
+    ctx: _Ctx,
+    *,
+    stride: int = 1,
+    feeds_sharded: bool = False,
+    cls: type[RowParallelLinear] = RowParallelLinear,
+) -> nn.Module:
     _require(m, R1LevelGate if cls is TensorParallelLevelGate else nn.Linear, "rowwise", name)
-    new = cls(m.in_features, m.out_features, ctx.group, bias=m.bias is not None, stride=stride,
-              feeds_sharded=feeds_sharded, device="meta")
+    new = cls(
+        m.in_features,
+        m.out_features,
+        ctx.group,
+        bias=m.bias is not None,
+        stride=stride,
+        feeds_sharded=feeds_sharded,
+        device="meta",
+    )
     new.weight = _keep_marks(new.weight, _shard_param(m.weight, ctx, 1, stride))
     if m.bias is not None:
         new.bias = m.bias  # replicated: the same parameter, untouched
@@ -164,22 +223,26 @@ def _rowwise(m: nn.Linear, name: str, ctx: _Ctx, *, stride: int = 1, feeds_shard
 
 def _gate(m: nn.Linear, name: str, ctx: _Ctx) -> nn.Module:
     if m.in_features % 3:
-        raise TensorParallelError(f"plan style 'gate' at {name!r}: in_features={m.in_features} is not three "
-                                  "blocks [h1; h2; h3]. Fix: use 'gate' only for the attention's level gate")
+        raise TensorParallelError(
+            f"plan style 'gate' at {name!r}: in_features={m.in_features} is not three "
+            "blocks [h1; h2; h3]. Fix: use 'gate' only for the attention's level gate"
+        )
     return _rowwise(m, name, ctx, stride=3, feeds_sharded=True, cls=TensorParallelLevelGate)
 
 
 def _vocab(m: nn.Module, name: str, ctx: _Ctx, *, gather_output: bool = False) -> nn.Module:
     if isinstance(m, nn.Embedding):
-        new = VocabParallelEmbedding(m.num_embeddings, m.embedding_dim, ctx.group, padding_idx=m.padding_idx,
-                                     device="meta")
+        new = VocabParallelEmbedding(
+            m.num_embeddings, m.embedding_dim, ctx.group, padding_idx=m.padding_idx, device="meta"
+        )
     else:
         _require(m, nn.Linear, "vocab", name)
         if m.bias is not None:
-            raise TensorParallelError(f"plan style 'vocab' at {name!r}: an LM head with a bias is not supported. "
-                                      "Fix: build the head with bias=False")
-        new = VocabParallelLMHead(m.in_features, m.out_features, ctx.group, gather_output=gather_output,
-                                  device="meta")
+            raise TensorParallelError(
+                f"plan style 'vocab' at {name!r}: an LM head with a bias is not supported. "
+                "Fix: build the head with bias=False"
+            )
+        new = VocabParallelLMHead(m.in_features, m.out_features, ctx.group, gather_output=gather_output, device="meta")
     new.weight = _keep_marks(new.weight, _shard_param(m.weight, ctx, 0))
     return new
 
@@ -281,8 +344,9 @@ def forget_groups() -> None:
 # ----------------------------------------------------------------------------- apply
 
 
-def apply_tensor_parallel(model: nn.Module, group, plan: dict[str, str] = R1_TP_PLAN, *, prefix: str = "",
-                          config=None) -> dict[str, str]:
+def apply_tensor_parallel(
+    model: nn.Module, group, plan: dict[str, str] = R1_TP_PLAN, *, prefix: str = "", config=None
+) -> dict[str, str]:
     """Shard `model` in place for this rank of the tensor-parallel `group`, following `plan`.
 
     `model` is an initialised full model (or a part of one, e.g. a pipeline stage's layer: `prefix` is

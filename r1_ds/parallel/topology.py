@@ -41,28 +41,33 @@ class ParallelDims:
     data: int = 1  # data-parallel replicas
 
     @classmethod
-    def build(cls, world_size: int, *, pipe: int = 1, tensor: int = 1, data: int = 0) -> "ParallelDims":
+    def build(cls, world_size: int, *, pipe: int = 1, tensor: int = 1, data: int = 0) -> ParallelDims:
         """The layout for `world_size` ranks; `data=0` means "whatever is left": world / (pipe * tensor)."""
         for name, v in (("pipe", pipe), ("tensor", tensor)):
             if not isinstance(v, int) or v < 1:
-                raise LayoutError(f"parallel.{name}={v!r}: must be an integer >= 1. Fix: set parallel.{name} to 1 "
-                                  "or more.")
+                raise LayoutError(
+                    f"parallel.{name}={v!r}: must be an integer >= 1. Fix: set parallel.{name} to 1 or more."
+                )
         if not isinstance(data, int) or data < 0:
-            raise LayoutError(f"parallel.data={data!r}: must be an integer >= 1, or 0 for world / (pipe * tensor). "
-                              "Fix: set parallel.data to 0.")
+            raise LayoutError(
+                f"parallel.data={data!r}: must be an integer >= 1, or 0 for world / (pipe * tensor). "
+                "Fix: set parallel.data to 0."
+            )
         if data == 0:
             if world_size % (pipe * tensor):
                 raise LayoutError(
                     f"parallel layout pipe={pipe} x tensor={tensor} = {pipe * tensor} ranks per replica does not divide "
                     f"the world size {world_size}. Fix: launch a multiple of {pipe * tensor} processes, or choose pipe "
-                    f"and tensor whose product divides {world_size}.")
+                    f"and tensor whose product divides {world_size}."
+                )
             data = world_size // (pipe * tensor)
         dims = cls(pipe=pipe, tensor=tensor, data=data)
         if dims.world_size != world_size:
             raise LayoutError(
                 f"parallel layout pipe={pipe} x tensor={tensor} x data={data} = {dims.world_size} ranks does not match "
                 f"the world size {world_size}. Fix: launch {dims.world_size} processes, or set parallel.data=0 to use "
-                f"data={world_size // (pipe * tensor) if world_size % (pipe * tensor) == 0 else '?'}.")
+                f"data={world_size // (pipe * tensor) if world_size % (pipe * tensor) == 0 else '?'}."
+            )
         return dims
 
     @property
@@ -92,9 +97,15 @@ class ParallelDims:
 
         return PipeModelDataParallelTopology(num_pp=self.pipe, num_mp=self.tensor, num_dp=self.data)
 
-    def check_model(self, *, num_hidden_layers: int, level_heads,
-                    hidden_size: int | None = None, intermediate_size: int | None = None,
-                    vocab_size: int | None = None) -> None:
+    def check_model(
+        self,
+        *,
+        num_hidden_layers: int,
+        level_heads,
+        hidden_size: int | None = None,
+        intermediate_size: int | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
         """Refuse layouts the model cannot be cut into: every stage needs a decoder layer, and every
         size that tensor parallelism splits (each attention level's heads; with the sizes given, also
         hidden_size, intermediate_size and vocab_size) must divide evenly over the tensor shards."""
@@ -102,13 +113,15 @@ class ParallelDims:
             raise LayoutError(
                 f"parallel.pipe={self.pipe} stages but the model has num_hidden_layers={num_hidden_layers}: every "
                 f"stage needs at least one decoder layer. Fix: use parallel.pipe <= {num_hidden_layers} or a deeper "
-                "model.")
+                "model."
+            )
         for level, heads in enumerate(level_heads, start=1):
             if heads % self.tensor:
                 raise LayoutError(
                     f"parallel.tensor={self.tensor} does not divide the {heads} heads of attention level L{level} "
                     f"(level_heads={list(level_heads)}). Fix: choose a tensor size that divides every level's head "
-                    "count.")
+                    "count."
+                )
         sizes = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "vocab_size": vocab_size}
         if self.tensor > 1 and all(v is not None for v in sizes.values()):
             try:
@@ -120,31 +133,46 @@ class ParallelDims:
         return f"pipe={self.pipe} x tensor={self.tensor} x data={self.data} = {self.world_size} ranks"
 
 
-def check_tensor_parallel(*, tensor: int, level_heads, hidden_size: int, intermediate_size: int,
-                          vocab_size: int) -> None:
+def check_tensor_parallel(
+    *, tensor: int, level_heads, hidden_size: int, intermediate_size: int, vocab_size: int
+) -> None:
     """Every size that tensor parallelism splits must be divisible by the tensor size `tensor`."""
     if not isinstance(tensor, int) or tensor < 1:
-        raise TensorParallelError(f"tensor parallel size {tensor!r}: must be an integer >= 1. Fix: set tensor to 1, "
-                                  "2, 4, ... (a divisor of every level's head count)")
+        raise TensorParallelError(
+            f"tensor parallel size {tensor!r}: must be an integer >= 1. Fix: set tensor to 1, "
+            "2, 4, ... (a divisor of every level's head count)"
+        )
     if tensor == 1:
         return
     problems = []
     for i, h in enumerate(level_heads):
         if h % tensor:
-            problems.append(f"level {i + 1} has {h} heads (level_heads={list(level_heads)}), not divisible by "
-                            f"tensor={tensor}: each level's heads are split across tensor ranks")
+            problems.append(
+                f"level {i + 1} has {h} heads (level_heads={list(level_heads)}), not divisible by "
+                f"tensor={tensor}: each level's heads are split across tensor ranks"
+            )
     if hidden_size % tensor:
         problems.append(f"hidden_size={hidden_size} is not divisible by tensor={tensor}")
     if intermediate_size % tensor:
-        problems.append(f"intermediate_size={intermediate_size} is not divisible by tensor={tensor} "
-                        "(the SwiGLU hidden is split)")
+        problems.append(
+            f"intermediate_size={intermediate_size} is not divisible by tensor={tensor} (the SwiGLU hidden is split)"
+        )
     if vocab_size % tensor:
-        problems.append(f"vocab_size={vocab_size} is not divisible by tensor={tensor} (embedding and LM head "
-                        f"are split by vocabulary); pad it to a multiple of {tensor} (64 or 128 is usual)")
+        problems.append(
+            f"vocab_size={vocab_size} is not divisible by tensor={tensor} (embedding and LM head "
+            f"are split by vocabulary); pad it to a multiple of {tensor} (64 or 128 is usual)"
+        )
     if problems:
-        divisors = [t for t in range(1, max(level_heads) + 1)
-                    if all(h % t == 0 for h in level_heads) and hidden_size % t == 0
-                    and intermediate_size % t == 0 and vocab_size % t == 0]
+        divisors = [
+            t
+            for t in range(1, max(level_heads) + 1)
+            if all(h % t == 0 for h in level_heads)
+            and hidden_size % t == 0
+            and intermediate_size % t == 0
+            and vocab_size % t == 0
+        ]
         raise TensorParallelError(
-            "tensor parallel size does not fit the model:\n  - " + "\n  - ".join(problems)
-            + f"\nFix: use a tensor size in {divisors} or change the model sizes named above.")
+            "tensor parallel size does not fit the model:\n  - "
+            + "\n  - ".join(problems)
+            + f"\nFix: use a tensor size in {divisors} or change the model sizes named above."
+        )

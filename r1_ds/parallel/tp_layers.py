@@ -29,10 +29,21 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding", "VocabParallelLMHead",
-    "copy_to_tp", "reduce_from_tp", "gather_from_tp", "scatter_to_tp",
-    "vocab_parallel_cross_entropy", "vocab_parallel_causal_lm_loss",
-    "tp_world_size", "tp_rank", "shard_tensor", "merge_shards", "mark_tensor_parallel",
+    "ColumnParallelLinear",
+    "RowParallelLinear",
+    "VocabParallelEmbedding",
+    "VocabParallelLMHead",
+    "copy_to_tp",
+    "reduce_from_tp",
+    "gather_from_tp",
+    "scatter_to_tp",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_causal_lm_loss",
+    "tp_world_size",
+    "tp_rank",
+    "shard_tensor",
+    "merge_shards",
+    "mark_tensor_parallel",
 ]
 
 
@@ -160,23 +171,37 @@ class ColumnParallelLinear(nn.Module):
     region once for several projections (q/k/v, gate/up): one gradient all-reduce instead of several.
     """
 
-    def __init__(self, in_features: int, out_features: int, group, *, bias: bool = False,
-                 copy_input: bool = True, gather_output: bool = False, stride: int = 1,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        group,
+        *,
+        bias: bool = False,
+        copy_input: bool = True,
+        gather_output: bool = False,
+        stride: int = 1,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         world = tp_world_size(group)
         if out_features % (world * stride):
-            raise ValueError(f"ColumnParallelLinear: out_features={out_features} must be divisible by "
-                             f"tensor size {world} x stride {stride}; choose a tensor size that divides it")
+            raise ValueError(
+                f"ColumnParallelLinear: out_features={out_features} must be divisible by "
+                f"tensor size {world} x stride {stride}; choose a tensor size that divides it"
+            )
         self.group, self.copy_input, self.gather_output = group, copy_input, gather_output
         self.in_features, self.out_features = in_features, out_features
         self.out_features_per_rank = out_features // world
         self.weight = mark_tensor_parallel(
-            nn.Parameter(torch.empty(self.out_features_per_rank, in_features, device=device, dtype=dtype)), 0, stride)
+            nn.Parameter(torch.empty(self.out_features_per_rank, in_features, device=device, dtype=dtype)), 0, stride
+        )
         self.bias = None
         if bias:
             self.bias = mark_tensor_parallel(
-                nn.Parameter(torch.zeros(self.out_features_per_rank, device=device, dtype=dtype)), 0, stride)
+                nn.Parameter(torch.zeros(self.out_features_per_rank, device=device, dtype=dtype)), 0, stride
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.copy_input:
@@ -185,8 +210,10 @@ class ColumnParallelLinear(nn.Module):
         return gather_from_tp(y, self.group) if self.gather_output else y
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features} (per rank {self.out_features_per_rank}), "
-                f"bias={self.bias is not None}, copy_input={self.copy_input}, gather_output={self.gather_output}")
+        return (
+            f"in={self.in_features}, out={self.out_features} (per rank {self.out_features_per_rank}), "
+            f"bias={self.bias is not None}, copy_input={self.copy_input}, gather_output={self.gather_output}"
+        )
 
 
 class RowParallelLinear(nn.Module):
@@ -199,19 +226,32 @@ class RowParallelLinear(nn.Module):
     is all-reduced in backward.
     """
 
-    def __init__(self, in_features: int, out_features: int, group, *, bias: bool = False,
-                 input_is_parallel: bool = True, stride: int = 1, feeds_sharded: bool = False,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        group,
+        *,
+        bias: bool = False,
+        input_is_parallel: bool = True,
+        stride: int = 1,
+        feeds_sharded: bool = False,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         world = tp_world_size(group)
         if in_features % (world * stride):
-            raise ValueError(f"RowParallelLinear: in_features={in_features} must be divisible by "
-                             f"tensor size {world} x stride {stride}; choose a tensor size that divides it")
+            raise ValueError(
+                f"RowParallelLinear: in_features={in_features} must be divisible by "
+                f"tensor size {world} x stride {stride}; choose a tensor size that divides it"
+            )
         self.group, self.input_is_parallel, self.feeds_sharded = group, input_is_parallel, feeds_sharded
         self.in_features, self.out_features = in_features, out_features
         self.in_features_per_rank = in_features // world
         self.weight = mark_tensor_parallel(
-            nn.Parameter(torch.empty(out_features, self.in_features_per_rank, device=device, dtype=dtype)), 1, stride)
+            nn.Parameter(torch.empty(out_features, self.in_features_per_rank, device=device, dtype=dtype)), 1, stride
+        )
         # replicated: identical on every tensor rank (its gradient is the same everywhere)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
 
@@ -224,21 +264,26 @@ class RowParallelLinear(nn.Module):
         return copy_to_tp(y, self.group) if self.feeds_sharded else y
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features} (per rank {self.in_features_per_rank}), out={self.out_features}, "
-                f"bias={self.bias is not None}, feeds_sharded={self.feeds_sharded}")
+        return (
+            f"in={self.in_features} (per rank {self.in_features_per_rank}), out={self.out_features}, "
+            f"bias={self.bias is not None}, feeds_sharded={self.feeds_sharded}"
+        )
 
 
 class VocabParallelEmbedding(nn.Module):
     """Rows of the (V, d) table split by vocabulary: rank r holds ids [r V/tp, (r+1) V/tp). Each rank
     looks up the ids it owns (zeros elsewhere) and the partial embeddings are all-reduced."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, group, *, padding_idx: int | None = None,
-                 device=None, dtype=None):
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, group, *, padding_idx: int | None = None, device=None, dtype=None
+    ):
         super().__init__()
         world, rank = tp_world_size(group), tp_rank(group)
         if num_embeddings % world:
-            raise ValueError(f"VocabParallelEmbedding: vocab size {num_embeddings} must be divisible by tensor "
-                             f"size {world}; pad the vocabulary (R1Config.vocab_size) to a multiple of {world}")
+            raise ValueError(
+                f"VocabParallelEmbedding: vocab size {num_embeddings} must be divisible by tensor "
+                f"size {world}; pad the vocabulary (R1Config.vocab_size) to a multiple of {world}"
+            )
         self.group = group
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.per_rank = num_embeddings // world
@@ -248,7 +293,8 @@ class VocabParallelEmbedding(nn.Module):
         own = padding_idx is not None and self.vocab_start <= padding_idx < self.vocab_start + self.per_rank
         self._local_padding_idx = padding_idx - self.vocab_start if own else None
         self.weight = mark_tensor_parallel(
-            nn.Parameter(torch.empty(self.per_rank, embedding_dim, device=device, dtype=dtype)), 0)
+            nn.Parameter(torch.empty(self.per_rank, embedding_dim, device=device, dtype=dtype)), 0
+        )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if tp_world_size(self.group) == 1:
@@ -268,19 +314,23 @@ class VocabParallelLMHead(nn.Module):
     one shared shard). Returns this rank's (B, T, V / tp) logits: feed them to
     `vocab_parallel_causal_lm_loss`, or build with `gather_output=True` for full logits (generation)."""
 
-    def __init__(self, in_features: int, vocab_size: int, group, *, gather_output: bool = False,
-                 device=None, dtype=None):
+    def __init__(
+        self, in_features: int, vocab_size: int, group, *, gather_output: bool = False, device=None, dtype=None
+    ):
         super().__init__()
         world, rank = tp_world_size(group), tp_rank(group)
         if vocab_size % world:
-            raise ValueError(f"VocabParallelLMHead: vocab size {vocab_size} must be divisible by tensor size "
-                             f"{world}; pad the vocabulary (R1Config.vocab_size) to a multiple of {world}")
+            raise ValueError(
+                f"VocabParallelLMHead: vocab size {vocab_size} must be divisible by tensor size "
+                f"{world}; pad the vocabulary (R1Config.vocab_size) to a multiple of {world}"
+            )
         self.group, self.gather_output = group, gather_output
         self.in_features, self.out_features = in_features, vocab_size
         self.per_rank = vocab_size // world
         self.vocab_start = rank * self.per_rank
         self.weight = mark_tensor_parallel(
-            nn.Parameter(torch.empty(self.per_rank, in_features, device=device, dtype=dtype)), 0)
+            nn.Parameter(torch.empty(self.per_rank, in_features, device=device, dtype=dtype)), 0
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = F.linear(copy_to_tp(x, self.group), self.weight)  # (B, T, V / tp)
@@ -334,27 +384,50 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return grad.to(ctx.dtype), None, None, None, None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, vocab_start: int, vocab_size: int,
-                                 group, label_smoothing: float = 0.0, ignore_index: int = -100) -> torch.Tensor:
+def vocab_parallel_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    vocab_start: int,
+    vocab_size: int,
+    group,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """Per-token loss (N,) from this rank's logits (N, V / tp); 0 at ignored targets."""
     if tp_world_size(group) == 1:
-        return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                               reduction="none")
-    return _VocabParallelCrossEntropy.apply(logits, target, vocab_start, vocab_size, group, label_smoothing,
-                                            ignore_index)
+        return F.cross_entropy(
+            logits.float(), target, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none"
+        )
+    return _VocabParallelCrossEntropy.apply(
+        logits, target, vocab_start, vocab_size, group, label_smoothing, ignore_index
+    )
 
 
-def vocab_parallel_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, vocab_start: int, vocab_size: int,
-                                  group, label_smoothing: float = 0.1,
-                                  num_items_in_batch: int | torch.Tensor | None = None,
-                                  ignore_index: int = -100) -> torch.Tensor:
+def vocab_parallel_causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    vocab_start: int,
+    vocab_size: int,
+    group,
+    label_smoothing: float = 0.1,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    ignore_index: int = -100,
+) -> torch.Tensor:
     """`r1_ds.model.causal_lm_loss` over logits split by vocabulary: logits (B, T, V / tp), labels (B, T)
     unshifted. The mean over non-ignored tokens, or the sum / num_items_in_batch (gradient accumulation)."""
     logits = logits[:, :-1]
     labels = labels[:, 1:].to(logits.device)
     per_token = vocab_parallel_cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), vocab_start=vocab_start, vocab_size=vocab_size,
-        group=group, label_smoothing=label_smoothing, ignore_index=ignore_index)
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        vocab_start=vocab_start,
+        vocab_size=vocab_size,
+        group=group,
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
+    )
     if num_items_in_batch is not None:
         return per_token.sum() / num_items_in_batch
     return per_token.sum() / (labels != ignore_index).sum()

@@ -5,7 +5,7 @@ style shards along which dimension. `r1_ds.parallel.tensor_parallel` applies the
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from .topology import TensorParallelError
 
@@ -59,14 +59,17 @@ def plan_matcher(plan: dict[str, str]) -> Callable[[str], str | None]:
     """`style_of(module name) -> style or None` for `plan`; refuses unknown styles and overlapping patterns."""
     for key, style in plan.items():
         if style not in STYLE_SHARDING:
-            raise TensorParallelError(f"plan entry {key!r}: unknown style {style!r}. Fix: use one of {sorted(STYLE_SHARDING)}")
+            raise TensorParallelError(
+                f"plan entry {key!r}: unknown style {style!r}. Fix: use one of {sorted(STYLE_SHARDING)}"
+            )
     compiled = [(_compile(k), k, s) for k, s in plan.items()]
 
     def style_of(name: str) -> str | None:
         hits = [(k, s) for rx, k, s in compiled if rx.match(name)]
         if len(hits) > 1:
-            raise TensorParallelError(f"module {name!r} matches several plan entries {hits}. Fix: make the "
-                                      "plan's patterns disjoint")
+            raise TensorParallelError(
+                f"module {name!r} matches several plan entries {hits}. Fix: make the plan's patterns disjoint"
+            )
         return hits[0][1] if hits else None
 
     return style_of

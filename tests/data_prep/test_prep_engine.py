@@ -38,8 +38,11 @@ def corpus(sample) -> Path:
 def runs(corpus, sample, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for name, kw in {"single": dict(tasks=1), "one": dict(executor="local", workers=1, tasks=4),
-                     "two": dict(executor="local", workers=2, tasks=4)}.items():
+    for name, kw in {
+        "single": dict(tasks=1),
+        "one": dict(executor="local", workers=1, tasks=4),
+        "two": dict(executor="local", workers=2, tasks=4),
+    }.items():
         code = [str(p) for p in sample.code] if name != "one" else []  # code: one task vs 2 workers
         out[name] = (root / name, run(PrepConfig(out=str(root / name), text=[str(corpus)], code=code, **SMALL, **kw)))
     return out
@@ -73,8 +76,22 @@ def test_code_on_two_workers_matches_the_single_process_runner(runs):
 def test_killed_multi_worker_run_resumes_to_the_same_output(runs, corpus, tmp_path):
     ref = runs["one"][0]  # same inputs (text only) and tasks; the output does not depend on the worker count
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "data_prep", "--out", str(out), "--text", str(corpus), *FLAGS,
-           "--executor", "local", "--workers", "2", "--tasks", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_prep",
+        "--out",
+        str(out),
+        "--text",
+        str(corpus),
+        *FLAGS,
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+        "--tasks",
+        "4",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "DATA_PREP_CRASH_AT": "task:2"}
     crashed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, timeout=300, start_new_session=True)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
@@ -101,15 +118,20 @@ def test_plan_tasks_contiguous_and_balanced():
 
 @pytest.mark.parametrize("executor", ["slurm", "ray"])
 def test_cluster_executors_built_with_the_settings(executor, tmp_path):
-    cfg = ScaleSettings(executor=executor, workers=16, cpus_per_task=4, mem_per_cpu_gb=3,
-                        slurm_partition="cpu", slurm_time="02:00:00")
+    cfg = ScaleSettings(
+        executor=executor, workers=16, cpus_per_task=4, mem_per_cpu_gb=3, slurm_partition="cpu", slurm_time="02:00:00"
+    )
     first = build_executor(cfg, [], stage="signatures", tasks=64, logging_dir=tmp_path / "a")
     second = build_executor(cfg, [], stage="dedup", tasks=1, logging_dir=tmp_path / "b", depends=first)
     assert (first.tasks, first.workers, first.cpus_per_task, second.depends, second.workers) == (64, 16, 4, first, 1)
     assert first.logging_dir.path.endswith("a") and first.skip_completed
     if executor == "slurm":
         assert (first.partition, first.time, first.mem_per_cpu_gb, first.job_name) == (
-            "cpu", "02:00:00", 3, "r1-prep-signatures")
+            "cpu",
+            "02:00:00",
+            3,
+            "r1-prep-signatures",
+        )
         assert first.venv_path.endswith("bin/activate")
     else:
         assert first.mem_per_cpu_gb == 3
@@ -172,8 +194,14 @@ def test_remote_url_inputs_through_fsspec(tmp_path):
     fs.pipe("/corpus/shard_0.jsonl.gz", gzip.compress(b'{"text": "hello"}\n{"text": ""}\n'))
     fs.pipe("/corpus/shard_1.jsonl", b'{"text": "world"}\nnot json\n')
     cfg = ScaleSettings(executor="local", workers=1, tasks=2)
-    totals = run_engine(specs=["memory://corpus/"], filters=[ReadErrorFilter(), LengthFilter()], out=tmp_path,
-                             cfg=cfg, text_field="text", id_field=None)
+    totals = run_engine(
+        specs=["memory://corpus/"],
+        filters=[ReadErrorFilter(), LengthFilter()],
+        out=tmp_path,
+        cfg=cfg,
+        text_field="text",
+        id_field=None,
+    )
     assert totals["read"] == {"in": 4, "kept": 3, "dropped": 1, "reasons": {"bad_json": 1}}
     assert totals["length"]["reasons"] == {"empty": 1}
     kept = [json.loads(line) for p in sorted((tmp_path / "kept" / "text").glob("*.jsonl")) for line in p.open()]
@@ -208,7 +236,7 @@ def _task_streams(out: Path) -> list[list[int]]:
     ps = PackedShards(out / "shards")
     rows: dict[int, list] = {}
     for s in ps.meta["shards"]:
-        task = int(s["file"][len("shard_"):-len(".bin")]) // SHARDS_PER_TASK
+        task = int(s["file"][len("shard_") : -len(".bin")]) // SHARDS_PER_TASK
         arr = np.fromfile(out / "shards" / s["file"], dtype=ps.dtype).reshape(-1, ps.seq_len)
         rows.setdefault(task, []).extend(arr.tolist())
     return [sum(r, []) for _, r in sorted(rows.items())]
@@ -232,8 +260,19 @@ def test_packing_split_over_two_tasks_holds_the_same_documents_and_tokens(runs, 
     they hold the same documents (as token sequences, in the same order) and tokens; only the padding rows differ."""
     one = runs["two"][0]  # text and code, 4 tasks on 2 workers, one pack task
     out = tmp_path / "packed2"
-    stats = run(PrepConfig(out=str(out), text=[str(corpus)], code=[str(p) for p in sample.code], **SMALL,
-                           executor="local", workers=2, tasks=4, pack_tasks=2, tokenizer=str(one / "tokenizer")))
+    stats = run(
+        PrepConfig(
+            out=str(out),
+            text=[str(corpus)],
+            code=[str(p) for p in sample.code],
+            **SMALL,
+            executor="local",
+            workers=2,
+            tasks=4,
+            pack_tasks=2,
+            tokenizer=str(one / "tokenizer"),
+        )
+    )
     metas = [json.loads((o / "shards" / "meta.json").read_text()) for o in (one, out)]
     kept = stats["modalities"]["text"]["kept"] + stats["modalities"]["code"]["kept"]
     assert metas[0]["num_documents"] == metas[1]["num_documents"] == kept

@@ -30,12 +30,39 @@ def test_every_field_has_a_flag_with_its_docstring():
 
 
 def test_existing_flag_names_parse_into_the_config():
-    args = _parser().parse_args([
-        "--text", "a.jsonl", "--text", "b.jsonl", "--train-quality-head", "labels.jsonl", "--docstring-pairs", "3",
-        "--no-image-flip", "--no-python-compile", "--no-langid", "--languages", "en", "de", "--image-crop-scale",
-        "0.5", "0.9", "--no-clip-decode-processes", "--executor", "local", "--workers", "2", "--tasks", "8",
-        "--near-dedup", "--quality-max-length", "64", "--id-field", "uid",
-    ])
+    args = _parser().parse_args(
+        [
+            "--text",
+            "a.jsonl",
+            "--text",
+            "b.jsonl",
+            "--train-quality-head",
+            "labels.jsonl",
+            "--docstring-pairs",
+            "3",
+            "--no-image-flip",
+            "--no-python-compile",
+            "--no-langid",
+            "--languages",
+            "en",
+            "de",
+            "--image-crop-scale",
+            "0.5",
+            "0.9",
+            "--no-clip-decode-processes",
+            "--executor",
+            "local",
+            "--workers",
+            "2",
+            "--tasks",
+            "8",
+            "--near-dedup",
+            "--quality-max-length",
+            "64",
+            "--id-field",
+            "uid",
+        ]
+    )
     cfg = cli._config_from_args(args)
     assert (cfg.text, cfg.quality_labels, cfg.docstring_pairs_per_file) == (["a.jsonl", "b.jsonl"], "labels.jsonl", 3)
     assert (cfg.image_flip, cfg.python_compile, cfg.langid, cfg.languages) == (False, False, False, ["en", "de"])

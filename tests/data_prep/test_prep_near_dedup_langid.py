@@ -86,8 +86,17 @@ def test_near_dedup_across_tasks_from_compressed_inputs(tmp_path):
             data = lzma.compress(data)
         (tmp_path / name).write_bytes(data)
     out = tmp_path / "out"
-    cfg = PrepConfig(out=str(out), text=[str(tmp_path / "*.jsonl.*")], executor="local", workers=1, tasks=3,
-                     near_dedup=True, quality_model="none", vocab_size=300, seq_len=64)
+    cfg = PrepConfig(
+        out=str(out),
+        text=[str(tmp_path / "*.jsonl.*")],
+        executor="local",
+        workers=1,
+        tasks=3,
+        near_dedup=True,
+        quality_model="none",
+        vocab_size=300,
+        seq_len=64,
+    )
     stats = run(cfg)["modalities"]["text"]
     rejects = [json.loads(line) for p in sorted((out / "rejects" / "text").glob("*.jsonl")) for line in p.open()]
     dropped = {(r["id"], r["stage"], r["reason"]) for r in rejects if "dedup" in r["stage"]}
@@ -102,8 +111,10 @@ def test_near_dedup_across_tasks_from_compressed_inputs(tmp_path):
     two = tmp_path / "out2"
     cfg.out, cfg.workers, cfg.dedup_tasks = str(two), 2, 2
     assert run(cfg)["modalities"]["text"] == stats
-    kept = [[json.loads(line) for p in sorted((o / "kept" / "text").glob("*.jsonl")) for line in p.open()]
-            for o in (out, two)]
+    kept = [
+        [json.loads(line) for p in sorted((o / "kept" / "text").glob("*.jsonl")) for line in p.open()]
+        for o in (out, two)
+    ]
     assert kept[0] == kept[1] and len(kept[0]) == stats["kept"]
 
 
@@ -149,7 +160,7 @@ def test_dedup_split_over_tasks_and_buckets_equals_the_single_process_reference(
     cuts = np.linspace(0, len(texts), tasks + 1).astype(int)
     for t in range(tasks):
         sink = TaskSink(tmp_path, "text", [], write=False)
-        SignatureWriter(tmp_path, params, sink, buckets).run(iter(doc(x) for x in texts[cuts[t]:cuts[t + 1]]), rank=t)
+        SignatureWriter(tmp_path, params, sink, buckets).run(iter(doc(x) for x in texts[cuts[t] : cuts[t + 1]]), rank=t)
     for r in range(buckets + params.bands):
         DedupBuckets(tmp_path, tasks, buckets).run(rank=r)
     NearClusters(tmp_path, tasks, buckets, params.bands).run()
@@ -157,7 +168,9 @@ def test_dedup_split_over_tasks_and_buckets_equals_the_single_process_reference(
     near = np.concatenate([np.load(_near_path(tmp_path, t)) + cuts[t] for t in range(tasks)])
 
     hasher = MinHasher(params)
-    ref_exact, ref_near = find_duplicates(np.array([bytes.fromhex(content_hash(doc(x))) for x in texts], dtype="S20"),
-                                          np.stack([hasher.band_keys(x) for x in texts]))
+    ref_exact, ref_near = find_duplicates(
+        np.array([bytes.fromhex(content_hash(doc(x))) for x in texts], dtype="S20"),
+        np.stack([hasher.band_keys(x) for x in texts]),
+    )
     assert exact.tolist() == np.flatnonzero(ref_exact).tolist() and len(exact) == 2
     assert sorted(near.tolist()) == np.flatnonzero(ref_near).tolist() and len(near) == 3

@@ -92,8 +92,15 @@ def test_sequence_classification_folder_scores_like_fineweb_edu(tmp_path):
     from data_prep.quality_head import resolve_backbone
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, num_labels=1, problem_type="regression")
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        problem_type="regression",
+    )
     model = BertForSequenceClassification(cfg).eval()
     model.save_pretrained(tmp_path / "clf")
     AutoTokenizer.from_pretrained(resolve_backbone("minilm")).save_pretrained(tmp_path / "clf")

@@ -12,8 +12,18 @@ import pytest
 from data_prep.cli import main
 from data_prep.shards import PackedShards
 
-SMALL = ["--quality-model", "none", "--vocab-size", "300", "--seq-len", "32", "--shard-rows", "16", "--log-level",
-         "WARNING"]
+SMALL = [
+    "--quality-model",
+    "none",
+    "--vocab-size",
+    "300",
+    "--seq-len",
+    "32",
+    "--shard-rows",
+    "16",
+    "--log-level",
+    "WARNING",
+]
 
 
 def _write_docs(folder, texts, name="docs.jsonl"):
@@ -29,8 +39,9 @@ def _prep(out, corpus, *extra):
 
 def _files(root):
     """path -> (bytes, mtime_ns) of every file under root."""
-    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*")
-            if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()
+    }
 
 
 def _packed_texts(out):
@@ -64,9 +75,7 @@ def corpus(prose, tmp_path):
     return folder
 
 
-def test_changed_inputs_redo_the_tokenizer_and_shards_and_an_unchanged_rerun_rewrites_nothing(
-    corpus, prose, tmp_path
-):
+def test_changed_inputs_redo_the_tokenizer_and_shards_and_an_unchanged_rerun_rewrites_nothing(corpus, prose, tmp_path):
     out = tmp_path / "out"
     assert _prep(out, corpus) == 0
     assert _packed_texts(out) == [t for *_, t in _kept(out)] and len(_kept(out)) >= 2
@@ -119,8 +128,11 @@ def test_a_reused_tokenizer_packs_folders_that_train_together(corpus, prose, tmp
     shutil.rmtree(given)
     train_tokenizer(prose[3:6], given, vocab_size=280)
     assert _prep(second, other, "--tokenizer", str(given)) == 0
-    assert PackedShards(second / "shards").vocab_size == json.loads((second / "stats.json").read_text())[
-        "shards"]["vocab_size"] <= 280
+    assert (
+        PackedShards(second / "shards").vocab_size
+        == json.loads((second / "stats.json").read_text())["shards"]["vocab_size"]
+        <= 280
+    )
     assert _packed_texts(second) == [t for *_, t in _kept(second)]
 
 
@@ -192,8 +204,10 @@ def test_tokenizer_trained_on_an_even_sample_of_the_kept_documents(corpus, tmp_p
     full, sampled = tmp_path / "full", tmp_path / "sampled"
     assert _prep(full, corpus) == 0 and _prep(sampled, corpus, "--tokenizer-sample", "1") == 0
     stats = json.loads((sampled / "stats.json").read_text())
-    assert stats["tokenizer"]["trained_on_documents"] == 1 and "trained_on_documents" not in json.loads(
-        (full / "stats.json").read_text())["tokenizer"]
+    assert (
+        stats["tokenizer"]["trained_on_documents"] == 1
+        and "trained_on_documents" not in json.loads((full / "stats.json").read_text())["tokenizer"]
+    )
     vocabs = [(o / "tokenizer" / "tokenizer.json").read_bytes() for o in (full, sampled)]
     assert vocabs[0] != vocabs[1]
     assert _packed_texts(sampled) == [t for *_, t in _kept(sampled)]  # every kept document packed all the same
