@@ -21,6 +21,7 @@ from transformers.modeling_outputs import (
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_r1 import R1Config, check_attn_implementation
+from .group_summaries import cache_layer_keys, layer_summaries
 from .hierarchical_attention import (
     compiled_on_cuda,
     hierarchical_attention_decode,
@@ -227,11 +228,12 @@ class R1HierarchicalAttention(nn.Module):
         """The three level outputs (B, T, d) each, before gating. `layout` (None: each row is one dense
         sequence) names the sequences of a padded or packed batch (see token_layout.py)."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, d)
-        past = 0
+        past, keys_before = 0, None
         if past_key_values is not None:
             # The cache holds [k | q] as "keys" and v as "values", shaped (B, 1, T, .): routing needs
             # the history of queries too, and one head axis keeps any HF cache helper working.
             past = past_key_values.get_seq_length(self.layer_idx)
+            keys_before = cache_layer_keys(past_key_values, self.layer_idx)
             kq, v_all = past_key_values.update(torch.cat([k, q], -1)[:, None], v[:, None], self.layer_idx)
             k_all, q_all = kq[:, 0].split(k.shape[-1], dim=-1)
             v_all = v_all[:, 0]
@@ -244,10 +246,33 @@ class R1HierarchicalAttention(nn.Module):
             )
         if impl == "flex_attention" and past == 0:
             return hierarchical_attention_flex(q, k, v, **self.kernel_kwargs())
-        if impl == "flex_attention":  # decoding: the new queries are the newest positions of the cache
-            return _attention_decode(q, k_all, v_all, q_all, **self.kernel_kwargs())
-        q_pos = range(past, past + x.shape[1])
-        return hierarchical_attention_eager(q, k_all, v_all, q_all, q_pos, **self.kernel_kwargs())
+        if past == 0:
+            return hierarchical_attention_eager(q, k_all, v_all, q_all, range(x.shape[1]), **self.kernel_kwargs())
+        # Decoding: the new queries are the newest positions of the cache. Both implementations take the
+        # gathered decode path (the reference's result, reading only the keys a query sees; compiled on GPU
+        # under flex_attention), with the group summaries kept beside the cache.
+        summaries = self.cached_summaries(past_key_values, keys_before, past, q_all, k_all, v_all)
+        decode = _attention_decode if impl == "flex_attention" else hierarchical_attention_decode
+        return decode(q, k_all, v_all, q_all, summaries=summaries, **self.kernel_kwargs())
+
+    def cached_summaries(self, cache: Cache, keys_before, past: int, q_all, k_all, v_all):
+        """The group summaries of this layer's history (B, T, d), extended from the last step's when the cache
+        grew from the tensor they were made beside (group_summaries.py); None (the decode step pools them
+        itself) with gradients on, where summaries kept across steps would hold earlier steps' graphs."""
+        keys_after = cache_layer_keys(cache, self.layer_idx)
+        if torch.is_grad_enabled() or keys_after is None:
+            return None
+        state = layer_summaries(cache, self.layer_idx)
+        c = self.config
+        return state.update(
+            q_all,
+            k_all,
+            v_all,
+            keys_after,
+            valid=state.valid_for(keys_before, past),
+            paragraph_size=c.paragraph_size,
+            document_size=c.document_size,
+        )
 
     def fuse(self, h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keep = self.config.attention_levels
