@@ -46,32 +46,48 @@ class GroupSummaries(NamedTuple):
 
 
 class CachedSummaries:
-    """The GroupSummaries of one layer of a growing KV cache. They are reused only while the cache layer still
-    holds the very tensor they were made beside (a DynamicCache grows by concatenation, so each step leaves a new
-    tensor there); a cache that was reordered (beam search), cropped, reset or filled elsewhere holds another
-    one, and the summaries are pooled afresh. No host synchronisation: the check compares Python objects."""
+    """The GroupSummaries and rotated keys of one layer of a growing KV cache. They are reused only while the
+    cache layer still holds the very tensor they were made beside (a DynamicCache grows by concatenation, so each
+    step leaves a new tensor there); a cache that was reordered (beam search), cropped, reset or filled elsewhere
+    holds another one, and everything is computed afresh. No host synchronisation: the check compares Python
+    objects. The rotated keys live in a buffer that doubles when full, so a step writes only its new rows."""
 
     def __init__(self):
-        self._keys = None  # weak reference to the cache layer's key tensor the summaries go with
+        self._keys = None  # weak reference to the cache layer's key tensor the state goes with
         self._tokens = 0
+        self._k_rot: torch.Tensor | None = None  # (B, capacity, d); rows < _tokens hold the rotated keys
         self.summaries: GroupSummaries | None = None
 
     def valid_for(self, keys: torch.Tensor | None, tokens: int) -> bool:
         """keys: the layer's key tensor before this step's update; tokens: the history length it holds."""
         return (
-            self.summaries is not None and self._keys is not None and self._keys() is keys and self._tokens == tokens
+            self.summaries is not None
+            and self._keys is not None
+            and self._keys() is keys
+            and self._tokens == tokens
+            and not (self._k_rot.is_inference() and not torch.is_inference_mode_enabled())
         )
 
-    def update(self, q, k, v, keys_after: torch.Tensor, *, valid: bool, paragraph_size: int, document_size: int):
-        """The summaries of history q, k, v (B, T, d), extended from the last ones when `valid`, else pooled
-        whole; remembers `keys_after` (the layer's key tensor after this step's update)."""
+    def update(self, q, k, v, keys_after: torch.Tensor, rotate, *, valid: bool, paragraph_size: int, document_size: int):
+        """(summaries, rotated keys (B, T, d)) of history q, k, v (B, T, d), extended from the last ones when
+        `valid`, else computed whole; `rotate(x, start)` rotates keys x (B, n, d) at positions start .. start + n
+        - 1. Remembers `keys_after` (the layer's key tensor after this step's update)."""
         kw = dict(paragraph_size=paragraph_size, document_size=document_size)
+        B, T, d = k.shape
+        start = self._tokens if valid else 0
         if valid:
             self.summaries = self.summaries.extended(q, k, v, **kw)
         else:
             self.summaries = GroupSummaries(*pooled_summaries(q, k, v, **kw))
-        self._keys, self._tokens = weakref.ref(keys_after), k.shape[1]
-        return self.summaries
+            self._k_rot = None
+        if self._k_rot is None or self._k_rot.shape[1] < T:
+            grown = k.new_empty(B, max(256, 2 * T), d)
+            if self._k_rot is not None:
+                grown[:, :start] = self._k_rot[:, :start]
+            self._k_rot = grown
+        self._k_rot[:, start:T] = rotate(k[:, start:T], start)
+        self._keys, self._tokens = weakref.ref(keys_after), T
+        return self.summaries, self._k_rot[:, :T]
 
 
 def layer_summaries(cache, layer_idx: int) -> CachedSummaries:

@@ -348,6 +348,16 @@ def _rotary_at(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
 
 
+def _gather_paragraphs(x: torch.Tensor, idx: torch.Tensor, n_heads: int, g: int, n_par: int) -> torch.Tensor:
+    """The tokens of paragraphs idx (B, H, n, K) of x (B, T, d), per head: (B, H, n * K * g, d // H), paragraph
+    by paragraph in idx's order. One indexing copy of whole head rows (no per-element index tensor)."""
+    B, _, d = x.shape
+    xp = x[:, : n_par * g].view(B, n_par, g, n_heads, d // n_heads)
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    h = torch.arange(n_heads, device=x.device)[None, :, None, None]
+    return xp[b, idx, :, h].flatten(2, 4)  # advanced indices first: (B, H, n, K, g, hd)
+
+
 def _grid_length(n: int) -> int:
     """The rope table length a decoding step asks for n positions: n rounded up to a power of two (at least
     256), so that the cached tables serve every step until the history doubles (a table's row i does not depend
@@ -355,6 +365,14 @@ def _grid_length(n: int) -> int:
     if torch.compiler.is_compiling():
         return n
     return max(256, 1 << max(0, n - 1).bit_length())
+
+
+def rotate_keys(k: torch.Tensor, start: int, *, level_heads, rope_theta: float) -> torch.Tensor:
+    """rotary() of keys k (B, n, d) at positions start .. start + n - 1, from the cached grid that decoding reads
+    (the same arithmetic and tables as hierarchical_attention_decode's own rotation)."""
+    end = start + k.shape[1]
+    cos, sin = rope_grid(_grid_length(end), 1, rope_size(k.shape[-1], level_heads), rope_theta, k.device)
+    return rotary(k, cos[start:end], sin[start:end])
 
 
 def pooled_summaries(q, k, v, *, paragraph_size: int, document_size: int):
@@ -377,6 +395,7 @@ def hierarchical_attention_decode(
     top_k: int,
     rope_theta: float,
     summaries: tuple[torch.Tensor, ...] | None = None,
+    k_rot: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decoding: the newest Tq queries (positions T - Tq .. T - 1) of a T-token history, reading only the keys
     they can see. The same result as hierarchical_attention_eager(q_new, k, v, q_hist, range(T - Tq, T)), whose
@@ -387,8 +406,9 @@ def hierarchical_attention_decode(
     query paragraph); L3 the null and every document summary. So a step's attention reads about
     window + span + top_k * g + T / G keys a level, where dense attention reads T. `summaries`: the
     pooled_summaries of the history, which a caller decoding step after step keeps and extends
-    (group_summaries.py); None pools them here, reading the whole history. Rotary tables come from the cached
-    grids (rope_grid), shared by every layer and step."""
+    (group_summaries.py); None pools them here, reading the whole history. `k_rot`: the rotated keys of the
+    whole history (B, T, d), kept the same way (a token's rotation never changes); None rotates the keys this
+    step reads. Rotary tables come from the cached grids (rope_grid), shared by every layer and step."""
     B, Tq, d = q_new.shape
     T = k.shape[1]
     first = T - Tq
@@ -408,7 +428,7 @@ def hierarchical_attention_decode(
     H = level_heads[0]
     lo = max(0, first - window + 1)
     kpos = torch.arange(lo, T, device=dev)
-    kr = rotary(k[:, lo:], cos[lo:T], sin[lo:T])
+    kr = rotary(k[:, lo:], cos[lo:T], sin[lo:T]) if k_rot is None else k_rot[:, lo:]
     mask = (kpos[None, :] <= qp) & (kpos[None, :] > qp - window)
     outs.append(
         merge_heads(
@@ -434,10 +454,15 @@ def hierarchical_attention_decode(
         qbar.detach(), kbar.detach(), n_heads=H, top_k=top_k, first_block=b0, n_blocks=n_qb
     )  # (B, H, n_qb, K); no gradient
     K = idx.shape[-1]
-    tok = (idx[..., None] * g + torch.arange(g, device=dev)).flatten(2)  # (B, H, n_qb * K * g) positions
-    kt = torch.gather(split_heads(k, H), 2, tok[..., None].expand(-1, -1, -1, hd))
-    vt = torch.gather(split_heads(v, H), 2, tok[..., None].expand(-1, -1, -1, hd))
-    kt = _rotary_at(kt, cos[tok], sin[tok])
+    # the tokens of the routed paragraphs, (B, H, n_qb * K * g, hd): whole paragraphs gathered per head
+    vt = _gather_paragraphs(v, idx, H, g, n_par)
+    if k_rot is None:
+        kt = _rotary_at(
+            _gather_paragraphs(k, idx, H, g, n_par),
+            *(t[: n_par * g].view(n_par, g, t.shape[-1])[idx].flatten(2, 4) for t in (cos, sin)),
+        )
+    else:
+        kt = _gather_paragraphs(k_rot, idx, H, g, n_par)
     # gathered token n belongs to query paragraph b0 + n // (K g) and slot (n // g) % K
     own = (torch.arange(n_qb * K * g, device=dev) // (K * g))[None, :] == (qb - b0)  # (Tq, n_qb K g)
     used = valid[..., None].expand(-1, -1, -1, -1, g).flatten(2)[:, :, None, :]  # (B, H, 1, n_qb K g)

@@ -6,6 +6,7 @@ r1_ds.parallel. Read docs/architecture.md beside this file's formulas.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -27,6 +28,7 @@ from .hierarchical_attention import (
     hierarchical_attention_decode,
     hierarchical_attention_eager,
     hierarchical_attention_flex,
+    rotate_keys,
 )
 from .token_layout import TokenLayout, attention_by_segment, repeat_last_token, token_layout
 
@@ -251,17 +253,18 @@ class R1HierarchicalAttention(nn.Module):
         # Decoding: the new queries are the newest positions of the cache. Both implementations take the
         # gathered decode path (the reference's result, reading only the keys a query sees; compiled on GPU
         # under flex_attention), with the group summaries kept beside the cache.
-        summaries = self.cached_summaries(past_key_values, keys_before, past, q_all, k_all, v_all)
+        summaries, k_rot = self.decode_state(past_key_values, keys_before, past, q_all, k_all, v_all)
         decode = _attention_decode if impl == "flex_attention" else hierarchical_attention_decode
-        return decode(q, k_all, v_all, q_all, summaries=summaries, **self.kernel_kwargs())
+        return decode(q, k_all, v_all, q_all, summaries=summaries, k_rot=k_rot, **self.kernel_kwargs())
 
-    def cached_summaries(self, cache: Cache, keys_before, past: int, q_all, k_all, v_all):
-        """The group summaries of this layer's history (B, T, d), extended from the last step's when the cache
-        grew from the tensor they were made beside (group_summaries.py); None (the decode step pools them
-        itself) with gradients on, where summaries kept across steps would hold earlier steps' graphs."""
+    def decode_state(self, cache: Cache, keys_before, past: int, q_all, k_all, v_all):
+        """(group summaries, rotated keys) of this layer's history (B, T, d), extended from the last step's when
+        the cache grew from the tensor they were made beside (group_summaries.py); (None, None), which the decode
+        step computes itself, with gradients on (state kept across steps would hold earlier steps' graphs) or a
+        cache that is not a DynamicCache."""
         keys_after = cache_layer_keys(cache, self.layer_idx)
         if torch.is_grad_enabled() or keys_after is None:
-            return None
+            return None, None
         state = layer_summaries(cache, self.layer_idx)
         c = self.config
         return state.update(
@@ -269,6 +272,7 @@ class R1HierarchicalAttention(nn.Module):
             k_all,
             v_all,
             keys_after,
+            functools.partial(rotate_keys, level_heads=tuple(c.level_heads), rope_theta=c.rope_theta),
             valid=state.valid_for(keys_before, past),
             paragraph_size=c.paragraph_size,
             document_size=c.document_size,
