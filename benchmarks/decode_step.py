@@ -129,7 +129,13 @@ def main(argv=None) -> int:
                 for batch in args.batch:
                     ms = time_steps(model, name, batch, context, args.steps, args.padded, args.device)
                     rows.append(
-                        {"preset": preset, "model": name, "context": context, "batch": batch, "ms_per_step": round(ms, 3)}
+                        {
+                            "preset": preset,
+                            "model": name,
+                            "context": context,
+                            "batch": batch,
+                            "ms_per_step": round(ms, 3),
+                        }
                     )
                     print(json.dumps(rows[-1]), flush=True)
             del model

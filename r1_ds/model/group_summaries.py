@@ -41,7 +41,11 @@ class GroupSummaries(NamedTuple):
             return torch.cat([old, pool_groups(x[:, n_old * size : n_new * size], size)], dim=1)
 
         return GroupSummaries(
-            grow(self.qbar, q, g), grow(self.kbar, k, g), grow(self.vbar, v, g), grow(self.k3, k, G), grow(self.v3, v, G)
+            grow(self.qbar, q, g),
+            grow(self.kbar, k, g),
+            grow(self.vbar, v, g),
+            grow(self.k3, k, G),
+            grow(self.v3, v, G),
         )
 
 
@@ -68,7 +72,9 @@ class CachedSummaries:
             and not (self._k_rot.is_inference() and not torch.is_inference_mode_enabled())
         )
 
-    def update(self, q, k, v, keys_after: torch.Tensor, rotate, *, valid: bool, paragraph_size: int, document_size: int):
+    def update(
+        self, q, k, v, keys_after: torch.Tensor, rotate, *, valid: bool, paragraph_size: int, document_size: int
+    ):
         """(summaries, rotated keys (B, T, d)) of history q, k, v (B, T, d), extended from the last ones when
         `valid`, else computed whole; `rotate(x, start)` rotates keys x (B, n, d) at positions start .. start + n
         - 1. Remembers `keys_after` (the layer's key tensor after this step's update)."""

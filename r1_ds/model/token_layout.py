@@ -60,7 +60,9 @@ def _check_mask(attention_mask: torch.Tensor, batch: int, total: int) -> tuple[t
             f"R1: attention_mask has shape {tuple(attention_mask.shape)}, but the batch has {batch} rows of "
             f"{total} tokens (cached + new). Fix: pass the mask of every token so far, as generate() does."
         )
-    binary, full = torch.stack([((attention_mask == 0) | (attention_mask == 1)).all(), (attention_mask == 1).all()]).tolist()
+    binary, full = torch.stack(
+        [((attention_mask == 0) | (attention_mask == 1)).all(), (attention_mask == 1).all()]
+    ).tolist()
     if not binary:
         raise ValueError("R1: attention_mask must hold only 0 (padding) and 1 (token). Fix: pass the tokenizer's mask.")
     return attention_mask.bool(), full
