@@ -109,3 +109,27 @@ def test_padded_rows_of_one_length_decode_together_as_each_alone(impl):
             assert torch.equal(batch.sequences[i, 30:], alone.sequences[0, len(r) :]), f"row {i}"
             for a, b in zip(batch.logits, alone.logits):
                 torch.testing.assert_close(a[i], b[0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_decoding_step_traces_as_one_graph(monkeypatch):
+    """On GPU the step is compiled (dynamic shapes): a graph break would split it into many, and a shape guard
+    that fails every step would recompile every step. Traced here by dynamo alone (no code generation), across a
+    paragraph edge (48), the step must be one graph, compiled a few times at most, and compute the same."""
+    from torch._dynamo.testing import CompileCounter
+
+    import r1_ds.model.modeling_r1 as modeling
+
+    m = _model()
+    ids = torch.randint(1, 512, (2, 52), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cache = _cache(m(ids[:, :40], use_cache=True))
+        plain = [m(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(40, 52)]
+        counter = CompileCounter()
+        torch._dynamo.reset()
+        traced = torch.compile(ha.hierarchical_attention_decode, backend=counter, fullgraph=True, dynamic=None)
+        monkeypatch.setattr(modeling, "_attention_decode", traced)
+        cache = _cache(m(ids[:, :40], use_cache=True))
+        for t, ref in zip(range(40, 52), plain):
+            out = m(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits
+            torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    assert 1 <= counter.frame_count <= 4, f"{counter.frame_count} compilations for 12 steps"

@@ -42,7 +42,9 @@ def _take_cache(past_key_values, kwargs):
     return cache if cache is not None else past_key_values
 
 
-# One graph a decoding step on GPU (dozens of small kernels eager); its lengths grow every step, so dynamic.
+# One graph a decoding step on GPU, under either attention implementation, as the element-wise glue below:
+# eager, a step is a few hundred small kernels a layer, and a small model's step is all kernel launches.
+# Its lengths grow every step, so dynamic (a handful of recompiles at small lengths, then none).
 _attention_decode = compiled_on_cuda(hierarchical_attention_decode, dynamic=None)
 
 # Element-wise pieces of the block, compiled into single kernels on GPU (eager, and identical, on
@@ -251,11 +253,10 @@ class R1HierarchicalAttention(nn.Module):
         if past == 0:
             return hierarchical_attention_eager(q, k_all, v_all, q_all, range(x.shape[1]), **self.kernel_kwargs())
         # Decoding: the new queries are the newest positions of the cache. Both implementations take the
-        # gathered decode path (the reference's result, reading only the keys a query sees; compiled on GPU
-        # under flex_attention), with the group summaries kept beside the cache.
+        # gathered decode path (the reference's result, reading only the keys a query sees), with the group
+        # summaries and rotated keys kept beside the cache.
         summaries, k_rot = self.decode_state(past_key_values, keys_before, past, q_all, k_all, v_all)
-        decode = _attention_decode if impl == "flex_attention" else hierarchical_attention_decode
-        return decode(q, k_all, v_all, q_all, summaries=summaries, k_rot=k_rot, **self.kernel_kwargs())
+        return _attention_decode(q, k_all, v_all, q_all, summaries=summaries, k_rot=k_rot, **self.kernel_kwargs())
 
     def decode_state(self, cache: Cache, keys_before, past: int, q_all, k_all, v_all):
         """(group summaries, rotated keys) of this layer's history (B, T, d), extended from the last step's when
