@@ -54,7 +54,8 @@ class CachedSummaries:
     cache layer still holds the very tensor they were made beside (a DynamicCache grows by concatenation, so each
     step leaves a new tensor there); a cache that was reordered (beam search), cropped, reset or filled elsewhere
     holds another one, and everything is computed afresh. No host synchronisation: the check compares Python
-    objects. The rotated keys live in a buffer that doubles when full, so a step writes only its new rows."""
+    objects. The rotated keys live in a buffer that grows by half when full (amortised: a step writes only its new
+    rows; at most half the rotated keys again in spare rows)."""
 
     def __init__(self):
         self._keys = None  # weak reference to the cache layer's key tensor the state goes with
@@ -87,7 +88,7 @@ class CachedSummaries:
             self.summaries = GroupSummaries(*pooled_summaries(q, k, v, **kw))
             self._k_rot = None
         if self._k_rot is None or self._k_rot.shape[1] < T:
-            grown = k.new_empty(B, max(256, 2 * T), d)
+            grown = k.new_empty(B, max(256, T + T // 2), d)
             if self._k_rot is not None:
                 grown[:, :start] = self._k_rot[:, :start]
             self._k_rot = grown
