@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "commit": _commit(),
-        "command": " ".join(["python", "benchmarks/decode_step.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "benchmarks/decode_step.py", *(sys.argv[1:] if argv is None else argv)]),
         "r1_attn": args.r1_attn,
         "padded": args.padded,
         "rows": rows,
