@@ -133,3 +133,27 @@ def test_the_decoding_step_traces_as_one_graph(monkeypatch):
             out = m(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits
             torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
     assert 1 <= counter.frame_count <= 4, f"{counter.frame_count} compilations for 12 steps"
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
+def test_decoding_steps_at_paragraphs_of_128_equal_the_full_forward(device):
+    """125m geometry (paragraphs of 128, documents of 1024, window 128), 2 layers: 4 prompt lengths around the
+    edges, 3 steps each, against the uncached eager forward. On a GPU the step is the compiled graph, and prompt
+    lengths change in one process (dynamic shapes)."""
+    torch.manual_seed(0)
+    config = R1Config.from_preset(
+        "125m", num_hidden_layers=2, vocab_size=512, hidden_size=256, intermediate_size=512, level_heads=(2, 4, 8)
+    )
+    m = R1ForCausalLM(config).to(device).eval()
+    ids = torch.randint(1, 512, (2, 1100), generator=torch.Generator().manual_seed(6)).to(device)
+    with torch.no_grad():
+        full = m(ids, use_cache=False).logits
+        for n in (126, 255, 640, 1021):
+            cache = _cache(m(ids[:, :n], use_cache=True))
+            for t in range(n, n + 3):
+                out = m(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits[:, 0]
+                err = ((out - full[:, t]).norm() / full[:, t].norm()).item()
+                assert err < (1e-5 if device == "cpu" else 1e-3), f"prompt {n}, step at {t}: relative error {err}"
