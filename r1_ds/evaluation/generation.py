@@ -4,8 +4,10 @@ Any prompts share a batch, padded on the left (a decoder continues each row from
 attention mask keeps the pads out of attention and the positions. Requests are sorted by prompt length
 first, so a batch holds prompts of similar length and little padding. With `mixed_lengths=False` a batch
 holds prompts of one token length only (the n samples of a prompt, and prompts of the same length): R1
-computes each row of a padded batch on its own (its attention groups count from a row's first real token),
-so for R1 a batch without pads is several times faster per token than one with them.
+computes the rows of a padded batch length by length (its attention groups count from a row's first real
+token), each step pooling and rotating their history afresh, where a batch without pads decodes in one pass
+with the summaries kept beside the cache; for R1 it is several times faster per token
+(benchmarks/results/decode_cpu.md).
 """
 
 from __future__ import annotations

@@ -195,19 +195,28 @@ def route_paragraphs(
     Returns idx (B, H, n_blocks, K) paragraph indices sorted by p (K = min(top_k, T // g)),
     valid (B, H, n_blocks, K) bool (slot used), entropy (B, H, n_blocks) (0 where no candidate).
     """
-    B, T, d = q.shape
     g = paragraph_size
-    nb = T // g
+    return route_pooled(
+        pool_groups(q, g), pool_groups(k, g), n_heads=n_heads, top_k=top_k, first_block=first_block, n_blocks=n_blocks
+    )
+
+
+def route_pooled(
+    qbar: torch.Tensor, kbar: torch.Tensor, *, n_heads: int, top_k: int, first_block: int, n_blocks: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """route_paragraphs from the paragraph means qbar, kbar (B, nb, d) of the complete paragraphs
+    (decoding keeps them from step to step: group_summaries.py)."""
+    B, nb, d = qbar.shape
     K = min(top_k, nb)
-    blocks = torch.arange(first_block, first_block + n_blocks, device=q.device)
+    blocks = torch.arange(first_block, first_block + n_blocks, device=qbar.device)
     if K == 0:
-        empty = torch.zeros(B, n_heads, n_blocks, 0, device=q.device, dtype=torch.long)
-        return empty, empty.bool(), torch.zeros(B, n_heads, n_blocks, device=q.device)
-    qbar = split_heads(pool_groups(q, g), n_heads)  # (B, H, nb, hd)
-    kbar = split_heads(pool_groups(k, g), n_heads)
+        empty = torch.zeros(B, n_heads, n_blocks, 0, device=qbar.device, dtype=torch.long)
+        return empty, empty.bool(), torch.zeros(B, n_heads, n_blocks, device=qbar.device)
+    qbar = split_heads(qbar, n_heads)  # (B, H, nb, hd)
+    kbar = split_heads(kbar, n_heads)
     rows = (blocks - 1).clamp(0, nb - 1)
     scores = (qbar[:, :, rows].float() @ kbar.float().transpose(-1, -2)) / math.sqrt(d // n_heads)
-    cand = torch.arange(nb, device=q.device)[None, :] <= blocks[:, None] - 1  # (n_blocks, nb)
+    cand = torch.arange(nb, device=qbar.device)[None, :] <= blocks[:, None] - 1  # (n_blocks, nb)
     scores = scores.masked_fill(~cand, float("-inf"))
     has = cand.any(-1)  # query blocks with at least one candidate
     p = torch.where(has[:, None], torch.softmax(scores.masked_fill(~has[:, None], 0.0), -1), 0.0)
@@ -215,7 +224,7 @@ def route_paragraphs(
     n_paths = torch.ceil(torch.exp(entropy)).clamp(1, K)
     n_paths = torch.minimum(n_paths, cand.sum(-1).to(n_paths.dtype))  # never more than exist
     top = p.topk(K, dim=-1).indices  # (B, H, n_blocks, K), most probable first
-    valid = torch.arange(K, device=q.device) < n_paths[..., None]
+    valid = torch.arange(K, device=qbar.device) < n_paths[..., None]
     return top, valid, entropy
 
 
@@ -329,15 +338,48 @@ def hierarchical_attention_eager(
     return outs[0], outs[1], outs[2]
 
 
-def _rotary_at(x: torch.Tensor, pos: torch.Tensor, size: int, theta: float) -> torch.Tensor:
-    """rotary() of x (..., N, hd) at per-row positions pos (..., N): the same arithmetic, for keys gathered
-    from scattered positions (hd a multiple of the rotary size, as every level's head is)."""
-    cos, sin = rope_table(pos.reshape(-1), size, theta)
+def _rotary_at(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """rotary() of x (..., N, hd) with per-row tables cos, sin (..., N, r / 2): the same arithmetic, for keys
+    gathered from scattered positions (hd a multiple of the rotary size r, as every level's head is)."""
     half = cos.shape[-1]
-    cos, sin = (t.view(*pos.shape, 1, half) for t in (cos, sin))
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     xc = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (x.shape[-1] // (2 * half), 2 * half))
     x1, x2 = xc[..., :half], xc[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
+
+
+def _gather_paragraphs(x: torch.Tensor, idx: torch.Tensor, n_heads: int, g: int, n_par: int) -> torch.Tensor:
+    """The tokens of paragraphs idx (B, H, n, K) of x (B, T, d), per head: (B, H, n * K * g, d // H), paragraph
+    by paragraph in idx's order. One indexing copy of whole head rows (no per-element index tensor)."""
+    B, _, d = x.shape
+    xp = x[:, : n_par * g].view(B, n_par, g, n_heads, d // n_heads)
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    h = torch.arange(n_heads, device=x.device)[None, :, None, None]
+    return xp[b, idx, :, h].flatten(2, 4)  # advanced indices first: (B, H, n, K, g, hd)
+
+
+def _grid_length(n: int) -> int:
+    """The rope table length a decoding step asks for n positions: n rounded up to a power of two (at least
+    256), so that the cached tables serve every step until the history doubles (a table's row i does not depend
+    on its length). Traced exactly while compiling, where the table is built in the graph anyway."""
+    if torch.compiler.is_compiling():
+        return n
+    return max(256, 1 << max(0, n - 1).bit_length())
+
+
+def rotate_keys(k: torch.Tensor, start: int, *, level_heads, rope_theta: float) -> torch.Tensor:
+    """rotary() of keys k (B, n, d) at positions start .. start + n - 1, from the cached grid that decoding reads
+    (the same arithmetic and tables as hierarchical_attention_decode's own rotation)."""
+    end = start + k.shape[1]
+    cos, sin = rope_grid(_grid_length(end), 1, rope_size(k.shape[-1], level_heads), rope_theta, k.device)
+    return rotary(k, cos[start:end], sin[start:end])
+
+
+def pooled_summaries(q, k, v, *, paragraph_size: int, document_size: int):
+    """(qbar, kbar, vbar, k3, v3): the means of the complete paragraphs of q, k, v (B, T, d) and of the complete
+    document groups of k and v, each (B, n, d), unrotated: what a decoding step reads of the distant history."""
+    g, G = paragraph_size, document_size
+    return pool_groups(q, g), pool_groups(k, g), pool_groups(v, g), pool_groups(k, G), pool_groups(v, G)
 
 
 def hierarchical_attention_decode(
@@ -352,6 +394,8 @@ def hierarchical_attention_decode(
     document_size: int,
     top_k: int,
     rope_theta: float,
+    summaries: tuple[torch.Tensor, ...] | None = None,
+    k_rot: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decoding: the newest Tq queries (positions T - Tq .. T - 1) of a T-token history, reading only the keys
     they can see. The same result as hierarchical_attention_eager(q_new, k, v, q_hist, range(T - Tq, T)), whose
@@ -360,24 +404,31 @@ def hierarchical_attention_decode(
     L1 reads the last window + Tq - 1 tokens; L2 the null, the summaries of the `span` paragraphs before the
     queries' paragraphs and the tokens of their routed paragraphs (gathered: top_k paragraphs of g tokens per
     query paragraph); L3 the null and every document summary. So a step's attention reads about
-    window + span + top_k * g + T / G keys a level, where dense attention reads T. Pooling the paragraph and
-    document summaries (for routing and L3) still reads the history once."""
+    window + span + top_k * g + T / G keys a level, where dense attention reads T. `summaries`: the
+    pooled_summaries of the history, which a caller decoding step after step keeps and extends
+    (group_summaries.py); None pools them here, reading the whole history. `k_rot`: the rotated keys of the
+    whole history (B, T, d), kept the same way (a token's rotation never changes); None rotates the keys this
+    step reads. Rotary tables come from the cached grids (rope_grid), shared by every layer and step."""
     B, Tq, d = q_new.shape
     T = k.shape[1]
     first = T - Tq
     dev = k.device
     g, G = paragraph_size, document_size
     r = rope_size(d, level_heads)
+    if summaries is None:
+        summaries = pooled_summaries(q_hist, k, v, paragraph_size=g, document_size=G)
+    qbar, kbar, vbar, k3, v3 = summaries
+    cos, sin = rope_grid(_grid_length(T), 1, r, rope_theta, dev)  # rows: token positions
     q_pos = torch.arange(first, T, device=dev)
     qp = q_pos[:, None]
-    qr = rotary(q_new, *rope_table(q_pos, r, rope_theta))
+    qr = rotary(q_new, cos[first:T], sin[first:T])
     outs = []
 
     # L1: the last `window` tokens of each query.
     H = level_heads[0]
     lo = max(0, first - window + 1)
     kpos = torch.arange(lo, T, device=dev)
-    kr = rotary(k[:, lo:], *rope_table(kpos, r, rope_theta))
+    kr = rotary(k[:, lo:], cos[lo:T], sin[lo:T]) if k_rot is None else k_rot[:, lo:]
     mask = (kpos[None, :] <= qp) & (kpos[None, :] > qp - window)
     outs.append(
         merge_heads(
@@ -393,21 +444,25 @@ def hierarchical_attention_decode(
     b0, b1 = first // g, (T - 1) // g  # the queries' paragraphs
     j_lo, j_hi = max(0, b0 - span), min(b1, n_par)  # summaries any of them reads
     js = torch.arange(j_lo, j_hi, device=dev)
-    ks = split_heads(
-        rotary(pool_groups(k[:, j_lo * g : j_hi * g], g), *rope_table(js * g + (g - 1) / 2, r, rope_theta)), H
-    )
-    vs = split_heads(pool_groups(v[:, j_lo * g : j_hi * g], g), H)
+    cos_p, sin_p = rope_grid(_grid_length(n_par), g, r, rope_theta, dev)
+    ks = split_heads(rotary(kbar[:, j_lo:j_hi], cos_p[j_lo:j_hi], sin_p[j_lo:j_hi]), H)
+    vs = split_heads(vbar[:, j_lo:j_hi], H)
     qb = qp // g
     m_sum = (js[None, :] < qb) & (js[None, :] >= qb - span)  # (Tq, n_s)
     n_qb = b1 - b0 + 1
-    idx, valid, _ = route_paragraphs(
-        q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=b0, n_blocks=n_qb
+    idx, valid, _ = route_pooled(
+        qbar.detach(), kbar.detach(), n_heads=H, top_k=top_k, first_block=b0, n_blocks=n_qb
     )  # (B, H, n_qb, K); no gradient
     K = idx.shape[-1]
-    tok = (idx[..., None] * g + torch.arange(g, device=dev)).flatten(2)  # (B, H, n_qb * K * g) positions
-    kt = torch.gather(split_heads(k, H), 2, tok[..., None].expand(-1, -1, -1, hd))
-    vt = torch.gather(split_heads(v, H), 2, tok[..., None].expand(-1, -1, -1, hd))
-    kt = _rotary_at(kt, tok, r, rope_theta)
+    # the tokens of the routed paragraphs, (B, H, n_qb * K * g, hd): whole paragraphs gathered per head
+    vt = _gather_paragraphs(v, idx, H, g, n_par)
+    if k_rot is None:
+        kt = _rotary_at(
+            _gather_paragraphs(k, idx, H, g, n_par),
+            *(t[: n_par * g].view(n_par, g, t.shape[-1])[idx].flatten(2, 4) for t in (cos, sin)),
+        )
+    else:
+        kt = _gather_paragraphs(k_rot, idx, H, g, n_par)
     # gathered token n belongs to query paragraph b0 + n // (K g) and slot (n // g) % K
     own = (torch.arange(n_qb * K * g, device=dev) // (K * g))[None, :] == (qb - b0)  # (Tq, n_qb K g)
     used = valid[..., None].expand(-1, -1, -1, -1, g).flatten(2)[:, :, None, :]  # (B, H, 1, n_qb K g)
@@ -422,8 +477,9 @@ def hierarchical_attention_decode(
     # L3: null + summaries of every complete document group before the query's group.
     H = level_heads[2]
     n_doc = T // G
-    ks = split_heads(rotary(pool_groups(k, G), *rope_grid(n_doc, G, r, rope_theta, dev)), H)
-    vs = split_heads(pool_groups(v, G), H)
+    cos_d, sin_d = rope_grid(_grid_length(n_doc), G, r, rope_theta, dev)
+    ks = split_heads(rotary(k3, cos_d[:n_doc], sin_d[:n_doc]), H)
+    vs = split_heads(v3, H)
     keys = torch.cat([_null(ks), ks], dim=2)
     values = torch.cat([_null(vs), vs], dim=2)
     jd = torch.arange(n_doc, device=dev)[None, :]

@@ -6,6 +6,7 @@ r1_ds.parallel. Read docs/architecture.md beside this file's formulas.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,11 +22,13 @@ from transformers.modeling_outputs import (
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_r1 import R1Config, check_attn_implementation
+from .group_summaries import cache_layer_keys, layer_summaries
 from .hierarchical_attention import (
     compiled_on_cuda,
     hierarchical_attention_decode,
     hierarchical_attention_eager,
     hierarchical_attention_flex,
+    rotate_keys,
 )
 from .token_layout import TokenLayout, attention_by_segment, repeat_last_token, token_layout
 
@@ -39,7 +42,9 @@ def _take_cache(past_key_values, kwargs):
     return cache if cache is not None else past_key_values
 
 
-# One graph a decoding step on GPU (dozens of small kernels eager); its lengths grow every step, so dynamic.
+# One graph a decoding step on GPU, under either attention implementation, as the element-wise glue below:
+# eager, a step is a few hundred small kernels a layer, and a small model's step is all kernel launches.
+# Its lengths grow every step, so dynamic (a handful of recompiles at small lengths, then none).
 _attention_decode = compiled_on_cuda(hierarchical_attention_decode, dynamic=None)
 
 # Element-wise pieces of the block, compiled into single kernels on GPU (eager, and identical, on
@@ -227,11 +232,12 @@ class R1HierarchicalAttention(nn.Module):
         """The three level outputs (B, T, d) each, before gating. `layout` (None: each row is one dense
         sequence) names the sequences of a padded or packed batch (see token_layout.py)."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, d)
-        past = 0
+        past, keys_before = 0, None
         if past_key_values is not None:
             # The cache holds [k | q] as "keys" and v as "values", shaped (B, 1, T, .): routing needs
             # the history of queries too, and one head axis keeps any HF cache helper working.
             past = past_key_values.get_seq_length(self.layer_idx)
+            keys_before = cache_layer_keys(past_key_values, self.layer_idx)
             kq, v_all = past_key_values.update(torch.cat([k, q], -1)[:, None], v[:, None], self.layer_idx)
             k_all, q_all = kq[:, 0].split(k.shape[-1], dim=-1)
             v_all = v_all[:, 0]
@@ -244,10 +250,34 @@ class R1HierarchicalAttention(nn.Module):
             )
         if impl == "flex_attention" and past == 0:
             return hierarchical_attention_flex(q, k, v, **self.kernel_kwargs())
-        if impl == "flex_attention":  # decoding: the new queries are the newest positions of the cache
-            return _attention_decode(q, k_all, v_all, q_all, **self.kernel_kwargs())
-        q_pos = range(past, past + x.shape[1])
-        return hierarchical_attention_eager(q, k_all, v_all, q_all, q_pos, **self.kernel_kwargs())
+        if past == 0:
+            return hierarchical_attention_eager(q, k_all, v_all, q_all, range(x.shape[1]), **self.kernel_kwargs())
+        # Decoding: the new queries are the newest positions of the cache. Both implementations take the
+        # gathered decode path (the reference's result, reading only the keys a query sees), with the group
+        # summaries and rotated keys kept beside the cache.
+        summaries, k_rot = self.decode_state(past_key_values, keys_before, past, q_all, k_all, v_all)
+        return _attention_decode(q, k_all, v_all, q_all, summaries=summaries, k_rot=k_rot, **self.kernel_kwargs())
+
+    def decode_state(self, cache: Cache, keys_before, past: int, q_all, k_all, v_all):
+        """(group summaries, rotated keys) of this layer's history (B, T, d), extended from the last step's when
+        the cache grew from the tensor they were made beside (group_summaries.py); (None, None), which the decode
+        step computes itself, with gradients on (state kept across steps would hold earlier steps' graphs) or a
+        cache that is not a DynamicCache."""
+        keys_after = cache_layer_keys(cache, self.layer_idx)
+        if torch.is_grad_enabled() or keys_after is None:
+            return None, None
+        state = layer_summaries(cache, self.layer_idx)
+        c = self.config
+        return state.update(
+            q_all,
+            k_all,
+            v_all,
+            keys_after,
+            functools.partial(rotate_keys, level_heads=tuple(c.level_heads), rope_theta=c.rope_theta),
+            valid=state.valid_for(keys_before, past),
+            paragraph_size=c.paragraph_size,
+            document_size=c.document_size,
+        )
 
     def fuse(self, h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keep = self.config.attention_levels

@@ -48,7 +48,8 @@ class TokenLayout:
     # the last token before it; see repeat_last_token)
 
 
-def _check_mask(attention_mask: torch.Tensor, batch: int, total: int) -> torch.Tensor:
+def _check_mask(attention_mask: torch.Tensor, batch: int, total: int) -> tuple[torch.Tensor, bool]:
+    """(the mask as bool, whether every token is valid), with one host sync for both checks."""
     if attention_mask.dim() != 2:
         raise ValueError(
             f"R1: attention_mask has shape {tuple(attention_mask.shape)}; R1 takes the 2-D (batch, past + new "
@@ -59,9 +60,12 @@ def _check_mask(attention_mask: torch.Tensor, batch: int, total: int) -> torch.T
             f"R1: attention_mask has shape {tuple(attention_mask.shape)}, but the batch has {batch} rows of "
             f"{total} tokens (cached + new). Fix: pass the mask of every token so far, as generate() does."
         )
-    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+    binary, full = torch.stack(
+        [((attention_mask == 0) | (attention_mask == 1)).all(), (attention_mask == 1).all()]
+    ).tolist()
+    if not binary:
         raise ValueError("R1: attention_mask must hold only 0 (padding) and 1 (token). Fix: pass the tokenizer's mask.")
-    return attention_mask.bool()
+    return attention_mask.bool(), full
 
 
 def _packed_runs(pos: torch.Tensor) -> bool:
@@ -78,7 +82,7 @@ def token_layout(
     """The layout of a forward over `new` tokens after `past` cached ones; None when every row is one dense
     sequence (the fast path). Raises ValueError for masks and position ids R1 cannot honour."""
     total = past + new
-    valid = None if attention_mask is None else _check_mask(attention_mask.to(device), batch, total)
+    valid, full = (None, True) if attention_mask is None else _check_mask(attention_mask.to(device), batch, total)
     packed = False
     if position_ids is not None:
         pos = position_ids.to(device).long()
@@ -104,24 +108,31 @@ def token_layout(
                     "document starts (runs 0, 1, 2, ...). Fix: pass attention_mask.cumsum(-1) - 1 (or no "
                     "position_ids), or pack documents as consecutive runs from 0."
                 )
-    if not packed and (valid is None or bool(valid.all())):
+    if not packed and full:
         return None
     ar = torch.arange(total, device=device)
     last = ar.expand(batch, total) if valid is None else torch.cummax(torch.where(valid, ar, -1), dim=-1).values
     source = torch.where(last[:, past:] >= past, last[:, past:], ar[past:]) - past
+    if not packed:  # one sequence per row: its valid tokens, the new ones last (a few host syncs, not per row)
+        return TokenLayout(_row_segments(valid, past), packed, source)
     segments = []
     for b in range(batch):
         hist = torch.arange(total, device=device) if valid is None else valid[b].nonzero()[:, 0]
-        if packed:
-            starts = (pos[b, hist - past] == 0).nonzero()[:, 0].tolist()  # past == 0: hist indexes new tokens
-            runs = torch.tensor_split(hist, starts[1:]) if starts else (hist,)
-        else:
-            runs = (hist,)
+        starts = (pos[b, hist - past] == 0).nonzero()[:, 0].tolist()  # past == 0: hist indexes new tokens
+        runs = torch.tensor_split(hist, starts[1:]) if starts else (hist,)
         for run in runs:
             query = run[run >= past] - past
             if query.numel():
                 segments.append((b, run, query))
     return TokenLayout(segments, packed, source)
+
+
+def _row_segments(valid: torch.Tensor, past: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(row, hist, query) of each row of a (B, past + new) mask with at least one valid new token: hist its valid
+    tokens (ascending, so the valid new ones are its last m), query those m as indices among the new tokens."""
+    n_all, n_new = torch.stack([valid.sum(-1), valid[:, past:].sum(-1)]).tolist()
+    hists = torch.split(valid.nonzero()[:, 1], n_all)  # nonzero is row-major: each row's tokens in order
+    return [(b, h, h[len(h) - m :] - past) for b, (h, m) in enumerate(zip(hists, n_new)) if m]
 
 
 def repeat_last_token(h: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
@@ -147,25 +158,30 @@ def attention_by_segment(
 ):
     """The three level outputs (B, Tq, d) each, every sequence of `layout` computed on its own and
     renumbered from 0: q (B, Tq, d) the new queries; k, v, q_hist (B, past + Tq, d) the history. With
-    `flex`, a sequence computed whole (no cache) takes the flex kernel and a decoding step the gathered decode
-    path; without, the eager reference.
+    `flex`, a sequence computed whole (no cache) takes the flex kernel, without it the eager reference; a decoding
+    step (queries after cached tokens) takes the gathered decode path (the reference's result) either way. Sequences of one length and query count (the samples of one prompt,
+    prompts of one length) are computed together, as the rows of one call.
     Pad queries output zeros."""
+    groups: dict[tuple[int, int], list] = {}  # sequences of one length and query count share one call
+    for b, hist, query in layout.segments:
+        groups.setdefault((hist.numel(), query.numel()), []).append((b, hist, query))
     outs = [[], [], []]
     rows, cols = [], []
-    for b, hist, query in layout.segments:
-        qs = q[b : b + 1, query]  # (1, m, d)
-        ks, vs = k[b : b + 1, hist], v[b : b + 1, hist]  # (1, n, d)
-        n, m = hist.numel(), query.numel()
-        if flex and m == n:
+    for (n, m), segs in groups.items():
+        row = torch.tensor([b for b, _, _ in segs], device=q.device)[:, None]  # (R, 1)
+        hist = torch.stack([h for _, h, _ in segs])  # (R, n)
+        query = torch.stack([c for _, _, c in segs])  # (R, m)
+        qs, ks, vs = q[row, query], k[row, hist], v[row, hist]  # (R, m, d), (R, n, d), (R, n, d)
+        if m < n:  # decoding: the new queries are the newest of their sequence
+            levels = hierarchical_attention_decode(qs, ks, vs, q_hist[row, hist], **kernel_kwargs)
+        elif flex:
             levels = hierarchical_attention_flex(qs, ks, vs, **kernel_kwargs)
-        elif flex:  # decoding: the new queries are the newest of their sequence
-            levels = hierarchical_attention_decode(qs, ks, vs, q_hist[b : b + 1, hist], **kernel_kwargs)
         else:
-            levels = hierarchical_attention_eager(qs, ks, vs, q_hist[b : b + 1, hist], range(n - m, n), **kernel_kwargs)
+            levels = hierarchical_attention_eager(qs, ks, vs, q_hist[row, hist], range(n), **kernel_kwargs)
         for out, h in zip(outs, levels):
-            out.append(h[0])
-        rows.append(torch.full_like(query, b))
-        cols.append(query)
+            out.append(h.flatten(0, 1))
+        rows.append(row.expand(-1, m).flatten())
+        cols.append(query.flatten())
     B, Tq, d = q.shape
     if not rows:
         return tuple(q.new_zeros(B, Tq, d) for _ in range(3))
