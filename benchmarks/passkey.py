@@ -46,22 +46,30 @@ def parse_args(argv=None):
     p.add_argument("--llama", help="Llama folder (benchmarks/quality.py --export-llama)")
     p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
     p.add_argument("--models", nargs="+", default=["r1", "r1_window", "llama"], choices=["r1", "r1_window", "llama"])
-    p.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 32768])
+    p.add_argument("--lengths", nargs="+", type=int, help="fine-tuned in turn, shortest first (default 4k 16k 32k)")
     p.add_argument(
         "--steps",
         nargs="+",
-        default=["4096:150", "16384:100", "32768:60"],
+        default=["4096:240", "16384:60", "32768:40"],
         help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)",
     )
     p.add_argument("--tokens-per-step", type=int, default=16384, help="micro-batch = max(1, this // length)")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--loss",
+        choices=["all", "answer"],
+        default="all",
+        help="train on every token (the needle's repeated key teaches copying) or on the answer only",
+    )
     p.add_argument("--eval-examples", type=int, default=50)
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
     p.add_argument("--json", help="results (default: benchmarks/results/passkey_<card>.json)")
     p.add_argument("--tiny", action="store_true", help="CPU check: random-init tiny R1 and Llama, length 256")
     args = p.parse_args(argv)
+    args.lengths = args.lengths or (None if args.tiny else [4096, 16384, 32768])
     if args.tiny:
-        args.lengths, args.steps, args.tokens_per_step, args.eval_examples = [256], ["3"], 512, 4
+        args.lengths = args.lengths or [256]
+        args.steps, args.tokens_per_step, args.eval_examples = ["3"], 512, 4
         args.deepspeed_config = os.path.join(ROOT, "ds_configs", "tiny_cpu.json")
     return args
 
@@ -112,16 +120,19 @@ def load(name: str, args, length: int):
     return model
 
 
-def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
+def fine_tune(name: str, args, tokenizer, ds_base: dict):
+    """One model through every length in turn (shortest first): fine-tune at L, score at L, carry the weights on.
+    Yields a row per length. The micro-batch follows each length (tokens-per-step // L); the engine and its
+    optimizer state are kept across lengths, and the warm-up happens once."""
     import deepspeed
 
-    steps = steps_for(args.steps, length)
-    micro = max(1, args.tokens_per_step // length)
+    lengths = sorted(args.lengths)
+    micros = [max(1, args.tokens_per_step // L) for L in lengths]
     ds = copy.deepcopy(ds_base)
-    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1, train_batch_size=micro)
+    ds.update(train_micro_batch_size_per_gpu=micros[0], gradient_accumulation_steps=1, train_batch_size=micros[0])
     ds["optimizer"]["params"]["lr"] = args.lr
     torch.manual_seed(0)
-    model = load(name, args, length)
+    model = load(name, args, lengths[-1])
     warm = 10
     engine, *_ = deepspeed.initialize(
         model=model,
@@ -129,39 +140,53 @@ def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
         config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm)),
     )
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(steps):
-        ids, labels = batch([make_example(tokenizer, length, step * micro + i) for i in range(micro)], engine.device)
-        loss = engine(input_ids=ids, labels=labels, use_cache=False).loss
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
-    train_s = time.perf_counter() - t0
-    engine.module.eval()
-    correct = []
-    n_eval = -(-args.eval_examples // micro) * micro  # whole batches: no new shape to compile
-    for start in range(0, n_eval, micro):
-        exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
-        correct += answers_correct(engine.module, exs, engine.device)
-    eval_s = time.perf_counter() - t0 - train_s
-    row = {
-        "model": name,
-        "length": length,
-        "steps": steps,
-        "micro_batch": micro,
-        "train_s": train_s,
-        "eval_s": eval_s,
-        "first_loss": losses[0],
-        "last_loss": sum(losses[-5:]) / len(losses[-5:]),
-        "accuracy": sum(correct) / len(correct),
-        "eval_examples": len(correct),
-    }
-    engine = model = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return row
+    seen = 0  # training examples so far: every example is a fresh seed
+    try:
+        for length, micro in zip(lengths, micros):
+            steps = steps_for(args.steps, length)
+            engine.module.train()
+            t0 = time.perf_counter()
+            losses, answer_losses = [], []
+            for _ in range(steps):
+                ids, labels = batch([make_example(tokenizer, length, seen + i) for i in range(micro)], engine.device)
+                seen += micro
+                out = engine(input_ids=ids, labels=ids if args.loss == "all" else labels, use_cache=False)
+                engine.backward(out.loss)
+                engine.step()
+                losses.append(out.loss.item())
+                answer_losses.append(answer_loss(out.logits, labels))
+            train_s = time.perf_counter() - t0
+            engine.module.eval()
+            correct = []
+            n_eval = -(-args.eval_examples // micro) * micro  # whole batches: no new shape to compile
+            for start in range(0, n_eval, micro):
+                exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
+                correct += answers_correct(engine.module, exs, engine.device)
+            yield {
+                "model": name,
+                "length": length,
+                "steps": steps,
+                "micro_batch": micro,
+                "train_s": train_s,
+                "eval_s": time.perf_counter() - t0 - train_s,
+                "first_loss": losses[0],
+                "last_loss": sum(losses[-5:]) / len(losses[-5:]),
+                "first_answer_loss": answer_losses[0],
+                "last_answer_loss": sum(answer_losses[-5:]) / len(answer_losses[-5:]),
+                "accuracy": sum(correct) / len(correct),
+                "eval_examples": len(correct),
+            }
+    finally:
+        engine = model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross entropy on the answer tokens (labels: -100 elsewhere), whatever the training loss covers."""
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten()).item()
 
 
 def table(rows: list[dict]) -> str:
@@ -211,14 +236,16 @@ def main(argv=None) -> int:
         "r1": args.r1,
         "llama": args.llama,
         "lr": args.lr,
+        "loss": args.loss,
         "tokens_per_step": args.tokens_per_step,
         "rows": [],
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    for length in args.lengths:
-        for name in args.models:
+    for name in args.models:
+        rows = fine_tune(name, args, tokenizer, ds_base)
+        for length in sorted(args.lengths):
             try:  # a row that fails (out of memory, a missing folder) is recorded and the others still run
-                row = run_one(name, length, args, tokenizer, ds_base)
+                row = next(rows)
             except Exception as err:  # noqa: BLE001
                 traceback.print_exc()
                 row = {"model": name, "length": length, "error": f"{type(err).__name__}: {str(err)[:300]}"}
@@ -229,6 +256,12 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             with open(path, "w") as f:  # every finished row, in case the run is cut short
                 json.dump(result, f, indent=2)
+            if "error" in row:  # a model that failed at one length is not fine-tuned further
+                for rest in sorted(args.lengths)[sorted(args.lengths).index(length) + 1 :]:
+                    result["rows"].append(
+                        {"model": name, "length": rest, "error": "skipped: failed at a shorter length"}
+                    )
+                break
     print()
     print(table(result["rows"]))
     print(f"\nwrote {path}")

@@ -200,3 +200,15 @@ def test_ablation_tiny(corpus, tmp_path):
     assert [s["variant"] for s in res["summary"]] == ["full", "no_L2", "no_gate"]
     assert res["summary"][0]["vs_full"] == 0.0 and res["summary"][1]["vs_full"] != 0.0
     assert "| no_gate |" in (tmp_path / "a.md").read_text()
+
+
+def test_passkey_fine_tunes_through_lengths(corpus, tmp_path):
+    """One model carried through the lengths, shortest first: a row per length, in that order, each scored."""
+    out = tmp_path / "p.json"
+    argv = ["--tiny", "--tokenizer", str(corpus / "pack" / "tokenizer"), "--json", str(out)]
+    assert passkey.main([*argv, "--models", "llama", "--lengths", "256", "192", "--loss", "answer"]) == 0
+    res = _json(out)
+    assert res["loss"] == "answer"
+    assert [(r["model"], r["length"], r["micro_batch"]) for r in res["rows"]] == [("llama", 192, 2), ("llama", 256, 2)]
+    assert all(r["eval_examples"] == 4 and 0 <= r["accuracy"] <= 1 for r in res["rows"])
+    assert all(r["first_loss"] == pytest.approx(r["first_answer_loss"]) for r in res["rows"])  # answer-only loss

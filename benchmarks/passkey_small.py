@@ -1,0 +1,199 @@
+"""Passkey retrieval at small scale on CPU, from random init: learning curves of R1, R1 window-only and Llama.
+
+    python benchmarks/passkey_small.py --lengths 512 1024 --steps 400 --seeds 0 1 \
+        --json benchmarks/results/passkey_small_cpu.json
+
+The task is r1_ds/evaluation/passkey.py with the corpus tokenizer. A random-init model needs no embedding rows for
+the 32k tokens the task never uses, so ids are mapped onto the few hundred it does (the filler, needle and question
+tokens and every token a key 10000-99999 splits into): the same task, a vocabulary small enough for a CPU. Models,
+all width --width, --layers layers, the same seed:
+  llama      LlamaForCausalLM, dense causal attention (SDPA);
+  r1         R1 with a --window-token window, paragraphs of --paragraph, documents of --document, top---top-k routing;
+  r1_window  the same R1 with attention_levels=[1]: the needle is beyond its window, so it is at chance.
+Each is trained with AdamW at --lr (--warmup steps of warm-up) on fresh seeded examples (micro-batch --batch) with
+the loss on every token (--loss all: the needle's second copy of the key teaches copying nearby) or on the answer
+only (--loss answer), and scored every --eval-every steps on --eval-examples held-out examples (exact match).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.quality import provenance  # noqa: E402 (after the sys.path line above)
+from r1_ds.evaluation.passkey import (  # noqa: E402 (after the sys.path line above)
+    ANSWER,
+    FILLER,
+    INTRO,
+    NEEDLE,
+    QUESTION,
+    answers_correct,
+    batch,
+    make_example,
+)
+
+EVAL_SEED = 1_000_000  # evaluation examples use seeds from here on; training ones from 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
+    p.add_argument("--models", nargs="+", default=["llama", "r1", "r1_window"], choices=["llama", "r1", "r1_window"])
+    p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--loss", choices=["all", "answer"], default="all")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-examples", type=int, default=64)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--window", type=int, default=32)
+    p.add_argument("--paragraph", type=int, default=32)
+    p.add_argument("--document", type=int, default=256)
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--json", help="results (default: none)")
+    return p.parse_args(argv)
+
+
+def task_vocab(tokenizer) -> torch.Tensor:
+    """(32k,) map from tokenizer ids to a compact vocabulary of the ids the task can produce (-1 elsewhere)."""
+    texts = [INTRO, FILLER, QUESTION, NEEDLE.format(key=""), *(ANSWER.format(key=k) for k in range(10000, 100000))]
+    used = sorted({i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids})
+    table = torch.full((len(tokenizer),), -1, dtype=torch.long)
+    table[used] = torch.arange(len(used))
+    return table
+
+
+def make_model(name: str, args, vocab: int, length: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r1_ds.model import R1Config, R1ForCausalLM
+
+    torch.manual_seed(seed)
+    heads = max(1, args.width // 32)
+    if name == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=args.width,
+            intermediate_size=args.width * 11 // 4,
+            num_hidden_layers=args.layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=length,
+            tie_word_embeddings=True,
+            attn_implementation="sdpa",
+        )
+        return LlamaForCausalLM(config)
+    config = R1Config(
+        vocab_size=vocab,
+        hidden_size=args.width,
+        intermediate_size=args.width * 11 // 4,
+        num_hidden_layers=args.layers,
+        level_heads=(max(1, heads // 2), heads, heads * 2),
+        local_window=args.window,
+        paragraph_size=args.paragraph,
+        document_size=args.document,
+        route_top_k=args.top_k,
+        max_position_embeddings=length,
+        label_smoothing=0.0,
+        attention_levels=[1] if name == "r1_window" else [1, 2, 3],
+    )
+    return R1ForCausalLM(config)
+
+
+def remap(ex, table: torch.Tensor):
+    ids = table[torch.tensor(ex.input_ids)]
+    assert (ids >= 0).all(), "a passkey token is missing from the task vocabulary"
+    return type(ex)(**{**ex.__dict__, "input_ids": ids.tolist()})
+
+
+def accuracy(model, tokenizer, table, length: int, n: int, micro: int) -> float:
+    model.eval()
+    correct = []
+    for start in range(0, n, micro):
+        exs = [
+            remap(make_example(tokenizer, length, EVAL_SEED + i), table) for i in range(start, min(n, start + micro))
+        ]
+        correct += answers_correct(model, exs)
+    model.train()
+    return sum(correct) / len(correct)
+
+
+def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
+    model = make_model(name, args, int(table.max()) + 1, length, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / args.warmup))
+    curve, losses = [], []
+    t0 = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        exs = [
+            remap(make_example(tokenizer, length, (seed * 10**6 + step) * args.batch + i), table)
+            for i in range(args.batch)
+        ]
+        ids, answer_labels = batch(exs)
+        out = model(input_ids=ids, labels=ids if args.loss == "all" else answer_labels, use_cache=False)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the answer's own loss, whatever --loss trains: comparable across modes
+            answer = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), answer_labels[:, 1:].flatten())
+        losses.append(answer.item())
+        if step % args.eval_every == 0 or step == args.steps:
+            acc = accuracy(model, tokenizer, table, length, args.eval_examples, args.batch)
+            curve.append({"step": step, "accuracy": acc, "answer_loss": sum(losses[-10:]) / len(losses[-10:])})
+            print(
+                f"  {name:>9} L={length} seed={seed} step {step:>4}: answer loss {curve[-1]['answer_loss']:.3f} acc {acc:.0%}",
+                flush=True,
+            )
+    return {
+        "model": name,
+        "length": length,
+        "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_s": time.perf_counter() - t0,
+        "accuracy": curve[-1]["accuracy"],
+        "curve": curve,
+    }
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    table = task_vocab(tokenizer)
+    result = {
+        "benchmark": "passkey_small",
+        **provenance(__file__, argv),
+        **{k: v for k, v in vars(args).items() if k != "json"},
+        "vocab": int(table.max()) + 1,
+        "rows": [],
+    }
+    for length in args.lengths:
+        for seed in args.seeds:
+            for name in args.models:
+                row = run_one(name, length, seed, args, tokenizer, table)
+                result["rows"].append(row)
+                if args.json:
+                    from data_prep.atomic import atomic_write_text
+
+                    atomic_write_text(args.json, json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
