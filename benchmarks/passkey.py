@@ -5,16 +5,17 @@
     python benchmarks/passkey.py --tiny           # CPU: random-init tiny models, 256 tokens, seconds
 
 The task is r1_ds/evaluation/passkey.py (a 5-digit key at a random depth in repeated filler, asked for at the end;
-exact-match accuracy of the greedy answer; chance is ~1e-5). For each length L and each model, starting from the
-weights benchmarks/quality.py trained (--r1, --llama):
+exact-match accuracy of the greedy answer; chance is ~1e-5). Each model, starting from the weights
+benchmarks/quality.py trained (--r1, --llama):
   r1         the R1 folder as trained;
   r1_window  the same weights with the paragraph and document levels removed (attention_levels=[1]): only the
              local window of local_window tokens reaches back, so it cannot see a needle farther away;
   llama      the dense baseline;
-fine-tune --steps for L (loss on the answer tokens only; a fresh example every row, seeded) with DeepSpeed
-(--deepspeed-config, micro-batch max(1, --tokens-per-step // L), constant learning rate after a 10-step warm-up),
-then the accuracy on --eval-examples held-out examples (other seeds; rounded up to whole micro-batches). Every row is written to the JSON as it
-finishes, so a run cut short keeps the finished rows.
+is fine-tuned through the lengths shortest first, its weights (and optimizer state) carried on: --steps at each L
+with DeepSpeed (--deepspeed-config, micro-batch max(1, --tokens-per-step // L), lr --lr, constant after a 10-step
+warm-up; loss on every token by default, --loss answer for the answer tokens only; a fresh seeded example every
+row), then the accuracy at L on --eval-examples held-out examples (other seeds; rounded up to whole
+micro-batches). Every row is written to the JSON as it finishes, so a run cut short keeps the finished rows.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--steps",
         nargs="+",
-        default=["4096:240", "16384:60", "32768:40"],
+        default=["4096:500", "16384:60", "32768:40"],
         help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)",
     )
-    p.add_argument("--tokens-per-step", type=int, default=16384, help="micro-batch = max(1, this // length)")
+    p.add_argument("--tokens-per-step", type=int, default=8192, help="micro-batch = max(1, this // length)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
         "--loss",

@@ -130,6 +130,45 @@ def accuracy(model, tokenizer, table, length: int, n: int, micro: int) -> float:
     return sum(correct) / len(correct)
 
 
+@torch.no_grad()
+def needle_routed(model, tokenizer, table, length: int, n: int) -> dict:
+    """How often L2's routing picks the needle's paragraph for the query paragraph that holds the question's last
+    token (the one predicting the answer's first token): the fraction of (example, layer, head) whose routed set
+    includes a paragraph with needle tokens, against what picking the same number of candidates at random gives."""
+    from r1_ds.model.hierarchical_attention import route_paragraphs
+
+    c = model.config
+    g, hits, chance, total = c.paragraph_size, 0, 0.0, 0
+    captured = []
+    hooks = [
+        layer.self_attn.register_forward_pre_hook(lambda m, a: captured.append((m.q_proj(a[0]), m.k_proj(a[0]))))
+        for layer in model.model.layers
+    ]
+    model.eval()
+    try:
+        for i in range(n):
+            ex = remap(make_example(tokenizer, length, EVAL_SEED + i), table)
+            captured.clear()
+            model(input_ids=torch.tensor([ex.input_ids]), use_cache=False)
+            b = (ex.answer_start - 1) // g
+            n_needle = len(tokenizer(NEEDLE.format(key=ex.key), add_special_tokens=False)["input_ids"])
+            needle = set(range(ex.needle_start // g, (ex.needle_start + n_needle - 1) // g + 1))
+            for q, k in captured:
+                idx, valid, _ = route_paragraphs(
+                    q, k, n_heads=c.level_heads[1], paragraph_size=g, top_k=c.route_top_k, first_block=b, n_blocks=1
+                )
+                for h in range(idx.shape[1]):
+                    picked = set(idx[0, h, 0][valid[0, h, 0]].tolist())
+                    hits += bool(picked & needle)
+                    chance += min(1.0, len(picked) * len(needle & set(range(b))) / max(1, b))
+                    total += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train()
+    return {"needle_routed": hits / total, "chance": chance / total}
+
+
 def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
     model = make_model(name, args, int(table.max()) + 1, length, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
@@ -158,7 +197,11 @@ def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
                 f"  {name:>9} L={length} seed={seed} step {step:>4}: answer loss {curve[-1]['answer_loss']:.3f} acc {acc:.0%}",
                 flush=True,
             )
+    routing = needle_routed(model, tokenizer, table, length, 32) if name == "r1" else {}
+    if routing:
+        print(f"  r1 routing: needle paragraph routed {routing['needle_routed']:.0%} (chance {routing['chance']:.0%})")
     return {
+        **routing,
         "model": name,
         "length": length,
         "seed": seed,
