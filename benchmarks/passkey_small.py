@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
+import re
 import sys
 import time
 
@@ -258,7 +258,27 @@ def main(argv=None) -> int:
                     from data_prep.atomic import atomic_write_text
 
                     atomic_write_text(args.json, json.dumps(result, indent=2))
+    print()
+    print(table(result["rows"]))
     return 0
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table: the learning curve of every row (accuracy at each evaluation), and R1's routing rate."""
+    steps = [c["step"] for c in rows[0]["curve"]] if rows else []
+    lines = [
+        "| length | model | seed | "
+        + " | ".join(f"step {s}" for s in steps)
+        + " | answer loss | needle routed (chance) |",
+        "|---" * (len(steps) + 5) + "|",
+    ]
+    for r in rows:
+        routed = f"{r['needle_routed']:.0%} ({r['chance']:.0%})" if "needle_routed" in r else ""
+        accs = " | ".join(f"{c['accuracy']:.0%}" for c in r["curve"])
+        lines.append(
+            f"| {r['length']} | {r['model']} | {r['seed']} | {accs} | {r['curve'][-1]['answer_loss']:.2f} | {routed} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
