@@ -158,12 +158,18 @@ def fine_tune(name: str, args, tokenizer, ds_base: dict):
                 answer_losses.append(answer_loss(out.logits, labels))
             train_s = time.perf_counter() - t0
             engine.module.eval()
-            correct = []
-            n_eval = -(-args.eval_examples // micro) * micro  # whole batches: no new shape to compile
-            for start in range(0, n_eval, micro):
-                exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
-                correct += answers_correct(engine.module, exs, engine.device)
+            correct = score(engine.module, tokenizer, length, args.eval_examples, micro, engine.device)
+            window = {}
+            if name == "r1":  # the control on the very weights just fine-tuned: L2 and L3 removed
+                config, levels = engine.module.config, engine.module.config.attention_levels
+                config.attention_levels = [1]
+                try:
+                    ok = score(engine.module, tokenizer, length, args.eval_examples, micro, engine.device)
+                finally:
+                    config.attention_levels = levels
+                window = {"window_only_accuracy": sum(ok) / len(ok)}
             yield {
+                **window,
                 "model": name,
                 "length": length,
                 "steps": steps,
@@ -182,6 +188,15 @@ def fine_tune(name: str, args, tokenizer, ds_base: dict):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def score(model, tokenizer, length: int, n: int, micro: int, device) -> list[bool]:
+    """Exact match on n held-out examples (other seeds), rounded up to whole micro-batches: no new shape to compile."""
+    correct = []
+    for start in range(0, -(-n // micro) * micro, micro):
+        exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
+        correct += answers_correct(model, exs, device)
+    return correct
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -206,9 +206,15 @@ def test_passkey_fine_tunes_through_lengths(corpus, tmp_path):
     """One model carried through the lengths, shortest first: a row per length, in that order, each scored."""
     out = tmp_path / "p.json"
     argv = ["--tiny", "--tokenizer", str(corpus / "pack" / "tokenizer"), "--json", str(out)]
-    assert passkey.main([*argv, "--models", "llama", "--lengths", "256", "192", "--loss", "answer"]) == 0
+    assert passkey.main([*argv, "--models", "r1", "llama", "--lengths", "256", "192", "--loss", "answer"]) == 0
     res = _json(out)
     assert res["loss"] == "answer"
-    assert [(r["model"], r["length"], r["micro_batch"]) for r in res["rows"]] == [("llama", 192, 2), ("llama", 256, 2)]
+    assert [(r["model"], r["length"], r["micro_batch"]) for r in res["rows"]] == [
+        ("r1", 192, 2),
+        ("r1", 256, 2),
+        ("llama", 192, 2),
+        ("llama", 256, 2),
+    ]
+    assert all(0 <= r["window_only_accuracy"] <= 1 for r in res["rows"][:2])  # the same weights, window only
     assert all(r["eval_examples"] == 4 and 0 <= r["accuracy"] <= 1 for r in res["rows"])
     assert all(r["first_loss"] == pytest.approx(r["first_answer_loss"]) for r in res["rows"])  # answer-only loss
