@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--steps",
         nargs="+",
-        default=["4096:500", "16384:60", "32768:40"],
+        default=["4096:600", "16384:60", "32768:40"],
         help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)",
     )
     p.add_argument("--tokens-per-step", type=int, default=8192, help="micro-batch = max(1, this // length)")
@@ -61,6 +61,11 @@ def parse_args(argv=None):
         choices=["all", "answer"],
         default="all",
         help="train on every token (the needle's repeated key teaches copying) or on the answer only",
+    )
+    p.add_argument(
+        "--split-digits",
+        action="store_true",
+        help="every digit of a key its own token (benchmarks/passkey_small.py DigitSplit), not the BPE's 1-3 pieces",
     )
     p.add_argument("--eval-examples", type=int, default=50)
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
@@ -227,6 +232,10 @@ def main(argv=None) -> int:
     from r1_ds.distributed import init_distributed
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.split_digits:
+        from benchmarks.passkey_small import DigitSplit
+
+        tokenizer = DigitSplit(tokenizer)
     tmp = tempfile.mkdtemp(prefix="passkey_tiny_") if args.tiny else None
     if args.tiny:
         args.r1, args.llama = tiny_models(args.tokenizer, tmp)
@@ -253,6 +262,7 @@ def main(argv=None) -> int:
         "llama": args.llama,
         "lr": args.lr,
         "loss": args.loss,
+        "split_digits": args.split_digits,
         "tokens_per_step": args.tokens_per_step,
         "rows": [],
     }
