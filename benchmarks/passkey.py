@@ -13,7 +13,8 @@ benchmarks/quality.py trained (--r1, --llama):
   llama      the dense baseline;
 is fine-tuned through the lengths shortest first, its weights (and optimizer state) carried on: --steps at each L
 with DeepSpeed (--deepspeed-config, micro-batch max(1, --tokens-per-step // L), lr --lr, constant after a 10-step
-warm-up; loss on every token by default, --loss answer for the answer tokens only; a fresh seeded example every
+warm-up; loss on the answer tokens only by default, --loss all for every token; keys one token per digit
+unless --no-split-digits; a fresh seeded example every
 row), then the accuracy at L on --eval-examples held-out examples (other seeds; rounded up to whole
 micro-batches). Every row is written to the JSON as it finishes, so a run cut short keeps the finished rows.
 """
@@ -59,12 +60,13 @@ def parse_args(argv=None):
     p.add_argument(
         "--loss",
         choices=["all", "answer"],
-        default="all",
-        help="train on every token (the needle's repeated key teaches copying) or on the answer only",
+        default="answer",
+        help="train on the answer tokens only, or on every token (the needle's repeated key then teaches copying)",
     )
     p.add_argument(
         "--split-digits",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="every digit of a key its own token (benchmarks/passkey_small.py DigitSplit), not the BPE's 1-3 pieces",
     )
     p.add_argument("--eval-examples", type=int, default=50)
