@@ -1,18 +1,19 @@
 """Passkey retrieval at small scale on CPU, from random init: learning curves of R1, R1 window-only and Llama.
 
-    python benchmarks/passkey_small.py --lengths 512 1024 --steps 400 --seeds 0 1 \
-        --json benchmarks/results/passkey_small_cpu.json
+    python benchmarks/passkey_small.py --models llama r1 --split-digits --json /tmp/passkey_small.json
 
 The task is r1_ds/evaluation/passkey.py with the corpus tokenizer. A random-init model needs no embedding rows for
 the 32k tokens the task never uses, so ids are mapped onto the few hundred it does (the filler, needle and question
 tokens and every token a key 10000-99999 splits into): the same task, a vocabulary small enough for a CPU. Models,
 all width --width, --layers layers, the same seed:
   llama      LlamaForCausalLM, dense causal attention (SDPA);
-  r1         R1 with a --window-token window, paragraphs of --paragraph, documents of --document, top---top-k routing;
+  r1         R1: a window of --window tokens, paragraphs of --paragraph, documents of --document, --top-k routing;
   r1_window  the same R1 with attention_levels=[1]: the needle is beyond its window, so it is at chance.
 Each is trained with AdamW at --lr (--warmup steps of warm-up) on fresh seeded examples (micro-batch --batch) with
-the loss on every token (--loss all: the needle's second copy of the key teaches copying nearby) or on the answer
-only (--loss answer), and scored every --eval-every steps on --eval-examples held-out examples (exact match).
+the loss on the answer only (--loss answer) or on every token (--loss all: the needle's second copy of the key
+teaches copying nearby), and scored every --eval-every steps on --eval-examples held-out examples (exact match),
+with the answer's own loss. --split-digits makes every digit of a key one token (DigitSplit). For r1 it also
+measures how often L2's routing picks the needle's paragraph (needle_routed).
 """
 
 from __future__ import annotations
@@ -48,20 +49,20 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
     p.add_argument("--models", nargs="+", default=["llama", "r1", "r1_window"], choices=["llama", "r1", "r1_window"])
-    p.add_argument("--lengths", nargs="+", type=int, default=[512, 1024])
+    p.add_argument("--lengths", nargs="+", type=int, default=[256])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--loss", choices=["all", "answer"], default="all")
+    p.add_argument("--loss", choices=["all", "answer"], default="answer")
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--eval-examples", type=int, default=64)
+    p.add_argument("--eval-examples", type=int, default=32)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--window", type=int, default=32)
-    p.add_argument("--paragraph", type=int, default=32)
-    p.add_argument("--document", type=int, default=256)
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--paragraph", type=int, default=16)
+    p.add_argument("--document", type=int, default=64)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--split-digits", action="store_true", help="every digit of a key its own token (DigitSplit)")
     p.add_argument("--json", help="results (default: none)")
