@@ -209,7 +209,9 @@ def score(model, tokenizer, length: int, n: int, micro: int, device) -> list[boo
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean cross entropy on the answer tokens (labels: -100 elsewhere), whatever the training loss covers."""
     with torch.no_grad():
-        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten()).item()
+        target = labels[:, 1:]
+        at = target != -100  # only the answer's few positions: no fp32 copy of a 32k x vocab logit tensor
+        return torch.nn.functional.cross_entropy(logits[:, :-1][at].float(), target[at]).item()
 
 
 def table(rows: list[dict]) -> str:
