@@ -215,7 +215,10 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'length':>7} {'model':>10} {'steps':>6} {'train s':>8} {'loss first -> last':>20} {'accuracy':>9}"
+    head = (
+        f"{'length':>7} {'model':>10} {'steps':>6} {'train s':>8} {'loss first -> last':>20} "
+        f"{'answer loss':>20} {'accuracy':>9} {'window-only':>12}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
@@ -223,7 +226,9 @@ def table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"{r['length']:>7} {r['model']:>10} {r['steps']:>6} {r['train_s']:>8.0f} "
-            f"{r['first_loss']:>9.3f} -> {r['last_loss']:<8.3f} {r['accuracy']:>9.0%}"
+            f"{r['first_loss']:>9.3f} -> {r['last_loss']:<8.3f} "
+            f"{r['first_answer_loss']:>9.3f} -> {r['last_answer_loss']:<8.3f} {r['accuracy']:>9.0%} "
+            + (f"{r['window_only_accuracy']:>12.0%}" if "window_only_accuracy" in r else "")
         )
     return "\n".join(lines)
 
