@@ -5,16 +5,18 @@
     python benchmarks/passkey.py --tiny           # CPU: random-init tiny models, 256 tokens, seconds
 
 The task is r1_ds/evaluation/passkey.py (a 5-digit key at a random depth in repeated filler, asked for at the end;
-exact-match accuracy of the greedy answer; chance is ~1e-5). For each length L and each model, starting from the
-weights benchmarks/quality.py trained (--r1, --llama):
+exact-match accuracy of the greedy answer; chance is ~1e-5). Each model, starting from the weights
+benchmarks/quality.py trained (--r1, --llama):
   r1         the R1 folder as trained;
   r1_window  the same weights with the paragraph and document levels removed (attention_levels=[1]): only the
              local window of local_window tokens reaches back, so it cannot see a needle farther away;
   llama      the dense baseline;
-fine-tune --steps for L (loss on the answer tokens only; a fresh example every row, seeded) with DeepSpeed
-(--deepspeed-config, micro-batch max(1, --tokens-per-step // L), constant learning rate after a 10-step warm-up),
-then the accuracy on --eval-examples held-out examples (other seeds; rounded up to whole micro-batches). Every row is written to the JSON as it
-finishes, so a run cut short keeps the finished rows.
+is fine-tuned through the lengths shortest first, its weights (and optimizer state) carried on: --steps at each L
+with DeepSpeed (--deepspeed-config, micro-batch max(1, --tokens-per-step // L), lr --lr, constant after a 10-step
+warm-up; loss on the answer tokens only by default, --loss all for every token; keys one token per digit
+unless --no-split-digits; a fresh seeded example every
+row), then the accuracy at L on --eval-examples held-out examples (other seeds; rounded up to whole
+micro-batches). Every row is written to the JSON as it finishes, so a run cut short keeps the finished rows.
 """
 
 from __future__ import annotations
@@ -46,22 +48,36 @@ def parse_args(argv=None):
     p.add_argument("--llama", help="Llama folder (benchmarks/quality.py --export-llama)")
     p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
     p.add_argument("--models", nargs="+", default=["r1", "r1_window", "llama"], choices=["r1", "r1_window", "llama"])
-    p.add_argument("--lengths", nargs="+", type=int, default=[4096, 16384, 32768])
+    p.add_argument("--lengths", nargs="+", type=int, help="fine-tuned in turn, shortest first (default 4k 16k 32k)")
     p.add_argument(
         "--steps",
         nargs="+",
-        default=["4096:150", "16384:100", "32768:60"],
+        default=["4096:600", "16384:60", "32768:40"],
         help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)",
     )
-    p.add_argument("--tokens-per-step", type=int, default=16384, help="micro-batch = max(1, this // length)")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--tokens-per-step", type=int, default=8192, help="micro-batch = max(1, this // length)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--loss",
+        choices=["all", "answer"],
+        default="answer",
+        help="train on the answer tokens only, or on every token (the needle's repeated key then teaches copying)",
+    )
+    p.add_argument(
+        "--split-digits",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every digit of a key its own token (benchmarks/passkey_small.py DigitSplit), not the BPE's 1-3 pieces",
+    )
     p.add_argument("--eval-examples", type=int, default=50)
     p.add_argument("--deepspeed-config", default=os.path.join(ROOT, "ds_configs", "single_gpu_bf16.json"))
     p.add_argument("--json", help="results (default: benchmarks/results/passkey_<card>.json)")
     p.add_argument("--tiny", action="store_true", help="CPU check: random-init tiny R1 and Llama, length 256")
     args = p.parse_args(argv)
+    args.lengths = args.lengths or (None if args.tiny else [4096, 16384, 32768])
     if args.tiny:
-        args.lengths, args.steps, args.tokens_per_step, args.eval_examples = [256], ["3"], 512, 4
+        args.lengths = args.lengths or [256]
+        args.steps, args.tokens_per_step, args.eval_examples = ["3"], 512, 4
         args.deepspeed_config = os.path.join(ROOT, "ds_configs", "tiny_cpu.json")
     return args
 
@@ -112,16 +128,19 @@ def load(name: str, args, length: int):
     return model
 
 
-def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
+def fine_tune(name: str, args, tokenizer, ds_base: dict):
+    """One model through every length in turn (shortest first): fine-tune at L, score at L, carry the weights on.
+    Yields a row per length. The micro-batch follows each length (tokens-per-step // L); the engine and its
+    optimizer state are kept across lengths, and the warm-up happens once."""
     import deepspeed
 
-    steps = steps_for(args.steps, length)
-    micro = max(1, args.tokens_per_step // length)
+    lengths = sorted(args.lengths)
+    micros = [max(1, args.tokens_per_step // L) for L in lengths]
     ds = copy.deepcopy(ds_base)
-    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1, train_batch_size=micro)
+    ds.update(train_micro_batch_size_per_gpu=micros[0], gradient_accumulation_steps=1, train_batch_size=micros[0])
     ds["optimizer"]["params"]["lr"] = args.lr
     torch.manual_seed(0)
-    model = load(name, args, length)
+    model = load(name, args, lengths[-1])
     warm = 10
     engine, *_ = deepspeed.initialize(
         model=model,
@@ -129,43 +148,77 @@ def run_one(name: str, length: int, args, tokenizer, ds_base: dict) -> dict:
         config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm)),
     )
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(steps):
-        ids, labels = batch([make_example(tokenizer, length, step * micro + i) for i in range(micro)], engine.device)
-        loss = engine(input_ids=ids, labels=labels, use_cache=False).loss
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
-    train_s = time.perf_counter() - t0
-    engine.module.eval()
+    seen = 0  # training examples so far: every example is a fresh seed
+    try:
+        for length, micro in zip(lengths, micros):
+            steps = steps_for(args.steps, length)
+            engine.module.train()
+            t0 = time.perf_counter()
+            losses, answer_losses = [], []
+            for _ in range(steps):
+                ids, labels = batch([make_example(tokenizer, length, seen + i) for i in range(micro)], engine.device)
+                seen += micro
+                out = engine(input_ids=ids, labels=ids if args.loss == "all" else labels, use_cache=False)
+                engine.backward(out.loss)
+                engine.step()
+                losses.append(out.loss.item())
+                answer_losses.append(answer_loss(out.logits, labels))
+            train_s = time.perf_counter() - t0
+            engine.module.eval()
+            correct = score(engine.module, tokenizer, length, args.eval_examples, micro, engine.device)
+            window = {}
+            if name == "r1":  # the control on the very weights just fine-tuned: L2 and L3 removed
+                config, levels = engine.module.config, engine.module.config.attention_levels
+                config.attention_levels = [1]
+                try:
+                    ok = score(engine.module, tokenizer, length, args.eval_examples, micro, engine.device)
+                finally:
+                    config.attention_levels = levels
+                window = {"window_only_accuracy": sum(ok) / len(ok)}
+            yield {
+                **window,
+                "model": name,
+                "length": length,
+                "steps": steps,
+                "micro_batch": micro,
+                "train_s": train_s,
+                "eval_s": time.perf_counter() - t0 - train_s,
+                "first_loss": losses[0],
+                "last_loss": sum(losses[-5:]) / len(losses[-5:]),
+                "first_answer_loss": answer_losses[0],
+                "last_answer_loss": sum(answer_losses[-5:]) / len(answer_losses[-5:]),
+                "accuracy": sum(correct) / len(correct),
+                "eval_examples": len(correct),
+            }
+    finally:
+        engine = model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def score(model, tokenizer, length: int, n: int, micro: int, device) -> list[bool]:
+    """Exact match on n held-out examples (other seeds), rounded up to whole micro-batches: no new shape to compile."""
     correct = []
-    n_eval = -(-args.eval_examples // micro) * micro  # whole batches: no new shape to compile
-    for start in range(0, n_eval, micro):
+    for start in range(0, -(-n // micro) * micro, micro):
         exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
-        correct += answers_correct(engine.module, exs, engine.device)
-    eval_s = time.perf_counter() - t0 - train_s
-    row = {
-        "model": name,
-        "length": length,
-        "steps": steps,
-        "micro_batch": micro,
-        "train_s": train_s,
-        "eval_s": eval_s,
-        "first_loss": losses[0],
-        "last_loss": sum(losses[-5:]) / len(losses[-5:]),
-        "accuracy": sum(correct) / len(correct),
-        "eval_examples": len(correct),
-    }
-    engine = model = None
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return row
+        correct += answers_correct(model, exs, device)
+    return correct
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross entropy on the answer tokens (labels: -100 elsewhere), whatever the training loss covers."""
+    with torch.no_grad():
+        target = labels[:, 1:]
+        at = target != -100  # only the answer's few positions: no fp32 copy of a 32k x vocab logit tensor
+        return torch.nn.functional.cross_entropy(logits[:, :-1][at].float(), target[at]).item()
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'length':>7} {'model':>10} {'steps':>6} {'train s':>8} {'loss first -> last':>20} {'accuracy':>9}"
+    head = (
+        f"{'length':>7} {'model':>10} {'steps':>6} {'train s':>8} {'loss first -> last':>20} "
+        f"{'answer loss':>20} {'accuracy':>9} {'window-only':>12}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
@@ -173,7 +226,9 @@ def table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"{r['length']:>7} {r['model']:>10} {r['steps']:>6} {r['train_s']:>8.0f} "
-            f"{r['first_loss']:>9.3f} -> {r['last_loss']:<8.3f} {r['accuracy']:>9.0%}"
+            f"{r['first_loss']:>9.3f} -> {r['last_loss']:<8.3f} "
+            f"{r['first_answer_loss']:>9.3f} -> {r['last_answer_loss']:<8.3f} {r['accuracy']:>9.0%} "
+            + (f"{r['window_only_accuracy']:>12.0%}" if "window_only_accuracy" in r else "")
         )
     return "\n".join(lines)
 
@@ -186,6 +241,10 @@ def main(argv=None) -> int:
     from r1_ds.distributed import init_distributed
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.split_digits:
+        from benchmarks.passkey_small import DigitSplit
+
+        tokenizer = DigitSplit(tokenizer)
     tmp = tempfile.mkdtemp(prefix="passkey_tiny_") if args.tiny else None
     if args.tiny:
         args.r1, args.llama = tiny_models(args.tokenizer, tmp)
@@ -211,14 +270,17 @@ def main(argv=None) -> int:
         "r1": args.r1,
         "llama": args.llama,
         "lr": args.lr,
+        "loss": args.loss,
+        "split_digits": args.split_digits,
         "tokens_per_step": args.tokens_per_step,
         "rows": [],
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    for length in args.lengths:
-        for name in args.models:
+    for name in args.models:
+        rows = fine_tune(name, args, tokenizer, ds_base)
+        for length in sorted(args.lengths):
             try:  # a row that fails (out of memory, a missing folder) is recorded and the others still run
-                row = run_one(name, length, args, tokenizer, ds_base)
+                row = next(rows)
             except Exception as err:  # noqa: BLE001
                 traceback.print_exc()
                 row = {"model": name, "length": length, "error": f"{type(err).__name__}: {str(err)[:300]}"}
@@ -229,6 +291,12 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             with open(path, "w") as f:  # every finished row, in case the run is cut short
                 json.dump(result, f, indent=2)
+            if "error" in row:  # a model that failed at one length is not fine-tuned further
+                for rest in sorted(args.lengths)[sorted(args.lengths).index(length) + 1 :]:
+                    result["rows"].append(
+                        {"model": name, "length": rest, "error": "skipped: failed at a shorter length"}
+                    )
+                break
     print()
     print(table(result["rows"]))
     print(f"\nwrote {path}")

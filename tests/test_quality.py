@@ -200,3 +200,41 @@ def test_ablation_tiny(corpus, tmp_path):
     assert [s["variant"] for s in res["summary"]] == ["full", "no_L2", "no_gate"]
     assert res["summary"][0]["vs_full"] == 0.0 and res["summary"][1]["vs_full"] != 0.0
     assert "| no_gate |" in (tmp_path / "a.md").read_text()
+
+
+def test_passkey_fine_tunes_through_lengths(corpus, tmp_path):
+    """One model carried through the lengths, shortest first: a row per length, in that order, each scored."""
+    out = tmp_path / "p.json"
+    argv = ["--tiny", "--tokenizer", str(corpus / "pack" / "tokenizer"), "--json", str(out)]
+    assert (
+        passkey.main(
+            [*argv, "--models", "r1", "llama", "--lengths", "256", "192", "--loss", "answer", "--split-digits"]
+        )
+        == 0
+    )
+    res = _json(out)
+    assert res["loss"] == "answer" and res["split_digits"]
+    assert [(r["model"], r["length"], r["micro_batch"]) for r in res["rows"]] == [
+        ("r1", 192, 2),
+        ("r1", 256, 2),
+        ("llama", 192, 2),
+        ("llama", 256, 2),
+    ]
+    assert all(0 <= r["window_only_accuracy"] <= 1 for r in res["rows"][:2])  # the same weights, window only
+    assert all(r["eval_examples"] == 4 and 0 <= r["accuracy"] <= 1 for r in res["rows"])
+    assert all(r["first_loss"] == pytest.approx(r["first_answer_loss"]) for r in res["rows"])  # answer-only loss
+
+
+def test_digit_split_gives_one_token_per_digit(tokenizer):
+    from benchmarks.passkey_small import DigitSplit
+
+    split = DigitSplit(tokenizer)
+    text = " The pass key is 48213. Remember it. 48213 is the pass key."
+    ids = split(text)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    key = [tokenizer.decode([i]) for i in split(" 48213")["input_ids"]]
+    assert "".join(key) == " 48213" and all(sum(c.isdigit() for c in piece) <= 1 for piece in key)
+    assert split([text, " 7"])["input_ids"] == [ids, split(" 7")["input_ids"]]
+    ex = make_example(split, 256, 3)
+    answer = [tokenizer.decode([i]) for i in ex.input_ids[ex.answer_start :]]
+    assert "".join(answer) == " " + ex.key and [c for c in answer if c.strip()] == list(ex.key)
