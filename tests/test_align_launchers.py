@@ -3,21 +3,17 @@ the DeepSpeed JSON accelerate is given), as a user runs it: the launcher harness
 triples and settings of test_align_train.py."""
 
 import json
-import os
 
 import pytest
 
 from tests.test_align_train import align_overrides, write_sample_triples
-from tests.test_launchers import BIN, ROOT, TRAIN, _launch
+from tests.test_launchers import _launch, accelerate_zero1_command
 
 pytestmark = pytest.mark.slow
 
 
 def test_accelerate_launch_trains_the_alignment_objective(tmp_path):
     data = write_sample_triples(str(tmp_path / "data"), images=32, code_files=8)
-    zero1 = json.load(open(os.path.join(ROOT, "ds_configs", "tiny_cpu.json")))
-    zero1["zero_optimization"] = {"stage": 1}
-    (tmp_path / "zero1.json").write_text(json.dumps(zero1))
     settings = align_overrides(
         data,
         "unused",
@@ -31,22 +27,7 @@ def test_accelerate_launch_trains_the_alignment_objective(tmp_path):
     )
     for key in ("deepspeed_config", "output_dir", "schedule.steps"):  # from accelerate, _launch and TRAIN
         settings.pop(key)
-    cmd = [
-        os.path.join(BIN, "accelerate"),
-        "launch",
-        "--use_deepspeed",
-        "--deepspeed_config_file",
-        str(tmp_path / "zero1.json"),
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        *TRAIN,
-    ]
+    cmd = accelerate_zero1_command(tmp_path)
     for key, value in settings.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     proc, ds = _launch(cmd, tmp_path / "run")

@@ -36,11 +36,12 @@ def test_torchrun(tmp_path):
     assert ds["train_batch_size"] == 8  # micro 2 x grad_accum 2 x data 2
 
 
-def test_accelerate_launch_data_parallel_zero1(tmp_path):
+def accelerate_zero1_command(tmp_path) -> list[str]:
+    """`accelerate launch` of TRAIN on 2 processes with the tiny CPU DeepSpeed JSON at ZeRO-1 (written to tmp_path)."""
     zero1 = json.load(open(os.path.join(ROOT, "ds_configs", "tiny_cpu.json")))
     zero1["zero_optimization"] = {"stage": 1}
     (tmp_path / "zero1.json").write_text(json.dumps(zero1))
-    cmd = [
+    return [
         os.path.join(BIN, "accelerate"),
         "launch",
         "--use_deepspeed",
@@ -56,6 +57,10 @@ def test_accelerate_launch_data_parallel_zero1(tmp_path):
         "no",
         *TRAIN,
     ]
+
+
+def test_accelerate_launch_data_parallel_zero1(tmp_path):
+    cmd = accelerate_zero1_command(tmp_path)
     _, ds = _launch(cmd, tmp_path / "run")
     assert ds["zero_optimization"]["stage"] == 1  # the file accelerate was given, not the default
 
