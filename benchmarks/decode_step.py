@@ -30,7 +30,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.generation import build  # noqa: E402
+from benchmarks.generation import _sync, build  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -68,11 +68,6 @@ def filled_cache(model, name: str, batch: int, context: int):
             keys, values = torch.randn(shape, device=dev, dtype=dtype), torch.randn(shape, device=dev, dtype=dtype)
         cache.update(keys, values, i)
     return cache
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 @torch.no_grad()

@@ -46,10 +46,8 @@ from data_prep.atomic import TMP_PREFIX, atomic_write_text, fsync_dir  # the one
 # tags and export live in their own modules; their names are importable from here too (`ckpt.export_hf`)
 from .checkpoint_export import (  # noqa: F401
     check_output_folder,
-    export_folder,
     export_hf,
     hf_state_dict,
-    merge_tensor_ranks,
     resolve_tag_dir,
 )
 from .checkpoint_tags import (  # noqa: F401
@@ -61,7 +59,6 @@ from .checkpoint_tags import (  # noqa: F401
     last_good,
     latest_problem,
     list_tags,
-    previous_complete,
     read_latest,
     step_of,
     tag_for,

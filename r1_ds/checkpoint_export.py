@@ -191,12 +191,7 @@ def export_hf(ckpt: str, out: str, *, tag: str | None = None, dtype: str | None 
     tag_dir = resolve_tag_dir(ckpt, tag)
     verify_tag(tag_dir, trusted=trusted)
     sd, engine_state = hf_state_dict(tag_dir, trusted=trusted)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise CheckpointError(
-            f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}{' ...' if len(bad) > 4 else ''}): the "
-            f"run had diverged when it saved this checkpoint.{fallback_hint(tag_dir)}"
-        )
+    check_finite(sd, tag_dir)
     out = os.path.abspath(out)
     check_output_folder(out, "export folder")
     _check_replaceable(out)
@@ -226,6 +221,16 @@ def check_output_folder(path: str, what: str) -> None:
             f"{what} {path}: {parent} is not writable ({err.strerror}). Fix: choose a writable "
             "folder, or change its permissions / mount."
         ) from None
+
+
+def check_finite(sd: dict, tag_dir: str) -> None:
+    """Refuse to export the weights of a run that had diverged, naming the tensors and an earlier checkpoint."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}{' ...' if len(bad) > 4 else ''}): the "
+            f"run had diverged when it saved this checkpoint.{fallback_hint(tag_dir)}"
+        )
 
 
 def _check_replaceable(out: str) -> None:

@@ -106,7 +106,6 @@ class Run:
     engine: Any  # DeepSpeedEngine, or PipelineEngine when dims.pipeline_enabled
     dims: ParallelDims
     coords: RankCoords  # this rank's place in the layout
-    world: int  # ranks in all
     model_config: R1Config  # read at each save: the model's set_drop_path_rate records the rate in it
     dataset: Any  # r1_ds.data: packed shards or synthetic tokens
     seq_len: int
@@ -291,7 +290,6 @@ def setup(cfg: TrainConfig) -> Run:
         engine=engine,
         dims=dims,
         coords=dims.coords(rank),
-        world=world,
         model_config=config,
         dataset=dataset,
         seq_len=seq_len,
@@ -447,7 +445,7 @@ def step_record(
 ) -> dict:
     """The metrics.jsonl record of step `done` (and the held-out loss on log.eval_every steps)."""
     engine, cfg = run.engine, run.cfg
-    mfu = run.flops_per_token * tok_s / (run.peak_flops * run.world) if run.peak_flops else None
+    mfu = run.flops_per_token * tok_s / (run.peak_flops * run.dims.world_size) if run.peak_flops else None
     norm = engine.get_global_grad_norm()
     scaler = getattr(engine.optimizer, "loss_scaler", None)
     record = {

@@ -99,9 +99,10 @@ class _Oracle(torch.nn.Module):
         super().__init__()
         self.vocab, self.shift = vocab, shift
 
-    def forward(self, input_ids, use_cache=False):
+    def forward(self, input_ids, use_cache=False, logits_to_keep=0):  # logits_to_keep as HF models take it
         nxt = torch.roll(input_ids, -1, dims=1)
         nxt = (nxt + self.shift) % self.vocab
+        nxt = nxt[:, -logits_to_keep:] if logits_to_keep else nxt
         return type("Out", (), {"logits": torch.nn.functional.one_hot(nxt, self.vocab).float()})()
 
 

@@ -51,6 +51,7 @@ def export_align(tag_dir: str, out: str, *, dtype: str | None = None, trusted: b
     from ..checkpoint_export import (
         _check_replaceable,
         _write_hf_folder,
+        check_finite,
         check_output_folder,
         export_folder,
         hf_state_dict,
@@ -59,12 +60,7 @@ def export_align(tag_dir: str, out: str, *, dtype: str | None = None, trusted: b
     from .heads import AlignHeads
 
     sd, state = hf_state_dict(tag_dir, trusted=trusted)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise CheckpointError(
-            f"{tag_dir}: weights hold NaN or Inf ({bad[:4]}): the run had diverged when it saved "
-            "this checkpoint. Fix: export an earlier checkpoint (--tag global_stepN)."
-        )
+    check_finite(sd, tag_dir)
     lm = {k.removeprefix("lm."): v for k, v in sd.items() if k.startswith("lm.")}
     head_sd = {k.removeprefix("heads."): v for k, v in sd.items() if k.startswith("heads.")}
     other = sorted(set(sd) - {f"lm.{k}" for k in lm} - {f"heads.{k}" for k in head_sd})

@@ -82,10 +82,13 @@ def batch(examples: list[PasskeyExample], device=None) -> tuple[torch.Tensor, to
 def answers_correct(model, examples: list[PasskeyExample], device=None) -> list[bool]:
     """Per example: the greedy answer equals the key (every answer token is the argmax at its position)."""
     ids, _ = batch(examples, device)
-    logits = model(input_ids=ids, use_cache=False).logits  # (B, T, V): position t predicts token t + 1
-    pred = logits[:, :-1].argmax(-1)
+    # logits only from the first answer's predicting position on: a (B, T, V) tensor at 32k would be gigabytes
+    first = ids.shape[1] - (min(e.answer_start for e in examples) - 1)
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=first).logits  # position t predicts t + 1
+    pred = logits[:, :-1].argmax(-1)  # pred[:, j] predicts token ids[:, offset + j + 1]
+    offset = ids.shape[1] - first
     out = []
     for i, e in enumerate(examples):
-        s = e.answer_start
-        out.append(bool((pred[i, s - 1 :] == ids[i, s:]).all()))
+        s = e.answer_start - offset
+        out.append(bool((pred[i, s - 1 :] == ids[i, e.answer_start :]).all()))
     return out
