@@ -92,7 +92,7 @@ step fp16 200 "$PY" -m r1_ds.train --deepspeed_config /tmp/r1_fp16.json --preset
     --set 'precision.loss_scale_policy={type: exponent, k: 13, interval: 1}'
 want fp16 && cp /tmp/r1_fp16_run/metrics.jsonl "$OUT/fp16_metrics.jsonl"  # the checkpoint stays behind (GBs)
 # long-context generation: 32k-token prefill, then decoding with the cache, R1 against Llama (SDPA) of the same size
-step generation 300 "$PY" benchmarks/generation.py --preset 350m --context 8192 32768 --new-tokens 64 \
+step generation 300 "$PY" benchmarks/generation.py --preset 350m --context 32768 8192 --new-tokens 64 \
     --json "$OUT/generation.json"
 step tune 300 "$PY" benchmarks/flex_autotune.py --T 8192 --batch 8
 step profile8k 300 "$PY" benchmarks/profile_attention.py --T 8192 --batch 8
@@ -131,7 +131,7 @@ want humaneval && step humaneval 540 "$PY" benchmarks/humaneval_gpu.py --model "
 # passkey and ablation (docs/quality.md), after quality on the same warm machine
 step passkey 480 "$PY" benchmarks/passkey.py --r1 runs/quality/r1_hf --llama runs/quality/llama_hf \
     --tokenizer .quality_data/pack/tokenizer --deepspeed-config /tmp/r1_bf16.json \
-    --lengths ${PASSKEY_LENGTHS:-16384 32768 4096} --json "$OUT/passkey_h100.json"
+    --lengths ${PASSKEY_LENGTHS:-1024 4096 16384 32768} ${PASSKEY_ARGS:-} --json "$OUT/passkey_h100.json"
 step ablation 200 "$PY" benchmarks/quality_ablation.py --data .quality_data/pack --device cuda --seq-len 2048 \
     --hidden 256 --layers 4 --level-heads 2 4 8 --local-window 128 --paragraph 128 --document 1024 --steps 200 \
     --batch 8 --seeds 0 1 --json "$OUT/quality_ablation_cuda.json"

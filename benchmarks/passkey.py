@@ -40,6 +40,7 @@ from benchmarks.quality import provenance  # noqa: E402 (after the sys.path line
 from r1_ds.evaluation.passkey import answers_correct, batch, make_example  # noqa: E402 (after the sys.path line above)
 
 EVAL_SEED = 1_000_000  # evaluation examples use seeds from here on; training ones from 0
+CURVE_EVERY = 100  # steps per point of a row's answer-loss curve
 
 
 def parse_args(argv=None):
@@ -48,11 +49,16 @@ def parse_args(argv=None):
     p.add_argument("--llama", help="Llama folder (benchmarks/quality.py --export-llama)")
     p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
     p.add_argument("--models", nargs="+", default=["r1", "r1_window", "llama"], choices=["r1", "r1_window", "llama"])
-    p.add_argument("--lengths", nargs="+", type=int, help="fine-tuned in turn, shortest first (default 4k 16k 32k)")
+    p.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        help="fine-tuned in turn, shortest first (default 1k 4k 16k 32k: the short stage teaches the copy cheaply)",
+    )
     p.add_argument(
         "--steps",
         nargs="+",
-        default=["4096:600", "16384:60", "32768:40"],
+        default=["1024:1500", "4096:200", "16384:60", "32768:40"],
         help="fine-tuning steps per length, LENGTH:STEPS (a bare number: every length)",
     )
     p.add_argument("--tokens-per-step", type=int, default=8192, help="micro-batch = max(1, this // length)")
@@ -74,7 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--json", help="results (default: benchmarks/results/passkey_<card>.json)")
     p.add_argument("--tiny", action="store_true", help="CPU check: random-init tiny R1 and Llama, length 256")
     args = p.parse_args(argv)
-    args.lengths = args.lengths or (None if args.tiny else [4096, 16384, 32768])
+    args.lengths = args.lengths or (None if args.tiny else [1024, 4096, 16384, 32768])
     if args.tiny:
         args.lengths = args.lengths or [256]
         args.steps, args.tokens_per_step, args.eval_examples = ["3"], 512, 4
@@ -163,6 +169,12 @@ def fine_tune(name: str, args, tokenizer, ds_base: dict):
                 engine.step()
                 losses.append(out.loss.item())
                 answer_losses.append(answer_loss(out.logits, labels))
+                if len(answer_losses) % CURVE_EVERY == 0:
+                    print(
+                        f"{name} L={length} step {len(answer_losses)}: answer loss "
+                        f"{sum(answer_losses[-CURVE_EVERY:]) / CURVE_EVERY:.3f}",
+                        flush=True,
+                    )
             train_s = time.perf_counter() - t0
             engine.module.eval()
             correct = score(engine.module, tokenizer, length, args.eval_examples, micro, engine.device)
@@ -188,6 +200,10 @@ def fine_tune(name: str, args, tokenizer, ds_base: dict):
                 "first_answer_loss": answer_losses[0],
                 "last_answer_loss": sum(answer_losses[-5:]) / len(answer_losses[-5:]),
                 "accuracy": sum(correct) / len(correct),
+                "answer_loss_curve": [  # mean answer loss of each CURVE_EVERY steps: when (if) the copy is learnt
+                    sum(answer_losses[i : i + CURVE_EVERY]) / len(answer_losses[i : i + CURVE_EVERY])
+                    for i in range(0, len(answer_losses), CURVE_EVERY)
+                ],
                 "eval_examples": len(correct),
             }
     finally:
