@@ -103,6 +103,10 @@ def steps_for(spec: list[str], length: int) -> int:
     raise SystemExit(f"passkey: --steps gives no step count for length {length}; add {length}:STEPS")
 
 
+def is_model_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
 def tiny_models(tokenizer_dir: str, out: str) -> tuple[str, str]:
     """Random-init tiny R1 and Llama folders (the CPU check has no trained weights)."""
     from transformers import AutoTokenizer
@@ -270,6 +274,15 @@ def main(argv=None) -> int:
         print(
             f"passkey: --models {' '.join(missing)} need{'s' if len(missing) == 1 else ''} a weights folder "
             f"(--r1 / --llama, written by benchmarks/quality.py --export-r1 / --export-llama)",
+            file=sys.stderr,
+        )
+        return 2
+    absent = sorted({f"--{m.split('_')[0]} {need[m]}" for m in args.models if not is_model_folder(need[m])})
+    if absent:  # before any engine starts: from_pretrained would read a missing local path as a Hub repo id
+        print(
+            f"passkey: {', '.join(absent)}: not a model folder (no config.json there). Fix: run "
+            f"benchmarks/quality.py with --export-r1 / --export-llama first (gpu_suite.sh's quality step on the same "
+            f"machine), or pass the folder it wrote.",
             file=sys.stderr,
         )
         return 2

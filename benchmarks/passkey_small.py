@@ -242,18 +242,18 @@ def main(argv=None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if args.split_digits:
         tokenizer = DigitSplit(tokenizer)
-    table = task_vocab(tokenizer)
+    ids_map = task_vocab(tokenizer)
     result = {
         "benchmark": "passkey_small",
         **provenance(__file__, argv),
         **{k: v for k, v in vars(args).items() if k != "json"},
-        "vocab": int(table.max()) + 1,
+        "vocab": int(ids_map.max()) + 1,
         "rows": [],
     }
     for length in args.lengths:
         for seed in args.seeds:
             for name in args.models:
-                row = run_one(name, length, seed, args, tokenizer, table)
+                row = run_one(name, length, seed, args, tokenizer, ids_map)
                 result["rows"].append(row)
                 if args.json:
                     from data_prep.atomic import atomic_write_text

@@ -169,6 +169,14 @@ def test_passkey_benchmark_tiny(corpus, tmp_path):
     assert passkey.steps_for(["4096:100", "7"], 4096) == 100 and passkey.steps_for(["4096:100", "7"], 8) == 7
 
 
+def test_passkey_refuses_a_missing_weights_folder(corpus, tmp_path, capsys):
+    missing = tmp_path / "llama_hf"
+    args = ["--models", "llama", "--llama", str(missing), "--tokenizer", str(corpus / "pack" / "tokenizer")]
+    assert passkey.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--llama {missing}" in err and "config.json" in err and "--export-llama" in err
+
+
 def test_ablation_tiny(corpus, tmp_path):
     out = tmp_path / "a.json"
     quality_ablation.main(
@@ -239,3 +247,15 @@ def test_digit_split_gives_one_token_per_digit(tokenizer):
     ex = make_example(split, 256, 3)
     answer = [tokenizer.decode([i]) for i in ex.input_ids[ex.answer_start :]]
     assert "".join(answer) == " " + ex.key and [c for c in answer if c.strip()] == list(ex.key)
+
+
+def test_passkey_small_end_to_end(corpus, tmp_path, capsys):
+    from benchmarks import passkey_small
+
+    out = tmp_path / "small.json"
+    args = ["--tokenizer", str(corpus / "pack" / "tokenizer"), "--models", "llama", "r1", "--split-digits"]
+    args += ["--lengths", "192", "--steps", "2", "--eval-every", "2", "--eval-examples", "2", "--batch", "2"]
+    assert passkey_small.main([*args, "--json", str(out)]) == 0
+    rows = _json(out)["rows"]
+    assert [r["model"] for r in rows] == ["llama", "r1"]
+    assert "needle paragraph" in capsys.readouterr().out  # the closing table, R1's routing rate in it
