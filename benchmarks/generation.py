@@ -56,23 +56,9 @@ def build(name: str, preset: str, context: int, new_tokens: int, device: str) ->
         model = R1ForCausalLM(r1)
         model.set_attn_implementation("flex_attention")
     else:
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from benchmarks.llama_reference import llama_like
 
-        heads = r1.level_heads[1]
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=r1.vocab_size,
-                hidden_size=r1.hidden_size,
-                intermediate_size=r1.intermediate_size,
-                num_hidden_layers=r1.num_hidden_layers,
-                num_attention_heads=heads,
-                num_key_value_heads=heads,
-                max_position_embeddings=length,
-                rms_norm_eps=r1.rms_norm_eps,
-                tie_word_embeddings=True,
-                attn_implementation="sdpa",
-            )
-        )
+        model = llama_like(r1, max_positions=length)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     return model.to(device=device, dtype=dtype).eval()
 

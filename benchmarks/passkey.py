@@ -181,13 +181,14 @@ def fine_tune(name: str, args, tokenizer, ds_base: dict):
                     )
             train_s = time.perf_counter() - t0
             engine.module.eval()
-            correct = score(engine.module, tokenizer, length, args.eval_examples, micro, engine.device)
+            heldout = heldout_examples(tokenizer, length, args.eval_examples, micro)
+            correct = score(engine.module, heldout, micro, engine.device)
             window = {}
             if name == "r1":  # the control on the very weights just fine-tuned: L2 and L3 removed
                 config, levels = engine.module.config, engine.module.config.attention_levels
                 config.attention_levels = [1]
                 try:
-                    ok = score(engine.module, tokenizer, length, args.eval_examples, micro, engine.device)
+                    ok = score(engine.module, heldout, micro, engine.device)
                 finally:
                     config.attention_levels = levels
                 window = {"window_only_accuracy": sum(ok) / len(ok)}
@@ -217,12 +218,16 @@ def fine_tune(name: str, args, tokenizer, ds_base: dict):
             torch.cuda.empty_cache()
 
 
-def score(model, tokenizer, length: int, n: int, micro: int, device) -> list[bool]:
-    """Exact match on n held-out examples (other seeds), rounded up to whole micro-batches: no new shape to compile."""
+def heldout_examples(tokenizer, length: int, n: int, micro: int) -> list:
+    """n held-out examples (seeds from EVAL_SEED), rounded up to whole micro-batches: no new shape to compile."""
+    return [make_example(tokenizer, length, EVAL_SEED + i) for i in range(-(-n // micro) * micro)]
+
+
+def score(model, examples: list, micro: int, device) -> list[bool]:
+    """Exact match of each example's greedy answer, a micro-batch at a time."""
     correct = []
-    for start in range(0, -(-n // micro) * micro, micro):
-        exs = [make_example(tokenizer, length, EVAL_SEED + i) for i in range(start, start + micro)]
-        correct += answers_correct(model, exs, device)
+    for start in range(0, len(examples), micro):
+        correct += answers_correct(model, examples[start : start + micro], device)
     return correct
 
 

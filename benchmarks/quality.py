@@ -139,25 +139,10 @@ def train_config(args, name: str, vocab_size: int, seq_len: int, steps: int, eva
 
 
 def llama_model(preset: str, vocab_size: int, seq_len: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from benchmarks.llama_reference import llama_like
     from r1_ds.model import R1Config
 
-    r1 = R1Config.from_preset(preset)
-    heads = r1.level_heads[1]
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=r1.hidden_size,
-        intermediate_size=r1.intermediate_size,
-        num_hidden_layers=r1.num_hidden_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=seq_len,
-        rms_norm_eps=r1.rms_norm_eps,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config)
+    return llama_like(R1Config.from_preset(preset), max_positions=seq_len, vocab_size=vocab_size)
 
 
 def train_r1(cfg):

@@ -82,23 +82,9 @@ def r1_model(preset: str, seq_len: int) -> torch.nn.Module:
 
 
 def llama_model(preset: str, seq_len: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from benchmarks.llama_reference import llama_like
 
-    r1 = R1Config.from_preset(preset)
-    heads = r1.level_heads[1]
-    config = LlamaConfig(
-        vocab_size=r1.vocab_size,
-        hidden_size=r1.hidden_size,
-        intermediate_size=r1.intermediate_size,
-        num_hidden_layers=r1.num_hidden_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=max(seq_len, 2048),
-        rms_norm_eps=r1.rms_norm_eps,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config)
+    return llama_like(R1Config.from_preset(preset), max_positions=max(seq_len, 2048))
 
 
 def model_flops(name: str, preset: str, seq_len: int) -> float:
