@@ -41,6 +41,7 @@ from r1_ds.evaluation.passkey import (  # noqa: E402 (after the sys.path line ab
     batch,
     make_example,
 )
+from r1_ds.model.configuration_r1 import L2_PROJECTIONS, L2_ROUTINGS  # noqa: E402 (after the sys.path line above)
 
 EVAL_SEED = 1_000_000  # evaluation examples use seeds from here on; training ones from 0
 
@@ -65,6 +66,12 @@ def parse_args(argv=None):
     p.add_argument("--document", type=int, default=64)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--split-digits", action="store_true", help="every digit of a key its own token (DigitSplit)")
+    # R1Config's L2 research options for the R1 models (docs/quality.md): token = each query routed by its own
+    # query; separate = L2's own q/k/v
+    p.add_argument("--l2-routing", choices=L2_ROUTINGS, default=L2_ROUTINGS[0], help="R1Config.l2_routing")
+    p.add_argument(
+        "--l2-projections", choices=L2_PROJECTIONS, default=L2_PROJECTIONS[0], help="R1Config.l2_projections"
+    )
     p.add_argument("--json", help="results (default: none)")
     return p.parse_args(argv)
 
@@ -130,6 +137,8 @@ def make_model(name: str, args, vocab: int, length: int, seed: int):
         max_position_embeddings=length,
         label_smoothing=0.0,
         attention_levels=[1] if name == "r1_window" else [1, 2, 3],
+        l2_routing=args.l2_routing,
+        l2_projections=args.l2_projections,
     )
     return R1ForCausalLM(config)
 
@@ -155,17 +164,23 @@ def accuracy(model, tokenizer, table, length: int, n: int, micro: int) -> float:
 @torch.no_grad()
 def needle_routed(model, tokenizer, table, length: int, n: int) -> dict:
     """How often L2's routing picks the needle's paragraph for the query paragraph that holds the question's last
-    token (the one predicting the answer's first token): the fraction of (example, layer, head) whose routed set
-    includes a paragraph with needle tokens, against what picking the same number of candidates at random gives."""
-    from r1_ds.model.hierarchical_attention import route_paragraphs
+    token (the one predicting the answer's first token), or for that token itself under l2_routing="token": the
+    fraction of (example, layer, head) whose routed set includes a paragraph with needle tokens, against what
+    picking the same number of candidates at random gives. L2's own projections where it has them."""
+    from r1_ds.model.hierarchical_attention import route_paragraphs, route_tokens
 
     c = model.config
     g, hits, chance, total = c.paragraph_size, 0, 0.0, 0
     captured = []
-    hooks = [
-        layer.self_attn.register_forward_pre_hook(lambda m, a: captured.append((m.q_proj(a[0]), m.k_proj(a[0]))))
-        for layer in model.model.layers
-    ]
+
+    def l2_qk(m, args):
+        x = args[0]
+        if c.l2_projections == "separate":
+            captured.append((m.l2_q_proj(x), m.l2_k_proj(x)))
+        else:
+            captured.append((m.q_proj(x), m.k_proj(x)))
+
+    hooks = [layer.self_attn.register_forward_pre_hook(l2_qk) for layer in model.model.layers]
     model.eval()
     try:
         for i in range(n):
@@ -176,11 +191,23 @@ def needle_routed(model, tokenizer, table, length: int, n: int) -> dict:
             n_needle = len(tokenizer(NEEDLE.format(key=ex.key), add_special_tokens=False)["input_ids"])
             needle = set(range(ex.needle_start // g, (ex.needle_start + n_needle - 1) // g + 1))
             for q, k in captured:
-                idx, valid, _ = route_paragraphs(
-                    q, k, n_heads=c.level_heads[1], paragraph_size=g, top_k=c.route_top_k, first_block=b, n_blocks=1
-                )
-                for h in range(idx.shape[1]):
-                    picked = set(idx[0, h, 0][valid[0, h, 0]].tolist())
+                if c.l2_routing == "token":
+                    t = ex.answer_start - 1
+                    routed = route_tokens(
+                        q[:, t : t + 1],
+                        k,
+                        torch.tensor([t]),
+                        n_heads=c.level_heads[1],
+                        paragraph_size=g,
+                        top_k=c.route_top_k,
+                    )[:, :, 0]  # (1, H, n_par)
+                    picks = [set(routed[0, h].nonzero().flatten().tolist()) for h in range(routed.shape[1])]
+                else:
+                    idx, valid, _ = route_paragraphs(
+                        q, k, n_heads=c.level_heads[1], paragraph_size=g, top_k=c.route_top_k, first_block=b, n_blocks=1
+                    )
+                    picks = [set(idx[0, h, 0][valid[0, h, 0]].tolist()) for h in range(idx.shape[1])]
+                for picked in picks:
                     hits += bool(picked & needle)
                     chance += min(1.0, len(picked) * len(needle & set(range(b))) / max(1, b))
                     total += 1

@@ -12,6 +12,9 @@ import math
 from transformers import PretrainedConfig
 
 # Named sizes. Parameter counts are for vocab 50304 with tied embeddings (see docs/architecture.md).
+L2_ROUTINGS = ("paragraph", "token")
+L2_PROJECTIONS = ("shared", "separate")
+
 PRESETS: dict[str, dict] = {
     # GPU sizes use 128-token paragraphs: one paragraph is one FlexAttention tile on Hopper.
     # CPU tests and the demo: runs a training step in milliseconds.
@@ -94,6 +97,13 @@ class R1Config(PretrainedConfig):
     output is zero before the gate, so it adds nothing and passes no gradient back); ``level_gate=False``
     replaces the learned gate by fixed equal weights (alpha_i = sigmoid(0) = 1/2; the gate's weights
     stay in the model, unused, so checkpoints keep one layout).
+
+    Research options for L2 (docs/quality.md, "What L2 needs to copy"), computed by the eager reference on whole
+    sequences only (no cache, no packed rows, no tensor parallelism; other paths refuse them):
+    ``l2_routing="token"`` routes every query token by its own query against the earlier complete paragraphs'
+    mean keys (same entropy rule and top-k) instead of every query paragraph by the previous paragraph's mean
+    query; ``l2_projections="separate"`` gives L2 its own q/k/v projections instead of viewing the one the levels
+    share.
     """
 
     model_type = "r1_ds"
@@ -119,6 +129,8 @@ class R1Config(PretrainedConfig):
         drop_path_rate: float = 0.0,  # DropPath rate now; the trainer raises it during training
         attention_levels: tuple[int, ...] | list[int] = (1, 2, 3),  # levels that contribute (ablation: e.g. [1])
         level_gate: bool = True,  # learned level gate; False: fixed alpha = 1/2 for every level (ablation)
+        l2_routing: str = "paragraph",  # "paragraph" (every path) or "token" (eager reference only: research)
+        l2_projections: str = "shared",  # "shared" (every path) or "separate" (eager reference only: research)
         tie_word_embeddings: bool = True,  # share embedding and LM-head weights
         use_cache: bool = True,
         pad_token_id: int | None = None,
@@ -144,6 +156,8 @@ class R1Config(PretrainedConfig):
         self.drop_path_rate = drop_path_rate
         self.attention_levels = list(attention_levels)
         self.level_gate = level_gate
+        self.l2_routing = l2_routing
+        self.l2_projections = l2_projections
         self.use_cache = use_cache
         # HF generic code looks for this name (e.g. to size caches); it is the widest level's count.
         self.num_attention_heads = max(self.level_heads) if self.level_heads else 1
@@ -273,10 +287,21 @@ class R1Config(PretrainedConfig):
                 "must be true or false",
                 "use level_gate=True (learned gate) or False (fixed equal weights)",
             )
+        if self.l2_routing not in L2_ROUTINGS:
+            fail("l2_routing", self.l2_routing, f"must be one of {L2_ROUTINGS}", "use 'paragraph' (the default)")
+        if self.l2_projections not in L2_PROJECTIONS:
+            fail(
+                "l2_projections", self.l2_projections, f"must be one of {L2_PROJECTIONS}", "use 'shared' (the default)"
+            )
         if self.init_scheme not in ("depth_scaled", "normal"):
             fail("init_scheme", self.init_scheme, "must be 'depth_scaled' or 'normal'", "pick one of the two")
         if self.rope_theta <= 0 or not math.isfinite(self.rope_theta):
             fail("rope_theta", self.rope_theta, "must be a positive finite number", "use e.g. 10000.0")
+
+    @property
+    def l2_research(self) -> bool:
+        """True when an L2 research option is on (the eager reference alone computes it)."""
+        return self.l2_routing != "paragraph" or self.l2_projections != "shared"
 
     @property
     def head_dims(self) -> list[int]:

@@ -228,6 +228,39 @@ def route_pooled(
     return top, valid, entropy
 
 
+def route_tokens(
+    q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, *, n_heads: int, paragraph_size: int, top_k: int
+) -> torch.Tensor:
+    """Per-token routing (R1Config.l2_routing="token", the eager reference's research option).
+
+    q (B, Tq, d) unrotated queries at positions q_pos (Tq,), k (B, T, d) unrotated history. Every query
+    token t scores the complete paragraphs before its own, j < t // g, by its own query against their mean
+    keys, p_j = softmax_j(q_t . kbar_j / sqrt(hd)), and reads the k_t = clamp(ceil(exp(H(p))), 1, top_k)
+    most probable (route_pooled's entropy rule, per token instead of per query paragraph). Causal: t's
+    choice uses only q_t and paragraphs that end before t's paragraph starts. Returns (B, H, Tq, T // g) bool.
+    """
+    g = paragraph_size
+    B, T, d = k.shape
+    n_par = T // g
+    K = min(top_k, n_par)
+    if K == 0:
+        return torch.zeros(B, n_heads, q.shape[1], n_par, dtype=torch.bool, device=k.device)
+    qh = split_heads(q, n_heads).float()  # (B, H, Tq, hd)
+    kbar = split_heads(pool_groups(k, g), n_heads).float()  # (B, H, n_par, hd)
+    scores = qh @ kbar.transpose(-1, -2) / math.sqrt(d // n_heads)  # (B, H, Tq, n_par)
+    cand = torch.arange(n_par, device=k.device)[None, :] < (q_pos // g)[:, None]  # (Tq, n_par)
+    scores = scores.masked_fill(~cand, float("-inf"))
+    has = cand.any(-1)[:, None]  # queries with at least one candidate
+    p = torch.where(has, torch.softmax(scores.masked_fill(~has, 0.0), -1), 0.0)
+    entropy = -torch.special.xlogy(p, p).sum(-1)
+    n_paths = torch.minimum(torch.ceil(torch.exp(entropy)).clamp(1, K), cand.sum(-1).to(entropy.dtype))
+    top = p.topk(K, dim=-1).indices  # most probable first
+    valid = torch.arange(K, device=k.device) < n_paths[..., None]
+    routed = torch.zeros(B, n_heads, q.shape[1], n_par + 1, dtype=torch.bool, device=k.device)
+    routed.scatter_(-1, torch.where(valid, top, n_par), True)  # unused slots land in a spare column
+    return routed[..., :n_par] & cand
+
+
 # ----------------------------------------------------------------------------- eager reference
 
 
@@ -261,12 +294,17 @@ def hierarchical_attention_eager(
     document_size: int,
     top_k: int,
     rope_theta: float,
+    l2_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    l2_routing: str = "paragraph",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference hierarchical attention with dense masks (O(Tq * T) memory; for tests and decoding).
 
     q_new (B, Tq, d) queries at the consecutive absolute positions q_pos (Tq,); k, v, q_hist (B, T, d)
     the whole history, q_pos[-1] < T. Returns the three level outputs, each (B, Tq, d), before gating.
     q_pos as a range keeps its ends Python ints: no tensor-to-int sync (and no graph break when compiled).
+    The L2 research options (R1Config.l2_projections / l2_routing; only this function computes them):
+    l2_qkv = (q_new, k, v, q_hist) of L2's own projections; l2_routing="token" routes every query token
+    by its own query (route_tokens) instead of every query paragraph by the paragraph before it.
     """
     if isinstance(q_pos, range):
         first, last = q_pos.start, q_pos.stop - 1
@@ -298,9 +336,13 @@ def hierarchical_attention_eager(
     H = level_heads[1]
     span = G // g
     n_par = T // g
-    ks = split_heads(rotary(pool_groups(k, g), *rope_grid(n_par, g, r, rope_theta, k.device)), H)
-    vs = split_heads(pool_groups(v, g), H)
-    kt, vt = split_heads(kr, H), split_heads(v, H)
+    q2r, k2, v2, k2r, q2_hist = qr, k, v, kr, q_hist
+    if l2_qkv is not None:  # L2's own projections (R1Config.l2_projections="separate")
+        q2_new, k2, v2, q2_hist = l2_qkv
+        q2r, k2r = rotary(q2_new, cos[q_pos], sin[q_pos]), rotary(k2, cos, sin)
+    ks = split_heads(rotary(pool_groups(k2, g), *rope_grid(n_par, g, r, rope_theta, k.device)), H)
+    vs = split_heads(pool_groups(v2, g), H)
+    kt, vt = split_heads(k2r, H), split_heads(v2, H)
     keys = torch.cat([_null(kt), ks, kt], dim=2)
     values = torch.cat([_null(vt), vs, vt], dim=2)
     qb = qp // g  # query paragraph (Tq, 1)
@@ -308,22 +350,27 @@ def hierarchical_attention_eager(
     m_sum = (j < qb) & (j >= qb - span)  # (Tq, n_par)
     b0 = first // g
     n_qb = last // g - b0 + 1
-    idx, valid, _ = route_paragraphs(
-        q_hist.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=b0, n_blocks=n_qb
-    )  # routing carries no gradient
-    routed = torch.zeros(B, H, n_qb, n_par + 1, dtype=torch.bool, device=k.device)
-    routed.scatter_(-1, torch.where(valid, idx, n_par), True)  # unused slots land in a spare column
-    routed = routed[..., :n_par]
-    # token t is visible when its (complete) paragraph is routed for the query's paragraph
+    if l2_routing == "token":
+        routed = route_tokens(
+            q2_hist[:, q_pos].detach(), k2.detach(), q_pos, n_heads=H, paragraph_size=g, top_k=top_k
+        )  # (B, H, Tq, n_par); no gradient
+    else:
+        idx, valid, _ = route_paragraphs(
+            q2_hist.detach(), k2.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=b0, n_blocks=n_qb
+        )  # routing carries no gradient
+        routed = torch.zeros(B, H, n_qb, n_par + 1, dtype=torch.bool, device=k.device)
+        routed.scatter_(-1, torch.where(valid, idx, n_par), True)  # unused slots land in a spare column
+        routed = routed[:, :, (q_pos // g) - b0, :n_par]  # (B, H, Tq, n_par): each query its paragraph's
+    # token t is visible when its (complete) paragraph is routed for the query
     if n_par:
         tok_par = (kpos // g).clamp(max=n_par - 1)
-        m_tok = routed[:, :, (q_pos // g) - b0][..., tok_par] & (kpos < n_par * g)  # (B, H, Tq, T)
+        m_tok = routed[..., tok_par] & (kpos < n_par * g)  # (B, H, Tq, T)
     else:
         m_tok = torch.zeros(B, H, len(q_pos), T, dtype=torch.bool, device=k.device)
     mask = torch.cat(
         [torch.ones(B, H, len(q_pos), 1, dtype=torch.bool, device=k.device), m_sum.expand(B, H, -1, -1), m_tok], dim=-1
     )
-    outs.append(merge_heads(_masked_attention(split_heads(qr, H), keys, values, mask, (d // H) ** -0.5)))
+    outs.append(merge_heads(_masked_attention(split_heads(q2r, H), keys, values, mask, (d // H) ** -0.5)))
 
     # L3: null + summaries of every complete document group before the query's group.
     H = level_heads[2]

@@ -214,6 +214,10 @@ class R1HierarchicalAttention(nn.Module):
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
+        if config.l2_projections == "separate":  # research option: L2's own q/k/v (eager reference only)
+            self.l2_q_proj = nn.Linear(d, d, bias=False)
+            self.l2_k_proj = nn.Linear(d, d, bias=False)
+            self.l2_v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
         self.gate = R1LevelGate(3 * d, 8)  # W_g, b_g (3 rows used)
 
@@ -244,6 +248,8 @@ class R1HierarchicalAttention(nn.Module):
         else:
             k_all, q_all, v_all = k, q, v
         impl = self.config._attn_implementation
+        if self.config.l2_research:
+            return self.research_levels(x, q, k_all, v_all, q_all, past, layout, impl)
         if layout is not None:  # each sequence on its own, renumbered from 0
             return attention_by_segment(
                 q, k_all, v_all, q_all, layout, flex=impl == "flex_attention", **self.kernel_kwargs()
@@ -257,6 +263,35 @@ class R1HierarchicalAttention(nn.Module):
         # summaries and rotated keys kept beside the cache.
         summaries, k_rot = self.decode_state(past_key_values, keys_before, past, q_all, k_all, v_all)
         return _attention_decode(q, k_all, v_all, q_all, summaries=summaries, k_rot=k_rot, **self.kernel_kwargs())
+
+    def research_levels(self, x, q, k, v, q_hist, past: int, layout, impl: str):
+        """The L2 research options (R1Config.l2_routing / l2_projections): the eager reference, on whole
+        unpadded sequences without a cache; every other path refuses them, with the fix."""
+        c = self.config
+        where = (
+            f"attn_implementation={impl!r}"
+            if impl != "eager"
+            else "decoding with a KV cache"
+            if past
+            else "padded or packed rows"
+            if layout is not None
+            else None
+        )
+        if where:
+            raise NotImplementedError(
+                f"R1Config l2_routing={c.l2_routing!r}, l2_projections={c.l2_projections!r}: research options "
+                f"that only the eager reference computes, on whole unpadded sequences without a cache; "
+                f"{where} does not. Fix: model.set_attn_implementation('eager') and call the model with "
+                f"use_cache=False on unpadded rows, or keep the defaults (l2_routing='paragraph', "
+                f"l2_projections='shared')."
+            )
+        l2 = None
+        if c.l2_projections == "separate":
+            q2 = self.l2_q_proj(x)
+            l2 = (q2, self.l2_k_proj(x), self.l2_v_proj(x), q2)
+        return hierarchical_attention_eager(
+            q, k, v, q_hist, range(x.shape[1]), l2_qkv=l2, l2_routing=c.l2_routing, **self.kernel_kwargs()
+        )
 
     def decode_state(self, cache: Cache, keys_before, past: int, q_all, k_all, v_all):
         """(group summaries, rotated keys) of this layer's history (B, T, d), extended from the last step's when

@@ -58,6 +58,12 @@ __all__ = [
 
 
 def _check_config(config, tensor: int) -> None:
+    if tensor > 1 and config.l2_research:
+        raise TensorParallelError(
+            f"R1Config l2_routing={config.l2_routing!r}, l2_projections={config.l2_projections!r} are research "
+            f"options of the eager reference, not sharded over {tensor} tensor-parallel ranks. Fix: tensor=1, or "
+            f"keep the defaults (l2_routing='paragraph', l2_projections='shared')."
+        )
     check_tensor_parallel(
         tensor=tensor,
         level_heads=config.level_heads,
