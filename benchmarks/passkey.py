@@ -11,6 +11,9 @@ benchmarks/quality.py trained (--r1, --llama):
   r1_window  the same weights with the paragraph and document levels removed (attention_levels=[1]): only the
              local window of local_window tokens reaches back, so it cannot see a needle farther away;
   llama      the dense baseline;
+  r1_l2      the R1 folder with L2's research options on (R1Config l2_routing="token", l2_projections="separate":
+             docs/quality.md), L2's own q/k/v starting as copies of the shared ones (the same function at step 0);
+             the eager reference computes it, so lengths up to R1_L2_MAX_LENGTH only (not in the default --models);
 is fine-tuned through the lengths shortest first, its weights (and optimizer state) carried on: --steps at each L
 with DeepSpeed (--deepspeed-config, micro-batch max(1, --tokens-per-step // L), lr --lr, constant after a 10-step
 warm-up; loss on the answer tokens only by default, --loss all for every token; keys one token per digit
@@ -41,6 +44,7 @@ from r1_ds.evaluation.passkey import answers_correct, batch, make_example  # noq
 
 EVAL_SEED = 1_000_000  # evaluation examples use seeds from here on; training ones from 0
 CURVE_EVERY = 100  # steps per point of a row's answer-loss curve
+R1_L2_MAX_LENGTH = 4096  # r1_l2 (eager reference): its dense masks and fp32 scores grow as T^2 per layer
 
 
 def parse_args(argv=None):
@@ -48,7 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--r1", help="R1 Hugging Face folder (benchmarks/quality.py --export-r1)")
     p.add_argument("--llama", help="Llama folder (benchmarks/quality.py --export-llama)")
     p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
-    p.add_argument("--models", nargs="+", default=["r1", "r1_window", "llama"], choices=["r1", "r1_window", "llama"])
+    p.add_argument(
+        "--models", nargs="+", default=["r1", "r1_window", "llama"], choices=["r1", "r1_window", "llama", "r1_l2"]
+    )
     p.add_argument(
         "--lengths",
         nargs="+",
@@ -130,12 +136,28 @@ def load(name: str, args, length: int):
         model = AutoModelForCausalLM.from_pretrained(args.llama, dtype=torch.float32, attn_implementation="sdpa")
         model.config.max_position_embeddings = max(length, model.config.max_position_embeddings)
         return model
-    extra = {"attention_levels": [1]} if name == "r1_window" else {}
+    extra = {
+        "r1_window": {"attention_levels": [1]},
+        "r1_l2": {"l2_routing": "token", "l2_projections": "separate"},
+    }.get(name, {})
     model = R1ForCausalLM.from_pretrained(args.r1, dtype=torch.float32, **extra)
     model.config.max_position_embeddings = max(length, model.config.max_position_embeddings)
     model.config.label_smoothing = 0.0
-    model.set_attn_implementation("flex_attention" if torch.cuda.is_available() else "eager")
+    if name == "r1_l2":
+        copy_shared_into_l2(model)
+    fast = torch.cuda.is_available() and name != "r1_l2"  # the research options run in the eager reference only
+    model.set_attn_implementation("flex_attention" if fast else "eager")
     return model
+
+
+def copy_shared_into_l2(model) -> None:
+    """L2's own q/k/v (l2_projections="separate", absent from a shared-projection checkpoint) set to the shared
+    projections: the model starts as the one trained, and fine-tuning lets L2's projections part from L1's."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            a = layer.self_attn
+            for name in ("q", "k", "v"):
+                getattr(a, f"l2_{name}_proj").weight.copy_(getattr(a, f"{name}_proj").weight)
 
 
 def fine_tune(name: str, args, tokenizer, ds_base: dict):
@@ -273,7 +295,16 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="passkey_tiny_") if args.tiny else None
     if args.tiny:
         args.r1, args.llama = tiny_models(args.tokenizer, tmp)
-    need = {"r1": args.r1, "r1_window": args.r1, "llama": args.llama}
+    need = {"r1": args.r1, "r1_window": args.r1, "r1_l2": args.r1, "llama": args.llama}
+    too_long = [L for L in args.lengths if L > R1_L2_MAX_LENGTH]
+    if "r1_l2" in args.models and too_long:
+        print(
+            f"passkey: --models r1_l2 runs the eager reference, whose (T x T) masks and scores do not fit one GPU past "
+            f"{R1_L2_MAX_LENGTH} tokens; --lengths has {' '.join(map(str, too_long))}. Fix: run r1_l2 on its own with "
+            f"--lengths {R1_L2_MAX_LENGTH} or shorter (e.g. --lengths 1024 4096).",
+            file=sys.stderr,
+        )
+        return 2
     missing = sorted({m for m in args.models if not need[m]})
     if missing:
         print(

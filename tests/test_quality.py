@@ -259,3 +259,34 @@ def test_passkey_small_end_to_end(corpus, tmp_path, capsys):
     rows = _json(out)["rows"]
     assert [r["model"] for r in rows] == ["llama", "r1"]
     assert "needle paragraph" in capsys.readouterr().out  # the closing table, R1's routing rate in it
+
+
+def test_passkey_r1_l2_starts_as_the_trained_r1(corpus, tmp_path):
+    """r1_l2: the R1 folder with L2's research options on, L2's own q/k/v copied from the shared ones, so before
+    any step it computes what R1 with per-token routing computes; fine-tuned and scored like the others."""
+    from transformers import AutoTokenizer
+
+    from r1_ds.model import R1ForCausalLM
+
+    tok = str(corpus / "pack" / "tokenizer")
+    r1_dir, _ = passkey.tiny_models(tok, str(tmp_path))
+    args = passkey.parse_args(["--r1", r1_dir, "--tokenizer", tok])
+    model = passkey.load("r1_l2", args, 256)
+    assert model.config.l2_projections == "separate" and model.config._attn_implementation == "eager"
+    token_only = R1ForCausalLM.from_pretrained(r1_dir, l2_routing="token").eval()
+    token_only.set_attn_implementation("eager")
+    ids = torch.tensor([passkey.make_example(AutoTokenizer.from_pretrained(tok), 256, 0).input_ids], dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.eval()(input_ids=ids, use_cache=False).logits, token_only(input_ids=ids, use_cache=False).logits
+        )
+    out = tmp_path / "p.json"
+    assert passkey.main(["--tiny", "--tokenizer", tok, "--models", "r1_l2", "--json", str(out)]) == 0
+    assert [(r["model"], r["length"]) for r in _json(out)["rows"]] == [("r1_l2", 256)]
+
+
+def test_passkey_r1_l2_refuses_lengths_the_eager_path_cannot_hold(corpus, capsys):
+    args = ["--models", "r1_l2", "--lengths", "1024", "16384", "--tokenizer", str(corpus / "pack" / "tokenizer")]
+    assert passkey.main(args) == 2
+    err = capsys.readouterr().err
+    assert "16384" in err and "eager reference" in err and "--lengths 4096" in err
