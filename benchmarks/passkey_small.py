@@ -222,7 +222,7 @@ def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
     model = make_model(name, args, int(table.max()) + 1, length, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / args.warmup))
-    curve, losses = [], []
+    curve, losses, digit_losses = [], [], []
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         exs = [
@@ -238,12 +238,27 @@ def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():  # the answer's own loss, whatever --loss trains: comparable across modes
             answer = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), answer_labels[:, 1:].flatten())
+            n_ans = len(exs[0].input_ids) - exs[0].answer_start  # the answer ends every example
+            per_token = torch.nn.functional.cross_entropy(
+                out.logits[:, -n_ans - 1 : -1].transpose(1, 2), ids[:, -n_ans:], reduction="none"
+            )  # (B, answer tokens): which of the key's tokens are learnt
         losses.append(answer.item())
+        digit_losses.append(per_token.mean(0).tolist())
         if step % args.eval_every == 0 or step == args.steps:
             acc = accuracy(model, tokenizer, table, length, args.eval_examples, args.batch)
-            curve.append({"step": step, "accuracy": acc, "answer_loss": sum(losses[-10:]) / len(losses[-10:])})
+            last = digit_losses[-10:]
+            per_digit = [sum(col) / len(col) for col in zip(*last)]
+            curve.append(
+                {
+                    "step": step,
+                    "accuracy": acc,
+                    "answer_loss": sum(losses[-10:]) / len(losses[-10:]),
+                    "answer_token_loss": per_digit,  # each answer token's loss, first to last
+                }
+            )
             print(
-                f"  {name:>9} L={length} seed={seed} step {step:>4}: answer loss {curve[-1]['answer_loss']:.3f} acc {acc:.0%}",
+                f"  {name:>9} L={length} seed={seed} step {step:>4}: answer loss {curve[-1]['answer_loss']:.3f} acc {acc:.0%}"
+                f" (by token: {' '.join(f'{x:.2f}' for x in per_digit)})",
                 flush=True,
             )
     routing = needle_routed(model, tokenizer, table, length, 32) if name == "r1" else {}
