@@ -65,9 +65,10 @@ def test_route_tokens_equals_a_loop_over_tokens(top_k):
     assert got.sum(-1).max() <= top_k
 
 
-def test_token_routing_is_causal():
+@pytest.mark.parametrize("routing", ["token", "summary"])
+def test_per_token_routing_is_causal(routing):
     """A token's output does not depend on any later token: routing uses only its own query."""
-    model = _model(l2_routing="token")
+    model = _model(l2_routing=routing)
     ids = _ids()
     later = ids.clone()
     later[:, 60:] = (later[:, 60:] + 7) % 512
@@ -92,9 +93,29 @@ def test_token_routing_changes_l2_only_and_trains():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in token.parameters() if p.requires_grad)
 
 
+def test_summary_routing_reads_every_earlier_summary_and_routes_by_their_scores():
+    """l2_routing="summary": with nothing routed (top_k=0) L2 is the null key and every earlier paragraph's summary,
+    which is token routing's L2 when its summary span covers the whole sequence; with routing on, the two pick
+    differently (trained attention scores against a dot product of means)."""
+    ids = _ids()
+    wide = dict(document_size=128, max_position_embeddings=128)  # span = 16 paragraphs: all of a 96-token row
+    summary, token = (
+        _model(l2_routing="summary", route_top_k=0, **wide),
+        _model(l2_routing="token", route_top_k=0, **wide),
+    )
+    torch.testing.assert_close(_logits(summary, ids), _logits(token, ids))
+    narrow = _model(l2_routing="summary", route_top_k=0)  # tiny's span is 4 paragraphs: summary mode sees more
+    assert (_logits(narrow, ids) - _logits(_model(l2_routing="token", route_top_k=0), ids)).abs().max() > 1e-4
+    routed_s, routed_t = _model(l2_routing="summary", **wide), _model(l2_routing="token", **wide)
+    assert (_logits(routed_s, ids) - _logits(routed_t, ids)).abs().max() > 1e-4
+    routed_s.train()
+    routed_s(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in routed_s.parameters() if p.grad is not None)
+
+
 def test_separate_projections_equal_the_shared_model_when_they_copy_it():
     """L2's own q/k/v set to the shared ones give the shared model's output: the only change is where L2 reads."""
-    for routing in ("paragraph", "token"):
+    for routing in ("paragraph", "token", "summary"):
         shared = _model(l2_routing=routing)
         separate = _model(l2_routing=routing, l2_projections="separate")
         missing, unexpected = separate.load_state_dict(shared.state_dict(), strict=False)
@@ -135,7 +156,7 @@ def test_separate_projections_save_and_load(tmp_path):
     torch.testing.assert_close(_logits(loaded, _ids()), _logits(model, _ids()))
 
 
-@pytest.mark.parametrize("option", [{"l2_routing": "token"}, {"l2_projections": "separate"}])
+@pytest.mark.parametrize("option", [{"l2_routing": "token"}, {"l2_routing": "summary"}, {"l2_projections": "separate"}])
 def test_paths_that_do_not_compute_the_options_refuse_them(option):
     model = _model(**option)
     ids = _ids(48)

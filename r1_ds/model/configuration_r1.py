@@ -12,7 +12,7 @@ import math
 from transformers import PretrainedConfig
 
 # Named sizes. Parameter counts are for vocab 50304 with tied embeddings (see docs/architecture.md).
-L2_ROUTINGS = ("paragraph", "token")
+L2_ROUTINGS = ("paragraph", "token", "summary")
 L2_PROJECTIONS = ("shared", "separate")
 
 PRESETS: dict[str, dict] = {
@@ -102,7 +102,9 @@ class R1Config(PretrainedConfig):
     sequences only (no cache, no packed rows, no tensor parallelism; other paths refuse them):
     ``l2_routing="token"`` routes every query token by its own query against the earlier complete paragraphs'
     mean keys (same entropy rule and top-k) instead of every query paragraph by the previous paragraph's mean
-    query; ``l2_projections="separate"`` gives L2 its own q/k/v projections instead of viewing the one the levels
+    query; ``l2_routing="summary"`` gives every query token the summaries of every earlier complete paragraph as L2
+    keys and routes it by its own (trained) attention scores over them, as NSA's selection reads its compression
+    branch; ``l2_projections="separate"`` gives L2 its own q/k/v projections instead of viewing the one the levels
     share.
     """
 
@@ -129,7 +131,7 @@ class R1Config(PretrainedConfig):
         drop_path_rate: float = 0.0,  # DropPath rate now; the trainer raises it during training
         attention_levels: tuple[int, ...] | list[int] = (1, 2, 3),  # levels that contribute (ablation: e.g. [1])
         level_gate: bool = True,  # learned level gate; False: fixed alpha = 1/2 for every level (ablation)
-        l2_routing: str = "paragraph",  # "paragraph" (every path) or "token" (eager reference only: research)
+        l2_routing: str = "paragraph",  # "paragraph" (every path); "token" or "summary" (eager only: research)
         l2_projections: str = "shared",  # "shared" (every path) or "separate" (eager reference only: research)
         tie_word_embeddings: bool = True,  # share embedding and LM-head weights
         use_cache: bool = True,

@@ -249,14 +249,25 @@ def route_tokens(
     kbar = split_heads(pool_groups(k, g), n_heads).float()  # (B, H, n_par, hd)
     scores = qh @ kbar.transpose(-1, -2) / math.sqrt(d // n_heads)  # (B, H, Tq, n_par)
     cand = torch.arange(n_par, device=k.device)[None, :] < (q_pos // g)[:, None]  # (Tq, n_par)
-    scores = scores.masked_fill(~cand, float("-inf"))
+    return route_from_scores(scores, cand, K)
+
+
+def route_from_scores(scores: torch.Tensor, cand: torch.Tensor, top_k: int) -> torch.Tensor:
+    """The entropy rule per query row: scores (B, H, Tq, n_par) of the paragraphs, cand (Tq, n_par) which
+    are candidates; p = softmax over the candidates, k = clamp(ceil(exp(H(p))), 1, top_k) most probable
+    routed. Returns (B, H, Tq, n_par) bool (R1Config.l2_routing "token" and "summary")."""
+    B, H, Tq, n_par = scores.shape
+    K = min(top_k, n_par)
+    if K == 0:
+        return torch.zeros(B, H, Tq, n_par, dtype=torch.bool, device=scores.device)
+    scores = scores.float().masked_fill(~cand, float("-inf"))
     has = cand.any(-1)[:, None]  # queries with at least one candidate
     p = torch.where(has, torch.softmax(scores.masked_fill(~has, 0.0), -1), 0.0)
     entropy = -torch.special.xlogy(p, p).sum(-1)
     n_paths = torch.minimum(torch.ceil(torch.exp(entropy)).clamp(1, K), cand.sum(-1).to(entropy.dtype))
     top = p.topk(K, dim=-1).indices  # most probable first
-    valid = torch.arange(K, device=k.device) < n_paths[..., None]
-    routed = torch.zeros(B, n_heads, q.shape[1], n_par + 1, dtype=torch.bool, device=k.device)
+    valid = torch.arange(K, device=scores.device) < n_paths[..., None]
+    routed = torch.zeros(B, H, Tq, n_par + 1, dtype=torch.bool, device=scores.device)
     routed.scatter_(-1, torch.where(valid, top, n_par), True)  # unused slots land in a spare column
     return routed[..., :n_par] & cand
 
@@ -350,7 +361,11 @@ def hierarchical_attention_eager(
     m_sum = (j < qb) & (j >= qb - span)  # (Tq, n_par)
     b0 = first // g
     n_qb = last // g - b0 + 1
-    if l2_routing == "token":
+    if l2_routing == "summary":  # every earlier summary is a key, and its trained scores route
+        m_sum = j < qb
+        scores = (split_heads(q2r, H) @ ks.transpose(-1, -2)).float() * (d // H) ** -0.5  # (B, H, Tq, n_par)
+        routed = route_from_scores(scores.detach(), m_sum, top_k)
+    elif l2_routing == "token":
         routed = route_tokens(
             q2_hist[:, q_pos].detach(), k2.detach(), q_pos, n_heads=H, paragraph_size=g, top_k=top_k
         )  # (B, H, Tq, n_par); no gradient
