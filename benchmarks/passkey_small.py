@@ -240,16 +240,18 @@ def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():  # the answer's own loss, whatever --loss trains: comparable across modes
             answer = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), answer_labels[:, 1:].flatten())
-            n_ans = len(exs[0].input_ids) - exs[0].answer_start  # the answer ends every example
-            per_token = torch.nn.functional.cross_entropy(
-                out.logits[:, -n_ans - 1 : -1].transpose(1, 2), ids[:, -n_ans:], reduction="none"
-            )  # (B, answer tokens): which of the key's tokens are learnt
+            n_ans = {len(e.input_ids) - e.answer_start for e in exs}  # the answer ends every example
+            if len(n_ans) == 1:  # one answer length (one token per digit): each answer token's loss
+                n = n_ans.pop()
+                per_token = torch.nn.functional.cross_entropy(
+                    out.logits[:, -n - 1 : -1].transpose(1, 2), ids[:, -n:], reduction="none"
+                )  # (B, answer tokens): which of the key's tokens are learnt
+                digit_losses.append(per_token.mean(0).tolist())
         losses.append(answer.item())
-        digit_losses.append(per_token.mean(0).tolist())
         if step % args.eval_every == 0 or step == args.steps:
             acc = accuracy(model, tokenizer, table, length, args.eval_examples, args.batch)
-            last = digit_losses[-10:]
-            per_digit = [sum(col) / len(col) for col in zip(*last)]
+            last = digit_losses[-10:]  # keys of BPE pieces vary in length: then none
+            per_digit = [sum(col) / len(col) for col in zip(*last)] if last else []
             curve.append(
                 {
                     "step": step,

@@ -8,7 +8,14 @@ import torch
 from transformers import DynamicCache
 
 from r1_ds.model import R1Config, R1ConfigError, R1ForCausalLM
-from r1_ds.model.hierarchical_attention import pool_groups, route_tokens
+from r1_ds.model.hierarchical_attention import (
+    hierarchical_attention_eager,
+    pool_groups,
+    rope_grid,
+    rope_size,
+    rotary,
+    route_tokens,
+)
 from r1_ds.parallel.tensor_parallel import _check_config
 from r1_ds.parallel.topology import TensorParallelError
 
@@ -189,3 +196,55 @@ def test_pool_groups_is_the_mean_route_tokens_reads():
     """route_tokens' paragraph keys are plain means of g tokens (the loop above assumes it)."""
     k = torch.randn(1, 20, 8)
     torch.testing.assert_close(pool_groups(k, 8)[0, 1], k[0, 8:16].mean(0))
+
+
+@pytest.mark.parametrize("routing", ["paragraph", "token", "summary"])
+def test_l2_with_its_own_projections_reads_and_routes_by_them_alone(routing):
+    """With l2_projections="separate", the shared q/k/v (L1's and L3's) can change freely and L2's output does not
+    move: L2's keys, values and routing all come from its own projections."""
+    model = _model(l2_routing=routing, l2_projections="separate")
+    attn = model.model.layers[1].self_attn
+    x = torch.randn(2, 96, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = attn.levels(x)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            getattr(attn, name).weight.copy_(torch.randn_like(getattr(attn, name).weight) * 0.3)
+        after = attn.levels(x)
+    torch.testing.assert_close(before[1], after[1])
+    assert (before[0] - after[0]).abs().max() > 1e-4 and (before[2] - after[2]).abs().max() > 1e-4
+
+
+def test_summary_routing_equals_a_loop_over_tokens():
+    """L2 under l2_routing="summary", one query and head at a time in float64: keys are the null key, the rotated
+    summaries of every complete paragraph before the query's, and the tokens of the paragraphs its own softmax
+    over those summaries routes to (entropy rule, top-k)."""
+    B, T, d, g, top_k = 1, 40, 16, 4, 3
+    heads = (2, 4, 8)
+    H, hd = heads[1], d // heads[1]
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(B, T, d, generator=gen) for _ in range(3))
+    kw = dict(level_heads=heads, window=4, paragraph_size=g, document_size=16, top_k=top_k, rope_theta=10000.0)
+    h2 = hierarchical_attention_eager(q, k, v, q, range(T), l2_routing="summary", **kw)[1]
+    r, n_par = rope_size(d, heads), T // g
+    cos, sin = rope_grid(T, 1, r, 10000.0, "cpu")
+    qr, kr = rotary(q, cos, sin).double(), rotary(k, cos, sin).double()
+    ks = rotary(pool_groups(k, g), *rope_grid(n_par, g, r, 10000.0, "cpu")).double()
+    vs, vd = pool_groups(v, g).double(), v.double()
+    want = torch.zeros(B, T, d, dtype=torch.float64)
+    for t in range(T):
+        for h in range(H):
+            sl = slice(h * hd, (h + 1) * hd)
+            qv = qr[0, t, sl]
+            cands = list(range(t // g))
+            keys, values = [torch.zeros(hd, dtype=torch.float64)], [torch.zeros(hd, dtype=torch.float64)]
+            keys += [ks[0, j, sl] for j in cands]
+            values += [vs[0, j, sl] for j in cands]
+            if cands:
+                p = torch.softmax(torch.stack([qv @ ks[0, j, sl] for j in cands]) / math.sqrt(hd), 0)
+                n = min(max(1, math.ceil(math.exp(-(p * p.log()).sum().item()))), top_k, len(cands))
+                for j in sorted(cands[i] for i in p.argsort(descending=True)[:n].tolist()):
+                    keys += [kr[0, i, sl] for i in range(j * g, (j + 1) * g)]
+                    values += [vd[0, i, sl] for i in range(j * g, (j + 1) * g)]
+            w = torch.softmax(torch.stack([qv @ key for key in keys]) / math.sqrt(hd), 0)
+            want[0, t, sl] = sum(wi * val for wi, val in zip(w, values))
+    torch.testing.assert_close(h2.double(), want, atol=1e-5, rtol=1e-5)

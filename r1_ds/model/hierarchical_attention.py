@@ -315,7 +315,9 @@ def hierarchical_attention_eager(
     q_pos as a range keeps its ends Python ints: no tensor-to-int sync (and no graph break when compiled).
     The L2 research options (R1Config.l2_projections / l2_routing; only this function computes them):
     l2_qkv = (q_new, k, v, q_hist) of L2's own projections; l2_routing="token" routes every query token
-    by its own query (route_tokens) instead of every query paragraph by the paragraph before it.
+    by its own query (route_tokens) instead of every query paragraph by the paragraph before it;
+    l2_routing="summary" gives every query the summaries of all earlier complete paragraphs as keys and routes
+    it by its own (rotated, trained) scores over them (route_from_scores).
     """
     if isinstance(q_pos, range):
         first, last = q_pos.start, q_pos.stop - 1
