@@ -143,21 +143,12 @@ def load(name: str, args, length: int):
     model = R1ForCausalLM.from_pretrained(args.r1, dtype=torch.float32, **extra)
     model.config.max_position_embeddings = max(length, model.config.max_position_embeddings)
     model.config.label_smoothing = 0.0
-    if name == "r1_l2":
-        copy_shared_into_l2(model)
+    if name == "r1_l2":  # L2's own q/k/v start as the trained shared ones
+        for layer in model.model.layers:
+            layer.self_attn.copy_shared_into_l2()
     fast = torch.cuda.is_available() and name != "r1_l2"  # the research options run in the eager reference only
     model.set_attn_implementation("flex_attention" if fast else "eager")
     return model
-
-
-def copy_shared_into_l2(model) -> None:
-    """L2's own q/k/v (l2_projections="separate", absent from a shared-projection checkpoint) set to the shared
-    projections: the model starts as the one trained, and fine-tuning lets L2's projections part from L1's."""
-    with torch.no_grad():
-        for layer in model.model.layers:
-            a = layer.self_attn
-            for name in ("q", "k", "v"):
-                getattr(a, f"l2_{name}_proj").weight.copy_(getattr(a, f"{name}_proj").weight)
 
 
 def fine_tune(name: str, args, tokenizer, ds_base: dict):

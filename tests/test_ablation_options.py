@@ -5,22 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from r1_ds.model import R1Config, R1ConfigError, R1ForCausalLM
-
-
-def _model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    model = R1ForCausalLM(R1Config.from_preset("tiny", **overrides)).eval()
-    model.set_attn_implementation("eager")
-    return model
-
-
-def _ids(T=96):
-    return torch.randint(0, 512, (2, T), generator=torch.Generator().manual_seed(1))
-
-
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
+from tests.tiny_r1 import eager_tiny as _model
+from tests.tiny_r1 import logits as _logits
+from tests.tiny_r1 import token_ids as _ids
 
 
 def test_window_only_is_the_l1_path():

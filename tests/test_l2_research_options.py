@@ -18,22 +18,9 @@ from r1_ds.model.hierarchical_attention import (
 )
 from r1_ds.parallel.tensor_parallel import _check_config
 from r1_ds.parallel.topology import TensorParallelError
-
-
-def _model(seed=0, **overrides):
-    torch.manual_seed(seed)
-    model = R1ForCausalLM(R1Config.from_preset("tiny", **overrides)).eval()
-    model.set_attn_implementation("eager")
-    return model
-
-
-def _ids(T=96, seed=1):
-    return torch.randint(0, 512, (2, T), generator=torch.Generator().manual_seed(seed))
-
-
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
+from tests.tiny_r1 import eager_tiny as _model
+from tests.tiny_r1 import logits as _logits
+from tests.tiny_r1 import token_ids as _ids
 
 
 def _route_tokens_by_loop(q, k, q_pos, n_heads, g, top_k):
@@ -128,9 +115,7 @@ def test_separate_projections_equal_the_shared_model_when_they_copy_it():
         missing, unexpected = separate.load_state_dict(shared.state_dict(), strict=False)
         assert not unexpected and missing and all(".l2_" in name for name in missing)
         for layer in separate.model.layers:
-            a = layer.self_attn
-            for name in ("q", "k", "v"):
-                getattr(a, f"l2_{name}_proj").weight.data.copy_(getattr(a, f"{name}_proj").weight.data)
+            layer.self_attn.copy_shared_into_l2()
         torch.testing.assert_close(_logits(separate, _ids()), _logits(shared, _ids()))
 
 

@@ -293,6 +293,14 @@ class R1HierarchicalAttention(nn.Module):
             q, k, v, q_hist, range(x.shape[1]), l2_qkv=l2, l2_routing=c.l2_routing, **self.kernel_kwargs()
         )
 
+    @torch.no_grad()
+    def copy_shared_into_l2(self) -> None:
+        """L2's own q/k/v (l2_projections="separate") set to the shared projections: the layer then computes what
+        it computes with shared projections, and training lets L2's part from L1's (a checkpoint trained with shared
+        projections has no L2 weights to load)."""
+        for name in ("q", "k", "v"):
+            getattr(self, f"l2_{name}_proj").weight.copy_(getattr(self, f"{name}_proj").weight)
+
     def decode_state(self, cache: Cache, keys_before, past: int, q_all, k_all, v_all):
         """(group summaries, rotated keys) of this layer's history (B, T, d), extended from the last step's when
         the cache grew from the tensor they were made beside (group_summaries.py); (None, None), which the decode
