@@ -132,6 +132,14 @@ want humaneval && step humaneval 540 "$PY" benchmarks/humaneval_gpu.py --model "
 step passkey 480 "$PY" benchmarks/passkey.py --r1 runs/quality/r1_hf --llama runs/quality/llama_hf \
     --tokenizer .quality_data/pack/tokenizer --deepspeed-config /tmp/r1_bf16.json \
     --lengths ${PASSKEY_LENGTHS:-1024 4096 16384 32768} ${PASSKEY_ARGS:-} --json "$OUT/passkey_h100.json"
+# passkey_small: the same task at small scale from random init on the GPU (width 128, 2 layers, one token per
+# digit, GPU grouping: window, paragraphs 128, documents 1024), each model carried through a length curriculum;
+# passkey_small_l2: R1 with L2's research options (eager reference) through the same curriculum
+PASSKEY_SMALL=("$PY" benchmarks/passkey_small.py --device cuda --split-digits --window 128 --paragraph 128
+    --document 1024 --eval-every 250 --curriculum ${PASSKEY_SMALL_CURRICULUM:-256:1500 1024:600 4096:300})
+step passkey_small 330 "${PASSKEY_SMALL[@]}" ${PASSKEY_SMALL_ARGS:-} --json "$OUT/passkey_small_cuda.json"
+step passkey_small_l2 200 "${PASSKEY_SMALL[@]}" --models r1 --l2-routing token --l2-projections separate \
+    --json "$OUT/passkey_small_l2_cuda.json"
 step ablation 200 "$PY" benchmarks/quality_ablation.py --data .quality_data/pack --device cuda --seq-len 2048 \
     --hidden 256 --layers 4 --level-heads 2 4 8 --local-window 128 --paragraph 128 --document 1024 --steps 200 \
     --batch 8 --seeds 0 1 --json "$OUT/quality_ablation_cuda.json"

@@ -1,6 +1,8 @@
-"""Passkey retrieval at small scale on CPU, from random init: learning curves of R1, R1 window-only and Llama.
+"""Passkey retrieval at small scale, from random init: learning curves of R1, R1 window-only and Llama.
 
     python benchmarks/passkey_small.py --models llama r1 --split-digits --json /tmp/passkey_small.json
+    python benchmarks/passkey_small.py --device cuda --split-digits --window 128 --paragraph 128 --document 1024 \
+        --curriculum 256:1500 1024:600 4096:300 --json $OUT/passkey_small_cuda.json
 
 The task is r1_ds/evaluation/passkey.py with the corpus tokenizer. A random-init model needs no embedding rows for
 the 32k tokens the task never uses, so ids are mapped onto the few hundred it does (the filler, needle and question
@@ -14,6 +16,11 @@ the loss on the answer only (--loss answer) or on every token (--loss all: the n
 teaches copying nearby), and scored every --eval-every steps on --eval-examples held-out examples (exact match),
 with the answer's own loss. --split-digits makes every digit of a key one token (DigitSplit). For r1 it also
 measures how often L2's routing picks the needle's paragraph (needle_routed).
+
+--lengths trains a fresh model per length for --steps. --curriculum LENGTH:STEPS ... trains one model per (model,
+seed) through the lengths in the order given, weights and optimizer carried on, each stage's micro-batch
+max(1, --tokens-per-step // LENGTH), and scores it at each length after that length's stage: a row per stage.
+--device cuda runs it on the GPU; R1 there takes --r1-attn (eager by default; flex_attention for long lengths).
 """
 
 from __future__ import annotations
@@ -50,7 +57,22 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokenizer", default=os.path.join(ROOT, ".quality_data", "pack", "tokenizer"))
     p.add_argument("--models", nargs="+", default=["llama", "r1", "r1_window"], choices=["llama", "r1", "r1_window"])
-    p.add_argument("--lengths", nargs="+", type=int, default=[256])
+    p.add_argument("--lengths", nargs="+", type=int, default=[256], help="a fresh model per length, --steps each")
+    p.add_argument(
+        "--curriculum",
+        nargs="+",
+        metavar="LENGTH:STEPS",
+        help="one model carried through these stages in order (replaces --lengths and --steps)",
+    )
+    p.add_argument("--tokens-per-step", type=int, default=8192, help="--curriculum: micro-batch = this // length")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--r1-attn",
+        choices=["eager", "flex_attention"],
+        default="eager",
+        help="R1's attention: the eager reference (any device; dense masks, so up to a few thousand tokens) or the "
+        "CUDA fast path (any length; compiles afresh per length and batch shape)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=8)
@@ -73,7 +95,30 @@ def parse_args(argv=None):
         "--l2-projections", choices=L2_PROJECTIONS, default=L2_PROJECTIONS[0], help="R1Config.l2_projections"
     )
     p.add_argument("--json", help="results (default: none)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.stages = parse_stages(args.curriculum) if args.curriculum else None
+    research = args.l2_routing != L2_ROUTINGS[0] or args.l2_projections != L2_PROJECTIONS[0]
+    if args.r1_attn == "flex_attention" and (research or not args.device.startswith("cuda")):
+        raise SystemExit(
+            "passkey_small: --r1-attn flex_attention needs --device cuda and the default L2 options (the research "
+            "options --l2-routing/--l2-projections only have the eager reference). Fix: --r1-attn eager."
+        )
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"passkey_small: --device {args.device}, but torch sees no CUDA device. Fix: --device cpu.")
+    return args
+
+
+def parse_stages(spec: list[str]) -> list[tuple[int, int]]:
+    stages = []
+    for item in spec:
+        length, _, steps = item.partition(":")
+        if not (length.isdigit() and steps.isdigit() and int(steps) > 0):
+            raise SystemExit(
+                f"passkey_small: --curriculum item {item!r} is not LENGTH:STEPS with both positive integers. "
+                "Fix: for instance --curriculum 256:1500 1024:500."
+            )
+        stages.append((int(length), int(steps)))
+    return stages
 
 
 class DigitSplit:
@@ -140,7 +185,9 @@ def make_model(name: str, args, vocab: int, length: int, seed: int):
         l2_routing=args.l2_routing,
         l2_projections=args.l2_projections,
     )
-    return R1ForCausalLM(config)
+    model = R1ForCausalLM(config)
+    model.set_attn_implementation(args.r1_attn)
+    return model
 
 
 def remap(ex, table: torch.Tensor):
@@ -156,7 +203,7 @@ def accuracy(model, tokenizer, table, length: int, n: int, micro: int) -> float:
         exs = [
             remap(make_example(tokenizer, length, EVAL_SEED + i), table) for i in range(start, min(n, start + micro))
         ]
-        correct += answers_correct(model, exs)
+        correct += answers_correct(model, exs, device=model.device)
     model.train()
     return sum(correct) / len(correct)
 
@@ -188,7 +235,7 @@ def needle_routed(model, tokenizer, table, length: int, n: int) -> dict:
         for i in range(n):
             ex = remap(make_example(tokenizer, length, EVAL_SEED + i), table)
             captured.clear()
-            model(input_ids=torch.tensor([ex.input_ids]), use_cache=False)
+            model(input_ids=torch.tensor([ex.input_ids], device=model.device), use_cache=False)
             b = (ex.answer_start - 1) // g
             n_needle = len(tokenizer(NEEDLE.format(key=ex.key), add_special_tokens=False)["input_ids"])
             needle = set(range(ex.needle_start // g, (ex.needle_start + n_needle - 1) // g + 1))
@@ -198,7 +245,7 @@ def needle_routed(model, tokenizer, table, length: int, n: int) -> dict:
                     routed = route_tokens(
                         q[:, t : t + 1],
                         k,
-                        torch.tensor([t]),
+                        torch.tensor([t], device=q.device),
                         n_heads=c.level_heads[1],
                         paragraph_size=g,
                         top_k=c.route_top_k,
@@ -220,18 +267,28 @@ def needle_routed(model, tokenizer, table, length: int, n: int) -> dict:
     return {"needle_routed": hits / total, "chance": chance / total}
 
 
-def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
-    model = make_model(name, args, int(table.max()) + 1, length, seed)
+def train_stages(name: str, stages: list[tuple[int, int]], seed: int, args, tokenizer, table, on_row) -> None:
+    """One model trained through `stages` (length, steps) in order, weights and optimizer carried on; after each
+    stage a row (learning curve, accuracy at that length, R1's routing rate) goes to `on_row`."""
+    model = make_model(name, args, int(table.max()) + 1, max(length for length, _ in stages), seed).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / args.warmup))
+    done = 0  # steps before this stage: seeds stay distinct across stages
+    for length, steps in stages:
+        micro = max(1, args.tokens_per_step // length) if args.stages else args.batch
+        on_row(train_stage(model, opt, sched, name, length, steps, micro, done, seed, args, tokenizer, table))
+        done += steps
+
+
+def train_stage(model, opt, sched, name, length, steps, micro, done, seed, args, tokenizer, table) -> dict:
     curve, losses, digit_losses = [], [], []
     t0 = time.perf_counter()
-    for step in range(1, args.steps + 1):
+    for step in range(1, steps + 1):
         exs = [
-            remap(make_example(tokenizer, length, (seed * 10**6 + step) * args.batch + i), table)
-            for i in range(args.batch)
+            remap(make_example(tokenizer, length, (seed * 10**6 + done + step) * micro + i), table)
+            for i in range(micro)
         ]
-        ids, answer_labels = batch(exs)
+        ids, answer_labels = batch(exs, device=args.device)
         out = model(input_ids=ids, labels=ids if args.loss == "all" else answer_labels, use_cache=False)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -248,8 +305,8 @@ def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
                 )  # (B, answer tokens): which of the key's tokens are learnt
                 digit_losses.append(per_token.mean(0).tolist())
         losses.append(answer.item())
-        if step % args.eval_every == 0 or step == args.steps:
-            acc = accuracy(model, tokenizer, table, length, args.eval_examples, args.batch)
+        if step % args.eval_every == 0 or step == steps:
+            acc = accuracy(model, tokenizer, table, length, args.eval_examples, micro)
             last = digit_losses[-10:]  # keys of BPE pieces vary in length: then none
             per_digit = [sum(col) / len(col) for col in zip(*last)] if last else []
             curve.append(
@@ -265,6 +322,7 @@ def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
                 f" (by token: {' '.join(f'{x:.2f}' for x in per_digit)})",
                 flush=True,
             )
+    train_s = time.perf_counter() - t0
     routing = needle_routed(model, tokenizer, table, length, 32) if name == "r1" else {}
     if routing:
         print(f"  r1 routing: needle paragraph routed {routing['needle_routed']:.0%} (chance {routing['chance']:.0%})")
@@ -273,8 +331,10 @@ def run_one(name: str, length: int, seed: int, args, tokenizer, table) -> dict:
         "model": name,
         "length": length,
         "seed": seed,
+        "steps": steps,
+        "micro_batch": micro,
         "params": sum(p.numel() for p in model.parameters()),
-        "train_s": time.perf_counter() - t0,
+        "train_s": train_s,
         "accuracy": curve[-1]["accuracy"],
         "curve": curve,
     }
@@ -285,6 +345,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from transformers import AutoTokenizer
 
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 weights; TF32 matmuls on a GPU (no effect on CPU)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if args.split_digits:
         tokenizer = DigitSplit(tokenizer)
@@ -296,34 +357,42 @@ def main(argv=None) -> int:
         "vocab": int(ids_map.max()) + 1,
         "rows": [],
     }
-    for length in args.lengths:
+
+    def on_row(row):  # every row saved as it finishes: a run cut short keeps them
+        result["rows"].append(row)
+        if args.json:
+            from data_prep.atomic import atomic_write_text
+
+            atomic_write_text(args.json, json.dumps(result, indent=2))
+
+    if args.stages:
         for seed in args.seeds:
             for name in args.models:
-                row = run_one(name, length, seed, args, tokenizer, ids_map)
-                result["rows"].append(row)
-                if args.json:
-                    from data_prep.atomic import atomic_write_text
-
-                    atomic_write_text(args.json, json.dumps(result, indent=2))
+                train_stages(name, args.stages, seed, args, tokenizer, ids_map, on_row)
+    else:
+        for length in args.lengths:
+            for seed in args.seeds:
+                for name in args.models:
+                    train_stages(name, [(length, args.steps)], seed, args, tokenizer, ids_map, on_row)
     print()
     print(table(result["rows"]))
     return 0
 
 
 def table(rows: list[dict]) -> str:
-    """A Markdown table: the learning curve of every row (accuracy at each evaluation), and R1's routing rate."""
-    steps = [c["step"] for c in rows[0]["curve"]] if rows else []
+    """A Markdown table: every row's learning curve (accuracy at each evaluation), its last answer loss and
+    accuracy, and R1's routing rate."""
     lines = [
-        "| length | model | seed | "
-        + " | ".join(f"step {s}" for s in steps)
-        + " | answer loss | needle routed (chance) |",
-        "|---" * (len(steps) + 5) + "|",
+        "| length | model | seed | steps | accuracy along the way (step: accuracy) | answer loss | accuracy "
+        "| needle routed (chance) |",
+        "|---:|---|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
         routed = f"{r['needle_routed']:.0%} ({r['chance']:.0%})" if "needle_routed" in r else ""
-        accs = " | ".join(f"{c['accuracy']:.0%}" for c in r["curve"])
+        accs = ", ".join(f"{c['step']}: {c['accuracy']:.0%}" for c in r["curve"])
         lines.append(
-            f"| {r['length']} | {r['model']} | {r['seed']} | {accs} | {r['curve'][-1]['answer_loss']:.2f} | {routed} |"
+            f"| {r['length']} | {r['model']} | {r['seed']} | {r['steps']} | {accs} | "
+            f"{r['curve'][-1]['answer_loss']:.2f} | {r['accuracy']:.0%} | {routed} |"
         )
     return "\n".join(lines)
 

@@ -261,6 +261,43 @@ def test_passkey_small_end_to_end(corpus, tmp_path, capsys):
     assert "needle paragraph" in capsys.readouterr().out  # the closing table, R1's routing rate in it
 
 
+def test_passkey_small_curriculum_carries_one_model_through_the_lengths(corpus, tmp_path, monkeypatch):
+    from benchmarks import passkey_small
+
+    built = []
+    make = passkey_small.make_model
+    monkeypatch.setattr(passkey_small, "make_model", lambda *a: built.append(a[0]) or make(*a))
+    out = tmp_path / "curriculum.json"
+    args = ["--tokenizer", str(corpus / "pack" / "tokenizer"), "--models", "llama", "r1", "--split-digits"]
+    args += ["--curriculum", "192:2", "256:1", "--tokens-per-step", "384", "--eval-examples", "2"]
+    assert passkey_small.main([*args, "--json", str(out)]) == 0
+    assert built == ["llama", "r1"]  # one model each, carried through both stages
+    rows = _json(out)["rows"]
+    assert [(r["model"], r["length"], r["steps"], r["micro_batch"]) for r in rows] == [
+        ("llama", 192, 2, 2),
+        ("llama", 256, 1, 1),
+        ("r1", 192, 2, 2),
+        ("r1", 256, 1, 1),
+    ]
+    assert all(r["curve"][-1]["step"] == r["steps"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--curriculum", "256:0"], ["'256:0'", "LENGTH:STEPS"]),
+        (["--curriculum", "256"], ["'256'", "--curriculum 256:1500"]),
+        (["--r1-attn", "flex_attention"], ["--device cuda", "--r1-attn eager"]),
+    ],
+)
+def test_passkey_small_refuses_bad_arguments_by_name(argv, words):
+    from benchmarks import passkey_small
+
+    with pytest.raises(SystemExit) as e:
+        passkey_small.parse_args(argv)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
 def test_passkey_r1_l2_starts_as_the_trained_r1(corpus, tmp_path):
     """r1_l2: the R1 folder with L2's research options on, L2's own q/k/v copied from the shared ones, so before
     any step it computes what R1 with per-token routing computes; fine-tuned and scored like the others."""
