@@ -299,3 +299,30 @@ def test_generation_with_prompts_of_several_lengths_on_cuda():
         if torch.equal(out.sequences, ref.sequences):  # same tokens fed back: decode logits must agree too
             for a, b in zip(out.logits, ref.logits):
                 assert _rel(a, b) < 1e-3, f"prompt {n}: decode logits differ"
+
+
+def test_decoding_after_a_long_prompt_equals_the_uncached_forward_on_cuda():
+    """A 32k-token prompt through the fast path, then 16 tokens decoded with the KV cache and the decoding state
+    beside it, across a paragraph and a document boundary (32,768): every step's logits equal those of one uncached
+    forward over the prompt and the tokens generated (held to the eager reference at this length above)."""
+    torch.manual_seed(0)
+    config = R1Config.from_preset(
+        "125m",
+        num_hidden_layers=2,
+        vocab_size=4096,
+        hidden_size=512,
+        intermediate_size=1024,
+        level_heads=(8, 16, 32),
+        max_position_embeddings=40960,
+    )
+    model = R1ForCausalLM(config).cuda().eval()
+    model.set_attn_implementation("flex_attention")
+    n, new = 32760, 16
+    ids = torch.randint(0, 4096, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(7))
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=new, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        full = model(input_ids=out.sequences[:, :-1], use_cache=False, logits_to_keep=new).logits
+    assert len(out.logits) == new
+    for i, step in enumerate(out.logits):  # step i predicts position n + i, from the prefill (i = 0) or the cache
+        err = _rel(step[0], full[0, i])
+        assert err < 1e-3, f"token {n + i}: cached logits differ from the uncached forward by {err:.2e}"
