@@ -269,9 +269,8 @@ def test_lengths_in_any_order_in_one_process_on_cuda():
     torch.cuda.synchronize()
 
 
-def test_generation_with_prompts_of_several_lengths_on_cuda():
-    """Prefill through the fast path (any prompt length), then decoding with the KV cache: the logits equal the
-    eager reference's for every prompt length, in one process."""
+def _two_layer_decoder(max_positions: int) -> R1ForCausalLM:
+    """The 125m preset's grouping at width 512 and 2 layers, seed 0, on CUDA in eval mode."""
     torch.manual_seed(0)
     config = R1Config.from_preset(
         "125m",
@@ -280,9 +279,15 @@ def test_generation_with_prompts_of_several_lengths_on_cuda():
         hidden_size=512,
         intermediate_size=1024,
         level_heads=(8, 16, 32),
-        max_position_embeddings=8192,
+        max_position_embeddings=max_positions,
     )
-    model = R1ForCausalLM(config).cuda().eval()
+    return R1ForCausalLM(config).cuda().eval()
+
+
+def test_generation_with_prompts_of_several_lengths_on_cuda():
+    """Prefill through the fast path (any prompt length), then decoding with the KV cache: the logits equal the
+    eager reference's for every prompt length, in one process."""
+    model = _two_layer_decoder(max_positions=8192)
     gen = torch.Generator("cuda").manual_seed(5)
     for n in (300, 5000, 1200):
         ids = torch.randint(0, 4096, (1, n), device="cuda", generator=gen)
@@ -305,17 +310,7 @@ def test_decoding_after_a_long_prompt_equals_the_uncached_forward_on_cuda():
     """A 32k-token prompt through the fast path, then 16 tokens decoded with the KV cache and the decoding state
     beside it, across a paragraph and a document boundary (32,768): every step's logits equal those of one uncached
     forward over the prompt and the tokens generated (held to the eager reference at this length above)."""
-    torch.manual_seed(0)
-    config = R1Config.from_preset(
-        "125m",
-        num_hidden_layers=2,
-        vocab_size=4096,
-        hidden_size=512,
-        intermediate_size=1024,
-        level_heads=(8, 16, 32),
-        max_position_embeddings=40960,
-    )
-    model = R1ForCausalLM(config).cuda().eval()
+    model = _two_layer_decoder(max_positions=40960)
     model.set_attn_implementation("flex_attention")
     n, new = 32760, 16
     ids = torch.randint(0, 4096, (1, n), device="cuda", generator=torch.Generator("cuda").manual_seed(7))
