@@ -48,7 +48,7 @@ from r1_ds.evaluation.passkey import (  # noqa: E402 (after the sys.path line ab
     batch,
     make_example,
 )
-from r1_ds.model.configuration_r1 import L2_PROJECTIONS, L2_ROUTINGS  # noqa: E402 (after the sys.path line above)
+from r1_ds.model.configuration_r1 import L2_PROJECTIONS, L2_ROUTINGS, R1Config  # noqa: E402 (after the sys.path line above)
 
 EVAL_SEED = 1_000_000  # evaluation examples use seeds from here on; training ones from 0
 
@@ -97,7 +97,7 @@ def parse_args(argv=None):
     p.add_argument("--json", help="results (default: none)")
     args = p.parse_args(argv)
     args.stages = parse_stages(args.curriculum) if args.curriculum else None
-    research = args.l2_routing != L2_ROUTINGS[0] or args.l2_projections != L2_PROJECTIONS[0]
+    research = R1Config(l2_routing=args.l2_routing, l2_projections=args.l2_projections).l2_research
     if args.r1_attn == "flex_attention" and (research or not args.device.startswith("cuda")):
         raise SystemExit(
             "passkey_small: --r1-attn flex_attention needs --device cuda and the default L2 options (the research "

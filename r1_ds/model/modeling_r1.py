@@ -268,15 +268,13 @@ class R1HierarchicalAttention(nn.Module):
         """The L2 research options (R1Config.l2_routing / l2_projections): the eager reference, on whole
         unpadded sequences without a cache; every other path refuses them, with the fix."""
         c = self.config
-        where = (
-            f"attn_implementation={impl!r}"
-            if impl != "eager"
-            else "decoding with a KV cache"
-            if past
-            else "padded or packed rows"
-            if layout is not None
-            else None
-        )
+        where = None
+        if impl != "eager":
+            where = f"attn_implementation={impl!r}"
+        elif past:
+            where = "decoding with a KV cache"
+        elif layout is not None:
+            where = "padded or packed rows"
         if where:
             raise NotImplementedError(
                 f"R1Config l2_routing={c.l2_routing!r}, l2_projections={c.l2_projections!r}: research options "
