@@ -33,6 +33,33 @@ def test_banded_window_attention_equals_flex_l1(T, window, g):
     torch.testing.assert_close(banded, flex, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("window, g", [(8, 8), (5, 8), (17, 8), (24, 8)])
+def test_banded_window_attention_gradients_equal_dense_masked_attention(window, g):
+    """The banded form's forward and backward against plain masked attention over all T keys (float64):
+    its shifted views of one key buffer must route every gradient back to the key it came from."""
+    T, H, d = 48, 2, 16
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, T, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    pos = torch.arange(T)
+    mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
+    go = torch.randn(2, H, T, d // H, dtype=torch.float64)
+    ref = ha._attend(*(ha.split_heads(x, H) for x in (q, k, v)), mask, (d // H) ** -0.5)
+    out = ha._window_attention_banded(q, k, v, H, window, g)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("T", [96, 77, 320])
+def test_l3_with_padded_keys_equals_sdpa_over_the_real_keys(T):
+    """_document_attention pads L3's 1 + T / G keys to a multiple of L3_KEY_MULTIPLE; no query may see the padding."""
+    g, G, heads = 8, 32, (2, 4, 8)
+    qr, _, _, k3, v3, _ = _operands(T, g, G, heads, seed=3)
+    assert k3.shape[1] % ha.L3_KEY_MULTIPLE != 0  # padding happens
+    ref = ha._document_attention_sdpa(qr, k3, v3, heads[2], G, T)
+    torch.testing.assert_close(ha._document_attention(qr, k3, v3, heads[2], G, T), ref, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("T", [96, 77])
 def test_explicit_document_attention_equals_sdpa_l3(T):
     g, G, heads = 8, 32, (2, 4, 8)

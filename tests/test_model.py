@@ -198,10 +198,11 @@ def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
 
-def _kernel_view(block_mask, B, H, Q, KV):
+def _kernel_view(block_mask, B, H, Q, KV, mask_mod=None):
     """The element mask the fused GPU kernel applies: full blocks whole, partial blocks through
-    mask_mod, other blocks skipped. (The CPU path applies mask_mod everywhere, so equality with the
-    reference on CPU proves the GPU result only if the block tables agree with mask_mod.)"""
+    mask_mod (the block mask's own unless given), other blocks skipped. (The CPU path applies mask_mod
+    everywhere, so equality with the reference on CPU proves the GPU result only if the block tables
+    agree with mask_mod.)"""
     from torch.nn.attention.flex_attention import create_mask
 
     bq, bk = block_mask.BLOCK_SIZE
@@ -216,12 +217,15 @@ def _kernel_view(block_mask, B, H, Q, KV):
     partial = table(block_mask.kv_num_blocks, block_mask.kv_indices)
     full = table(block_mask.full_kv_num_blocks, block_mask.full_kv_indices)
     dense = create_mask(block_mask.mask_mod, B, H, Q, KV, device="cpu")
-    return full | (partial & dense), dense, full & ~dense
+    applied = dense if mask_mod is None else create_mask(mask_mod, B, H, Q, KV, device="cpu")
+    return full | (partial & applied), dense, full & ~dense
 
 
 @pytest.mark.parametrize("T, window, g", [(96, 16, 8), (64, 24, 8), (128, 8, 16)])
 def test_flex_block_tables_agree_with_mask(T, window, g):
-    from r1_ds.model.hierarchical_attention import _window_block_mask, paragraph_block_mask
+    from torch.nn.attention.flex_attention import create_mask
+
+    from r1_ds.model.hierarchical_attention import _window_block_mask, l2_summary_mod, paragraph_block_mask
 
     kernel, dense, wrong_full = _kernel_view(_window_block_mask(T, window, g, "cpu"), 1, 1, T, T)
     assert torch.equal(kernel, dense) and not wrong_full.any()
@@ -241,6 +245,11 @@ def test_flex_block_tables_agree_with_mask(T, window, g):
     KV = bm.seq_lengths[1]
     kernel, dense, wrong_full = _kernel_view(bm, B, H, T, KV)
     assert torch.equal(kernel, dense) and not wrong_full.any()
+    # on CUDA the fused kernel gets the summary rule alone: through the same tables, the same mask
+    gpu_mod = l2_summary_mod(n_par=T // g, paragraph_size=g, span=span)
+    kernel, _, _ = _kernel_view(bm, B, H, T, KV, mask_mod=gpu_mod)
+    assert torch.equal(kernel, dense)
+    assert not torch.equal(create_mask(gpu_mod, B, H, T, KV, device="cpu"), dense)  # it leaves routed keys out
 
 
 def test_l2_query_side_tables_are_the_transpose_of_the_key_side():

@@ -694,22 +694,19 @@ def paragraph_block_mask(
     n_qb = idx.shape[2]
     tables = _paragraph_block_tables(idx, valid, n_par, length, g, span)  # row-major (see _as_indices)
     routed = tables[-1]
+    summary = l2_summary_mod(n_par=n_par, paragraph_size=g, span=span)
 
     # The same rule element-wise: flex's unfused (CPU, eager) path applies only mask_mod, and the
     # fused kernel applies it to partial blocks; full (routed) blocks skip it.
     def mask_mod(b, h, q_idx, kv_idx_):
-        blk, slot = kv_idx_ // g, kv_idx_ % g
-        j = blk * (g - 1) + slot - 1
-        qpar = q_idx // g
-        in_summaries = kv_idx_ < S
-        null = in_summaries & (slot == 0) & (blk == (qpar - 1).clamp(min=0) // (g - 1))
-        summary = null | (in_summaries & (slot > 0) & (j < n_par) & (j < qpar) & (j >= qpar - span))
         tok_par = ((kv_idx_ - S) // g).clamp(0, n_qb - 1)
-        token = (kv_idx_ >= S) & routed[b, h, qpar, tok_par]
-        return summary | token
+        token = (kv_idx_ >= S) & routed[b, h, q_idx // g, tok_par]
+        return summary(b, h, q_idx, kv_idx_) | token
 
     # The constructor, not from_kv_blocks: the query-side tables (for the backward's dK/dV loop) come
-    # from the same compiled graph instead of a dozen more small kernels per layer.
+    # from the same compiled graph instead of a dozen more small kernels per layer. The fused GPU
+    # kernel applies mask_mod only to the partial blocks, all summary blocks, where the token rule is
+    # false: it gets the summary rule alone, and no lookup in `routed` per score.
     return BlockMask(
         seq_lengths=(length, S + length),
         kv_num_blocks=tables[0],
@@ -721,8 +718,25 @@ def paragraph_block_mask(
         full_q_num_blocks=tables[6],
         full_q_indices=tables[7],
         BLOCK_SIZE=(g, g),
-        mask_mod=mask_mod,
+        mask_mod=summary if idx.is_cuda else mask_mod,
     )
+
+
+def l2_summary_mod(*, n_par: int, paragraph_size: int, span: int):
+    """L2's summary keys as a mask_mod (see paragraph_block_mask for the layout): query paragraph b sees
+    summaries b - span .. b - 1 and the null of the block holding summary b - 1; false on every token key."""
+    g = paragraph_size
+    S = summary_len(n_par, g)
+
+    def summary(b, h, q_idx, kv_idx_):
+        blk, slot = kv_idx_ // g, kv_idx_ % g
+        j = blk * (g - 1) + slot - 1
+        qpar = q_idx // g
+        in_summaries = kv_idx_ < S
+        null = in_summaries & (slot == 0) & (blk == (qpar - 1).clamp(min=0) // (g - 1))
+        return null | (in_summaries & (slot > 0) & (j < n_par) & (j < qpar) & (j >= qpar - span))
+
+    return summary
 
 
 @compiled_on_cuda
@@ -860,37 +874,60 @@ def _document_mask(Tp: int, n_keys: int, document_size: int, device) -> torch.Te
 EXPLICIT_L3_MAX_KEYS = 128
 
 
+# L3's key count is padded to a multiple of this with masked zero keys: 1 + T / G keys (9 at 8k, 65 at 64k) leave
+# every score row and the GEMMs' leading dimensions off the 16-byte alignment cuBLAS's fast bf16 kernels need.
+L3_KEY_MULTIPLE = 8
+
+
 @compiled_on_cuda
 def _document_attention(qr, k3, v3, n_heads: int, document_size: int, length: int):
     """L3 over [null, document summaries]. -> (B, length, d)"""
     fn = _document_attention_explicit if k3.shape[1] <= EXPLICIT_L3_MAX_KEYS else _document_attention_sdpa
-    return fn(qr, k3, v3, n_heads, document_size, length)
+    pad = -k3.shape[1] % L3_KEY_MULTIPLE  # the padding keys come after every document: no query's mask admits them
+    return fn(qr, _pad_to(k3, k3.shape[1] + pad), _pad_to(v3, v3.shape[1] + pad), n_heads, document_size, length)
 
 
 def _window_attention_banded(q, k, v, n_heads: int, window: int, block: int):
     """L1 as explicit banded attention on (B, Tp, d) operands, Tp a multiple of `block`: query block i
-    reads key blocks i - n_prev .. i (all the window can reach), two batched GEMMs over (block x
-    (n_prev + 1) block) score tiles and a masked softmax that inductor fuses. -> (B, H, Tp, hd) like flex.
+    reads key blocks i - n_prev .. i (all the window can reach), score tiles of block x (n_prev + 1) block
+    from batched GEMMs and a masked softmax that inductor fuses. -> (B, H, Tp, hd) like flex.
+
+    No key or value block is copied beside its neighbours. q, k, v are laid out once per head as P = n_prev +
+    nb blocks (k, v: n_prev zero blocks first; q: n_prev zero blocks last), flattened to (B H P) blocks;
+    query block n then pairs with key block n - j for every shift j, so each shift is one strided GEMM over
+    two slices of the same buffers. The pairs that cross from one (batch, head) into the next land in rows
+    of padding queries, which are dropped. Against laying the n_prev + 1 key blocks side by side, the
+    forward writes and the backward saves one copy of k and v instead of n_prev + 1.
 
     Why not flex: with 8 heads of d = 2048 the head size is 256, where flex's kernel runs small tiles
-    (H200, 8k x 8, fwd+bwd: 5.59 ms, against 3.71 ms for this)."""
+    (H200, 8k x 8, fwd+bwd: 5.59 ms, against 3.71 ms for the side-by-side form of this)."""
     B, Tp, d = q.shape
     H, hd, nb = n_heads, d // n_heads, Tp // block
     n_prev = _blocks_before(window, block)
+    P = nb + n_prev
 
-    def blocks(x):  # (B, Tp, d) -> (B, H, nb, block, hd)
-        return x.view(B, nb, block, H, hd).permute(0, 3, 1, 2, 4)
+    def flat(x, front: int):  # (B, Tp, d) -> (B H P, block, hd), `front` zero blocks first, the rest last
+        xb = x.view(B, nb, block, H, hd).permute(0, 3, 1, 2, 4)
+        return F.pad(xb, (0, 0, 0, 0, front, n_prev - front)).reshape(B * H * P, block, hd)
 
-    def with_previous(x):  # (B, H, nb, (n_prev + 1) block, hd): key blocks i - n_prev .. i, zeros before block 0
-        xb = F.pad(blocks(x), (0, 0, 0, 0, n_prev, 0))
-        return torch.cat([xb[:, :, j : j + nb] for j in range(n_prev + 1)], dim=3)
+    qf, kf, vf = flat(q, 0), flat(k, n_prev), flat(v, n_prev)
+    N = B * H * P - n_prev  # query rows n < N pair with key block n + n_prev - j for shift j = n_prev .. 0
 
+    def keys(x, j):  # the key (value) block j blocks before each query block's own
+        return x[n_prev - j : n_prev - j + N]
+
+    scores = torch.cat([qf[:N] @ keys(kf, j).transpose(-1, -2) for j in range(n_prev, -1, -1)], dim=-1)
     qi = torch.arange(block, device=q.device)[:, None] + n_prev * block  # query's place in its key tile
     kj = torch.arange((n_prev + 1) * block, device=q.device)[None, :]
     band = (kj <= qi) & (kj > qi - window)
-    first_real = ((n_prev - torch.arange(nb, device=q.device)).clamp(min=0) * block)[:, None, None]
-    mask = band & (kj >= first_real)  # (nb, block, tile): no padding blocks before the sequence start
-    return _attend(blocks(q), with_previous(k), with_previous(v), mask, hd**-0.5).reshape(B, H, Tp, hd)
+    i = torch.arange(N, device=q.device) % P  # query block index within its (batch, head); >= nb: padding
+    mask = band & (kj >= ((n_prev - i).clamp(min=0) * block)[:, None, None])  # no keys before the start
+    p = torch.softmax(scores.float().mul(hd**-0.5).masked_fill(~mask, float("-inf")), dim=-1).to(q.dtype)
+    o = p[..., n_prev * block :] @ keys(vf, 0)
+    for j in range(1, n_prev + 1):
+        o = torch.baddbmm(o, p[..., (n_prev - j) * block : (n_prev - j + 1) * block], keys(vf, j))
+    o = F.pad(o, (0, 0, 0, 0, 0, n_prev)).view(B, H, P, block, hd)[:, :, :nb]
+    return o.reshape(B, H, Tp, hd)
 
 
 def _blocks_before(window: int, block: int) -> int:
