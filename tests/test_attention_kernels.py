@@ -62,13 +62,14 @@ def _dense_flex(q, k, v, block_mask, scale, *, lse=False):
     return (out, torch.logsumexp(s, -1)) if lse else out
 
 
-@pytest.mark.parametrize("T", [96, 77, 40])
-def test_l2_merged_from_the_routed_kernel_and_the_summaries_has_the_reference_gradients(T, monkeypatch):
+@pytest.mark.parametrize("T, top_k", [(96, 3), (77, 3), (40, 3), (5, 3), (96, 0)])
+def test_l2_merged_from_the_routed_kernel_and_the_summaries_has_the_reference_gradients(T, top_k, monkeypatch):
     """L2 is the routed kernel's output merged with the summaries' through the kernel's log-sum-exp: forward and
     the q, k, v gradients (through both parts and the lse) against the eager reference's one softmax (fp32).
-    T = 40 leaves the first paragraphs with nothing to route (an empty kernel row, lse = -inf)."""
+    The first paragraphs have nothing to route (an empty kernel row, lse = -inf); T = 5 is shorter than a
+    paragraph; top_k = 0 routes nothing anywhere."""
     monkeypatch.setattr(ha, "_flex", _dense_flex)
-    kw = dict(level_heads=(2, 4, 8), window=16, paragraph_size=8, document_size=32, top_k=3, rope_theta=1e4)
+    kw = dict(level_heads=(2, 4, 8), window=16, paragraph_size=8, document_size=32, top_k=top_k, rope_theta=1e4)
     torch.manual_seed(4)
     q, k, v = (torch.randn(2, T, 64, requires_grad=True) for _ in range(3))
     w = torch.randn(2, T, 64)
@@ -79,9 +80,12 @@ def test_l2_merged_from_the_routed_kernel_and_the_summaries_has_the_reference_gr
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("T", [96, 77, 320])
-def test_l3_with_padded_keys_equals_sdpa_over_the_real_keys(T):
-    """_document_attention pads L3's 1 + T / G keys to a multiple of L3_KEY_MULTIPLE; no query may see the padding."""
+@pytest.mark.parametrize("T, explicit", [(96, True), (77, True), (320, True), (320, False)])
+def test_l3_with_padded_keys_equals_sdpa_over_the_real_keys(T, explicit, monkeypatch):
+    """_document_attention pads L3's 1 + T / G keys to a multiple of L3_KEY_MULTIPLE; no query may see the padding,
+    through either kernel (explicit=False: SDPA, as past one tile of keys)."""
+    if not explicit:
+        monkeypatch.setattr(ha, "EXPLICIT_L3_MAX_KEYS", 0)
     g, G, heads = 8, 32, (2, 4, 8)
     qr, _, _, _, _, k3, v3 = _operands(T, g, G, heads, seed=3)
     assert k3.shape[1] % ha.L3_KEY_MULTIPLE != 0  # padding happens

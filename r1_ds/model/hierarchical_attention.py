@@ -79,7 +79,7 @@ def flex_length(T: int, paragraph_size: int) -> int:
 
 def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
     """fn, but through torch.compile when its first argument is on a GPU; on CPU, fn itself. The
-    memory-bound glue around the matmuls and attention kernels (rotary, pooling, key layout, norms,
+    memory-bound glue around the matmuls and attention kernels (rotary, pooling, summaries, norms,
     gates) left eager costs several times the kernels themselves (benchmarks/results/attention.md).
     dynamic=None lets shapes vary without a recompile each (element-wise pieces that see every
     length in generation); the attention glue stays static (its shapes set the kernels' tiles), and a
@@ -682,11 +682,11 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
 
     g = paragraph_size
     tables = _paragraph_block_tables(idx, valid, n_par, length, g)  # row-major (see _as_indices)
-    routed = tables[-1]
-    n_qb = idx.shape[2]
+    routed = tables[-1]  # (B, H, n_qb, n_kv): no paragraph past n_par is routed
+    last = routed.shape[-1] - 1
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return (kv_idx < n_par * g) & routed[b, h, q_idx // g, (kv_idx // g).clamp(max=n_qb - 1)]
+        return routed[b, h, q_idx // g, (kv_idx // g).clamp(max=last)]
 
     # The constructor, not from_kv_blocks: the query-side tables (for the backward's dK/dV loop) come
     # from the same compiled graph instead of a dozen more small kernels per layer.
@@ -740,10 +740,11 @@ def _paragraph_attention_merged(qr, ks, vs, o_routed, lse_routed, n_heads: int, 
     """L2 whole: query paragraph b's null key and summaries b - span .. b - 1 (ks rotated, vs: (B, n_par, d)),
     attended here, and its routed tokens (o_routed (B, H, Tp, hd) from the kernel, with the log-sum-exp of
     their scores lse_routed (B, H, Tp), -inf where none is routed) as one softmax over both key sets. No copy
-    of the queries: scores over span + 1 keys are reductions over qr (B, Tp, d) where it lies. -> (B, Tp, d)
+    of the queries: the scores over the span summaries are reductions over qr (B, Tp, d) where it lies (the null
+    key's score is 0). -> (B, Tp, d)
 
     Beside the routed kernel, not inside it: flex's blocks are a paragraph of keys, and a block of summaries
-    for a query block holds the span it reads among g - 1 others, evaluated element by element; its dK/dV
+    for a query block would hold its span of summaries among others, masked element by element, and its dK/dV
     program in the backward loops over every query block that reads it."""
     B, Tp, d = qr.shape
     H, hd, g = n_heads, d // n_heads, paragraph_size
@@ -863,11 +864,12 @@ def _window_attention_banded(q, k, v, n_heads: int, window: int, block: int):
     nb blocks (k, v: n_prev zero blocks first; q: n_prev zero blocks last), flattened to (B H P) blocks;
     query block n then pairs with key block n - j for every shift j, so each shift is one strided GEMM over
     two slices of the same buffers. The pairs that cross from one (batch, head) into the next land in rows
-    of padding queries, which are dropped. Against laying the n_prev + 1 key blocks side by side, the
-    forward writes and the backward saves one copy of k and v instead of n_prev + 1.
+    of padding queries, which are dropped. The forward writes, and the backward saves, one per-head copy of
+    q, k and v each.
 
     Why not flex: with 8 heads of d = 2048 the head size is 256, where flex's kernel runs small tiles
-    (H200, 8k x 8, fwd+bwd: 5.59 ms, against 3.71 ms for the side-by-side form of this)."""
+    (H200, 8k x 8, fwd+bwd: 5.59 ms, against 3.71 ms for a banded form that copied each key block beside its
+    neighbour; this form copies less)."""
     B, Tp, d = q.shape
     H, hd, nb = n_heads, d // n_heads, Tp // block
     n_prev = _blocks_before(window, block)
