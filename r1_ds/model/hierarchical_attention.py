@@ -210,14 +210,21 @@ def route_pooled(
     rows = (blocks - 1).clamp(0, nb - 1)
     scores = (qbar[:, :, rows].float() @ kbar.float().transpose(-1, -2)) / math.sqrt(d // n_heads)
     cand = torch.arange(nb, device=qbar.device)[None, :] <= blocks[:, None] - 1  # (n_blocks, nb)
+    return entropy_paths(scores, cand, K)
+
+
+def entropy_paths(scores: torch.Tensor, cand: torch.Tensor, K: int):
+    """The entropy rule, per row: scores (B, H, R, N) fp32 of N paths, cand (R, N) which are candidates;
+    p = softmax over the candidates, H = -sum p log p, and the k = clamp(ceil(exp(H)), 1, K) most probable
+    (never more than there are candidates) are taken. Returns top (B, H, R, K) path indices, most probable
+    first; valid (B, H, R, K) slot used; entropy (B, H, R) (0 for a row without candidates)."""
     scores = scores.masked_fill(~cand, float("-inf"))
-    has = cand.any(-1)  # query blocks with at least one candidate
-    p = torch.where(has[:, None], torch.softmax(scores.masked_fill(~has[:, None], 0.0), -1), 0.0)
-    entropy = -torch.special.xlogy(p, p).sum(-1)  # (B, H, n_blocks)
-    n_paths = torch.ceil(torch.exp(entropy)).clamp(1, K)
-    n_paths = torch.minimum(n_paths, cand.sum(-1).to(n_paths.dtype))  # never more than exist
-    top = p.topk(K, dim=-1).indices  # (B, H, n_blocks, K), most probable first
-    valid = torch.arange(K, device=qbar.device) < n_paths[..., None]
+    has = cand.any(-1)[:, None]  # rows with at least one candidate
+    p = torch.where(has, torch.softmax(scores.masked_fill(~has, 0.0), -1), 0.0)
+    entropy = -torch.special.xlogy(p, p).sum(-1)
+    n_paths = torch.minimum(torch.ceil(torch.exp(entropy)).clamp(1, K), cand.sum(-1).to(entropy.dtype))
+    top = p.topk(K, dim=-1).indices
+    valid = torch.arange(K, device=scores.device) < n_paths[..., None]
     return top, valid, entropy
 
 
@@ -253,13 +260,7 @@ def route_from_scores(scores: torch.Tensor, cand: torch.Tensor, top_k: int) -> t
     K = min(top_k, n_par)
     if K == 0:
         return torch.zeros(B, H, Tq, n_par, dtype=torch.bool, device=scores.device)
-    scores = scores.float().masked_fill(~cand, float("-inf"))
-    has = cand.any(-1)[:, None]  # queries with at least one candidate
-    p = torch.where(has, torch.softmax(scores.masked_fill(~has, 0.0), -1), 0.0)
-    entropy = -torch.special.xlogy(p, p).sum(-1)
-    n_paths = torch.minimum(torch.ceil(torch.exp(entropy)).clamp(1, K), cand.sum(-1).to(entropy.dtype))
-    top = p.topk(K, dim=-1).indices  # most probable first
-    valid = torch.arange(K, device=scores.device) < n_paths[..., None]
+    top, valid, _ = entropy_paths(scores.float(), cand, K)
     routed = torch.zeros(B, H, Tq, n_par + 1, dtype=torch.bool, device=scores.device)
     routed.scatter_(-1, torch.where(valid, top, n_par), True)  # unused slots land in a spare column
     return routed[..., :n_par] & cand
