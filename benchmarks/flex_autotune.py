@@ -30,7 +30,7 @@ H1, H2, _ = kw["level_heads"]
 g_, G_ = kw["paragraph_size"], kw["document_size"]
 n_par = T // g_
 q, k, v = (torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-qr, kr, vp, *_ = ha.flex_operands(
+qr, kbuf, vbuf, _, _, S = ha.flex_operands(
     q, k, v, level_heads=kw["level_heads"], paragraph_size=g_, document_size=G_, rope_theta=kw["rope_theta"]
 )
 with torch.no_grad():
@@ -39,13 +39,13 @@ with torch.no_grad():
     )
 cases = {
     "L1": (
-        [ha.split_heads(x, H1) for x in (qr, kr, vp)],
+        [ha.split_heads(x, H1) for x in (qr, kbuf[:, S:], vbuf[:, S:])],
         ha._window_block_mask(T, kw["window"], g_, "cuda"),
         (d // H1) ** -0.5,
     ),
     "L2": (
-        [ha.split_heads(x, H2) for x in (qr, kr, vp)],
-        ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_),
+        [ha.split_heads(x, H2) for x in (qr, kbuf, vbuf)],
+        ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_, span=G_ // g_),
         (d // H2) ** -0.5,
     ),
 }

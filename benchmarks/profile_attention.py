@@ -65,16 +65,16 @@ timed(
 g_, G_ = kw["paragraph_size"], kw["document_size"]
 n_par = T // g_
 glue_kw = {key: kw[key] for key in ("level_heads", "paragraph_size", "document_size", "rope_theta")}
-outs = ha.flex_operands(q, k, v, **glue_kw)
+*outs, S = ha.flex_operands(q, k, v, **glue_kw)
 timed(
-    "glue (rotary, summaries) fwd+bwd",
-    lambda: torch.autograd.backward(ha.flex_operands(q, k, v, **glue_kw), [torch.ones_like(o) for o in outs]),
+    "glue (rotary, summaries, key layout) fwd+bwd",
+    lambda: torch.autograd.backward(ha.flex_operands(q, k, v, **glue_kw)[:5], [torch.ones_like(o) for o in outs]),
 )
-qr, kr, vp, ks, vs, k3, v3 = leaf(*outs)
+qr, kbuf, vbuf, k3, v3 = leaf(*outs)
 m1 = ha._window_block_mask(T, kw["window"], g_, "cuda")
-l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kr, H1), ha.split_heads(vp, H1))
+l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kbuf[:, S:], H1), ha.split_heads(vbuf[:, S:], H1))
 o1g = torch.randn(B, H1, T, d // H1, device="cuda", dtype=torch.bfloat16)
-l1_ops = leaf(qr, kr, vp)
+l1_ops = leaf(qr, kbuf[:, S:], vbuf[:, S:])
 timed(
     f"L1 in use: explicit banded (hd {d // H1})",
     lambda: ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_).backward(o1g),
@@ -98,29 +98,14 @@ def l2_mask():
         idx, valid, _ = ha._route_compiled(
             q, k, n_heads=H2, paragraph_size=g_, top_k=kw["top_k"], first_block=0, n_blocks=T // g_
         )
-        return ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_)
+        return ha.paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g_, span=G_ // g_)
 
 
 timed("L2 routing + block mask", l2_mask)
 m2 = l2_mask()
-l2_in = leaf(ha.split_heads(qr, H2), ha.split_heads(kr, H2), ha.split_heads(vp, H2))
+l2_in = leaf(ha.split_heads(qr, H2), ha.split_heads(kbuf, H2), ha.split_heads(vbuf, H2))
 o2g = torch.randn(B, H2, T, d // H2, device="cuda", dtype=torch.bfloat16)
-lse_g = torch.randn(B, H2, T, device="cuda")
-
-
-def l2_routed():
-    o, lse = ha._flex(*l2_in, m2, (d // H2) ** -0.5, lse=True)
-    torch.autograd.backward((o, lse), (o2g, lse_g))
-
-
-timed(f"L2 routed flex kernel fwd+bwd (hd {d // H2})", l2_routed)
-with torch.no_grad():
-    o2, lse2 = ha._flex(*l2_in, m2, (d // H2) ** -0.5, lse=True)
-o2, lse2 = leaf(o2, lse2)
-timed(
-    "L2 summaries + merge fwd+bwd",
-    lambda: ha._paragraph_attention_merged(qr, ks, vs, o2, lse2, H2, g_, G_ // g_).backward(g),
-)
+timed(f"L2 flex kernel fwd+bwd (hd {d // H2})", lambda: ha._flex(*l2_in, m2, (d // H2) ** -0.5).backward(o2g))
 timed("L3 in use fwd+bwd", lambda: ha._document_attention(qr, k3, v3, H3, G_, T).backward(g))
 sdpa_l3 = torch.compile(ha._document_attention_sdpa, dynamic=False)
 timed("L3 through SDPA, compiled", lambda: sdpa_l3(qr, k3, v3, H3, G_, T).backward(g))

@@ -20,16 +20,16 @@ def _operands(T, g, G, heads, seed):
 )
 def test_banded_window_attention_equals_flex_l1(T, window, g):
     heads = (2, 4, 8)
-    qr, kr, vp, _, _, _, _ = _operands(T, g, 4 * g, heads, seed=0)
+    qr, kbuf, vbuf, _, _, S = _operands(T, g, 4 * g, heads, seed=0)
     H = heads[0]
     flex = ha._flex(
         ha.split_heads(qr, H),
-        ha.split_heads(kr, H),
-        ha.split_heads(vp, H),
+        ha.split_heads(kbuf[:, S:], H),
+        ha.split_heads(vbuf[:, S:], H),
         ha._window_block_mask(T, window, g, "cpu"),
         (64 // H) ** -0.5,
     )
-    banded = ha._window_attention_banded(qr, kr, vp, H, window, g)
+    banded = ha._window_attention_banded(qr, kbuf[:, S:], vbuf[:, S:], H, window, g)
     torch.testing.assert_close(banded, flex, atol=2e-5, rtol=1e-4)
 
 
@@ -50,36 +50,6 @@ def test_banded_window_attention_gradients_equal_dense_masked_attention(window, 
         torch.testing.assert_close(a, b)
 
 
-def _dense_flex(q, k, v, block_mask, scale, *, lse=False):
-    """FlexAttention's contract computed densely, with autograd on CPU (flex has no CPU backward): softmax over
-    the keys the block mask's element rule admits; a query with none gets zeros and a log-sum-exp of -inf."""
-    from torch.nn.attention.flex_attention import create_mask
-
-    B, H, T, _ = q.shape
-    mask = create_mask(block_mask.mask_mod, B, H, T, k.shape[2], device="cpu")
-    s = ((q @ k.transpose(-1, -2)) * scale).masked_fill(~mask, float("-inf"))
-    out = torch.softmax(s.masked_fill(~mask.any(-1, keepdim=True), 0.0), -1).masked_fill(~mask, 0.0) @ v
-    return (out, torch.logsumexp(s, -1)) if lse else out
-
-
-@pytest.mark.parametrize("T, top_k", [(96, 3), (77, 3), (40, 3), (5, 3), (96, 0)])
-def test_l2_merged_from_the_routed_kernel_and_the_summaries_has_the_reference_gradients(T, top_k, monkeypatch):
-    """L2 is the routed kernel's output merged with the summaries' through the kernel's log-sum-exp: forward and
-    the q, k, v gradients (through both parts and the lse) against the eager reference's one softmax (fp32).
-    The first paragraphs have nothing to route (an empty kernel row, lse = -inf); T = 5 is shorter than a
-    paragraph; top_k = 0 routes nothing anywhere."""
-    monkeypatch.setattr(ha, "_flex", _dense_flex)
-    kw = dict(level_heads=(2, 4, 8), window=16, paragraph_size=8, document_size=32, top_k=top_k, rope_theta=1e4)
-    torch.manual_seed(4)
-    q, k, v = (torch.randn(2, T, 64, requires_grad=True) for _ in range(3))
-    w = torch.randn(2, T, 64)
-    ref = ha.hierarchical_attention_eager(q, k, v, q, range(T), **kw)[1]
-    out = ha.hierarchical_attention_flex(q, k, v, **kw)[1]
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-    for a, b in zip(torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((ref * w).sum(), (q, k, v))):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
 @pytest.mark.parametrize("T, explicit", [(96, True), (77, True), (320, True), (320, False)])
 def test_l3_with_padded_keys_equals_sdpa_over_the_real_keys(T, explicit, monkeypatch):
     """_document_attention pads L3's 1 + T / G keys to a multiple of L3_KEY_MULTIPLE; no query may see the padding,
@@ -87,7 +57,7 @@ def test_l3_with_padded_keys_equals_sdpa_over_the_real_keys(T, explicit, monkeyp
     if not explicit:
         monkeypatch.setattr(ha, "EXPLICIT_L3_MAX_KEYS", 0)
     g, G, heads = 8, 32, (2, 4, 8)
-    qr, _, _, _, _, k3, v3 = _operands(T, g, G, heads, seed=3)
+    qr, _, _, k3, v3, _ = _operands(T, g, G, heads, seed=3)
     assert k3.shape[1] % ha.L3_KEY_MULTIPLE != 0  # padding happens
     ref = ha._document_attention_sdpa(qr, k3, v3, heads[2], G, T)
     torch.testing.assert_close(ha._document_attention(qr, k3, v3, heads[2], G, T), ref, atol=2e-5, rtol=1e-4)
@@ -96,7 +66,7 @@ def test_l3_with_padded_keys_equals_sdpa_over_the_real_keys(T, explicit, monkeyp
 @pytest.mark.parametrize("T", [96, 77])
 def test_explicit_document_attention_equals_sdpa_l3(T):
     g, G, heads = 8, 32, (2, 4, 8)
-    qr, _, _, _, _, k3, v3 = _operands(T, g, G, heads, seed=1)
+    qr, _, _, k3, v3, _ = _operands(T, g, G, heads, seed=1)
     ref = ha._document_attention_sdpa(qr, k3, v3, heads[2], G, T)
     out = ha._document_attention_explicit(qr, k3, v3, heads[2], G, T)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
@@ -158,7 +128,7 @@ def test_block_tables_are_row_major():
     )
     masks = {
         "L1": ha._window_block_mask(T, 16, g, "cpu"),
-        "L2": ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g),
+        "L2": ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=4),
     }
     for level, mask in masks.items():
         for name in TABLES:

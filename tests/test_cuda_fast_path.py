@@ -84,7 +84,7 @@ def test_block_tables_built_on_cuda_equal_the_eager_ones():
     T, H, g = 8192, 16, 128
     q, k = (torch.randn(2, T, 512, device="cuda") for _ in range(2))
     idx, valid, _ = ha._route_compiled(q, k, n_heads=H, paragraph_size=g, top_k=4, first_block=0, n_blocks=T // g)
-    args = (T // g, T, g)
+    args = (T // g, T, g, 1024 // g)
     on_gpu = ha._paragraph_block_tables(idx, valid, *args)
     eager = ha._paragraph_block_tables.__wrapped__(idx.cpu(), valid.cpu(), *args)
     for i, (a, b) in enumerate(zip(on_gpu, eager)):
@@ -92,16 +92,15 @@ def test_block_tables_built_on_cuda_equal_the_eager_ones():
 
 
 def test_l2_kernel_on_cuda_equals_dense_attention_and_flex_own_query_tables():
-    """L2's routed kernel alone, to tell a table fault from a kernel fault: the fused kernel with our BlockMask
-    against the same kernel with the query-side tables FlexAttention derives itself (from_kv_blocks), and both
-    against dense masked attention under the same element rule, forward (output and log-sum-exp) and all three
-    gradients, in fp32."""
+    """L2 alone, to tell a table fault from a kernel fault: the fused kernel with our BlockMask against the same
+    kernel with the query-side tables FlexAttention derives itself (from_kv_blocks), and both against dense
+    masked attention under the same element rule, forward and all three gradients, in fp32."""
     from torch.nn.attention.flex_attention import BlockMask, create_mask
 
     torch.manual_seed(0)
     T, d, g, H = 4096, 2048, KW["paragraph_size"], KW["level_heads"][1]
     q, k, v = (torch.randn(1, T, d, device="cuda") for _ in range(3))
-    qr, kr, vp, _, _, _, _ = ha.flex_operands(
+    qr, kbuf, vbuf, _, _, _ = ha.flex_operands(
         q,
         k,
         v,
@@ -113,7 +112,7 @@ def test_l2_kernel_on_cuda_equals_dense_attention_and_flex_own_query_tables():
     idx, valid, _ = ha._route_compiled(
         q, k, n_heads=H, paragraph_size=g, top_k=KW["top_k"], first_block=0, n_blocks=T // g
     )
-    ours = ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g)
+    ours = ha.paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=KW["document_size"] // g)
     theirs = BlockMask.from_kv_blocks(
         ours.kv_num_blocks,
         ours.kv_indices,
@@ -123,7 +122,7 @@ def test_l2_kernel_on_cuda_equals_dense_attention_and_flex_own_query_tables():
         mask_mod=ours.mask_mod,
         seq_lengths=ours.seq_lengths,
     )
-    xs = [ha.split_heads(x, H).detach() for x in (qr, kr, vp)]
+    xs = [ha.split_heads(x, H).detach() for x in (qr, kbuf, vbuf)]
     weight = torch.randn_like(xs[0])
     scale = (d // H) ** -0.5
 
@@ -133,21 +132,17 @@ def test_l2_kernel_on_cuda_equals_dense_attention_and_flex_own_query_tables():
         (out * weight).sum().backward()
         return [out.detach()] + [x.grad for x in leaves]
 
-    dense_mask = create_mask(ours.mask_mod, 1, H, T, T, device="cuda")
-    some = dense_mask.any(-1, keepdim=True)  # the first paragraphs route nothing: zeros and an lse of -inf
-    lse_weight = torch.randn(xs[0].shape[:-1], device="cuda")
-
-    def with_lse(out, lse):  # the lse carries a gradient too (L2 merges through it)
-        return out + (torch.where(some[..., 0], lse, 0.0) * lse_weight)[..., None] / weight.numel() ** 0.5
+    # the whole element rule (on CUDA the block mask carries the summary rule alone: its partial blocks' rule)
+    routed = ha._paragraph_block_tables(idx, valid, T // g, T, g, KW["document_size"] // g)[-1]
+    rule = ha.l2_element_rule(routed, n_par=T // g, paragraph_size=g, span=KW["document_size"] // g)
+    dense_mask = create_mask(rule, 1, H, T, kbuf.shape[1], device="cuda")
 
     def dense(q_, k_, v_):
-        s_ = ((q_ @ k_.transpose(-1, -2)) * scale).masked_fill(~dense_mask, float("-inf"))
-        p_ = torch.softmax(s_.masked_fill(~some, 0.0), -1).masked_fill(~dense_mask, 0.0)
-        return with_lse(p_ @ v_, torch.logsumexp(s_.masked_fill(~some, 0.0), -1))  # finite where unused
+        s_ = (q_ @ k_.transpose(-1, -2)) * scale
+        return torch.softmax(s_.masked_fill(~dense_mask, float("-inf")), -1) @ v_
 
     ref = run(dense)
-    with_ours = run(lambda *a: with_lse(*ha._flex(*a, ours, scale, lse=True)))
-    with_theirs = run(lambda *a: with_lse(*ha._flex(*a, theirs, scale, lse=True)))
+    with_ours, with_theirs = run(lambda *a: ha._flex(*a, ours, scale)), run(lambda *a: ha._flex(*a, theirs, scale))
     for name, a, b, r in zip(("output", "dq", "dk", "dv"), with_ours, with_theirs, ref):
         assert _rel(b, r) < 2e-4, f"{name}: flex with its own query tables differs from dense by {_rel(b, r):.2e}"
         assert _rel(a, r) < 2e-4, f"{name}: flex with our query tables differs from dense by {_rel(a, r):.2e}"

@@ -198,10 +198,11 @@ def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
 
-def _kernel_view(block_mask, B, H, Q, KV):
+def _kernel_view(block_mask, B, H, Q, KV, mask_mod=None):
     """The element mask the fused GPU kernel applies: full blocks whole, partial blocks through
-    mask_mod, other blocks skipped. (The CPU path applies mask_mod everywhere, so equality with the
-    reference on CPU proves the GPU result only if the block tables agree with mask_mod.)"""
+    mask_mod (the block mask's own unless given), other blocks skipped. (The CPU path applies mask_mod
+    everywhere, so equality with the reference on CPU proves the GPU result only if the block tables
+    agree with mask_mod.)"""
     from torch.nn.attention.flex_attention import create_mask
 
     bq, bk = block_mask.BLOCK_SIZE
@@ -216,17 +217,20 @@ def _kernel_view(block_mask, B, H, Q, KV):
     partial = table(block_mask.kv_num_blocks, block_mask.kv_indices)
     full = table(block_mask.full_kv_num_blocks, block_mask.full_kv_indices)
     dense = create_mask(block_mask.mask_mod, B, H, Q, KV, device="cpu")
-    return full | (partial & dense), dense, full & ~dense
+    applied = dense if mask_mod is None else create_mask(mask_mod, B, H, Q, KV, device="cpu")
+    return full | (partial & applied), dense, full & ~dense
 
 
 @pytest.mark.parametrize("T, window, g", [(96, 16, 8), (64, 24, 8), (128, 8, 16)])
 def test_flex_block_tables_agree_with_mask(T, window, g):
-    from r1_ds.model.hierarchical_attention import _window_block_mask, paragraph_block_mask
+    from torch.nn.attention.flex_attention import create_mask
+
+    from r1_ds.model.hierarchical_attention import _window_block_mask, l2_summary_mod, paragraph_block_mask
 
     kernel, dense, wrong_full = _kernel_view(_window_block_mask(T, window, g, "cpu"), 1, 1, T, T)
     assert torch.equal(kernel, dense) and not wrong_full.any()
     torch.manual_seed(0)
-    B, H = 2, 4
+    B, H, span = 2, 4, 4
     idx, valid, _ = route_paragraphs(
         torch.randn(B, T, 32),
         torch.randn(B, T, 32),
@@ -237,10 +241,15 @@ def test_flex_block_tables_agree_with_mask(T, window, g):
         n_blocks=T // g,
     )
     assert valid.any()
-    bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g)
-    kernel, dense, wrong_full = _kernel_view(bm, B, H, T, T)
+    bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
+    KV = bm.seq_lengths[1]
+    kernel, dense, wrong_full = _kernel_view(bm, B, H, T, KV)
     assert torch.equal(kernel, dense) and not wrong_full.any()
-    assert int(bm.kv_num_blocks.sum()) == 0  # every routed block is full: the fused kernel never masks
+    # on CUDA the fused kernel gets the summary rule alone: through the same tables, the same mask
+    gpu_mod = l2_summary_mod(n_par=T // g, paragraph_size=g, span=span)
+    kernel, _, _ = _kernel_view(bm, B, H, T, KV, mask_mod=gpu_mod)
+    assert torch.equal(kernel, dense)
+    assert not torch.equal(create_mask(gpu_mod, B, H, T, KV, device="cpu"), dense)  # it leaves routed keys out
 
 
 def test_l2_query_side_tables_are_the_transpose_of_the_key_side():
@@ -250,7 +259,7 @@ def test_l2_query_side_tables_are_the_transpose_of_the_key_side():
 
     from r1_ds.model.hierarchical_attention import paragraph_block_mask
 
-    g, T = 8, 256
+    g, span, T = 8, 4, 256
     torch.manual_seed(0)
     idx, valid, _ = route_paragraphs(
         torch.randn(2, T, 32),
@@ -261,7 +270,7 @@ def test_l2_query_side_tables_are_the_transpose_of_the_key_side():
         first_block=0,
         n_blocks=T // g,
     )
-    bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g)
+    bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
     ref = BlockMask.from_kv_blocks(
         bm.kv_num_blocks,
         bm.kv_indices,
@@ -282,7 +291,31 @@ def test_l2_query_side_tables_are_the_transpose_of_the_key_side():
     ):
         assert torch.equal(ours[0], theirs[0])
         assert torch.equal(used(*ours), used(*theirs))
-    assert int(bm.full_q_num_blocks.sum()) > 0 and int(bm.q_num_blocks.sum()) == 0
+    assert int(bm.full_q_num_blocks.sum()) > 0 and int(bm.q_num_blocks.sum()) > 0
+
+
+def test_each_l2_summary_block_is_read_by_nearby_query_blocks_only():
+    """The flex backward runs one dK/dV program per key block, looping over the query blocks that read it.
+    Each summary block carries its own null key, so no summary block is read by every query block (a
+    shared null would make one program loop over all n / g of them: a serial tail growing with n)."""
+    from r1_ds.model.hierarchical_attention import paragraph_block_mask, summary_len
+
+    g, span, T = 8, 4, 512
+    n_par = T // g
+    torch.manual_seed(0)
+    idx, valid, _ = route_paragraphs(
+        torch.randn(1, T, 32),
+        torch.randn(1, T, 32),
+        n_heads=2,
+        paragraph_size=g,
+        top_k=3,
+        first_block=0,
+        n_blocks=n_par,
+    )
+    bm = paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g, span=span)
+    n_sb = summary_len(n_par, g) // g
+    readers = bm.q_num_blocks[..., :n_sb]  # query blocks per summary block (summary blocks are partial)
+    assert n_sb == 10 and int(readers.max()) <= (g - 1) + span < n_par
 
 
 def test_model_flex_equals_eager():

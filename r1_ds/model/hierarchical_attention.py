@@ -79,7 +79,7 @@ def flex_length(T: int, paragraph_size: int) -> int:
 
 def compiled_on_cuda(fn=None, *, dynamic: bool | None = False):
     """fn, but through torch.compile when its first argument is on a GPU; on CPU, fn itself. The
-    memory-bound glue around the matmuls and attention kernels (rotary, pooling, summaries, norms,
+    memory-bound glue around the matmuls and attention kernels (rotary, pooling, key layout, norms,
     gates) left eager costs several times the kernels themselves (benchmarks/results/attention.md).
     dynamic=None lets shapes vary without a recompile each (element-wise pieces that see every
     length in generation); the attention glue stays static (its shapes set the kernels' tiles), and a
@@ -156,6 +156,13 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     x1, x2 = xc[..., :half], xc[..., half:]
     cos, sin = cos[:, None, :], sin[:, None, :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).view(B, T, d).to(x.dtype)
+
+
+def summary_len(n_par: int, paragraph_size: int) -> int:
+    """Length of L2's summary region in the flex path: blocks of one paragraph, each [null, the next
+    paragraph_size - 1 summaries] (the last padded), at least one block (for the null key)."""
+    per = paragraph_size - 1
+    return max(1, -(-n_par // per)) * paragraph_size
 
 
 def summary_positions(n: int, size: int, device) -> torch.Tensor:
@@ -557,15 +564,11 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex(q, k, v, block_mask, scale, *, lse: bool = False):
-    """flex_attention through its compiled kernel on GPU -> out (B, H, T, hd), or (out, log-sum-exp (B, H, T) of
-    each query's scores, natural log, -inf where a query has no key) with lse=True; the lse carries a gradient."""
-    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+def _flex(q, k, v, block_mask, scale):
+    from torch.nn.attention.flex_attention import flex_attention
 
-    aux = AuxRequest(lse=True) if lse else None
     if not q.is_cuda:
-        out = flex_attention(q, k, v, block_mask=block_mask, scale=scale, return_aux=aux)
-        return (out[0], out[1].lse) if lse else out
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
     options = None
     block = block_mask.BLOCK_SIZE[0]
     if block < 128:  # the kernel's default tiles (128) must divide the mask's blocks
@@ -574,9 +577,8 @@ def _flex(q, k, v, block_mask, scale, *, lse: bool = False):
         fn = flex_attention
     else:
         fn = _compiled_flex()
-        _check_static_shapes("flex_attention", (q, k, v, block, torch.is_grad_enabled(), lse))
-    out = fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=options, return_aux=aux)
-    return (out[0], out[1].lse) if lse else out
+        _check_static_shapes("flex_attention", (q, k, v, block, torch.is_grad_enabled()))
+    return fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=options)
 
 
 @torch.library.custom_op("r1_ds::place_columns", mutates_args=())
@@ -673,26 +675,36 @@ def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
     return x if x.shape[1] == n else F.pad(x, (0, 0, 0, n - x.shape[1]))
 
 
-def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, length: int, paragraph_size: int):
-    """L2's routed part as a block mask over the `length` token keys: query paragraph b reads the token
-    blocks of its routed paragraphs idx[..., b, :valid] whole. Flex blocks are one paragraph long, and
-    every listed block is full, so the fused kernels never evaluate mask_mod (the element rule that flex's
-    unfused CPU path applies) and skip every unrouted paragraph. The summaries and null key, which every
-    query paragraph reads a few of, are attended beside this kernel (_paragraph_attention_merged)."""
+def paragraph_block_mask(
+    idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, length: int, paragraph_size: int, span: int
+):
+    """L2 block mask over keys laid out as [summary blocks | `length` tokens]. Each summary block is
+    [null, g - 1 summaries]: summary j sits at kv index (j // (g - 1)) * g + 1 + j % (g - 1).
+
+    Query paragraph b reads (partial blocks, masked element-wise) the summary blocks holding
+    summaries b - span .. b - 1 and, as its one null key, the null of the block holding summary
+    b - 1 (block 0 for b = 0); and (full blocks) the token blocks of its routed paragraphs
+    idx[..., b, :valid]. Flex blocks are one paragraph long. A null in every summary block (not
+    one null for all) keeps each block's readers to the query paragraphs near it: with a single
+    shared null, the backward's dK/dV program of that block would loop over every query block.
+    """
     from torch.nn.attention.flex_attention import BlockMask
 
     g = paragraph_size
-    tables = _paragraph_block_tables(idx, valid, n_par, length, g)  # row-major (see _as_indices)
-    routed = tables[-1]  # (B, H, n_qb, n_kv): no paragraph past n_par is routed
-    last = routed.shape[-1] - 1
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return routed[b, h, q_idx // g, (kv_idx // g).clamp(max=last)]
+    S = summary_len(n_par, g)
+    tables = _paragraph_block_tables(idx, valid, n_par, length, g, span)  # row-major (see _as_indices)
+    # The element rule: flex's unfused (CPU, eager) path applies only mask_mod, and the fused kernel applies
+    # it to partial blocks; full (routed) blocks skip it. Partial blocks are all summary blocks, where the
+    # token rule is false, so the fused kernel gets the summary rule alone (no lookup in `routed` per score).
+    if idx.is_cuda:
+        mask_mod = l2_summary_mod(n_par=n_par, paragraph_size=g, span=span)
+    else:
+        mask_mod = l2_element_rule(tables[-1], n_par=n_par, paragraph_size=g, span=span)
 
     # The constructor, not from_kv_blocks: the query-side tables (for the backward's dK/dV loop) come
     # from the same compiled graph instead of a dozen more small kernels per layer.
     return BlockMask(
-        seq_lengths=(length, length),
+        seq_lengths=(length, S + length),
         kv_num_blocks=tables[0],
         kv_indices=tables[1],
         full_kv_num_blocks=tables[2],
@@ -706,70 +718,80 @@ def paragraph_block_mask(idx: torch.Tensor, valid: torch.Tensor, *, n_par: int, 
     )
 
 
+def l2_element_rule(routed: torch.Tensor, *, n_par: int, paragraph_size: int, span: int):
+    """The whole L2 rule as a mask_mod over [summary blocks | tokens]: the summary keys (l2_summary_mod) and the
+    tokens of every paragraph routed for the query's paragraph, routed (B, H, n_qb, n_qb) from the block tables."""
+    g = paragraph_size
+    S = summary_len(n_par, g)
+    last = routed.shape[-1] - 1
+    summary = l2_summary_mod(n_par=n_par, paragraph_size=g, span=span)
+
+    def mask_mod(b, h, q_idx, kv_idx_):
+        token = (kv_idx_ >= S) & routed[b, h, q_idx // g, ((kv_idx_ - S) // g).clamp(0, last)]
+        return summary(b, h, q_idx, kv_idx_) | token
+
+    return mask_mod
+
+
+def l2_summary_mod(*, n_par: int, paragraph_size: int, span: int):
+    """L2's summary keys as a mask_mod (see paragraph_block_mask for the layout): query paragraph b sees
+    summaries b - span .. b - 1 and the null of the block holding summary b - 1; false on every token key."""
+    g = paragraph_size
+    S = summary_len(n_par, g)
+
+    def summary(b, h, q_idx, kv_idx_):
+        blk, slot = kv_idx_ // g, kv_idx_ % g
+        j = blk * (g - 1) + slot - 1
+        qpar = q_idx // g
+        in_summaries = kv_idx_ < S
+        null = in_summaries & (slot == 0) & (blk == (qpar - 1).clamp(min=0) // (g - 1))
+        return null | (in_summaries & (slot > 0) & (j < n_par) & (j < qpar) & (j >= qpar - span))
+
+    return summary
+
+
 @compiled_on_cuda
-def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size: int):
-    """Block tables of paragraph_block_mask, all (B, H, ...): per query block, no partial blocks (kv_num,
-    kv_idx all zero) and (full_num, full_idx) its routed token blocks; the same transposed, per key block
-    (q_num, q_idx zero; full_q_num, full_q_idx: the query blocks reading it); and routed (B, H, n_qb, n_qb),
-    paragraph j routed for query paragraph b. One compiled graph on GPU (dozens of tiny kernels left eager)."""
+def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size: int, span: int):
+    """Block tables of paragraph_block_mask, all (B, H, ...): per query block, (kv_num, kv_idx) its
+    partial summary blocks and (full_num, full_idx) its routed token blocks; the same transposed, per
+    key block (q_num, q_idx, full_q_num, full_q_idx: the query blocks reading it); and routed
+    (B, H, n_qb, n_qb), paragraph j routed for query paragraph b. One compiled graph on GPU (dozens
+    of tiny kernels left eager)."""
     g = paragraph_size
     B, H, n_qb, _ = idx.shape
-    n_kv = length // g
+    dev = idx.device
+    n_sb = summary_len(n_par, g) // g
+    qb = torch.arange(n_qb, device=dev)
+    lo = (qb - span).clamp(min=0) // (g - 1)  # block of summary b - span
+    hi = (qb - 1).clamp(min=0) // (g - 1)  # block of summary b - 1, whose null b reads (block 0 for b = 0)
+    n_kv = n_sb + length // g
+    # Block tables span every kv block (flex expects index rows as wide as the kv block count).
     # Comparisons only, no masked store or scatter: inductor's code for those broke at long lengths (C++ at
-    # 32k tokens; see place_columns for CUDA). (B, H, n_qb, K, n_kv) compared and reduced over the K <= top_k
-    # slots (no slot routed when nothing is routable: K = 0, a short sequence or top_k = 0).
-    kvb = torch.arange(n_kv, device=idx.device)
-    full = ((idx[..., None] == kvb) & valid[..., None] & (kvb < n_par)).any(-2)  # (B, H, n_qb, n_kv)
+    # 32k tokens; see place_columns for CUDA).
+    kvb = torch.arange(n_kv, device=dev)
+    need = (kvb[None] < n_sb) & (kvb[None] >= lo[:, None]) & (kvb[None] <= hi[:, None])  # (n_qb, n_kv)
+    kv_num, kv_idx = _as_indices(need)
+    # routed paragraph j is token block n_sb + j: (B, H, n_qb, K, n_kv) compared and reduced over the
+    # K <= top_k slots (no slot routed when nothing is routable: K = 0, a short sequence or top_k = 0)
+    full = ((idx[..., None] + n_sb == kvb) & valid[..., None]).any(-2)
     full_num, full_idx = _as_indices(full)
+    q_num, q_idx = transposed_indices(need)
     full_q_num, full_q_idx = transposed_indices(full)
-    none = full.new_zeros((), dtype=torch.int32)
+
+    def per_head(x):
+        return x[None, None].expand(B, H, *x.shape).contiguous()
+
     return (
-        none.expand(B, H, n_qb).contiguous(),
-        none.expand(B, H, n_qb, n_kv).contiguous(),
+        per_head(kv_num),
+        per_head(kv_idx),
         full_num,
         full_idx,
-        none.expand(B, H, n_kv).contiguous(),
-        none.expand(B, H, n_kv, n_qb).contiguous(),
+        per_head(q_num),
+        per_head(q_idx),
         full_q_num,
         full_q_idx,
-        full,
+        full[..., n_sb:].contiguous(),
     )
-
-
-@compiled_on_cuda
-def _paragraph_attention_merged(qr, ks, vs, o_routed, lse_routed, n_heads: int, paragraph_size: int, span: int):
-    """L2 whole: query paragraph b's null key and summaries b - span .. b - 1 (ks rotated, vs: (B, n_par, d)),
-    attended here, and its routed tokens (o_routed (B, H, Tp, hd) from the kernel, with the log-sum-exp of
-    their scores lse_routed (B, H, Tp), -inf where none is routed) as one softmax over both key sets. No copy
-    of the queries: the scores over the span summaries are reductions over qr (B, Tp, d) where it lies (the null
-    key's score is 0). -> (B, Tp, d)
-
-    Beside the routed kernel, not inside it: flex's blocks are a paragraph of keys, and a block of summaries
-    for a query block would hold its span of summaries among others, masked element by element, and its dK/dV
-    program in the backward loops over every query block that reads it."""
-    B, Tp, d = qr.shape
-    H, hd, g = n_heads, d // n_heads, paragraph_size
-    n_qb, n_par = Tp // g, ks.shape[1]
-
-    def windows(x):  # (B, n_par, d) -> (B, n_qb, span, H, hd): summaries b - span .. b - 1, zeros before 0
-        x = F.pad(x, (0, 0, span, max(0, n_qb - n_par)))
-        return torch.stack([x[:, t : t + n_qb] for t in range(span)], dim=2).view(B, n_qb, span, H, hd)
-
-    q = qr.view(B, n_qb, g, 1, H, hd).float()
-    s = (q * windows(ks).float()[:, :, None]).sum(-1) * hd**-0.5  # (B, n_qb, g, span, H)
-    t = torch.arange(span, device=qr.device)
-    seen = (torch.arange(n_qb, device=qr.device)[:, None] - span + t >= 0)[None, :, None, :, None]
-    s = s.masked_fill(~seen, float("-inf"))
-    lse_r = lse_routed.float().view(B, H, n_qb, g).permute(0, 2, 3, 1)  # (B, n_qb, g, H)
-    m = torch.maximum(torch.maximum(s.amax(3), lse_r), s.new_zeros(())).detach()  # null's score: 0; o is free of m
-    e = torch.exp(s - m[:, :, :, None])
-    e_r = torch.exp(lse_r - m)
-    denom = e_r + torch.exp(-m) + e.sum(3)  # (B, n_qb, g, H)
-    o_r = o_routed.view(B, H, n_qb, g, hd).permute(0, 2, 3, 1, 4).float()
-    o_r = torch.where((lse_r > float("-inf"))[..., None], o_r, 0.0)  # no routed key: the kernel's row is empty
-    o_s = (e[..., None] * windows(vs).float()[:, :, None]).sum(3)  # (B, n_qb, g, H, hd)
-    o = (e_r[..., None] * o_r + o_s) / denom[..., None]
-    return o.reshape(B, Tp, d).to(qr.dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -791,20 +813,40 @@ _route_compiled = compiled_on_cuda(route_paragraphs)  # ~40 small kernels as one
 
 @compiled_on_cuda
 def _flex_inputs(
-    q, k, v, cos, sin, cos_p, sin_p, cos_d, sin_d, n_par: int, n_doc: int, paragraph_size: int, document_size: int
+    q,
+    k,
+    v,
+    cos,
+    sin,
+    cos_p,
+    sin_p,
+    cos_d,
+    sin_d,
+    n_par: int,
+    summary_len: int,
+    n_doc: int,
+    paragraph_size: int,
+    document_size: int,
 ):
-    """Every level's operands in one memory pass, all (B, ., d) with heads still folded: rotated queries and
-    keys (L1 and L2's routed tokens read these, and v as it is); L2's paragraph summaries (keys rotated at the
-    group centres, values); L3 keys / values [null, document summaries]. q, k, v are padded to whole
-    paragraphs; summaries come from complete groups only."""
+    """Every level's operands in one memory pass, all (B, ., d) with heads still folded:
+    rotated queries; L2 keys / values laid out as [summary blocks of (null, g - 1 summaries) | tokens]
+    (see paragraph_block_mask), whose token part also serves L1; L3 keys / values [null, document
+    summaries]. q, k, v are padded to whole paragraphs; summaries come from complete groups only."""
     B, Tp, d = q.shape
     g, G = paragraph_size, document_size
+    n_sb = summary_len // g
     zero = k.new_zeros(B, 1, d)
+
+    def summary_blocks(s):  # (B, n_par, d) -> (B, summary_len, d): each block [null, g - 1 summaries]
+        s = F.pad(s, (0, 0, 0, n_sb * (g - 1) - n_par)).view(B, n_sb, g - 1, d)
+        return torch.cat([s.new_zeros(B, n_sb, 1, d), s], dim=2).view(B, summary_len, d)
+
     ks = rotary(pool_groups(k[:, : n_par * g], g), cos_p, sin_p)
-    vs = pool_groups(v[:, : n_par * g], g)
+    kbuf = torch.cat([summary_blocks(ks), rotary(k, cos, sin)], dim=1)
+    vbuf = torch.cat([summary_blocks(pool_groups(v[:, : n_par * g], g)), v], dim=1)
     k3 = torch.cat([zero, rotary(pool_groups(k[:, : n_doc * G], G), cos_d, sin_d)], dim=1)
     v3 = torch.cat([zero, pool_groups(v[:, : n_doc * G], G)], dim=1)
-    return rotary(q, cos, sin), rotary(k, cos, sin), ks, vs, k3, v3
+    return rotary(q, cos, sin), kbuf, vbuf, k3, v3
 
 
 def _document_attention_with(attend, qr, k3, v3, n_heads: int, document_size: int, length: int):
@@ -922,19 +964,33 @@ def flex_operands(
     rope_theta: float,
 ):
     """`_flex_inputs` of (B, T, d) q, k, v padded to whole paragraphs, with the cached rope tables:
-    (qr, kr, v, ks, vs, k3, v3), v padded like the others."""
+    (qr, kbuf, vbuf, k3, v3, S), S the length of L2's summary region at the front of kbuf / vbuf."""
     B, T, d = q.shape
     g, G = paragraph_size, document_size
     Tp = -(-T // g) * g  # padded to whole paragraphs
     n_par, n_doc = T // g, T // G
+    S = summary_len(n_par, g)
     r = rope_size(d, level_heads)
 
     def grid(n, step):
         return rope_grid(n, step, r, rope_theta, q.device)
 
-    q, k, v = (_pad_to(x, Tp) for x in (q, k, v))
-    qr, kr, ks, vs, k3, v3 = _flex_inputs(q, k, v, *grid(Tp, 1), *grid(n_par, g), *grid(n_doc, G), n_par, n_doc, g, G)
-    return qr, kr, v, ks, vs, k3, v3
+    return (
+        *_flex_inputs(
+            _pad_to(q, Tp),
+            _pad_to(k, Tp),
+            _pad_to(v, Tp),
+            *grid(Tp, 1),
+            *grid(n_par, g),
+            *grid(n_doc, G),
+            n_par,
+            S,
+            n_doc,
+            g,
+            G,
+        ),
+        S,
+    )
 
 
 def hierarchical_attention_flex(
@@ -952,12 +1008,12 @@ def hierarchical_attention_flex(
     """Fast path for a whole causal sequence (training / prefill): same result as the eager
     reference with q_pos = arange(T), computed with FlexAttention block-sparse kernels.
 
-    One compiled pass rotates q and k once for all levels and pools the group summaries. L1 reads the
-    rotated keys as explicit banded attention when its window spans few paragraphs (else flex). L2 reads
-    the same keys through a block mask that lists each query paragraph's routed paragraphs as full blocks
-    (flex blocks are one paragraph), so unrouted paragraphs cost nothing; its null key and summaries are
-    attended beside the kernel and merged with it through the kernel's log-sum-exp, as one softmax. L3
-    (1 + T / G keys) is an explicit softmax while its keys fit one tile, else SDPA.
+    One compiled pass rotates q and k once for all levels and writes L2's keys as [summary blocks of
+    (null, g - 1 summaries) | tokens]; L1 reads the token part of the same buffer, as explicit banded
+    attention when its window spans few paragraphs (else flex). L2's block mask gives each query
+    paragraph the summary blocks it needs (partial blocks, masked element-wise) and its routed
+    paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are one paragraph.
+    L3 (1 + T / G keys) is an explicit softmax while its keys fit one tile, else SDPA.
 
     The sequence is computed at flex_length(T) (zero-padded), so the compiled kernels see a bounded set of
     lengths. The result at every real position is unchanged: a query sees no later token at L1, and at L2
@@ -970,19 +1026,19 @@ def hierarchical_attention_flex(
     q, k, v = (_pad_to(x, T) for x in (q, k, v))
     B, _, d = q.shape
     g, G = paragraph_size, document_size
-    qr, kr, vp, ks, vs, k3, v3 = flex_operands(
+    qr, kbuf, vbuf, k3, v3, S = flex_operands(
         q, k, v, level_heads=level_heads, paragraph_size=g, document_size=G, rope_theta=rope_theta
     )
     Tp = qr.shape[1]
 
     H = level_heads[0]
     if _blocks_before(window, g) + 1 <= BANDED_L1_MAX_BLOCKS:
-        o1 = _window_attention_banded_compiled(qr, kr, vp, H, window, g)
+        o1 = _window_attention_banded_compiled(qr, kbuf[:, S:], vbuf[:, S:], H, window, g)
     else:
         o1 = _flex(
             split_heads(qr, H),
-            split_heads(kr, H),
-            split_heads(vp, H),
+            split_heads(kbuf[:, S:], H),
+            split_heads(vbuf[:, S:], H),
             _cached(_window_block_mask, Tp, window, g, str(q.device)),
             (d // H) ** -0.5,
         )
@@ -991,11 +1047,8 @@ def hierarchical_attention_flex(
     idx, valid, _ = _route_compiled(
         q.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=0, n_blocks=Tp // g
     )  # routing carries no gradient
-    block_mask = paragraph_block_mask(idx, valid, n_par=T // g, length=Tp, paragraph_size=g)
-    o_routed, lse = _flex(
-        split_heads(qr, H), split_heads(kr, H), split_heads(vp, H), block_mask, (d // H) ** -0.5, lse=True
-    )
-    h2 = _paragraph_attention_merged(qr, ks, vs, o_routed, lse, H, g, G // g)
+    block_mask = paragraph_block_mask(idx, valid, n_par=T // g, length=Tp, paragraph_size=g, span=G // g)
+    o2 = _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
 
     h3 = _document_attention(qr, k3, v3, level_heads[2], G, T)
-    return merge_heads(o1)[:, :T_real], h2[:, :T_real], h3[:, :T_real]
+    return merge_heads(o1)[:, :T_real], merge_heads(o2)[:, :T_real], h3[:, :T_real]
