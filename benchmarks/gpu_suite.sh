@@ -73,11 +73,14 @@ fi
 # the target lengths first: each row is saved as it finishes, so a step cut short keeps those.
 # Every length compiles both sides afresh (a minute or more each on an H200): 32k and 128k may not fit.
 LENGTHS="8192 65536 1024 2048 4096 16384 32768 131072"
-step attention 560 "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths $LENGTHS \
+# ATTENTION_LENGTHS picks lengths (the targets alone, "8192 65536 131072", take about 2 minutes)
+step attention 560 "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths ${ATTENTION_LENGTHS:-$LENGTHS} \
     --json "$OUT/attention_h200.json"
 step attention_compiled 580 "$PY" benchmarks/attention.py --device cuda --repeats 5 --compile --lengths $LENGTHS \
     --json "$OUT/attention_h200_compiled.json"
-step train 400 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 8192 --steps 5 --warmup 3 \
+# TRAIN_SIZES / TRAIN_SEQ_LENS pick rows (each size and length, both models: about 90 s)
+step train 400 "$PY" benchmarks/train_throughput.py --sizes ${TRAIN_SIZES:-350m 1.3b} --seq-lens ${TRAIN_SEQ_LENS:-2048 8192} \
+    --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_h200.json"
 step train_compiled 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 --steps 5 --warmup 3 \
     --compile-blocks --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_compiled_h200.json"
