@@ -35,8 +35,9 @@ def test_banded_window_attention_equals_flex_l1(T, window, g):
 
 @pytest.mark.parametrize("window, g", [(8, 8), (5, 8), (17, 8), (24, 8)])
 def test_banded_window_attention_gradients_equal_dense_masked_attention(window, g):
-    """The banded form's forward and backward against plain masked attention over all T keys (float64):
-    its shifted views of one key buffer must route every gradient back to the key it came from."""
+    """The banded form's forward and backward against plain masked attention over all T keys (float64 operands,
+    scores rounded through fp32 on both sides): its shifted views of one key buffer must route every gradient
+    back to the key it came from."""
     T, H, d = 48, 2, 16
     torch.manual_seed(2)
     q, k, v = (torch.randn(2, T, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
