@@ -30,7 +30,7 @@ H1, H2, _ = kw["level_heads"]
 g_, G_ = kw["paragraph_size"], kw["document_size"]
 n_par = T // g_
 q, k, v = (torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-qr, kbuf, vbuf, _, _, S = ha.flex_operands(
+qr, kr, vp, kbuf, vbuf, _, _, S = ha.flex_operands(
     q, k, v, level_heads=kw["level_heads"], paragraph_size=g_, document_size=G_, rope_theta=kw["rope_theta"]
 )
 with torch.no_grad():
@@ -39,7 +39,7 @@ with torch.no_grad():
     )
 cases = {
     "L1": (
-        [ha.split_heads(x, H1) for x in (qr, kbuf[:, S:], vbuf[:, S:])],
+        [ha.split_heads(x, H1) for x in (qr, kr, vp)],
         ha._window_block_mask(T, kw["window"], g_, "cuda"),
         (d // H1) ** -0.5,
     ),

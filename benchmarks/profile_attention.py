@@ -55,11 +55,6 @@ def leaf(*xs):
 
 timed("whole step fwd+bwd", whole)
 timed("whole step fwd only", lambda: ha.hierarchical_attention_flex(q, k, v, **kw))
-whole_graph = torch.compile(ha.hierarchical_attention_flex, fullgraph=True, dynamic=False)
-timed(
-    "whole step fwd+bwd, one compiled graph (as under model.compile)",
-    lambda: torch.autograd.backward(whole_graph(q, k, v, **kw), (g, g, g)),
-)
 
 # the shared glue, then each level's kernel on ready inputs
 g_, G_ = kw["paragraph_size"], kw["document_size"]
@@ -68,13 +63,13 @@ glue_kw = {key: kw[key] for key in ("level_heads", "paragraph_size", "document_s
 *outs, S = ha.flex_operands(q, k, v, **glue_kw)
 timed(
     "glue (rotary, summaries, key layout) fwd+bwd",
-    lambda: torch.autograd.backward(ha.flex_operands(q, k, v, **glue_kw)[:5], [torch.ones_like(o) for o in outs]),
+    lambda: torch.autograd.backward(ha.flex_operands(q, k, v, **glue_kw)[:7], [torch.ones_like(o) for o in outs]),
 )
-qr, kbuf, vbuf, k3, v3 = leaf(*outs)
+qr, kr, vp, kbuf, vbuf, k3, v3 = leaf(*outs)
 m1 = ha._window_block_mask(T, kw["window"], g_, "cuda")
-l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kbuf[:, S:], H1), ha.split_heads(vbuf[:, S:], H1))
+l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kr, H1), ha.split_heads(vp, H1))
 o1g = torch.randn(B, H1, T, d // H1, device="cuda", dtype=torch.bfloat16)
-l1_ops = leaf(qr, kbuf[:, S:], vbuf[:, S:])
+l1_ops = leaf(qr, kr, vp)
 timed(
     f"L1 in use: explicit banded (hd {d // H1})",
     lambda: ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_).backward(o1g),
@@ -125,3 +120,11 @@ with torch.profiler.profile(
     whole()
     torch.cuda.synchronize()
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+
+# last: a fault in this graph (an illegal memory access in inductor's autotuning of its backward at 8k x 8,
+# H100, torch 2.11) poisons the CUDA context, so every figure above is printed first
+whole_graph = torch.compile(ha.hierarchical_attention_flex, fullgraph=True, dynamic=False)
+timed(
+    "whole step fwd+bwd, one compiled graph (as under model.compile)",
+    lambda: torch.autograd.backward(whole_graph(q, k, v, **kw), (g, g, g)),
+)

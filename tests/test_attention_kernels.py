@@ -20,16 +20,19 @@ def _operands(T, g, G, heads, seed):
 )
 def test_banded_window_attention_equals_flex_l1(T, window, g):
     heads = (2, 4, 8)
-    qr, kbuf, vbuf, _, _, S = _operands(T, g, 4 * g, heads, seed=0)
+    qr, kr, vp, kbuf, vbuf, _, _, S = _operands(T, g, 4 * g, heads, seed=0)
+    # L1's own key / value operands are the token part of L2's buffers
+    torch.testing.assert_close(kr, kbuf[:, S:], atol=0, rtol=0)
+    torch.testing.assert_close(vp, vbuf[:, S:], atol=0, rtol=0)
     H = heads[0]
     flex = ha._flex(
         ha.split_heads(qr, H),
-        ha.split_heads(kbuf[:, S:], H),
-        ha.split_heads(vbuf[:, S:], H),
+        ha.split_heads(kr, H),
+        ha.split_heads(vp, H),
         ha._window_block_mask(T, window, g, "cpu"),
         (64 // H) ** -0.5,
     )
-    banded = ha._window_attention_banded(qr, kbuf[:, S:], vbuf[:, S:], H, window, g)
+    banded = ha._window_attention_banded(qr, kr, vp, H, window, g)
     torch.testing.assert_close(banded, flex, atol=2e-5, rtol=1e-4)
 
 
@@ -58,7 +61,7 @@ def test_l3_with_padded_keys_equals_sdpa_over_the_real_keys(T, explicit, monkeyp
     if not explicit:
         monkeypatch.setattr(ha, "EXPLICIT_L3_MAX_KEYS", 0)
     g, G, heads = 8, 32, (2, 4, 8)
-    qr, _, _, k3, v3, _ = _operands(T, g, G, heads, seed=3)
+    qr, _, _, _, _, k3, v3, _ = _operands(T, g, G, heads, seed=3)
     assert k3.shape[1] % ha.L3_KEY_MULTIPLE != 0  # padding happens
     ref = ha._document_attention_sdpa(qr, k3, v3, heads[2], G, T)
     torch.testing.assert_close(ha._document_attention(qr, k3, v3, heads[2], G, T), ref, atol=2e-5, rtol=1e-4)
@@ -67,7 +70,7 @@ def test_l3_with_padded_keys_equals_sdpa_over_the_real_keys(T, explicit, monkeyp
 @pytest.mark.parametrize("T", [96, 77])
 def test_explicit_document_attention_equals_sdpa_l3(T):
     g, G, heads = 8, 32, (2, 4, 8)
-    qr, _, _, k3, v3, _ = _operands(T, g, G, heads, seed=1)
+    qr, _, _, _, _, k3, v3, _ = _operands(T, g, G, heads, seed=1)
     ref = ha._document_attention_sdpa(qr, k3, v3, heads[2], G, T)
     out = ha._document_attention_explicit(qr, k3, v3, heads[2], G, T)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)

@@ -100,7 +100,7 @@ def test_l2_kernel_on_cuda_equals_dense_attention_and_flex_own_query_tables():
     torch.manual_seed(0)
     T, d, g, H = 4096, 2048, KW["paragraph_size"], KW["level_heads"][1]
     q, k, v = (torch.randn(1, T, d, device="cuda") for _ in range(3))
-    qr, kbuf, vbuf, _, _, _ = ha.flex_operands(
+    qr, _, _, kbuf, vbuf, _, _, _ = ha.flex_operands(
         q,
         k,
         v,
