@@ -27,8 +27,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from r1_ds.flops import visible_keys
-from r1_ds.model.hierarchical_attention import (
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.* and r1_ds
+from benchmarks.host import machine  # noqa: E402
+from r1_ds.flops import visible_keys  # noqa: E402
+from r1_ds.model.hierarchical_attention import (  # noqa: E402
     compiled_on_cuda,
     hierarchical_attention_eager,
     hierarchical_attention_flex,
@@ -131,6 +133,7 @@ def main() -> None:
     meta = {
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "host": machine(),
         "torch": torch.__version__,
         "dtype": str(dtype),
         "d": d,

@@ -20,7 +20,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.host import machine  # noqa: E402
 from data_prep.document import Document  # noqa: E402
 from data_prep.filters.c4_quality import C4QualityFilter  # noqa: E402
 from data_prep.filters.code_heuristics import CodeHeuristicsFilter  # noqa: E402
@@ -314,24 +314,6 @@ def gpu_rows(args) -> list[dict]:
     for r in rows:
         print(f"  {r['group']:6s} {r['filter']:34s} {r['per_gpu_per_s']:12,.1f} {r['unit']}/s")
     return rows
-
-
-def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
 
 
 def main(argv=None) -> int:

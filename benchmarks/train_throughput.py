@@ -11,7 +11,9 @@ AdamW, clipping 1.0; micro-batch and accumulation overridden so one step = one m
 `--tokens` tokens), run `--warmup` steps (FlexAttention compiles here), then time `--steps` full
 training steps (forward, backward, clipping, optimizer). Reports tokens/s, MFU (model FLOPs of
 r1_ds/flops.py: matmuls of forward + backward, no recomputation, attention per visible key; peak
-989 TFLOP/s bf16 dense for H100/H200) and peak memory. R1 uses attn_implementation
+989 TFLOP/s bf16 dense for H100/H200), peak memory and GPU busy: the kernel time of one more step, traced,
+over a timed step's wall time (well under 100%: the host, not the GPU, sets the step's pace, so the figure
+moves with the host's CPU; the JSON names it). R1 uses attn_implementation
 "flex_attention"; Llama uses "sdpa" (flash / cuDNN kernels), the same width, depth, SwiGLU width,
 vocabulary and tied embeddings, and as many heads as R1's widest-but-one level (head size 64/128).
 Prints a table last. Not a test: nothing is asserted.
@@ -25,7 +27,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import sys
 import time
 
@@ -34,6 +35,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.host import machine  # noqa: E402
 from r1_ds.flops import dense_flops_per_token, flops_per_token, peak_flops  # noqa: E402
 from r1_ds.model import R1Config, R1ForCausalLM  # noqa: E402
 
@@ -151,6 +153,7 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         tok_s = micro * seq_len * args.steps / dt
+        busy = gpu_seconds(step)
         peak = peak_flops("bf16")
         if args.profile:  # where a step's time goes (a tuning aid; not part of the figures)
             acts = [torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
@@ -166,6 +169,7 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         row.update(
             tokens_per_s=tok_s,
             step_s=dt / args.steps,
+            gpu_busy=min(1.0, busy / (dt / args.steps)),
             first_loss=first_loss,
             loss=float(loss),
             first_grad_norm=None if first_grad_norm is None else float(first_grad_norm),
@@ -181,6 +185,17 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
     return row
 
 
+def gpu_seconds(step) -> float:
+    """Kernel time of one more step, traced with CUDA activity alone (kernels, copies, memsets). Against the timed
+    step's wall time it says how much of a step the GPU works: a step whose GPU idles for a good part of it is
+    bound by the host (Python, dispatch, kernel launches), so its tokens/s moves with the host's CPU, and kernel
+    work saved there buys nothing."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e6  # microseconds
+
+
 def _learns(row: dict) -> bool:
     """Its loss fell by more than 0.1 on the batch it sees every step."""
     return row["loss"] < row["first_loss"] - 0.1
@@ -189,7 +204,7 @@ def _learns(row: dict) -> bool:
 def table(rows: list[dict]) -> str:
     head = (
         f"{'size':>5} {'seq':>6} {'model':>6} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
-        f"{'peak GiB':>9} {'loss first -> last':>20}  vs llama"
+        f"{'peak GiB':>9} {'GPU busy':>8} {'loss first -> last':>20}  vs llama"
     )
     lines = [head, "-" * len(head)]
     llama = {(r["size"], r["seq_len"]): r.get("tokens_per_s") for r in rows if r["model"] == "llama"}
@@ -200,10 +215,11 @@ def table(rows: list[dict]) -> str:
         base = llama.get((r["size"], r["seq_len"]))
         ratio = f"{r['tokens_per_s'] / base:.2f}x" if base and r["model"] == "r1" else ""
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        busy = f"{r['gpu_busy']:.0%}" if r.get("gpu_busy") is not None else "-"
         loss = f"{r['first_loss']:.2f} -> {r['loss']:.2f}" + ("" if _learns(r) else " (!)")
         lines.append(
             f"{r['size']:>5} {r['seq_len']:>6} {r['model']:>6} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
-            f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {loss:>20}  {ratio}"
+            f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {busy:>8} {loss:>20}  {ratio}"
         )
     if not all(_learns(r) for r in rows if "error" not in r):
         lines.append("(!) the loss did not fall on a batch the model sees every step: that model is not training")
@@ -232,8 +248,8 @@ def main(argv=None) -> int:
         "benchmark": "train_throughput",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(),
+        "host": machine(),
         "torch": torch.__version__,
-        "python": platform.python_version(),
         "deepspeed_config": os.path.relpath(args.deepspeed_config, ROOT),
         "tokens_per_step": args.tokens,
         "steps": args.steps,
