@@ -23,6 +23,14 @@
 # compiled whole, to measure how much of R1's gap at 350M is Python and launch overhead.
 #
 # Copy $OUT/*.json into benchmarks/results/ and update the .md beside them with the printed tables.
+#
+# A/B: two trees compared in one device call, on one machine. Figures of separate calls come from different
+# machines of the same card kind, whose hosts differ: dense SDPA moved 3% between two H100 calls, and R1's
+# host-bound 350M step 22%, more than most kernel changes. The suite of the base tree runs from a copy of it:
+#   git archive <base> r1_ds benchmarks tests ds_configs | (mkdir -p .ab/base && tar -x -C .ab/base)   # here
+#   # device call, carry [".whl", ".ab"]; the base's r1_ds comes first on its PYTHONPATH:
+#   OUT=$OUT bash benchmarks/gpu_suite.sh check train; PYTHONPATH=$PWD/.ab/base:$PYTHONPATH \
+#       R1_SUITE_IGNORE_CHECK=1 OUT=$OUT/base bash .ab/base/benchmarks/gpu_suite.sh train
 set -u
 OUT=${OUT:?set OUT to a folder for logs and JSON}
 mkdir -p "$OUT"
