@@ -5,6 +5,7 @@ against GPU time, and the costliest kernels of one whole step. A tuning aid, not
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -12,7 +13,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # r1_ds without an install
-from r1_ds.model import hierarchical_attention as ha
+from r1_ds.model import hierarchical_attention as ha  # noqa: E402
+from r1_ds.model import window_attention_triton as wat  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--T", type=int, default=8192)
@@ -75,6 +77,23 @@ timed(
     lambda: ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_).backward(o1g),
 )
 timed(f"L1 flex kernel fwd+bwd (hd {d // H1})", lambda: ha._flex(*l1_in, m1, (d // H1) ** -0.5).backward(o1g))
+# the Triton candidate reads and writes the (B, T, d) layout (no merge_heads after it); a tile config that does
+# not compile on this GPU (shared memory, registers) prints its error and the profile goes on
+if wat.available():
+    o1m = torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16)
+    for tiles, warps in (((64, 64, 32, 32), 8), ((64, 64, 64, 32), 8), ((128, 64, 64, 64), 8), ((64, 64, 32, 32), 4)):
+        name = f"L1 candidate: Triton window kernel {tiles} w{warps}"
+        try:
+            fn = functools.partial(wat.window_attention, *l1_ops, H1, kw["window"], tiles=tiles, num_warps=warps)
+            with torch.no_grad():
+                timed(name + " fwd", fn)
+            timed(name + " fwd+bwd", lambda fn=fn: fn().backward(o1m))
+        except Exception as e:  # noqa: BLE001 (a tuning aid: report and go on)
+            print(f"{name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    with torch.no_grad():
+        cand = wat.window_attention(*l1_ops, H1, kw["window"])
+        used = ha.merge_heads(ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_))
+        print(f"L1 candidate vs in use, max |diff| {(cand.float() - used.float()).abs().max().item():.3e}", flush=True)
 l1b = [
     x.detach()
     .contiguous()

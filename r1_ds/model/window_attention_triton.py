@@ -1,0 +1,233 @@
+"""L1 (causal sliding-window attention) as fused Triton kernels, forward and backward, reading and writing the
+(B, T, d) layout where the heads lie side by side: no per-head copy of q, k, v or of the output, no score matrix
+in memory. A candidate for the CUDA fast path, timed against the kernels in use by
+benchmarks/profile_attention.py ("L1 candidate: Triton window kernel"); the fast path does not call it yet.
+
+Why: with 8 heads of d = 2048 the head size is 256. The explicit banded form (hierarchical_attention.py) pays for
+a per-head layout copy of q, k, v, a score matrix of (n_prev + 1) blocks per query block, and their backward;
+flex's generic kernel runs small tiles at that head size and evaluates its block tables. One H100 at 8k x 8
+spent 6.16 ms (banded) and 5.90 ms (flex) on L1 alone, against about 1 ms of memory traffic that reading
+q, k, v, o and their gradients costs (benchmarks/results/attention.md).
+
+The forward is FlashAttention's online softmax over the few key blocks the window reaches; it saves the
+log-sum-exp of each query's scores. The backward runs two kernels, FlashAttention-2 style: one program per key
+block accumulates dK and dV over the query blocks that see it, one per query block accumulates dQ; each
+recomputes the probabilities from the saved log-sum-exp. Both are deterministic (no atomics).
+
+The kernels also run under TRITON_INTERPRET=1 on CPU tensors (fp32), which is how the CPU tests check them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU install without triton: the candidate is unavailable, nothing else changes
+    triton = None
+
+
+def available() -> bool:
+    return triton is not None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _visible(offs_m, offs_n, WINDOW: tl.constexpr):
+        # causal window of WINDOW tokens, the query itself included: q - WINDOW < kv <= q
+        return (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - WINDOW)
+
+    @triton.jit
+    def _fwd_kernel(
+        Q, K, V, Out, LSE,
+        stride_qb, stride_qt, stride_kb, stride_kt, stride_vb, stride_vt, stride_ob, stride_ot,
+        T, H, qk_scale,
+        WINDOW: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        m0 = tl.program_id(0) * BLOCK_M
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HD)
+        q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qt + h * HD + offs_d[None, :])
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HD], tl.float32)
+        lo = tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+        for n0 in range(lo, m0 + BLOCK_M, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            k = tl.load(K + b * stride_kb + offs_n[:, None] * stride_kt + h * HD + offs_d[None, :])
+            v = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vt + h * HD + offs_d[None, :])
+            s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 units
+            s = tl.where(_visible(offs_m, offs_n, WINDOW), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block none of a row's keys are in
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        # every query sees itself, so l_i > 0 and m_i is finite
+        acc = acc / l_i[:, None]
+        tl.store(
+            Out + b * stride_ob + offs_m[:, None] * stride_ot + h * HD + offs_d[None, :], acc.to(Out.dtype.element_ty)
+        )
+        tl.store(LSE + bh * T + offs_m, m_i + tl.math.log2(l_i))  # log2 units
+
+    @triton.jit
+    def _bwd_dkdv_kernel(
+        Q, K, V, DO, LSE, DELTA, DK, DV,
+        stride_qb, stride_qt, stride_kb, stride_kt, stride_vb, stride_vt, stride_dob, stride_dot,
+        stride_gb, stride_gt,
+        T, H, qk_scale, sm_scale,
+        WINDOW: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        n0 = tl.program_id(0) * BLOCK_N
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HD)
+        k = tl.load(K + b * stride_kb + offs_n[:, None] * stride_kt + h * HD + offs_d[None, :])
+        v = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vt + h * HD + offs_d[None, :])
+        dk = tl.zeros([BLOCK_N, HD], tl.float32)
+        dv = tl.zeros([BLOCK_N, HD], tl.float32)
+        # the queries that see a key of this block: n0 .. n0 + BLOCK_N - 1 + WINDOW - 1
+        hi = tl.minimum(n0 + BLOCK_N + WINDOW - 1, T)
+        for m0 in range(n0 // BLOCK_M * BLOCK_M, hi, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qt + h * HD + offs_d[None, :])
+            do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dot + h * HD + offs_d[None, :])
+            lse = tl.load(LSE + bh * T + offs_m)
+            delta = tl.load(DELTA + bh * T + offs_m)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            p = tl.where(_visible(offs_m, offs_n, WINDOW), tl.math.exp2(s - lse[:, None]), 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        base = b * stride_gb + offs_n[:, None] * stride_gt + h * HD + offs_d[None, :]
+        tl.store(DK + base, (dk * sm_scale).to(DK.dtype.element_ty))
+        tl.store(DV + base, dv.to(DV.dtype.element_ty))
+
+    @triton.jit
+    def _bwd_dq_kernel(
+        Q, K, V, DO, LSE, DELTA, DQ,
+        stride_qb, stride_qt, stride_kb, stride_kt, stride_vb, stride_vt, stride_dob, stride_dot,
+        stride_gb, stride_gt,
+        T, H, qk_scale, sm_scale,
+        WINDOW: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        m0 = tl.program_id(0) * BLOCK_M
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HD)
+        q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qt + h * HD + offs_d[None, :])
+        do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dot + h * HD + offs_d[None, :])
+        lse = tl.load(LSE + bh * T + offs_m)
+        delta = tl.load(DELTA + bh * T + offs_m)
+        dq = tl.zeros([BLOCK_M, HD], tl.float32)
+        lo = tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+        for n0 in range(lo, m0 + BLOCK_M, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            k = tl.load(K + b * stride_kb + offs_n[:, None] * stride_kt + h * HD + offs_d[None, :])
+            v = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vt + h * HD + offs_d[None, :])
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            p = tl.where(_visible(offs_m, offs_n, WINDOW), tl.math.exp2(s - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k)
+        tl.store(
+            DQ + b * stride_gb + offs_m[:, None] * stride_gt + h * HD + offs_d[None, :],
+            (dq * sm_scale).to(DQ.dtype.element_ty),
+        )
+
+
+LOG2E = 1.0 / math.log(2.0)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, tiles) -> int:
+    B, T, d = q.shape
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"window_attention: q, k, v must share one (B, T, d) shape, got {q.shape}, {k.shape}, {v.shape}"
+        )
+    if d % n_heads:
+        raise ValueError(f"window_attention: d={d} is not a multiple of n_heads={n_heads}")
+    hd = d // n_heads
+    if hd & (hd - 1) or hd < 16:
+        raise ValueError(f"window_attention: head size {hd} must be a power of two, at least 16 (Triton tiles)")
+    if any(T % t for t in tiles):
+        raise ValueError(f"window_attention: T={T} must be a multiple of every tile {tuple(tiles)}; pad it")
+    if any(x.stride(-1) != 1 for x in (q, k, v)):
+        raise ValueError("window_attention: q, k, v need unit stride along d")
+    return hd
+
+
+class _WindowAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, n_heads: int, window: int, tiles: tuple[int, int, int, int], num_warps: int):
+        B, T, d = q.shape
+        hd = _check(q, k, v, n_heads, tiles)
+        block_m, block_n = tiles[:2]
+        scale = hd**-0.5
+        o = torch.empty(B, T, d, device=q.device, dtype=q.dtype)
+        lse = torch.empty(B * n_heads, T, device=q.device, dtype=torch.float32)
+        _fwd_kernel[(T // block_m, B * n_heads)](
+            q, k, v, o, lse,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
+            T, n_heads, scale * LOG2E,
+            WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.cfg = (n_heads, window, tiles[2:], num_warps)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        n_heads, window, (block_m, block_n), num_warps = ctx.cfg
+        B, T, d = q.shape
+        hd = d // n_heads
+        scale = hd**-0.5
+        do = do if do.stride(-1) == 1 else do.contiguous()
+        # delta_i = sum_j P_ij dP_ij = do_i . o_i, per head: (B * H, T) row-major like lse (a reshape alone would
+        # return a column-major view when B = 1, which the kernels, indexing bh * T + t, would misread)
+        delta = (do.float() * o.float()).view(B, T, n_heads, hd).sum(-1).transpose(1, 2).contiguous().view(-1, T)
+        dq, dk, dv = (torch.empty(B, T, d, device=q.device, dtype=q.dtype) for _ in range(3))
+        args = (
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+            dq.stride(0), dq.stride(1), T, n_heads, scale * LOG2E, scale,
+        )  # fmt: skip
+        meta = dict(WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+        _bwd_dkdv_kernel[(T // block_n, B * n_heads)](q, k, v, do, lse, delta, dk, dv, *args, **meta)
+        _bwd_dq_kernel[(T // block_m, B * n_heads)](q, k, v, do, lse, delta, dq, *args, **meta)
+        return dq, dk, dv, None, None, None, None
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    window: int,
+    *,
+    tiles: tuple[int, int, int, int] = (64, 64, 32, 32),
+    num_warps: int = 8,
+) -> torch.Tensor:
+    """Causal sliding-window attention of (B, T, d) q, k, v (rotated already), n_heads heads of d / n_heads side
+    by side, each query seeing the last `window` tokens, itself included. -> (B, T, d), the heads side by side.
+
+    tiles: (query, key) tile of the forward, then of the backward, whose programs hold two fp32 accumulators of
+    a tile by the head size (dK and dV), hence smaller tiles. T must be a multiple of every tile (the fast path
+    pads to whole paragraphs)."""
+    if triton is None:
+        raise RuntimeError("window_attention needs triton (pip install triton), which this install lacks")
+    return _WindowAttention.apply(q, k, v, n_heads, window, tuple(tiles), num_warps)
