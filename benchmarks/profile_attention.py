@@ -81,10 +81,13 @@ timed(f"L1 flex kernel fwd+bwd (hd {d // H1})", lambda: ha._flex(*l1_in, m1, (d 
 # not compile on this GPU (shared memory, registers) prints its error and the profile goes on
 if wat.available():
     o1m = torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16)
-    for tiles, warps in (((64, 64, 32, 32), 8), ((64, 64, 64, 32), 8), ((128, 64, 64, 64), 8), ((64, 64, 32, 32), 4)):
-        name = f"L1 candidate: Triton window kernel {tiles} w{warps}"
+    configs = (((64, 64, 32, 32), 8, 2), ((64, 32, 32, 32), 4, 2), ((128, 64, 64, 32), 8, 2), ((64, 64, 32, 32), 8, 1))
+    for tiles, warps, stages in configs:
+        name = f"L1 candidate: Triton window kernel {tiles} w{warps} s{stages}"
         try:
-            fn = functools.partial(wat.window_attention, *l1_ops, H1, kw["window"], tiles=tiles, num_warps=warps)
+            fn = functools.partial(
+                wat.window_attention, *l1_ops, H1, kw["window"], tiles=tiles, num_warps=warps, num_stages=stages
+            )
             with torch.no_grad():
                 timed(name + " fwd", fn)
             timed(name + " fwd+bwd", lambda fn=fn: fn().backward(o1m))

@@ -10,9 +10,10 @@ spent 6.16 ms (banded) and 5.90 ms (flex) on L1 alone, against about 1 ms of mem
 q, k, v, o and their gradients costs (benchmarks/results/attention.md).
 
 The forward is FlashAttention's online softmax over the few key blocks the window reaches; it saves the
-log-sum-exp of each query's scores. The backward runs two kernels, FlashAttention-2 style: one program per key
-block accumulates dK and dV over the query blocks that see it, one per query block accumulates dQ; each
-recomputes the probabilities from the saved log-sum-exp. Both are deterministic (no atomics).
+log-sum-exp of each query's scores. The backward runs two kernels, FlashAttention-2 style: one program per query
+block accumulates dQ (after storing each row's do . o, the softmax backward's correction), then one program per
+key block accumulates dK and dV over the query blocks that see it; each recomputes the probabilities from the
+saved log-sum-exp. Both are deterministic (no atomics).
 
 The kernels also run under TRITON_INTERPRET=1 on CPU tensors (fp32), which is how the CPU tests check them.
 """
@@ -117,7 +118,7 @@ if triton is not None:
 
     @triton.jit
     def _bwd_dq_kernel(
-        Q, K, V, DO, LSE, DELTA, DQ,
+        Q, K, V, Out, DO, LSE, DELTA, DQ,
         stride_qb, stride_qt, stride_kb, stride_kt, stride_vb, stride_vt, stride_dob, stride_dot,
         stride_gb, stride_gt,
         T, H, qk_scale, sm_scale,
@@ -132,7 +133,11 @@ if triton is not None:
         q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qt + h * HD + offs_d[None, :])
         do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dot + h * HD + offs_d[None, :])
         lse = tl.load(LSE + bh * T + offs_m)
-        delta = tl.load(DELTA + bh * T + offs_m)
+        # delta_i = sum_j P_ij dP_ij = do_i . o_i: computed here, where do is loaded anyway, and stored for the
+        # dK/dV kernel, which runs after this one (out and dq share the (B, T, d) contiguous layout)
+        o = tl.load(Out + b * stride_gb + offs_m[:, None] * stride_gt + h * HD + offs_d[None, :])
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(DELTA + bh * T + offs_m, delta)
         dq = tl.zeros([BLOCK_M, HD], tl.float32)
         lo = tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
         for n0 in range(lo, m0 + BLOCK_M, BLOCK_N):
@@ -173,7 +178,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, tile
 
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, n_heads: int, window: int, tiles: tuple[int, int, int, int], num_warps: int):
+    def forward(ctx, q, k, v, n_heads: int, window: int, tiles: tuple[int, int, int, int], num_warps: int, stages: int):
         B, T, d = q.shape
         hd = _check(q, k, v, n_heads, tiles)
         block_m, block_n = tiles[:2]
@@ -184,32 +189,30 @@ class _WindowAttention(torch.autograd.Function):
             q, k, v, o, lse,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
             T, n_heads, scale * LOG2E,
-            WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+            WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=stages,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.cfg = (n_heads, window, tiles[2:], num_warps)
+        ctx.cfg = (n_heads, window, tiles[2:], num_warps, stages)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        n_heads, window, (block_m, block_n), num_warps = ctx.cfg
+        n_heads, window, (block_m, block_n), num_warps, stages = ctx.cfg
         B, T, d = q.shape
         hd = d // n_heads
         scale = hd**-0.5
         do = do if do.stride(-1) == 1 else do.contiguous()
-        # delta_i = sum_j P_ij dP_ij = do_i . o_i, per head: (B * H, T) row-major like lse (a reshape alone would
-        # return a column-major view when B = 1, which the kernels, indexing bh * T + t, would misread)
-        delta = (do.float() * o.float()).view(B, T, n_heads, hd).sum(-1).transpose(1, 2).contiguous().view(-1, T)
+        delta = torch.empty_like(lse)  # written by the dQ kernel, read by the dK/dV kernel
         dq, dk, dv = (torch.empty(B, T, d, device=q.device, dtype=q.dtype) for _ in range(3))
         args = (
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
             dq.stride(0), dq.stride(1), T, n_heads, scale * LOG2E, scale,
         )  # fmt: skip
-        meta = dict(WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+        meta = dict(WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=stages)
+        _bwd_dq_kernel[(T // block_m, B * n_heads)](q, k, v, o, do, lse, delta, dq, *args, **meta)
         _bwd_dkdv_kernel[(T // block_n, B * n_heads)](q, k, v, do, lse, delta, dk, dv, *args, **meta)
-        _bwd_dq_kernel[(T // block_m, B * n_heads)](q, k, v, do, lse, delta, dq, *args, **meta)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def window_attention(
@@ -221,13 +224,15 @@ def window_attention(
     *,
     tiles: tuple[int, int, int, int] = (64, 64, 32, 32),
     num_warps: int = 8,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """Causal sliding-window attention of (B, T, d) q, k, v (rotated already), n_heads heads of d / n_heads side
     by side, each query seeing the last `window` tokens, itself included. -> (B, T, d), the heads side by side.
 
     tiles: (query, key) tile of the forward, then of the backward, whose programs hold two fp32 accumulators of
     a tile by the head size (dK and dV), hence smaller tiles. T must be a multiple of every tile (the fast path
-    pads to whole paragraphs)."""
+    pads to whole paragraphs). num_stages: how many key tiles the kernels prefetch into shared memory (at head size
+    256 one key and one value tile of 64 rows take 64 KB)."""
     if triton is None:
         raise RuntimeError("window_attention needs triton (pip install triton), which this install lacks")
-    return _WindowAttention.apply(q, k, v, n_heads, window, tuple(tiles), num_warps)
+    return _WindowAttention.apply(q, k, v, n_heads, window, tuple(tiles), num_warps, num_stages)
