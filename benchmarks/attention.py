@@ -31,12 +31,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from benchmarks.host import machine  # noqa: E402
 from r1_ds.flops import visible_keys  # noqa: E402
 from r1_ds.model.hierarchical_attention import (  # noqa: E402
+    L1_CUDA_KERNEL,
+    L1_CUDA_KERNELS,
     compiled_on_cuda,
     hierarchical_attention_eager,
     hierarchical_attention_flex,
     raise_recompile_limit,
     rope_table,
     rotary,
+    set_l1_cuda_kernel,
     split_heads,
 )
 
@@ -103,7 +106,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--compile", action="store_true", help="each side as one compiled graph (CUDA)")
+    p.add_argument("--l1-kernel", choices=L1_CUDA_KERNELS, default=L1_CUDA_KERNEL, help="R1's L1 kernel on CUDA")
     args = p.parse_args()
+    set_l1_cuda_kernel(args.l1_kernel)
 
     dev = args.device
     cuda = dev == "cuda"
@@ -146,6 +151,7 @@ def main() -> None:
         "tokens_per_step": tokens,
         "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:]),
         "compile": args.compile,
+        "l1_kernel": args.l1_kernel,
     }
     suffix = "_compiled" if args.compile else ""
     out = args.json or os.path.join(os.environ.get("OUT", "benchmarks/results"), f"attention_{dev}{suffix}.json")

@@ -38,6 +38,7 @@ sys.path.insert(0, ROOT)
 from benchmarks.host import machine  # noqa: E402
 from r1_ds.flops import dense_flops_per_token, flops_per_token, peak_flops  # noqa: E402
 from r1_ds.model import R1Config, R1ForCausalLM  # noqa: E402
+from r1_ds.model import hierarchical_attention as ha  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,6 +61,9 @@ def parse_args(argv=None):
         action="store_true",
         help="torch.compile each decoder block in place (both models, torchtitan-style): how much of "
         "the gap is Python and kernel-launch overhead",
+    )
+    p.add_argument(
+        "--l1-kernel", choices=ha.L1_CUDA_KERNELS, default=ha.L1_CUDA_KERNEL, help="R1's L1 attention kernel on CUDA"
     )
     p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
     p.add_argument(
@@ -234,6 +238,7 @@ def main(argv=None) -> int:
     from r1_ds.distributed import init_distributed
 
     torch.backends.cuda.matmul.allow_tf32 = True
+    ha.set_l1_cuda_kernel(args.l1_kernel)
     init_distributed()  # a world of one process
     with open(args.deepspeed_config) as f:
         ds_base = json.load(f)
@@ -256,6 +261,7 @@ def main(argv=None) -> int:
         "warmup": args.warmup,
         "activation_checkpointing": args.activation_checkpointing,
         "compile_blocks": args.compile_blocks,
+        "l1_kernel": args.l1_kernel,
         "rows": rows,
     }
     path = args.json or (os.path.join(os.environ["OUT"], "train_throughput.json") if os.environ.get("OUT") else None)

@@ -55,6 +55,19 @@ CASES.append((2048, torch.float32, 2e-4, 384, 0))
 
 @pytest.mark.parametrize("T, dtype, tol, window, level", CASES)
 def test_flex_path_forward_and_backward_equal_the_reference_on_cuda(T, dtype, tol, window, level, monkeypatch):
+    _check_flex_path(T, dtype, tol, window, level, monkeypatch)
+
+
+# the Triton L1 candidate inside the whole fast path (L1's output and every gradient; T = 2500 pads); bf16 only:
+# its fp32 dots run in TF32
+@pytest.mark.parametrize("T", [2048, 2500])
+def test_flex_path_with_the_triton_l1_equals_the_reference_on_cuda(T, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setattr(ha, "L1_CUDA_KERNEL", "triton")
+    _check_flex_path(T, torch.bfloat16, 5e-2, 128, 0, monkeypatch)
+
+
+def _check_flex_path(T, dtype, tol, window, level, monkeypatch):
     # Routing is discrete: near-uniform random inputs let bf16 rounding pick other paragraphs than fp32 does,
     # which no tolerance should absorb. Both sides route the same way, from fp32 copies of the same inputs.
     route = ha.route_paragraphs

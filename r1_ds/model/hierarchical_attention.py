@@ -956,6 +956,22 @@ def _blocks_before(window: int, block: int) -> int:
 # Up to this many blocks of keys per query block, L1 runs as explicit banded attention; a wider window
 # (relative to the paragraph) goes to flex, whose block-sparse kernel skips the blocks inside the band.
 BANDED_L1_MAX_BLOCKS = 3
+
+# L1's kernel on CUDA: "banded" (the explicit banded form up to BANDED_L1_MAX_BLOCKS key blocks per query block,
+# else flex) or "triton" (window_attention_triton.window_attention: fused kernels on the (B, T, d) layout, a
+# candidate that benchmarks choose with --l1-kernel triton and tests/test_cuda_fast_path.py holds to the reference)
+L1_CUDA_KERNELS = ("banded", "triton")
+L1_CUDA_KERNEL = "banded"
+
+
+def set_l1_cuda_kernel(name: str) -> None:
+    """Choose L1's CUDA kernel for this process (benchmarks' --l1-kernel)."""
+    global L1_CUDA_KERNEL
+    if name not in L1_CUDA_KERNELS:
+        raise ValueError(f"L1 CUDA kernel {name!r} is not one of {L1_CUDA_KERNELS}")
+    L1_CUDA_KERNEL = name
+
+
 _window_attention_banded_compiled = compiled_on_cuda(_window_attention_banded)
 
 
@@ -1038,8 +1054,12 @@ def hierarchical_attention_flex(
     Tp = qr.shape[1]
 
     H = level_heads[0]
-    if _blocks_before(window, g) + 1 <= BANDED_L1_MAX_BLOCKS:
-        o1 = _window_attention_banded_compiled(qr, kr, vp, H, window, g)
+    if L1_CUDA_KERNEL == "triton" and q.is_cuda:
+        from .window_attention_triton import window_attention
+
+        h1 = window_attention(qr, kr, vp, H, window)  # (B, Tp, d), heads side by side already
+    elif _blocks_before(window, g) + 1 <= BANDED_L1_MAX_BLOCKS:
+        h1 = merge_heads(_window_attention_banded_compiled(qr, kr, vp, H, window, g))
     else:
         o1 = _flex(
             split_heads(qr, H),
@@ -1048,6 +1068,7 @@ def hierarchical_attention_flex(
             _cached(_window_block_mask, Tp, window, g, str(q.device)),
             (d // H) ** -0.5,
         )
+        h1 = merge_heads(o1)
 
     H = level_heads[1]
     idx, valid, _ = _route_compiled(
@@ -1057,4 +1078,4 @@ def hierarchical_attention_flex(
     o2 = _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
 
     h3 = _document_attention(qr, k3, v3, level_heads[2], G, T)
-    return merge_heads(o1)[:, :T_real], merge_heads(o2)[:, :T_real], h3[:, :T_real]
+    return h1[:, :T_real], merge_heads(o2)[:, :T_real], h3[:, :T_real]
