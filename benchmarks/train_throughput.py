@@ -173,7 +173,7 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         row.update(
             tokens_per_s=tok_s,
             step_s=dt / args.steps,
-            gpu_busy=min(1.0, busy / (dt / args.steps)),
+            gpu_busy=min(1.0, busy / (dt / args.steps)) if busy else None,  # None: the trace held no kernel
             first_loss=first_loss,
             loss=float(loss),
             first_grad_norm=None if first_grad_norm is None else float(first_grad_norm),
