@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks.* and r1_ds
+from benchmarks import inductor_config  # noqa: E402
 from benchmarks.host import machine  # noqa: E402
 from r1_ds.flops import visible_keys  # noqa: E402
 from r1_ds.model.hierarchical_attention import (  # noqa: E402
@@ -107,8 +108,10 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--compile", action="store_true", help="each side as one compiled graph (CUDA)")
     p.add_argument("--l1-kernel", choices=L1_CUDA_KERNELS, default=L1_CUDA_KERNEL, help="R1's L1 kernel on CUDA")
+    p.add_argument("--inductor", action="append", metavar="KEY=VALUE", help="a torch._inductor.config setting")
     args = p.parse_args()
     set_l1_cuda_kernel(args.l1_kernel)
+    inductor = inductor_config.apply(args.inductor)
 
     dev = args.device
     cuda = dev == "cuda"
@@ -152,6 +155,7 @@ def main() -> None:
         "command": "python benchmarks/attention.py " + " ".join(sys.argv[1:]),
         "compile": args.compile,
         "l1_kernel": args.l1_kernel,
+        "inductor": inductor,
     }
     suffix = "_compiled" if args.compile else ""
     out = args.json or os.path.join(os.environ.get("OUT", "benchmarks/results"), f"attention_{dev}{suffix}.json")

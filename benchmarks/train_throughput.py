@@ -35,6 +35,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import inductor_config  # noqa: E402
 from benchmarks.host import machine  # noqa: E402
 from r1_ds.flops import dense_flops_per_token, flops_per_token, peak_flops  # noqa: E402
 from r1_ds.model import R1Config, R1ForCausalLM  # noqa: E402
@@ -64,6 +65,12 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--l1-kernel", choices=ha.L1_CUDA_KERNELS, default=ha.L1_CUDA_KERNEL, help="R1's L1 attention kernel on CUDA"
+    )
+    p.add_argument(
+        "--inductor",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a torch._inductor.config setting for this run, e.g. cpp_wrapper=True (repeatable)",
     )
     p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
     p.add_argument(
@@ -239,6 +246,7 @@ def main(argv=None) -> int:
 
     torch.backends.cuda.matmul.allow_tf32 = True
     ha.set_l1_cuda_kernel(args.l1_kernel)
+    inductor = inductor_config.apply(args.inductor)
     init_distributed()  # a world of one process
     with open(args.deepspeed_config) as f:
         ds_base = json.load(f)
@@ -262,6 +270,7 @@ def main(argv=None) -> int:
         "activation_checkpointing": args.activation_checkpointing,
         "compile_blocks": args.compile_blocks,
         "l1_kernel": args.l1_kernel,
+        "inductor": inductor,
         "rows": rows,
     }
     path = args.json or (os.path.join(os.environ["OUT"], "train_throughput.json") if os.environ.get("OUT") else None)
