@@ -8,7 +8,8 @@
 #                                                            #   train train_compiled trainer_compiled fp16 clip
 #                                                            #   generation
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
-#   OUT=/path/to/out bash benchmarks/gpu_suite.sh check l1_ab   # the Triton L1 candidate against the kernel in use
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh check profile8k      # then, a call each: l1_ab_attention, l1_ab_train
+#                                                            #   (the Triton L1 candidate against the kernel in use)
 #
 # One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
 # `train trainer_compiled`, `train_compiled`, `fp16 clip` and `generation` one group a call (each step's limit below
@@ -107,14 +108,18 @@ want fp16 && cp /tmp/r1_fp16_run/metrics.jsonl "$OUT/fp16_metrics.jsonl"  # the 
 step generation 300 "$PY" benchmarks/generation.py --preset 350m --context 32768 8192 --new-tokens 64 \
     --json "$OUT/generation.json"
 step tune 300 "$PY" benchmarks/flex_autotune.py --T 8192 --batch 8
-# l1_ab: L1's Triton candidate against the kernel in use (--l1-kernel), in one call on one machine: attention at
-# 8k and 64k with each, then training at 350M / 2k and 1.3B / 8k (Llama once, R1 with each kernel)
-l1_ab() {
-    local k size len
+# l1_ab_attention, l1_ab_train: L1's Triton candidate against the kernel in use (--l1-kernel), each in one call on
+# one machine: attention at 8k and 64k with each kernel; training at 350M / 2k and 1.3B / 8k (Llama once, R1 with
+# each kernel)
+l1_ab_attention() {
+    local k
     for k in banded triton; do
         "$PY" benchmarks/attention.py --device cuda --repeats 5 --lengths 8192 65536 --l1-kernel $k \
             --json "$OUT/attention_l1_$k.json" || return
     done
+}
+l1_ab_train() {
+    local size_len size len
     for size_len in "350m 2048" "1.3b 8192"; do
         read -r size len <<<"$size_len"
         "$PY" benchmarks/train_throughput.py --sizes $size --seq-lens $len --steps 5 --warmup 3 \
@@ -123,9 +128,10 @@ l1_ab() {
             --l1-kernel triton --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_l1_triton_${size}_$len.json" || return
     done
 }
-export -f l1_ab
+export -f l1_ab_attention l1_ab_train
 export PY OUT
-step l1_ab 580 bash -c l1_ab
+step l1_ab_attention 400 bash -c l1_ab_attention
+step l1_ab_train 580 bash -c l1_ab_train
 step profile8k 300 "$PY" benchmarks/profile_attention.py --T 8192 --batch 8
 step profile64k 300 "$PY" benchmarks/profile_attention.py --T 65536 --batch 1
 step clip 200 "$PY" benchmarks/data_prep.py --device cuda

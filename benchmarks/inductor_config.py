@@ -21,12 +21,12 @@ def apply(pairs: list[str] | None) -> dict:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             raise SystemExit(f"--inductor {pair!r}: {raw!r} is not a Python literal (True, 1, 'x')") from None
+        if key not in config.get_config_copy():  # its settings only (the module also holds functions)
+            raise SystemExit(f"--inductor {pair!r}: torch._inductor.config has no setting {key!r}")
         *path, leaf = key.split(".")
         target = config
         for part in path:
-            target = getattr(target, part, None)
-        if target is None or not hasattr(target, leaf):
-            raise SystemExit(f"--inductor {pair!r}: torch._inductor.config has no {key!r}")
+            target = getattr(target, part)
         setattr(target, leaf, value)
         applied[key] = value
     return applied

@@ -93,10 +93,13 @@ if wat.available():
             timed(name + " fwd+bwd", lambda fn=fn: fn().backward(o1m))
         except Exception as e:  # noqa: BLE001 (a tuning aid: report and go on)
             print(f"{name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-    with torch.no_grad():
-        cand = wat.window_attention(*l1_ops, H1, kw["window"])
-        used = ha.merge_heads(ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_))
+    try:
+        with torch.no_grad():
+            cand = wat.window_attention(*l1_ops, H1, kw["window"])
+            used = ha.merge_heads(ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_))
         print(f"L1 candidate vs in use, max |diff| {(cand.float() - used.float()).abs().max().item():.3e}", flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"L1 candidate vs in use: {type(e).__name__}: {str(e)[:200]}", flush=True)
 l1b = [
     x.detach()
     .contiguous()

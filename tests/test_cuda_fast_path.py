@@ -91,28 +91,35 @@ def _check_flex_path(T, dtype, tol, window, level, monkeypatch):
         assert _rel(a, b) < tol, f"L{level + 1}: d{name} differs by {_rel(a, b):.2e}"
 
 
-@pytest.mark.parametrize("T, d", [(8192, 2048), (2048, 1024)])
-def test_triton_window_candidate_equals_banded_l1_on_cuda(T, d):
+# the presets' head sizes (256 at the 1.3B width, 128 at the 350M width), and a batch of two with q, k, v views of
+# one fused projection and a window that is no multiple of the tiles
+@pytest.mark.parametrize(
+    "B, T, d, window, fused", [(1, 8192, 2048, 128, False), (1, 2048, 1024, 128, False), (2, 2048, 2048, 100, True)]
+)
+def test_triton_window_candidate_equals_banded_l1_on_cuda(B, T, d, window, fused):
     """The Triton L1 candidate (window_attention_triton.py; benchmarks/profile_attention.py times it) compiled for
     this GPU, in bf16, against the banded L1 kernel in fp32 on the same rounded inputs: forward and q/k/v
-    gradients, at the presets' head sizes (256 at the 1.3B width, 128 at the 350M width)."""
+    gradients."""
     wat = pytest.importorskip("r1_ds.model.window_attention_triton")
     torch.manual_seed(0)
-    H, window, g = KW["level_heads"][0], KW["window"], KW["paragraph_size"]
-    q, k, v = (torch.randn(1, T, d, device="cuda").bfloat16().float() for _ in range(3))
-    weight = torch.randn(1, T, d, device="cuda")
+    H, g = KW["level_heads"][0], KW["paragraph_size"]
+    qkv = torch.randn(B, T, 3 * d, device="cuda").bfloat16().float()
+    weight = torch.randn(B, T, d, device="cuda")
 
-    def run(fn, xs):
-        xs = [x.detach().clone().requires_grad_(True) for x in xs]
-        out = fn(*xs)
+    def run(fn, dtype):
+        leaf = qkv.to(dtype).requires_grad_(True)
+        q, k, v = leaf.split(d, dim=-1) if fused else (x.contiguous() for x in leaf.split(d, dim=-1))
+        out = fn(q, k, v)
         (out.float() * weight).sum().backward()
-        return out.detach().float(), [x.grad.float() for x in xs]
+        return out.detach().float(), leaf.grad.float().split(d, dim=-1)
 
-    ref, ref_grads = run(lambda q, k, v: ha.merge_heads(ha._window_attention_banded(q, k, v, H, window, g)), (q, k, v))
-    out, grads = run(lambda q, k, v: wat.window_attention(q, k, v, H, window), [x.bfloat16() for x in (q, k, v)])
-    assert _rel(out, ref) < 5e-2, f"output differs by {_rel(out, ref):.2e}"
+    ref, ref_grads = run(
+        lambda q, k, v: ha.merge_heads(ha._window_attention_banded(q, k, v, H, window, g)), torch.float32
+    )
+    out, grads = run(lambda q, k, v: wat.window_attention(q, k, v, H, window), torch.bfloat16)
+    assert _rel(out, ref) < 2e-2, f"output differs by {_rel(out, ref):.2e}"
     for name, a, b in zip("qkv", grads, ref_grads):
-        assert _rel(a, b) < 5e-2, f"d{name} differs by {_rel(a, b):.2e}"
+        assert _rel(a, b) < 2e-2, f"d{name} differs by {_rel(a, b):.2e}"
 
 
 def test_block_tables_built_on_cuda_equal_the_eager_ones():

@@ -29,27 +29,42 @@ CASES = textwrap.dedent(
         s = s.masked_fill(~((j <= i) & (j > i - window)), float("-inf"))
         return (s.softmax(-1) @ vh).transpose(1, 2).reshape(B, T, d)
 
+    def operands(B, T, d, layout):
+        # -> the leaf tensors, and the q, k, v views the kernels read
+        if layout == "split":  # one fused projection: q, k, v share every stride
+            qkv = torch.randn(B, T, 3 * d, requires_grad=True)
+            return [qkv], qkv.split(d, dim=-1)
+        # q contiguous; k, v slices of longer, wider buffers (like L2's [summaries | tokens]): every stride differs
+        q = torch.randn(B, T, d, requires_grad=True)
+        kb = torch.randn(B, 8 + T, 2 * d, requires_grad=True)
+        vb = torch.randn(B, 24 + T, 3 * d, requires_grad=True)
+        return [q, kb, vb], (q, kb[:, 8:, :d], vb[:, 24:, d : 2 * d])
+
     torch.manual_seed(0)
-    # (B, T, H, hd, window, tiles): windows inside a tile, at its edge, across tiles and of one token; unequal
-    # forward and backward tiles; B = 1 (where a per-head table reshaped without a copy comes out column-major)
+    # (B, T, H, hd, window, tiles, layout): windows inside a tile, at its edge, across tiles, of one and two tokens,
+    # and just past a multiple of the backward's query tile (the last query reading a key block opens a new tile);
+    # unequal forward and backward tiles; q, k, v with shared and with different strides
     cases = [
-        (2, 64, 2, 16, 16, (16, 16, 16, 16)),
-        (1, 96, 2, 32, 24, (16, 32, 32, 16)),
-        (1, 128, 2, 16, 40, (32, 32, 16, 32)),
-        (2, 64, 1, 16, 1, (32, 16, 16, 16)),
-        (1, 64, 4, 16, 17, (16, 16, 16, 16)),
+        (2, 64, 2, 16, 16, (16, 16, 16, 16), "split"),
+        (1, 96, 2, 32, 24, (16, 32, 32, 16), "split"),
+        (1, 128, 2, 16, 40, (32, 32, 16, 32), "split"),
+        (2, 64, 1, 16, 1, (32, 16, 16, 16), "split"),
+        (1, 64, 4, 16, 17, (16, 16, 16, 16), "split"),
+        (2, 64, 2, 16, 18, (16, 16, 16, 16), "slices"),
+        (1, 64, 2, 16, 2, (16, 16, 32, 16), "slices"),
+        (2, 96, 2, 32, 33, (32, 16, 32, 32), "slices"),
     ]
-    for B, T, H, hd, window, tiles in cases:
+    for B, T, H, hd, window, tiles, layout in cases:
         d = H * hd
-        qkv = torch.randn(B, T, 3 * d, requires_grad=True)
-        q, k, v = qkv.split(d, dim=-1)  # strided views, as a fused projection gives them
+        leaves, (q, k, v) = operands(B, T, d, layout)
         out = window_attention(q, k, v, H, window, tiles=tiles, num_warps=4)
         ref = reference(q, k, v, H, window)
         g = torch.randn_like(out)
-        (grad,) = torch.autograd.grad(out, qkv, g)
-        (grad_ref,) = torch.autograd.grad(ref, qkv, g.double())
+        grads = torch.autograd.grad(out, leaves, g)
+        grads_ref = torch.autograd.grad(ref, leaves, g.double())
         torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=1e-5)
-        torch.testing.assert_close(grad.double(), grad_ref.double(), atol=1e-5, rtol=1e-5)
+        for a, b in zip(grads, grads_ref):
+            torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-5)
     print("ok", len(cases))
     """
 )
@@ -61,7 +76,7 @@ def test_window_kernels_equal_masked_attention_in_triton_interpreter():
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", CASES], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.strip().endswith("ok 5")
+    assert run.stdout.strip().endswith("ok 8")
 
 
 @pytest.mark.parametrize(
@@ -72,3 +87,12 @@ def test_window_attention_refuses_shapes_its_kernels_cannot_tile(T, d, heads, ma
     q = torch.randn(1, T, d)
     with pytest.raises(ValueError, match=match):
         wat.window_attention(q, q, q, heads, 16, tiles=(32, 32, 32, 32))
+
+
+def test_window_attention_refuses_mixed_dtypes_and_an_empty_window():
+    q = torch.randn(1, 64, 64)
+    with pytest.raises(ValueError, match="share one dtype"):
+        wat.window_attention(q, q, q.double(), 2, 16, tiles=(32, 32, 32, 32))
+    with pytest.raises(ValueError, match="at least 1"):
+        wat.window_attention(q, q, q, 2, 0, tiles=(32, 32, 32, 32))
+    assert wat.unsupported(q, 2, 16, (32, 32, 32, 32)) is None  # fp32 is fine off CUDA (the interpreter)

@@ -959,9 +959,18 @@ BANDED_L1_MAX_BLOCKS = 3
 
 # L1's kernel on CUDA: "banded" (the explicit banded form up to BANDED_L1_MAX_BLOCKS key blocks per query block,
 # else flex) or "triton" (window_attention_triton.window_attention: fused kernels on the (B, T, d) layout, a
-# candidate that benchmarks choose with --l1-kernel triton and tests/test_cuda_fast_path.py holds to the reference)
+# candidate that benchmarks choose with --l1-kernel triton and tests/test_cuda_fast_path.py holds to the reference;
+# calls it cannot take, fp32 among them, run the banded kernel)
 L1_CUDA_KERNELS = ("banded", "triton")
 L1_CUDA_KERNEL = "banded"
+
+
+def _triton_l1_takes(qr: torch.Tensor, n_heads: int, window: int) -> bool:
+    """Whether the Triton candidate can run this call: triton installed, bf16 / fp16, a power-of-two head size, a
+    length its tiles divide (window_attention_triton.unsupported). Other calls run the banded kernel."""
+    from . import window_attention_triton as wat
+
+    return wat.available() and wat.unsupported(qr, n_heads, window) is None
 
 
 def set_l1_cuda_kernel(name: str) -> None:
@@ -1054,7 +1063,7 @@ def hierarchical_attention_flex(
     Tp = qr.shape[1]
 
     H = level_heads[0]
-    if L1_CUDA_KERNEL == "triton" and q.is_cuda:
+    if L1_CUDA_KERNEL == "triton" and q.is_cuda and _triton_l1_takes(qr, H, window):
         from .window_attention_triton import window_attention
 
         h1 = window_attention(qr, kr, vp, H, window)  # (B, Tp, d), heads side by side already

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -51,7 +52,7 @@ if triton is not None:
     ):  # fmt: skip
         m0 = tl.program_id(0) * BLOCK_M
         bh = tl.program_id(1)
-        b = bh // H
+        b = (bh // H).to(tl.int64)  # b * stride reaches past 2^31 elements at long lengths with fused-qkv views
         h = bh % H
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HD)
@@ -90,7 +91,7 @@ if triton is not None:
     ):  # fmt: skip
         n0 = tl.program_id(0) * BLOCK_N
         bh = tl.program_id(1)
-        b = bh // H
+        b = (bh // H).to(tl.int64)  # b * stride reaches past 2^31 elements at long lengths with fused-qkv views
         h = bh % H
         offs_n = n0 + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HD)
@@ -121,12 +122,12 @@ if triton is not None:
         Q, K, V, Out, DO, LSE, DELTA, DQ,
         stride_qb, stride_qt, stride_kb, stride_kt, stride_vb, stride_vt, stride_dob, stride_dot,
         stride_gb, stride_gt,
-        T, H, qk_scale, sm_scale,
+        T, H, qk_scale, sm_scale, stride_ob, stride_ot,
         WINDOW: tl.constexpr, HD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         m0 = tl.program_id(0) * BLOCK_M
         bh = tl.program_id(1)
-        b = bh // H
+        b = (bh // H).to(tl.int64)  # b * stride reaches past 2^31 elements at long lengths with fused-qkv views
         h = bh % H
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HD)
@@ -134,8 +135,8 @@ if triton is not None:
         do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dot + h * HD + offs_d[None, :])
         lse = tl.load(LSE + bh * T + offs_m)
         # delta_i = sum_j P_ij dP_ij = do_i . o_i: computed here, where do is loaded anyway, and stored for the
-        # dK/dV kernel, which runs after this one (out and dq share the (B, T, d) contiguous layout)
-        o = tl.load(Out + b * stride_gb + offs_m[:, None] * stride_gt + h * HD + offs_d[None, :])
+        # dK/dV kernel, which runs after this one
+        o = tl.load(Out + b * stride_ob + offs_m[:, None] * stride_ot + h * HD + offs_d[None, :])
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         tl.store(DELTA + bh * T + offs_m, delta)
         dq = tl.zeros([BLOCK_M, HD], tl.float32)
@@ -156,31 +157,48 @@ if triton is not None:
 
 
 LOG2E = 1.0 / math.log(2.0)
+DEFAULT_TILES = (64, 64, 32, 32)  # (query, key) tile of the forward, then of the backward
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, tiles) -> int:
+def unsupported(q: torch.Tensor, n_heads: int, window: int, tiles=None) -> str | None:
+    """Why the kernels cannot take this call (None: they can). On CUDA they take bf16 / fp16 only: fp32 tiles of
+    head size 256 overflow shared memory, and tl.dot would run fp32 as TF32."""
     B, T, d = q.shape
+    if window < 1:
+        return f"window={window} must be at least 1 (a query sees itself)"
+    if d % n_heads:
+        return f"d={d} is not a multiple of n_heads={n_heads}"
+    hd = d // n_heads
+    if hd & (hd - 1) or hd < 16:
+        return f"head size {hd} must be a power of two, at least 16 (Triton tiles)"
+    tiles = tuple(tiles or DEFAULT_TILES)
+    if any(T % t for t in tiles):
+        return f"T={T} must be a multiple of every tile {tiles}; pad it"
+    if q.is_cuda and q.dtype not in (torch.bfloat16, torch.float16):
+        return f"{q.dtype} on CUDA: the kernels take bf16 or fp16"
+    return None
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, window: int, tiles) -> int:
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"window_attention: q, k, v must share one (B, T, d) shape, got {q.shape}, {k.shape}, {v.shape}"
         )
-    if d % n_heads:
-        raise ValueError(f"window_attention: d={d} is not a multiple of n_heads={n_heads}")
-    hd = d // n_heads
-    if hd & (hd - 1) or hd < 16:
-        raise ValueError(f"window_attention: head size {hd} must be a power of two, at least 16 (Triton tiles)")
-    if any(T % t for t in tiles):
-        raise ValueError(f"window_attention: T={T} must be a multiple of every tile {tuple(tiles)}; pad it")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"window_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    why = unsupported(q, n_heads, window, tiles)
+    if why:
+        raise ValueError(f"window_attention: {why}")
     if any(x.stride(-1) != 1 for x in (q, k, v)):
         raise ValueError("window_attention: q, k, v need unit stride along d")
-    return hd
+    return q.shape[-1] // n_heads
 
 
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, n_heads: int, window: int, tiles: tuple[int, int, int, int], num_warps: int, stages: int):
         B, T, d = q.shape
-        hd = _check(q, k, v, n_heads, tiles)
+        hd = _check(q, k, v, n_heads, window, tiles)
         block_m, block_n = tiles[:2]
         scale = hd**-0.5
         o = torch.empty(B, T, d, device=q.device, dtype=q.dtype)
@@ -196,6 +214,7 @@ class _WindowAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         n_heads, window, (block_m, block_n), num_warps, stages = ctx.cfg
@@ -210,7 +229,9 @@ class _WindowAttention(torch.autograd.Function):
             dq.stride(0), dq.stride(1), T, n_heads, scale * LOG2E, scale,
         )  # fmt: skip
         meta = dict(WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=stages)
-        _bwd_dq_kernel[(T // block_m, B * n_heads)](q, k, v, o, do, lse, delta, dq, *args, **meta)
+        _bwd_dq_kernel[(T // block_m, B * n_heads)](
+            q, k, v, o, do, lse, delta, dq, *args, o.stride(0), o.stride(1), **meta
+        )
         _bwd_dkdv_kernel[(T // block_n, B * n_heads)](q, k, v, do, lse, delta, dk, dv, *args, **meta)
         return dq, dk, dv, None, None, None, None, None
 
@@ -222,7 +243,7 @@ def window_attention(
     n_heads: int,
     window: int,
     *,
-    tiles: tuple[int, int, int, int] = (64, 64, 32, 32),
+    tiles: tuple[int, int, int, int] = DEFAULT_TILES,
     num_warps: int = 8,
     num_stages: int = 2,
 ) -> torch.Tensor:
