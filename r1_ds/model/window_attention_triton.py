@@ -6,8 +6,8 @@ benchmarks/profile_attention.py ("L1 candidate: Triton window kernel"); the fast
 Why: with 8 heads of d = 2048 the head size is 256. The explicit banded form (hierarchical_attention.py) pays for
 a per-head layout copy of q, k, v, a score matrix of (n_prev + 1) blocks per query block, and their backward;
 flex's generic kernel runs small tiles at that head size and evaluates its block tables. One H100 at 8k x 8
-spent 6.16 ms (banded) and 5.90 ms (flex) on L1 alone, against about 1 ms of memory traffic that reading
-q, k, v, o and their gradients costs (benchmarks/results/attention.md).
+spent 6.16 ms (banded) and 5.90 ms (flex) on L1 alone (benchmarks/results/attention.md), where reading q, k,
+v, o and writing their gradients is about 3.3 GB, an estimated 1.1 ms at the H100's memory bandwidth.
 
 The forward is FlashAttention's online softmax over the few key blocks the window reaches; it saves the
 log-sum-exp of each query's scores. The backward runs two kernels, FlashAttention-2 style: one program per query
@@ -39,6 +39,11 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _tile(X, b, stride_b, stride_t, offs_t, h, HD: tl.constexpr):
+        # pointers to head h's columns of rows offs_t of batch b, in a (B, T, d) tensor with the heads side by side
+        return X + b * stride_b + offs_t[:, None] * stride_t + h * HD + tl.arange(0, HD)[None, :]
+
+    @triton.jit
     def _visible(offs_m, offs_n, WINDOW: tl.constexpr):
         # causal window of WINDOW tokens, the query itself included: q - WINDOW < kv <= q
         return (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - WINDOW)
@@ -55,16 +60,15 @@ if triton is not None:
         b = (bh // H).to(tl.int64)  # b * stride reaches past 2^31 elements at long lengths with fused-qkv views
         h = bh % H
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HD)
-        q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qt + h * HD + offs_d[None, :])
+        q = tl.load(_tile(Q, b, stride_qb, stride_qt, offs_m, h, HD))
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HD], tl.float32)
         lo = tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
         for n0 in range(lo, m0 + BLOCK_M, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
-            k = tl.load(K + b * stride_kb + offs_n[:, None] * stride_kt + h * HD + offs_d[None, :])
-            v = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vt + h * HD + offs_d[None, :])
+            k = tl.load(_tile(K, b, stride_kb, stride_kt, offs_n, h, HD))
+            v = tl.load(_tile(V, b, stride_vb, stride_vt, offs_n, h, HD))
             s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 units
             s = tl.where(_visible(offs_m, offs_n, WINDOW), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -76,9 +80,7 @@ if triton is not None:
             m_i = m_new
         # every query sees itself, so l_i > 0 and m_i is finite
         acc = acc / l_i[:, None]
-        tl.store(
-            Out + b * stride_ob + offs_m[:, None] * stride_ot + h * HD + offs_d[None, :], acc.to(Out.dtype.element_ty)
-        )
+        tl.store(_tile(Out, b, stride_ob, stride_ot, offs_m, h, HD), acc.to(Out.dtype.element_ty))
         tl.store(LSE + bh * T + offs_m, m_i + tl.math.log2(l_i))  # log2 units
 
     @triton.jit
@@ -94,17 +96,16 @@ if triton is not None:
         b = (bh // H).to(tl.int64)  # b * stride reaches past 2^31 elements at long lengths with fused-qkv views
         h = bh % H
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, HD)
-        k = tl.load(K + b * stride_kb + offs_n[:, None] * stride_kt + h * HD + offs_d[None, :])
-        v = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vt + h * HD + offs_d[None, :])
+        k = tl.load(_tile(K, b, stride_kb, stride_kt, offs_n, h, HD))
+        v = tl.load(_tile(V, b, stride_vb, stride_vt, offs_n, h, HD))
         dk = tl.zeros([BLOCK_N, HD], tl.float32)
         dv = tl.zeros([BLOCK_N, HD], tl.float32)
         # the queries that see a key of this block: n0 .. n0 + BLOCK_N - 1 + WINDOW - 1
         hi = tl.minimum(n0 + BLOCK_N + WINDOW - 1, T)
         for m0 in range(n0 // BLOCK_M * BLOCK_M, hi, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
-            q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qt + h * HD + offs_d[None, :])
-            do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dot + h * HD + offs_d[None, :])
+            q = tl.load(_tile(Q, b, stride_qb, stride_qt, offs_m, h, HD))
+            do = tl.load(_tile(DO, b, stride_dob, stride_dot, offs_m, h, HD))
             lse = tl.load(LSE + bh * T + offs_m)
             delta = tl.load(DELTA + bh * T + offs_m)
             s = tl.dot(q, tl.trans(k)) * qk_scale
@@ -113,9 +114,8 @@ if triton is not None:
             dp = tl.dot(do, tl.trans(v))
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-        base = b * stride_gb + offs_n[:, None] * stride_gt + h * HD + offs_d[None, :]
-        tl.store(DK + base, (dk * sm_scale).to(DK.dtype.element_ty))
-        tl.store(DV + base, dv.to(DV.dtype.element_ty))
+        tl.store(_tile(DK, b, stride_gb, stride_gt, offs_n, h, HD), (dk * sm_scale).to(DK.dtype.element_ty))
+        tl.store(_tile(DV, b, stride_gb, stride_gt, offs_n, h, HD), dv.to(DV.dtype.element_ty))
 
     @triton.jit
     def _bwd_dq_kernel(
@@ -130,28 +130,27 @@ if triton is not None:
         b = (bh // H).to(tl.int64)  # b * stride reaches past 2^31 elements at long lengths with fused-qkv views
         h = bh % H
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HD)
-        q = tl.load(Q + b * stride_qb + offs_m[:, None] * stride_qt + h * HD + offs_d[None, :])
-        do = tl.load(DO + b * stride_dob + offs_m[:, None] * stride_dot + h * HD + offs_d[None, :])
+        q = tl.load(_tile(Q, b, stride_qb, stride_qt, offs_m, h, HD))
+        do = tl.load(_tile(DO, b, stride_dob, stride_dot, offs_m, h, HD))
         lse = tl.load(LSE + bh * T + offs_m)
         # delta_i = sum_j P_ij dP_ij = do_i . o_i: computed here, where do is loaded anyway, and stored for the
         # dK/dV kernel, which runs after this one
-        o = tl.load(Out + b * stride_ob + offs_m[:, None] * stride_ot + h * HD + offs_d[None, :])
+        o = tl.load(_tile(Out, b, stride_ob, stride_ot, offs_m, h, HD))
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         tl.store(DELTA + bh * T + offs_m, delta)
         dq = tl.zeros([BLOCK_M, HD], tl.float32)
         lo = tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
         for n0 in range(lo, m0 + BLOCK_M, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
-            k = tl.load(K + b * stride_kb + offs_n[:, None] * stride_kt + h * HD + offs_d[None, :])
-            v = tl.load(V + b * stride_vb + offs_n[:, None] * stride_vt + h * HD + offs_d[None, :])
+            k = tl.load(_tile(K, b, stride_kb, stride_kt, offs_n, h, HD))
+            v = tl.load(_tile(V, b, stride_vb, stride_vt, offs_n, h, HD))
             s = tl.dot(q, tl.trans(k)) * qk_scale
             p = tl.where(_visible(offs_m, offs_n, WINDOW), tl.math.exp2(s - lse[:, None]), 0.0)
             dp = tl.dot(do, tl.trans(v))
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
         tl.store(
-            DQ + b * stride_gb + offs_m[:, None] * stride_gt + h * HD + offs_d[None, :],
+            _tile(DQ, b, stride_gb, stride_gt, offs_m, h, HD),
             (dq * sm_scale).to(DQ.dtype.element_ty),
         )
 
