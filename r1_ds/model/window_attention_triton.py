@@ -7,7 +7,7 @@ Why: with 8 heads of d = 2048 the head size is 256. The explicit banded form (hi
 a per-head layout copy of q, k, v, a score matrix of (n_prev + 1) blocks per query block, and their backward;
 flex's generic kernel runs small tiles at that head size and evaluates its block tables. One H100 at 8k x 8
 spent 6.16 ms (banded) and 5.90 ms (flex) on L1 alone (benchmarks/results/attention.md), where reading q, k,
-v, o and writing their gradients is about 3.3 GB, an estimated 1.1 ms at the H100's memory bandwidth.
+v, o and writing their gradients is about 3.2 GB, an estimated 1 ms at the H100's memory bandwidth.
 
 The forward is FlashAttention's online softmax over the few key blocks the window reaches; it saves the
 log-sum-exp of each query's scores. The backward runs two kernels, FlashAttention-2 style: one program per query
