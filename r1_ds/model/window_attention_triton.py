@@ -15,7 +15,9 @@ block accumulates dQ (after storing each row's do . o, the softmax backward's co
 key block accumulates dK and dV over the query blocks that see it; each recomputes the probabilities from the
 saved log-sum-exp. Both are deterministic (no atomics).
 
-The kernels also run under TRITON_INTERPRET=1 on CPU tensors (fp32), which is how the CPU tests check them.
+The forward and the backward are custom ops (r1_ds::window_attention_fwd / _bwd) with a registered backward, so
+torch.compile (a compiled decoder block) calls them whole, through their fake versions while tracing. The
+kernels also run under TRITON_INTERPRET=1 on CPU tensors (fp32), which is how the CPU tests check them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -193,46 +194,90 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, wind
     return q.shape[-1] // n_heads
 
 
-class _WindowAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, n_heads: int, window: int, tiles: tuple[int, int, int, int], num_warps: int, stages: int):
-        B, T, d = q.shape
-        hd = _check(q, k, v, n_heads, window, tiles)
-        block_m, block_n = tiles[:2]
-        scale = hd**-0.5
-        o = torch.empty(B, T, d, device=q.device, dtype=q.dtype)
-        lse = torch.empty(B * n_heads, T, device=q.device, dtype=torch.float32)
-        _fwd_kernel[(T // block_m, B * n_heads)](
-            q, k, v, o, lse,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-            T, n_heads, scale * LOG2E,
-            WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=stages,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.cfg = (n_heads, window, tiles[2:], num_warps, stages)
-        return o
+# The kernels as custom ops with a registered backward: opaque to torch.compile (a compiled decoder block calls
+# them as they are instead of tracing Triton launches and an autograd.Function), with fake versions for its tracing.
+@torch.library.custom_op("r1_ds::window_attention_fwd", mutates_args=())
+def _forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    window: int,
+    tiles: list[int],
+    warps: int,
+    stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (out (B, T, d), log2-domain log-sum-exp of each query's scores (B * n_heads, T) fp32)"""
+    B, T, d = q.shape
+    hd = _check(q, k, v, n_heads, window, tiles)
+    block_m, block_n = tiles[:2]
+    scale = hd**-0.5
+    o = torch.empty(B, T, d, device=q.device, dtype=q.dtype)
+    lse = torch.empty(B * n_heads, T, device=q.device, dtype=torch.float32)
+    _fwd_kernel[(T // block_m, B * n_heads)](
+        q, k, v, o, lse,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
+        T, n_heads, scale * LOG2E,
+        WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return o, lse
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        n_heads, window, (block_m, block_n), num_warps, stages = ctx.cfg
-        B, T, d = q.shape
-        hd = d // n_heads
-        scale = hd**-0.5
-        do = do if do.stride(-1) == 1 else do.contiguous()
-        delta = torch.empty_like(lse)  # written by the dQ kernel, read by the dK/dV kernel
-        dq, dk, dv = (torch.empty(B, T, d, device=q.device, dtype=q.dtype) for _ in range(3))
-        args = (
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dq.stride(0), dq.stride(1), T, n_heads, scale * LOG2E, scale,
-        )  # fmt: skip
-        meta = dict(WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=stages)
-        _bwd_dq_kernel[(T // block_m, B * n_heads)](
-            q, k, v, o, do, lse, delta, dq, *args, o.stride(0), o.stride(1), **meta
-        )
-        _bwd_dkdv_kernel[(T // block_n, B * n_heads)](q, k, v, do, lse, delta, dk, dv, *args, **meta)
-        return dq, dk, dv, None, None, None, None, None
+
+@_forward.register_fake
+def _(q, k, v, n_heads, window, tiles, warps, stages):
+    B, T, d = q.shape
+    return q.new_empty(B, T, d), q.new_empty(B * n_heads, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("r1_ds::window_attention_bwd", mutates_args=())
+def _backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    n_heads: int,
+    window: int,
+    tiles: list[int],
+    warps: int,
+    stages: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (dq, dk, dv), each (B, T, d)"""
+    B, T, d = q.shape
+    block_m, block_n = tiles[2:]
+    hd = d // n_heads
+    scale = hd**-0.5
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    delta = torch.empty_like(lse)  # written by the dQ kernel, read by the dK/dV kernel
+    dq, dk, dv = (torch.empty(B, T, d, device=q.device, dtype=q.dtype) for _ in range(3))
+    args = (
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+        dq.stride(0), dq.stride(1), T, n_heads, scale * LOG2E, scale,
+    )  # fmt: skip
+    meta = dict(WINDOW=window, HD=hd, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    _bwd_dq_kernel[(T // block_m, B * n_heads)](q, k, v, o, do, lse, delta, dq, *args, o.stride(0), o.stride(1), **meta)
+    _bwd_dkdv_kernel[(T // block_n, B * n_heads)](q, k, v, do, lse, delta, dk, dv, *args, **meta)
+    return dq, dk, dv
+
+
+@_backward.register_fake
+def _(do, q, k, v, o, lse, n_heads, window, tiles, warps, stages):
+    return tuple(torch.empty(q.shape, device=q.device, dtype=q.dtype) for _ in range(3))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, *cfg = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.cfg = cfg
+
+
+def _autograd_backward(ctx, do, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    return (*_backward(do, q, k, v, o, lse, *ctx.cfg), *([None] * len(ctx.cfg)))
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def window_attention(
@@ -255,4 +300,4 @@ def window_attention(
     256 one key and one value tile of 64 rows take 64 KB)."""
     if triton is None:
         raise RuntimeError("window_attention needs triton (pip install triton), which this install lacks")
-    return _WindowAttention.apply(q, k, v, n_heads, window, tuple(tiles), num_warps, num_stages)
+    return _forward(q, k, v, n_heads, window, list(tiles), num_warps, num_stages)[0]
