@@ -107,7 +107,7 @@ def test_triton_window_candidate_equals_banded_l1_on_cuda(B, T, d, window, fused
     weight = torch.randn(B, T, d, device="cuda")
 
     def run(fn, dtype):
-        leaf = qkv.to(dtype).requires_grad_(True)
+        leaf = qkv.detach().to(dtype).requires_grad_(True)  # a leaf of its own for each run
         q, k, v = leaf.split(d, dim=-1) if fused else (x.contiguous() for x in leaf.split(d, dim=-1))
         out = fn(q, k, v)
         (out.float() * weight).sum().backward()
