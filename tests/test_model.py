@@ -221,27 +221,28 @@ def _kernel_view(block_mask, B, H, Q, KV, mask_mod=None):
     return full | (partial & applied), dense, full & ~dense
 
 
+def _random_l2_mask(B: int, T: int, g: int, span: int, *, n_heads: int):
+    """(valid, L2 block mask) of top-3 routing over random q, k (B, T, 32) from seed 0."""
+    from r1_ds.model.hierarchical_attention import paragraph_block_mask
+
+    torch.manual_seed(0)
+    q, k = torch.randn(B, T, 32), torch.randn(B, T, 32)
+    kw = dict(n_heads=n_heads, paragraph_size=g, top_k=3, first_block=0, n_blocks=T // g)
+    idx, valid, _ = route_paragraphs(q, k, **kw)
+    return valid, paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
+
+
 @pytest.mark.parametrize("T, window, g", [(96, 16, 8), (64, 24, 8), (128, 8, 16)])
 def test_flex_block_tables_agree_with_mask(T, window, g):
     from torch.nn.attention.flex_attention import create_mask
 
-    from r1_ds.model.hierarchical_attention import _window_block_mask, l2_summary_mod, paragraph_block_mask
+    from r1_ds.model.hierarchical_attention import _window_block_mask, l2_summary_mod
 
     kernel, dense, wrong_full = _kernel_view(_window_block_mask(T, window, g, "cpu"), 1, 1, T, T)
     assert torch.equal(kernel, dense) and not wrong_full.any()
-    torch.manual_seed(0)
     B, H, span = 2, 4, 4
-    idx, valid, _ = route_paragraphs(
-        torch.randn(B, T, 32),
-        torch.randn(B, T, 32),
-        n_heads=H,
-        paragraph_size=g,
-        top_k=3,
-        first_block=0,
-        n_blocks=T // g,
-    )
+    valid, bm = _random_l2_mask(B, T, g, span, n_heads=H)
     assert valid.any()
-    bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
     KV = bm.seq_lengths[1]
     kernel, dense, wrong_full = _kernel_view(bm, B, H, T, KV)
     assert torch.equal(kernel, dense) and not wrong_full.any()
@@ -257,20 +258,8 @@ def test_l2_query_side_tables_are_the_transpose_of_the_key_side():
     they are checked against FlexAttention's own transposition of the key-side tables."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    from r1_ds.model.hierarchical_attention import paragraph_block_mask
-
     g, span, T = 8, 4, 256
-    torch.manual_seed(0)
-    idx, valid, _ = route_paragraphs(
-        torch.randn(2, T, 32),
-        torch.randn(2, T, 32),
-        n_heads=2,
-        paragraph_size=g,
-        top_k=3,
-        first_block=0,
-        n_blocks=T // g,
-    )
-    bm = paragraph_block_mask(idx, valid, n_par=T // g, length=T, paragraph_size=g, span=span)
+    valid, bm = _random_l2_mask(2, T, g, span, n_heads=2)
     ref = BlockMask.from_kv_blocks(
         bm.kv_num_blocks,
         bm.kv_indices,
@@ -298,21 +287,11 @@ def test_each_l2_summary_block_is_read_by_nearby_query_blocks_only():
     """The flex backward runs one dK/dV program per key block, looping over the query blocks that read it.
     Each summary block carries its own null key, so no summary block is read by every query block (a
     shared null would make one program loop over all n / g of them: a serial tail growing with n)."""
-    from r1_ds.model.hierarchical_attention import paragraph_block_mask, summary_len
+    from r1_ds.model.hierarchical_attention import summary_len
 
     g, span, T = 8, 4, 512
     n_par = T // g
-    torch.manual_seed(0)
-    idx, valid, _ = route_paragraphs(
-        torch.randn(1, T, 32),
-        torch.randn(1, T, 32),
-        n_heads=2,
-        paragraph_size=g,
-        top_k=3,
-        first_block=0,
-        n_blocks=n_par,
-    )
-    bm = paragraph_block_mask(idx, valid, n_par=n_par, length=T, paragraph_size=g, span=span)
+    valid, bm = _random_l2_mask(1, T, g, span, n_heads=2)
     n_sb = summary_len(n_par, g) // g
     readers = bm.q_num_blocks[..., :n_sb]  # query blocks per summary block (summary blocks are partial)
     assert n_sb == 10 and int(readers.max()) <= (g - 1) + span < n_par

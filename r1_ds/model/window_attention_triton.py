@@ -50,6 +50,14 @@ if triton is not None:
         return (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - WINDOW)
 
     @triton.jit
+    def _probs_and_score_grads(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, WINDOW: tl.constexpr):
+        # the backward's tile: P from the saved log-sum-exp (log2 units), and dS = P * (dP - delta), dP = dO V^T
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        p = tl.where(_visible(offs_m, offs_n, WINDOW), tl.math.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        return p, p * (dp - delta[:, None])
+
+    @triton.jit
     def _fwd_kernel(
         Q, K, V, Out, LSE,
         stride_qb, stride_qt, stride_kb, stride_kt, stride_vb, stride_vt, stride_ob, stride_ot,
@@ -109,11 +117,8 @@ if triton is not None:
             do = tl.load(_tile(DO, b, stride_dob, stride_dot, offs_m, h, HD))
             lse = tl.load(LSE + bh * T + offs_m)
             delta = tl.load(DELTA + bh * T + offs_m)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            p = tl.where(_visible(offs_m, offs_n, WINDOW), tl.math.exp2(s - lse[:, None]), 0.0)
+            p, ds = _probs_and_score_grads(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, WINDOW)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
         tl.store(_tile(DK, b, stride_gb, stride_gt, offs_n, h, HD), (dk * sm_scale).to(DK.dtype.element_ty))
         tl.store(_tile(DV, b, stride_gb, stride_gt, offs_n, h, HD), dv.to(DV.dtype.element_ty))
@@ -145,10 +150,7 @@ if triton is not None:
             offs_n = n0 + tl.arange(0, BLOCK_N)
             k = tl.load(_tile(K, b, stride_kb, stride_kt, offs_n, h, HD))
             v = tl.load(_tile(V, b, stride_vb, stride_vt, offs_n, h, HD))
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            p = tl.where(_visible(offs_m, offs_n, WINDOW), tl.math.exp2(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
+            _, ds = _probs_and_score_grads(q, k, v, do, lse, delta, offs_m, offs_n, qk_scale, WINDOW)
             dq += tl.dot(ds.to(k.dtype), k)
         tl.store(
             _tile(DQ, b, stride_gb, stride_gt, offs_m, h, HD),
