@@ -109,3 +109,12 @@ def test_window_attention_refuses_mixed_dtypes_and_an_empty_window():
     with pytest.raises(ValueError, match="at least 1"):
         wat.window_attention(q, q, q, 2, 0, tiles=(32, 32, 32, 32))
     assert wat.unsupported(q, 2, 16, (32, 32, 32, 32)) is None  # fp32 is fine off CUDA (the interpreter)
+
+
+@pytest.mark.parametrize("value, expect", [("triton", "triton"), ("flash", "not one of")])
+def test_l1_kernel_is_chosen_by_the_environment(value, expect):
+    code = "import r1_ds.model.hierarchical_attention as ha; print(ha.L1_CUDA_KERNEL)"
+    env = {**os.environ, "R1_L1_CUDA_KERNEL": value}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert expect in (r.stdout if r.returncode == 0 else r.stderr)
+    assert (r.returncode == 0) == (expect != "not one of")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -960,9 +961,19 @@ BANDED_L1_MAX_BLOCKS = 3
 # L1's kernel on CUDA: "banded" (the explicit banded form up to BANDED_L1_MAX_BLOCKS key blocks per query block,
 # else flex) or "triton" (window_attention_triton.window_attention: fused kernels on the (B, T, d) layout, a
 # candidate that benchmarks choose with --l1-kernel triton and tests/test_cuda_fast_path.py holds to the reference;
-# calls it cannot take, fp32 among them, run the banded kernel)
+# calls it cannot take, fp32 among them, run the banded kernel). R1_L1_CUDA_KERNEL in the environment chooses it
+# for a whole process (the GPU check and training runs with the candidate).
 L1_CUDA_KERNELS = ("banded", "triton")
-L1_CUDA_KERNEL = "banded"
+
+
+def _l1_kernel_from_env() -> str:
+    name = os.environ.get("R1_L1_CUDA_KERNEL", "banded")
+    if name not in L1_CUDA_KERNELS:
+        raise ValueError(f"R1_L1_CUDA_KERNEL={name!r} is not one of {L1_CUDA_KERNELS}; unset it for the default")
+    return name
+
+
+L1_CUDA_KERNEL = _l1_kernel_from_env()
 
 
 def _triton_l1_takes(qr: torch.Tensor, n_heads: int, window: int) -> bool:
