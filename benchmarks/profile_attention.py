@@ -100,6 +100,14 @@ if wat.available():
         print(f"L1 candidate vs in use, max |diff| {(cand.float() - used.float()).abs().max().item():.3e}", flush=True)
     except Exception as e:  # noqa: BLE001
         print(f"L1 candidate vs in use: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    kernel_in_use = ha.L1_CUDA_KERNEL
+    try:  # the whole step with the candidate as L1, against "whole step fwd+bwd" above
+        ha.set_l1_cuda_kernel("triton")
+        timed("whole step fwd+bwd with the Triton L1", whole)
+    except Exception as e:  # noqa: BLE001
+        print(f"whole step with the Triton L1: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    finally:
+        ha.set_l1_cuda_kernel(kernel_in_use)
 l1b = [
     x.detach()
     .contiguous()
