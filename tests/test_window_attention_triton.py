@@ -1,7 +1,8 @@
 """The Triton window-attention candidate (r1_ds/model/window_attention_triton.py) against plain masked attention,
-forward and q/k/v gradients, through Triton's interpreter on CPU tensors (fp32), eager and under torch.compile. The interpreter is chosen when
-the kernels are defined, so the cases run in a child process with TRITON_INTERPRET=1. On the GPU,
-tests/test_cuda_fast_path.py holds the compiled kernels to the same reference in bf16."""
+forward and q/k/v gradients, through Triton's interpreter on CPU tensors (fp32), eager and under torch.compile.
+The interpreter is chosen when the kernels are defined, so the cases run in a child process with
+TRITON_INTERPRET=1. On the GPU, tests/test_cuda_fast_path.py holds the compiled kernels to the same reference in
+bf16."""
 
 import os
 import subprocess

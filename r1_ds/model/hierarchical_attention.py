@@ -964,16 +964,7 @@ BANDED_L1_MAX_BLOCKS = 3
 # calls it cannot take, fp32 among them, run the banded kernel). R1_L1_CUDA_KERNEL in the environment chooses it
 # for a whole process (the GPU check and training runs with the candidate).
 L1_CUDA_KERNELS = ("banded", "triton")
-
-
-def _l1_kernel_from_env() -> str:
-    name = os.environ.get("R1_L1_CUDA_KERNEL", "banded")
-    if name not in L1_CUDA_KERNELS:
-        raise ValueError(f"R1_L1_CUDA_KERNEL={name!r} is not one of {L1_CUDA_KERNELS}; unset it for the default")
-    return name
-
-
-L1_CUDA_KERNEL = _l1_kernel_from_env()
+L1_CUDA_KERNEL = "banded"
 
 
 def _triton_l1_takes(qr: torch.Tensor, n_heads: int, window: int) -> bool:
@@ -984,12 +975,15 @@ def _triton_l1_takes(qr: torch.Tensor, n_heads: int, window: int) -> bool:
     return wat.available() and wat.unsupported(qr, n_heads, window) is None
 
 
-def set_l1_cuda_kernel(name: str) -> None:
-    """Choose L1's CUDA kernel for this process (benchmarks' --l1-kernel)."""
+def set_l1_cuda_kernel(name: str, source: str = "L1 CUDA kernel") -> None:
+    """Choose L1's CUDA kernel for this process (benchmarks' --l1-kernel, R1_L1_CUDA_KERNEL at import)."""
     global L1_CUDA_KERNEL
     if name not in L1_CUDA_KERNELS:
-        raise ValueError(f"L1 CUDA kernel {name!r} is not one of {L1_CUDA_KERNELS}")
+        raise ValueError(f"{source} {name!r} is not one of {L1_CUDA_KERNELS}")
     L1_CUDA_KERNEL = name
+
+
+set_l1_cuda_kernel(os.environ.get("R1_L1_CUDA_KERNEL", "banded"), "R1_L1_CUDA_KERNEL (unset it for the default):")
 
 
 _window_attention_banded_compiled = compiled_on_cuda(_window_attention_banded)
