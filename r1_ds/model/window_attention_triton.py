@@ -1,7 +1,8 @@
 """L1 (causal sliding-window attention) as fused Triton kernels, forward and backward, reading and writing the
 (B, T, d) layout where the heads lie side by side: no per-head copy of q, k, v or of the output, no score matrix
 in memory. A candidate for the CUDA fast path, timed against the kernels in use by
-benchmarks/profile_attention.py ("L1 candidate: Triton window kernel"); the fast path does not call it yet.
+benchmarks/profile_attention.py ("L1 candidate: Triton window kernel"); the fast path calls it when
+R1_L1_CUDA_KERNEL=triton (hierarchical_attention.set_l1_cuda_kernel), and the banded kernel otherwise.
 
 Why: with 8 heads of d = 2048 the head size is 256. The explicit banded form (hierarchical_attention.py) pays for
 a per-head layout copy of q, k, v, a score matrix of (n_prev + 1) blocks per query block, and their backward;
