@@ -9,7 +9,7 @@
 #                                                            #   generation
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh check profile8k      # then, a call each: l1_ab_attention, l1_ab_train
-#                                                            #   (the Triton L1 candidate against the kernel in use)
+#                                                            #   (L1's Triton kernels against the banded one)
 #
 # One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
 # `train trainer_compiled`, `train_compiled`, `fp16 clip` and `generation` one group a call (each step's limit below
@@ -108,7 +108,7 @@ want fp16 && cp /tmp/r1_fp16_run/metrics.jsonl "$OUT/fp16_metrics.jsonl"  # the 
 step generation 300 "$PY" benchmarks/generation.py --preset 350m --context 32768 8192 --new-tokens 64 \
     --json "$OUT/generation.json"
 step tune 300 "$PY" benchmarks/flex_autotune.py --T 8192 --batch 8
-# l1_ab_attention, l1_ab_train: L1's Triton candidate against the kernel in use (--l1-kernel), each in one call on
+# l1_ab_attention, l1_ab_train: L1's Triton kernels against the banded one (--l1-kernel), each in one call on
 # one machine: attention at 8k and 64k with each kernel; training at 350M / 2k and 1.3B / 8k (Llama once, R1 with
 # each kernel)
 l1_ab_attention() {
@@ -122,7 +122,7 @@ l1_ab_train() {
     local size_len size len
     for size_len in "350m 2048" "1.3b 8192"; do
         read -r size len <<<"$size_len"
-        "$PY" benchmarks/train_throughput.py --sizes $size --seq-lens $len --steps 5 --warmup 3 \
+        "$PY" benchmarks/train_throughput.py --sizes $size --seq-lens $len --steps 5 --warmup 3 --l1-kernel banded \
             --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_l1_banded_${size}_$len.json" || return
         "$PY" benchmarks/train_throughput.py --sizes $size --seq-lens $len --steps 5 --warmup 3 --models r1 \
             --l1-kernel triton --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_l1_triton_${size}_$len.json" || return

@@ -55,7 +55,7 @@ def leaf(*xs):
     return [x.detach().requires_grad_(True) for x in xs]
 
 
-timed("whole step fwd+bwd", whole)
+timed(f"whole step fwd+bwd (L1: {ha.L1_CUDA_KERNEL})", whole)
 timed("whole step fwd only", lambda: ha.hierarchical_attention_flex(q, k, v, **kw))
 
 # the shared glue, then each level's kernel on ready inputs
@@ -73,17 +73,17 @@ l1_in = leaf(ha.split_heads(qr, H1), ha.split_heads(kr, H1), ha.split_heads(vp, 
 o1g = torch.randn(B, H1, T, d // H1, device="cuda", dtype=torch.bfloat16)
 l1_ops = leaf(qr, kr, vp)
 timed(
-    f"L1 in use: explicit banded (hd {d // H1})",
+    f"L1 banded kernel fwd+bwd (hd {d // H1})",
     lambda: ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_).backward(o1g),
 )
 timed(f"L1 flex kernel fwd+bwd (hd {d // H1})", lambda: ha._flex(*l1_in, m1, (d // H1) ** -0.5).backward(o1g))
-# the Triton candidate reads and writes the (B, T, d) layout (no merge_heads after it); a tile config that does
+# the Triton kernels read and write the (B, T, d) layout (no merge_heads after it); a tile config that does
 # not compile on this GPU (shared memory, registers) prints its error and the profile goes on
 if wat.available():
     o1m = torch.randn(B, T, d, device="cuda", dtype=torch.bfloat16)
     configs = (((64, 64, 32, 32), 8, 2), ((64, 32, 32, 32), 4, 2), ((128, 64, 64, 32), 8, 2), ((64, 64, 32, 32), 8, 1))
     for tiles, warps, stages in configs:
-        name = f"L1 candidate: Triton window kernel {tiles} w{warps} s{stages}"
+        name = f"L1 Triton kernel {tiles} w{warps} s{stages}"
         try:
             fn = functools.partial(
                 wat.window_attention, *l1_ops, H1, kw["window"], tiles=tiles, num_warps=warps, num_stages=stages
@@ -95,17 +95,18 @@ if wat.available():
             print(f"{name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
     try:
         with torch.no_grad():
-            cand = wat.window_attention(*l1_ops, H1, kw["window"])
-            used = ha.merge_heads(ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_))
-        print(f"L1 candidate vs in use, max |diff| {(cand.float() - used.float()).abs().max().item():.3e}", flush=True)
+            fused = wat.window_attention(*l1_ops, H1, kw["window"])
+            banded = ha.merge_heads(ha._window_attention_banded_compiled(*l1_ops, H1, kw["window"], g_))
+        print(f"L1 Triton vs banded, max |diff| {(fused.float() - banded.float()).abs().max().item():.3e}", flush=True)
     except Exception as e:  # noqa: BLE001
-        print(f"L1 candidate vs in use: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        print(f"L1 Triton vs banded: {type(e).__name__}: {str(e)[:200]}", flush=True)
     kernel_in_use = ha.L1_CUDA_KERNEL
-    try:  # the whole step with the candidate as L1, against "whole step fwd+bwd" above
-        ha.set_l1_cuda_kernel("triton")
-        timed("whole step fwd+bwd with the Triton L1", whole)
+    other = "banded" if kernel_in_use == "triton" else "triton"
+    try:  # the whole step with the other L1 kernel, against the first line
+        ha.set_l1_cuda_kernel(other)
+        timed(f"whole step fwd+bwd (L1: {other})", whole)
     except Exception as e:  # noqa: BLE001
-        print(f"whole step with the Triton L1: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        print(f"whole step (L1: {other}): {type(e).__name__}: {str(e)[:200]}", flush=True)
     finally:
         ha.set_l1_cuda_kernel(kernel_in_use)
 l1b = [

@@ -58,13 +58,27 @@ def test_flex_path_forward_and_backward_equal_the_reference_on_cuda(T, dtype, to
     _check_flex_path(T, dtype, tol, window, level, monkeypatch)
 
 
-# the Triton L1 candidate inside the whole fast path (L1's output and every gradient; T = 2500 pads); bf16 only:
-# its fp32 dots run in TF32
+# each of L1's CUDA kernels inside the whole fast path, whichever is the default (L1's output and every
+# gradient; T = 2500 pads); bf16 only: the Triton kernels take no fp32 (their dots would run in TF32), so fp32
+# cases above run the banded kernel whatever L1_CUDA_KERNEL says
 @pytest.mark.parametrize("T", [2048, 2500])
-def test_flex_path_with_the_triton_l1_equals_the_reference_on_cuda(T, monkeypatch):
-    pytest.importorskip("triton")
-    monkeypatch.setattr(ha, "L1_CUDA_KERNEL", "triton")
+@pytest.mark.parametrize("kernel", ["triton", "banded"])
+def test_flex_path_with_each_l1_kernel_equals_the_reference_on_cuda(kernel, T, monkeypatch):
+    if kernel == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setattr(ha, "L1_CUDA_KERNEL", kernel)
     _check_flex_path(T, torch.bfloat16, 5e-2, 128, 0, monkeypatch)
+
+
+def test_triton_l1_gives_way_to_banded_where_shared_memory_is_short(monkeypatch):
+    """A GPU with an A100's 163 KB of shared memory per block cannot hold the default tiles at head size 256:
+    the fast path runs the banded kernel there instead of failing to compile."""
+    wat = pytest.importorskip("r1_ds.model.window_attention_triton")
+    qr = torch.zeros(1, 2048, 2048, device="cuda", dtype=torch.bfloat16)
+    assert ha._triton_l1_takes(qr, 8, 128)
+    monkeypatch.setattr(wat, "_shared_memory_per_block", lambda index: 166912)
+    assert "shared memory" in wat.unsupported(qr, 8, 128)
+    assert not ha._triton_l1_takes(qr, 8, 128)
 
 
 def _check_flex_path(T, dtype, tol, window, level, monkeypatch):
@@ -96,8 +110,8 @@ def _check_flex_path(T, dtype, tol, window, level, monkeypatch):
 @pytest.mark.parametrize(
     "B, T, d, window, fused", [(1, 8192, 2048, 128, False), (1, 2048, 1024, 128, False), (2, 2048, 2048, 100, True)]
 )
-def test_triton_window_candidate_equals_banded_l1_on_cuda(B, T, d, window, fused):
-    """The Triton L1 candidate (window_attention_triton.py; benchmarks/profile_attention.py times it) compiled for
+def test_triton_window_kernel_equals_banded_l1_on_cuda(B, T, d, window, fused):
+    """The Triton L1 kernels (window_attention_triton.py; benchmarks/profile_attention.py times them) compiled for
     this GPU, in bf16, against the banded L1 kernel in fp32 on the same rounded inputs: forward and q/k/v
     gradients."""
     wat = pytest.importorskip("r1_ds.model.window_attention_triton")

@@ -1,4 +1,4 @@
-"""The Triton window-attention candidate (r1_ds/model/window_attention_triton.py) against plain masked attention,
+"""The Triton window-attention kernels (r1_ds/model/window_attention_triton.py), L1's kernel on CUDA, against plain masked attention,
 forward and q/k/v gradients, through Triton's interpreter on CPU tensors (fp32), eager and under torch.compile.
 The interpreter is chosen when the kernels are defined, so the cases run in a child process with
 TRITON_INTERPRET=1. On the GPU, tests/test_cuda_fast_path.py holds the compiled kernels to the same reference in
@@ -112,10 +112,24 @@ def test_window_attention_refuses_mixed_dtypes_and_an_empty_window():
     assert wat.unsupported(q, 2, 16, (32, 32, 32, 32)) is None  # fp32 is fine off CUDA (the interpreter)
 
 
-@pytest.mark.parametrize("value, expect", [("triton", "triton"), ("flash", "not one of")])
+def test_shared_memory_estimate_tells_the_cards_apart():
+    """The default tiles at head size 256 (the 1.3B preset) fit a Hopper's 227 KB per block, not an A100's 163 KB;
+    at head size 128 (the 350M preset) they fit a consumer card's 99 KB. Two stages hold two copies of the
+    streamed tiles."""
+    kb = 1024
+    assert 163 * kb < wat.shared_memory_bytes(256, wat.DEFAULT_TILES) <= 227 * kb
+    assert wat.shared_memory_bytes(128, wat.DEFAULT_TILES) <= 99 * kb
+    one, two = (wat.shared_memory_bytes(256, wat.DEFAULT_TILES, stages) for stages in (1, 2))
+    assert two - one == 2 * 64 * 256 * 2  # one more k and v tile of the forward, bf16
+    assert wat.shared_memory_bytes(256, wat.DEFAULT_TILES, itemsize=4) > 2 * one  # fp32 doubles the tiles
+
+
+@pytest.mark.parametrize("value, expect", [("banded", "banded"), (None, "triton"), ("flash", "not one of")])
 def test_l1_kernel_is_chosen_by_the_environment(value, expect):
     code = "import r1_ds.model.hierarchical_attention as ha; print(ha.L1_CUDA_KERNEL)"
-    env = {**os.environ, "R1_L1_CUDA_KERNEL": value}
+    env = {k: v for k, v in os.environ.items() if k != "R1_L1_CUDA_KERNEL"}
+    if value is not None:
+        env["R1_L1_CUDA_KERNEL"] = value
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert expect in (r.stdout if r.returncode == 0 else r.stderr)
     assert (r.returncode == 0) == (expect != "not one of")

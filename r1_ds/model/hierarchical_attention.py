@@ -958,18 +958,20 @@ def _blocks_before(window: int, block: int) -> int:
 # (relative to the paragraph) goes to flex, whose block-sparse kernel skips the blocks inside the band.
 BANDED_L1_MAX_BLOCKS = 3
 
-# L1's kernel on CUDA: "banded" (the explicit banded form up to BANDED_L1_MAX_BLOCKS key blocks per query block,
-# else flex) or "triton" (window_attention_triton.window_attention: fused kernels on the (B, T, d) layout, a
-# candidate that benchmarks choose with --l1-kernel triton and tests/test_cuda_fast_path.py holds to the reference;
-# calls it cannot take, fp32 among them, run the banded kernel). R1_L1_CUDA_KERNEL in the environment chooses it
-# for a whole process (the GPU check and training runs with the candidate).
-L1_CUDA_KERNELS = ("banded", "triton")
-L1_CUDA_KERNEL = "banded"
+# L1's kernel on CUDA: "triton" (window_attention_triton.window_attention: fused kernels on the (B, T, d) layout,
+# no per-head copies and no score matrix in memory) or "banded" (the explicit banded form up to
+# BANDED_L1_MAX_BLOCKS key blocks per query block, else flex). Calls the Triton kernels cannot take (no triton
+# installed, fp32, a head size that is no power of two, a GPU with too little shared memory for their tiles) run
+# the banded kernel. R1_L1_CUDA_KERNEL in the environment chooses for a whole process; benchmarks take
+# --l1-kernel.
+L1_CUDA_KERNELS = ("triton", "banded")
+L1_CUDA_KERNEL = "triton"
 
 
 def _triton_l1_takes(qr: torch.Tensor, n_heads: int, window: int) -> bool:
-    """Whether the Triton candidate can run this call: triton installed, bf16 / fp16, a power-of-two head size, a
-    length its tiles divide (window_attention_triton.unsupported). Other calls run the banded kernel."""
+    """Whether the Triton kernels can run this call: triton installed, bf16 / fp16, a power-of-two head size, a
+    length their tiles divide, enough shared memory (window_attention_triton.unsupported). Other calls run the
+    banded kernel."""
     from . import window_attention_triton as wat
 
     return wat.available() and wat.unsupported(qr, n_heads, window) is None
@@ -983,7 +985,7 @@ def set_l1_cuda_kernel(name: str, source: str = "L1 CUDA kernel") -> None:
     L1_CUDA_KERNEL = name
 
 
-set_l1_cuda_kernel(os.environ.get("R1_L1_CUDA_KERNEL", "banded"), "R1_L1_CUDA_KERNEL (unset it for the default):")
+set_l1_cuda_kernel(os.environ.get("R1_L1_CUDA_KERNEL", L1_CUDA_KERNEL), "R1_L1_CUDA_KERNEL (unset it for the default):")
 
 
 _window_attention_banded_compiled = compiled_on_cuda(_window_attention_banded)

@@ -1,14 +1,14 @@
 """L1 (causal sliding-window attention) as fused Triton kernels, forward and backward, reading and writing the
 (B, T, d) layout where the heads lie side by side: no per-head copy of q, k, v or of the output, no score matrix
-in memory. A candidate for the CUDA fast path, timed against the kernels in use by
-benchmarks/profile_attention.py ("L1 candidate: Triton window kernel"); the fast path calls it when
-R1_L1_CUDA_KERNEL=triton (hierarchical_attention.set_l1_cuda_kernel), and the banded kernel otherwise.
+in memory. L1's kernel on CUDA (hierarchical_attention.L1_CUDA_KERNEL); the banded kernel runs the calls these
+cannot take (`unsupported`) and every call when R1_L1_CUDA_KERNEL=banded. benchmarks/profile_attention.py times
+both and several tile shapes of these.
 
 Why: with 8 heads of d = 2048 the head size is 256. The explicit banded form (hierarchical_attention.py) pays for
 a per-head layout copy of q, k, v, a score matrix of (n_prev + 1) blocks per query block, and their backward;
 flex's generic kernel runs small tiles at that head size and evaluates its block tables. One H100 at 8k x 8
-spent 6.16 ms (banded) and 5.90 ms (flex) on L1 alone (benchmarks/results/attention.md), where reading q, k,
-v, o and writing their gradients is about 3.2 GB, an estimated 1 ms at the H100's memory bandwidth.
+spent 6.28 ms (banded) and 5.48 ms (flex) on L1 alone, these kernels 4.70 ms (benchmarks/results/attention.md);
+reading q, k, v, o and writing their gradients is about 3.2 GB, an estimated 1 ms at the H100's memory bandwidth.
 
 The forward is FlashAttention's online softmax over the few key blocks the window reaches; it saves the
 log-sum-exp of each query's scores. The backward runs two kernels, FlashAttention-2 style: one program per query
@@ -30,7 +30,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # a CPU install without triton: the candidate is unavailable, nothing else changes
+except ImportError:  # an install without triton: L1 runs the banded kernel, nothing else changes
     triton = None
 
 
@@ -161,11 +161,25 @@ if triton is not None:
 
 LOG2E = 1.0 / math.log(2.0)
 DEFAULT_TILES = (64, 64, 32, 32)  # (query, key) tile of the forward, then of the backward
+DEFAULT_STAGES = 2
 
 
-def unsupported(q: torch.Tensor, n_heads: int, window: int, tiles=None) -> str | None:
+def shared_memory_bytes(head_size: int, tiles, stages: int = DEFAULT_STAGES, itemsize: int = 2) -> int:
+    """The most shared memory one program of the three kernels holds, estimated: the tiles it keeps for the whole
+    loop, `stages` copies of the two tiles it streams, and a score tile for the second dot's operand."""
+    bm, bn, bwm, bwn = tiles
+    forward = bm + 2 * stages * bn  # q kept; k and v streamed
+    dq = 2 * bwm + 2 * stages * bwn  # q and dO kept; k and v streamed
+    dkdv = 2 * bwn + 2 * stages * bwm  # k and v kept; q and dO streamed
+    rows = max(forward, dq, dkdv)
+    return rows * head_size * itemsize + max(bm * bn, bwm * bwn) * itemsize
+
+
+def unsupported(q: torch.Tensor, n_heads: int, window: int, tiles=None, stages: int = DEFAULT_STAGES) -> str | None:
     """Why the kernels cannot take this call (None: they can). On CUDA they take bf16 / fp16 only: fp32 tiles of
-    head size 256 overflow shared memory, and tl.dot would run fp32 as TF32."""
+    head size 256 overflow shared memory, and tl.dot would run fp32 as TF32. A GPU with less shared memory per
+    block than the tiles need (an A100's 163 KB, a consumer card's 99 KB, against about 170 KB at head size 256)
+    cannot take them either; the caller's other kernel runs there."""
     B, T, d = q.shape
     if window < 1:
         return f"window={window} must be at least 1 (a query sees itself)"
@@ -179,17 +193,31 @@ def unsupported(q: torch.Tensor, n_heads: int, window: int, tiles=None) -> str |
         return f"T={T} must be a multiple of every tile {tiles}; pad it"
     if q.is_cuda and q.dtype not in (torch.bfloat16, torch.float16):
         return f"{q.dtype} on CUDA: the kernels take bf16 or fp16"
+    if q.is_cuda:
+        need = shared_memory_bytes(hd, tiles, stages, q.element_size())
+        have = _shared_memory_per_block(q.device.index)
+        if need > have:
+            return (
+                f"tiles {tiles} at head size {hd} need about {need // 1024} KB of shared memory per block, "
+                f"this GPU has {have // 1024} KB; pass smaller tiles"
+            )
     return None
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, window: int, tiles) -> int:
+# a constant to torch.compile: the fast path asks inside compiled decoder blocks, and the answer never changes
+@torch.compiler.assume_constant_result
+def _shared_memory_per_block(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, window: int, tiles, stages) -> int:
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"window_attention: q, k, v must share one (B, T, d) shape, got {q.shape}, {k.shape}, {v.shape}"
         )
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"window_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    why = unsupported(q, n_heads, window, tiles)
+    why = unsupported(q, n_heads, window, tiles, stages)
     if why:
         raise ValueError(f"window_attention: {why}")
     if any(x.stride(-1) != 1 for x in (q, k, v)):
@@ -212,7 +240,7 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (out (B, T, d), log2-domain log-sum-exp of each query's scores (B * n_heads, T) fp32)"""
     B, T, d = q.shape
-    hd = _check(q, k, v, n_heads, window, tiles)
+    hd = _check(q, k, v, n_heads, window, tiles, stages)
     block_m, block_n = tiles[:2]
     scale = hd**-0.5
     o = torch.empty(B, T, d, device=q.device, dtype=q.dtype)
@@ -292,7 +320,7 @@ def window_attention(
     *,
     tiles: tuple[int, int, int, int] = DEFAULT_TILES,
     num_warps: int = 8,
-    num_stages: int = 2,
+    num_stages: int = DEFAULT_STAGES,
 ) -> torch.Tensor:
     """Causal sliding-window attention of (B, T, d) q, k, v (rotated already), n_heads heads of d / n_heads side
     by side, each query seeing the last `window` tokens, itself included. -> (B, T, d), the heads side by side.
