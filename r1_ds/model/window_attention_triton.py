@@ -178,7 +178,7 @@ def shared_memory_bytes(head_size: int, tiles, stages: int = DEFAULT_STAGES, ite
 def unsupported(q: torch.Tensor, n_heads: int, window: int, tiles=None, stages: int = DEFAULT_STAGES) -> str | None:
     """Why the kernels cannot take this call (None: they can). On CUDA they take bf16 / fp16 only: fp32 tiles of
     head size 256 overflow shared memory, and tl.dot would run fp32 as TF32. A GPU with less shared memory per
-    block than the tiles need (an A100's 163 KB, a consumer card's 99 KB, against about 170 KB at head size 256)
+    block than the tiles need (an A100's 163 KB, a consumer card's 99 KB, against about 168 KB at head size 256)
     cannot take them either; the caller's other kernel runs there."""
     B, T, d = q.shape
     if window < 1:
@@ -204,10 +204,17 @@ def unsupported(q: torch.Tensor, n_heads: int, window: int, tiles=None, stages: 
     return None
 
 
-# a constant to torch.compile: the fast path asks inside compiled decoder blocks, and the answer never changes
+_SHARED_MEMORY_PER_BLOCK: dict[int | None, int] = {}
+
+
+# a constant to torch.compile, and asked of the driver once per device: the fast path asks in every layer's
+# forward, inside compiled decoder blocks too
 @torch.compiler.assume_constant_result
 def _shared_memory_per_block(index: int | None) -> int:
-    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
+    if index not in _SHARED_MEMORY_PER_BLOCK:
+        props = torch.cuda.get_device_properties(index)
+        _SHARED_MEMORY_PER_BLOCK[index] = props.shared_memory_per_block_optin
+    return _SHARED_MEMORY_PER_BLOCK[index]
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, window: int, tiles, stages) -> int:
