@@ -1,7 +1,8 @@
 """Which FlexAttention tile configs suit hierarchical attention's L1 and L2 kernels on this GPU: each
 level's kernel timed fwd+bwd with the kernel options `_flex` picks, then with inductor's max-autotune
 search (its AUTOTUNE lines on stderr list every config tried). A tuning aid, not a benchmark. (With the
-presets' window L1 runs the banded kernel, not flex; L1 here is the flex path of wider windows.)
+presets' window L1 runs the Triton window kernels on CUDA, or the banded kernel, not flex; L1 here is the flex
+path of wider windows.)
 
     python benchmarks/flex_autotune.py --T 8192 --batch 8 2> autotune.log
 """

@@ -59,22 +59,28 @@ def test_flex_path_forward_and_backward_equal_the_reference_on_cuda(T, dtype, to
 
 
 # each of L1's CUDA kernels inside the whole fast path, whichever is the default (L1's output and every
-# gradient; T = 2500 pads); bf16 only: the Triton kernels take no fp32 (their dots would run in TF32), so fp32
-# cases above run the banded kernel whatever L1_CUDA_KERNEL says
-@pytest.mark.parametrize("T", [2048, 2500])
+# gradient; T = 2500 pads); bf16 and fp16: the Triton kernels take no fp32 (their dots would run in TF32), so
+# the fp32 cases above run the banded form (flex at window 384) whatever L1_CUDA_KERNEL says
+@pytest.mark.parametrize("T, dtype", [(2048, torch.bfloat16), (2500, torch.bfloat16), (2048, torch.float16)])
 @pytest.mark.parametrize("kernel", ["triton", "banded"])
-def test_flex_path_with_each_l1_kernel_equals_the_reference_on_cuda(kernel, T, monkeypatch):
+def test_flex_path_with_each_l1_kernel_equals_the_reference_on_cuda(kernel, T, dtype, monkeypatch):
     if kernel == "triton":
         pytest.importorskip("triton")
+        probe = torch.zeros(1, 2048, 2048, device="cuda", dtype=dtype)
+        if not ha._triton_l1_takes(probe, KW["level_heads"][0], 128):
+            pytest.skip("the Triton kernels decline this GPU (window_attention_triton.unsupported)")
     monkeypatch.setattr(ha, "L1_CUDA_KERNEL", kernel)
-    _check_flex_path(T, torch.bfloat16, 5e-2, 128, 0, monkeypatch)
+    _check_flex_path(T, dtype, 5e-2, 128, 0, monkeypatch)
 
 
 def test_triton_l1_gives_way_to_banded_where_shared_memory_is_short(monkeypatch):
     """A GPU with an A100's 163 KB of shared memory per block cannot hold the default tiles at head size 256:
     the fast path runs the banded kernel there instead of failing to compile."""
-    wat = pytest.importorskip("r1_ds.model.window_attention_triton")
+    pytest.importorskip("triton")
+    from r1_ds.model import window_attention_triton as wat
+
     qr = torch.zeros(1, 2048, 2048, device="cuda", dtype=torch.bfloat16)
+    monkeypatch.setattr(wat, "_shared_memory_per_block", lambda index: 232448)  # a Hopper's 227 KB
     assert ha._triton_l1_takes(qr, 8, 128)
     monkeypatch.setattr(wat, "_shared_memory_per_block", lambda index: 166912)
     assert "shared memory" in wat.unsupported(qr, 8, 128)
@@ -90,7 +96,7 @@ def _check_flex_path(T, dtype, tol, window, level, monkeypatch):
     monkeypatch.setattr(ha, "_route_compiled", same_routing)
     kw = {**KW, "window": window}
     torch.manual_seed(0)
-    d = 2048  # the 1.3B width: L1 at head size 256 (banded), L2 at 128 (flex), L3 at 64
+    d = 2048  # the 1.3B width: L1 at head size 256 (Triton or banded), L2 at 128 (flex), L3 at 64
     q, k, v = (torch.randn(1, T, d, device="cuda").to(dtype).float() for _ in range(3))
     weight = torch.randn(1, T, d, device="cuda")
     ref_out, ref_grads = _outputs_and_grads(
@@ -114,9 +120,14 @@ def test_triton_window_kernel_equals_banded_l1_on_cuda(B, T, d, window, fused):
     """The Triton L1 kernels (window_attention_triton.py; benchmarks/profile_attention.py times them) compiled for
     this GPU, in bf16, against the banded L1 kernel in fp32 on the same rounded inputs: forward and q/k/v
     gradients."""
-    wat = pytest.importorskip("r1_ds.model.window_attention_triton")
+    pytest.importorskip("triton")
+    from r1_ds.model import window_attention_triton as wat
+
     torch.manual_seed(0)
     H, g = KW["level_heads"][0], KW["paragraph_size"]
+    why = wat.unsupported(torch.zeros(1, T, d, device="cuda", dtype=torch.bfloat16), H, window)
+    if why:
+        pytest.skip(f"the Triton kernels decline this GPU: {why}")
     qkv = torch.randn(B, T, 3 * d, device="cuda").bfloat16().float()
     weight = torch.randn(B, T, d, device="cuda")
 

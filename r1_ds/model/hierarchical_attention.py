@@ -962,7 +962,7 @@ BANDED_L1_MAX_BLOCKS = 3
 # no per-head copies and no score matrix in memory) or "banded" (the explicit banded form up to
 # BANDED_L1_MAX_BLOCKS key blocks per query block, else flex). Calls the Triton kernels cannot take (no triton
 # installed, fp32, a head size that is no power of two, a GPU with too little shared memory for their tiles) run
-# the banded kernel. R1_L1_CUDA_KERNEL in the environment chooses for a whole process; benchmarks take
+# the banded form (or flex, for windows wider than BANDED_L1_MAX_BLOCKS). R1_L1_CUDA_KERNEL in the environment chooses for a whole process; benchmarks take
 # --l1-kernel.
 L1_CUDA_KERNELS = ("triton", "banded")
 L1_CUDA_KERNEL = "triton"
@@ -971,7 +971,7 @@ L1_CUDA_KERNEL = "triton"
 def _triton_l1_takes(qr: torch.Tensor, n_heads: int, window: int) -> bool:
     """Whether the Triton kernels can run this call: triton installed, bf16 / fp16, a power-of-two head size, a
     length their tiles divide, enough shared memory (window_attention_triton.unsupported). Other calls run the
-    banded kernel."""
+    banded form or flex."""
     from . import window_attention_triton as wat
 
     return wat.available() and wat.unsupported(qr, n_heads, window) is None
@@ -1047,8 +1047,8 @@ def hierarchical_attention_flex(
     reference with q_pos = arange(T), computed with FlexAttention block-sparse kernels.
 
     One compiled pass rotates q and k once for all levels and writes L2's keys as [summary blocks of
-    (null, g - 1 summaries) | tokens]; L1 reads the rotated keys, as explicit banded attention when its
-    window spans few paragraphs (else flex). L2's block mask gives each query
+    (null, g - 1 summaries) | tokens]; L1 reads the rotated keys, through the Triton window kernels on
+    CUDA (L1_CUDA_KERNEL), else as explicit banded attention when its window spans few paragraphs, else flex. L2's block mask gives each query
     paragraph the summary blocks it needs (partial blocks, masked element-wise) and its routed
     paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are one paragraph.
     L3 (1 + T / G keys) is an explicit softmax while its keys fit one tile, else SDPA.

@@ -1,7 +1,7 @@
 """L1 (causal sliding-window attention) as fused Triton kernels, forward and backward, reading and writing the
 (B, T, d) layout where the heads lie side by side: no per-head copy of q, k, v or of the output, no score matrix
-in memory. L1's kernel on CUDA (hierarchical_attention.L1_CUDA_KERNEL); the banded kernel runs the calls these
-cannot take (`unsupported`) and every call when R1_L1_CUDA_KERNEL=banded. benchmarks/profile_attention.py times
+in memory. L1's kernel on CUDA (hierarchical_attention.L1_CUDA_KERNEL); the banded form (or flex, for wide windows)
+runs the calls these cannot take (`unsupported`) and every call when R1_L1_CUDA_KERNEL=banded. benchmarks/profile_attention.py times
 both and several tile shapes of these.
 
 Why: with 8 heads of d = 2048 the head size is 256. The explicit banded form (hierarchical_attention.py) pays for
@@ -213,7 +213,9 @@ _SHARED_MEMORY_PER_BLOCK: dict[int | None, int] = {}
 def _shared_memory_per_block(index: int | None) -> int:
     if index not in _SHARED_MEMORY_PER_BLOCK:
         props = torch.cuda.get_device_properties(index)
-        _SHARED_MEMORY_PER_BLOCK[index] = props.shared_memory_per_block_optin
+        # the opt-in limit a kernel may ask for; builds without the field report the default limit
+        optin = getattr(props, "shared_memory_per_block_optin", 0)
+        _SHARED_MEMORY_PER_BLOCK[index] = optin or props.shared_memory_per_block
     return _SHARED_MEMORY_PER_BLOCK[index]
 
 
