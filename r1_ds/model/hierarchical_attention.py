@@ -962,8 +962,8 @@ BANDED_L1_MAX_BLOCKS = 3
 # no per-head copies and no score matrix in memory) or "banded" (the explicit banded form up to
 # BANDED_L1_MAX_BLOCKS key blocks per query block, else flex). Calls the Triton kernels cannot take (no triton
 # installed, fp32, a head size that is no power of two, a GPU with too little shared memory for their tiles) run
-# the banded form (or flex, for windows wider than BANDED_L1_MAX_BLOCKS). R1_L1_CUDA_KERNEL in the environment chooses for a whole process; benchmarks take
-# --l1-kernel.
+# the banded form (or flex, for windows wider than BANDED_L1_MAX_BLOCKS). R1_L1_CUDA_KERNEL in the environment
+# chooses for a whole process; benchmarks take --l1-kernel.
 L1_CUDA_KERNELS = ("triton", "banded")
 L1_CUDA_KERNEL = "triton"
 
@@ -1048,10 +1048,10 @@ def hierarchical_attention_flex(
 
     One compiled pass rotates q and k once for all levels and writes L2's keys as [summary blocks of
     (null, g - 1 summaries) | tokens]; L1 reads the rotated keys, through the Triton window kernels on
-    CUDA (L1_CUDA_KERNEL), else as explicit banded attention when its window spans few paragraphs, else flex. L2's block mask gives each query
-    paragraph the summary blocks it needs (partial blocks, masked element-wise) and its routed
-    paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex blocks are one paragraph.
-    L3 (1 + T / G keys) is an explicit softmax while its keys fit one tile, else SDPA.
+    CUDA (L1_CUDA_KERNEL), else as explicit banded attention when its window spans few paragraphs, else
+    flex. L2's block mask gives each query paragraph the summary blocks it needs (partial blocks, masked
+    element-wise) and its routed paragraphs as full blocks, so unrouted paragraphs cost nothing. Flex
+    blocks are one paragraph. L3 (1 + T / G keys) is an explicit softmax while its keys fit one tile, else SDPA.
 
     The sequence is computed at flex_length(T) (zero-padded), so the compiled kernels see a bounded set of
     lengths. The result at every real position is unchanged: a query sees no later token at L1, and at L2

@@ -1,8 +1,8 @@
 """L1 (causal sliding-window attention) as fused Triton kernels, forward and backward, reading and writing the
 (B, T, d) layout where the heads lie side by side: no per-head copy of q, k, v or of the output, no score matrix
-in memory. L1's kernel on CUDA (hierarchical_attention.L1_CUDA_KERNEL); the banded form (or flex, for wide windows)
-runs the calls these cannot take (`unsupported`) and every call when R1_L1_CUDA_KERNEL=banded. benchmarks/profile_attention.py times
-both and several tile shapes of these.
+in memory. L1's kernel on CUDA (hierarchical_attention.L1_CUDA_KERNEL); the banded form (or flex, for wide
+windows) runs the calls these cannot take (`unsupported`) and every call when R1_L1_CUDA_KERNEL=banded.
+benchmarks/profile_attention.py times both and several tile shapes of these.
 
 Why: with 8 heads of d = 2048 the head size is 256. The explicit banded form (hierarchical_attention.py) pays for
 a per-head layout copy of q, k, v, a score matrix of (n_prev + 1) blocks per query block, and their backward;
@@ -30,7 +30,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # an install without triton: L1 runs the banded kernel, nothing else changes
+except ImportError:  # an install without triton: L1 runs the banded form or flex, nothing else changes
     triton = None
 
 
