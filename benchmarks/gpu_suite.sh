@@ -88,9 +88,10 @@ step attention 560 "$PY" benchmarks/attention.py --device cuda --repeats 5 --len
     --json "$OUT/attention_h200.json"
 step attention_compiled 580 "$PY" benchmarks/attention.py --device cuda --repeats 5 --compile --lengths $LENGTHS \
     --json "$OUT/attention_h200_compiled.json"
-# TRAIN_SIZES / TRAIN_SEQ_LENS pick rows (each size and length, both models: about 90 s)
+# TRAIN_SIZES / TRAIN_SEQ_LENS / TRAIN_MODELS pick rows (each size and length, both models: about 90 s; a model
+# named with -compiled, e.g. TRAIN_MODELS="r1 r1-compiled llama llama-compiled", compiles its blocks: a minute more)
 step train 400 "$PY" benchmarks/train_throughput.py --sizes ${TRAIN_SIZES:-350m 1.3b} --seq-lens ${TRAIN_SEQ_LENS:-2048 8192} \
-    --steps 5 --warmup 3 \
+    --models ${TRAIN_MODELS:-r1 llama} --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_h200.json"
 step train_compiled 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 --steps 5 --warmup 3 \
     --compile-blocks --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_compiled_h200.json"

@@ -16,6 +16,9 @@ over a timed step's wall time (well under 100%: the host, not the GPU, sets the 
 moves with the host's CPU; the JSON names it). R1 uses attn_implementation
 "flex_attention"; Llama uses "sdpa" (flash / cuDNN kernels), the same width, depth, SwiGLU width,
 vocabulary and tied embeddings, and as many heads as R1's widest-but-one level (head size 64/128).
+A model name with "-compiled" (`--models r1 r1-compiled llama llama-compiled`) runs that model with every decoder
+block compiled whole (torch.compile, as the trainer's --compile and torchtitan do), so both ways of running each
+model are compared in one run; every R1 row is compared with every Llama row of its size and length.
 Prints a table last. Not a test: nothing is asserted.
 """
 
@@ -46,7 +49,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=["350m", "1.3b"], help="R1 presets")
     p.add_argument("--seq-lens", nargs="+", type=int, default=[2048, 8192])
-    p.add_argument("--models", nargs="+", default=["r1", "llama"], choices=["r1", "llama"])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["r1", "llama"],
+        choices=["r1", "llama", "r1-compiled", "llama-compiled"],
+        help="models in the order they run; -compiled: each decoder block compiled whole",
+    )
     p.add_argument("--tokens", type=int, default=16384, help="tokens per step (micro-batch = tokens // seq_len)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument(
@@ -60,8 +69,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--compile-blocks",
         action="store_true",
-        help="torch.compile each decoder block in place (both models, torchtitan-style): how much of "
-        "the gap is Python and kernel-launch overhead",
+        help="torch.compile each decoder block in place (every model, torchtitan-style; as naming each "
+        "model with -compiled): how much of the gap is Python and kernel-launch overhead",
     )
     p.add_argument(
         "--l1-kernel", choices=ha.L1_CUDA_KERNELS, default=ha.L1_CUDA_KERNEL, help="R1's L1 attention kernel on CUDA"
@@ -116,6 +125,9 @@ def model_flops(name: str, preset: str, seq_len: int) -> float:
 def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict:
     import deepspeed
 
+    compiled = args.compile_blocks or name.endswith("-compiled")
+    name = name.removesuffix("-compiled")
+
     from r1_ds.distributed import peak_memory_gib
 
     micro = max(1, args.tokens // seq_len)
@@ -124,15 +136,13 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
-    row = {"model": name, "size": preset, "seq_len": seq_len, "micro_batch": micro}
+    row = {"model": name, "compiled": compiled, "size": preset, "seq_len": seq_len, "micro_batch": micro}
     try:
         with torch.device("cuda"):
             model = r1_model(preset, seq_len) if name == "r1" else llama_model(preset, seq_len)
         if args.activation_checkpointing:
             model.gradient_checkpointing_enable()
-        if (
-            args.compile_blocks
-        ):  # R1: the trainer's --compile (r1_ds.model_setup.compile_blocks); Llama: the same by hand
+        if compiled:  # R1: the trainer's --compile (r1_ds.model_setup.compile_blocks); Llama: the same by hand
             if name == "r1":
                 from r1_ds.model_setup import compile_blocks
 
@@ -212,24 +222,32 @@ def _learns(row: dict) -> bool:
     return row["loss"] < row["first_loss"] - 0.1
 
 
+def _label(row: dict) -> str:
+    return row["model"] + ("-compiled" if row.get("compiled") else "")
+
+
 def table(rows: list[dict]) -> str:
     head = (
-        f"{'size':>5} {'seq':>6} {'model':>6} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
-        f"{'peak GiB':>9} {'GPU busy':>8} {'loss first -> last':>20}  vs llama"
+        f"{'size':>5} {'seq':>6} {'model':>14} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
+        f"{'peak GiB':>9} {'GPU busy':>8} {'loss first -> last':>20}  R1 / Llama"
     )
     lines = [head, "-" * len(head)]
-    llama = {(r["size"], r["seq_len"]): r.get("tokens_per_s") for r in rows if r["model"] == "llama"}
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['size']:>5} {r['seq_len']:>6} {r['model']:>6} {r['micro_batch']:>5}  {r['error']}")
+            lines.append(f"{r['size']:>5} {r['seq_len']:>6} {_label(r):>14} {r['micro_batch']:>5}  {r['error']}")
             continue
-        base = llama.get((r["size"], r["seq_len"]))
-        ratio = f"{r['tokens_per_s'] / base:.2f}x" if base and r["model"] == "r1" else ""
+        ratio = ""
+        if r["model"] == "r1":  # against every Llama row of this size and length
+            ratio = ", ".join(
+                f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}x {_label(b)}"
+                for b in rows
+                if b["model"] == "llama" and "error" not in b and (b["size"], b["seq_len"]) == (r["size"], r["seq_len"])
+            )
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         busy = f"{r['gpu_busy']:.0%}" if r.get("gpu_busy") is not None else "-"
         loss = f"{r['first_loss']:.2f} -> {r['loss']:.2f}" + ("" if _learns(r) else " (!)")
         lines.append(
-            f"{r['size']:>5} {r['seq_len']:>6} {r['model']:>6} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
+            f"{r['size']:>5} {r['seq_len']:>6} {_label(r):>14} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
             f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {busy:>8} {loss:>20}  {ratio}"
         )
     if not all(_learns(r) for r in rows if "error" not in r):
