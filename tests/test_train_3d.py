@@ -169,6 +169,12 @@ def layout_run(name: str) -> dict:
     )
 
 
+# Trained weights of two layouts agree to rounding: tensor-parallel shards sum their partial products in
+# another order, and Adam's normalised steps carry those differences into the weights. Measured up to
+# 1.2e-5 on an AVX2 CPU (below 1e-5 on others); a wrong or missing shard moves logits by far more.
+LOGITS_ATOL = 5e-5
+
+
 def trained_logits(run: dict, pipe: int, tensor: int, data: int) -> torch.Tensor:
     """The full (B, T, V) logits of the trained model: the vocabulary shards of the last stage's tensor
     ranks (data replica 0), side by side."""
@@ -211,7 +217,7 @@ def test_layout_trains_like_one_process_and_exports_the_trained_model(name, tmp_
     _assert_same_training(run, ref, steps=(1, 2, 3))
     trained = trained_logits(run, pipe, tensor, data)
     assert trained.shape == ref["logits"][0].shape  # every vocabulary shard is there
-    torch.testing.assert_close(trained, ref["logits"][0], rtol=0, atol=1e-5)  # the weights agree too
+    torch.testing.assert_close(trained, ref["logits"][0], rtol=0, atol=LOGITS_ATOL)  # the weights agree too
 
     ckpt = os.path.join(run["dir"], "checkpoints")
     files = os.listdir(os.path.join(ckpt, "global_step3"))
@@ -260,7 +266,7 @@ def test_3d_zero1_checkpoint_resumes_as_pipe_2_tensor_1_data_2_through_ds_to_uni
     assert "is a universal checkpoint" in resumed["stderr"]  # the trainer switched load_universal on
     assert sorted(resumed["metrics"]) == [3]
     _assert_same_training(resumed, src, steps=(3,))
-    torch.testing.assert_close(trained_logits(resumed, 2, 1, 2), trained_logits(src, 2, 2, 2), rtol=0, atol=1e-5)
+    torch.testing.assert_close(trained_logits(resumed, 2, 1, 2), trained_logits(src, 2, 2, 2), rtol=0, atol=LOGITS_ATOL)
 
     from r1_ds.checkpoint import hf_state_dict
 
