@@ -1,0 +1,48 @@
+"""benchmarks/train_throughput.py's table, from rows made here (the benchmark itself needs a GPU): each R1 row is
+compared with each Llama row of its size and length, compiled or not, and a model that does not learn is flagged."""
+
+from benchmarks import train_throughput
+
+
+def _row(model, compiled, tokens_per_s, seq_len=2048, loss=8.0, **extra):
+    return dict(
+        model=model,
+        compiled=compiled,
+        size="350m",
+        seq_len=seq_len,
+        micro_batch=8,
+        params_m=360,
+        tokens_per_s=tokens_per_s,
+        mfu=0.2,
+        peak_mem_gib=26.0,
+        gpu_busy=0.7,
+        first_loss=11.0,
+        loss=loss,
+        **extra,
+    )
+
+
+def test_models_named_compiled_run_compiled():
+    args = train_throughput.parse_args(["--models", "r1", "r1-compiled", "llama-compiled"])
+    assert args.models == ["r1", "r1-compiled", "llama-compiled"] and not args.compile_blocks
+
+
+def test_each_r1_row_is_compared_with_each_llama_row_of_its_length():
+    rows = [
+        _row("r1", False, 80_000),
+        _row("r1", True, 100_000),
+        _row("llama", False, 80_000),
+        _row("llama", True, 125_000),
+        _row("llama", False, 50_000, seq_len=8192),  # another length: no ratio against it
+    ]
+    lines = train_throughput.table(rows).splitlines()
+    r1, r1c = (line for line in lines if " r1" in line)
+    assert r1.endswith("1.00x llama, 0.64x llama-compiled")
+    assert r1c.split()[2] == "r1-compiled" and r1c.endswith("1.25x llama, 0.80x llama-compiled")
+    assert "(!)" not in "\n".join(lines)
+
+
+def test_a_model_whose_loss_does_not_fall_is_flagged():
+    rows = [_row("r1", True, 100_000, loss=10.95), _row("llama", False, 80_000)]
+    text = train_throughput.table(rows)
+    assert "11.00 -> 10.95 (!)" in text and "not training" in text
