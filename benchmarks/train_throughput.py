@@ -125,10 +125,10 @@ def model_flops(name: str, preset: str, seq_len: int) -> float:
 def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict:
     import deepspeed
 
+    from r1_ds.distributed import peak_memory_gib
+
     compiled = args.compile_blocks or name.endswith("-compiled")
     name = name.removesuffix("-compiled")
-
-    from r1_ds.distributed import peak_memory_gib
 
     micro = max(1, args.tokens // seq_len)
     ds = copy.deepcopy(ds_base)
