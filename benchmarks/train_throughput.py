@@ -13,7 +13,8 @@ training steps (forward, backward, clipping, optimizer). Reports tokens/s, MFU (
 r1_ds/flops.py: matmuls of forward + backward, no recomputation, attention per visible key; peak
 989 TFLOP/s bf16 dense for H100/H200), peak memory and GPU busy: the kernel time of one more step, traced,
 over a timed step's wall time (well under 100%: the host, not the GPU, sets the step's pace, so the figure
-moves with the host's CPU; the JSON names it). R1 uses attn_implementation
+moves with the host's CPU; the JSON names it), and the host syncs of one more step (times the host waits for
+the GPU, with the lines that made it wait, printed after the table). R1 uses attn_implementation
 "flex_attention"; Llama uses "sdpa" (flash / cuDNN kernels), the same width, depth, SwiGLU width,
 vocabulary and tied embeddings, and as many heads as R1's widest-but-one level (head size 64/128).
 A model name with "-compiled" (`--models r1 r1-compiled llama llama-compiled`) runs that model with every decoder
@@ -32,6 +33,8 @@ import json
 import os
 import sys
 import time
+import warnings
+from collections import Counter
 
 import torch
 
@@ -175,6 +178,7 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         dt = time.perf_counter() - t0
         tok_s = micro * seq_len * args.steps / dt
         busy = gpu_seconds(step)
+        syncs, sync_sites = host_syncs(step)
         peak = peak_flops("bf16")
         if args.profile:  # where a step's time goes (a tuning aid; not part of the figures)
             acts = [torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
@@ -191,6 +195,8 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
             tokens_per_s=tok_s,
             step_s=dt / args.steps,
             gpu_busy=min(1.0, busy / (dt / args.steps)) if busy else None,  # None: the trace held no kernel
+            host_syncs=syncs,
+            sync_sites=sync_sites,
             first_loss=first_loss,
             loss=float(loss),
             first_grad_norm=None if first_grad_norm is None else float(first_grad_norm),
@@ -217,6 +223,25 @@ def gpu_seconds(step) -> float:
     return sum(e.self_device_time_total for e in prof.key_averages()) / 1e6  # microseconds
 
 
+def host_syncs(step) -> tuple[int, list[str]]:
+    """How often one more step makes the host wait for the GPU (torch.cuda.set_sync_debug_mode: `.item()`, a
+    copy to the host, `nonzero`, ...), and the Python lines that did, most frequent first. Every sync drains the
+    queue of launched kernels, so the GPU idles while the host launches the next ones: a host-bound step with
+    syncs in every layer loses more than its Python time."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+    sites = Counter(
+        f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()
+    )
+    return sum(sites.values()), [f"{site} x{n}" for site, n in sites.most_common(8)]
+
+
 def _learns(row: dict) -> bool:
     """Its loss fell by more than 0.1 on the batch it sees every step."""
     return row["loss"] < row["first_loss"] - 0.1
@@ -229,7 +254,7 @@ def _label(row: dict) -> str:
 def table(rows: list[dict]) -> str:
     head = (
         f"{'size':>5} {'seq':>6} {'model':>14} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
-        f"{'peak GiB':>9} {'GPU busy':>8} {'loss first -> last':>20}  R1 / Llama"
+        f"{'peak GiB':>9} {'GPU busy':>8} {'syncs':>5} {'loss first -> last':>20}  R1 / Llama"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -245,10 +270,11 @@ def table(rows: list[dict]) -> str:
             )
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         busy = f"{r['gpu_busy']:.0%}" if r.get("gpu_busy") is not None else "-"
+        syncs = r.get("host_syncs", "-")
         loss = f"{r['first_loss']:.2f} -> {r['loss']:.2f}" + ("" if _learns(r) else " (!)")
         lines.append(
             f"{r['size']:>5} {r['seq_len']:>6} {_label(r):>14} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
-            f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {busy:>8} {loss:>20}  {ratio}"
+            f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {busy:>8} {syncs:>5} {loss:>20}  {ratio}"
         )
     if not all(_learns(r) for r in rows if "error" not in r):
         lines.append("(!) the loss did not fall on a batch the model sees every step: that model is not training")
@@ -298,6 +324,9 @@ def main(argv=None) -> int:
             json.dump(result, f, indent=2)
     print()
     print(table(rows))
+    for r in rows:  # where each model makes the host wait, to find the ones a host-bound step can drop
+        if r.get("sync_sites"):
+            print(f"host syncs of {_label(r)} {r['size']} / {r['seq_len']}: " + ", ".join(r["sync_sites"]))
     return 0
 
 

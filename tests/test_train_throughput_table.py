@@ -29,8 +29,8 @@ def test_models_named_compiled_run_compiled():
 
 def test_each_r1_row_is_compared_with_each_llama_row_of_its_length():
     rows = [
-        _row("r1", False, 80_000),
-        _row("r1", True, 100_000),
+        _row("r1", False, 80_000, host_syncs=49),
+        _row("r1", True, 100_000, host_syncs=2),
         _row("llama", False, 80_000),
         _row("llama", True, 125_000),
         _row("llama", False, 50_000, seq_len=8192),  # another length: no ratio against it
@@ -40,6 +40,8 @@ def test_each_r1_row_is_compared_with_each_llama_row_of_its_length():
     assert r1.endswith("1.00x llama, 0.64x llama-compiled")
     assert r1c.split()[2] == "r1-compiled" and r1c.endswith("1.25x llama, 0.80x llama-compiled")
     assert "(!)" not in "\n".join(lines)
+    syncs = lines[0].split().index("syncs") - 3  # "params M", "peak GiB" and "GPU busy" are columns of two words
+    assert (r1.split()[syncs], r1c.split()[syncs]) == ("49", "2")
 
 
 def test_a_model_whose_loss_does_not_fall_is_flagged():
