@@ -74,8 +74,8 @@ def test_flex_path_with_each_l1_kernel_equals_the_reference_on_cuda(kernel, T, d
 
 
 def test_triton_l1_gives_way_to_banded_where_shared_memory_is_short(monkeypatch):
-    """A GPU with an A100's 163 KB of shared memory per block cannot hold the default tiles at head size 256
-    (about 168 KB): the fast path runs the banded kernel there instead of failing to compile."""
+    """A GPU with a consumer card's 99 KB of shared memory per block cannot hold the default tiles at head size 256
+    (about 100 KB): the fast path runs the banded kernel there instead of failing to compile."""
     pytest.importorskip("triton")
     from r1_ds.model import window_attention_triton as wat
 
@@ -83,6 +83,8 @@ def test_triton_l1_gives_way_to_banded_where_shared_memory_is_short(monkeypatch)
     monkeypatch.setattr(wat, "_shared_memory_per_block", lambda index: 232448)  # a Hopper's 227 KB
     assert ha._triton_l1_takes(qr, 8, 128)
     monkeypatch.setattr(wat, "_shared_memory_per_block", lambda index: 166912)  # an A100's 163 KB
+    assert ha._triton_l1_takes(qr, 8, 128)
+    monkeypatch.setattr(wat, "_shared_memory_per_block", lambda index: 101376)  # 99 KB
     assert "shared memory" in wat.unsupported(qr, 8, 128)
     assert not ha._triton_l1_takes(qr, 8, 128)
 

@@ -7,7 +7,7 @@ benchmarks/profile_attention.py times both and several tile shapes of these.
 Why: with 8 heads of d = 2048 the head size is 256. The explicit banded form (hierarchical_attention.py) pays for
 a per-head layout copy of q, k, v, a score matrix of (n_prev + 1) blocks per query block, and their backward;
 flex's generic kernel runs small tiles at that head size and evaluates its block tables. One H100 at 8k x 8
-spent 6.28 ms (banded) and 5.48 ms (flex) on L1 alone, these kernels 4.70 ms (benchmarks/results/attention.md);
+spent 6.28 ms (banded) and 5.48 ms (flex) on L1 alone, these kernels 3.11 ms (benchmarks/results/attention.md);
 reading q, k, v, o and writing their gradients is about 3.2 GB, an estimated 1 ms at the H100's memory bandwidth.
 
 The forward is FlashAttention's online softmax over the few key blocks the window reaches; it saves the
@@ -160,12 +160,11 @@ if triton is not None:
 
 
 LOG2E = 1.0 / math.log(2.0)
-# (query, key) tile of the forward, then of the backward; warps per program: the configuration the GPU check
-# (benchmarks/gpu_suite.sh check) holds to the reference. A faster candidate the check has not run with:
-# (64, 32, 32, 32) with four warps, forward and backward at head size 256 in 3.11 ms against 4.70 ms for these
-# on one H100 at 8k x 8 (benchmarks/profile_attention.py).
-DEFAULT_TILES = (64, 64, 32, 32)
-DEFAULT_WARPS = 8
+# (query, key) tile of the forward, then of the backward; warps per program. Four warps on these tiles ran the
+# forward and backward at head size 256 in 3.11 ms against 4.70 ms for (64, 64, 32, 32) with eight on one H100
+# at 8k x 8 (benchmarks/profile_attention.py): eight warps on a 32 x 32 tile of the backward mostly wait.
+DEFAULT_TILES = (64, 32, 32, 32)
+DEFAULT_WARPS = 4
 DEFAULT_STAGES = 2
 
 
@@ -183,8 +182,8 @@ def shared_memory_bytes(head_size: int, tiles, stages: int = DEFAULT_STAGES, ite
 def unsupported(q: torch.Tensor, n_heads: int, window: int, tiles=None, stages: int = DEFAULT_STAGES) -> str | None:
     """Why the kernels cannot take this call (None: they can). On CUDA they take bf16 / fp16 only: fp32 tiles of
     head size 256 overflow shared memory, and tl.dot would run fp32 as TF32. A GPU with less shared memory per
-    block than the tiles need (an A100's 163 KB, a consumer card's 99 KB, against about 168 KB at head size 256)
-    cannot take them either; the caller's other kernel runs there."""
+    block than the tiles need (a consumer card's 99 KB, against about 100 KB at head size 256 with the default
+    tiles) cannot take them either; the caller's other kernel runs there."""
     B, T, d = q.shape
     if window < 1:
         return f"window={window} must be at least 1 (a query sees itself)"
@@ -342,7 +341,7 @@ def window_attention(
     tiles: (query, key) tile of the forward, then of the backward, whose programs hold two fp32 accumulators of
     a tile by the head size (dK and dV), hence smaller tiles. T must be a multiple of every tile (the fast path
     pads to whole paragraphs). num_stages: how many key tiles the kernels prefetch into shared memory (at head size
-    256 one key and one value tile of 64 rows take 64 KB)."""
+    256 one key and one value tile of 32 rows take 32 KB)."""
     if triton is None:
         raise RuntimeError("window_attention needs triton (pip install triton), which this install lacks")
     return _forward(q, k, v, n_heads, window, list(tiles), num_warps, num_stages)[0]
