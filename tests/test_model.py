@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from r1_ds.model import R1Config, R1ConfigError, R1ForCausalLM, R1ForSequenceClassification, causal_lm_loss
 from r1_ds.model.hierarchical_attention import (
+    entropy_paths,
     hierarchical_attention_eager,
     hierarchical_attention_flex,
     route_paragraphs,
@@ -126,6 +127,27 @@ def test_every_level_and_routing_is_causal():
     )
     r1, r2 = route_paragraphs(q, k, **kw), route_paragraphs(q2, k2, **kw)
     assert torch.equal(r1[0] * r1[1], r2[0] * r2[1]) and torch.equal(r1[1], r2[1])
+
+
+@pytest.mark.parametrize("m", range(1, 9))
+def test_routing_takes_only_candidates_where_the_softmax_underflows(m):
+    """m equal paths hold all the probability, the other candidates underflow to p = 0 and tie there with the
+    non-candidates (future paragraphs); exp(H) = m rounds above m in fp32 for some m (6.0000014 at m = 6), so
+    the entropy rule asks for one slot more than there are paths with p > 0. That slot must not read the future."""
+    N, K = 64, 8
+    scores = torch.full((2, 3, 1, N), -200.0)
+    scores[..., :m] = 0.0
+    cand = torch.zeros(1, N, dtype=torch.bool)
+    cand[0, : N // 2] = True
+    top, valid, entropy = entropy_paths(scores, cand, K)
+    assert torch.allclose(entropy.exp(), torch.tensor(float(m)), rtol=1e-5)
+    taken = top[valid]
+    assert (taken < N // 2).all(), (
+        f"m={m}: routed to non-candidate paths {sorted(set(taken.tolist()) - set(range(N // 2)))}"
+    )
+    # the m paths with p > 0 are all taken
+    for row_top, row_valid in zip(top.flatten(0, 2), valid.flatten(0, 2)):
+        assert set(row_top[row_valid].tolist()) >= set(range(m))
 
 
 def test_whole_model_is_causal():

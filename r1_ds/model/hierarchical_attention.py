@@ -232,7 +232,10 @@ def entropy_paths(scores: torch.Tensor, cand: torch.Tensor, K: int):
     entropy = -torch.special.xlogy(p, p).sum(-1)
     n_paths = torch.minimum(torch.ceil(torch.exp(entropy)).clamp(1, K), cand.sum(-1).to(entropy.dtype))
     top = p.topk(K, dim=-1).indices
-    valid = torch.arange(K, device=scores.device) < n_paths[..., None]
+    # A taken slot must hold a candidate. Where the softmax underflows, the paths past the m with p > 0 tie at
+    # p = 0 with the non-candidates (future paragraphs), and exp(H) of m equal paths rounds above m in fp32
+    # (6.0000014 for m = 6): without this, the slot past them would read a future paragraph.
+    valid = (torch.arange(K, device=scores.device) < n_paths[..., None]) & cand.expand(p.shape).gather(-1, top)
     return top, valid, entropy
 
 
