@@ -66,8 +66,9 @@ step() {  # name, seconds, command...   (LIMIT_<name>=S overrides a step's limit
 }
 
 # -v: each test's verdict is logged as it ends, so a step cut short by its limit still says which passed
-# check: the 2k-token cases (about 3 min on an H100); check_long: 32k, 64k, lengths 1k-128k in one process, and
-# generation at several prompt lengths (about 4 min, each length compiles afresh). Two steps, one device call each.
+# check: the 2k-token cases (about 3 min on an H100); check_long: 32k, 64k, lengths 1k-128k in one process,
+# generation at several prompt lengths, and compiled blocks training at 8k (about 5-6 min, each length compiles
+# afresh). Two steps, one device call each.
 LONG="long or any_order or generation_with_prompts"
 step check 570 "$PY" -m pytest -v -rA -p no:cacheprovider tests/test_cuda_fast_path.py -k "not ($LONG)"
 check_rc=$?

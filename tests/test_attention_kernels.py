@@ -140,6 +140,88 @@ def test_block_tables_are_row_major():
             assert table.is_contiguous(), f"{level} {name} has strides {table.stride()}"
 
 
+def test_block_index_ops_agree_with_their_fake_versions():
+    """Inside a compiled block, inductor lays out the tables by the fake versions of these ops: a fake shape or
+    stride that differs from the real output makes flex's kernels read the wrong memory on the GPU."""
+    g = torch.Generator().manual_seed(0)
+    need = torch.rand(2, 3, 16, 17, generator=g) < 0.3
+    slot = torch.stack([torch.randperm(17, generator=g) for _ in range(2 * 3 * 16)]).view(2, 3, 16, 17)
+    cases = [
+        (ha.place_columns, (slot,)),
+        (ha.block_indices, (need,)),
+        (ha.block_indices, (need[0, 0],)),
+        (ha.transposed_indices, (need,)),
+        (ha.transposed_indices, (need.transpose(-1, -2).contiguous().transpose(-1, -2),)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+        real = op(*args)
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = op(*(mode.from_tensor(a) for a in args))
+        for r, f in zip(*((x if isinstance(x, tuple) else (x,)) for x in (real, fake))):
+            assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype), op
+
+
+def _l2_tables_check(tables, n_qb, n_kv, n_sb):
+    """What flex's kernels read without a bounds check: per row a count in [0, columns] and a permutation of
+    the columns; the query-side tables the transpose of the key-side ones; no block both partial and full."""
+    kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, _ = tables
+
+    def dense(num, ind):
+        used = torch.arange(ind.shape[-1]) < num[..., None].long()
+        return torch.zeros(ind.shape, dtype=torch.bool).scatter(-1, ind.long(), used)
+
+    for name, num, ind, rows, cols in (
+        ("kv", kv_num, kv_idx, n_qb, n_kv),
+        ("full_kv", full_num, full_idx, n_qb, n_kv),
+        ("q", q_num, q_idx, n_kv, n_qb),
+        ("full_q", full_q_num, full_q_idx, n_kv, n_qb),
+    ):
+        assert num.shape[-1:] == (rows,) and ind.shape[-2:] == (rows, cols), name
+        assert num.dtype == ind.dtype == torch.int32 and num.is_contiguous() and ind.is_contiguous(), name
+        assert 0 <= num.min() and num.max() <= cols, f"{name} counts outside [0, {cols}]"
+        assert torch.equal(ind.sort(-1).values, torch.arange(cols, dtype=torch.int32).expand(ind.shape)), name
+    partial, full = dense(kv_num, kv_idx), dense(full_num, full_idx)
+    assert torch.equal(partial.transpose(-1, -2), dense(q_num, q_idx))
+    assert torch.equal(full.transpose(-1, -2), dense(full_q_num, full_q_idx))
+    assert not (partial & full).any(), "a block both partial and full"
+    assert not full[..., :n_sb].any(), "a summary block among the routed (full) ones"
+    return full
+
+
+@pytest.mark.parametrize("case", ["routed", "peaked", "duplicates", "last", "none"])
+def test_l2_block_tables_hold_what_the_fused_kernels_read(case):
+    """L2's tables for routing of every kind, built as on the GPU (eager and traced through the compiler with
+    the ops' fake versions): routing that changes with the weights must never give a table flex's kernels read
+    out of bounds, nor a routed block at or after the query's own paragraph."""
+    B, H, T, g, K, span = 2, 4, 1024, 16, 4, 4
+    n_qb = T // g
+    n_sb = ha.summary_len(n_qb, g) // g
+    n_kv = n_sb + n_qb
+    gen = torch.Generator().manual_seed(0)
+    if case in ("routed", "peaked"):  # the router itself; peaked: softmax underflow, ties at p = 0
+        q, k = torch.randn(B, T, 64, generator=gen), torch.randn(B, T, 64, generator=gen)
+        scale = 1e4 if case == "peaked" else 1.0
+        idx, valid, _ = ha.route_paragraphs(
+            q * scale, k, n_heads=H, paragraph_size=g, top_k=K, first_block=0, n_blocks=n_qb
+        )
+    else:
+        idx = {"duplicates": torch.full((B, H, n_qb, K), 3), "last": torch.full((B, H, n_qb, K), n_qb - 1)}.get(
+            case, torch.randint(0, n_qb, (B, H, n_qb, K), generator=gen)
+        )
+        valid = torch.full((B, H, n_qb, K), case != "none")
+    fn = ha._paragraph_block_tables.__wrapped__
+    eager = fn(idx, valid, n_qb, T, g, span)
+    traced = torch.compile(fn, fullgraph=True, dynamic=False, backend="aot_eager")(idx, valid, n_qb, T, g, span)
+    for a, b in zip(eager, traced):
+        assert torch.equal(a, b)
+    full = _l2_tables_check(eager, n_qb, n_kv, n_sb)
+    if case in ("routed", "peaked"):  # routed token block n_sb + j only for j < the query's paragraph b
+        b, j = torch.arange(n_qb)[:, None], torch.arange(n_kv)[None, :] - n_sb
+        assert not (full & (j >= b)).any(), "a paragraph routed to itself or a later one"
+        assert full.any()
+
+
 def test_flex_length_bounds_the_compiled_lengths():
     """Every length compiles its own kernels on a GPU: the fast path rounds lengths to at most 64 values from 1
     to 128k tokens, never by more than 1/8 past 1k, and leaves powers of two alone."""

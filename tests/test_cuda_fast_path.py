@@ -10,6 +10,8 @@ row-major (tests/test_attention_kernels.py::test_block_tables_are_row_major now 
 tests are the end-to-end check that was missing.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -290,6 +292,39 @@ def test_compiled_blocks_equal_eager_on_cuda():
     loss, grads = _loss_and_grads(compiled, ids)
     assert abs(loss - ref_loss) < 1e-3 * abs(ref_loss)
     _assert_gradients_close(compiled, grads, ref_grads)
+
+
+def test_compiled_blocks_train_at_a_long_length_on_cuda():
+    """Compiled R1 at the 350M preset's width, 8k tokens x 2, crashed with an illegal memory access in L2's flex
+    backward after a few optimizer steps (one H100, through DeepSpeed): the routing, and with it the block
+    tables the fused kernels read without bounds checks, changes with the weights, and the cases above run
+    fresh models. This trains compiled blocks (bf16, synchronising after every step so a fault surfaces here)
+    long enough for routing to move, then holds the loss at the trained weights to the same model eager."""
+    from r1_ds.model_setup import compile_blocks
+
+    torch.manual_seed(0)
+    config = R1Config.from_preset("350m", num_hidden_layers=2, vocab_size=4096, max_position_embeddings=8192)
+    model = R1ForCausalLM(config).cuda().to(torch.bfloat16).train()
+    model.set_attn_implementation("flex_attention")
+    assert compile_blocks(model) == 2
+    ids = torch.randint(0, 4096, (2, 8192), device="cuda", generator=torch.Generator("cuda").manual_seed(4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    losses = []
+    for _ in range(12):
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        torch.cuda.synchronize()
+        losses.append(loss.item())
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0], losses
+    eager = R1ForCausalLM(config).cuda().to(torch.bfloat16).train()
+    eager.set_attn_implementation("flex_attention")
+    eager.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        compiled_loss, eager_loss = (m(input_ids=ids, labels=ids).loss.item() for m in (model, eager))
+    assert abs(compiled_loss - eager_loss) < 2e-2 * abs(eager_loss), (compiled_loss, eager_loss)
 
 
 # Long sequences: the lengths users run (32k to 128k), where inductor's graphs and the kernels' tiles differ from

@@ -623,6 +623,25 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return num.squeeze(-1).to(torch.int32), place_columns(slot)
 
 
+@torch.library.custom_op("r1_ds::block_indices", mutates_args=())
+def block_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_as_indices as an opaque op: aten kernels, never inductor's. Flex's fused kernels read these counts
+    and indices with no bounds check, so a wrong value is an illegal memory access rather than an error, and
+    the routed (full) tables change with the weights. Inductor's code for this arithmetic has failed before
+    (place_columns, transposed_indices), and compiled decoder blocks with it fused in hit an illegal memory
+    access in L2's flex backward at 350M / 8k after a few optimizer steps (one H100, torch 2.11). A dozen
+    small kernels a layer."""
+    return _as_indices(need)
+
+
+@block_indices.register_fake
+def _(need):
+    return (
+        torch.empty(need.shape[:-1], dtype=torch.int32, device=need.device),
+        torch.empty(need.shape, dtype=torch.int32, device=need.device),
+    )
+
+
 @torch.library.custom_op("r1_ds::transposed_indices", mutates_args=())
 def transposed_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """_as_indices of need's transpose (the query-side tables), as an opaque op: aten kernels, never inductor's.
@@ -774,11 +793,11 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
     # 32k tokens; see place_columns for CUDA).
     kvb = torch.arange(n_kv, device=dev)
     need = (kvb[None] < n_sb) & (kvb[None] >= lo[:, None]) & (kvb[None] <= hi[:, None])  # (n_qb, n_kv)
-    kv_num, kv_idx = _as_indices(need)
+    kv_num, kv_idx = block_indices(need)
     # routed paragraph j is token block n_sb + j: (B, H, n_qb, K, n_kv) compared and reduced over the
     # K <= top_k slots (no slot routed when nothing is routable: K = 0, a short sequence or top_k = 0)
     full = ((idx[..., None] + n_sb == kvb) & valid[..., None]).any(-2)
-    full_num, full_idx = _as_indices(full)
+    full_num, full_idx = block_indices(full)
     q_num, q_idx = transposed_indices(need)
     full_q_num, full_q_idx = transposed_indices(full)
 
