@@ -230,12 +230,12 @@ def entropy_paths(scores: torch.Tensor, cand: torch.Tensor, K: int):
     has = cand.any(-1)[:, None]  # rows with at least one candidate
     p = torch.where(has, torch.softmax(scores.masked_fill(~has, 0.0), -1), 0.0)
     entropy = -torch.special.xlogy(p, p).sum(-1)
-    n_paths = torch.minimum(torch.ceil(torch.exp(entropy)).clamp(1, K), cand.sum(-1).to(entropy.dtype))
+    # Never more paths than have p > 0 (candidates only: the rest have p = 0). Where the softmax underflows,
+    # the paths past the m with p > 0 tie at p = 0 with the non-candidates (later paragraphs), and exp(H) of m
+    # equal paths rounds above m in fp32 (6.0000014 for m = 6): the slot past them would read the future.
+    n_paths = torch.minimum(torch.ceil(torch.exp(entropy)).clamp(1, K), (p > 0).sum(-1).to(entropy.dtype))
     top = p.topk(K, dim=-1).indices
-    # A taken slot must hold a candidate. Where the softmax underflows, the paths past the m with p > 0 tie at
-    # p = 0 with the non-candidates (future paragraphs), and exp(H) of m equal paths rounds above m in fp32
-    # (6.0000014 for m = 6): without this, the slot past them would read a future paragraph.
-    valid = (torch.arange(K, device=scores.device) < n_paths[..., None]) & cand.expand(p.shape).gather(-1, top)
+    valid = torch.arange(K, device=scores.device) < n_paths[..., None]
     return top, valid, entropy
 
 
@@ -626,11 +626,10 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.library.custom_op("r1_ds::block_indices", mutates_args=())
 def block_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """_as_indices as an opaque op: aten kernels, never inductor's. Flex's fused kernels read these counts
-    and indices with no bounds check, so a wrong value is an illegal memory access rather than an error, and
-    the routed (full) tables change with the weights. Inductor's code for this arithmetic has failed before
-    (place_columns, transposed_indices), and compiled decoder blocks with it fused in hit an illegal memory
-    access in L2's flex backward at 350M / 8k after a few optimizer steps (one H100, torch 2.11). A dozen
-    small kernels a layer."""
+    and indices without bounds checks, so a wrong value is an illegal memory access rather than an error, and
+    the routed (full) tables change with the weights; inside a compiled decoder block inductor would otherwise
+    fuse this arithmetic into its own kernels (see place_columns and transposed_indices for inductor's code
+    generation failing on it). A dozen small kernels a layer."""
     return _as_indices(need)
 
 
