@@ -246,6 +246,14 @@ def setup(cfg: TrainConfig) -> Run:
             "model.compile: torch.compile on %d decoder block(s) of this rank (the first steps include compiling)",
             compile_blocks(module),
         )
+        if seq_len > 2048 and torch.cuda.is_available():  # docs/training.md, "Compiled blocks"
+            log0(
+                "model.compile at seq_len %d: compiled blocks past 2,048 tokens are not yet held to the eager path "
+                "on a GPU, and at 350M / 8k they have faulted (illegal memory access in L2's FlexAttention "
+                "backward); run benchmarks/gpu_suite.sh check_long on this GPU first, or train without --compile",
+                seq_len,
+                level=logging.WARNING,
+            )
     s = cfg.schedule
     engine, *_ = deepspeed.initialize(
         model=module,
