@@ -792,11 +792,11 @@ def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size:
     # 32k tokens; see place_columns for CUDA).
     kvb = torch.arange(n_kv, device=dev)
     need = (kvb[None] < n_sb) & (kvb[None] >= lo[:, None]) & (kvb[None] <= hi[:, None])  # (n_qb, n_kv)
-    kv_num, kv_idx = block_indices(need)
+    kv_num, kv_idx = _as_indices(need)  # from the shapes alone: inductor may fuse it (checked on the GPU)
     # routed paragraph j is token block n_sb + j: (B, H, n_qb, K, n_kv) compared and reduced over the
     # K <= top_k slots (no slot routed when nothing is routable: K = 0, a short sequence or top_k = 0)
     full = ((idx[..., None] + n_sb == kvb) & valid[..., None]).any(-2)
-    full_num, full_idx = block_indices(full)
+    full_num, full_idx = block_indices(full)  # from the routing: aten kernels (see block_indices)
     q_num, q_idx = transposed_indices(need)
     full_q_num, full_q_idx = transposed_indices(full)
 
