@@ -51,7 +51,8 @@ class ModelSettings:
     compile: bool = False
     """torch.compile every decoder block in place (torchtitan-style), after tensor-parallel sharding and before
     DeepSpeed wraps the model: fewer kernel launches and Python overhead per step; the first steps include the
-    compile time. ZeRO-3 is refused with it (its parameter hooks do not compose with compiled blocks)."""
+    compile time. ZeRO-3 is refused with it (its parameter hooks do not compose with compiled blocks), and so are
+    sequences longer than 2,048 tokens on the GPU's FlexAttention path (r1_ds.model_setup.check_compiled_length)."""
 
 
 @dataclass

@@ -42,7 +42,7 @@ from .extras import MissingExtra
 from .flops import flops_per_token, peak_flops
 from .metrics import MetricsWriter, log0
 from .model import R1Config, R1ConfigError
-from .model_setup import build_model, compile_blocks, parallelize, param_groups
+from .model_setup import build_model, check_compiled_length, compile_blocks, parallelize, param_groups
 from .parallel.comm_hook import install_compression
 from .parallel.compression_config import CompressionConfigError
 from .parallel.deepspeed_patches import install_loss_scale_policy, needs_fp32_clip_patch, patch_fp32_grad_clipping
@@ -225,6 +225,7 @@ def setup(cfg: TrainConfig) -> Run:
         synthetic_sequences=cfg.data.synthetic_sequences,
         seed=cfg.seed,
     )
+    check_compiled_length(cfg, seq_len, device_type, config._attn_implementation)
     sampler = ProgressiveSampler(len(dataset), resolve_stages(cfg, plan.global_batch), cfg.seed)
     heldout = (
         open_dataset(cfg.log.eval_data, seq_len=seq_len, vocab_size=config.vocab_size)[0]
@@ -246,14 +247,6 @@ def setup(cfg: TrainConfig) -> Run:
             "model.compile: torch.compile on %d decoder block(s) of this rank (the first steps include compiling)",
             compile_blocks(module),
         )
-        if seq_len > 2048 and torch.cuda.is_available():  # docs/training.md, "Compiled blocks"
-            log0(
-                "model.compile at seq_len %d: compiled blocks past 2,048 tokens are not yet held to the eager path "
-                "on a GPU, and at 350M / 8k they have faulted (illegal memory access in L2's FlexAttention "
-                "backward); run benchmarks/gpu_suite.sh check_long on this GPU first, or train without --compile",
-                seq_len,
-                level=logging.WARNING,
-            )
     s = cfg.schedule
     engine, *_ = deepspeed.initialize(
         model=module,

@@ -111,6 +111,19 @@ def test_compile_flag_and_its_zero3_refusal(ds):
         build_ds_config(cfg, {**ds, "zero_optimization": {"stage": 3}}, world_size=1, device_type="cpu")
 
 
+def test_compiled_blocks_past_2048_tokens_on_the_gpu_flex_path_are_refused():
+    from r1_ds.model_setup import COMPILED_FLEX_MAX_SEQ_LEN, check_compiled_length
+
+    cfg = load_train_config(None, {"model.compile": True})
+    assert COMPILED_FLEX_MAX_SEQ_LEN == 2048
+    check_compiled_length(cfg, 2048, "cuda", "flex_attention")  # held to eager on the GPU: allowed
+    with pytest.raises(ConfigError, match=r"model.compile=true with seq_len=2049: .*Fix: set model.compile to false"):
+        check_compiled_length(cfg, 2049, "cuda", "flex_attention")
+    check_compiled_length(cfg, 8192, "cpu", "eager")  # no FlexAttention kernels: any length
+    check_compiled_length(cfg, 8192, "cuda", "eager")
+    check_compiled_length(load_train_config(None, {}), 8192, "cuda", "flex_attention")  # not compiled
+
+
 def test_pipeline_under_accelerate_is_a_clear_error(monkeypatch):
     from r1_ds.train import train
 
