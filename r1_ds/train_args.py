@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="compile",
         action="store_true",
         default=None,
-        help="torch.compile each decoder block (model.compile)",
+        help="torch.compile each decoder block (model.compile; on a GPU, sequences of up to 2,048 tokens)",
     )
     # Launchers append these; DeepSpeed reads LOCAL_RANK from the environment anyway.
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
