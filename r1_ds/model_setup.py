@@ -57,8 +57,8 @@ def compile_blocks(module: torch.nn.Module) -> int:
 # The longest training sequence compiled blocks take on the GPU's FlexAttention path: up to here they are held to
 # eager on the GPU (tests/test_cuda_fast_path.py) and trained in the benchmarks. Past it, R1 350M at 8k tokens
 # faulted under DeepSpeed (an illegal memory access in L2's FlexAttention backward, inside the compiled block's
-# backward graph) in every run longer than a few steps, and a fault in a kernel may first write to memory it does
-# not own. docs/training.md, "Compiled blocks".
+# backward graph) in every run of 3 warm-up and 5 timed steps, and a fault in a kernel may first write to memory it
+# does not own. docs/training.md, "Compiled blocks".
 COMPILED_FLEX_MAX_SEQ_LEN = 2048
 
 
