@@ -10,6 +10,7 @@
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh tune profile8k profile64k   # tuning aids, not in the default run
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh check profile8k      # then, a call each: l1_ab_attention, l1_ab_train
 #                                                            #   (L1's Triton kernels against the banded one)
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_probe   # where compiled blocks fault at 8k
 #
 # One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
 # `train trainer_compiled`, `train_compiled`, `fp16 clip` and `generation` one group a call (each step's limit below
@@ -137,6 +138,15 @@ step l1_ab_train 580 bash -c l1_ab_train
 step profile8k 300 "$PY" benchmarks/profile_attention.py --T 8192 --batch 8
 step profile64k 300 "$PY" benchmarks/profile_attention.py --T 65536 --batch 1
 step clip 200 "$PY" benchmarks/data_prep.py --device cuda
+# compiled_fault_probe: compiled R1 350M at 8k tokens faults in L2's FlexAttention backward under DeepSpeed, which
+# is why the trainer keeps model.compile to 2,048 tokens on a GPU (benchmarks/results/train_throughput.md). memcheck
+# instruments that kernel alone (kns: a substring of the kernel's name; the others run at full speed), and with
+# the caching allocator off every tensor is an allocation of its own, so an out-of-bounds access is reported with
+# the kernel, the thread and the address even where it lands in memory the process owns and would not fault.
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_probe 580 compute-sanitizer --tool memcheck \
+    --kernel-name kns=flex_attention_backward --print-limit 20 \
+    "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled --steps 2 --warmup 2 \
+    --deepspeed-config /tmp/r1_bf16.json
 # align: the alignment objective (align.objective=align) on the 350M preset, ZeRO-1 bf16 with torch's fused AdamW,
 # on the sample corpus's triples, prepared on the CPU side because the GPU image lacks prep's packages and open_clip
 # (`python benchmarks/align_prep.py runs/align_data`, then carry runs/align_data: its image embeddings are cached, so
