@@ -147,8 +147,16 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
             model.gradient_checkpointing_enable()
         if compiled:  # R1: the trainer's --compile (r1_ds.model_setup.compile_blocks); Llama: the same by hand
             if name == "r1":
+                from r1_ds.config import COMPILED_FLEX_MAX_SEQ_LEN
                 from r1_ds.model_setup import compile_blocks
 
+                if seq_len > COMPILED_FLEX_MAX_SEQ_LEN:  # the trainer refuses this; the benchmark runs it to probe it
+                    print(
+                        f"note: compiled R1 at {seq_len} tokens, past the trainer's limit of "
+                        f"{COMPILED_FLEX_MAX_SEQ_LEN} on a GPU: it has faulted there (docs/training.md, "
+                        "'Compiled blocks')",
+                        file=sys.stderr,
+                    )
                 compile_blocks(model)
             else:
                 for layer in model.model.layers:

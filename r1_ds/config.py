@@ -52,7 +52,7 @@ class ModelSettings:
     """torch.compile every decoder block in place (torchtitan-style), after tensor-parallel sharding and before
     DeepSpeed wraps the model: fewer kernel launches and Python overhead per step; the first steps include the
     compile time. ZeRO-3 is refused with it (its parameter hooks do not compose with compiled blocks), and so are
-    sequences longer than 2,048 tokens on the GPU's FlexAttention path (r1_ds.model_setup.check_compiled_length)."""
+    sequences longer than 2,048 tokens on the GPU's FlexAttention path (check_compiled_length, below)."""
 
 
 @dataclass
@@ -399,6 +399,40 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.precision.dtype not in (None, "bf16", "fp16", "fp32"):
         fail("precision.dtype", cfg.precision.dtype, "must be bf16, fp16, fp32 or empty", "pick one")
     validate_align(cfg.align, fail)
+
+
+# ----------------------------------------------------------------------------- attention kernels and compiled blocks
+
+
+def attn_implementation(cfg: TrainConfig, device_type: str) -> str:
+    """model.attn_implementation with "auto" resolved: FlexAttention's fused kernels on CUDA, else eager."""
+    impl = cfg.model.attn_implementation
+    if impl == "auto":
+        return "flex_attention" if device_type == "cuda" else "eager"
+    return impl
+
+
+# The longest training sequence compiled blocks take on the GPU's FlexAttention path: up to here they are held to
+# eager on the GPU (tests/test_cuda_fast_path.py) and trained in the benchmarks. Past it, R1 350M at 8k tokens
+# under DeepSpeed faults with an illegal memory access in L2's FlexAttention backward, inside the compiled block's
+# backward graph (each run recorded in benchmarks/results/train_throughput.md), and a kernel that faults may first
+# write to memory it does not own. docs/training.md, "Compiled blocks".
+COMPILED_FLEX_MAX_SEQ_LEN = 2048
+
+
+def check_compiled_length(cfg: TrainConfig, seq_len: int, device_type: str, source: str = "data.seq_len") -> None:
+    """Refuse model.compile for training sequences longer than COMPILED_FLEX_MAX_SEQ_LEN on the GPU's FlexAttention
+    path. `source` says where seq_len came from (the setting, or the shards' meta.json)."""
+    if not cfg.model.compile or device_type != "cuda" or attn_implementation(cfg, device_type) != "flex_attention":
+        return
+    if seq_len > COMPILED_FLEX_MAX_SEQ_LEN:
+        raise ConfigError(
+            f"model.compile=true with sequences of {seq_len} tokens ({source}): on CUDA with attn_implementation="
+            f"flex_attention, compiled decoder blocks are refused past {COMPILED_FLEX_MAX_SEQ_LEN} tokens, where they "
+            "fault with an illegal memory access in L2's FlexAttention backward. Fix: set model.compile to false (drop "
+            "--compile): the eager path runs the same fused attention kernels at any length; or set data.seq_len "
+            f"(--seq-len) to {COMPILED_FLEX_MAX_SEQ_LEN} or less."
+        )
 
 
 # ----------------------------------------------------------------------------- the start-up check

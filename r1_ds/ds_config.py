@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from .config import ConfigError, TrainConfig, resolve_batch
+from .config import ConfigError, TrainConfig, check_compiled_length, resolve_batch
 from .parallel.compression_config import compression_config
 from .precision import resolve_precision
 
@@ -91,4 +91,6 @@ def build_ds_config(cfg: TrainConfig, ds_json: dict, *, world_size: int, device_
             "parameters in hooks around each module, which compiled blocks do not run the same way. "
             "Fix: set zero_optimization.stage to 0, 1 or 2, or model.compile to false."
         )
+    if cfg.data.seq_len is not None:  # else the shards' length, checked once they are open (train.setup)
+        check_compiled_length(cfg, cfg.data.seq_len, device_type)
     return ds, dims, plan, notes, compression

@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 
-from .config import ConfigError, TrainConfig
+from .config import TrainConfig, attn_implementation
 from .metrics import log0
 from .model import R1Config, R1ForCausalLM
 from .model.hierarchical_attention import raise_recompile_limit
@@ -28,9 +28,7 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_model(cfg: TrainConfig, device_type: str) -> R1ForCausalLM:
     """The whole model on this rank's CPU, the same weights on every rank: from model.init_from, else
     model.preset + model.overrides seeded by `seed`; the attention kernels of model.attn_implementation."""
-    impl = cfg.model.attn_implementation
-    if impl == "auto":
-        impl = "flex_attention" if device_type == "cuda" else "eager"
+    impl = attn_implementation(cfg, device_type)
     if cfg.model.init_from:  # weights (and architecture) of a Hugging Face folder, e.g. an export
         model = R1ForCausalLM.from_pretrained(cfg.model.init_from, dtype=torch.float32)
         log0("initialised from %s (model.preset and model.overrides are not used)", cfg.model.init_from)
@@ -52,28 +50,6 @@ def compile_blocks(module: torch.nn.Module) -> int:
     for layer in layers:
         layer.compile()
     return len(layers)
-
-
-# The longest training sequence compiled blocks take on the GPU's FlexAttention path: up to here they are held to
-# eager on the GPU (tests/test_cuda_fast_path.py) and trained in the benchmarks. Past it, R1 350M at 8k tokens
-# faulted under DeepSpeed (an illegal memory access in L2's FlexAttention backward, inside the compiled block's
-# backward graph) in every run of 3 warm-up and 5 timed steps, and a fault in a kernel may first write to memory it
-# does not own. docs/training.md, "Compiled blocks".
-COMPILED_FLEX_MAX_SEQ_LEN = 2048
-
-
-def check_compiled_length(cfg: TrainConfig, seq_len: int, device_type: str, attn_implementation: str) -> None:
-    """Refuse model.compile where compiled blocks are not known to run: training sequences longer than
-    COMPILED_FLEX_MAX_SEQ_LEN on the GPU's FlexAttention path. ConfigError names the fix."""
-    if not cfg.model.compile or device_type != "cuda" or attn_implementation != "flex_attention":
-        return
-    if seq_len > COMPILED_FLEX_MAX_SEQ_LEN:
-        raise ConfigError(
-            f"model.compile=true with seq_len={seq_len}: compiled decoder blocks run FlexAttention on the GPU only "
-            f"up to {COMPILED_FLEX_MAX_SEQ_LEN} tokens (longer ones have faulted with an illegal memory access in "
-            "L2's backward). Fix: set model.compile to false (drop --compile): the eager path runs the same fused "
-            f"attention kernels at any length; or train at seq_len <= {COMPILED_FLEX_MAX_SEQ_LEN}."
-        )
 
 
 def parallelize(

@@ -31,7 +31,7 @@ from . import checkpoint as ckpt
 from . import run_lock
 from .align.trainer import train_align
 from .checkpoint import CheckpointError, SavedCheckpoint
-from .config import ConfigError, TrainConfig, load_train_config, read_mapping
+from .config import ConfigError, TrainConfig, check_compiled_length, load_train_config, read_mapping
 from .data import DataError, ProgressiveSampler, batch_iterator, open_dataset
 from .distributed import exit_process, init_distributed, peak_memory_gib, shutdown_distributed, under_accelerate
 from .divergence import DivergenceError, FiniteCheck, divergence_message
@@ -42,7 +42,7 @@ from .extras import MissingExtra
 from .flops import flops_per_token, peak_flops
 from .metrics import MetricsWriter, log0
 from .model import R1Config, R1ConfigError
-from .model_setup import build_model, check_compiled_length, compile_blocks, parallelize, param_groups
+from .model_setup import build_model, compile_blocks, parallelize, param_groups
 from .parallel.comm_hook import install_compression
 from .parallel.compression_config import CompressionConfigError
 from .parallel.deepspeed_patches import install_loss_scale_policy, needs_fp32_clip_patch, patch_fp32_grad_clipping
@@ -225,7 +225,8 @@ def setup(cfg: TrainConfig) -> Run:
         synthetic_sequences=cfg.data.synthetic_sequences,
         seed=cfg.seed,
     )
-    check_compiled_length(cfg, seq_len, device_type, config._attn_implementation)
+    if cfg.data.seq_len is None:  # the shards' length (a set data.seq_len was checked with the DeepSpeed settings)
+        check_compiled_length(cfg, seq_len, device_type, source=f"the seq_len of the shards in {cfg.data.path}")
     sampler = ProgressiveSampler(len(dataset), resolve_stages(cfg, plan.global_batch), cfg.seed)
     heldout = (
         open_dataset(cfg.log.eval_data, seq_len=seq_len, vocab_size=config.vocab_size)[0]

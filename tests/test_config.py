@@ -111,17 +111,25 @@ def test_compile_flag_and_its_zero3_refusal(ds):
         build_ds_config(cfg, {**ds, "zero_optimization": {"stage": 3}}, world_size=1, device_type="cpu")
 
 
-def test_compiled_blocks_past_2048_tokens_on_the_gpu_flex_path_are_refused():
-    from r1_ds.model_setup import COMPILED_FLEX_MAX_SEQ_LEN, check_compiled_length
+def test_compiled_blocks_past_2048_tokens_on_the_gpu_flex_path_are_refused(ds):
+    from r1_ds.config import COMPILED_FLEX_MAX_SEQ_LEN, check_compiled_length
 
-    cfg = load_train_config(None, {"model.compile": True})
+    cfg = load_train_config(None, {"model.compile": True})  # attn_implementation "auto": flex on CUDA
     assert COMPILED_FLEX_MAX_SEQ_LEN == 2048
-    check_compiled_length(cfg, 2048, "cuda", "flex_attention")  # held to eager on the GPU: allowed
-    with pytest.raises(ConfigError, match=r"model.compile=true with seq_len=2049: .*Fix: set model.compile to false"):
-        check_compiled_length(cfg, 2049, "cuda", "flex_attention")
-    check_compiled_length(cfg, 8192, "cpu", "eager")  # no FlexAttention kernels: any length
-    check_compiled_length(cfg, 8192, "cuda", "eager")
-    check_compiled_length(load_train_config(None, {}), 8192, "cuda", "flex_attention")  # not compiled
+    check_compiled_length(cfg, 2048, "cuda")  # held to eager on the GPU: allowed
+    rule = r"model.compile=true with sequences of 2049 tokens \(data.seq_len\): .*Fix: set model.compile to false"
+    with pytest.raises(ConfigError, match=rule):
+        check_compiled_length(cfg, 2049, "cuda")
+    check_compiled_length(cfg, 8192, "cpu")  # "auto" is eager there: no FlexAttention kernels, any length
+    check_compiled_length(
+        load_train_config(None, {"model.compile": True, "model.attn_implementation": "eager"}), 8192, "cuda"
+    )
+    check_compiled_length(load_train_config(None, {}), 8192, "cuda")  # not compiled
+    # a set data.seq_len is refused with the other settings, before any folder is written or model built
+    long = load_train_config(None, {"model.compile": True, "data.seq_len": 4096})
+    with pytest.raises(ConfigError, match="sequences of 4096 tokens"):
+        build_ds_config(long, ds, world_size=1, device_type="cuda")
+    build_ds_config(long, ds, world_size=1, device_type="cpu")
 
 
 def test_pipeline_under_accelerate_is_a_clear_error(monkeypatch):

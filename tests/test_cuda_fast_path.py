@@ -299,7 +299,7 @@ def test_compiled_blocks_train_at_a_long_length_on_cuda():
     fault surfaces here) long enough for the routing, and with it the block tables the fused kernels read without
     bounds checks, to move with the weights; then the loss at the trained weights matches the same model eager.
     This is not the fault that keeps the trainer's model.compile to 2,048 tokens on the GPU
-    (r1_ds.model_setup.COMPILED_FLEX_MAX_SEQ_LEN): that one was seen with the whole 350M model under DeepSpeed
+    (r1_ds.config.COMPILED_FLEX_MAX_SEQ_LEN): that one was seen with the whole 350M model under DeepSpeed
     (benchmarks/results/train_throughput.md), and this case passed on the H100 where that one faulted."""
     from r1_ds.model_setup import compile_blocks
 
