@@ -629,7 +629,8 @@ def block_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     and indices without bounds checks, so a wrong value is an illegal memory access rather than an error, and
     the routed (full) tables change with the weights; inside a compiled decoder block inductor would otherwise
     fuse this arithmetic into its own kernels (see place_columns and transposed_indices for inductor's code
-    generation failing on it). A dozen small kernels a layer."""
+    generation failing on it). A dozen small kernels a layer. It does not end the fault of compiled blocks at 8k
+    tokens (benchmarks/results/train_throughput.md), which keeps the trainer's model.compile to 2,048 tokens."""
     return _as_indices(need)
 
 
