@@ -76,6 +76,12 @@ def parse_args(argv=None):
         "model with -compiled): how much of the gap is Python and kernel-launch overhead",
     )
     p.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        default="default",
+        help="torch.compile mode of the compiled blocks (reduce-overhead: CUDA graphs, no per-kernel launch cost)",
+    )
+    p.add_argument(
         "--l1-kernel", choices=ha.L1_CUDA_KERNELS, default=ha.L1_CUDA_KERNEL, help="R1's L1 attention kernel on CUDA"
     )
     p.add_argument(
@@ -157,16 +163,18 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
                         "'Compiled blocks')",
                         file=sys.stderr,
                     )
-                compile_blocks(model)
+                compile_blocks(model, mode=args.compile_mode)
             else:
                 for layer in model.model.layers:
-                    layer.compile()
+                    layer.compile(mode=args.compile_mode)
         row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
         engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
         gen = torch.Generator(device="cuda").manual_seed(1)
         ids = torch.randint(0, model.config.vocab_size, (micro, seq_len), device="cuda", generator=gen)
 
         def step():
+            if compiled and args.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # a new iteration: last step's graph outputs may go
             loss = engine(input_ids=ids, labels=ids).loss
             engine.backward(loss)
             engine.step()
@@ -321,6 +329,7 @@ def main(argv=None) -> int:
         "warmup": args.warmup,
         "activation_checkpointing": args.activation_checkpointing,
         "compile_blocks": args.compile_blocks,
+        "compile_mode": args.compile_mode,
         "l1_kernel": args.l1_kernel,
         "inductor": inductor,
         "rows": rows,

@@ -41,14 +41,15 @@ def build_model(cfg: TrainConfig, device_type: str) -> R1ForCausalLM:
     return model
 
 
-def compile_blocks(module: torch.nn.Module) -> int:
+def compile_blocks(module: torch.nn.Module, mode: str | None = None) -> int:
     """torch.compile every R1 decoder block of `module` (a model or this rank's pipeline stage) in place, as
     torchtitan does: one graph per block forward and one per backward instead of dozens of small kernels
-    and Python calls each. DeepSpeed keeps calling the modules as before. Returns the number compiled."""
+    and Python calls each. DeepSpeed keeps calling the modules as before. `mode` is torch.compile's (None: its
+    default). Returns the number compiled."""
     raise_recompile_limit()  # generation or eval at other lengths may add graphs; never fall back silently
     layers = decoder_layers(module)
     for layer in layers:
-        layer.compile()
+        layer.compile(mode=mode)
     return len(layers)
 
 
