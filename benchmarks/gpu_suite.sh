@@ -11,6 +11,7 @@
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh check profile8k      # then, a call each: l1_ab_attention, l1_ab_train
 #                                                            #   (L1's Triton kernels against the banded one)
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_probe   # where compiled blocks fault at 8k
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_reduce_overhead  # compiled blocks as CUDA graphs, 350M / 2k
 #
 # One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
 # `train trainer_compiled`, `train_compiled`, `fp16 clip` and `generation` one group a call (each step's limit below
@@ -138,6 +139,12 @@ step l1_ab_train 580 bash -c l1_ab_train
 step profile8k 300 "$PY" benchmarks/profile_attention.py --T 8192 --batch 8
 step profile64k 300 "$PY" benchmarks/profile_attention.py --T 65536 --batch 1
 step clip 200 "$PY" benchmarks/data_prep.py --device cuda
+# train_reduce_overhead: compiled R1 at 350M / 2k with the blocks as CUDA graphs (torch.compile's reduce-overhead
+# mode), against eager Llama in the same run: whether the compiled step's remaining host time (GPU busy 83%) is
+# launch overhead that CUDA graphs remove. An experiment, not the trainer's path.
+step train_reduce_overhead 240 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 2048 --models r1-compiled llama \
+    --compile-mode reduce-overhead --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json \
+    --json "$OUT/train_reduce_overhead.json"
 # compiled_fault_probe: compiled R1 350M at 8k tokens faults in L2's FlexAttention backward under DeepSpeed, which
 # is why the trainer keeps model.compile to 2,048 tokens on a GPU (benchmarks/results/train_throughput.md). memcheck
 # instruments only the kernels whose names hold the kns substring (the others run uninstrumented, though every CUDA
@@ -149,6 +156,10 @@ PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_probe 580 compute-sanitizer
     --kernel-name kns=flex_attention_backward --print-limit 20 \
     "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json
+# the generated code of the graphs holding FlexAttention's backward, to read where the faulting kernel's addresses
+# come from (TORCHINDUCTOR_CACHE_DIR, else inductor's default folder under /tmp)
+want compiled_fault_probe && mkdir -p "$OUT/inductor_code" && grep -rl flex_attention_backward --include='*.py' \
+    "${TORCHINDUCTOR_CACHE_DIR:-/tmp/torchinductor_$(whoami)}" 2>/dev/null | head -8 | xargs -r -I{} cp {} "$OUT/inductor_code/"
 # align: the alignment objective (align.objective=align) on the 350M preset, ZeRO-1 bf16 with torch's fused AdamW,
 # on the sample corpus's triples, prepared on the CPU side because the GPU image lacks prep's packages and open_clip
 # (`python benchmarks/align_prep.py runs/align_data`, then carry runs/align_data: its image embeddings are cached, so
