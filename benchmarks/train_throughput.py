@@ -20,6 +20,8 @@ vocabulary and tied embeddings, and as many heads as R1's widest-but-one level (
 A model name with "-compiled" (`--models r1 r1-compiled llama llama-compiled`) runs that model with every decoder
 block compiled whole (torch.compile, as the trainer's --compile and torchtitan do), so both ways of running each
 model are compared in one run; every R1 row is compared with every Llama row of its size and length.
+`--compile-mode reduce-overhead` compiles those blocks as CUDA graphs (one replay per block instead of a launch per
+kernel), to measure how much of a compiled step's idle GPU is launch overhead.
 Prints a table last. Not a test: nothing is asserted.
 """
 
