@@ -140,7 +140,7 @@ step profile8k 300 "$PY" benchmarks/profile_attention.py --T 8192 --batch 8
 step profile64k 300 "$PY" benchmarks/profile_attention.py --T 65536 --batch 1
 step clip 200 "$PY" benchmarks/data_prep.py --device cuda
 # train_reduce_overhead: compiled R1 at 350M / 2k with the blocks as CUDA graphs (torch.compile's reduce-overhead
-# mode), against eager Llama in the same run: whether the compiled step's remaining host time (GPU busy 83%) is
+# mode), against eager Llama in the same run: whether the compiled step's remaining host time (GPU busy 83-95%) is
 # launch overhead that CUDA graphs remove. An experiment, not the trainer's path.
 step train_reduce_overhead 240 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 2048 --models r1-compiled llama \
     --compile-mode reduce-overhead --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json \
@@ -154,14 +154,14 @@ step train_reduce_overhead 240 "$PY" benchmarks/train_throughput.py --sizes 350m
 # On an H100 with torch 2.11 it has not reached a step: NCCL's communicator set-up reports API error 209 under the
 # sanitizer and the process segfaults (benchmarks/results/logs/compiled_fault_probe_h100_42c0d65_excerpt.txt).
 want compiled_fault_probe && ! command -v compute-sanitizer >/dev/null && echo "compute-sanitizer is not on PATH"
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_probe 580 compute-sanitizer --tool memcheck --error-exitcode 1 \
+TORCHINDUCTOR_CACHE_DIR=/tmp/r1_probe_inductor PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_probe 580 compute-sanitizer --tool memcheck --error-exitcode 1 \
     --kernel-name kns=flex_attention_backward --print-limit 20 \
     "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json
-# the generated code of the graphs holding FlexAttention's backward, to read where the faulting kernel's addresses
-# come from (TORCHINDUCTOR_CACHE_DIR, else inductor's default folder under /tmp)
+# the generated code of the probe's graphs holding FlexAttention's backward (its own inductor cache, so no other
+# step's graphs), to read where the faulting kernel's addresses come from
 want compiled_fault_probe && mkdir -p "$OUT/inductor_code" && grep -rl flex_attention_backward --include='*.py' \
-    "${TORCHINDUCTOR_CACHE_DIR:-/tmp/torchinductor_$(whoami)}" 2>/dev/null | head -8 | xargs -r -I{} cp {} "$OUT/inductor_code/"
+    /tmp/r1_probe_inductor 2>/dev/null | head -8 | xargs -r -I{} cp {} "$OUT/inductor_code/"
 # align: the alignment objective (align.objective=align) on the 350M preset, ZeRO-1 bf16 with torch's fused AdamW,
 # on the sample corpus's triples, prepared on the CPU side because the GPU image lacks prep's packages and open_clip
 # (`python benchmarks/align_prep.py runs/align_data`, then carry runs/align_data: its image embeddings are cached, so

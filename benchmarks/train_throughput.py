@@ -99,6 +99,12 @@ def parse_args(argv=None):
         help="after timing, trace one step with torch.profiler and print the 25 costliest kernels",
     )
     args = p.parse_args(argv)
+    compiles = args.compile_blocks or any(m.endswith("-compiled") for m in args.models)
+    if args.compile_mode != "default" and not compiles:
+        p.error(
+            f"--compile-mode {args.compile_mode}: no model is compiled, so it would change nothing; name a model "
+            "with -compiled (e.g. --models r1-compiled llama) or add --compile-blocks"
+        )
     if args.warmup < 1:
         p.error(
             f"--warmup {args.warmup}: must be at least 1 (the first step's loss is the one the table compares "

@@ -1,6 +1,8 @@
 """benchmarks/train_throughput.py's table, from rows made here (the benchmark itself needs a GPU): each R1 row is
 compared with each Llama row of its size and length, compiled or not, and a model that does not learn is flagged."""
 
+import pytest
+
 from benchmarks import train_throughput
 
 
@@ -25,6 +27,16 @@ def _row(model, compiled, tokens_per_s, seq_len=2048, loss=8.0, **extra):
 def test_models_named_compiled_run_compiled():
     args = train_throughput.parse_args(["--models", "r1", "r1-compiled", "llama-compiled"])
     assert args.models == ["r1", "r1-compiled", "llama-compiled"] and not args.compile_blocks
+
+
+def test_a_compile_mode_without_a_compiled_model_is_refused(capsys):
+    args = train_throughput.parse_args(["--models", "r1-compiled", "llama", "--compile-mode", "reduce-overhead"])
+    assert args.compile_mode == "reduce-overhead"
+    with pytest.raises(SystemExit) as e:
+        train_throughput.parse_args(["--models", "r1", "llama", "--compile-mode", "reduce-overhead"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--compile-mode reduce-overhead" in err and "no model is compiled" in err and "-compiled" in err
 
 
 def test_each_r1_row_is_compared_with_each_llama_row_of_its_length():
