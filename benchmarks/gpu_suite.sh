@@ -12,6 +12,7 @@
 #                                                            #   (L1's Triton kernels against the banded one)
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_probe   # where compiled blocks fault at 8k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_reduce_overhead  # compiled blocks as CUDA graphs, 350M / 2k
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_repro compiled_fault_repro_memcheck  # no DeepSpeed
 #
 # One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
 # `train trainer_compiled`, `train_compiled`, `fp16 clip` and `generation` one group a call (each step's limit below
@@ -162,6 +163,12 @@ TORCHINDUCTOR_CACHE_DIR=/tmp/r1_probe_inductor PYTORCH_NO_CUDA_MEMORY_CACHING=1 
 # step's graphs), to read where the faulting kernel's addresses come from
 want compiled_fault_probe && mkdir -p "$OUT/inductor_code" && grep -rl flex_attention_backward --include='*.py' \
     /tmp/r1_probe_inductor 2>/dev/null | head -8 | xargs -r -I{} cp {} "$OUT/inductor_code/"
+# compiled_fault_repro: the same model and steps without DeepSpeed or NCCL (benchmarks/compiled_fault_repro.py), first
+# as it is (does it fault without DeepSpeed?), then under memcheck as above, which NCCL kept from the benchmark
+step compiled_fault_repro 200 "$PY" benchmarks/compiled_fault_repro.py
+TORCHINDUCTOR_CACHE_DIR=/tmp/r1_probe_inductor PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_repro_memcheck 380 \
+    compute-sanitizer --tool memcheck --error-exitcode 1 --kernel-name kns=flex_attention_backward --print-limit 20 \
+    "$PY" benchmarks/compiled_fault_repro.py
 # align: the alignment objective (align.objective=align) on the 350M preset, ZeRO-1 bf16 with torch's fused AdamW,
 # on the sample corpus's triples, prepared on the CPU side because the GPU image lacks prep's packages and open_clip
 # (`python benchmarks/align_prep.py runs/align_data`, then carry runs/align_data: its image embeddings are cached, so
