@@ -155,20 +155,24 @@ step train_reduce_overhead 240 "$PY" benchmarks/train_throughput.py --sizes 350m
 # On an H100 with torch 2.11 it has not reached a step: NCCL's communicator set-up reports API error 209 under the
 # sanitizer and the process segfaults (benchmarks/results/logs/compiled_fault_probe_h100_42c0d65_excerpt.txt).
 want compiled_fault_probe && ! command -v compute-sanitizer >/dev/null && echo "compute-sanitizer is not on PATH"
-TORCHINDUCTOR_CACHE_DIR=/tmp/r1_probe_inductor PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_probe 580 compute-sanitizer --tool memcheck --error-exitcode 1 \
+PROBE_CACHE=/tmp/r1_probe_inductor  # the fault probes' own inductor cache: their generated code, no other step's
+TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_probe 580 compute-sanitizer --tool memcheck --error-exitcode 1 \
     --kernel-name kns=flex_attention_backward --print-limit 20 \
     "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json
-# the generated code of the probe's graphs holding FlexAttention's backward (its own inductor cache, so no other
-# step's graphs), to read where the faulting kernel's addresses come from
-want compiled_fault_probe && mkdir -p "$OUT/inductor_code" && grep -rl flex_attention_backward --include='*.py' \
-    /tmp/r1_probe_inductor 2>/dev/null | head -8 | xargs -r -I{} cp {} "$OUT/inductor_code/"
 # compiled_fault_repro: the same model and steps without DeepSpeed or NCCL (benchmarks/compiled_fault_repro.py), first
 # as it is (does it fault without DeepSpeed?), then under memcheck as above, which NCCL kept from the benchmark
-step compiled_fault_repro 200 "$PY" benchmarks/compiled_fault_repro.py
-TORCHINDUCTOR_CACHE_DIR=/tmp/r1_probe_inductor PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_repro_memcheck 380 \
+TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE step compiled_fault_repro 200 "$PY" benchmarks/compiled_fault_repro.py
+TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_repro_memcheck 380 \
     compute-sanitizer --tool memcheck --error-exitcode 1 --kernel-name kns=flex_attention_backward --print-limit 20 \
     "$PY" benchmarks/compiled_fault_repro.py
+# the probes' generated code of the graphs holding FlexAttention's backward, to read where the faulting kernel's
+# addresses come from
+if want compiled_fault_probe || want compiled_fault_repro || want compiled_fault_repro_memcheck; then
+    mkdir -p "$OUT/inductor_code"
+    grep -rl flex_attention_backward --include='*.py' "$PROBE_CACHE" 2>/dev/null | head -8 |
+        xargs -r -I{} cp {} "$OUT/inductor_code/"
+fi
 # align: the alignment objective (align.objective=align) on the 350M preset, ZeRO-1 bf16 with torch's fused AdamW,
 # on the sample corpus's triples, prepared on the CPU side because the GPU image lacks prep's packages and open_clip
 # (`python benchmarks/align_prep.py runs/align_data`, then carry runs/align_data: its image embeddings are cached, so
