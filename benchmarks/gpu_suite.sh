@@ -12,6 +12,7 @@
 #                                                            #   (L1's Triton kernels against the banded one)
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_probe   # where compiled blocks fault at 8k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_reduce_overhead  # compiled blocks as CUDA graphs, 350M / 2k
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh profile_host   # where eager R1's host time goes, 350M / 8k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_repro compiled_fault_repro_memcheck  # no DeepSpeed
 #
 # One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
@@ -146,6 +147,11 @@ step clip 200 "$PY" benchmarks/data_prep.py --device cuda
 step train_reduce_overhead 240 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 2048 --models r1-compiled llama \
     --compile-mode reduce-overhead --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json \
     --json "$OUT/train_reduce_overhead.json"
+# profile_host: where eager R1's host time goes at 350M / 8k (GPU busy 57% there against Llama's 95%): torch.profiler's
+# CPU ops and cProfile's Python functions of one step each, R1 then Llama; PROFILE_HOST_SEQ_LEN picks the length
+step profile_host 300 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens ${PROFILE_HOST_SEQ_LEN:-8192} \
+    --models r1 llama --steps 3 --warmup 2 --profile-host --deepspeed-config /tmp/r1_bf16.json \
+    --json "$OUT/train_profile_host.json"
 # compiled_fault_probe: compiled R1 350M at 8k tokens faults in L2's FlexAttention backward under DeepSpeed, which
 # is why the trainer keeps model.compile to 2,048 tokens on a GPU (benchmarks/results/train_throughput.md). memcheck
 # instruments only the kernels whose names hold the kns substring (the others run uninstrumented, though every CUDA

@@ -98,6 +98,12 @@ def parse_args(argv=None):
         action="store_true",
         help="after timing, trace one step with torch.profiler and print the 25 costliest kernels",
     )
+    p.add_argument(
+        "--profile-host",
+        action="store_true",
+        help="after timing, print where one step's host (CPU) time goes: torch.profiler's ops by self CPU time, "
+        "then cProfile's Python functions by own time (a tuning aid for host-bound steps)",
+    )
     args = p.parse_args(argv)
     compiles = args.compile_blocks or any(m.endswith("-compiled") for m in args.models)
     if args.compile_mode != "default" and not compiles:
@@ -215,6 +221,8 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
                 f"profile of one {name} {preset} step at {seq_len} tokens ({t1 * 1e3:.0f} ms wall, profiled):\n"
                 + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
             )
+        if args.profile_host:
+            print_host_profile(step, f"{name} {preset} step at {seq_len} tokens")
         row.update(
             tokens_per_s=tok_s,
             step_s=dt / args.steps,
@@ -234,6 +242,35 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         gc.collect()
         torch.cuda.empty_cache()
     return row
+
+
+def print_host_profile(step, what: str) -> None:
+    """Where one step's host time goes, two views: torch.profiler's CPU ops (aten ops, compiled regions, autograd
+    nodes) by self CPU time, and cProfile's Python functions by their own time (dynamo's guards and wrappers,
+    module calls, DeepSpeed's hooks). A GPU that idles through part of a step waits on these."""
+    import cProfile
+    import io
+    import pstats
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(
+        f"host profile of one {what}, torch.profiler, by self CPU time:\n"
+        + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=70)
+    )
+    profiler = cProfile.Profile()
+    t = time.perf_counter()
+    profiler.enable()
+    step()
+    torch.cuda.synchronize()
+    profiler.disable()
+    t = time.perf_counter() - t
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(30)
+    print(f"host profile of one {what}, cProfile ({t * 1e3:.0f} ms wall with cProfile on):\n{out.getvalue()}")
 
 
 def gpu_seconds(step) -> float:
