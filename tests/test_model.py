@@ -218,6 +218,45 @@ def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("apart", [False, True])
+def test_compiled_block_runs_long_paragraph_attention_apart(monkeypatch, apart):
+    """Past FLEX_IN_BLOCK_GRAPH_MAX_LEN tokens a compiled block runs L2's block mask and FlexAttention behind a
+    graph break (as their own compiled graphs), the rest of the block compiled; up to it, one graph. Either way
+    the block computes what eager does, forward and backward."""
+    import torch.nn.attention.flex_attention as flex
+
+    from r1_ds.model import hierarchical_attention as ha
+
+    monkeypatch.setattr(flex, "_validate_device", lambda *a: None, raising=False)  # allow CPU backward (unfused)
+    monkeypatch.setattr(ha, "FLEX_IN_BLOCK_GRAPH_MAX_LEN", 64 if apart else 4096)
+    m = model()
+    m.set_attn_implementation("flex_attention")
+    block = m.model.layers[0].train()
+    x = torch.randn(2, 72, m.config.hidden_size, requires_grad=True)
+    ref = block(x)
+    ref.sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad()
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    out = torch.compile(block, backend=backend)(x)
+    out.sum().backward()
+    flex_in_graph = ["flex_attention" in gm.code for gm in graphs]
+    if apart:  # the break splits each frame on the call stack: several graphs, none with the flex kernel
+        assert len(graphs) > 1 and not any(flex_in_graph), flex_in_graph
+    else:
+        assert flex_in_graph == [True]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    for a, b in zip(grads, [x.grad] + [p.grad for p in block.parameters()]):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
 def _kernel_view(block_mask, B, H, Q, KV, mask_mod=None):
     """The element mask the fused GPU kernel applies: full blocks whole, partial blocks through
     mask_mod (the block mask's own unless given), other blocks skipped. (The CPU path applies mask_mod

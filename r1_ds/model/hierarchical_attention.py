@@ -1112,8 +1112,35 @@ def hierarchical_attention_flex(
     idx, valid, _ = _route_compiled(
         q.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=0, n_blocks=Tp // g
     )  # routing carries no gradient
-    block_mask = paragraph_block_mask(idx, valid, n_par=T // g, length=Tp, paragraph_size=g, span=G // g)
-    o2 = _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
+    in_graph = not torch.compiler.is_compiling() or Tp <= FLEX_IN_BLOCK_GRAPH_MAX_LEN
+    attend = _paragraph_attention if in_graph else _paragraph_attention_apart
+    h2 = attend(qr, kbuf, vbuf, idx, valid, H, T // g, g, G // g)
 
     h3 = _document_attention(qr, k3, v3, level_heads[2], G, T)
-    return h1[:, :T_real], merge_heads(o2)[:, :T_real], h3[:, :T_real]
+    return h1[:, :T_real], h2[:, :T_real], h3[:, :T_real]
+
+
+def _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads: int, n_par: int, paragraph_size: int, span: int):
+    """L2 through FlexAttention: the block mask of the routing (idx, valid), then the block-sparse kernel over
+    kbuf / vbuf ([summary blocks | tokens]). -> (B, Tp, d)"""
+    d = qr.shape[-1]
+    block_mask = paragraph_block_mask(
+        idx, valid, n_par=n_par, length=qr.shape[1], paragraph_size=paragraph_size, span=span
+    )
+    H = n_heads
+    return merge_heads(
+        _flex(split_heads(qr, H), split_heads(kbuf, H), split_heads(vbuf, H), block_mask, (d // H) ** -0.5)
+    )
+
+
+# Inside a compiled decoder block (model.compile), sequences of up to this many tokens trace L2's block mask and
+# FlexAttention kernels into the block's graph. Longer ones run them apart, as their own compiled graphs (those of
+# the eager path), behind one graph break: at 8k tokens, R1 350M under DeepSpeed faulted with an illegal memory
+# access in the FlexAttention backward kernel of the block's backward graph (benchmarks/results/train_throughput.md),
+# while the same kernels compiled on their own train at every length. The rest of the block (projections, L1, L3,
+# routing, gate, norms, MLP) stays compiled.
+FLEX_IN_BLOCK_GRAPH_MAX_LEN = 2048
+
+# torch.compiler.disable: dynamo runs this call as Python (a graph break), where is_compiling() is false and the
+# calls inside take their own compiled graphs (compiled_on_cuda, _compiled_flex).
+_paragraph_attention_apart = torch.compiler.disable(_paragraph_attention)
