@@ -1,6 +1,7 @@
 """The 350M / 8k compiled-block fault without DeepSpeed or NCCL, so compute-sanitizer can wrap it.
 
     python benchmarks/compiled_fault_repro.py                 # 24 layers, 2 x 8,192 tokens, 8 steps
+    python benchmarks/compiled_fault_repro.py --flex-in-graph # L2's flex kernels inside the block graphs, as faulted
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
         --kernel-name kns=flex_attention_backward python benchmarks/compiled_fault_repro.py
 
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from r1_ds.model import R1Config, R1ForCausalLM  # noqa: E402
+from r1_ds.model import hierarchical_attention as ha  # noqa: E402
 from r1_ds.model_setup import compile_blocks  # noqa: E402
 
 
@@ -35,10 +37,18 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--eager", action="store_true", help="leave the blocks uncompiled (the reference run)")
+    p.add_argument(
+        "--flex-in-graph",
+        action="store_true",
+        help="trace L2's block mask and FlexAttention into the block graphs at any length (past "
+        "FLEX_IN_BLOCK_GRAPH_MAX_LEN compiled blocks run them apart; in the graph is where the fault was seen)",
+    )
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("compiled_fault_repro: needs a CUDA GPU (the fault is in inductor's GPU kernels)", file=sys.stderr)
         return 2
+    if args.flex_in_graph:
+        ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN = 1 << 30
     overrides = {"max_position_embeddings": max(args.seq_len, 2048)}
     if args.layers:
         overrides["num_hidden_layers"] = args.layers
@@ -49,8 +59,10 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     gen = torch.Generator(device="cuda").manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len), device="cuda", generator=gen)
+    where = "in" if args.seq_len <= ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN else "apart from"
     print(
-        f"{args.preset}, {model.config.num_hidden_layers} layers ({compiled} compiled), {args.batch} x {args.seq_len}"
+        f"{args.preset}, {model.config.num_hidden_layers} layers ({compiled} compiled, L2's flex {where} the block "
+        f"graphs), {args.batch} x {args.seq_len}"
     )
     for step in range(1, args.steps + 1):
         t0 = time.perf_counter()

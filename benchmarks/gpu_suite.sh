@@ -165,13 +165,13 @@ PROBE_CACHE=/tmp/r1_probe_inductor  # the fault probes' own inductor cache: thei
 TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_probe 580 compute-sanitizer --tool memcheck --error-exitcode 1 \
     --kernel-name kns=flex_attention_backward --print-limit 20 \
     "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled --steps 5 --warmup 3 \
-    --deepspeed-config /tmp/r1_bf16.json
+    --flex-in-graph --deepspeed-config /tmp/r1_bf16.json
 # compiled_fault_repro: the same model and steps without DeepSpeed or NCCL (benchmarks/compiled_fault_repro.py), first
 # as it is (does it fault without DeepSpeed?), then under memcheck as above, which NCCL kept from the benchmark
-TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE step compiled_fault_repro 200 "$PY" benchmarks/compiled_fault_repro.py
+TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE step compiled_fault_repro 200 "$PY" benchmarks/compiled_fault_repro.py --flex-in-graph
 TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_repro_memcheck 380 \
     compute-sanitizer --tool memcheck --error-exitcode 1 --kernel-name kns=flex_attention_backward --print-limit 20 \
-    "$PY" benchmarks/compiled_fault_repro.py
+    "$PY" benchmarks/compiled_fault_repro.py --flex-in-graph
 # the probes' generated code of the graphs holding FlexAttention's backward, to read where the faulting kernel's
 # addresses come from
 if want compiled_fault_probe || want compiled_fault_repro || want compiled_fault_repro_memcheck; then

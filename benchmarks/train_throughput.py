@@ -92,6 +92,13 @@ def parse_args(argv=None):
         metavar="KEY=VALUE",
         help="a torch._inductor.config setting for this run, e.g. cpp_wrapper=True (repeatable)",
     )
+    p.add_argument(
+        "--flex-in-graph",
+        action="store_true",
+        help="compiled R1: trace L2's block mask and FlexAttention into the block graphs at any length (past "
+        "FLEX_IN_BLOCK_GRAPH_MAX_LEN tokens they run apart, behind a graph break; a probe of the fault seen in the "
+        "graph at 8k)",
+    )
     p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
     p.add_argument(
         "--profile",
@@ -351,6 +358,8 @@ def main(argv=None) -> int:
 
     torch.backends.cuda.matmul.allow_tf32 = True
     ha.set_l1_cuda_kernel(args.l1_kernel)
+    if args.flex_in_graph:
+        ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN = 1 << 30
     inductor = inductor_config.apply(args.inductor)
     init_distributed()  # a world of one process
     with open(args.deepspeed_config) as f:
@@ -376,6 +385,7 @@ def main(argv=None) -> int:
         "compile_blocks": args.compile_blocks,
         "compile_mode": args.compile_mode,
         "l1_kernel": args.l1_kernel,
+        "flex_in_block_graph_max_len": ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN,
         "inductor": inductor,
         "rows": rows,
     }
