@@ -210,7 +210,7 @@ def test_l2_block_tables_hold_what_the_fused_kernels_read(case):
             case, torch.randint(0, n_qb, (B, H, n_qb, K), generator=gen)
         )
         valid = torch.full((B, H, n_qb, K), case != "none")
-    fn = ha._paragraph_block_tables.__wrapped__
+    fn = ha._paragraph_block_tables  # CPU: plain torch
     eager = fn(idx, valid, n_qb, T, g, span)
     traced = torch.compile(fn, fullgraph=True, dynamic=False, backend="aot_eager")(idx, valid, n_qb, T, g, span)
     for a, b in zip(eager, traced):

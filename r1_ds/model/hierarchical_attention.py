@@ -773,32 +773,52 @@ def l2_summary_mod(*, n_par: int, paragraph_size: int, span: int):
     return summary
 
 
-@compiled_on_cuda
+@functools.lru_cache(maxsize=32)
+def _summary_block_tables(n_qb: int, n_kv: int, n_sb: int, span: int, paragraph_size: int, device: str):
+    """The block tables of L2's summary blocks, (kv_num, kv_idx, q_num, q_idx) without batch or head axes: query
+    paragraph b reads (partial) the summary blocks holding summaries b - span .. b - 1 and the null of the block
+    holding summary b - 1 (block 0 for b = 0). They depend on the shapes alone, so every layer and step of a length
+    shares one copy (traced afresh inside a compiled region, where inductor fuses them). Built outside inference
+    mode (see _rope_grid)."""
+    g = paragraph_size
+    with torch.inference_mode(False):
+        qb = torch.arange(n_qb, device=device)
+        lo = (qb - span).clamp(min=0) // (g - 1)  # block of summary b - span
+        hi = (qb - 1).clamp(min=0) // (g - 1)  # block of summary b - 1, whose null b reads (block 0 for b = 0)
+        # Block tables span every kv block (flex expects index rows as wide as the kv block count). Comparisons
+        # only, no masked store or scatter: inductor's code for those broke at long lengths (C++ at 32k tokens;
+        # see place_columns for CUDA).
+        kvb = torch.arange(n_kv, device=device)
+        need = (kvb[None] < n_sb) & (kvb[None] >= lo[:, None]) & (kvb[None] <= hi[:, None])  # (n_qb, n_kv)
+        kv_num, kv_idx = _as_indices(need)  # traced: inductor may fuse it (checked on the GPU)
+        q_num, q_idx = transposed_indices(need)
+        return kv_num, kv_idx, q_num, q_idx
+
+
 def _paragraph_block_tables(idx, valid, n_par: int, length: int, paragraph_size: int, span: int):
     """Block tables of paragraph_block_mask, all (B, H, ...): per query block, (kv_num, kv_idx) its
     partial summary blocks and (full_num, full_idx) its routed token blocks; the same transposed, per
     key block (q_num, q_idx, full_q_num, full_q_idx: the query blocks reading it); and routed
-    (B, H, n_qb, n_qb), paragraph j routed for query paragraph b. One compiled graph on GPU (dozens
-    of tiny kernels left eager)."""
+    (B, H, n_qb, n_qb), paragraph j routed for query paragraph b."""
+    g = paragraph_size
+    n_sb = summary_len(n_par, g) // g
+    summary = _cached(_summary_block_tables, idx.shape[2], n_sb + length // g, n_sb, span, g, str(idx.device))
+    return _routed_block_tables(idx, valid, *summary, n_par, length, g)
+
+
+@compiled_on_cuda
+def _routed_block_tables(idx, valid, kv_num, kv_idx, q_num, q_idx, n_par: int, length: int, paragraph_size: int):
+    """_paragraph_block_tables from the summary blocks' tables (no batch or head axes, _summary_block_tables):
+    the routed blocks' tables, and every table per batch row and head. One compiled graph on GPU (dozens of
+    tiny kernels left eager)."""
     g = paragraph_size
     B, H, n_qb, _ = idx.shape
-    dev = idx.device
     n_sb = summary_len(n_par, g) // g
-    qb = torch.arange(n_qb, device=dev)
-    lo = (qb - span).clamp(min=0) // (g - 1)  # block of summary b - span
-    hi = (qb - 1).clamp(min=0) // (g - 1)  # block of summary b - 1, whose null b reads (block 0 for b = 0)
-    n_kv = n_sb + length // g
-    # Block tables span every kv block (flex expects index rows as wide as the kv block count).
-    # Comparisons only, no masked store or scatter: inductor's code for those broke at long lengths (C++ at
-    # 32k tokens; see place_columns for CUDA).
-    kvb = torch.arange(n_kv, device=dev)
-    need = (kvb[None] < n_sb) & (kvb[None] >= lo[:, None]) & (kvb[None] <= hi[:, None])  # (n_qb, n_kv)
-    kv_num, kv_idx = _as_indices(need)  # from the shapes alone: inductor may fuse it (checked on the GPU)
+    kvb = torch.arange(n_sb + length // g, device=idx.device)
     # routed paragraph j is token block n_sb + j: (B, H, n_qb, K, n_kv) compared and reduced over the
     # K <= top_k slots (no slot routed when nothing is routable: K = 0, a short sequence or top_k = 0)
     full = ((idx[..., None] + n_sb == kvb) & valid[..., None]).any(-2)
     full_num, full_idx = block_indices(full)  # from the routing: aten kernels (see block_indices)
-    q_num, q_idx = transposed_indices(need)
     full_q_num, full_q_idx = transposed_indices(full)
 
     def per_head(x):
