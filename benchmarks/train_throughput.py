@@ -93,6 +93,13 @@ def parse_args(argv=None):
         help="a torch._inductor.config setting for this run, e.g. cpp_wrapper=True (repeatable)",
     )
     p.add_argument(
+        "--l2-apart",
+        choices=ha.L2_APART_MODES,
+        default=ha.L2_APART,
+        help="compiled R1 past FLEX_IN_BLOCK_GRAPH_MAX_LEN tokens: L2 behind a graph break, or as one opaque op "
+        "(hierarchical_attention.L2_APART)",
+    )
+    p.add_argument(
         "--flex-in-graph",
         action="store_true",
         help="compiled R1: trace L2's block mask and FlexAttention into the block graphs at any length (past "
@@ -180,7 +187,7 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
                 if seq_len > COMPILED_FLEX_MAX_SEQ_LEN:  # the trainer refuses this; the benchmark runs it to probe it
                     print(
                         f"note: compiled R1 at {seq_len} tokens, past the trainer's limit of "
-                        f"{COMPILED_FLEX_MAX_SEQ_LEN} on a GPU: it has faulted there (docs/training.md, "
+                        f"{COMPILED_FLEX_MAX_SEQ_LEN} on a GPU, the longest verified there (docs/training.md, "
                         "'Compiled blocks')",
                         file=sys.stderr,
                     )
@@ -225,11 +232,11 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
                 torch.cuda.synchronize()
                 t1 = time.perf_counter() - t1
             print(
-                f"profile of one {name} {preset} step at {seq_len} tokens ({t1 * 1e3:.0f} ms wall, profiled):\n"
+                f"profile of one {'compiled ' if compiled else ''}{name} {preset} step at {seq_len} tokens ({t1 * 1e3:.0f} ms wall, profiled):\n"
                 + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
             )
         if args.profile_host:
-            print_host_profile(step, f"{name} {preset} step at {seq_len} tokens")
+            print_host_profile(step, f"{'compiled ' if compiled else ''}{name} {preset} step at {seq_len} tokens")
         row.update(
             tokens_per_s=tok_s,
             step_s=dt / args.steps,
@@ -358,7 +365,13 @@ def main(argv=None) -> int:
 
     torch.backends.cuda.matmul.allow_tf32 = True
     ha.set_l1_cuda_kernel(args.l1_kernel)
+    ha.L2_APART = args.l2_apart
     if args.flex_in_graph:
+        print(
+            f"note: --flex-in-graph: compiled R1 traces L2's FlexAttention into its block graphs at every length; past "
+            f"{ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN} tokens that has faulted (docs/training.md, 'Compiled blocks')",
+            file=sys.stderr,
+        )
         ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN = 1 << 30
     inductor = inductor_config.apply(args.inductor)
     init_distributed()  # a world of one process
@@ -386,6 +399,7 @@ def main(argv=None) -> int:
         "compile_mode": args.compile_mode,
         "l1_kernel": args.l1_kernel,
         "flex_in_block_graph_max_len": ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN,
+        "l2_apart": ha.L2_APART,
         "inductor": inductor,
         "rows": rows,
     }

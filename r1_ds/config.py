@@ -52,7 +52,7 @@ class ModelSettings:
     """torch.compile every decoder block in place (torchtitan-style), after tensor-parallel sharding and before
     DeepSpeed wraps the model: fewer kernel launches and Python overhead per step; the first steps include the
     compile time. ZeRO-3 is refused with it (its parameter hooks do not compose with compiled blocks), and so are
-    sequences longer than 2,048 tokens on the GPU's FlexAttention path (check_compiled_length, below)."""
+    sequences longer than 8,192 tokens on the GPU's FlexAttention path (check_compiled_length, below)."""
 
 
 @dataclass
@@ -413,11 +413,12 @@ def attn_implementation(cfg: TrainConfig, device_type: str) -> str:
 
 
 # The longest training sequence compiled blocks take on the GPU's FlexAttention path: up to here they are held to
-# eager on the GPU (tests/test_cuda_fast_path.py) and trained in the benchmarks. Past it, R1 350M at 8k tokens
-# under DeepSpeed faults with an illegal memory access in L2's FlexAttention backward, inside the compiled block's
-# backward graph (each run recorded in benchmarks/results/train_throughput.md), and a kernel that faults may first
-# write to memory it does not own. docs/training.md, "Compiled blocks".
-COMPILED_FLEX_MAX_SEQ_LEN = 2048
+# eager on the GPU (tests/test_cuda_fast_path.py, 2k and 8k tokens) and trained in the benchmarks (350M at 8k under
+# DeepSpeed). Past 2,048 tokens the blocks run L2's FlexAttention apart from their graphs
+# (hierarchical_attention.FLEX_IN_BLOCK_GRAPH_MAX_LEN): inside them, R1 350M at 8k faulted with an illegal memory
+# access in its backward kernel, and a kernel that faults may first write to memory it does not own, so lengths no
+# GPU run has trained compiled are refused. docs/training.md, "Compiled blocks".
+COMPILED_FLEX_MAX_SEQ_LEN = 8192
 
 
 def check_compiled_length(cfg: TrainConfig, seq_len: int, device_type: str, source: str = "data.seq_len") -> None:
@@ -428,10 +429,10 @@ def check_compiled_length(cfg: TrainConfig, seq_len: int, device_type: str, sour
     if seq_len > COMPILED_FLEX_MAX_SEQ_LEN:
         raise ConfigError(
             f"model.compile=true with sequences of {seq_len} tokens ({source}): on CUDA with attn_implementation="
-            f"flex_attention, compiled decoder blocks are refused past {COMPILED_FLEX_MAX_SEQ_LEN} tokens, where they "
-            "fault with an illegal memory access in L2's FlexAttention backward. Fix: set model.compile to false (drop "
-            "--compile): the eager path runs the same fused attention kernels at any length; or set data.seq_len "
-            f"(--seq-len) to {COMPILED_FLEX_MAX_SEQ_LEN} or less."
+            f"flex_attention, compiled decoder blocks are refused past {COMPILED_FLEX_MAX_SEQ_LEN} tokens, the longest "
+            "they are verified to train at on a GPU (compiled, L2's FlexAttention backward has faulted with an illegal "
+            "memory access). Fix: set model.compile to false (drop --compile): the eager path runs the same fused "
+            f"attention kernels at any length; or set data.seq_len (--seq-len) to {COMPILED_FLEX_MAX_SEQ_LEN} or less."
         )
 
 

@@ -111,23 +111,23 @@ def test_compile_flag_and_its_zero3_refusal(ds):
         build_ds_config(cfg, {**ds, "zero_optimization": {"stage": 3}}, world_size=1, device_type="cpu")
 
 
-def test_compiled_blocks_past_2048_tokens_on_the_gpu_flex_path_are_refused(ds):
+def test_compiled_blocks_past_8192_tokens_on_the_gpu_flex_path_are_refused(ds):
     from r1_ds.config import COMPILED_FLEX_MAX_SEQ_LEN, check_compiled_length
 
     cfg = load_train_config(None, {"model.compile": True})  # attn_implementation "auto": flex on CUDA
-    assert COMPILED_FLEX_MAX_SEQ_LEN == 2048
-    check_compiled_length(cfg, 2048, "cuda")  # held to eager on the GPU: allowed
-    rule = r"model.compile=true with sequences of 2049 tokens \(data.seq_len\): .*Fix: set model.compile to false"
+    assert COMPILED_FLEX_MAX_SEQ_LEN == 8192
+    check_compiled_length(cfg, 8192, "cuda")  # held to eager and trained on the GPU: allowed
+    rule = r"model.compile=true with sequences of 8193 tokens \(data.seq_len\): .*Fix: set model.compile to false"
     with pytest.raises(ConfigError, match=rule):
-        check_compiled_length(cfg, 2049, "cuda")
-    check_compiled_length(cfg, 8192, "cpu")  # "auto" is eager there: no FlexAttention kernels, any length
+        check_compiled_length(cfg, 8193, "cuda")
+    check_compiled_length(cfg, 32768, "cpu")  # "auto" is eager there: no FlexAttention kernels, any length
     check_compiled_length(
-        load_train_config(None, {"model.compile": True, "model.attn_implementation": "eager"}), 8192, "cuda"
+        load_train_config(None, {"model.compile": True, "model.attn_implementation": "eager"}), 32768, "cuda"
     )
-    check_compiled_length(load_train_config(None, {}), 8192, "cuda")  # not compiled
+    check_compiled_length(load_train_config(None, {}), 32768, "cuda")  # not compiled
     # a set data.seq_len is refused with the other settings, before any folder is written or model built
-    long = load_train_config(None, {"model.compile": True, "data.seq_len": 4096})
-    with pytest.raises(ConfigError, match="sequences of 4096 tokens"):
+    long = load_train_config(None, {"model.compile": True, "data.seq_len": 16384})
+    with pytest.raises(ConfigError, match="sequences of 16384 tokens"):
         build_ds_config(long, ds, world_size=1, device_type="cuda")
     build_ds_config(long, ds, world_size=1, device_type="cpu")
 

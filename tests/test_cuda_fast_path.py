@@ -298,9 +298,9 @@ def test_compiled_blocks_train_at_a_long_length_on_cuda():
     """Compiled blocks at the 350M preset's width train at 8k tokens x 2 (bf16, synchronising after every step so a
     fault surfaces here) long enough for the routing, and with it the block tables the fused kernels read without
     bounds checks, to move with the weights; then the loss at the trained weights matches the same model eager.
-    This is not the fault that keeps the trainer's model.compile to 2,048 tokens on the GPU
-    (r1_ds.config.COMPILED_FLEX_MAX_SEQ_LEN): that one was seen with the whole 350M model under DeepSpeed
-    (benchmarks/results/train_throughput.md), and this case passed on the H100 where that one faulted."""
+    At 8k the blocks run L2's FlexAttention apart from their graphs (FLEX_IN_BLOCK_GRAPH_MAX_LEN): inside them,
+    the whole 350M model under DeepSpeed faulted in its backward (benchmarks/results/train_throughput.md). This
+    case is what lets the trainer's model.compile take 8k (r1_ds.config.COMPILED_FLEX_MAX_SEQ_LEN)."""
     from r1_ds.model_setup import compile_blocks
 
     torch.manual_seed(0)

@@ -1152,8 +1152,10 @@ def hierarchical_attention_flex(
     idx, valid, _ = _route_compiled(
         q.detach(), k.detach(), n_heads=H, paragraph_size=g, top_k=top_k, first_block=0, n_blocks=Tp // g
     )  # routing carries no gradient
-    in_graph = not torch.compiler.is_compiling() or Tp <= FLEX_IN_BLOCK_GRAPH_MAX_LEN
-    attend = _paragraph_attention if in_graph else _paragraph_attention_apart
+    if not torch.compiler.is_compiling() or Tp <= FLEX_IN_BLOCK_GRAPH_MAX_LEN:
+        attend = _paragraph_attention
+    else:
+        attend = paragraph_attention_apart if L2_APART == "op" else _paragraph_attention_behind_break
     h2 = attend(qr, kbuf, vbuf, idx, valid, H, T // g, g, G // g)
 
     h3 = _document_attention(qr, k3, v3, level_heads[2], G, T)
@@ -1175,12 +1177,116 @@ def _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads: int, n_par: int, p
 
 # Inside a compiled decoder block (model.compile), sequences of up to this many tokens trace L2's block mask and
 # FlexAttention kernels into the block's graph. Longer ones run them apart, as their own compiled graphs (those of
-# the eager path), behind one graph break: at 8k tokens, R1 350M under DeepSpeed faulted with an illegal memory
-# access in the FlexAttention backward kernel of the block's backward graph (benchmarks/results/train_throughput.md),
-# while the same kernels compiled on their own train at every length. The rest of the block (projections, L1, L3,
-# routing, gate, norms, MLP) stays compiled.
+# the eager path): at 8k tokens, R1 350M under DeepSpeed faulted with an illegal memory access in the FlexAttention
+# backward kernel of the block's backward graph (benchmarks/results/train_throughput.md), while the same kernels
+# compiled on their own train at every length. The rest of the block (projections, L1, L3, routing, gate, norms,
+# MLP) stays compiled.
 FLEX_IN_BLOCK_GRAPH_MAX_LEN = 2048
+
+# How a compiled block runs L2 apart:
+#   "break": behind a graph break (torch.compiler.disable): dynamo splits every frame on the call stack at the
+#            call, six graphs a block forward and six backward, each with its own guards and runtime wrappers (a
+#            350M / 8k step then costs the host nearly as much as the eager one: train_throughput.md). The
+#            default: the way trained on a GPU at 8k.
+#   "op":    as one opaque op with its own backward (paragraph_attention_apart): the block stays one graph forward
+#            and one backward; the backward recomputes L2's forward (one more FlexAttention forward a layer).
+#            Checked on CPU only so far, with dense attention inside (tests/test_model.py).
+# R1_L2_APART in the environment chooses for a whole process; benchmarks take --l2-apart.
+L2_APART_MODES = ("break", "op")
+L2_APART = os.environ.get("R1_L2_APART", "break")
+if L2_APART not in L2_APART_MODES:
+    raise ValueError(f"R1_L2_APART={L2_APART!r} is not one of {L2_APART_MODES}; unset it for the default")
 
 # torch.compiler.disable: dynamo runs this call as Python (a graph break), where is_compiling() is false and the
 # calls inside take their own compiled graphs (compiled_on_cuda, _compiled_flex).
-_paragraph_attention_apart = torch.compiler.disable(_paragraph_attention)
+_paragraph_attention_behind_break = torch.compiler.disable(_paragraph_attention)
+
+
+@torch.library.custom_op("r1_ds::paragraph_attention_apart", mutates_args=())
+def paragraph_attention_apart(
+    qr: torch.Tensor,
+    kbuf: torch.Tensor,
+    vbuf: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    n_heads: int,
+    n_par: int,
+    paragraph_size: int,
+    span: int,
+) -> torch.Tensor:
+    """_paragraph_attention as an op the compiler cannot see into: inside it, is_compiling() is false, so the
+    block tables and FlexAttention run as their own compiled graphs (those of the eager path), while the
+    compiled block around it stays one graph. Its backward is paragraph_attention_apart_backward."""
+    with _plain_dispatch():
+        return _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span)
+
+
+@paragraph_attention_apart.register_fake
+def _(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span):
+    return torch.empty_like(qr)
+
+
+def _plain_dispatch(record_autograd: bool = False):
+    """A guard under which operations dispatch as in plain eager code. An op's implementation may run under
+    the compiled graph's Python dispatcher (CPU's unfused FlexAttention then fails inside its vmap), and always
+    below the autograd dispatch keys, where nothing records a backward graph even with grad mode on;
+    record_autograd lifts the latter too."""
+    from torch._C import DispatchKey
+
+    include = torch._C._dispatch_tls_local_include_set()
+    for key in (DispatchKey.PythonDispatcher, DispatchKey.Python):
+        if include.has(key):
+            include = include.remove(key)
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    autograd = (
+        DispatchKey.AutogradFunctionality,
+        DispatchKey.AutogradCPU,
+        DispatchKey.AutogradCUDA,
+        DispatchKey.ADInplaceOrView,
+    )
+    for key in autograd * record_autograd:
+        if exclude.has(key):
+            exclude = exclude.remove(key)
+    return torch._C._ForceDispatchKeyGuard(include, exclude)
+
+
+@torch.library.custom_op("r1_ds::paragraph_attention_apart_backward", mutates_args=())
+def paragraph_attention_apart_backward(
+    grad: torch.Tensor,
+    qr: torch.Tensor,
+    kbuf: torch.Tensor,
+    vbuf: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    n_heads: int,
+    n_par: int,
+    paragraph_size: int,
+    span: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of paragraph_attention_apart for qr, kbuf, vbuf: its forward again, recorded, then FlexAttention's
+    own fused backward through autograd. Recomputing costs one L2 forward a layer; keeping the forward's autograd
+    graph instead would have to carry it from one op call to another outside the compiler's view."""
+    with _plain_dispatch(record_autograd=True), torch.enable_grad():
+        leaves = [x.detach().requires_grad_(True) for x in (qr, kbuf, vbuf)]
+        out = _paragraph_attention(*leaves, idx, valid, n_heads, n_par, paragraph_size, span)
+        dq, dk, dv = torch.autograd.grad(out, leaves, grad)
+    return dq, dk, dv
+
+
+@paragraph_attention_apart_backward.register_fake
+def _(grad, qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span):
+    return torch.empty_like(qr), torch.empty_like(kbuf), torch.empty_like(vbuf)
+
+
+def _apart_setup(ctx, inputs, output):
+    qr, kbuf, vbuf, idx, valid, *sizes = inputs
+    ctx.save_for_backward(qr, kbuf, vbuf, idx, valid)
+    ctx.sizes = sizes
+
+
+def _apart_backward(ctx, grad):
+    dq, dk, dv = paragraph_attention_apart_backward(grad.contiguous(), *ctx.saved_tensors, *ctx.sizes)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+paragraph_attention_apart.register_autograd(_apart_backward, setup_context=_apart_setup)
