@@ -13,6 +13,7 @@
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_probe   # where compiled blocks fault at 8k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_reduce_overhead  # compiled blocks as CUDA graphs, 350M / 2k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh profile_host   # where eager R1's host time goes, 350M / 8k
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_l2_apart # compiled R1 at 350M / 8k, L2 as an op or a break
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_repro compiled_fault_repro_memcheck  # no DeepSpeed
 #
 # One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
@@ -147,6 +148,16 @@ step clip 200 "$PY" benchmarks/data_prep.py --device cuda
 step train_reduce_overhead 240 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 2048 --models r1-compiled llama \
     --compile-mode reduce-overhead --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json \
     --json "$OUT/train_reduce_overhead.json"
+# train_l2_apart: compiled R1 at 350M / 8k with L2 apart from the block graphs both ways (hierarchical_attention.L2_APART:
+# one opaque op, the block one graph; a graph break, six), against eager Llama, in one call on one machine
+train_l2_apart() {
+    "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled llama --l2-apart op \
+        --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_l2_apart_op.json" || return
+    "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled --l2-apart break \
+        --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_l2_apart_break.json"
+}
+export -f train_l2_apart
+step train_l2_apart 420 bash -c train_l2_apart
 # profile_host: where eager R1's host time goes at 350M / 8k (GPU busy 57% there against Llama's 95%): torch.profiler's
 # CPU ops and cProfile's Python functions of one step each, R1 then Llama; PROFILE_HOST_SEQ_LEN picks the length
 step profile_host 300 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens ${PROFILE_HOST_SEQ_LEN:-8192} \

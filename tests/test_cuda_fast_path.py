@@ -294,6 +294,27 @@ def test_compiled_blocks_equal_eager_on_cuda():
     _assert_gradients_close(compiled, grads, ref_grads)
 
 
+@pytest.mark.parametrize("mode", ha.L2_APART_MODES)
+def test_compiled_blocks_with_l2_apart_equal_eager_at_a_long_length_on_cuda(monkeypatch, mode):
+    """At 8k tokens compiled blocks run L2 apart from their graphs, behind a graph break or as one opaque op whose
+    backward recomputes its forward (hierarchical_attention.L2_APART): either way, loss and gradients equal the
+    same model eager."""
+    from r1_ds.model_setup import compile_blocks
+
+    monkeypatch.setattr(ha, "L2_APART", mode)
+    torch._dynamo.reset()
+    ids = torch.randint(0, 4096, (1, 8192), device="cuda", generator=torch.Generator("cuda").manual_seed(5))
+    eager = _small_model()
+    eager.set_attn_implementation("flex_attention")
+    ref_loss, ref_grads = _loss_and_grads(eager, ids)
+    compiled = _small_model()
+    compiled.set_attn_implementation("flex_attention")
+    assert compile_blocks(compiled) == 2
+    loss, grads = _loss_and_grads(compiled, ids)
+    assert abs(loss - ref_loss) < 1e-3 * abs(ref_loss)
+    _assert_gradients_close(compiled, grads, ref_grads)
+
+
 def test_compiled_blocks_train_at_a_long_length_on_cuda():
     """Compiled blocks at the 350M preset's width train at 8k tokens x 2 (bf16, synchronising after every step so a
     fault surfaces here) long enough for the routing, and with it the block tables the fused kernels read without
