@@ -1217,8 +1217,7 @@ def paragraph_attention_apart(
     """_paragraph_attention as an op the compiler cannot see into: inside it, is_compiling() is false, so the
     block tables and FlexAttention run as their own compiled graphs (those of the eager path), while the
     compiled block around it stays one graph. Its backward is paragraph_attention_apart_backward."""
-    with _plain_dispatch():
-        return _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span)
+    return _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span)
 
 
 @paragraph_attention_apart.register_fake
@@ -1226,28 +1225,17 @@ def _(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span):
     return torch.empty_like(qr)
 
 
-def _plain_dispatch(record_autograd: bool = False):
-    """A guard under which operations dispatch as in plain eager code. An op's implementation may run under
-    the compiled graph's Python dispatcher (CPU's unfused FlexAttention then fails inside its vmap), and always
-    below the autograd dispatch keys, where nothing records a backward graph even with grad mode on;
-    record_autograd lifts the latter too."""
+def _autograd_recorded():
+    """A guard under which autograd records again: an op's implementation runs below the autograd dispatch keys,
+    where nothing records a backward graph even with grad mode on."""
     from torch._C import DispatchKey
 
-    include = torch._C._dispatch_tls_local_include_set()
-    for key in (DispatchKey.PythonDispatcher, DispatchKey.Python):
-        if include.has(key):
-            include = include.remove(key)
     exclude = torch._C._dispatch_tls_local_exclude_set()
-    autograd = (
-        DispatchKey.AutogradFunctionality,
-        DispatchKey.AutogradCPU,
-        DispatchKey.AutogradCUDA,
-        DispatchKey.ADInplaceOrView,
-    )
-    for key in autograd * record_autograd:
+    autograd = (DispatchKey.AutogradFunctionality, DispatchKey.AutogradCPU, DispatchKey.AutogradCUDA)
+    for key in (*autograd, DispatchKey.ADInplaceOrView):
         if exclude.has(key):
             exclude = exclude.remove(key)
-    return torch._C._ForceDispatchKeyGuard(include, exclude)
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
 
 
 @torch.library.custom_op("r1_ds::paragraph_attention_apart_backward", mutates_args=())
@@ -1266,7 +1254,7 @@ def paragraph_attention_apart_backward(
     """Gradients of paragraph_attention_apart for qr, kbuf, vbuf: its forward again, recorded, then FlexAttention's
     own fused backward through autograd. Recomputing costs one L2 forward a layer; keeping the forward's autograd
     graph instead would have to carry it from one op call to another outside the compiler's view."""
-    with _plain_dispatch(record_autograd=True), torch.enable_grad():
+    with _autograd_recorded(), torch.enable_grad():
         leaves = [x.detach().requires_grad_(True) for x in (qr, kbuf, vbuf)]
         out = _paragraph_attention(*leaves, idx, valid, n_heads, n_par, paragraph_size, span)
         dq, dk, dv = torch.autograd.grad(out, leaves, grad)
