@@ -270,6 +270,31 @@ def test_compiled_block_runs_long_paragraph_attention_apart(monkeypatch, apart):
         torch.testing.assert_close(b, a, **tol)
 
 
+def test_paragraph_attention_apart_ops_pass_opcheck(monkeypatch):
+    """The L2 op a compiled block runs at long lengths, and its backward: schema, fake (shapes and strides: the
+    compiler lays out what reads the outputs by the fake), autograd registration and AOT dispatch, through
+    torch.library.opcheck. Dense attention inside (_dense_flex; the fused kernels: tests/test_cuda_fast_path.py)."""
+    from r1_ds.model import hierarchical_attention as ha
+
+    monkeypatch.setattr(ha, "_flex", _dense_flex)
+    kw = dict(level_heads=(2, 4, 8), paragraph_size=8, document_size=32, rope_theta=10000.0)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 72, 64, generator=gen) for _ in range(3))
+    qr, _, _, kbuf, vbuf, _, _, _ = ha.flex_operands(q, k, v, **kw)
+    idx, valid, _ = ha.route_paragraphs(q, k, n_heads=4, paragraph_size=8, top_k=4, first_block=0, n_blocks=9)
+    sizes = (4, 9, 8, 4)  # heads, complete paragraphs, paragraph size, span
+    leaves = [x.detach().requires_grad_(True) for x in (qr, kbuf, vbuf)]
+    torch.library.opcheck(ha.paragraph_attention_apart, (*leaves, idx, valid, *sizes))
+    grad = torch.randn(qr.shape, generator=gen)
+    torch.library.opcheck(ha.paragraph_attention_apart_backward, (grad, qr, kbuf, vbuf, idx, valid, *sizes))
+    # and the backward is the gradient of the forward
+    out = ha._paragraph_attention(*leaves, idx, valid, *sizes)
+    ref = torch.autograd.grad(out, leaves, grad)
+    for a, b in zip(ha.paragraph_attention_apart_backward(grad, qr, kbuf, vbuf, idx, valid, *sizes), ref):
+        torch.testing.assert_close(a, b)
+        assert a.is_contiguous()
+
+
 def _dense_flex(q, k, v, block_mask, scale):
     """What CPU's unfused FlexAttention computes (block_mask.mask_mod at every score, in fp32), without its vmap:
     the rule is evaluated on broadcast index grids. Its sums run in another order than the unfused kernel's."""

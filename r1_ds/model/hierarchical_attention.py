@@ -51,6 +51,9 @@ def _check_static_shapes(name: str, args) -> None:
     (shapes, dtypes, grad mode) per bucketed length, batch size and dtype, so only a process that mixes
     many of those gets here."""
     key = tuple((tuple(a.shape), a.dtype, a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args)
+    # dynamo's guards include the dispatch state, which differs inside an op's implementation (paragraph_attention_
+    # apart): the same shapes compile again there
+    key += (repr(torch._C._dispatch_tls_local_exclude_set()),)
     seen = _static_shapes.setdefault(name, set())
     if key in seen:
         return
@@ -1216,22 +1219,25 @@ def paragraph_attention_apart(
 ) -> torch.Tensor:
     """_paragraph_attention as an op the compiler cannot see into: inside it, is_compiling() is false, so the
     block tables and FlexAttention run as their own compiled graphs (those of the eager path), while the
-    compiled block around it stays one graph. Its backward is paragraph_attention_apart_backward."""
-    return _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span)
+    compiled block around it stays one graph. Its backward is paragraph_attention_apart_backward. Outputs are
+    contiguous, as the fake says: the compiler lays out the kernels that read them by the fake's strides."""
+    return _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span).contiguous()
 
 
 @paragraph_attention_apart.register_fake
 def _(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span):
-    return torch.empty_like(qr)
+    return qr.new_empty(qr.shape)
 
 
 def _autograd_recorded():
     """A guard under which autograd records again: an op's implementation runs below the autograd dispatch keys,
-    where nothing records a backward graph even with grad mode on."""
+    where nothing records a backward graph even with grad mode on. The excluded set holds functionality bits:
+    AutogradFunctionality covers every backend's autograd key; AutogradOther and AutogradNestedTensor are keys of
+    their own."""
     from torch._C import DispatchKey
 
     exclude = torch._C._dispatch_tls_local_exclude_set()
-    autograd = (DispatchKey.AutogradFunctionality, DispatchKey.AutogradCPU, DispatchKey.AutogradCUDA)
+    autograd = (DispatchKey.AutogradFunctionality, DispatchKey.AutogradOther, DispatchKey.AutogradNestedTensor)
     for key in (*autograd, DispatchKey.ADInplaceOrView):
         if exclude.has(key):
             exclude = exclude.remove(key)
@@ -1258,12 +1264,12 @@ def paragraph_attention_apart_backward(
         leaves = [x.detach().requires_grad_(True) for x in (qr, kbuf, vbuf)]
         out = _paragraph_attention(*leaves, idx, valid, n_heads, n_par, paragraph_size, span)
         dq, dk, dv = torch.autograd.grad(out, leaves, grad)
-    return dq, dk, dv
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()  # autograd's may come transposed
 
 
 @paragraph_attention_apart_backward.register_fake
 def _(grad, qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span):
-    return torch.empty_like(qr), torch.empty_like(kbuf), torch.empty_like(vbuf)
+    return qr.new_empty(qr.shape), kbuf.new_empty(kbuf.shape), vbuf.new_empty(vbuf.shape)
 
 
 def _apart_setup(ctx, inputs, output):
