@@ -412,13 +412,14 @@ def attn_implementation(cfg: TrainConfig, device_type: str) -> str:
     return impl
 
 
-# The longest training sequence compiled blocks take on the GPU's FlexAttention path: up to here they are held to
-# eager on the GPU (tests/test_cuda_fast_path.py, 2k and 8k tokens) and trained in the benchmarks (350M at 8k under
-# DeepSpeed). Past 2,048 tokens the blocks run L2's FlexAttention apart from their graphs
-# (hierarchical_attention.FLEX_IN_BLOCK_GRAPH_MAX_LEN): inside them, R1 350M at 8k faulted with an illegal memory
-# access in its backward kernel, and a kernel that faults may first write to memory it does not own, so lengths no
-# GPU run has trained compiled are refused. docs/training.md, "Compiled blocks".
+# The longest training sequence compiled blocks take on the GPU's FlexAttention path, the longest they have trained
+# at on a GPU (350M at 8k under DeepSpeed, benchmarks/results/train_throughput.md). Past 2,048 tokens the blocks run
+# L2's FlexAttention apart from their graphs (hierarchical_attention.FLEX_IN_BLOCK_GRAPH_MAX_LEN): inside them, R1
+# 350M at 8k faults with an illegal memory access in its backward kernel. A kernel that faults may first write to
+# memory it does not own, so lengths and ways of running L2 apart (hierarchical_attention.L2_APART) that no GPU run
+# has trained compiled are refused. docs/training.md, "Compiled blocks".
 COMPILED_FLEX_MAX_SEQ_LEN = 8192
+L2_APART_TRAINED = ("break",)
 
 
 def check_compiled_length(cfg: TrainConfig, seq_len: int, device_type: str, source: str = "data.seq_len") -> None:
@@ -430,9 +431,19 @@ def check_compiled_length(cfg: TrainConfig, seq_len: int, device_type: str, sour
         raise ConfigError(
             f"model.compile=true with sequences of {seq_len} tokens ({source}): on CUDA with attn_implementation="
             f"flex_attention, compiled decoder blocks are refused past {COMPILED_FLEX_MAX_SEQ_LEN} tokens, the longest "
-            "they are verified to train at on a GPU (compiled, L2's FlexAttention backward has faulted with an illegal "
-            "memory access). Fix: set model.compile to false (drop --compile): the eager path runs the same fused "
-            f"attention kernels at any length; or set data.seq_len (--seq-len) to {COMPILED_FLEX_MAX_SEQ_LEN} or less."
+            "they have trained at on a GPU (with L2 inside the block graphs, 350M at 8k faults with an illegal memory "
+            "access in FlexAttention's backward). Fix: set model.compile to false (drop --compile): the eager path "
+            "runs the same fused attention kernels at any length; or set data.seq_len (--seq-len) to "
+            f"{COMPILED_FLEX_MAX_SEQ_LEN} or less."
+        )
+    from .model import hierarchical_attention as ha
+
+    if seq_len > ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN and ha.L2_APART not in L2_APART_TRAINED:
+        raise ConfigError(
+            f"model.compile=true with sequences of {seq_len} tokens ({source}) and R1_L2_APART={ha.L2_APART}: past "
+            f"{ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN} tokens compiled blocks run L2 apart from their graphs, and only "
+            f"{', '.join(L2_APART_TRAINED)} has trained that way on a GPU. Fix: unset R1_L2_APART, or set data.seq_len "
+            f"(--seq-len) to {ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN} or less."
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import parse_set
+from .config import COMPILED_FLEX_MAX_SEQ_LEN, parse_set
 
 _FLAGS = {  # --flag -> dotted training-config key (the CLI is the top of the precedence order)
     "deepspeed_config": "deepspeed_config",
@@ -79,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="compile",
         action="store_true",
         default=None,
-        help="torch.compile each decoder block (model.compile; on a GPU, sequences of up to 2,048 tokens)",
+        help="torch.compile each decoder block (model.compile; on a GPU, sequences of up to "
+        f"{COMPILED_FLEX_MAX_SEQ_LEN:,} tokens)",
     )
     # Launchers append these; DeepSpeed reads LOCAL_RANK from the environment anyway.
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)

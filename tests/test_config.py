@@ -132,6 +132,20 @@ def test_compiled_blocks_past_8192_tokens_on_the_gpu_flex_path_are_refused(ds):
     build_ds_config(long, ds, world_size=1, device_type="cpu")
 
 
+def test_compiled_blocks_past_2048_tokens_with_an_untrained_l2_apart_mode_are_refused(monkeypatch):
+    from r1_ds.config import check_compiled_length
+    from r1_ds.model import hierarchical_attention as ha
+
+    cfg = load_train_config(None, {"model.compile": True})
+    monkeypatch.setattr(ha, "L2_APART", "op")  # R1_L2_APART=op
+    check_compiled_length(cfg, 2048, "cuda")  # L2 in the block graphs: the mode does not apply
+    with pytest.raises(ConfigError, match=r"sequences of 4096 tokens .* R1_L2_APART=op: .*Fix: unset R1_L2_APART"):
+        check_compiled_length(cfg, 4096, "cuda")
+    check_compiled_length(cfg, 4096, "cpu")
+    monkeypatch.setattr(ha, "L2_APART", "break")
+    check_compiled_length(cfg, 8192, "cuda")
+
+
 def test_pipeline_under_accelerate_is_a_clear_error(monkeypatch):
     from r1_ds.train import train
 
