@@ -1,11 +1,12 @@
 """The 350M / 8k compiled-block fault without DeepSpeed or NCCL, so compute-sanitizer can wrap it.
 
-    python benchmarks/compiled_fault_repro.py                 # 24 layers, 2 x 8,192 tokens, 8 steps
-    python benchmarks/compiled_fault_repro.py --flex-in-graph # L2's flex kernels inside the block graphs, as faulted
+    python benchmarks/compiled_fault_repro.py --flex-in-graph  # 24 layers, 2 x 8,192 tokens, 8 steps, L2 in the graphs
+    python benchmarks/compiled_fault_repro.py                  # the same with L2 apart, as the trainer runs it
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
-        --kernel-name kns=flex_attention_backward python benchmarks/compiled_fault_repro.py
+        --kernel-name kns=flex_attention_backward python benchmarks/compiled_fault_repro.py --flex-in-graph
 
-The benchmark that faults (train_throughput.py --models r1-compiled --seq-lens 8192) runs under DeepSpeed, whose
+The benchmark that faults (train_throughput.py --models r1-compiled --seq-lens 8192 --flex-in-graph) runs under
+DeepSpeed, whose
 NCCL set-up does not survive compute-sanitizer. This builds the same model (the 350m preset, every block compiled
 as the trainer's --compile does), bf16 weights with torch's fused AdamW at the benchmark's settings (lr 3e-4,
 betas 0.9 / 0.95, weight decay 0.1, clipping 1.0), trains it on one fixed batch as the benchmark does, and

@@ -148,8 +148,9 @@ step clip 200 "$PY" benchmarks/data_prep.py --device cuda
 step train_reduce_overhead 240 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 2048 --models r1-compiled llama \
     --compile-mode reduce-overhead --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json \
     --json "$OUT/train_reduce_overhead.json"
-# train_l2_apart: compiled R1 at 350M / 8k with L2 apart from the block graphs both ways (hierarchical_attention.L2_APART:
-# one opaque op, the block one graph; a graph break, six), against eager Llama, in one call on one machine
+# train_l2_apart: compiled R1 at 350M / 8k with L2 apart from the block graphs both ways
+# (hierarchical_attention.L2_APART: one opaque op, the block one graph; a graph break, six), against eager Llama,
+# in one call on one machine
 train_l2_apart() {
     "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled llama --l2-apart op \
         --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_l2_apart_op.json" || return
@@ -163,8 +164,9 @@ step train_l2_apart 420 bash -c train_l2_apart
 step profile_host 300 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens ${PROFILE_HOST_SEQ_LEN:-8192} \
     --models r1 llama --steps 3 --warmup 2 --profile-host --deepspeed-config /tmp/r1_bf16.json \
     --json "$OUT/train_profile_host.json"
-# compiled_fault_probe: compiled R1 350M at 8k tokens faults in L2's FlexAttention backward under DeepSpeed, which
-# is why the trainer keeps model.compile to 2,048 tokens on a GPU (benchmarks/results/train_throughput.md). memcheck
+# compiled_fault_probe: compiled R1 350M at 8k tokens with L2 inside the block graphs (--flex-in-graph) faults in L2's
+# FlexAttention backward under DeepSpeed, which is why compiled blocks run L2 apart past 2,048 tokens
+# (benchmarks/results/train_throughput.md). memcheck
 # instruments only the kernels whose names hold the kns substring (the others run uninstrumented, though every CUDA
 # call still passes through the sanitizer), and with the caching allocator off every tensor is an allocation of its
 # own, so an out-of-bounds access is reported with the kernel, the thread and the address even where it lands in
@@ -179,7 +181,8 @@ TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compi
     --flex-in-graph --deepspeed-config /tmp/r1_bf16.json
 # compiled_fault_repro: the same model and steps without DeepSpeed or NCCL (benchmarks/compiled_fault_repro.py), first
 # as it is (does it fault without DeepSpeed?), then under memcheck as above, which NCCL kept from the benchmark
-TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE step compiled_fault_repro 200 "$PY" benchmarks/compiled_fault_repro.py --flex-in-graph
+TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE step compiled_fault_repro 200 "$PY" benchmarks/compiled_fault_repro.py \
+    --flex-in-graph
 TORCHINDUCTOR_CACHE_DIR=$PROBE_CACHE PYTORCH_NO_CUDA_MEMORY_CACHING=1 step compiled_fault_repro_memcheck 380 \
     compute-sanitizer --tool memcheck --error-exitcode 1 --kernel-name kns=flex_attention_backward --print-limit 20 \
     "$PY" benchmarks/compiled_fault_repro.py --flex-in-graph

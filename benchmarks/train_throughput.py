@@ -103,7 +103,7 @@ def parse_args(argv=None):
         "--flex-in-graph",
         action="store_true",
         help="compiled R1: trace L2's block mask and FlexAttention into the block graphs at any length (past "
-        "FLEX_IN_BLOCK_GRAPH_MAX_LEN tokens they run apart, behind a graph break; a probe of the fault seen in the "
+        "FLEX_IN_BLOCK_GRAPH_MAX_LEN tokens they run apart, as --l2-apart says; a probe of the fault seen in the "
         "graph at 8k)",
     )
     p.add_argument("--json", help="write results here (default: $OUT/train_throughput.json when $OUT is set)")
@@ -224,6 +224,7 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         busy = gpu_seconds(step)
         syncs, sync_sites = host_syncs(step)
         peak = peak_flops("bf16")
+        what = f"{'compiled ' if compiled else ''}{name} {preset} step at {seq_len} tokens"
         if args.profile:  # where a step's time goes (a tuning aid; not part of the figures)
             acts = [torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
             with torch.profiler.profile(activities=acts) as prof:
@@ -232,11 +233,11 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
                 torch.cuda.synchronize()
                 t1 = time.perf_counter() - t1
             print(
-                f"profile of one {'compiled ' if compiled else ''}{name} {preset} step at {seq_len} tokens ({t1 * 1e3:.0f} ms wall, profiled):\n"
+                f"profile of one {what} ({t1 * 1e3:.0f} ms wall, profiled):\n"
                 + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
             )
         if args.profile_host:
-            print_host_profile(step, f"{'compiled ' if compiled else ''}{name} {preset} step at {seq_len} tokens")
+            print_host_profile(step, what)
         row.update(
             tokens_per_s=tok_s,
             step_s=dt / args.steps,
@@ -368,8 +369,8 @@ def main(argv=None) -> int:
     ha.L2_APART = args.l2_apart
     if args.flex_in_graph:
         print(
-            f"note: --flex-in-graph: compiled R1 traces L2's FlexAttention into its block graphs at every length; past "
-            f"{ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN} tokens that has faulted (docs/training.md, 'Compiled blocks')",
+            "note: --flex-in-graph: compiled R1 traces L2's FlexAttention into its block graphs at every length; at "
+            "8k tokens that faults (docs/training.md, 'Compiled blocks')",
             file=sys.stderr,
         )
         ha.FLEX_IN_BLOCK_GRAPH_MAX_LEN = 1 << 30

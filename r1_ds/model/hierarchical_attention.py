@@ -632,8 +632,9 @@ def block_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     and indices without bounds checks, so a wrong value is an illegal memory access rather than an error, and
     the routed (full) tables change with the weights; inside a compiled decoder block inductor would otherwise
     fuse this arithmetic into its own kernels (see place_columns and transposed_indices for inductor's code
-    generation failing on it). A dozen small kernels a layer. It does not end the fault of compiled blocks at 8k
-    tokens (benchmarks/results/train_throughput.md), which keeps the trainer's model.compile to 2,048 tokens."""
+    generation failing on it). A dozen small kernels a layer. With it, compiled blocks with L2 inside their graphs
+    still fault at 8k tokens (benchmarks/results/train_throughput.md), so past 2,048 tokens they run L2 apart
+    (FLEX_IN_BLOCK_GRAPH_MAX_LEN)."""
     return _as_indices(need)
 
 
@@ -793,7 +794,7 @@ def _summary_block_tables(n_qb: int, n_kv: int, n_sb: int, span: int, paragraph_
         # see place_columns for CUDA).
         kvb = torch.arange(n_kv, device=device)
         need = (kvb[None] < n_sb) & (kvb[None] >= lo[:, None]) & (kvb[None] <= hi[:, None])  # (n_qb, n_kv)
-        kv_num, kv_idx = _as_indices(need)  # traced: inductor may fuse it (checked on the GPU)
+        kv_num, kv_idx = _as_indices(need)  # in a compiled block, traced: inductor may fuse it
         q_num, q_idx = transposed_indices(need)
         return kv_num, kv_idx, q_num, q_idx
 
@@ -1189,11 +1190,12 @@ FLEX_IN_BLOCK_GRAPH_MAX_LEN = 2048
 # How a compiled block runs L2 apart:
 #   "break": behind a graph break (torch.compiler.disable): dynamo splits every frame on the call stack at the
 #            call, six graphs a block forward and six backward, each with its own guards and runtime wrappers (a
-#            350M / 8k step then costs the host nearly as much as the eager one: train_throughput.md). The
-#            default: the way trained on a GPU at 8k.
+#            350M / 8k step leaves the GPU idle 39% of the time: train_throughput.md). The default: the way
+#            trained on a GPU at 8k.
 #   "op":    as one opaque op with its own backward (paragraph_attention_apart): the block stays one graph forward
-#            and one backward; the backward recomputes L2's forward (one more FlexAttention forward a layer).
-#            Checked on CPU only so far, with dense attention inside (tests/test_model.py).
+#            and one backward; the backward recomputes L2's forward, block tables included. Held to eager on CPU
+#            with dense attention inside (tests/test_model.py) and, on a GPU, by tests/test_cuda_fast_path.py;
+#            the trainer refuses it until a GPU run has trained with it (config.L2_APART_TRAINED).
 # R1_L2_APART in the environment chooses for a whole process; benchmarks take --l2-apart.
 L2_APART_MODES = ("break", "op")
 L2_APART = os.environ.get("R1_L2_APART", "break")
