@@ -159,9 +159,11 @@ def test_block_tables_built_on_cuda_equal_the_eager_ones():
     idx, valid, _ = ha._route_compiled(q, k, n_heads=H, paragraph_size=g, top_k=4, first_block=0, n_blocks=T // g)
     args = (T // g, T, g, 1024 // g)
     on_gpu = ha._paragraph_block_tables(idx, valid, *args)
+    in_a_graph = torch.compile(ha._paragraph_block_tables, dynamic=False)(idx, valid, *args)  # as in compiled blocks
     eager = ha._paragraph_block_tables(idx.cpu(), valid.cpu(), *args)  # CPU: plain torch
-    for i, (a, b) in enumerate(zip(on_gpu, eager)):
-        assert torch.equal(a.cpu(), b), f"table {i} differs"
+    for i, (a, b, c) in enumerate(zip(on_gpu, in_a_graph, eager)):
+        assert torch.equal(a.cpu(), c), f"table {i} differs"
+        assert torch.equal(b.cpu(), c), f"table {i} differs when traced into a graph"
 
 
 def test_l2_kernel_on_cuda_equals_dense_attention_and_flex_own_query_tables():
@@ -302,6 +304,16 @@ def test_compiled_blocks_with_l2_apart_equal_eager_at_a_long_length_on_cuda(monk
     from r1_ds.model_setup import compile_blocks
 
     monkeypatch.setattr(ha, "L2_APART", mode)
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return ha._paragraph_attention_plain(*args)
+
+    # the op calls _paragraph_attention; the break calls _paragraph_attention_behind_break: count either
+    monkeypatch.setattr(ha, "_paragraph_attention_plain", ha._paragraph_attention, raising=False)
+    monkeypatch.setattr(ha, "_paragraph_attention", counted)
+    monkeypatch.setattr(ha, "_paragraph_attention_behind_break", torch.compiler.disable(counted))
     torch._dynamo.reset()
     ids = torch.randint(0, 4096, (1, 8192), device="cuda", generator=torch.Generator("cuda").manual_seed(5))
     eager = _small_model()
@@ -310,7 +322,9 @@ def test_compiled_blocks_with_l2_apart_equal_eager_at_a_long_length_on_cuda(monk
     compiled = _small_model()
     compiled.set_attn_implementation("flex_attention")
     assert compile_blocks(compiled) == 2
+    calls.clear()  # the eager model's calls
     loss, grads = _loss_and_grads(compiled, ids)
+    assert calls, f"L2 did not run apart ({mode})"
     assert abs(loss - ref_loss) < 1e-3 * abs(ref_loss)
     _assert_gradients_close(compiled, grads, ref_grads)
 
