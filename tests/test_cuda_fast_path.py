@@ -305,15 +305,13 @@ def test_compiled_blocks_with_l2_apart_equal_eager_at_a_long_length_on_cuda(monk
 
     monkeypatch.setattr(ha, "L2_APART", mode)
     calls = []
+    attend = ha._paragraph_attention_of  # L2 from its tables: what the op and the break both call at run time
 
     def counted(*args):
         calls.append(args[0].shape)
-        return ha._paragraph_attention_plain(*args)
+        return attend(*args)
 
-    # the op calls _paragraph_attention; the break calls _paragraph_attention_behind_break: count either
-    monkeypatch.setattr(ha, "_paragraph_attention_plain", ha._paragraph_attention, raising=False)
-    monkeypatch.setattr(ha, "_paragraph_attention", counted)
-    monkeypatch.setattr(ha, "_paragraph_attention_behind_break", torch.compiler.disable(counted))
+    monkeypatch.setattr(ha, "_paragraph_attention_of", counted)
     torch._dynamo.reset()
     ids = torch.randint(0, 4096, (1, 8192), device="cuda", generator=torch.Generator("cuda").manual_seed(5))
     eager = _small_model()

@@ -255,7 +255,7 @@ def test_compiled_block_runs_long_paragraph_attention_apart(monkeypatch, apart):
     out = torch.compile(block, backend=backend)(x)
     out.sum().backward()
     flex_in_graph = ["flex_attention" in gm.code for gm in graphs]
-    op_in_graph = ["paragraph_attention_apart" in gm.code for gm in graphs]
+    op_in_graph = ["paragraph_attention_tables_apart" in gm.code for gm in graphs]
     if apart == "op":
         assert flex_in_graph == [False] and op_in_graph == [True]
     elif apart == "break":  # the break splits each frame on the call stack: several graphs, none with the kernel
@@ -284,15 +284,22 @@ def test_paragraph_attention_apart_ops_pass_opcheck(monkeypatch):
     idx, valid, _ = ha.route_paragraphs(q, k, n_heads=4, paragraph_size=8, top_k=4, first_block=0, n_blocks=9)
     sizes = (4, 9, 8, 4)  # heads, complete paragraphs, paragraph size, span
     leaves = [x.detach().requires_grad_(True) for x in (qr, kbuf, vbuf)]
-    torch.library.opcheck(ha.paragraph_attention_apart, (*leaves, idx, valid, *sizes))
+    torch.library.opcheck(ha.paragraph_attention_tables_apart, (*leaves, idx, valid, *sizes))
+    out, *tables = ha.paragraph_attention_tables_apart(*leaves, idx, valid, *sizes)
+    for a, b in zip(tables, ha._paragraph_block_tables(idx, valid, 9, 72, 8, 4)):
+        assert torch.equal(a, b)
     grad = torch.randn(qr.shape, generator=gen)
-    torch.library.opcheck(ha.paragraph_attention_apart_backward, (grad, qr, kbuf, vbuf, idx, valid, *sizes))
-    # and the backward is the gradient of the forward
-    out = ha._paragraph_attention(*leaves, idx, valid, *sizes)
-    ref = torch.autograd.grad(out, leaves, grad)
-    for a, b in zip(ha.paragraph_attention_apart_backward(grad, qr, kbuf, vbuf, idx, valid, *sizes), ref):
+    torch.library.opcheck(ha.paragraph_attention_apart_backward, (grad, qr, kbuf, vbuf, tables, *sizes))
+    # the op's output and its backward are L2 and its gradients
+    ref = ha._paragraph_attention(*leaves, idx, valid, *sizes)
+    torch.testing.assert_close(out, ref)
+    ref_grads = torch.autograd.grad(ref, leaves, grad)
+    for a, b in zip(ha.paragraph_attention_apart_backward(grad, qr, kbuf, vbuf, tables, *sizes), ref_grads):
         torch.testing.assert_close(a, b)
         assert a.is_contiguous()
+    torch.testing.assert_close(
+        torch.autograd.grad(ha.paragraph_attention_apart(*leaves, idx, valid, *sizes), leaves, grad), ref_grads
+    )
 
 
 def _dense_flex(q, k, v, block_mask, scale):

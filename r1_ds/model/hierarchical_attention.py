@@ -715,15 +715,20 @@ def paragraph_block_mask(
     one null for all) keeps each block's readers to the query paragraphs near it: with a single
     shared null, the backward's dK/dV program of that block would loop over every query block.
     """
+    tables = _paragraph_block_tables(idx, valid, n_par, length, paragraph_size, span)  # row-major (see _as_indices)
+    return paragraph_block_mask_of(tables, n_par=n_par, length=length, paragraph_size=paragraph_size, span=span)
+
+
+def paragraph_block_mask_of(tables, *, n_par: int, length: int, paragraph_size: int, span: int):
+    """paragraph_block_mask from its tables (_paragraph_block_tables)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     g = paragraph_size
     S = summary_len(n_par, g)
-    tables = _paragraph_block_tables(idx, valid, n_par, length, g, span)  # row-major (see _as_indices)
     # The element rule: flex's unfused (CPU, eager) path applies only mask_mod, and the fused kernel applies
     # it to partial blocks; full (routed) blocks skip it. Partial blocks are all summary blocks, where the
     # token rule is false, so the fused kernel gets the summary rule alone (no lookup in `routed` per score).
-    if idx.is_cuda:
+    if tables[0].is_cuda:
         mask_mod = l2_summary_mod(n_par=n_par, paragraph_size=g, span=span)
     else:
         mask_mod = l2_element_rule(tables[-1], n_par=n_par, paragraph_size=g, span=span)
@@ -1169,9 +1174,15 @@ def hierarchical_attention_flex(
 def _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads: int, n_par: int, paragraph_size: int, span: int):
     """L2 through FlexAttention: the block mask of the routing (idx, valid), then the block-sparse kernel over
     kbuf / vbuf ([summary blocks | tokens]). -> (B, Tp, d)"""
+    tables = _paragraph_block_tables(idx, valid, n_par, qr.shape[1], paragraph_size, span)
+    return _paragraph_attention_of(qr, kbuf, vbuf, tables, n_heads, n_par, paragraph_size, span)
+
+
+def _paragraph_attention_of(qr, kbuf, vbuf, tables, n_heads: int, n_par: int, paragraph_size: int, span: int):
+    """_paragraph_attention from the block tables (_paragraph_block_tables). -> (B, Tp, d)"""
     d = qr.shape[-1]
-    block_mask = paragraph_block_mask(
-        idx, valid, n_par=n_par, length=qr.shape[1], paragraph_size=paragraph_size, span=span
+    block_mask = paragraph_block_mask_of(
+        tables, n_par=n_par, length=qr.shape[1], paragraph_size=paragraph_size, span=span
     )
     H = n_heads
     return merge_heads(
@@ -1193,9 +1204,10 @@ FLEX_IN_BLOCK_GRAPH_MAX_LEN = 2048
 #            350M / 8k step leaves the GPU idle 39% of the time: train_throughput.md). The default: the way
 #            trained on a GPU at 8k.
 #   "op":    as one opaque op with its own backward (paragraph_attention_apart): the block stays one graph forward
-#            and one backward; the backward recomputes L2's forward, block tables included. Held to eager on CPU
-#            with dense attention inside (tests/test_model.py) and, on a GPU, by tests/test_cuda_fast_path.py;
-#            the trainer refuses it until a GPU run has trained with it (config.L2_APART_TRAINED).
+#            and one backward; the backward recomputes L2's FlexAttention forward over the forward's block tables,
+#            which the op returns beside its output. Held to eager on CPU with dense attention inside
+#            (tests/test_model.py) and, on a GPU, by tests/test_cuda_fast_path.py; the trainer refuses it until a
+#            GPU run has trained with it (config.L2_APART_TRAINED).
 # R1_L2_APART in the environment chooses for a whole process; benchmarks take --l2-apart.
 L2_APART_MODES = ("break", "op")
 L2_APART = os.environ.get("R1_L2_APART", "break")
@@ -1207,8 +1219,13 @@ if L2_APART not in L2_APART_MODES:
 _paragraph_attention_behind_break = torch.compiler.disable(_paragraph_attention)
 
 
-@torch.library.custom_op("r1_ds::paragraph_attention_apart", mutates_args=())
-def paragraph_attention_apart(
+def paragraph_attention_apart(qr, kbuf, vbuf, idx, valid, n_heads: int, n_par: int, paragraph_size: int, span: int):
+    """_paragraph_attention through the opaque op paragraph_attention_tables_apart. -> (B, Tp, d)"""
+    return paragraph_attention_tables_apart(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span)[0]
+
+
+@torch.library.custom_op("r1_ds::paragraph_attention_tables_apart", mutates_args=())
+def paragraph_attention_tables_apart(
     qr: torch.Tensor,
     kbuf: torch.Tensor,
     vbuf: torch.Tensor,
@@ -1218,17 +1235,37 @@ def paragraph_attention_apart(
     n_par: int,
     paragraph_size: int,
     span: int,
-) -> torch.Tensor:
-    """_paragraph_attention as an op the compiler cannot see into: inside it, is_compiling() is false, so the
-    block tables and FlexAttention run as their own compiled graphs (those of the eager path), while the
-    compiled block around it stays one graph. Its backward is paragraph_attention_apart_backward. Outputs are
-    contiguous, as the fake says: the compiler lays out the kernels that read them by the fake's strides."""
-    return _paragraph_attention(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span).contiguous()
+) -> list[torch.Tensor]:
+    """[L2's output (B, Tp, d), then its nine block tables (_paragraph_block_tables)], as an op the compiler cannot
+    see into: inside it, is_compiling() is false, so the tables and FlexAttention run as their own compiled graphs
+    (those of the eager path), while the compiled block around it stays one graph. The tables come out so that
+    the backward (paragraph_attention_apart_backward) reads them instead of building them again. Outputs are
+    contiguous, as the fake says: the compiler lays out what reads them by the fake's strides."""
+    tables = _paragraph_block_tables(idx, valid, n_par, qr.shape[1], paragraph_size, span)
+    out = _paragraph_attention_of(qr, kbuf, vbuf, tables, n_heads, n_par, paragraph_size, span)
+    return [out.contiguous(), *(t.contiguous() for t in tables)]
 
 
-@paragraph_attention_apart.register_fake
+@paragraph_attention_tables_apart.register_fake
 def _(qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span):
-    return qr.new_empty(qr.shape)
+    B, H, n_qb, _ = idx.shape
+    n_kv = summary_len(n_par, paragraph_size) // paragraph_size + qr.shape[1] // paragraph_size
+
+    def table(*shape, dtype=torch.int32):
+        return qr.new_empty((B, H, *shape), dtype=dtype)
+
+    return [
+        qr.new_empty(qr.shape),
+        table(n_qb),  # kv_num
+        table(n_qb, n_kv),  # kv_idx
+        table(n_qb),  # full_num
+        table(n_qb, n_kv),  # full_idx
+        table(n_kv),  # q_num
+        table(n_kv, n_qb),  # q_idx
+        table(n_kv),  # full_q_num
+        table(n_kv, n_qb),  # full_q_idx
+        table(n_qb, n_qb, dtype=torch.bool),  # routed
+    ]
 
 
 def _autograd_recorded():
@@ -1252,37 +1289,38 @@ def paragraph_attention_apart_backward(
     qr: torch.Tensor,
     kbuf: torch.Tensor,
     vbuf: torch.Tensor,
-    idx: torch.Tensor,
-    valid: torch.Tensor,
+    tables: list[torch.Tensor],
     n_heads: int,
     n_par: int,
     paragraph_size: int,
     span: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of paragraph_attention_apart for qr, kbuf, vbuf: its forward again, recorded, then FlexAttention's
-    own fused backward through autograd. Recomputing costs one L2 forward a layer; keeping the forward's autograd
-    graph instead would have to carry it from one op call to another outside the compiler's view."""
+    """Gradients of paragraph_attention_tables_apart's output for qr, kbuf, vbuf: its FlexAttention forward again
+    over the forward's tables, recorded, then FlexAttention's own fused backward through autograd. Recomputing
+    costs one L2 forward a layer; keeping the forward's autograd graph instead would have to carry it from one op
+    call to another outside the compiler's view."""
     with _autograd_recorded(), torch.enable_grad():
         leaves = [x.detach().requires_grad_(True) for x in (qr, kbuf, vbuf)]
-        out = _paragraph_attention(*leaves, idx, valid, n_heads, n_par, paragraph_size, span)
+        out = _paragraph_attention_of(*leaves, tables, n_heads, n_par, paragraph_size, span)
         dq, dk, dv = torch.autograd.grad(out, leaves, grad)
     return dq.contiguous(), dk.contiguous(), dv.contiguous()  # autograd's may come transposed
 
 
 @paragraph_attention_apart_backward.register_fake
-def _(grad, qr, kbuf, vbuf, idx, valid, n_heads, n_par, paragraph_size, span):
+def _(grad, qr, kbuf, vbuf, tables, n_heads, n_par, paragraph_size, span):
     return qr.new_empty(qr.shape), kbuf.new_empty(kbuf.shape), vbuf.new_empty(vbuf.shape)
 
 
 def _apart_setup(ctx, inputs, output):
     qr, kbuf, vbuf, idx, valid, *sizes = inputs
-    ctx.save_for_backward(qr, kbuf, vbuf, idx, valid)
+    ctx.save_for_backward(qr, kbuf, vbuf, *output[1:])
     ctx.sizes = sizes
 
 
-def _apart_backward(ctx, grad):
-    dq, dk, dv = paragraph_attention_apart_backward(grad.contiguous(), *ctx.saved_tensors, *ctx.sizes)
+def _apart_backward(ctx, grads):
+    qr, kbuf, vbuf, *tables = ctx.saved_tensors
+    dq, dk, dv = paragraph_attention_apart_backward(grads[0].contiguous(), qr, kbuf, vbuf, tables, *ctx.sizes)
     return dq, dk, dv, None, None, None, None, None, None
 
 
-paragraph_attention_apart.register_autograd(_apart_backward, setup_context=_apart_setup)
+paragraph_attention_tables_apart.register_autograd(_apart_backward, setup_context=_apart_setup)
