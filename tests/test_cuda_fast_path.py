@@ -281,19 +281,27 @@ def test_model_learns_a_batch_in_bf16_through_the_fast_path():
     assert losses[-1] < losses[0] - 1.0, f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in 30 steps on one batch"
 
 
-def test_compiled_blocks_equal_eager_on_cuda():
+def _compiled_blocks_equal_eager(ids, before_compiled=lambda: None):
+    """The small model with compiled blocks against the same model eager: loss and every gradient.
+    before_compiled() runs between the two."""
     from r1_ds.model_setup import compile_blocks
 
-    ids = torch.randint(0, 4096, (2, 2048), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     eager = _small_model()
     eager.set_attn_implementation("flex_attention")
     ref_loss, ref_grads = _loss_and_grads(eager, ids)
     compiled = _small_model()
     compiled.set_attn_implementation("flex_attention")
     assert compile_blocks(compiled) == 2
+    before_compiled()
     loss, grads = _loss_and_grads(compiled, ids)
     assert abs(loss - ref_loss) < 1e-3 * abs(ref_loss)
     _assert_gradients_close(compiled, grads, ref_grads)
+
+
+def test_compiled_blocks_equal_eager_on_cuda():
+    _compiled_blocks_equal_eager(
+        torch.randint(0, 4096, (2, 2048), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    )
 
 
 @pytest.mark.parametrize("mode", ha.L2_APART_MODES)
@@ -301,30 +309,20 @@ def test_compiled_blocks_with_l2_apart_equal_eager_at_a_long_length_on_cuda(monk
     """At 8k tokens compiled blocks run L2 apart from their graphs, behind a graph break or as one opaque op whose
     backward recomputes its forward (hierarchical_attention.L2_APART): either way, loss and gradients equal the
     same model eager."""
-    from r1_ds.model_setup import compile_blocks
-
     monkeypatch.setattr(ha, "L2_APART", mode)
     calls = []
     attend = ha._paragraph_attention_of  # L2 from its tables: what the op and the break both call at run time
 
     def counted(*args):
-        calls.append(args[0].shape)
+        if not torch.compiler.is_compiling():  # run apart, not traced into a graph
+            calls.append(args[0].shape)
         return attend(*args)
 
     monkeypatch.setattr(ha, "_paragraph_attention_of", counted)
     torch._dynamo.reset()
     ids = torch.randint(0, 4096, (1, 8192), device="cuda", generator=torch.Generator("cuda").manual_seed(5))
-    eager = _small_model()
-    eager.set_attn_implementation("flex_attention")
-    ref_loss, ref_grads = _loss_and_grads(eager, ids)
-    compiled = _small_model()
-    compiled.set_attn_implementation("flex_attention")
-    assert compile_blocks(compiled) == 2
-    calls.clear()  # the eager model's calls
-    loss, grads = _loss_and_grads(compiled, ids)
+    _compiled_blocks_equal_eager(ids, before_compiled=calls.clear)  # the eager model's calls do not count
     assert calls, f"L2 did not run apart ({mode})"
-    assert abs(loss - ref_loss) < 1e-3 * abs(ref_loss)
-    _assert_gradients_close(compiled, grads, ref_grads)
 
 
 def test_compiled_blocks_train_at_a_long_length_on_cuda():

@@ -194,6 +194,16 @@ def test_flex_fast_path_equals_reference(T, window):
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4, msg=f"level {level}")
 
 
+def _output_and_grads(block, x):
+    """block(x) and the gradients of its sum for x and every parameter; x and the block keep no gradient."""
+    out = block(x)
+    out.sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad()
+    return out, grads
+
+
 def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
     """`model.compile` on GPU compiles whole decoder blocks; a graph break inside the flex path would split
     each block into pieces and bring back the per-kernel overhead. fullgraph=True fails on any break. The
@@ -205,11 +215,7 @@ def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
     m.set_attn_implementation("flex_attention")
     block = m.model.layers[0].train()
     x = torch.randn(2, 72, m.config.hidden_size, requires_grad=True)
-    ref = block(x)
-    ref.sum().backward()
-    grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
-    x.grad = None
-    block.zero_grad()
+    ref, grads = _output_and_grads(block, x)
     torch._dynamo.reset()
     out = torch.compile(block, fullgraph=True, backend="aot_eager")(x)
     out.sum().backward()
@@ -235,11 +241,7 @@ def test_compiled_block_runs_long_paragraph_attention_apart(monkeypatch, apart):
     m.set_attn_implementation("flex_attention")
     block = m.model.layers[0].train()
     x = torch.randn(2, 72, m.config.hidden_size, requires_grad=True)
-    ref = block(x)
-    ref.sum().backward()
-    grads = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
-    x.grad = None
-    block.zero_grad()
+    ref, grads = _output_and_grads(block, x)
     torch._dynamo.reset()
     graphs = []
 
