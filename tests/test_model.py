@@ -204,10 +204,10 @@ def _output_and_grads(block, x):
     return out, grads
 
 
-def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
-    """`model.compile` on GPU compiles whole decoder blocks; a graph break inside the flex path would split
-    each block into pieces and bring back the per-kernel overhead. fullgraph=True fails on any break. The
-    aot_eager backend traces the same Python as inductor on GPU; forward and backward must match eager."""
+def _compiled_flex_block_matches_eager(monkeypatch, compile_block, before_compiled=lambda: None, **tol):
+    """The first decoder block of the tiny model on the FlexAttention path, compiled by compile_block(block),
+    against itself eager: output and every gradient, within tol (default 1e-5 / 1e-4). before_compiled() runs
+    between the two."""
     import torch.nn.attention.flex_attention as flex
 
     monkeypatch.setattr(flex, "_validate_device", lambda *a: None, raising=False)  # allow CPU backward (unfused)
@@ -217,11 +217,22 @@ def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
     x = torch.randn(2, 72, m.config.hidden_size, requires_grad=True)
     ref, grads = _output_and_grads(block, x)
     torch._dynamo.reset()
-    out = torch.compile(block, fullgraph=True, backend="aot_eager")(x)
+    before_compiled()
+    out = compile_block(block)(x)
     out.sum().backward()
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    tol = tol or dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out, ref, **tol)
     for a, b in zip(grads, [x.grad] + [p.grad for p in block.parameters()]):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b, a, **tol)
+
+
+def test_flex_decoder_block_compiles_as_one_graph(monkeypatch):
+    """`model.compile` on GPU compiles whole decoder blocks; a graph break inside the flex path would split
+    each block into pieces and bring back the per-kernel overhead. fullgraph=True fails on any break. The
+    aot_eager backend traces the same Python as inductor on GPU; forward and backward must match eager."""
+    _compiled_flex_block_matches_eager(
+        monkeypatch, lambda block: torch.compile(block, fullgraph=True, backend="aot_eager")
+    )
 
 
 @pytest.mark.parametrize("apart", [None, "op", "break"])
@@ -230,32 +241,27 @@ def test_compiled_block_runs_long_paragraph_attention_apart(monkeypatch, apart):
     their own compiled graphs): as one opaque op with its own backward, the block one graph; behind a graph break,
     several graphs. Up to it, they are traced into the block's one graph. Every way computes what eager does,
     forward and backward."""
-    import torch.nn.attention.flex_attention as flex
-
     from r1_ds.model import hierarchical_attention as ha
 
-    monkeypatch.setattr(flex, "_validate_device", lambda *a: None, raising=False)  # allow CPU backward (unfused)
     monkeypatch.setattr(ha, "FLEX_IN_BLOCK_GRAPH_MAX_LEN", 4096 if apart is None else 64)
     monkeypatch.setattr(ha, "L2_APART", apart or ha.L2_APART)
-    m = model()
-    m.set_attn_implementation("flex_attention")
-    block = m.model.layers[0].train()
-    x = torch.randn(2, 72, m.config.hidden_size, requires_grad=True)
-    ref, grads = _output_and_grads(block, x)
-    torch._dynamo.reset()
     graphs = []
 
     def backend(gm, example_inputs):
         graphs.append(gm)
         return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
 
-    if apart == "op":
-        # CPU's unfused FlexAttention evaluates mask_mod under vmap, which fails inside an op run by the compiled
-        # graph; here the op's inside is dense attention under the same rule (what the unfused path computes).
-        # The fused GPU kernels inside it: tests/test_cuda_fast_path.py.
-        monkeypatch.setattr(ha, "_flex", _dense_flex)
-    out = torch.compile(block, backend=backend)(x)
-    out.sum().backward()
+    def before_compiled():
+        if apart == "op":
+            # CPU's unfused FlexAttention evaluates mask_mod under vmap, which fails inside an op run by the
+            # compiled graph; here the op's inside is dense attention under the same rule (what the unfused path
+            # computes). The fused GPU kernels inside it: tests/test_cuda_fast_path.py.
+            monkeypatch.setattr(ha, "_flex", _dense_flex)
+
+    tol = dict(atol=5e-5, rtol=1e-3) if apart == "op" else {}  # op: dense inside
+    _compiled_flex_block_matches_eager(
+        monkeypatch, lambda block: torch.compile(block, backend=backend), before_compiled, **tol
+    )
     flex_in_graph = ["flex_attention" in gm.code for gm in graphs]
     op_in_graph = ["paragraph_attention_tables_apart" in gm.code for gm in graphs]
     if apart == "op":
@@ -266,10 +272,6 @@ def test_compiled_block_runs_long_paragraph_attention_apart(monkeypatch, apart):
         assert flex_in_graph == [True] and op_in_graph == [False]
         # the rotary tables come from the opaque op: traced as ops, inductor recomputes cos / sin per element
         assert "rope_grid_table" in graphs[0].code and ".cos()" not in graphs[0].code
-    tol = dict(atol=5e-5, rtol=1e-3) if apart == "op" else dict(atol=1e-5, rtol=1e-4)  # op: dense inside
-    torch.testing.assert_close(out, ref, **tol)
-    for a, b in zip(grads, [x.grad] + [p.grad for p in block.parameters()]):
-        torch.testing.assert_close(b, a, **tol)
 
 
 def test_paragraph_attention_apart_ops_pass_opcheck(monkeypatch):
