@@ -14,6 +14,7 @@
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_reduce_overhead  # compiled blocks as CUDA graphs, 350M / 2k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh profile_host   # where eager R1's host time goes, 350M / 8k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_l2_apart # compiled R1 at 350M / 8k, L2 as an op or a break
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh level_gate      # the level gate's forms alone, 1.3B / 2k shape
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_repro compiled_fault_repro_memcheck  # no DeepSpeed
 #
 # One device call runs at most 10 minutes: run `check`, `check_long`, `attention`, `attention_compiled`,
@@ -159,6 +160,9 @@ train_l2_apart() {
 }
 export -f train_l2_apart
 step train_l2_apart 420 bash -c train_l2_apart
+# level_gate: the level gate and gated sum alone, forward + backward at 1.3B / 2k's shape (8 x 2048 tokens, d 2048),
+# as fp32 dot products (the model's form) and as GEMMs against the 8-row weight, eager and compiled
+step level_gate 200 "$PY" benchmarks/level_gate.py --device cuda --tokens 16384 --hidden 2048 --json "$OUT/level_gate.json"
 # profile_host: where eager R1's host time goes at 350M / 8k (GPU busy 57% there against Llama's 95%): torch.profiler's
 # CPU ops and cProfile's Python functions of one step each, R1 then Llama; PROFILE_HOST_SEQ_LEN picks the length
 step profile_host 300 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens ${PROFILE_HOST_SEQ_LEN:-8192} \
