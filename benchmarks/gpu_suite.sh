@@ -151,10 +151,14 @@ step train_reduce_overhead 240 "$PY" benchmarks/train_throughput.py --sizes 350m
     --json "$OUT/train_reduce_overhead.json"
 # train_l2_apart: compiled R1 at 350M / 8k with L2 apart from the block graphs both ways
 # (hierarchical_attention.L2_APART: one opaque op, the block one graph; a graph break, six), against eager Llama,
-# in one call on one machine
+# in one call on one machine; the op's one graph a block also as a CUDA graph (reduce-overhead), which removes the
+# launches that keep the 8k step host-bound
 train_l2_apart() {
     "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled llama --l2-apart op \
         --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_l2_apart_op.json" || return
+    "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled --l2-apart op \
+        --compile-mode reduce-overhead --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json \
+        --json "$OUT/train_l2_apart_op_cudagraphs.json"
     "$PY" benchmarks/train_throughput.py --sizes 350m --seq-lens 8192 --models r1-compiled --l2-apart break \
         --steps 5 --warmup 3 --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_l2_apart_break.json"
 }
