@@ -14,6 +14,7 @@
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_reduce_overhead  # compiled blocks as CUDA graphs, 350M / 2k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh profile_host   # where eager R1's host time goes, 350M / 8k
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_l2_apart # compiled R1 at 350M / 8k, L2 as an op or a break
+#   OUT=/path/to/out bash benchmarks/gpu_suite.sh train_accum     # 1.3B / 2k, 4 micro-batches an optimizer step
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh level_gate      # the level gate's forms alone, 1.3B / 2k shape
 #   OUT=/path/to/out bash benchmarks/gpu_suite.sh compiled_fault_repro compiled_fault_repro_memcheck  # no DeepSpeed
 #
@@ -100,6 +101,10 @@ step attention_compiled 580 "$PY" benchmarks/attention.py --device cuda --repeat
 step train 400 "$PY" benchmarks/train_throughput.py --sizes ${TRAIN_SIZES:-350m 1.3b} --seq-lens ${TRAIN_SEQ_LENS:-2048 8192} \
     --models ${TRAIN_MODELS:-r1 llama} --steps 5 --warmup 3 \
     --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_h200.json"
+# train_accum: 1.3B / 2k with the shipped config's accumulation (4 micro-batches an optimizer step, as training runs),
+# where `train` charges every micro-batch a whole fp32 optimizer step: the MFU a training run sees
+step train_accum 300 "$PY" benchmarks/train_throughput.py --sizes 1.3b --seq-lens 2048 --models ${ACCUM_MODELS:-r1-compiled llama} \
+    --grad-accum 4 --steps 3 --warmup 2 --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_accum.json"
 step train_compiled 420 "$PY" benchmarks/train_throughput.py --sizes 350m 1.3b --seq-lens 2048 --steps 5 --warmup 3 \
     --compile-blocks --deepspeed-config /tmp/r1_bf16.json --json "$OUT/train_throughput_compiled_h200.json"
 # the trainer's own --compile path (r1_ds.model_setup.compile_blocks), 350M at 2k: tokens/s and MFU in metrics.jsonl;

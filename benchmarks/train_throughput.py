@@ -7,8 +7,8 @@ both under the same DeepSpeed config, in the same run.
 
 For every (size, sequence length, model): build the model on the GPU (seed 0), `deepspeed.initialize`
 with ds_configs/single_gpu_bf16.json (bf16, fp32 master weights and gradient accumulation, fused
-AdamW, clipping 1.0; micro-batch and accumulation overridden so one step = one micro-batch of
-`--tokens` tokens), run `--warmup` steps (FlexAttention compiles here), then time `--steps` full
+AdamW, clipping 1.0; micro-batch and accumulation overridden so one step = `--grad-accum` micro-batches
+(default 1) of `--tokens` tokens each, then one optimizer step), run `--warmup` steps (FlexAttention compiles here), then time `--steps` full
 training steps (forward, backward, clipping, optimizer). Reports tokens/s, MFU (model FLOPs of
 r1_ds/flops.py: matmuls of forward + backward, no recomputation, attention per visible key; peak
 989 TFLOP/s bf16 dense for H100/H200), peak memory and GPU busy: the kernel time of one more step, traced,
@@ -63,6 +63,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--tokens", type=int, default=16384, help="tokens per step (micro-batch = tokens // seq_len)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="micro-batches a step accumulates before its optimizer step (ds_configs/single_gpu_bf16.json ships 4); "
+        "1 charges every micro-batch a whole optimizer step, the fp32 master update and clipping included",
+    )
     p.add_argument(
         "--warmup",
         type=int,
@@ -125,6 +132,8 @@ def parse_args(argv=None):
             f"--compile-mode {args.compile_mode}: no model is compiled, so it would change nothing; name a model "
             "with -compiled (e.g. --models r1-compiled llama) or add --compile-blocks"
         )
+    if args.grad_accum < 1:
+        p.error(f"--grad-accum {args.grad_accum}: must be at least 1 (micro-batches per optimizer step); use 1 or 4")
     if args.warmup < 1:
         p.error(
             f"--warmup {args.warmup}: must be at least 1 (the first step's loss is the one the table compares "
@@ -169,11 +178,13 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
 
     micro = max(1, args.tokens // seq_len)
     ds = copy.deepcopy(ds_base)
-    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1, train_batch_size=micro)
+    accum = args.grad_accum
+    ds.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accum, train_batch_size=micro * accum)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     row = {"model": name, "compiled": compiled, "size": preset, "seq_len": seq_len, "micro_batch": micro}
+    row["grad_accum"] = accum
     try:
         with torch.device("cuda"):
             model = r1_model(preset, seq_len) if name == "r1" else llama_model(preset, seq_len)
@@ -200,12 +211,13 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
         gen = torch.Generator(device="cuda").manual_seed(1)
         ids = torch.randint(0, model.config.vocab_size, (micro, seq_len), device="cuda", generator=gen)
 
-        def step():
-            if compiled and args.compile_mode == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()  # a new iteration: last step's graph outputs may go
-            loss = engine(input_ids=ids, labels=ids).loss
-            engine.backward(loss)
-            engine.step()
+        def step():  # `accum` micro-batches; DeepSpeed's engine.step() updates the weights at the last
+            for _ in range(accum):
+                if compiled and args.compile_mode == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()  # a new iteration: last step's graph outputs may go
+                loss = engine(input_ids=ids, labels=ids).loss
+                engine.backward(loss)
+                engine.step()
             return loss
 
         # the same batch every step: a model that trains memorises it, so the loss must fall (a throughput
@@ -220,7 +232,7 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
             loss = step()
         torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        tok_s = micro * seq_len * args.steps / dt
+        tok_s = micro * accum * seq_len * args.steps / dt
         busy = gpu_seconds(step)
         syncs, sync_sites = host_syncs(step)
         peak = peak_flops("bf16")
@@ -327,15 +339,21 @@ def _label(row: dict) -> str:
     return row["model"] + ("-compiled" if row.get("compiled") else "")
 
 
+def _micro(row: dict) -> str:
+    """The micro-batch, times the micro-batches a step accumulates where more than one (8x4)."""
+    accum = row.get("grad_accum", 1)
+    return f"{row['micro_batch']}" + (f"x{accum}" if accum > 1 else "")
+
+
 def table(rows: list[dict]) -> str:
     head = (
-        f"{'size':>5} {'seq':>6} {'model':>14} {'micro':>5} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
+        f"{'size':>5} {'seq':>6} {'model':>14} {'micro':>7} {'params M':>9} {'tokens/s':>10} {'MFU':>6} "
         f"{'peak GiB':>9} {'GPU busy':>8} {'syncs':>5} {'loss first -> last':>20}  R1 / Llama"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['size']:>5} {r['seq_len']:>6} {_label(r):>14} {r['micro_batch']:>5}  {r['error']}")
+            lines.append(f"{r['size']:>5} {r['seq_len']:>6} {_label(r):>14} {_micro(r):>7}  {r['error']}")
             continue
         ratio = ""
         if r["model"] == "r1":  # against every Llama row of this size and length
@@ -349,7 +367,7 @@ def table(rows: list[dict]) -> str:
         syncs = r.get("host_syncs", "-")
         loss = f"{r['first_loss']:.2f} -> {r['loss']:.2f}" + ("" if _learns(r) else " (!)")
         lines.append(
-            f"{r['size']:>5} {r['seq_len']:>6} {_label(r):>14} {r['micro_batch']:>5} {r['params_m']:>9.0f} "
+            f"{r['size']:>5} {r['seq_len']:>6} {_label(r):>14} {_micro(r):>7} {r['params_m']:>9.0f} "
             f"{r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} {busy:>8} {syncs:>5} {loss:>20}  {ratio}"
         )
     if not all(_learns(r) for r in rows if "error" not in r):
@@ -394,6 +412,7 @@ def main(argv=None) -> int:
         "deepspeed_config": os.path.relpath(args.deepspeed_config, ROOT),
         "tokens_per_step": args.tokens,
         "steps": args.steps,
+        "grad_accum": args.grad_accum,
         "warmup": args.warmup,
         "activation_checkpointing": args.activation_checkpointing,
         "compile_blocks": args.compile_blocks,

@@ -60,3 +60,13 @@ def test_a_model_whose_loss_does_not_fall_is_flagged():
     rows = [_row("r1", True, 100_000, loss=10.95), _row("llama", False, 80_000)]
     text = train_throughput.table(rows)
     assert "11.00 -> 10.95 (!)" in text and "not training" in text
+
+
+def test_accumulated_micro_batches_show_beside_the_micro_batch(capsys):
+    assert train_throughput.parse_args([]).grad_accum == 1
+    rows = [_row("r1", True, 100_000, grad_accum=4), _row("llama", False, 80_000)]
+    r1, llama = train_throughput.table(rows).splitlines()[2:4]
+    assert r1.split()[3] == "8x4" and llama.split()[3] == "8"
+    with pytest.raises(SystemExit) as e:
+        train_throughput.parse_args(["--grad-accum", "0"])
+    assert e.value.code == 2 and "--grad-accum 0" in capsys.readouterr().err
