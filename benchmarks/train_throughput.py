@@ -8,10 +8,10 @@ both under the same DeepSpeed config, in the same run.
 For every (size, sequence length, model): build the model on the GPU (seed 0), `deepspeed.initialize`
 with ds_configs/single_gpu_bf16.json (bf16, fp32 master weights and gradient accumulation, fused
 AdamW, clipping 1.0; micro-batch and accumulation overridden so one step = `--grad-accum` micro-batches
-(default 1) of `--tokens` tokens each, then one optimizer step), run `--warmup` steps (FlexAttention compiles here), then time `--steps` full
-training steps (forward, backward, clipping, optimizer). Reports tokens/s, MFU (model FLOPs of
-r1_ds/flops.py: matmuls of forward + backward, no recomputation, attention per visible key; peak
-989 TFLOP/s bf16 dense for H100/H200), peak memory and GPU busy: the kernel time of one more step, traced,
+(default 1) of `--tokens` tokens each, then one optimizer step), run `--warmup` steps (FlexAttention
+compiles here), then time `--steps` full training steps (forward, backward, clipping, optimizer).
+Reports tokens/s, MFU (model FLOPs of r1_ds/flops.py: matmuls of forward + backward, no recomputation,
+attention per visible key; peak 989 TFLOP/s bf16 dense for H100/H200), peak memory and GPU busy: the kernel time of one more step, traced,
 over a timed step's wall time (well under 100%: the host, not the GPU, sets the step's pace, so the figure
 moves with the host's CPU; the JSON names it), and the host syncs of one more step (times the host waits for
 the GPU, with the lines that made it wait, printed after the table). R1 uses attn_implementation
@@ -61,7 +61,7 @@ def parse_args(argv=None):
         choices=["r1", "llama", "r1-compiled", "llama-compiled"],
         help="models in the order they run; -compiled: each decoder block compiled whole",
     )
-    p.add_argument("--tokens", type=int, default=16384, help="tokens per step (micro-batch = tokens // seq_len)")
+    p.add_argument("--tokens", type=int, default=16384, help="tokens per micro-batch (micro-batch = tokens // seq_len)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument(
         "--grad-accum",
@@ -183,8 +183,14 @@ def bench_one(name: str, preset: str, seq_len: int, args, ds_base: dict) -> dict
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
-    row = {"model": name, "compiled": compiled, "size": preset, "seq_len": seq_len, "micro_batch": micro}
-    row["grad_accum"] = accum
+    row = {
+        "model": name,
+        "compiled": compiled,
+        "size": preset,
+        "seq_len": seq_len,
+        "micro_batch": micro,
+        "grad_accum": accum,
+    }
     try:
         with torch.device("cuda"):
             model = r1_model(preset, seq_len) if name == "r1" else llama_model(preset, seq_len)
