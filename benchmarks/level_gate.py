@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +73,6 @@ def step(fn, h, weight, bias, grad):
 
 def time_us(fn, args, repeats: int, device: str) -> float:
     if device != "cuda":
-        import time
-
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
