@@ -3,8 +3,8 @@
 
     python benchmarks/level_gate.py --device cuda --tokens 16384 --hidden 2048 --json /tmp/level_gate.json
 
-- reduction: the logits as three fp32 dot products per token and level (modeling_r1.level_gate_logits), as the
-  model computes them on CUDA;
+- reduction: the logits as three fp32 dot products per token and level, the model's own form on CUDA
+  (modeling_r1.level_gate_logits);
 - matmul8: the logits as one GEMM per level against the gate's 8-row weight (rows 3..7 zero), sliced to 3;
 - each compiled together with the gated sum, as inside a compiled decoder block, and eager.
 
@@ -30,12 +30,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+from r1_ds.model.modeling_r1 import gated_sum, level_gate_logits  # noqa: E402
+
+# the model's own functions, unwrapped from compiled_on_cuda: each variant below is compiled whole or left eager
+_model_logits, _model_gated_sum = level_gate_logits.__wrapped__, gated_sum.__wrapped__
+
+
 def reduction_logits(h1, h2, h3, weight, bias):
-    d = h1.shape[-1]
-    logits = bias[:3].float()
-    for i, h in enumerate((h1, h2, h3)):
-        logits = logits + (h.float().unsqueeze(-2) * weight[:3, i * d : (i + 1) * d].float()).sum(-1)
-    return logits
+    return _model_logits(h1, h2, h3, weight[:3], bias[:3])
 
 
 def matmul8_logits(h1, h2, h3, weight, bias):
@@ -46,9 +48,7 @@ def matmul8_logits(h1, h2, h3, weight, bias):
 
 def gated(logits_fn):
     def fuse(h1, h2, h3, weight, bias):
-        alpha = torch.sigmoid(logits_fn(h1, h2, h3, weight, bias))
-        fused = h1.float() * (1 + alpha[..., 0:1]) + alpha[..., 1:2] * h2.float() + alpha[..., 2:3] * h3.float()
-        return fused.to(h1.dtype)
+        return _model_gated_sum(h1, h2, h3, logits_fn(h1, h2, h3, weight, bias))[0]
 
     return fuse
 
