@@ -100,6 +100,10 @@ def test_block_indices_equal_a_stable_argsort(shape):
         assert torch.equal(compiled[0], num) and torch.equal(compiled[1], idx)
         for table in ha._as_indices(need.transpose(-1, -2)):  # the query-side tables come from transposed views
             assert table.is_contiguous(), f"strides {table.stride()}: the fused kernels read rows as contiguous"
+        # the opaque ops sort instead (aten kernels): the same tables, row-major
+        for op, view in ((ha.block_indices, need), (ha.transposed_indices, need.transpose(-1, -2))):
+            for got, want in zip(op(need), ha._as_indices(view)):
+                assert got.dtype == torch.int32 and got.is_contiguous() and torch.equal(got, want), op
 
 
 TABLES = (

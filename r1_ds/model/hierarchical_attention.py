@@ -626,16 +626,24 @@ def _as_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return num.squeeze(-1).to(torch.int32), place_columns(slot)
 
 
+def _sorted_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_as_indices by a stable sort: aten kernels only, for the opaque ops below, where inductor never sees it.
+    Five kernels where _as_indices takes about fifteen, which counts where the host issues every launch (each
+    layer builds the routed tables afresh, forward only; a 350M / 8k step is host-bound)."""
+    need = need.contiguous()  # the sort keeps its input's strides; flex reads rows as contiguous
+    num = need.sum(-1, dtype=torch.int32)
+    return num, torch.sort((~need).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+
+
 @torch.library.custom_op("r1_ds::block_indices", mutates_args=())
 def block_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """_as_indices as an opaque op: aten kernels, never inductor's. Flex's fused kernels read these counts
     and indices without bounds checks, so a wrong value is an illegal memory access rather than an error, and
     the routed (full) tables change with the weights; inside a compiled decoder block inductor would otherwise
     fuse this arithmetic into its own kernels (see place_columns and transposed_indices for inductor's code
-    generation failing on it). A dozen small kernels a layer. With it, compiled blocks with L2 inside their graphs
-    still fault at 8k tokens (benchmarks/results/train_throughput.md), so past 2,048 tokens they run L2 apart
-    (FLEX_IN_BLOCK_GRAPH_MAX_LEN)."""
-    return _as_indices(need)
+    generation failing on it). With it, compiled blocks with L2 inside their graphs still fault at 8k tokens
+    (benchmarks/results/train_throughput.md), so past 2,048 tokens they run L2 apart (FLEX_IN_BLOCK_GRAPH_MAX_LEN)."""
+    return _sorted_indices(need)
 
 
 @block_indices.register_fake
@@ -652,8 +660,8 @@ def transposed_indices(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Inductor's Triton code generation fails on a fused kernel that reads a table transposed once the tables
     grow past a few hundred blocks (32k tokens and longer at paragraphs of 128, torch 2.11: "TypeError: list
     indices must be integers or slices, not NoneType" in TritonSymbols.get_block_shape, on the 2D-tiled
-    transposed load). A dozen small kernels a layer, about 0.1 ms."""
-    return _as_indices(need.transpose(-1, -2))
+    transposed load)."""
+    return _sorted_indices(need.transpose(-1, -2))
 
 
 @transposed_indices.register_fake
