@@ -6,9 +6,8 @@
         --kernel-name kns=flex_attention_backward python benchmarks/compiled_fault_repro.py --flex-in-graph
 
 The benchmark that faults (train_throughput.py --models r1-compiled --seq-lens 8192 --flex-in-graph) runs under
-DeepSpeed, whose
-NCCL set-up does not survive compute-sanitizer. This builds the same model (the 350m preset, every block compiled
-as the trainer's --compile does), bf16 weights with torch's fused AdamW at the benchmark's settings (lr 3e-4,
+DeepSpeed, whose NCCL set-up does not survive compute-sanitizer. This builds the same model (the 350m preset,
+every block compiled as the trainer's --compile does), bf16 weights with torch's fused AdamW at the benchmark's settings (lr 3e-4,
 betas 0.9 / 0.95, weight decay 0.1, clipping 1.0), trains it on one fixed batch as the benchmark does, and
 synchronises after every step so a fault names its step. Prints one line a step; exit 0 when every step ran.
 Not a test: it needs a GPU and minutes.

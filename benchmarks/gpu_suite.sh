@@ -179,8 +179,7 @@ step profile_host 300 "$PY" benchmarks/train_throughput.py --sizes 350m --seq-le
     --json "$OUT/train_profile_host.json"
 # compiled_fault_probe: compiled R1 350M at 8k tokens with L2 inside the block graphs (--flex-in-graph) faults in L2's
 # FlexAttention backward under DeepSpeed, which is why compiled blocks run L2 apart past 2,048 tokens
-# (benchmarks/results/train_throughput.md). memcheck
-# instruments only the kernels whose names hold the kns substring (the others run uninstrumented, though every CUDA
+# (benchmarks/results/train_throughput.md). memcheck instruments only the kernels whose names hold the kns substring (the others run uninstrumented, though every CUDA
 # call still passes through the sanitizer), and with the caching allocator off every tensor is an allocation of its
 # own, so an out-of-bounds access is reported with the kernel, the thread and the address even where it lands in
 # memory the process owns and would not fault. The same 3 + 5 steps as the runs that faulted; rc 1 on any finding.

@@ -11,8 +11,8 @@ AdamW, clipping 1.0; micro-batch and accumulation overridden so one step = `--gr
 (default 1) of `--tokens` tokens each, then one optimizer step), run `--warmup` steps (FlexAttention
 compiles here), then time `--steps` full training steps (forward, backward, clipping, optimizer).
 Reports tokens/s, MFU (model FLOPs of r1_ds/flops.py: matmuls of forward + backward, no recomputation,
-attention per visible key; peak 989 TFLOP/s bf16 dense for H100/H200), peak memory and GPU busy: the kernel time of one more step, traced,
-over a timed step's wall time (well under 100%: the host, not the GPU, sets the step's pace, so the figure
+attention per visible key; peak 989 TFLOP/s bf16 dense for H100/H200), peak memory and GPU busy: the
+kernel time of one more step, traced, over a timed step's wall time (well under 100%: the host, not the GPU, sets the step's pace, so the figure
 moves with the host's CPU; the JSON names it), and the host syncs of one more step (times the host waits for
 the GPU, with the lines that made it wait, printed after the table). R1 uses attn_implementation
 "flex_attention"; Llama uses "sdpa" (flash / cuDNN kernels), the same width, depth, SwiGLU width,
@@ -416,7 +416,7 @@ def main(argv=None) -> int:
         "host": machine(),
         "torch": torch.__version__,
         "deepspeed_config": os.path.relpath(args.deepspeed_config, ROOT),
-        "tokens_per_step": args.tokens,
+        "tokens_per_micro_batch": args.tokens,
         "steps": args.steps,
         "grad_accum": args.grad_accum,
         "warmup": args.warmup,
